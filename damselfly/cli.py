@@ -1,0 +1,166 @@
+"""The ``damselfly`` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from damselfly import __version__
+from damselfly.config import config_option, default_data_dir
+from damselfly.lib.netaddr import parse_listen
+from damselfly.lib.units import parse_size
+from damselfly.proxy.upstream import normalize_upstream, parse_registry_mapping
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class ListenAddress(click.ParamType):
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_listen(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class RegistryMapping(click.ParamType):
+    name = "NAME=URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_registry_mapping(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class UpstreamURL(click.ParamType):
+    name = "URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return normalize_upstream(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _env(name: str) -> str:
+    return "DAMSELFLY_" + name.upper()
+
+
+def mirror_options(default_listen: str) -> Callable[[Any], Any]:
+    """The mirror flags shared by every command that serves the mirror."""
+    options = [
+        click.option("--listen", type=ListenAddress(), default=default_listen, show_default=True, envvar=_env("listen"),
+                     help="Address of the mirror (containerd and nydus send their requests here)."),
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=default_data_dir,
+                     envvar=_env("data_dir"), show_default="/var/lib/damselfly as root", help="Where blobs are cached."),
+        click.option("--registry", "registries", type=RegistryMapping(), multiple=True, envvar=_env("registry"),
+                     help="NAME=URL: the upstream of registry NAME (the ns value or X-Dragonfly-Registry). "
+                          "Repeatable. Unmapped names mean https://NAME."),
+        click.option("--default-registry", type=UpstreamURL(), default=None, envvar=_env("default_registry"),
+                     help="Upstream for requests that name no registry."),
+        click.option("--cache-quota", type=Size(), default="50GiB", show_default=True, envvar=_env("cache_quota"),
+                     help="Disk space the blob cache may use."),
+        click.option("--cache-high-watermark", type=click.FloatRange(0.01, 1.0), default=0.9, show_default=True,
+                     envvar=_env("cache_high_watermark"), help="Fraction of the quota that starts eviction."),
+        click.option("--cache-low-watermark", type=click.FloatRange(0.01, 1.0), default=0.75, show_default=True,
+                     envvar=_env("cache_low_watermark"), help="Fraction of the quota that eviction brings usage down to."),
+        click.option("--connect-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+                     envvar=_env("connect_timeout"), help="Seconds to connect to an upstream registry."),
+        click.option("--read-timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+                     envvar=_env("read_timeout"), help="Seconds an upstream or a download may stay silent."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+                     show_default=True, envvar=_env("log_level")),
+        config_option,
+    ]
+
+    def decorate(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="damselfly")
+def main() -> None:
+    """Damselfly: a registry mirror with a peer-to-peer backend for containerd and nydus."""
+
+
+@main.command()
+@mirror_options(default_listen="127.0.0.1:65001")
+def run(listen: tuple[str, int], data_dir: Path, registries: tuple[tuple[str, str], ...], default_registry: str | None,
+        cache_quota: int, cache_high_watermark: float, cache_low_watermark: float, connect_timeout: float,
+        read_timeout: float, log_level: str) -> None:
+    """Run an all-in-one node: the registry mirror with its blob cache."""
+    from aiohttp import web
+
+    from damselfly.proxy.app import Mirror, MirrorSettings
+
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    if cache_low_watermark > cache_high_watermark:
+        raise click.BadParameter("must not exceed --cache-high-watermark", param_hint="--cache-low-watermark")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create {data_dir}: {exc.strerror}", param_hint="--data-dir") from None
+    settings = MirrorSettings(
+        data_dir=data_dir, registries=dict(registries), default_registry=default_registry, cache_quota=cache_quota,
+        cache_high_watermark=cache_high_watermark, cache_low_watermark=cache_low_watermark,
+        connect_timeout=connect_timeout, read_timeout=read_timeout)
+    mirror = Mirror(settings)
+    host, port = listen
+    log = logging.getLogger("damselfly")
+    log.info("mirror listening on http://%s:%d, cache in %s", host if ":" not in host else f"[{host}]", port, data_dir)
+    try:
+        web.run_app(mirror.application(), host=host, port=port, print=None, shutdown_timeout=5,
+                    access_log_format='%a "%r" %s %b %Tf')
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+@main.command("containerd-config")
+@click.option("--mirror", required=True, help="URL of the Damselfly mirror, e.g. http://127.0.0.1:65001.")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="containerd's hosts directory (config_path, or ctr --hosts-dir).")
+@click.option("--registry", "registries", multiple=True, metavar="NAME[=URL]",
+              help="Registry to mirror; URL defaults to https://NAME. Repeatable.")
+@click.option("--default", "default", is_flag=True, help="Also write _default/hosts.toml for every other registry.")
+def containerd_config(mirror: str, directory: Path, registries: tuple[str, ...], default: bool) -> None:
+    """Write hosts.toml files that send containerd's pulls through the mirror."""
+    from damselfly.proxy.containerd import write_hosts_dir
+
+    try:
+        normalize_upstream(mirror)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--mirror") from None
+    if not registries and not default:
+        raise click.UsageError("name at least one --registry, or --default")
+    try:
+        written = write_hosts_dir(directory, mirror, list(registries), default)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--registry") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write into {directory}: {exc.strerror}") from None
+    for path in written:
+        click.echo(f"wrote {path}")

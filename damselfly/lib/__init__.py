@@ -1,0 +1,1 @@
+"""Shared pieces used by every role: OCI names and digests, HTTP ranges, sizes."""

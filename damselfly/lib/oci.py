@@ -1,0 +1,72 @@
+"""OCI distribution vocabulary: repository names, digests and error bodies (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+# One path component of a repository name, as the distribution spec defines it.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_NAME_MAX = 255
+
+# Hex lengths of the algorithms hashlib can verify for us.
+_DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+
+
+class OCIError(Exception):
+    """A client error with an OCI error code, turned into an HTTP answer by the proxy."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> bytes:
+        return error_body(self.code, self.message)
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The JSON body registries send with an error: {"errors":[{"code","message"}]}."""
+    return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]}).encode()
+
+
+def validate_repository(name: str) -> str:
+    if len(name) > _NAME_MAX or not _NAME_RE.match(name):
+        raise OCIError(400, "NAME_INVALID", f"invalid repository name {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A validated content digest such as ``sha256:<64 lowercase hex>``."""
+
+    algorithm: str
+    hex: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Digest":
+        algorithm, sep, hexpart = text.partition(":")
+        expected = _DIGEST_HEX_LENGTH.get(algorithm)
+        if (
+            not sep
+            or expected is None
+            or len(hexpart) != expected
+            or not all(c in "0123456789abcdef" for c in hexpart)
+        ):
+            raise OCIError(400, "DIGEST_INVALID", f"invalid digest {text!r}: want sha256:<64 hex> or sha512:<128 hex>")
+        return cls(algorithm, hexpart)
+
+    def hasher(self) -> "hashlib._Hash":
+        return hashlib.new(self.algorithm)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+
+def is_digest_reference(reference: str) -> bool:
+    """A manifest reference is a digest when it contains a colon; tags cannot."""
+    return ":" in reference

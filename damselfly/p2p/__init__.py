@@ -1,0 +1,1 @@
+"""The peer: tasks, pieces and the piece store behind the mirror."""

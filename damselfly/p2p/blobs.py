@@ -1,0 +1,259 @@
+"""The blob service: "give me these bytes of this digest".
+
+The mirror asks for a digest; the service answers from the local store, by joining a
+download already in flight, or by starting one from a source. Today the only source is
+the origin registry; the P2P network plugs in as another source behind the same call.
+However many callers ask for one digest at once, the source sees one download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, BinaryIO, Protocol
+
+from damselfly.lib.oci import Digest
+from damselfly.lib.units import format_size
+from damselfly.p2p.store import BlobMeta, BlobStore, StoredBlob
+from damselfly.p2p.task import Task, TaskFailed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a caller says the blob lives, and the credentials it presented."""
+
+    registry: str
+    repository: str
+    authorization: str | None = None
+
+
+class SourceRefused(Exception):
+    """The source answered with a client-facing status (401, 403, 404...) to pass back."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        super().__init__(f"source answered {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class SourceUnavailable(Exception):
+    """The source cannot be reached or failed: the caller gets 502 or 504 with the message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class SourceStream(Protocol):
+    length: int
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class BlobSource(Protocol):
+    async def open_blob(self, origin: Origin, digest: Digest) -> SourceStream:
+        """Start a download; raise SourceRefused or SourceUnavailable."""
+
+
+class BlobEvents(Protocol):
+    """What the service reports, so metrics stay out of its logic."""
+
+    def cache_hit(self) -> None: ...
+    def cache_miss(self) -> None: ...
+    def source_bytes(self, n: int) -> None: ...
+    def download_failed(self, reason: str) -> None: ...
+
+
+class BlobReader:
+    """One caller's view of a blob: its length and its bytes as they become readable."""
+
+    def __init__(self, service: "BlobService", task: Task, *, protected: bool, started_here: bool,
+                 from_cache: bool) -> None:
+        self._service = service
+        self.task = task
+        self.protected = protected
+        self.started_here = started_here
+        self.from_cache = from_cache
+        self.file: BinaryIO = open(task.path, "rb")  # held open: a later rename or eviction cannot cut it
+
+    @property
+    def length(self) -> int:
+        return self.task.length
+
+    @property
+    def digest(self) -> Digest:
+        return self.task.digest
+
+    async def spans(self, first: int, last: int) -> AsyncIterator[tuple[int, int]]:
+        """(offset, count) runs of verified bytes covering ``first..last``, in order."""
+        position = first
+        while position <= last:
+            end = await self.task.readable_end(position, self._service.stall_timeout)
+            count = min(end, last + 1) - position
+            yield position, count
+            position += count
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class BlobService:
+    def __init__(self, store: BlobStore, source: BlobSource, events: BlobEvents,
+                 stall_timeout: float = 60.0) -> None:
+        self.store = store
+        store.in_use = self.in_use
+        self.source = source
+        self.events = events
+        self.stall_timeout = stall_timeout
+        self._tasks: dict[str, Task] = {}
+        self._readers: dict[str, int] = {}  # open readers per digest
+        self._task_protected: dict[str, bool] = {}
+        self._starting: dict[str, asyncio.Future[Task]] = {}
+        self._downloads: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def open(self, digest: Digest, origin: Origin) -> AsyncIterator[BlobReader]:
+        """A reader for ``digest``: from the store, a download in flight, or a new download."""
+        reader = await self._open(digest, origin)
+        try:
+            yield reader
+        finally:
+            reader.close()
+            self._release(reader)
+
+    async def _open(self, digest: Digest, origin: Origin) -> BlobReader:
+        key = str(digest)
+        for _ in range(3):  # a refused start by another caller's credentials: try with ours
+            stored = self.store.lookup(digest)
+            if stored is not None:
+                self.events.cache_hit()
+                return self._stored_reader(stored)
+            task = self._tasks.get(key)
+            if task is not None:
+                self.events.cache_hit()
+                return self._task_reader(task, started_here=False)
+            starting = self._starting.get(key)
+            if starting is None:
+                self.events.cache_miss()
+                return await self._start(digest, origin)
+            try:
+                await asyncio.shield(starting)
+            except SourceRefused:
+                continue
+        raise SourceUnavailable(502, f"could not start a download of {digest}")
+
+    def _stored_reader(self, stored: StoredBlob) -> BlobReader:
+        task = Task(stored.digest, stored.meta.length, stored.path, complete=True)
+        return self._reader(task, protected=stored.meta.protected, started_here=False, from_cache=True)
+
+    def _task_reader(self, task: Task, *, started_here: bool) -> BlobReader:
+        return self._reader(task, protected=self._task_protected[str(task.digest)], started_here=started_here,
+                            from_cache=False)
+
+    def _reader(self, task: Task, **kwargs: bool) -> BlobReader:
+        reader = BlobReader(self, task, **kwargs)
+        key = str(task.digest)
+        self._readers[key] = self._readers.get(key, 0) + 1
+        return reader
+
+    def in_use(self, key: str) -> bool:
+        """A blob that a reader holds or a download writes is never evicted."""
+        return key in self._readers or key in self._tasks
+
+    def _release(self, reader: BlobReader) -> None:
+        key = str(reader.digest)
+        self._readers[key] -= 1
+        if self._readers[key] == 0:
+            del self._readers[key]
+            self.store.collect_garbage()
+
+    async def _start(self, digest: Digest, origin: Origin) -> BlobReader:
+        key = str(digest)
+        future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+        self._starting[key] = future
+        try:
+            stream = await self.source.open_blob(origin, digest)
+        except BaseException as exc:
+            del self._starting[key]
+            future.set_exception(exc if isinstance(exc, Exception) else SourceUnavailable(502, "cancelled"))
+            future.exception()  # joiners may be none; mark it retrieved
+            raise
+        incoming = self.store.new_incoming(digest)
+        task = Task(digest, stream.length, incoming)
+        self._tasks[key] = task
+        self._task_protected[key] = origin.authorization is not None
+        del self._starting[key]
+        future.set_result(task)
+        reader = self._task_reader(task, started_here=True)
+        self.store.reserve(task.length)
+        download = asyncio.create_task(self._download(task, stream, origin), name=f"download {digest}")
+        self._downloads.add(download)
+        download.add_done_callback(self._downloads.discard)
+        return reader
+
+    async def _download(self, task: Task, stream: SourceStream, origin: Origin) -> None:
+        key = str(task.digest)
+        started = time.monotonic()
+        hasher = task.digest.hasher()
+        offset = 0
+        committed = False
+        try:
+            fd = os.open(task.path, os.O_WRONLY)
+            try:
+                async for chunk in stream.chunks():
+                    if offset + len(chunk) > task.length:
+                        raise TaskFailed(f"source sent more than the {task.length} bytes it announced")
+                    os.pwrite(fd, chunk, offset)
+                    hasher.update(chunk)
+                    offset += len(chunk)
+                    self.events.source_bytes(len(chunk))
+                    task.pieces_done_below(offset)
+                if offset != task.length:
+                    raise TaskFailed(f"source closed after {offset} of {task.length} bytes")
+                if hasher.hexdigest() != task.digest.hex:
+                    raise TaskFailed(f"digest mismatch: source sent {task.digest.algorithm}:{hasher.hexdigest()}")
+                await asyncio.to_thread(os.fsync, fd)
+            finally:
+                os.close(fd)
+            stored = self.store.commit(task.path, task.digest, BlobMeta(
+                length=task.length, protected=self._task_protected[key], registry=origin.registry,
+                repository=origin.repository, stored_at=time.time()))
+            committed = True
+            task.move_to(stored.path)
+            elapsed = time.monotonic() - started
+            log.info("cached %s (%s) from %s/%s in %.2fs", key, format_size(task.length),
+                     origin.registry, origin.repository, elapsed)
+        except asyncio.CancelledError:
+            task.fail("the daemon is shutting down")
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to readers and logged
+            reason = str(exc) or exc.__class__.__name__
+            if isinstance(exc, SourceUnavailable):
+                reason = exc.message
+            log.error("download of %s from %s/%s failed, nothing kept: %s", key, origin.registry,
+                      origin.repository, reason)
+            self.events.download_failed(reason)
+            task.fail(reason)
+        finally:
+            stream.close()
+            self._tasks.pop(key, None)
+            self._task_protected.pop(key, None)
+            if not committed:
+                self.store.unreserve(task.length)
+                self.store.discard(task.path)
+
+    async def close(self) -> None:
+        """Cancel downloads in flight (their partial files are dropped)."""
+        for download in list(self._downloads):
+            download.cancel()
+        await asyncio.gather(*self._downloads, return_exceptions=True)

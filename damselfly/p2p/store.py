@@ -1,0 +1,197 @@
+"""The node's content-addressed blob store, with a disk quota and LRU eviction.
+
+Layout under the data directory::
+
+    blobs/<algorithm>/<hex[:2]>/<hex>        verified data, named by its digest
+    blobs/<algorithm>/<hex[:2]>/<hex>.json   metadata (length, protected, origin)
+    incoming/                                 downloads in progress
+
+A blob appears under ``blobs/`` only by an atomic rename after its digest was checked
+and its data flushed, and its metadata is renamed into place first, so after any crash
+a data file there is complete and verified. ``incoming/`` is wiped at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from damselfly.lib.oci import Digest
+from damselfly.lib.units import format_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BlobMeta:
+    length: int
+    # The registry demanded credentials for it: serve only after confirming a caller's access.
+    protected: bool
+    registry: str
+    repository: str
+    stored_at: float
+
+
+@dataclass
+class StoredBlob:
+    digest: Digest
+    path: Path
+    meta: BlobMeta
+
+
+class BlobStore:
+    def __init__(
+        self,
+        root: Path,
+        quota: int,
+        high_watermark: float = 0.9,
+        low_watermark: float = 0.75,
+        in_use: Callable[[str], bool] = lambda digest: False,
+        on_evict: Callable[[StoredBlob], None] | None = None,
+    ) -> None:
+        if not 0 < low_watermark <= high_watermark <= 1:
+            raise ValueError("watermarks must satisfy 0 < low <= high <= 1")
+        self.root = root
+        self.quota = quota
+        self.high = int(quota * high_watermark)
+        self.low = int(quota * low_watermark)
+        self.in_use = in_use  # digests that readers hold: never evicted; set by the blob service
+        self._on_evict = on_evict
+        self._blobs: OrderedDict[str, StoredBlob] = OrderedDict()  # least recently used first
+        self._stored_bytes = 0
+        self._reserved_bytes = 0
+        self._incoming = root / "incoming"
+        shutil.rmtree(self._incoming, ignore_errors=True)
+        self._incoming.mkdir(parents=True, exist_ok=True)
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    # -- paths ---------------------------------------------------------------------
+
+    def _data_path(self, digest: Digest) -> Path:
+        return self.root / "blobs" / digest.algorithm / digest.hex[:2] / digest.hex
+
+    @staticmethod
+    def _meta_path(data_path: Path) -> Path:
+        return data_path.with_name(data_path.name + ".json")
+
+    # -- start-up ------------------------------------------------------------------
+
+    def _load(self) -> None:
+        found: list[tuple[float, StoredBlob]] = []
+        for meta_path in (self.root / "blobs").glob("*/*/*.json"):
+            data_path = meta_path.with_suffix("")
+            try:
+                digest = Digest.parse(f"{data_path.parent.parent.name}:{data_path.name}")
+                meta = BlobMeta(**json.loads(meta_path.read_text()))
+                size = data_path.stat().st_size
+                if size != meta.length:
+                    raise ValueError(f"data file has {size} bytes, metadata says {meta.length}")
+            except FileNotFoundError:
+                meta_path.unlink(missing_ok=True)  # a crash between the two renames
+                continue
+            except Exception as exc:  # noqa: BLE001 - any unreadable entry is dropped, not served
+                log.warning("dropping unreadable cache entry %s: %s", data_path, exc)
+                data_path.unlink(missing_ok=True)
+                meta_path.unlink(missing_ok=True)
+                continue
+            found.append((meta_path.stat().st_mtime, StoredBlob(digest, data_path, meta)))
+        for data_path in (self.root / "blobs").glob("*/*/*"):
+            if data_path.suffix != ".json" and not self._meta_path(data_path).exists():
+                data_path.unlink(missing_ok=True)
+        for _, blob in sorted(found, key=lambda item: item[0]):
+            self._blobs[str(blob.digest)] = blob
+            self._stored_bytes += blob.meta.length
+        log.info("blob store %s: %d blobs, %s of %s quota", self.root, len(self._blobs),
+                 format_size(self._stored_bytes), format_size(self.quota))
+        self.collect_garbage()
+
+    # -- queries -------------------------------------------------------------------
+
+    @property
+    def used_bytes(self) -> int:
+        """Stored blobs plus space reserved for downloads in progress."""
+        return self._stored_bytes + self._reserved_bytes
+
+    @property
+    def blob_count(self) -> int:
+        return len(self._blobs)
+
+    def lookup(self, digest: Digest) -> StoredBlob | None:
+        blob = self._blobs.get(str(digest))
+        if blob is not None:
+            self._blobs.move_to_end(str(digest))
+            try:
+                os.utime(self._meta_path(blob.path))  # remembered as recently used across restarts
+            except FileNotFoundError:
+                pass
+        return blob
+
+    # -- writers -------------------------------------------------------------------
+
+    def reserve(self, length: int) -> None:
+        """Make room for a download of ``length`` bytes before it starts."""
+        self._reserved_bytes += length
+        if self.used_bytes > self.high:
+            self.collect_garbage()
+
+    def unreserve(self, length: int) -> None:
+        self._reserved_bytes -= length
+
+    def new_incoming(self, digest: Digest) -> Path:
+        fd, name = tempfile.mkstemp(prefix=f"{digest.algorithm}-{digest.hex[:16]}-", dir=self._incoming)
+        os.close(fd)
+        return Path(name)
+
+    def commit(self, incoming: Path, digest: Digest, meta: BlobMeta) -> StoredBlob:
+        """Move a verified, flushed download into the store (metadata first, then data)."""
+        data_path = self._data_path(digest)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_tmp = incoming.with_name(incoming.name + ".json")
+        meta_tmp.write_text(json.dumps(asdict(meta)))
+        os.replace(meta_tmp, self._meta_path(data_path))
+        os.replace(incoming, data_path)
+        self.unreserve(meta.length)
+        blob = self._blobs.get(str(digest))
+        if blob is None:
+            blob = StoredBlob(digest, data_path, meta)
+            self._blobs[str(digest)] = blob
+            self._stored_bytes += meta.length
+        else:
+            blob.meta = meta
+        self._blobs.move_to_end(str(digest))
+        return blob
+
+    def discard(self, incoming: Path) -> None:
+        incoming.unlink(missing_ok=True)
+
+    # -- eviction ------------------------------------------------------------------
+
+    def collect_garbage(self) -> None:
+        """Above the high watermark, evict least recently used idle blobs down to the low one."""
+        if self.used_bytes <= self.high:
+            return
+        for key in list(self._blobs):
+            if self.used_bytes <= self.low:
+                break
+            if self.in_use(key):
+                continue
+            blob = self._blobs[key]
+            del self._blobs[key]
+            self._stored_bytes -= blob.meta.length
+            self._meta_path(blob.path).unlink(missing_ok=True)
+            blob.path.unlink(missing_ok=True)
+            log.info("evicted %s (%s) to keep the cache under its quota", key, format_size(blob.meta.length))
+            if self._on_evict:
+                self._on_evict(blob)
+        if self.used_bytes > self.high:
+            log.warning("cache holds %s, above its high watermark %s: the rest is in use by readers or downloads",
+                        format_size(self.used_bytes), format_size(self.high))

@@ -1,0 +1,1 @@
+"""The front door: OCI registry mirror routes, upstream resolution, auth passthrough."""

@@ -1,0 +1,263 @@
+"""The OCI registry mirror: aiohttp routes around the blob service and the registry client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+from urllib.parse import urlencode
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
+from damselfly.lib.oci import Digest, OCIError, error_body, is_digest_reference, validate_repository
+from damselfly.p2p.blobs import BlobReader, BlobService, Origin, SourceRefused, SourceUnavailable
+from damselfly.p2p.store import BlobStore
+from damselfly.p2p.task import TaskFailed
+from damselfly.proxy.access import AccessCache
+from damselfly.proxy.metrics import PROMETHEUS_CONTENT_TYPE, MirrorMetrics
+from damselfly.proxy.origin import (
+    PASSTHROUGH_REQUEST_HEADERS,
+    PASSTHROUGH_RESPONSE_HEADERS,
+    RegistryClient,
+    pick_headers,
+)
+from damselfly.proxy.upstream import UpstreamResolver
+
+log = logging.getLogger(__name__)
+
+REGISTRY_HEADER = "X-Dragonfly-Registry"
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+_BLOB_PATH = re.compile(r"^(?P<name>.+)/blobs/(?P<digest>[^/]+)$")
+_MANIFEST_PATH = re.compile(r"^(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class MirrorSettings:
+    data_dir: Path
+    registries: dict[str, str] = field(default_factory=dict)
+    default_registry: str | None = None
+    cache_quota: int = 50 * 1024**3
+    cache_high_watermark: float = 0.9
+    cache_low_watermark: float = 0.75
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    access_ttl: float = 60.0
+
+
+def request_kind(path: str) -> str:
+    if path in ("/v2", "/v2/"):
+        return "ping"
+    if "/blobs/" in path and "/blobs/uploads" not in path:
+        return "blob"
+    if "/manifests/" in path:
+        return "manifest"
+    return "other" if path.startswith("/v2/") else "service"
+
+
+class Mirror:
+    """One node's mirror: resolves the upstream, serves blobs by digest, passes the rest through."""
+
+    def __init__(self, settings: MirrorSettings) -> None:
+        self.settings = settings
+        self.metrics = MirrorMetrics()
+        self.store = BlobStore(settings.data_dir, settings.cache_quota, settings.cache_high_watermark,
+                               settings.cache_low_watermark, on_evict=lambda _: self.metrics.evictions.inc())
+        self.metrics.watch_store(self.store)
+        self.registry_client = RegistryClient(settings.connect_timeout, settings.read_timeout)
+        self.blobs = BlobService(self.store, self.registry_client, self.metrics, stall_timeout=settings.read_timeout)
+        self.access = AccessCache(settings.access_ttl)
+        self.resolver = UpstreamResolver(settings.registries, settings.default_registry)
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors_and_metrics], client_max_size=1024**2)
+        app.router.add_get("/healthy", self.healthy)
+        app.router.add_get("/metrics", self.metrics_handler)
+        app.router.add_route("*", "/v2", self.registry_route)
+        app.router.add_route("*", "/v2/{path:.*}", self.registry_route)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _close(self, _: web.Application) -> None:
+        await self.blobs.close()
+        await self.registry_client.close()
+
+    # -- cross-cutting -------------------------------------------------------------
+
+    @web.middleware
+    async def _errors_and_metrics(self, request: web.Request,
+                                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        kind = request_kind(request.path)
+        try:
+            response = await handler(request)
+        except OCIError as exc:
+            response = self._error(request, exc.status, exc.code, exc.message)
+        except SourceRefused as exc:
+            response = web.Response(status=exc.status, headers=exc.headers,
+                                    body=None if request.method == "HEAD" else exc.body)
+        except SourceUnavailable as exc:
+            log.warning("%s %s: %s", request.method, request.path_qs, exc.message)
+            response = self._error(request, exc.status, "UNAVAILABLE", exc.message)
+        except web.HTTPException as exc:
+            response = self._error(request, exc.status, "UNSUPPORTED", exc.reason)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:  # noqa: BLE001 - a request never takes the process down
+            log.exception("unexpected error on %s %s", request.method, request.path_qs)
+            response = self._error(request, 500, "UNKNOWN", "internal error, see the daemon log")
+        self.metrics.requests.labels(kind, request.method, str(response.status)).inc()
+        return response
+
+    @staticmethod
+    def _error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+        body = None if request.method == "HEAD" else error_body(code, message)
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def healthy(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def metrics_handler(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
+    # -- registry API --------------------------------------------------------------
+
+    async def registry_route(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info.get("path", "")
+        if path == "":
+            if request.method not in ("GET", "HEAD"):
+                raise OCIError(405, "UNSUPPORTED", f"{request.method} /v2/ is not allowed")
+            return web.Response(body=b"{}", content_type="application/json", headers=API_VERSION)
+        if request.method in ("GET", "HEAD"):
+            if match := _BLOB_PATH.match(path):
+                return await self.blob(request, match["name"], match["digest"])
+            if match := _MANIFEST_PATH.match(path):
+                validate_repository(match["name"])
+                reference = match["reference"]
+                if is_digest_reference(reference):
+                    Digest.parse(reference)
+                elif not _TAG.match(reference):
+                    raise OCIError(400, "TAG_INVALID", f"invalid tag {reference!r}")
+        return await self.passthrough(request)
+
+    def _upstream(self, request: web.Request) -> str:
+        return self.resolver.resolve(request.headers.get(REGISTRY_HEADER), request.query.get("ns"))
+
+    async def passthrough(self, request: web.Request) -> web.StreamResponse:
+        """Send the request upstream as it is and stream the answer back unchanged."""
+        query = [(k, v) for k, v in request.query.items() if k != "ns"]
+        url = self._upstream(request) + request.path
+        headers = pick_headers(request.headers, PASSTHROUGH_REQUEST_HEADERS)
+        data = request.content if request.body_exists else None
+        upstream = await self.registry_client.request(
+            request.method, url if not query else f"{url}?{urlencode(query)}", headers, data,
+            follow_redirects=request.method in ("GET", "HEAD"))
+        try:
+            if upstream.status >= 500:
+                raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {upstream.status}")
+            response = web.StreamResponse(status=upstream.status,
+                                          headers=pick_headers(upstream.headers, PASSTHROUGH_RESPONSE_HEADERS))
+            await response.prepare(request)
+            if request.method != "HEAD":
+                async for chunk in upstream.content.iter_chunked(64 * 1024):
+                    await response.write(chunk)
+            await response.write_eof()
+            return response
+        finally:
+            upstream.release()
+
+    async def blob(self, request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
+        validate_repository(name)
+        digest = Digest.parse(digest_text)
+        origin = Origin(self._upstream(request), name, request.headers.get("Authorization"))
+        if request.method == "HEAD":
+            stored = self.store.lookup(digest)
+            if stored is None:
+                return await self.passthrough(request)
+            if stored.meta.protected:
+                await self._confirm_access(origin, digest)
+            return self._blob_head(stored.meta.length, digest)
+        async with self.blobs.open(digest, origin) as reader:
+            if reader.protected and not reader.started_here:
+                await self._confirm_access(origin, digest)
+            elif reader.started_here and origin.authorization:
+                self.access.grant(origin)  # the registry just accepted these credentials
+            return await self._send_blob(request, reader)
+
+    async def _confirm_access(self, origin: Origin, digest: Digest) -> None:
+        """A protected blob goes only to callers whom the registry lets fetch it."""
+        if self.access.allowed(origin):
+            return
+        try:
+            await self.registry_client.check_blob_access(origin, digest)
+        except (SourceRefused, SourceUnavailable):
+            self.metrics.access_checks.labels("refused").inc()
+            raise
+        self.metrics.access_checks.labels("granted").inc()
+        self.access.grant(origin)
+
+    @staticmethod
+    def _blob_headers(length: int, digest: Digest) -> CIMultiDict[str]:
+        return CIMultiDict({
+            "Content-Type": "application/octet-stream",
+            "Docker-Content-Digest": str(digest),
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{digest}"',
+            "Content-Length": str(length),
+            **API_VERSION,
+        })
+
+    def _blob_head(self, length: int, digest: Digest) -> web.Response:
+        return web.Response(status=200, headers=self._blob_headers(length, digest))
+
+    async def _send_blob(self, request: web.Request, reader: BlobReader) -> web.StreamResponse:
+        length = reader.length
+        try:
+            byte_range = parse_range(request.headers.get("Range"), length)
+        except RangeNotSatisfiable as exc:
+            return web.Response(status=416, body=error_body("RANGE_INVALID", str(exc)), content_type="application/json",
+                                headers={"Content-Range": f"bytes */{length}"})
+        except RangeInvalid as exc:
+            raise OCIError(400, "RANGE_INVALID", str(exc)) from None
+        whole = byte_range or ByteRange(0, length - 1)
+        headers = self._blob_headers(whole.count if length else 0, reader.digest)
+        if byte_range is not None:
+            headers["Content-Range"] = byte_range.content_range(length)
+        spans = reader.spans(whole.first, whole.last)
+        first_span = None
+        if length:
+            try:
+                first_span = await anext(spans)  # a failure before any byte is a clean 502
+            except TaskFailed as exc:
+                raise SourceUnavailable(502, f"download of {reader.digest} failed: {exc}") from None
+        response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
+        await response.prepare(request)
+        source = "cache" if reader.from_cache else "download"
+        transport = request.transport
+        loop = asyncio.get_running_loop()
+        self.metrics.active_streams.inc()
+        try:
+            if first_span is not None:
+                await self._sendfile(loop, transport, reader, *first_span, source)
+                async for offset, count in spans:
+                    await self._sendfile(loop, transport, reader, offset, count, source)
+        except TaskFailed as exc:
+            log.error("cut off a response for %s mid-stream: %s", reader.digest, exc)
+            if transport is not None:
+                transport.abort()
+            return response
+        finally:
+            self.metrics.active_streams.dec()
+        await response.write_eof()
+        return response
+
+    async def _sendfile(self, loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport | None,
+                        reader: BlobReader, offset: int, count: int, source: str) -> None:
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client went away")
+        await loop.sendfile(transport, reader.file, offset, count)  # type: ignore[arg-type]
+        self.metrics.served_bytes.labels(source).inc(count)

@@ -1,0 +1,1 @@
+"""Helpers that start real servers (docker-registry, containerd, damselfly) for the tests."""

@@ -1,0 +1,57 @@
+"""A private containerd instance (own root, state and socket), driven with ctr."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.wait import wait_until
+
+
+@dataclass
+class Containerd:
+    workdir: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return str(self.workdir / "containerd.sock")
+
+    def start(self) -> "Containerd":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.toml"
+        config.write_text(
+            "version = 2\n"
+            f'root = "{self.workdir / "root"}"\n'
+            f'state = "{self.workdir / "state"}"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{self.address}"\n'
+            f'[ttrpc]\n  address = "{self.address}.ttrpc"\n'
+        )
+        log = open(self.workdir / "containerd.log", "ab")
+        self.process = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._ready, 30, f"containerd at {self.address}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process and self.process.poll() is not None:
+            raise RuntimeError(f"containerd exited: {(self.workdir / 'containerd.log').read_text()[-2000:]}")
+        return self.ctr("version", check=False).returncode == 0
+
+    def ctr(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+        result = subprocess.run(["ctr", "--address", self.address, *args], capture_output=True, text=True,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"ctr {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        subprocess.run(["umount", "-R", str(self.workdir / "state")], capture_output=True)

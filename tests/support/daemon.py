@@ -1,0 +1,63 @@
+"""Damselfly run as a real subprocess, the way a user starts it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.support.wait import free_port, wait_until
+
+
+@dataclass
+class Damselfly:
+    data_dir: Path
+    args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Damselfly":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"damselfly-{self.port}.log"
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "damselfly", "run", "--listen", f"127.0.0.1:{self.port}",
+             "--data-dir", str(self.data_dir), *self.args],
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._healthy, 20, f"damselfly on port {self.port}")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.process and self.process.poll() is not None:
+            raise RuntimeError(f"damselfly exited with {self.process.returncode}: {self.log()[-3000:]}")
+        return httpx.get(f"{self.url}/healthy", timeout=1).status_code == 200
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """Sum of the samples of ``name`` whose label text contains ``labels``."""
+        total = 0.0
+        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                if key.split("{")[0] == name and labels in key:
+                    total += float(value)
+        return total
