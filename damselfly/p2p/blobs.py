@@ -217,12 +217,14 @@ class BlobService:
                     hasher.update(chunk)
                     offset += len(chunk)
                     self.events.source_bytes(len(chunk))
-                    task.pieces_done_below(offset)
+                    # The last piece waits for the digest check: a wrong blob never reaches its end.
+                    task.pieces_done_below(min(offset, task.length - 1))
                 if offset != task.length:
                     raise TaskFailed(f"source closed after {offset} of {task.length} bytes")
                 if hasher.hexdigest() != task.digest.hex:
                     raise TaskFailed(f"digest mismatch: source sent {task.digest.algorithm}:{hasher.hexdigest()}")
                 await asyncio.to_thread(os.fsync, fd)
+                task.pieces_done_below(task.length)
             finally:
                 os.close(fd)
             stored = self.store.commit(task.path, task.digest, BlobMeta(

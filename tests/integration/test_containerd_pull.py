@@ -1,0 +1,44 @@
+"""containerd pulls and runs images through the mirror (real containerd, runc, docker-registry)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.support.images import build_image, push_image
+
+MiB = 1024 * 1024
+
+
+def write_hosts(tmp_path: Path, mirror_url: str, registry_host: str, registry_url: str) -> Path:
+    hosts = tmp_path / "hosts"
+    subprocess.run([sys.executable, "-m", "damselfly", "containerd-config", "--mirror", mirror_url, "--dir", str(hosts),
+                    "--registry", f"{registry_host}={registry_url}"], check=True, capture_output=True)
+    return hosts
+
+
+def test_three_containerds_pull_one_image_at_once(tmp_path, registry, registry_client, damselfly, containerd):
+    image = build_image("pull/three", [3 * MiB, 9 * MiB, 5 * MiB])
+    push_image(registry_client, image)
+    node = damselfly()
+    hosts = write_hosts(tmp_path, node.url, registry.host, registry.url)
+    instances = [containerd() for _ in range(3)]
+    reference = image.reference(registry.host)
+
+    def pull_and_run(index: int) -> str:
+        ctd = instances[index]
+        ctd.ctr("images", "pull", "--hosts-dir", str(hosts), reference)
+        return ctd.ctr("run", "--rm", reference, f"echo-{index}", "/bin/echo", "ok").stdout.strip()
+
+    with ThreadPoolExecutor(3) as pool:
+        outputs = list(pool.map(pull_and_run, range(3)))
+
+    assert outputs == ["ok", "ok", "ok"]
+    for layer in image.layers:
+        gets = registry.blob_gets(layer.digest)
+        assert len(gets) == 1, f"registry saw {len(gets)} GETs of layer {layer.digest}"
+    assert node.metric("damselfly_cache_misses_total") == len(image.layers) + 1  # layers and the config blob
+    assert node.metric("damselfly_cache_hits_total") >= 2 * len(image.layers)
+    assert node.metric("damselfly_upstream_bytes_total") == sum(len(layer.data) for layer in image.layers) + len(image.config)
