@@ -54,9 +54,9 @@ def parse_range(header: str | None, length: int) -> ByteRange | None:
             raise RangeNotSatisfiable(f"suffix range of {suffix} bytes on {length} bytes")
         return ByteRange(max(0, length - suffix), length - 1)
     first = int(first_text)
-    last = int(last_text) if last_text else length - 1
-    if last < first:
+    if last_text and int(last_text) < first:
         raise RangeInvalid(f"malformed Range header {header!r}: last byte before first")
     if first >= length:
         raise RangeNotSatisfiable(f"range starts at {first}, past the end ({length} bytes)")
+    last = int(last_text) if last_text else length - 1
     return ByteRange(first, min(last, length - 1))

@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 
 REGISTRY_HEADER = "X-Dragonfly-Registry"
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
-_BLOB_PATH = re.compile(r"^(?P<name>.+)/blobs/(?P<digest>[^/]+)$")
-_MANIFEST_PATH = re.compile(r"^(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
+_API_PATH = re.compile(r"^(?P<name>.+)/(?P<kind>blobs|manifests|tags|referrers)/(?P<rest>.*)$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
@@ -132,16 +131,21 @@ class Mirror:
             if request.method not in ("GET", "HEAD"):
                 raise OCIError(405, "UNSUPPORTED", f"{request.method} /v2/ is not allowed")
             return web.Response(body=b"{}", content_type="application/json", headers=API_VERSION)
-        if request.method in ("GET", "HEAD"):
-            if match := _BLOB_PATH.match(path):
-                return await self.blob(request, match["name"], match["digest"])
-            if match := _MANIFEST_PATH.match(path):
-                validate_repository(match["name"])
-                reference = match["reference"]
-                if is_digest_reference(reference):
-                    Digest.parse(reference)
-                elif not _TAG.match(reference):
-                    raise OCIError(400, "TAG_INVALID", f"invalid tag {reference!r}")
+        if path == "_catalog":
+            return await self.passthrough(request)
+        match = _API_PATH.match(path)
+        if match is None:
+            raise OCIError(404, "UNSUPPORTED", f"unknown registry API path /v2/{path}")
+        name, kind, rest = match["name"], match["kind"], match["rest"]
+        validate_repository(name)
+        reading = request.method in ("GET", "HEAD")
+        if kind == "blobs" and reading and not rest.startswith("uploads"):
+            return await self.blob(request, name, rest)
+        if kind == "manifests":
+            if is_digest_reference(rest):
+                Digest.parse(rest)
+            elif not _TAG.match(rest):
+                raise OCIError(400, "TAG_INVALID", f"invalid tag {rest!r}")
         return await self.passthrough(request)
 
     def _upstream(self, request: web.Request) -> str:
@@ -150,7 +154,7 @@ class Mirror:
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
         """Send the request upstream as it is and stream the answer back unchanged."""
         query = [(k, v) for k, v in request.query.items() if k != "ns"]
-        url = self._upstream(request) + request.path
+        url = self._upstream(request) + request.rel_url.raw_path
         headers = pick_headers(request.headers, PASSTHROUGH_REQUEST_HEADERS)
         data = request.content if request.body_exists else None
         upstream = await self.registry_client.request(
