@@ -254,6 +254,9 @@ class Mirror:
             if transport is not None:
                 transport.abort()
             return response
+        except ConnectionError:
+            log.info("client %s went away while receiving %s", request.remote, reader.digest)
+            return response
         finally:
             self.metrics.active_streams.dec()
         await response.write_eof()

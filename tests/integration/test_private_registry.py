@@ -93,3 +93,14 @@ def test_private_pull_through_mirror_and_refusals(tmp_path: Path, private_regist
     assert len(private_registry.blob_gets(layer.digest)) == 1, "cached blob must not be downloaded again"
     assert node.metric("damselfly_access_checks_total", 'result="refused"') >= 4
     assert node.metric("damselfly_access_checks_total", 'result="granted"') >= 1
+
+    # After a restart the blob is still known as private.
+    node.stop()
+    restarted = damselfly("--registry", f"{private_registry.host}={private_registry.url}", data_dir=node.data_dir)
+    url = f"{restarted.url}/v2/{image.name}/blobs/{layer.digest}"
+    with httpx.Client(timeout=30) as client:
+        assert client.get(url, params=params).status_code == 401
+        granted = client.get(url, params=params, headers={"Authorization": token})
+        assert granted.status_code == 200 and granted.content == layer.data
+    assert restarted.metric("damselfly_cache_misses_total") == 0
+    assert len(private_registry.blob_gets(layer.digest)) == 1
