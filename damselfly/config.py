@@ -31,19 +31,25 @@ def _file_values(path: str, params: list[click.Parameter]) -> dict[str, Any]:
         raise click.BadParameter(f"config file is not valid YAML: {exc}", param_hint="--config") from None
     if not isinstance(data, dict):
         raise click.BadParameter("config file must be a mapping of keys to values", param_hint="--config")
-    known = {p.name: p for p in params if isinstance(p, click.Option) and p.name != "config"}
+    known = {_key(p): p for p in params if isinstance(p, click.Option) and p.name != "config"}
     values: dict[str, Any] = {}
     for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
+        param = known.get(str(key).replace("-", "_"))
+        if param is None or param.name is None:
             raise click.BadParameter(f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}",
                                      param_hint="--config")
-        if known[name].multiple and isinstance(value, dict):
+        if param.multiple and isinstance(value, dict):
             value = [f"{k}={v}" for k, v in value.items()]  # registry: {name: url}
-        elif known[name].multiple and not isinstance(value, list):
+        elif param.multiple and not isinstance(value, list):
             value = [value]
-        values[name] = value
+        values[param.name] = value
     return values
+
+
+def _key(option: click.Option) -> str:
+    """The config key of an option: its long flag without dashes (--data-dir -> data_dir)."""
+    flag = next(o for o in option.opts if o.startswith("--"))
+    return flag[2:].replace("-", "_")
 
 
 def load_config_file(ctx: click.Context, _: click.Parameter, path: str | None) -> str | None:

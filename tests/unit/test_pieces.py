@@ -1,0 +1,61 @@
+import pytest
+
+from damselfly.p2p.pieces import (
+    DEFAULT_PIECE_LENGTH,
+    MAX_PIECE_LENGTH,
+    MiB,
+    PieceBitmap,
+    piece_count,
+    piece_length_for,
+    piece_span,
+    pieces_covering,
+)
+
+
+def test_piece_length_grows_for_very_large_tasks():
+    assert piece_length_for(0) == DEFAULT_PIECE_LENGTH
+    assert piece_length_for(4 * 1024 * MiB) == DEFAULT_PIECE_LENGTH
+    assert piece_length_for(4 * 1024 * MiB + 1) == 8 * MiB
+    assert piece_length_for(10**15) == MAX_PIECE_LENGTH
+
+
+@pytest.mark.parametrize("length,piece,count", [(0, 4, 0), (1, 4, 1), (4, 4, 1), (5, 4, 2), (12, 4, 3)])
+def test_piece_count(length, piece, count):
+    assert piece_count(length, piece) == count
+
+
+def test_piece_span_and_covering():
+    assert piece_span(0, 10, 4) == (0, 4)
+    assert piece_span(2, 10, 4) == (8, 2)
+    with pytest.raises(IndexError):
+        piece_span(3, 10, 4)
+    assert list(pieces_covering(3, 4, 4)) == [0, 1]
+    assert list(pieces_covering(8, 9, 4)) == [2]
+
+
+def test_bitmap_contiguous_end():
+    bitmap = PieceBitmap(3)
+    assert bitmap.contiguous_end(0, 10, 4) == 0
+    bitmap.add(0)
+    bitmap.add(2)
+    assert bitmap.contiguous_end(0, 10, 4) == 4
+    assert bitmap.contiguous_end(2, 10, 4) == 4
+    assert bitmap.contiguous_end(5, 10, 4) == 5
+    assert bitmap.contiguous_end(9, 10, 4) == 10
+    bitmap.add(1)
+    assert bitmap.complete and bitmap.done == 3
+    assert bitmap.contiguous_end(0, 10, 4) == 10
+
+
+def test_bitmap_round_trip_and_bounds():
+    bitmap = PieceBitmap(10)
+    for i in (0, 7, 9):
+        bitmap.add(i)
+    bitmap.add(7)
+    copy = PieceBitmap(10, bitmap.to_bytes())
+    assert [i for i in range(10) if copy.has(i)] == [0, 7, 9] and copy.done == 3
+    with pytest.raises(IndexError):
+        bitmap.add(10)
+    with pytest.raises(ValueError):
+        PieceBitmap(10, b"\x00")
+    assert PieceBitmap.full(9).complete

@@ -1,0 +1,79 @@
+import asyncio
+import hashlib
+import json
+import os
+
+import pytest
+
+from damselfly.lib.oci import Digest
+from damselfly.p2p.store import BlobMeta, BlobStore
+from damselfly.p2p.task import Task, TaskFailed
+
+
+def put(store: BlobStore, data: bytes) -> Digest:
+    digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+    store.reserve(len(data))
+    incoming = store.new_incoming(digest)
+    incoming.write_bytes(data)
+    store.commit(incoming, digest, BlobMeta(len(data), False, "https://r", "repo", 0.0))
+    return digest
+
+
+def test_lru_eviction_between_watermarks_skips_blobs_in_use(tmp_path):
+    in_use: set[str] = set()
+    evicted = []
+    store = BlobStore(tmp_path, quota=1000, high_watermark=0.8, low_watermark=0.4, in_use=in_use.__contains__,
+                      on_evict=lambda blob: evicted.append(str(blob.digest)))
+    a, b, c = (put(store, bytes([i]) * 300) for i in range(3))  # 900 > 800
+    assert evicted == [str(a), str(b)] and store.used_bytes == 300
+    store.lookup(c)
+    in_use.add(str(c))
+    d = put(store, b"d" * 300)
+    e = put(store, b"e" * 300)  # 900: c is in use, d is oldest idle
+    assert evicted[2:] == [str(d)] and store.lookup(c) is not None and store.lookup(e) is not None
+
+
+def test_reload_keeps_lru_order_and_drops_partial_and_unexplained_files(tmp_path):
+    store = BlobStore(tmp_path, quota=10**6)
+    first, second = put(store, b"first"), put(store, b"second")
+    store.lookup(first)  # now most recently used
+    (tmp_path / "incoming" / "leftover").write_bytes(b"partial")
+    stray = tmp_path / "blobs" / "sha256" / "ab" / ("ab" + "0" * 62)
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"no metadata")
+    os.utime(tmp_path / "blobs/sha256" / second.hex[:2] / (second.hex + ".json"), (1, 1))
+    reloaded = BlobStore(tmp_path, quota=10**6)
+    assert reloaded.blob_count == 2 and reloaded.used_bytes == len(b"first") + len(b"second")
+    assert list(reloaded._blobs) == [str(second), str(first)]
+    assert not any((tmp_path / "incoming").iterdir()) and not stray.exists()
+    meta = json.loads((tmp_path / "blobs/sha256" / first.hex[:2] / (first.hex + ".json")).read_text())
+    assert meta["length"] == 5 and meta["protected"] is False
+
+
+def test_watermarks_are_checked(tmp_path):
+    with pytest.raises(ValueError):
+        BlobStore(tmp_path, quota=10, high_watermark=0.5, low_watermark=0.9)
+
+
+def test_task_readers_wait_for_pieces_and_see_failures(tmp_path):
+    async def scenario() -> None:
+        digest = Digest.parse("sha256:" + "0" * 64)
+        task = Task(digest, 10, tmp_path / "x", piece_length=4)
+        waiter = asyncio.create_task(task.readable_end(4, stall_timeout=5))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        task.pieces_done_below(6)  # only piece 0 is whole
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        task.pieces_done_below(8)
+        assert await asyncio.wait_for(waiter, 1) == 8
+        assert await task.readable_end(0, stall_timeout=1) == 8
+        stalled = asyncio.create_task(task.readable_end(8, stall_timeout=5))
+        await asyncio.sleep(0)
+        task.fail("upstream broke off")
+        with pytest.raises(TaskFailed, match="upstream broke off"):
+            await asyncio.wait_for(stalled, 1)
+        with pytest.raises(TaskFailed, match="no progress"):
+            await Task(digest, 10, tmp_path / "y").readable_end(0, stall_timeout=0.01)
+
+    asyncio.run(scenario())
