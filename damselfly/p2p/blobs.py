@@ -20,6 +20,7 @@ from damselfly.lib.oci import Digest
 from damselfly.lib.units import format_size
 from damselfly.p2p.store import BlobMeta, BlobStore, StoredBlob
 from damselfly.p2p.task import Task, TaskFailed
+from damselfly.p2p.writer import SequentialWriter
 
 log = logging.getLogger(__name__)
 
@@ -204,29 +205,26 @@ class BlobService:
     async def _download(self, task: Task, stream: SourceStream, origin: Origin) -> None:
         key = str(task.digest)
         started = time.monotonic()
-        hasher = task.digest.hasher()
-        offset = 0
         committed = False
+        # The last piece waits for the digest check: a wrong blob never reaches its end.
         try:
-            fd = os.open(task.path, os.O_WRONLY)
+            writer = SequentialWriter(task.path, task.digest.hasher(),
+                                      on_written=lambda end: task.pieces_done_below(min(end, task.length - 1)))
             try:
                 async for chunk in stream.chunks():
-                    if offset + len(chunk) > task.length:
+                    if writer.offset + len(chunk) > task.length:
                         raise TaskFailed(f"source sent more than the {task.length} bytes it announced")
-                    os.pwrite(fd, chunk, offset)
-                    hasher.update(chunk)
-                    offset += len(chunk)
+                    await writer.write(chunk)
                     self.events.source_bytes(len(chunk))
-                    # The last piece waits for the digest check: a wrong blob never reaches its end.
-                    task.pieces_done_below(min(offset, task.length - 1))
-                if offset != task.length:
-                    raise TaskFailed(f"source closed after {offset} of {task.length} bytes")
-                if hasher.hexdigest() != task.digest.hex:
-                    raise TaskFailed(f"digest mismatch: source sent {task.digest.algorithm}:{hasher.hexdigest()}")
-                await asyncio.to_thread(os.fsync, fd)
+                if writer.offset != task.length:
+                    raise TaskFailed(f"source closed after {writer.offset} of {task.length} bytes")
+                actual = await writer.digest()
+                if actual != task.digest.hex:
+                    raise TaskFailed(f"digest mismatch: source sent {task.digest.algorithm}:{actual}")
                 task.pieces_done_below(task.length)
+                await writer.flush()  # before the blob counts as stored: a crash never leaves it half on disk
             finally:
-                os.close(fd)
+                await writer.close()
             stored = self.store.commit(task.path, task.digest, BlobMeta(
                 length=task.length, protected=self._task_protected[key], registry=origin.registry,
                 repository=origin.repository, stored_at=time.time()))

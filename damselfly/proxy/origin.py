@@ -46,7 +46,7 @@ class RegistryStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.content.iter_chunked(CHUNK_SIZE):
+            async for chunk in self._response.content.iter_any():  # no re-chunking copies
                 yield chunk
         except asyncio.TimeoutError:
             raise SourceUnavailable(504, f"registry {self._response.url.origin()} stopped sending") from None
@@ -71,6 +71,7 @@ class RegistryClient:
                 timeout=self._timeout,
                 auto_decompress=False,  # bytes pass through exactly as the registry sent them
                 connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
+                read_bufsize=CHUNK_SIZE,  # fewer, larger reads on the hot path
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
         return self._session

@@ -1,0 +1,1 @@
+"""Benchmarks: each claim of speed or memory measured against a baseline in the same run."""

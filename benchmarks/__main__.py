@@ -1,0 +1,18 @@
+"""``python -m benchmarks NAME [options]``: run one benchmark and write its results table."""
+
+from __future__ import annotations
+
+import click
+
+from benchmarks.mirror import mirror
+
+
+@click.group()
+def main() -> None:
+    """Damselfly benchmarks. Results land in benchmarks/results/ unless --out says otherwise."""
+
+
+main.add_command(mirror)
+
+if __name__ == "__main__":
+    main()

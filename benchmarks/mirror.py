@@ -1,0 +1,215 @@
+"""Mirror throughput and memory: a large blob through Damselfly versus straight from docker-registry.
+
+In one run, with the same client (curl) for every path:
+- direct: curl from docker-registry (its storage warm in the page cache);
+- cold:   curl through a Damselfly with an empty cache (pull-through);
+- warm:   curl through Damselfly again (cache hit);
+then the daemon's peak resident memory while it serves 4 concurrent streams of the
+blob, cold and warm. Targets: warm >= 0.9x direct, cold >= 0.8x, memory < 150 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from damselfly.lib.units import format_size, parse_size
+from tests.support.daemon import Damselfly
+from tests.support.registry import Registry, RegistryClient
+
+RESULTS = Path(__file__).parent / "results"
+console = Console()
+
+
+@dataclass
+class Transfer:
+    path: str
+    seconds: float
+    bytes: int
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e6
+
+
+def curl(url: str, params: str = "") -> Transfer:
+    """One download with curl, its own timing; the body goes to /dev/null."""
+    out = subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", url + params],
+                         capture_output=True, text=True, check=True, timeout=600)
+    seconds, size = out.stdout.split()
+    return Transfer(url, float(seconds), int(size))
+
+
+def write_random_file(path: Path, size: int) -> None:
+    with Progress(TextColumn("generating blob"), BarColumn(), DownloadColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("gen", total=size)
+        with open(path, "wb") as f:
+            left = size
+            while left:
+                chunk = os.urandom(min(left, 16 << 20))
+                f.write(chunk)
+                left -= len(chunk)
+                bar.advance(task, len(chunk))
+
+
+class RssSampler:
+    """Samples a process's resident set size until stopped; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def concurrent_peak_rss(node: Damselfly, url: str, streams: int) -> tuple[int, float]:
+    """Peak daemon RSS while ``streams`` curls download ``url`` at once; and their wall time."""
+    assert node.process is not None
+    with RssSampler(node.process.pid) as sampler:
+        started = time.monotonic()
+        procs = [subprocess.Popen(["curl", "-sS", "--fail", "-o", "/dev/null", url]) for _ in range(streams)]
+        codes = [p.wait(600) for p in procs]
+        elapsed = time.monotonic() - started
+    if any(codes):
+        raise click.ClickException(f"a concurrent download failed: curl exit codes {codes}")
+    return sampler.peak, elapsed
+
+
+@click.command()
+@click.option("--size", "sizes", default="1GiB", show_default=True,
+              help="Blob sizes, comma-separated (e.g. 256MiB,1GiB).")
+@click.option("--rounds", default=5, show_default=True, help="Rounds per size; the table reports medians.")
+@click.option("--streams", default=4, show_default=True, help="Concurrent streams for the memory measurement.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
+def mirror(sizes: str, rounds: int, streams: int, out: Path) -> None:
+    """Blob throughput through the mirror (cold, warm) vs docker-registry, and peak memory."""
+    if not shutil.which("docker-registry") or not shutil.which("curl"):
+        raise click.ClickException("needs docker-registry and curl (Debian packages docker-registry, curl)")
+    records = []
+    with tempfile.TemporaryDirectory(prefix="damselfly-bench-") as scratch:
+        work = Path(scratch)
+        registry = Registry(work / "registry").start()
+        try:
+            for size in (parse_size(s) for s in sizes.split(",")):
+                records.append(measure_size(work, registry, size, rounds, streams))
+        finally:
+            registry.stop()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mirror.json").write_text(json.dumps(records, indent=2) + "\n")
+    table = markdown_table(records, rounds, streams)
+    (out / "mirror.md").write_text(table)
+    console.print(table)
+
+
+def measure_size(work: Path, registry: Registry, size: int, rounds: int, streams: int) -> dict:
+    blob_path = work / f"blob-{size}"
+    write_random_file(blob_path, size)
+    console.print(f"pushing {format_size(size)} to docker-registry")
+    digest = RegistryClient(registry.url).push_blob("bench/blob", blob_path)
+    blob_path.unlink()
+    direct_url = f"{registry.url}/v2/bench/blob/blobs/{digest}"
+    params = f"?ns={registry.host}"
+    curl(direct_url)  # the registry's storage into the page cache, as it is on a busy registry
+    results: dict[str, list[Transfer]] = {"direct": [], "cold": [], "warm": []}
+    mapping = ["--registry", f"{registry.host}={registry.url}", "--cache-quota", "100GiB"]
+    for round_index in range(rounds):
+        console.print(f"[bold]{format_size(size)}[/] round {round_index + 1}/{rounds}")
+        data_dir = work / "mirror-data"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        node = Damselfly(data_dir, mapping).start()
+        try:
+            mirror_url = f"{node.url}/v2/bench/blob/blobs/{digest}"
+            results["direct"].append(curl(direct_url))
+            results["cold"].append(curl(mirror_url, params))
+            results["warm"].append(curl(mirror_url, params))
+        finally:
+            node.stop()
+    for name, transfers in results.items():
+        bad = [t for t in transfers if t.bytes != size]
+        if bad:
+            raise click.ClickException(f"{name}: a transfer returned {bad[0].bytes} of {size} bytes")
+
+    console.print(f"peak memory with {streams} concurrent streams")
+    data_dir = work / "mirror-data"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    node = Damselfly(data_dir, mapping).start()
+    try:
+        assert node.process is not None
+        idle_rss = rss_bytes(node.process.pid)
+        mirror_url = f"{node.url}/v2/bench/blob/blobs/{digest}{params}"
+        cold_peak, cold_wall = concurrent_peak_rss(node, mirror_url, streams)
+        warm_peak, warm_wall = concurrent_peak_rss(node, mirror_url, streams)
+        upstream_gets = len(registry.blob_gets(digest))
+    finally:
+        node.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+    def median_speed(name: str) -> float:
+        return statistics.median(t.mb_per_s for t in results[name])
+
+    direct = median_speed("direct")
+    return {
+        "size_bytes": size,
+        "rounds": rounds,
+        "direct_mb_s": round(direct, 1),
+        "cold_mb_s": round(median_speed("cold"), 1),
+        "warm_mb_s": round(median_speed("warm"), 1),
+        "cold_ratio": round(median_speed("cold") / direct, 3),
+        "warm_ratio": round(median_speed("warm") / direct, 3),
+        "idle_rss_mb": round(idle_rss / 1e6, 1),
+        "peak_rss_mb_cold": round(cold_peak / 1e6, 1),
+        "peak_rss_mb_warm": round(warm_peak / 1e6, 1),
+        "concurrent_cold_aggregate_mb_s": round(streams * size / cold_wall / 1e6, 1),
+        "concurrent_warm_aggregate_mb_s": round(streams * size / warm_wall / 1e6, 1),
+        "registry_blob_gets": upstream_gets,
+        "transfers": {name: [asdict(t) for t in ts] for name, ts in results.items()},
+    }
+
+
+def markdown_table(records: list[dict], rounds: int, streams: int) -> str:
+    lines = [
+        f"Blob through the mirror vs straight from docker-registry (curl, loopback, median of {rounds} rounds; "
+        f"peak daemon RSS while serving {streams} concurrent streams).",
+        "",
+        "| blob | direct MB/s | cold MB/s (ratio) | warm MB/s (ratio) | peak RSS cold / warm | idle RSS | "
+        "registry GETs (all runs) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in records:
+        lines.append(
+            f"| {format_size(r['size_bytes'])} | {r['direct_mb_s']:.0f} | {r['cold_mb_s']:.0f} ({r['cold_ratio']:.2f}x) | "
+            f"{r['warm_mb_s']:.0f} ({r['warm_ratio']:.2f}x) | {r['peak_rss_mb_cold']:.0f} / {r['peak_rss_mb_warm']:.0f} MB | "
+            f"{r['idle_rss_mb']:.0f} MB | {r['registry_blob_gets']} |")
+    lines += ["", "Targets: cold >= 0.8x, warm >= 0.9x direct; peak RSS < 150 MB whatever the blob size.", ""]
+    return "\n".join(lines)
