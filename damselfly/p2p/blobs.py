@@ -120,7 +120,8 @@ class BlobService:
         self._readers: dict[str, int] = {}  # open readers per digest
         self._task_protected: dict[str, bool] = {}
         self._starting: dict[str, asyncio.Future[Task]] = {}
-        self._downloads: set[asyncio.Task[None]] = set()
+        self._downloads: dict[str, asyncio.Task[None]] = {}
+        self._committing: set[str] = set()  # verified downloads being flushed and stored
 
     @contextlib.asynccontextmanager
     async def open(self, digest: Digest, origin: Origin) -> AsyncIterator[BlobReader]:
@@ -198,8 +199,8 @@ class BlobService:
         reader = self._task_reader(task, started_here=True)
         self.store.reserve(task.length)
         download = asyncio.create_task(self._download(task, stream, origin), name=f"download {digest}")
-        self._downloads.add(download)
-        download.add_done_callback(self._downloads.discard)
+        self._downloads[key] = download
+        download.add_done_callback(lambda _: self._downloads.pop(key, None))
         return reader
 
     async def _download(self, task: Task, stream: SourceStream, origin: Origin) -> None:
@@ -222,6 +223,7 @@ class BlobService:
                 if actual != task.digest.hex:
                     raise TaskFailed(f"digest mismatch: source sent {task.digest.algorithm}:{actual}")
                 task.pieces_done_below(task.length)
+                self._committing.add(key)  # verified: shutdown lets it reach the store
                 await writer.flush()  # before the blob counts as stored: a crash never leaves it half on disk
             finally:
                 await writer.close()
@@ -248,12 +250,14 @@ class BlobService:
             stream.close()
             self._tasks.pop(key, None)
             self._task_protected.pop(key, None)
+            self._committing.discard(key)
             if not committed:
                 self.store.unreserve(task.length)
                 self.store.discard(task.path)
 
     async def close(self) -> None:
-        """Cancel downloads in flight (their partial files are dropped)."""
-        for download in list(self._downloads):
-            download.cancel()
-        await asyncio.gather(*self._downloads, return_exceptions=True)
+        """Cancel downloads still receiving (their partial files are dropped); let verified ones be stored."""
+        for key, download in list(self._downloads.items()):
+            if key not in self._committing:
+                download.cancel()
+        await asyncio.gather(*self._downloads.values(), return_exceptions=True)
