@@ -28,6 +28,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from damselfly.lib.units import format_size, parse_size
 from tests.support.daemon import Damselfly
 from tests.support.registry import Registry, RegistryClient
+from tests.support.wait import wait_until
 
 RESULTS = Path(__file__).parent / "results"
 console = Console()
@@ -61,6 +62,7 @@ def fresh_file_write(path: Path, size: int) -> Transfer:
         for offset in range(0, size, len(chunk)):
             os.pwrite(fd, chunk[: size - offset], offset)
         seconds = time.perf_counter() - started
+        os.fsync(fd)  # untimed: its writeback must not slow the next measurement
     finally:
         os.close(fd)
         path.unlink()
@@ -168,6 +170,7 @@ def measure_size(work: Path, registry: Registry, size: int, rounds: int, streams
             results["direct"].append(curl(direct_url))
             results["disk_write"].append(fresh_file_write(work / "write-probe", size))
             results["cold"].append(curl(mirror_url, params))
+            wait_until(lambda: node.metric("damselfly_store_blobs") == 1, 120, "the cold download to be stored")
             results["warm"].append(curl(mirror_url, params))
         finally:
             node.stop()
