@@ -207,10 +207,8 @@ class BlobService:
         key = str(task.digest)
         started = time.monotonic()
         committed = False
-        # The last piece waits for the digest check: a wrong blob never reaches its end.
         try:
-            writer = SequentialWriter(task.path, task.digest.hasher(),
-                                      on_written=lambda end: task.pieces_done_below(min(end, task.length - 1)))
+            writer = SequentialWriter(task.path, task.digest.hasher(), on_written=task.pieces_done_below)
             try:
                 async for chunk in stream.chunks():
                     if writer.offset + len(chunk) > task.length:
@@ -222,7 +220,7 @@ class BlobService:
                 actual = await writer.digest()
                 if actual != task.digest.hex:
                     raise TaskFailed(f"digest mismatch: source sent {task.digest.algorithm}:{actual}")
-                task.pieces_done_below(task.length)
+                task.release_last()
                 self._committing.add(key)  # verified: shutdown lets it reach the store
                 await writer.flush()  # before the blob counts as stored: a crash never leaves it half on disk
             finally:

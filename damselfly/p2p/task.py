@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Callable
 
 from damselfly.lib.oci import Digest
 from damselfly.p2p.pieces import PieceBitmap, piece_count, piece_length_for, piece_span
@@ -28,27 +29,54 @@ class Task:
         self.piece_length = piece_length or piece_length_for(length)
         count = piece_count(length, self.piece_length)
         self.bitmap = PieceBitmap.full(count) if complete else PieceBitmap(count)
+        self.digests: dict[int, str] = {}  # sha256 per piece, where known
         self.error: str | None = None
+        self.on_piece: Callable[[int], None] | None = None
+        self._last_held = False
+        self._last_released = False
         self._changed = asyncio.Event()
 
     @property
     def complete(self) -> bool:
         return self.bitmap.complete
 
+    @property
+    def piece_count(self) -> int:
+        return self.bitmap.count
+
+    def piece_span(self, index: int) -> tuple[int, int]:
+        return piece_span(index, self.length, self.piece_length)
+
     def piece_done(self, index: int) -> None:
+        """A piece is verified and on disk. The last piece is held back until ``release_last``:
+        readers never reach the end of a blob whose digest was not checked."""
+        if self.bitmap.has(index):
+            return
+        if index == self.bitmap.count - 1 and not self._last_released:
+            self._last_held = True
+            return
         self.bitmap.add(index)
+        if self.on_piece is not None:
+            self.on_piece(index)
         self._wake()
+
+    def release_last(self) -> None:
+        """The whole blob matched its digest: let readers have the last piece."""
+        self._last_released = True
+        if self._last_held:
+            self._last_held = False
+            self.piece_done(self.bitmap.count - 1)
+
+    def has_or_holds(self, index: int) -> bool:
+        return self.bitmap.has(index) or (self._last_held and index == self.bitmap.count - 1)
 
     def pieces_done_below(self, offset: int) -> None:
         """Mark every whole piece that ends at or before ``offset`` (sequential writers)."""
-        index = self.bitmap.done
-        while index < self.bitmap.count:
+        for index in range(self.bitmap.done, self.bitmap.count):
             start, size = piece_span(index, self.length, self.piece_length)
             if start + size > offset:
                 break
-            self.bitmap.add(index)
-            index += 1
-        self._wake()
+            self.piece_done(index)
 
     def fail(self, reason: str) -> None:
         self.error = reason

@@ -1,0 +1,1 @@
+"""The scheduler: hosts, tasks and peers; ranks parents; triggers seed peers."""

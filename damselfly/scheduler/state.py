@@ -1,0 +1,217 @@
+"""What the scheduler knows: hosts, tasks and the peers of each task (no I/O here)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from damselfly.p2p.pieces import PieceBitmap, piece_count
+from damselfly.scheduler.evaluator import Candidate, Child, rank_parents
+
+KEEPALIVE_INTERVAL = 5.0
+HOST_EXPIRY = 3 * KEEPALIVE_INTERVAL
+COST_SAMPLES = 20
+
+
+@dataclass
+class Host:
+    id: str
+    upload_url: str
+    idc: str = ""
+    location: str = ""
+    is_seed: bool = False
+    upload_slots: int = 16
+    last_seen: float = 0.0
+    successes: int = 0
+    failures: int = 0
+    piece_costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_SAMPLES))
+
+
+@dataclass
+class Peer:
+    host_id: str
+    bitmap: PieceBitmap
+    seeding: bool = False  # downloading from the origin: will hold every piece
+    done: bool = False
+    parents: set[str] = field(default_factory=set)
+    bad_parents: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Task:
+    id: str
+    length: int
+    piece_length: int
+    origin: dict[str, str | None]
+    digests: dict[int, str] = field(default_factory=dict)
+    peers: dict[str, Peer] = field(default_factory=dict)
+    failed: str | None = None
+    version: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def bump(self) -> None:
+        self.version += 1
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class SchedulerState:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, parents_per_peer: int = 4) -> None:
+        self.clock = clock
+        self.parents_per_peer = parents_per_peer
+        self.hosts: dict[str, Host] = {}
+        self.tasks: dict[str, Task] = {}
+
+    # -- hosts ---------------------------------------------------------------------
+
+    def announce(self, host: Host) -> None:
+        known = self.hosts.get(host.id)
+        if known is not None:
+            host.successes, host.failures, host.piece_costs = known.successes, known.failures, known.piece_costs
+        host.last_seen = self.clock()
+        self.hosts[host.id] = host
+
+    def leave(self, host_id: str) -> None:
+        self.hosts.pop(host_id, None)
+        for task in self.tasks.values():
+            if task.peers.pop(host_id, None) is not None:
+                task.bump()
+
+    def alive(self, host_id: str) -> bool:
+        host = self.hosts.get(host_id)
+        return host is not None and self.clock() - host.last_seen <= HOST_EXPIRY
+
+    def expire_hosts(self) -> list[str]:
+        gone = [h for h in self.hosts if not self.alive(h)]
+        for host_id in gone:
+            self.leave(host_id)
+        return gone
+
+    def seeds(self) -> list[Host]:
+        return [h for h in self.hosts.values() if h.is_seed and self.alive(h.id)]
+
+    # -- tasks ---------------------------------------------------------------------
+
+    def task(self, task_id: str, length: int, piece_length: int, origin: dict[str, str | None]) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None or task.length != length or task.piece_length != piece_length:
+            task = Task(task_id, length, piece_length, origin)
+            self.tasks[task_id] = task
+        return task
+
+    def join(self, task: Task, host_id: str, pieces: list[int], seeding: bool = False) -> Peer:
+        count = piece_count(task.length, task.piece_length)
+        peer = task.peers.get(host_id)
+        if peer is None:
+            peer = Peer(host_id, PieceBitmap(count))
+            task.peers[host_id] = peer
+        for index in pieces:
+            if 0 <= index < count:
+                peer.bitmap.add(index)
+        peer.seeding = peer.seeding or seeding
+        peer.done = peer.bitmap.complete
+        task.bump()
+        return peer
+
+    def report_pieces(self, task: Task, host_id: str, pieces: list[tuple[int, str | None, float | None, str | None]],
+                      trusted: bool) -> list[int]:
+        """Record pieces a peer holds. Returns indexes whose digest disagreed (ignored)."""
+        peer = task.peers.get(host_id) or self.join(task, host_id, [])
+        rejected = []
+        for index, digest, cost, parent_id in pieces:
+            known = task.digests.get(index)
+            if digest is not None and known is not None and known != digest:
+                rejected.append(index)
+                continue
+            if digest is not None and known is None and trusted:
+                task.digests[index] = digest
+            if 0 <= index < peer.bitmap.count:
+                peer.bitmap.add(index)
+            if parent_id and parent_id in self.hosts:
+                parent = self.hosts[parent_id]
+                parent.successes += 1
+                if cost is not None:
+                    parent.piece_costs.append(cost)
+        peer.done = peer.bitmap.complete
+        if peer.done:
+            peer.parents.clear()
+            peer.seeding = False
+        task.bump()
+        return rejected
+
+    def report_bad_parent(self, task: Task, host_id: str, parent_id: str) -> None:
+        peer = task.peers.get(host_id)
+        if peer is not None:
+            peer.bad_parents.add(parent_id)
+            peer.parents.discard(parent_id)
+        if parent_id in self.hosts:
+            self.hosts[parent_id].failures += 1
+        task.bump()
+
+    def finish(self, task: Task, host_id: str, success: bool, reason: str = "") -> None:
+        peer = task.peers.get(host_id)
+        if peer is None:
+            return
+        if success:
+            peer.done, peer.seeding = True, False
+            peer.parents.clear()
+        else:
+            del task.peers[host_id]
+            if reason.startswith("digest mismatch"):
+                task.failed = reason  # the origin itself sent a wrong blob: nobody will do better
+        task.bump()
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def uploads_in_flight(self, host_id: str) -> int:
+        return sum(1 for t in self.tasks.values() for p in t.peers.values() if not p.done and host_id in p.parents)
+
+    def rank(self, task: Task, host_id: str) -> list[Host]:
+        child_peer = task.peers[host_id]
+        child_host = self.hosts.get(host_id) or Host(host_id, "")
+        child = Child(host_id, child_host.idc, child_host.location, frozenset(child_peer.bad_parents))
+        missing = {i for i in range(child_peer.bitmap.count) if not child_peer.bitmap.has(i)}
+        candidates = []
+        for peer in task.peers.values():
+            host = self.hosts.get(peer.host_id)
+            if host is None or not self.alive(host.id) or not host.upload_url:
+                continue
+            candidates.append(Candidate(
+                host.id, pieces=sum(1 for i in missing if peer.bitmap.has(i)), total_pieces=max(1, len(missing)),
+                upload_slots=host.upload_slots, uploads_in_flight=self.uploads_in_flight(host.id)
+                - (1 if host.id in child_peer.parents else 0),
+                is_seed=host.is_seed, seeding=peer.seeding, idc=host.idc, location=host.location,
+                successes=host.successes, failures=host.failures, piece_costs=list(host.piece_costs)))
+        parents_of = {p.host_id: p.parents for p in task.peers.values() if not p.done and p.host_id != host_id}
+        ranked = rank_parents(child, candidates, parents_of, self.parents_per_peer)
+        child_peer.parents = {c.host_id for c in ranked}
+        return [self.hosts[c.host_id] for c in ranked]
+
+    def schedule(self, task: Task, host_id: str) -> dict:
+        """The answer to a peer: its parents with their pieces, the known digests, what to do."""
+        if task.failed:
+            return {"action": "fail", "reason": task.failed, "version": task.version}
+        parents = self.rank(task, host_id)
+        seeding = any(p.seeding and self.alive(p.host_id) for p in task.peers.values() if p.host_id != host_id)
+        if parents:
+            action, reason = "download", ""
+        elif seeding:
+            action, reason = "wait", "a seed peer is starting the download"
+        else:
+            action, reason = "seed", "nobody holds the task"
+        return {
+            "action": action,
+            "reason": reason,
+            "version": task.version,
+            "digests": {str(i): d for i, d in task.digests.items()},
+            "parents": [
+                {"host_id": h.id, "upload_url": h.upload_url, "is_seed": h.is_seed,
+                 "seeding": task.peers[h.id].seeding,
+                 "bitmap": base64.b64encode(task.peers[h.id].bitmap.to_bytes()).decode()}
+                for h in parents
+            ],
+        }

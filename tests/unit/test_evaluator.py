@@ -1,0 +1,48 @@
+from damselfly.scheduler.evaluator import Candidate, Child, affinity, creates_cycle, is_bad_node, rank_parents, score
+
+
+def cand(host_id: str, **kw) -> Candidate:
+    base = dict(pieces=5, total_pieces=10, upload_slots=4, uploads_in_flight=0)
+    base.update(kw)
+    return Candidate(host_id, **base)
+
+
+def test_more_pieces_free_slots_and_success_rank_higher():
+    child = Child("me")
+    assert score(child, cand("a", pieces=10)) > score(child, cand("b", pieces=2))
+    assert score(child, cand("a", uploads_in_flight=0)) > score(child, cand("b", uploads_in_flight=3))
+    assert score(child, cand("a", successes=10)) > score(child, cand("b", successes=2, failures=8))
+    assert score(child, cand("a", is_seed=True)) > score(child, cand("b"))
+
+
+def test_affinity_prefers_same_idc_then_shared_location():
+    child = Child("me", idc="idc1", location="cn|hz|z1")
+    assert affinity(child, cand("a", idc="idc1")) == 1.0
+    assert affinity(child, cand("b", location="cn|hz|z2")) == 2 / 3
+    assert affinity(child, cand("c", location="us|ny")) == 0.0
+    ranked = rank_parents(child, [cand("far", location="us"), cand("near", idc="idc1")], {})
+    assert [c.host_id for c in ranked] == ["near", "far"]
+
+
+def test_filters_self_full_bad_empty_and_slow_parents():
+    child = Child("me", bad_parents=frozenset({"reported"}))
+    candidates = [
+        cand("me"), cand("reported"), cand("full", uploads_in_flight=4), cand("empty", pieces=0),
+        cand("seeding", pieces=0, seeding=True), cand("slow", piece_costs=[5.0, 5.0, 5.0]),
+        cand("fast1", piece_costs=[0.1, 0.1, 0.1]), cand("fast2", piece_costs=[0.2, 0.1, 0.1]),
+    ]
+    assert is_bad_node(candidates[5], candidates)
+    assert {c.host_id for c in rank_parents(child, candidates, {}, limit=10)} == {"seeding", "fast1", "fast2"}
+
+
+def test_never_a_cycle():
+    parents_of = {"a": {"b"}, "b": {"me"}}
+    assert creates_cycle("me", "a", parents_of)
+    assert not creates_cycle("me", "c", parents_of)
+    ranked = rank_parents(Child("me"), [cand("a"), cand("b"), cand("c")], parents_of)
+    assert [c.host_id for c in ranked] == ["c"]
+
+
+def test_limit_and_deterministic_order():
+    ranked = rank_parents(Child("me"), [cand(f"h{i}") for i in range(10)], {}, limit=3)
+    assert [c.host_id for c in ranked] == ["h0", "h1", "h2"]

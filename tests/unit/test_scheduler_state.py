@@ -1,0 +1,70 @@
+import asyncio
+
+from damselfly.scheduler.state import HOST_EXPIRY, Host, SchedulerState
+
+
+def make_state():
+    now = [0.0]
+    state = SchedulerState(clock=lambda: now[0])
+    for host_id, seed in [("seed", True), ("p1", False), ("p2", False)]:
+        state.announce(Host(host_id, f"http://{host_id}:65002", is_seed=seed))
+    return state, now
+
+
+def test_empty_task_asks_for_a_seed_then_the_seeding_seed_is_a_parent():
+    async def scenario():
+        state, _ = make_state()
+        task = state.task("sha256:x", length=10, piece_length=4, origin={})
+        state.join(task, "p1", [])
+        assert state.schedule(task, "p1")["action"] == "seed"
+        state.join(task, "seed", [], seeding=True)
+        answer = state.schedule(task, "p1")
+        assert answer["action"] == "download" and [p["host_id"] for p in answer["parents"]] == ["seed"]
+        assert answer["parents"][0]["seeding"] is True
+
+    asyncio.run(scenario())
+
+
+def test_digests_come_only_from_the_origin_side_and_must_agree():
+    async def scenario():
+        state, _ = make_state()
+        task = state.task("sha256:x", length=10, piece_length=4, origin={})
+        state.report_pieces(task, "p1", [(0, "forged", None, None)], trusted=False)
+        assert task.digests == {}
+        state.report_pieces(task, "seed", [(0, "d0", None, None), (1, "d1", None, None)], trusted=True)
+        assert task.digests == {0: "d0", 1: "d1"}
+        assert state.report_pieces(task, "p2", [(0, "other", 0.1, "seed")], trusted=False) == [0]
+        state.report_pieces(task, "p2", [(1, "d1", 0.1, "seed")], trusted=False)
+        assert state.hosts["seed"].successes == 1 and list(state.hosts["seed"].piece_costs) == [0.1]
+
+    asyncio.run(scenario())
+
+
+def test_peers_become_parents_bad_parents_are_skipped_and_hosts_expire():
+    async def scenario():
+        state, now = make_state()
+        task = state.task("sha256:x", length=12, piece_length=4, origin={})
+        state.join(task, "p1", [0, 1, 2])
+        state.join(task, "p2", [])
+        assert [p["host_id"] for p in state.schedule(task, "p2")["parents"]] == ["p1"]
+        state.report_bad_parent(task, "p2", "p1")
+        assert state.schedule(task, "p2")["action"] == "seed"
+        now[0] += HOST_EXPIRY + 1
+        state.announce(Host("p2", "http://p2:65002"))
+        assert state.expire_hosts() == ["seed", "p1"]
+        assert set(task.peers) == {"p2"}
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_origin_digest_fails_the_task():
+    async def scenario():
+        state, _ = make_state()
+        task = state.task("sha256:x", length=12, piece_length=4, origin={})
+        state.join(task, "seed", [], seeding=True)
+        state.join(task, "p1", [])
+        state.finish(task, "seed", success=False, reason="digest mismatch: source sent sha256:y")
+        assert state.schedule(task, "p1") == {"action": "fail", "reason": "digest mismatch: source sent sha256:y",
+                                              "version": task.version}
+
+    asyncio.run(scenario())
