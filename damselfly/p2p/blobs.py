@@ -14,7 +14,8 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, BinaryIO, Protocol
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Protocol
 
 from damselfly.lib.oci import Digest
 from damselfly.lib.units import format_size
@@ -65,6 +66,24 @@ class BlobSource(Protocol):
     async def open_blob(self, origin: Origin, digest: Digest) -> SourceStream:
         """Start a download; raise SourceRefused or SourceUnavailable."""
 
+    async def blob_length(self, origin: Origin, digest: Digest) -> int:
+        """Confirm the caller may fetch the blob, and learn its length (a HEAD)."""
+
+
+class PeerNetwork(Protocol):
+    """The P2P side of a daemon, as the blob service sees it."""
+
+    is_seed: bool
+
+    async def download(self, task: Task, origin: Origin) -> str:
+        """Fill ``task`` from parents (or the origin when told to); return the blob's hex digest."""
+
+    def publish(self, task: Task, origin: Origin) -> None:
+        """Offer a task this node downloads from the origin to the network (seed peers)."""
+
+    def finished(self, task: Task, success: bool, reason: str = "") -> None:
+        """Tell the network how the task ended here."""
+
 
 class BlobEvents(Protocol):
     """What the service reports, so metrics stay out of its logic."""
@@ -110,7 +129,8 @@ class BlobReader:
 
 class BlobService:
     def __init__(self, store: BlobStore, source: BlobSource, events: BlobEvents,
-                 stall_timeout: float = 60.0) -> None:
+                 stall_timeout: float = 60.0, network: "PeerNetwork | None" = None) -> None:
+        self.network = network
         self.store = store
         store.in_use = self.in_use
         self.source = source
@@ -180,35 +200,72 @@ class BlobService:
             self.store.collect_garbage()
 
     async def _start(self, digest: Digest, origin: Origin) -> BlobReader:
+        task = await self._begin(digest, origin)
+        return self._task_reader(task, started_here=True)
+
+    async def prefetch(self, digest: Digest, origin: Origin) -> None:
+        """Make sure a download of ``digest`` runs (a seed peer told to fetch a task)."""
+        key = str(digest)
+        if self.store.lookup(digest) is not None or key in self._tasks:
+            if self.network is not None:
+                self.network.publish(self._tasks.get(key) or self._stored_task(digest), origin)
+            return
+        if key in self._starting:
+            await asyncio.shield(self._starting[key])
+            return
+        await self._begin(digest, origin)
+
+    def local_task(self, digest: Digest) -> Task | None:
+        """The task as this node holds it: downloading, or complete in the store."""
+        return self._tasks.get(str(digest)) or self._stored_task(digest)
+
+    def _stored_task(self, digest: Digest) -> Task | None:
+        stored = self.store.lookup(digest)
+        return Task(stored.digest, stored.meta.length, stored.path, complete=True) if stored else None
+
+    async def _begin(self, digest: Digest, origin: Origin) -> Task:
+        """Start one download of ``digest``; concurrent callers wait on the same start.
+
+        Without a P2P network, or on a seed peer, the bytes come from the origin registry.
+        On a peer, the registry is only asked (with the caller's credentials) whether the
+        caller may have the blob and how long it is; the bytes come from the network.
+        """
         key = str(digest)
         future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
         self._starting[key] = future
         try:
-            stream = await self.source.open_blob(origin, digest)
+            if self.network is None or self.network.is_seed:
+                stream = await self.source.open_blob(origin, digest)
+                length = stream.length
+                fill = lambda task: self._fill_from_origin(task, stream)  # noqa: E731
+            else:
+                length = await self.source.blob_length(origin, digest)
+                network = self.network
+                fill = lambda task: network.download(task, origin)  # noqa: E731
         except BaseException as exc:
             del self._starting[key]
             future.set_exception(exc if isinstance(exc, Exception) else SourceUnavailable(502, "cancelled"))
             future.exception()  # joiners may be none; mark it retrieved
             raise
-        incoming = self.store.new_incoming(digest)
-        task = Task(digest, stream.length, incoming)
+        task = Task(digest, length, self.store.new_incoming(digest))
         self._tasks[key] = task
         self._task_protected[key] = origin.authorization is not None
         del self._starting[key]
         future.set_result(task)
-        reader = self._task_reader(task, started_here=True)
         self.store.reserve(task.length)
-        download = asyncio.create_task(self._download(task, stream, origin), name=f"download {digest}")
+        if self.network is not None and self.network.is_seed:
+            self.network.publish(task, origin)
+        download = asyncio.create_task(self._download(task, origin, fill), name=f"download {digest}")
         self._downloads[key] = download
         download.add_done_callback(lambda _: self._downloads.pop(key, None))
-        return reader
+        return task
 
-    async def _download(self, task: Task, stream: SourceStream, origin: Origin) -> None:
-        key = str(task.digest)
-        started = time.monotonic()
-        committed = False
+    async def _fill_from_origin(self, task: Task, stream: SourceStream) -> str:
+        """Write the origin's stream in order; return the digest of what it sent."""
         try:
-            writer = SequentialWriter(task.path, task.digest.hasher(), on_written=task.pieces_done_below)
+            writer = SequentialWriter(task.path, task.digest.hasher(), on_written=task.pieces_done_below,
+                                      piece_length=task.piece_length if self.network else None,
+                                      piece_digests=task.digests)
             try:
                 async for chunk in stream.chunks():
                     if writer.offset + len(chunk) > task.length:
@@ -217,35 +274,44 @@ class BlobService:
                     self.events.source_bytes(len(chunk))
                 if writer.offset != task.length:
                     raise TaskFailed(f"source closed after {writer.offset} of {task.length} bytes")
-                actual = await writer.digest()
-                if actual != task.digest.hex:
-                    raise TaskFailed(f"digest mismatch: source sent {task.digest.algorithm}:{actual}")
-                task.release_last()
-                self._committing.add(key)  # verified: shutdown lets it reach the store
-                await writer.flush()  # before the blob counts as stored: a crash never leaves it half on disk
+                return await writer.digest()
             finally:
                 await writer.close()
+        finally:
+            stream.close()
+
+    async def _download(self, task: Task, origin: Origin, fill: Callable[[Task], Awaitable[str]]) -> None:
+        key = str(task.digest)
+        started = time.monotonic()
+        committed = False
+        try:
+            actual = await fill(task)
+            if actual != task.digest.hex:
+                raise TaskFailed(f"digest mismatch: source sent {task.digest.algorithm}:{actual}")
+            task.release_last()
+            self._committing.add(key)  # verified: shutdown lets it reach the store
+            await asyncio.to_thread(_fsync, task.path)  # before it counts as stored; readers need not wait
             stored = self.store.commit(task.path, task.digest, BlobMeta(
                 length=task.length, protected=self._task_protected[key], registry=origin.registry,
                 repository=origin.repository, stored_at=time.time()))
             committed = True
             task.move_to(stored.path)
-            elapsed = time.monotonic() - started
+            if self.network is not None:
+                self.network.finished(task, success=True)
             log.info("cached %s (%s) from %s/%s in %.2fs", key, format_size(task.length),
-                     origin.registry, origin.repository, elapsed)
+                     origin.registry, origin.repository, time.monotonic() - started)
         except asyncio.CancelledError:
             task.fail("the daemon is shutting down")
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is reported to readers and logged
-            reason = str(exc) or exc.__class__.__name__
-            if isinstance(exc, SourceUnavailable):
-                reason = exc.message
+            reason = exc.message if isinstance(exc, SourceUnavailable) else str(exc) or exc.__class__.__name__
             log.error("download of %s from %s/%s failed, nothing kept: %s", key, origin.registry,
                       origin.repository, reason)
             self.events.download_failed(reason)
             task.fail(reason)
+            if self.network is not None:
+                self.network.finished(task, success=False, reason=reason)
         finally:
-            stream.close()
             self._tasks.pop(key, None)
             self._task_protected.pop(key, None)
             self._committing.discard(key)
@@ -259,3 +325,11 @@ class BlobService:
             if key not in self._committing:
                 download.cancel()
         await asyncio.gather(*self._downloads.values(), return_exceptions=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -19,15 +19,23 @@ from typing import Callable
 
 
 class SequentialWriter:
+    """With ``piece_length``, also records each piece's sha256 in ``piece_digests`` before
+    reporting the bytes as written, so a piece is never announced without its digest."""
+
     def __init__(self, path: Path, hasher: "hashlib._Hash", on_written: Callable[[int], None],
-                 max_in_flight: int = 16) -> None:
+                 max_in_flight: int = 16, piece_length: int | None = None,
+                 piece_digests: dict[int, str] | None = None) -> None:
         self._fd = os.open(path, os.O_WRONLY)
         self._hasher = hasher
+        self._piece_length = piece_length
+        self._piece_digests = piece_digests if piece_digests is not None else {}
+        self._piece_hasher = hashlib.sha256()
+        self._hashed = 0
         self._on_written = on_written
         self._max_in_flight = max_in_flight
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="blob-write")
         self._digest = ThreadPoolExecutor(1, thread_name_prefix="blob-hash")
-        self._pending: deque[asyncio.Future[object]] = deque()
+        self._pending: deque[asyncio.Future[list[int | None]]] = deque()
         self.offset = 0  # bytes handed to the workers
         self._failed = False
 
@@ -38,28 +46,47 @@ class SequentialWriter:
             view, offset = view[written:], offset + written
         return offset
 
-    def _written(self, future: asyncio.Future[int]) -> None:
+    def _hash(self, chunk: bytes) -> None:
+        self._hasher.update(chunk)
+        if self._piece_length is None:
+            return
+        view = memoryview(chunk)
+        while view:
+            room = self._piece_length - self._hashed % self._piece_length
+            part, view = view[:room], view[room:]
+            self._piece_hasher.update(part)
+            self._hashed += len(part)
+            if self._hashed % self._piece_length == 0:
+                self._finish_piece()
+
+    def _finish_piece(self) -> None:
+        self._piece_digests[(self._hashed - 1) // self._piece_length] = self._piece_hasher.hexdigest()
+        self._piece_hasher = hashlib.sha256()
+
+    def _written(self, future: asyncio.Future[list[int | None]]) -> None:
         """Report progress in order; after a failed write, nothing more counts as written."""
         if future.cancelled() or future.exception() is not None:
             self._failed = True
         elif not self._failed:
-            self._on_written(future.result())
+            self._on_written(future.result()[0])  # type: ignore[arg-type]
 
     async def write(self, chunk: bytes) -> None:
         """Queue ``chunk`` after the bytes before it; wait while too many chunks are queued."""
         loop = asyncio.get_running_loop()
-        written = loop.run_in_executor(self._disk, self._write, chunk, self.offset)
-        written.add_done_callback(self._written)
-        self._pending.append(written)
-        self._pending.append(loop.run_in_executor(self._digest, self._hasher.update, chunk))
+        both = asyncio.gather(loop.run_in_executor(self._disk, self._write, chunk, self.offset),
+                              loop.run_in_executor(self._digest, self._hash, chunk))
+        both.add_done_callback(self._written)
+        self._pending.append(both)
         self.offset += len(chunk)
-        while self._pending and (self._pending[0].done() or len(self._pending) > 2 * self._max_in_flight):
+        while self._pending and (self._pending[0].done() or len(self._pending) > self._max_in_flight):
             await self._pending.popleft()  # raises a worker's OSError, if any
 
     async def digest(self) -> str:
         """Wait for every queued chunk to be written and hashed; return the hex digest."""
         while self._pending:
             await self._pending.popleft()
+        if self._piece_length is not None and self._hashed % self._piece_length:
+            self._finish_piece()  # the short last piece
         return self._hasher.hexdigest()
 
     async def flush(self) -> None:

@@ -208,7 +208,7 @@ class Mirror:
         if self.access.allowed(origin):
             return
         try:
-            await self.registry_client.check_blob_access(origin, digest)
+            await self.registry_client.blob_length(origin, digest)
         except (SourceRefused, SourceUnavailable):
             self.metrics.access_checks.labels("refused").inc()
             raise

@@ -127,9 +127,13 @@ class RegistryClient:
             raise SourceUnavailable(502, f"upstream {url} sent no Content-Length for a blob")
         return RegistryStream(response, response.content_length)
 
-    async def check_blob_access(self, origin: Origin, digest: Digest) -> None:
-        """HEAD the blob with the caller's credentials; raise the registry's refusal if any."""
-        response = await self.request("HEAD", self.blob_url(origin, digest), CIMultiDict(self._auth_headers(origin)))
+    async def blob_length(self, origin: Origin, digest: Digest) -> int:
+        """HEAD the blob with the caller's credentials: its length, or the registry's refusal."""
+        url = self.blob_url(origin, digest)
+        response = await self.request("HEAD", url, CIMultiDict(self._auth_headers(origin)))
         if response.status != 200:
             raise await self._refusal(response)
         response.release()
+        if response.content_length is None:
+            raise SourceUnavailable(502, f"upstream {url} sent no Content-Length for a blob")
+        return response.content_length
