@@ -107,36 +107,117 @@ def main() -> None:
     """Damselfly: a registry mirror with a peer-to-peer backend for containerd and nydus."""
 
 
-@main.command()
-@mirror_options(default_listen="127.0.0.1:65001")
-def run(listen: tuple[str, int], data_dir: Path, registries: tuple[tuple[str, str], ...], default_registry: str | None,
-        cache_quota: int, cache_high_watermark: float, cache_low_watermark: float, connect_timeout: float,
-        read_timeout: float, log_level: str) -> None:
-    """Run an all-in-one node: the registry mirror with its blob cache."""
-    from aiohttp import web
-
-    from damselfly.proxy.app import Mirror, MirrorSettings
-
+def _logging(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+
+
+def _mirror_settings(data_dir: Path, registries: tuple[tuple[str, str], ...], default_registry: str | None,
+                     cache_quota: int, cache_high_watermark: float, cache_low_watermark: float,
+                     connect_timeout: float, read_timeout: float) -> "MirrorSettings":
+    from damselfly.proxy.app import MirrorSettings
+
     if cache_low_watermark > cache_high_watermark:
         raise click.BadParameter("must not exceed --cache-high-watermark", param_hint="--cache-low-watermark")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.BadParameter(f"cannot create {data_dir}: {exc.strerror}", param_hint="--data-dir") from None
-    settings = MirrorSettings(
+    return MirrorSettings(
         data_dir=data_dir, registries=dict(registries), default_registry=default_registry, cache_quota=cache_quota,
         cache_high_watermark=cache_high_watermark, cache_low_watermark=cache_low_watermark,
         connect_timeout=connect_timeout, read_timeout=read_timeout)
-    mirror = Mirror(settings)
-    host, port = listen
-    log = logging.getLogger("damselfly")
-    log.info("mirror listening on http://%s:%d, cache in %s", host if ":" not in host else f"[{host}]", port, data_dir)
+
+
+def _serve(sites: list, started: Any = None, stopping: Any = None) -> None:
+    from damselfly.lib.serve import serve
+
+    for _, host, port in sites:
+        logging.getLogger("damselfly").info("listening on %s:%d", host, port)
     try:
-        web.run_app(mirror.application(), host=host, port=port, print=None, shutdown_timeout=5,
-                    access_log_format='%a "%r" %s %b %Tf')
+        serve(sites, started, stopping)
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
+
+
+def _url(address: tuple[str, int]) -> str:
+    host, port = address
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+peer_options = [
+    click.option("--upload-listen", type=ListenAddress(), envvar=_env("upload_listen"),
+                 help="Address of the upload server; other peers use it as given (use a routable IP)."),
+    click.option("--idc", default="", envvar=_env("idc"), help="Data centre of this host (scheduling affinity)."),
+    click.option("--location", default="", envvar=_env("location"), help="Location path A|B|C (affinity)."),
+    click.option("--host-id", default="", envvar=_env("host_id"), help="Unique id of this host [hostname:port]."),
+]
+
+
+def _with(options: list) -> Callable[[Any], Any]:
+    def decorate(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+@main.command()
+@mirror_options(default_listen="127.0.0.1:65001")
+@click.option("--scheduler-listen", type=ListenAddress(), default="127.0.0.1:8002", show_default=True,
+              envvar=_env("scheduler_listen"), help="Address of the built-in scheduler (other daemons may join it).")
+@_with(peer_options)
+def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, int],
+        upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, **mirror: Any) -> None:
+    """Run an all-in-one node: scheduler, seed peer and mirror in one process."""
+    from damselfly.p2p.daemon import Daemon, PeerSettings
+    from damselfly.scheduler.app import Scheduler
+
+    _logging(log_level)
+    upload_host, upload_port = upload_listen or ("127.0.0.1", 65002)
+    daemon = Daemon(_mirror_settings(**mirror), PeerSettings(
+        schedulers=[_url(scheduler_listen)], upload_host=upload_host, upload_port=upload_port, seed=True, idc=idc,
+        location=location, host_id=host_id))
+    scheduler = Scheduler()
+    _serve([(scheduler.application(), *scheduler_listen), *daemon.sites(listen)], daemon.started, daemon.stopping)
+
+
+@main.command()
+@mirror_options(default_listen="127.0.0.1:65001")
+@click.option("--scheduler", "schedulers", required=True, envvar=_env("scheduler"),
+              help="Scheduler URLs, comma-separated; each task goes to one of them on a hash ring.")
+@click.option("--seed", is_flag=True, envvar=_env("seed"), help="Be a seed peer: the only kind that reads the origin.")
+@_with(peer_options)
+def daemon(listen: tuple[str, int], log_level: str, schedulers: str, seed: bool,
+           upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, **mirror: Any) -> None:
+    """Run a peer (or, with --seed, a seed peer): the mirror plus an upload server."""
+    from damselfly.p2p.daemon import Daemon, PeerSettings
+
+    _logging(log_level)
+    urls = []
+    for url in schedulers.split(","):
+        try:
+            urls.append(normalize_upstream(url) if "://" in url else f"http://{url.strip()}")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--scheduler") from None
+    upload_host, upload_port = upload_listen or ("0.0.0.0", 65002)
+    node = Daemon(_mirror_settings(**mirror), PeerSettings(
+        schedulers=urls, upload_host=upload_host, upload_port=upload_port, seed=seed, idc=idc, location=location,
+        host_id=host_id))
+    _serve(node.sites(listen), node.started, node.stopping)
+
+
+@main.command()
+@click.option("--listen", type=ListenAddress(), default="127.0.0.1:8002", show_default=True, envvar=_env("listen"))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, envvar=_env("log_level"))
+@config_option
+def scheduler(listen: tuple[str, int], log_level: str) -> None:
+    """Run a scheduler: hosts, tasks and peers in memory; ranks parents, triggers seed peers."""
+    from damselfly.scheduler.app import Scheduler
+
+    _logging(log_level)
+    _serve([(Scheduler().application(), *listen)])
 
 
 @main.command("containerd-config")

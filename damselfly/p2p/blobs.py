@@ -142,6 +142,7 @@ class BlobService:
         self._starting: dict[str, asyncio.Future[Task]] = {}
         self._downloads: dict[str, asyncio.Task[None]] = {}
         self._committing: set[str] = set()  # verified downloads being flushed and stored
+        self._task_started = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def open(self, digest: Digest, origin: Origin) -> AsyncIterator[BlobReader]:
@@ -219,6 +220,21 @@ class BlobService:
         """The task as this node holds it: downloading, or complete in the store."""
         return self._tasks.get(str(digest)) or self._stored_task(digest)
 
+    async def wait_task(self, digest: Digest, timeout: float) -> Task | None:
+        """The local task, waiting up to ``timeout`` for a download that is about to start."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (task := self.local_task(digest)) is None:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return None
+            starting = self._starting.get(str(digest))
+            waiter = asyncio.shield(starting) if starting else self._task_started.wait()
+            try:
+                await asyncio.wait_for(waiter, left)
+            except (TimeoutError, SourceRefused, SourceUnavailable):
+                return self.local_task(digest)
+        return task
+
     def _stored_task(self, digest: Digest) -> Task | None:
         stored = self.store.lookup(digest)
         return Task(stored.digest, stored.meta.length, stored.path, complete=True) if stored else None
@@ -233,6 +249,8 @@ class BlobService:
         key = str(digest)
         future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
         self._starting[key] = future
+        self._task_started.set()
+        self._task_started = asyncio.Event()
         try:
             if self.network is None or self.network.is_seed:
                 stream = await self.source.open_blob(origin, digest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +33,7 @@ class Task:
         self.digests: dict[int, str] = {}  # sha256 per piece, where known
         self.error: str | None = None
         self.on_piece: Callable[[int], None] | None = None
+        self.wanted: Counter[int] = Counter()  # pieces that readers are waiting for right now
         self._last_held = False
         self._last_released = False
         self._changed = asyncio.Event()
@@ -101,7 +103,13 @@ class Task:
             if end > offset:
                 return end
             changed = self._changed
+            piece = offset // self.piece_length
+            self.wanted[piece] += 1
             try:
                 await asyncio.wait_for(changed.wait(), stall_timeout)
             except TimeoutError:
                 raise TaskFailed(f"no progress on {self.digest} for {stall_timeout:.0f}s") from None
+            finally:
+                self.wanted[piece] -= 1
+                if self.wanted[piece] <= 0:
+                    del self.wanted[piece]

@@ -19,6 +19,17 @@ class Damselfly:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    command: str = "run"  # or "daemon" with --scheduler in args
+    upload_port: int = field(default_factory=free_port)
+    scheduler_port: int = field(default_factory=free_port)
+
+    @property
+    def upload_url(self) -> str:
+        return f"http://127.0.0.1:{self.upload_port}"
+
+    @property
+    def scheduler_url(self) -> str:
+        return f"http://127.0.0.1:{self.scheduler_port}"
 
     @property
     def url(self) -> str:
@@ -29,8 +40,9 @@ class Damselfly:
         self.log_path = self.data_dir.parent / f"damselfly-{self.port}.log"
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "damselfly", "run", "--listen", f"127.0.0.1:{self.port}",
-             "--data-dir", str(self.data_dir), *self.args],
+            [sys.executable, "-m", "damselfly", self.command, "--listen", f"127.0.0.1:{self.port}",
+             "--data-dir", str(self.data_dir), "--upload-listen", f"127.0.0.1:{self.upload_port}", *self.args,
+             *(["--scheduler-listen", f"127.0.0.1:{self.scheduler_port}"] if self.command == "run" else [])],
             stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._healthy, 20, f"damselfly on port {self.port}")
         return self

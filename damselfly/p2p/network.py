@@ -1,0 +1,449 @@
+"""A daemon's P2P side: downloads pieces from parents that the scheduler hands out,
+reports what it holds, and falls back to the origin only when it must.
+
+Trust: a piece from another peer is written only after its sha256 matches the digest
+the scheduler published (digests come from the hosts that read the origin: seed peers,
+or peers sent back to source). A seed peer is a trust anchor and may also send the digest
+of a piece it has just fetched in ``X-Piece-Digest``. A parent whose bytes do not match
+is dropped and reported. The whole blob is checked against its digest at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+
+from damselfly.p2p.blobs import Origin, SourceUnavailable
+from damselfly.p2p.metrics import PeerMetrics
+from damselfly.p2p.pieces import PieceBitmap
+from damselfly.p2p.task import Task, TaskFailed
+from damselfly.proxy.origin import RegistryClient
+from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
+
+log = logging.getLogger(__name__)
+PIECE_DIGEST_HEADER = "X-Piece-Digest"
+REPORT_INTERVAL = 0.1
+
+
+class PieceRefused(Exception):
+    """A parent could not give a piece (not held yet, no slot); not its fault."""
+
+
+class BadParent(Exception):
+    """A parent sent bytes that are wrong; it is dropped and reported."""
+
+
+@dataclass
+class Parent:
+    host_id: str
+    url: str
+    is_seed: bool
+    seeding: bool
+    bitmap: PieceBitmap
+    in_flight: int = 0
+
+    def can_give(self, index: int) -> bool:
+        return self.bitmap.has(index) or self.seeding
+
+
+@dataclass
+class Reporter:
+    """Batches piece reports of one task to its scheduler."""
+
+    network: "Network"
+    task: Task
+    origin: Origin
+    scheduler: str | None = None
+    pending: list[list[Any]] = field(default_factory=list)
+    from_origin: bool = False
+    _flusher: asyncio.Task[None] | None = None
+
+    def add(self, index: int, cost: float | None = None, parent: str | None = None) -> None:
+        digest = self.task.digests.get(index) if self.from_origin else None
+        self.pending.append([index, digest, cost, parent])
+        if self._flusher is None or self._flusher.done():
+            self._flusher = self.network.spawn(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(REPORT_INTERVAL)
+        await self.flush()
+
+    async def flush(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                self.scheduler, answer = await self.network.scheduler.call(
+                    str(self.task.digest), "POST", "pieces", scheduler=None,
+                    json={"host_id": self.network.host_id, "pieces": batch, "from_origin": self.from_origin})
+                if answer["status"] == 404:  # the scheduler lost the task (restarted, or failed over)
+                    await self.register(seeding=self.from_origin)
+            except SchedulerUnavailable as exc:
+                log.debug("piece report for %s not delivered: %s", self.task.digest, exc)
+                return
+
+    async def register(self, seeding: bool) -> dict[str, Any]:
+        held = [i for i in range(self.task.piece_count) if self.task.bitmap.has(i)]
+        self.scheduler, answer = await self.network.scheduler.call(
+            str(self.task.digest), "POST", "register",
+            json={"host_id": self.network.host_id, "length": self.task.length, "piece_length": self.task.piece_length,
+                  "pieces": held, "seeding": seeding,
+                  "origin": {"registry": self.origin.registry, "repository": self.origin.repository,
+                             "authorization": self.origin.authorization}})
+        return answer
+
+
+class Network:
+    def __init__(self, scheduler: SchedulerClient, registry: RegistryClient, metrics: PeerMetrics, *,
+                 is_seed: bool, concurrency: int = 4, scheduler_deadline: float = 10.0,
+                 piece_timeout: float = 30.0, no_parent_deadline: float = 15.0) -> None:
+        self.scheduler = scheduler
+        self.registry = registry
+        self.metrics = metrics
+        self.is_seed = is_seed
+        self.concurrency = concurrency
+        self.scheduler_deadline = scheduler_deadline
+        self.piece_timeout = piece_timeout
+        self.no_parent_deadline = no_parent_deadline
+        self._session: aiohttp.ClientSession | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._reporters: dict[str, Reporter] = {}
+
+    @property
+    def host_id(self) -> str:
+        return self.scheduler.host.id
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=16),  # keep-alive to parents
+                timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=self.piece_timeout))
+        return self._session
+
+    def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        """A background task this network owns and cancels on close."""
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    # -- seed side -----------------------------------------------------------------
+
+    def publish(self, task: Task, origin: Origin) -> None:
+        key = str(task.digest)
+        if key in self._reporters:
+            return
+        reporter = Reporter(self, task, origin, from_origin=True)
+        self._reporters[key] = reporter
+        task.on_piece = lambda index: reporter.add(index)
+
+        async def register() -> None:
+            with contextlib.suppress(SchedulerUnavailable):
+                await reporter.register(seeding=not task.complete)
+
+        self.spawn(register())
+
+    def finished(self, task: Task, success: bool, reason: str = "") -> None:
+        reporter = self._reporters.pop(str(task.digest), None)
+        if reporter is None:
+            return
+
+        async def report() -> None:
+            await reporter.flush()
+            with contextlib.suppress(SchedulerUnavailable):
+                await self.scheduler.call(str(task.digest), "POST", "done",
+                                          json={"host_id": self.host_id, "success": success, "reason": reason})
+
+        self.spawn(report())
+
+    # -- peer side -----------------------------------------------------------------
+
+    async def download(self, task: Task, origin: Origin) -> str:
+        reporter = Reporter(self, task, origin)
+        self._reporters[str(task.digest)] = reporter
+        return await PieceDownload(self, task, origin, reporter).run()
+
+
+class PieceDownload:
+    """Fills one task from its parents with several pieces in flight."""
+
+    def __init__(self, network: Network, task: Task, origin: Origin, reporter: Reporter) -> None:
+        self.network = network
+        self.task = task
+        self.origin = origin
+        self.reporter = reporter
+        self.parents: dict[str, Parent] = {}
+        self.dropped: set[str] = set()
+        self.digests: dict[int, str] = {}
+        self.version = -1
+        self.in_flight: set[int] = set()
+        self.changed = asyncio.Event()
+        self.back_to_source: str | None = None
+        self.failure: str | None = None
+        self.last_progress = time.monotonic()
+        self.fd = os.open(task.path, os.O_WRONLY)
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def run(self) -> str:
+        started = time.monotonic()
+        try:
+            try:
+                answer = await self.reporter.register(seeding=False)
+                self.network.metrics.schedule_latency.observe(time.monotonic() - started)
+                self._apply(answer)
+            except SchedulerUnavailable as exc:
+                self.back_to_source = f"scheduler unreachable: {exc}"
+            if self.back_to_source is None and self.failure is None:
+                poller = self.network.spawn(self._poll())
+                workers = [self.network.spawn(self._work()) for _ in range(self.network.concurrency)]
+                try:
+                    while not self._all_present() and self.back_to_source is None and self.failure is None:
+                        changed = self.changed
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(changed.wait(), 1.0)
+                        self._check_stuck()
+                finally:
+                    for worker in (poller, *workers):
+                        worker.cancel()
+                    await asyncio.gather(poller, *workers, return_exceptions=True)
+            if self.failure is not None:
+                raise TaskFailed(self.failure)
+            if self.back_to_source is not None:
+                await self._from_origin(self.back_to_source)
+            await self.reporter.flush()
+            return await asyncio.to_thread(_file_digest, self.task)
+        finally:
+            os.close(self.fd)
+            self.network.metrics.parents.dec(len(self.parents))
+
+    def _all_present(self) -> bool:
+        return all(self.task.has_or_holds(i) for i in range(self.task.piece_count))
+
+    def _check_stuck(self) -> None:
+        idle = time.monotonic() - self.last_progress
+        if not self.parents and idle > self.network.no_parent_deadline:
+            self.back_to_source = f"no parent could serve for {idle:.0f}s"
+
+    def _apply(self, answer: dict[str, Any]) -> None:
+        """Take a schedule: parents with their pieces, digests, and what to do."""
+        action = answer.get("action")
+        if answer.get("status", 200) >= 400:
+            raise SchedulerUnavailable(f"scheduler refused: {answer.get('error')}")
+        self.version = int(answer.get("version", self.version))
+        if action == "fail":
+            self.failure = f"the network gave up on this task: {answer.get('reason')}"
+        elif action == "back_to_source":
+            self.back_to_source = f"scheduler: {answer.get('reason')}"
+        self.digests.update({int(i): d for i, d in answer.get("digests", {}).items()})
+        before = len(self.parents)
+        fresh: dict[str, Parent] = {}
+        for p in answer.get("parents", []):
+            if p["host_id"] in self.dropped:
+                continue
+            bitmap = PieceBitmap(self.task.piece_count, base64.b64decode(p["bitmap"]))
+            known = self.parents.get(p["host_id"])
+            parent = Parent(p["host_id"], p["upload_url"], p["is_seed"], p["seeding"], bitmap,
+                            known.in_flight if known else 0)
+            fresh[parent.host_id] = parent
+        self.parents = fresh
+        self.network.metrics.parents.inc(len(self.parents) - before)
+        self._notify()
+
+    async def _poll(self) -> None:
+        """Long-poll the scheduler for new parents and digests; fail over along the ring."""
+        unreachable_since: float | None = None
+        while True:
+            try:
+                _, answer = await self.network.scheduler.call(
+                    str(self.task.digest), "GET", "schedule",
+                    params={"host_id": self.network.host_id, "since": str(self.version)}, timeout=15)
+                if answer["status"] == 404:
+                    answer = await self.reporter.register(seeding=False)
+                self._apply(answer)
+                unreachable_since = None
+            except SchedulerUnavailable as exc:
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since > self.network.scheduler_deadline and not self.parents:
+                    self.back_to_source = f"scheduler unreachable for {now - unreachable_since:.0f}s: {exc}"
+                    self._notify()
+                    return
+                await asyncio.sleep(0.5)
+
+    def _pick(self) -> tuple[int, Parent] | None:
+        missing = [i for i in range(self.task.piece_count)
+                   if not self.task.has_or_holds(i) and i not in self.in_flight]
+        wanted = sorted(i for i in self.task.wanted if i in missing)
+        for index in wanted + missing:
+            holders = [p for p in self.parents.values() if p.bitmap.has(index)]
+            holders = holders or [p for p in self.parents.values() if p.seeding]
+            if holders:
+                least = min(p.in_flight for p in holders)
+                return index, random.choice([p for p in holders if p.in_flight == least])
+        return None
+
+    async def _work(self) -> None:
+        while True:
+            picked = self._pick()
+            if picked is None:
+                changed = self.changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), 0.5)
+                continue
+            index, parent = picked
+            self.in_flight.add(index)
+            parent.in_flight += 1
+            try:
+                await self._fetch(index, parent)
+            except BadParent as exc:
+                self._drop(parent, str(exc), bad=True)
+            except (PieceRefused, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                if isinstance(exc, PieceRefused) and parent.seeding:
+                    await asyncio.sleep(0.2)  # the seed has not started this piece yet
+                else:
+                    self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=not isinstance(exc, PieceRefused))
+            finally:
+                self.in_flight.discard(index)
+                parent.in_flight -= 1
+
+    def _drop(self, parent: Parent, reason: str, bad: bool) -> None:
+        if self.parents.pop(parent.host_id, None) is None:
+            return
+        self.network.metrics.parents.dec()
+        if not bad:
+            return
+        self.dropped.add(parent.host_id)
+        self.network.metrics.bad_parents.inc()
+        log.warning("dropped parent %s for %s: %s", parent.host_id, self.task.digest, reason)
+        self.network.spawn(self._report_bad(parent.host_id, reason))
+        self._notify()
+
+    async def _report_bad(self, parent_id: str, reason: str) -> None:
+        with contextlib.suppress(SchedulerUnavailable):
+            await self.network.scheduler.call(str(self.task.digest), "POST", "bad-parent",
+                                              json={"host_id": self.network.host_id, "parent_id": parent_id,
+                                                    "reason": reason})
+
+    async def _fetch(self, index: int, parent: Parent) -> None:
+        start, size = self.task.piece_span(index)
+        began = time.monotonic()
+        url = f"{parent.url}/pieces/{self.task.digest}/{index}"
+        async with self.network.session.get(url) as response:
+            if response.status in (404, 503):
+                raise PieceRefused(f"{parent.host_id} answered {response.status} for piece {index}")
+            if response.status != 200:
+                raise BadParent(f"answered {response.status} for piece {index}")
+            data = await response.read()
+            sent_digest = response.headers.get(PIECE_DIGEST_HEADER)
+        expected = self.digests.get(index) or (sent_digest if parent.is_seed else None)
+        if expected is None:
+            raise PieceRefused(f"no trusted digest for piece {index} yet")
+        if len(data) != size:
+            raise BadParent(f"sent {len(data)} bytes for piece {index} of {size}")
+        actual = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+        if actual != expected:
+            self.network.metrics.piece_failures.inc()
+            raise BadParent(f"piece {index} does not match its digest")
+        await asyncio.to_thread(_pwrite_all, self.fd, data, start)
+        self.task.digests[index] = expected
+        self.task.piece_done(index)
+        self.last_progress = time.monotonic()
+        source = "seed" if parent.is_seed else "peer"
+        self.network.metrics.bytes.labels(source).inc(size)
+        self.network.metrics.pieces.labels(source).inc()
+        self.reporter.add(index, cost=time.monotonic() - began, parent=parent.host_id)
+        self._notify()
+
+    async def _from_origin(self, reason: str) -> None:
+        """Fetch the missing pieces from the registry with range requests."""
+        kind = reason.split(":")[0]
+        self.network.metrics.back_to_source.labels(kind).inc()
+        log.warning("%s goes back to the origin %s: %s", self.task.digest, self.origin.registry, reason)
+        self.reporter.from_origin = True
+        missing = [i for i in range(self.task.piece_count) if not self.task.has_or_holds(i)]
+        for first, last in _runs(missing):
+            begin, _ = self.task.piece_span(first)
+            end = sum(self.task.piece_span(last))
+            await self._origin_range(begin, end)
+
+    async def _origin_range(self, begin: int, end: int) -> None:
+        headers = {"Range": f"bytes={begin}-{end - 1}", "Accept": "*/*"}
+        if self.origin.authorization:
+            headers["Authorization"] = self.origin.authorization
+        url = self.network.registry.blob_url(self.origin, self.task.digest)
+        response = await self.network.registry.request("GET", url, CIMultiDict(headers))
+        try:
+            if response.status != 206:
+                raise SourceUnavailable(502, f"origin answered {response.status} to a range request")
+            offset = begin
+            buffer = bytearray()
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                while buffer:
+                    index = offset // self.task.piece_length
+                    _, size = self.task.piece_span(index)
+                    if len(buffer) < size:
+                        break
+                    piece, buffer = bytes(buffer[:size]), buffer[size:]
+                    await self._store_origin_piece(index, piece, offset)
+                    offset += size
+            if offset != end:
+                raise SourceUnavailable(502, f"origin range ended at {offset}, wanted {end}")
+        finally:
+            response.release()
+
+    async def _store_origin_piece(self, index: int, data: bytes, offset: int) -> None:
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+        await asyncio.to_thread(_pwrite_all, self.fd, data, offset)
+        self.task.digests[index] = digest
+        self.task.piece_done(index)
+        self.network.metrics.bytes.labels("origin").inc(len(data))
+        self.network.metrics.pieces.labels("origin").inc()
+        self.reporter.add(index)
+
+
+def _runs(indexes: list[int]) -> list[tuple[int, int]]:
+    """[1,2,3,7,8] -> [(1,3),(7,8)]"""
+    runs: list[tuple[int, int]] = []
+    for i in indexes:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _file_digest(task: Task) -> str:
+    hasher = task.digest.hasher()
+    with open(task.path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()

@@ -1,0 +1,117 @@
+"""The upload server: pieces to other peers (zero-copy), and seed triggers from the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from damselfly.lib.oci import Digest, OCIError
+from damselfly.p2p.blobs import BlobService, Origin, SourceRefused, SourceUnavailable
+from damselfly.p2p.metrics import PeerMetrics
+from damselfly.p2p.network import PIECE_DIGEST_HEADER
+from damselfly.p2p.task import TaskFailed
+from damselfly.proxy.upstream import normalize_upstream
+
+log = logging.getLogger(__name__)
+SEED_START_WAIT = 10.0
+
+
+class UploadServer:
+    def __init__(self, blobs: BlobService, metrics: PeerMetrics, registry: CollectorRegistry, slots: int = 16,
+                 piece_wait: float = 60.0) -> None:
+        self.blobs = blobs
+        self.metrics = metrics
+        self.registry = registry
+        self.slots = slots
+        self.piece_wait = piece_wait
+        self._active = 0
+        self._seeding: set[asyncio.Task[None]] = set()
+
+    def application(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthy", lambda _: web.Response(text="ok\n"))
+        app.router.add_get("/metrics", self.metrics_handler)
+        app.router.add_get("/pieces/{digest}/{index}", self.piece)
+        app.router.add_post("/api/v1/seed/{digest}", self.seed)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _close(self, _: web.Application) -> None:
+        for task in list(self._seeding):
+            task.cancel()
+        await asyncio.gather(*self._seeding, return_exceptions=True)
+
+    async def metrics_handler(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
+
+    async def piece(self, request: web.Request) -> web.StreamResponse:
+        try:
+            digest = Digest.parse(request.match_info["digest"])
+            index = int(request.match_info["index"])
+        except (OCIError, ValueError):
+            raise web.HTTPBadRequest(text="want /pieces/<digest>/<piece index>") from None
+        seeding = self.blobs.network is not None and self.blobs.network.is_seed
+        task = await self.blobs.wait_task(digest, SEED_START_WAIT if seeding else 0)
+        if task is None:
+            self.metrics.upload_refused.labels("unknown_task").inc()
+            raise web.HTTPNotFound(text=f"no task {digest} here")
+        if not 0 <= index < task.piece_count:
+            raise web.HTTPRequestRangeNotSatisfiable(text=f"piece {index} outside 0..{task.piece_count - 1}")
+        if self._active >= self.slots:
+            self.metrics.upload_refused.labels("no_slot").inc()
+            raise web.HTTPServiceUnavailable(text="all upload slots are busy")
+        start, size = task.piece_span(index)
+        self._active += 1
+        self.metrics.uploads.inc()
+        try:
+            if not task.bitmap.has(index):
+                if not seeding or task.complete:
+                    self.metrics.upload_refused.labels("missing_piece").inc()
+                    raise web.HTTPNotFound(text=f"piece {index} not here")
+                try:  # a seed peer still downloading: serve the piece as soon as it lands
+                    await task.readable_end(start, self.piece_wait)
+                except TaskFailed as exc:
+                    raise web.HTTPNotFound(text=f"piece {index} will not come: {exc}") from None
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            if index in task.digests:
+                headers[PIECE_DIGEST_HEADER] = task.digests[index]
+            response = web.StreamResponse(headers=headers)
+            with open(task.path, "rb") as f:  # opened now: a later rename or eviction cannot cut it
+                await response.prepare(request)
+                if request.transport is None:
+                    raise ConnectionResetError("peer went away")
+                await asyncio.get_running_loop().sendfile(request.transport, f, start, size)
+            await response.write_eof()
+            self.metrics.uploaded.inc(size)
+            return response
+        finally:
+            self._active -= 1
+            self.metrics.uploads.dec()
+
+    async def seed(self, request: web.Request) -> web.Response:
+        """The scheduler asks this seed peer to fetch a task from the origin."""
+        if self.blobs.network is None or not self.blobs.network.is_seed:
+            raise web.HTTPConflict(text="not a seed peer")
+        try:
+            digest = Digest.parse(request.match_info["digest"])
+            body: dict[str, Any] = await request.json()
+            origin_info = body["origin"]
+            origin = Origin(normalize_upstream(origin_info["registry"]), str(origin_info["repository"]),
+                            origin_info.get("authorization"))
+        except (OCIError, ValueError, KeyError, TypeError) as exc:
+            raise web.HTTPBadRequest(text=f"malformed seed request: {exc}") from None
+        task = asyncio.create_task(self._prefetch(digest, origin))
+        self._seeding.add(task)
+        task.add_done_callback(self._seeding.discard)
+        return web.json_response({"accepted": str(digest)}, status=202)
+
+    async def _prefetch(self, digest: Digest, origin: Origin) -> None:
+        try:
+            await self.blobs.prefetch(digest, origin)
+        except (SourceRefused, SourceUnavailable) as exc:
+            log.error("seed download of %s from %s/%s could not start: %s", digest, origin.registry,
+                      origin.repository, getattr(exc, "message", exc))
