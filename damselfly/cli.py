@@ -151,6 +151,10 @@ peer_options = [
     click.option("--idc", default="", envvar=_env("idc"), help="Data centre of this host (scheduling affinity)."),
     click.option("--location", default="", envvar=_env("location"), help="Location path A|B|C (affinity)."),
     click.option("--host-id", default="", envvar=_env("host_id"), help="Unique id of this host [hostname:port]."),
+    click.option("--upload-slots", type=click.IntRange(1), default=16, show_default=True, envvar=_env("upload_slots"),
+                 help="Pieces this host uploads at once; the scheduler also caps its children with it."),
+    click.option("--upload-rate", type=Size(), default=None, envvar=_env("upload_rate"),
+                 help="Upload bandwidth cap in bytes per second (e.g. 100MB); none by default."),
 ]
 
 
@@ -168,7 +172,8 @@ def _with(options: list) -> Callable[[Any], Any]:
               envvar=_env("scheduler_listen"), help="Address of the built-in scheduler (other daemons may join it).")
 @_with(peer_options)
 def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, int],
-        upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, **mirror: Any) -> None:
+        upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, upload_slots: int,
+        upload_rate: int | None, **mirror: Any) -> None:
     """Run an all-in-one node: scheduler, seed peer and mirror in one process."""
     from damselfly.p2p.daemon import Daemon, PeerSettings
     from damselfly.scheduler.app import Scheduler
@@ -177,7 +182,7 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
     upload_host, upload_port = upload_listen or ("127.0.0.1", 65002)
     daemon = Daemon(_mirror_settings(**mirror), PeerSettings(
         schedulers=[_url(scheduler_listen)], upload_host=upload_host, upload_port=upload_port, seed=True, idc=idc,
-        location=location, host_id=host_id))
+        location=location, host_id=host_id, upload_slots=upload_slots, upload_rate=upload_rate))
     scheduler = Scheduler()
     _serve([(scheduler.application(), *scheduler_listen), *daemon.sites(listen)], daemon.started, daemon.stopping)
 
@@ -189,7 +194,8 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
 @click.option("--seed", is_flag=True, envvar=_env("seed"), help="Be a seed peer: the only kind that reads the origin.")
 @_with(peer_options)
 def daemon(listen: tuple[str, int], log_level: str, schedulers: str, seed: bool,
-           upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, **mirror: Any) -> None:
+           upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, upload_slots: int,
+           upload_rate: int | None, **mirror: Any) -> None:
     """Run a peer (or, with --seed, a seed peer): the mirror plus an upload server."""
     from damselfly.p2p.daemon import Daemon, PeerSettings
 
@@ -203,7 +209,7 @@ def daemon(listen: tuple[str, int], log_level: str, schedulers: str, seed: bool,
     upload_host, upload_port = upload_listen or ("0.0.0.0", 65002)
     node = Daemon(_mirror_settings(**mirror), PeerSettings(
         schedulers=urls, upload_host=upload_host, upload_port=upload_port, seed=seed, idc=idc, location=location,
-        host_id=host_id))
+        host_id=host_id, upload_slots=upload_slots, upload_rate=upload_rate))
     _serve(node.sites(listen), node.started, node.stopping)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Protocol
 
+from damselfly.lib.waiting import within
 from damselfly.lib.oci import Digest
 from damselfly.lib.units import format_size
 from damselfly.p2p.store import BlobMeta, BlobStore, StoredBlob
@@ -176,7 +177,7 @@ class BlobService:
         raise SourceUnavailable(502, f"could not start a download of {digest}")
 
     def _stored_reader(self, stored: StoredBlob) -> BlobReader:
-        task = Task(stored.digest, stored.meta.length, stored.path, complete=True)
+        task = Task(stored.digest, stored.meta.length, stored.path, complete=True, piece_length=stored.meta.piece_length)
         return self._reader(task, protected=stored.meta.protected, started_here=False, from_cache=True)
 
     def _task_reader(self, task: Task, *, started_here: bool) -> BlobReader:
@@ -230,14 +231,21 @@ class BlobService:
             starting = self._starting.get(str(digest))
             waiter = asyncio.shield(starting) if starting else self._task_started.wait()
             try:
-                await asyncio.wait_for(waiter, left)
-            except (TimeoutError, SourceRefused, SourceUnavailable):
+                if not await within(waiter, left):
+                    return None
+            except (SourceRefused, SourceUnavailable):
                 return self.local_task(digest)
         return task
 
     def _stored_task(self, digest: Digest) -> Task | None:
         stored = self.store.lookup(digest)
-        return Task(stored.digest, stored.meta.length, stored.path, complete=True) if stored else None
+        if stored is None:
+            return None
+        task = Task(stored.digest, stored.meta.length, stored.path, complete=True,
+                    piece_length=stored.meta.piece_length)
+        if stored.meta.piece_digests and len(stored.meta.piece_digests) == task.piece_count:
+            task.digests = dict(enumerate(stored.meta.piece_digests))
+        return task
 
     async def _begin(self, digest: Digest, origin: Origin) -> Task:
         """Start one download of ``digest``; concurrent callers wait on the same start.
@@ -311,7 +319,9 @@ class BlobService:
             await asyncio.to_thread(_fsync, task.path)  # before it counts as stored; readers need not wait
             stored = self.store.commit(task.path, task.digest, BlobMeta(
                 length=task.length, protected=self._task_protected[key], registry=origin.registry,
-                repository=origin.repository, stored_at=time.time()))
+                repository=origin.repository, stored_at=time.time(), piece_length=task.piece_length,
+                piece_digests=[task.digests[i] for i in range(task.piece_count)]
+                if len(task.digests) == task.piece_count else None))
             committed = True
             task.move_to(stored.path)
             if self.network is not None:

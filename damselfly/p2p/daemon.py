@@ -24,6 +24,7 @@ class PeerSettings:
     location: str = ""
     host_id: str = ""
     upload_slots: int = 16
+    upload_rate: int | None = None  # bytes per second, None for no cap
 
     @property
     def advertised_url(self) -> str:
@@ -43,7 +44,8 @@ class Daemon:
         self.scheduler = SchedulerClient(peer.schedulers, host)
         self.network = Network(self.scheduler, self.mirror.registry_client, self.metrics, is_seed=peer.seed)
         self.mirror.blobs.network = self.network
-        self.upload = UploadServer(self.mirror.blobs, self.metrics, self.mirror.metrics.registry, peer.upload_slots)
+        self.upload = UploadServer(self.mirror.blobs, self.metrics, self.mirror.metrics.registry, peer.upload_slots,
+                                   rate=peer.upload_rate)
 
     def sites(self, listen: tuple[str, int]) -> list[tuple[web.Application, str, int]]:
         return [(self.mirror.application(), *listen),

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
+from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.blobs import Origin, SourceUnavailable
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap
@@ -34,6 +35,7 @@ from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 log = logging.getLogger(__name__)
 PIECE_DIGEST_HEADER = "X-Piece-Digest"
 REPORT_INTERVAL = 0.1
+SEED_REQUESTS = 1  # pieces this peer asks of one seed at once, beyond those its readers wait for
 
 
 class PieceRefused(Exception):
@@ -135,8 +137,13 @@ class Network:
         """A background task this network owns and cancels on close."""
         task = asyncio.create_task(coroutine)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._finished_background)
         return task
+
+    def _finished_background(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed: %r", task.exception(), exc_info=task.exception())
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -158,6 +165,10 @@ class Network:
         async def register() -> None:
             with contextlib.suppress(SchedulerUnavailable):
                 await reporter.register(seeding=not task.complete)
+            if task.complete:  # the scheduler may not know the digests (it restarted): give them again
+                for index in range(task.piece_count):
+                    reporter.add(index)
+                await reporter.flush()
 
         self.spawn(register())
 
@@ -220,8 +231,7 @@ class PieceDownload:
                 try:
                     while not self._all_present() and self.back_to_source is None and self.failure is None:
                         changed = self.changed
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(changed.wait(), 1.0)
+                        await wait_until_set(changed, 1.0)
                         self._check_stuck()
                 finally:
                     for worker in (poller, *workers):
@@ -248,6 +258,8 @@ class PieceDownload:
     def _apply(self, answer: dict[str, Any]) -> None:
         """Take a schedule: parents with their pieces, digests, and what to do."""
         action = answer.get("action")
+        log.debug("schedule for %s: %s, parents %s, %d digests", self.task.digest, action,
+                  [p.get("host_id") for p in answer.get("parents", [])], len(answer.get("digests", {})))
         if answer.get("status", 200) >= 400:
             raise SchedulerUnavailable(f"scheduler refused: {answer.get('error')}")
         self.version = int(answer.get("version", self.version))
@@ -292,26 +304,46 @@ class PieceDownload:
                 await asyncio.sleep(0.5)
 
     def _pick(self) -> tuple[int, Parent] | None:
+        """The next piece and where to get it.
+
+        Other peers first: a piece a reader waits for, then the rarest piece they hold.
+        Then a seed, which this peer asks for at most SEED_REQUESTS pieces at a time once
+        other peers are parents: a random piece from a window just ahead of the readers,
+        so that peers take different pieces from the seed and trade them, while readers
+        still get theirs soon. Alone with a seed, the peer just streams in order.
+        """
         missing = [i for i in range(self.task.piece_count)
                    if not self.task.has_or_holds(i) and i not in self.in_flight]
-        wanted = sorted(i for i in self.task.wanted if i in missing)
-        for index in wanted + missing:
-            holders = [p for p in self.parents.values() if p.bitmap.has(index)]
-            holders = holders or [p for p in self.parents.values() if p.seeding]
-            if holders:
-                least = min(p.in_flight for p in holders)
-                return index, random.choice([p for p in holders if p.in_flight == least])
-        return None
+        if not missing or not self.parents:
+            return None
+        parents = list(self.parents.values())
+        peers = [p for p in parents if not p.is_seed]
+        held = {i: [p for p in peers if p.bitmap.has(i)] for i in missing}
+        for index in sorted(i for i in self.task.wanted if held.get(i)):
+            return index, _least_busy(held[index])
+        from_peers = [i for i in missing if held[i]]
+        if from_peers:
+            random.shuffle(from_peers)
+            index = min(from_peers, key=lambda i: len(held[i]))
+            return index, _least_busy(held[index])
+        seeds = [p for p in parents if p.is_seed and p.in_flight < (SEED_REQUESTS if peers else self.network.concurrency)]
+        if not seeds:
+            return None
+        start = min(self.task.wanted, default=missing[0])
+        window = [i for i in missing if i >= start][: 2 * (len(peers) + 1)] or missing
+        index = random.choice(window) if peers else window[0]
+        givers = [p for p in seeds if p.can_give(index)]
+        return (index, _least_busy(givers)) if givers else None
 
     async def _work(self) -> None:
         while True:
             picked = self._pick()
             if picked is None:
                 changed = self.changed
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), 0.5)
+                await wait_until_set(changed, 0.5)
                 continue
             index, parent = picked
+            log.debug("piece %d of %s from %s", index, self.task.digest, parent.host_id)
             self.in_flight.add(index)
             parent.in_flight += 1
             try:
@@ -319,6 +351,7 @@ class PieceDownload:
             except BadParent as exc:
                 self._drop(parent, str(exc), bad=True)
             except (PieceRefused, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                log.debug("piece %d of %s from %s failed: %s", index, self.task.digest, parent.host_id, exc)
                 if isinstance(exc, PieceRefused) and parent.seeding:
                     await asyncio.sleep(0.2)  # the seed has not started this piece yet
                 else:
@@ -356,6 +389,7 @@ class PieceDownload:
                 raise BadParent(f"answered {response.status} for piece {index}")
             data = await response.read()
             sent_digest = response.headers.get(PIECE_DIGEST_HEADER)
+        log.debug("piece %d of %s: %d bytes from %s", index, self.task.digest, len(data), parent.host_id)
         expected = self.digests.get(index) or (sent_digest if parent.is_seed else None)
         if expected is None:
             raise PieceRefused(f"no trusted digest for piece {index} yet")
@@ -447,3 +481,8 @@ def _file_digest(task: Task) -> str:
         while chunk := f.read(4 << 20):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def _least_busy(parents: list[Parent]) -> Parent:
+    least = min(p.in_flight for p in parents)
+    return random.choice([p for p in parents if p.in_flight == least])

@@ -38,6 +38,8 @@ class BlobMeta:
     registry: str
     repository: str
     stored_at: float
+    piece_length: int | None = None
+    piece_digests: list[str] | None = None  # sha256 per piece, for serving other peers
 
 
 @dataclass

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from damselfly.lib.waiting import wait_until_set
 from damselfly.lib.oci import Digest
 from damselfly.p2p.pieces import PieceBitmap, piece_count, piece_length_for, piece_span
 
@@ -106,9 +107,8 @@ class Task:
             piece = offset // self.piece_length
             self.wanted[piece] += 1
             try:
-                await asyncio.wait_for(changed.wait(), stall_timeout)
-            except TimeoutError:
-                raise TaskFailed(f"no progress on {self.digest} for {stall_timeout:.0f}s") from None
+                if not await wait_until_set(changed, stall_timeout):
+                    raise TaskFailed(f"no progress on {self.digest} for {stall_timeout:.0f}s")
             finally:
                 self.wanted[piece] -= 1
                 if self.wanted[piece] <= 0:

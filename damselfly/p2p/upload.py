@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from damselfly.lib.oci import Digest, OCIError
+from damselfly.lib.ratelimit import TokenBucket
 from damselfly.p2p.blobs import BlobService, Origin, SourceRefused, SourceUnavailable
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.network import PIECE_DIGEST_HEADER
@@ -22,8 +23,10 @@ SEED_START_WAIT = 10.0
 
 class UploadServer:
     def __init__(self, blobs: BlobService, metrics: PeerMetrics, registry: CollectorRegistry, slots: int = 16,
-                 piece_wait: float = 60.0) -> None:
+                 piece_wait: float = 60.0, rate: int | None = None) -> None:
         self.blobs = blobs
+        # Bandwidth cap for uploads; a burst of one 4 MiB piece.
+        self.limiter = TokenBucket(rate, 4 * 1024 * 1024) if rate else None
         self.metrics = metrics
         self.registry = registry
         self.slots = slots
@@ -61,24 +64,26 @@ class UploadServer:
             raise web.HTTPNotFound(text=f"no task {digest} here")
         if not 0 <= index < task.piece_count:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"piece {index} outside 0..{task.piece_count - 1}")
+        start, size = task.piece_span(index)
+        if not task.bitmap.has(index):
+            if not seeding or task.complete:
+                self.metrics.upload_refused.labels("missing_piece").inc()
+                raise web.HTTPNotFound(text=f"piece {index} not here")
+            try:  # a seed peer still downloading: serve the piece as soon as it lands
+                await task.readable_end(start, self.piece_wait)
+            except TaskFailed as exc:
+                raise web.HTTPNotFound(text=f"piece {index} will not come: {exc}") from None
         if self._active >= self.slots:
             self.metrics.upload_refused.labels("no_slot").inc()
             raise web.HTTPServiceUnavailable(text="all upload slots are busy")
-        start, size = task.piece_span(index)
         self._active += 1
         self.metrics.uploads.inc()
         try:
-            if not task.bitmap.has(index):
-                if not seeding or task.complete:
-                    self.metrics.upload_refused.labels("missing_piece").inc()
-                    raise web.HTTPNotFound(text=f"piece {index} not here")
-                try:  # a seed peer still downloading: serve the piece as soon as it lands
-                    await task.readable_end(start, self.piece_wait)
-                except TaskFailed as exc:
-                    raise web.HTTPNotFound(text=f"piece {index} will not come: {exc}") from None
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
             if index in task.digests:
                 headers[PIECE_DIGEST_HEADER] = task.digests[index]
+            if self.limiter is not None:
+                await self.limiter.acquire(size)
             response = web.StreamResponse(headers=headers)
             with open(task.path, "rb") as f:  # opened now: a later rename or eviction cannot cut it
                 await response.prepare(request)

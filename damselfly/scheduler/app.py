@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from damselfly.lib.waiting import wait_until_set
 from damselfly.scheduler.state import KEEPALIVE_INTERVAL, Host, SchedulerState, Task
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,7 @@ class Scheduler:
             raise web.HTTPNotFound(text=f"host {host_id} is not a peer of task {task.id}: register first")
         since = int(request.query.get("since", "-1"))
         if task.version <= since:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(task.changed.wait(), LONG_POLL_SECONDS)
+            await wait_until_set(task.changed, LONG_POLL_SECONDS)
         return web.json_response(await self._schedule(task, host_id))
 
     async def pieces(self, request: web.Request) -> web.Response:

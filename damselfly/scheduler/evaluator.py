@@ -72,7 +72,12 @@ def affinity(child: Child, candidate: Candidate) -> float:
 
 
 def is_bad_node(candidate: Candidate, others: list[Candidate]) -> bool:
-    """Slow outlier: its mean piece cost is SLOW_FACTOR times the median of the other parents'."""
+    """Slow outlier: its mean piece cost is SLOW_FACTOR times the median of the other parents'.
+
+    Seed peers are exempt: their uplink is often capped on purpose, and they hold every piece.
+    """
+    if candidate.is_seed:
+        return False
     cost = candidate.mean_cost
     peer_costs = [c.mean_cost for c in others if c.host_id != candidate.host_id and c.mean_cost is not None]
     if cost is None or not peer_costs:
@@ -113,8 +118,10 @@ def rank_parents(child: Child, candidates: list[Candidate], parents_of: dict[str
         and c.host_id not in child.bad_parents
         and (c.pieces > 0 or c.seeding)
         and c.free_slots > 0
-        and not is_bad_node(c, candidates)
         and not creates_cycle(child.host_id, c.host_id, parents_of)
     ]
+    # A slow outlier is dropped only when someone else can serve: slow beats nothing.
+    fast = [c for c in usable if not is_bad_node(c, candidates)]
+    usable = fast or usable
     usable.sort(key=lambda c: (-score(child, c), c.host_id))
     return usable[:limit]

@@ -15,6 +15,9 @@ from damselfly.scheduler.evaluator import Candidate, Child, rank_parents
 KEEPALIVE_INTERVAL = 5.0
 HOST_EXPIRY = 3 * KEEPALIVE_INTERVAL
 COST_SAMPLES = 20
+# A child keeps about one request at a time on each parent of a task, and a host serves
+# several tasks: it may have this many children per upload slot.
+CHILDREN_PER_SLOT = 4
 
 
 @dataclass
@@ -182,7 +185,7 @@ class SchedulerState:
                 continue
             candidates.append(Candidate(
                 host.id, pieces=sum(1 for i in missing if peer.bitmap.has(i)), total_pieces=max(1, len(missing)),
-                upload_slots=host.upload_slots, uploads_in_flight=self.uploads_in_flight(host.id)
+                upload_slots=host.upload_slots * CHILDREN_PER_SLOT, uploads_in_flight=self.uploads_in_flight(host.id)
                 - (1 if host.id in child_peer.parents else 0),
                 is_seed=host.is_seed, seeding=peer.seeding, idc=host.idc, location=host.location,
                 successes=host.successes, failures=host.failures, piece_costs=list(host.piece_costs)))

@@ -35,6 +35,14 @@ def test_filters_self_full_bad_empty_and_slow_parents():
     assert {c.host_id for c in rank_parents(child, candidates, {}, limit=10)} == {"seeding", "fast1", "fast2"}
 
 
+def test_a_slow_parent_is_kept_when_nobody_else_can_serve_and_seeds_are_never_slow_outliers():
+    slow = cand("slow", piece_costs=[5.0, 5.0, 5.0])
+    empty_fast = cand("fast", pieces=0, piece_costs=[0.1, 0.1, 0.1])
+    assert [c.host_id for c in rank_parents(Child("me"), [slow, empty_fast], {})] == ["slow"]
+    seed = cand("seed", is_seed=True, piece_costs=[5.0, 5.0, 5.0])
+    assert not is_bad_node(seed, [seed, cand("fast1", piece_costs=[0.1] * 3)])
+
+
 def test_never_a_cycle():
     parents_of = {"a": {"b"}, "b": {"me"}}
     assert creates_cycle("me", "a", parents_of)

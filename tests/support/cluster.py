@@ -1,0 +1,53 @@
+"""A cluster on loopback: a scheduler, seed peers and peers, each a separate process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.support.daemon import Damselfly
+from tests.support.wait import free_port, wait_until
+
+
+@dataclass
+class SchedulerProcess:
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "SchedulerProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / f"scheduler-{self.port}.log", "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "damselfly", "scheduler", "--listen",
+                                         f"127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: httpx.get(f"{self.url}/healthy", timeout=1).status_code == 200, 20, "the scheduler")
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill() if kill else self.process.terminate()
+            self.process.wait(15)
+
+    def metric(self, name: str, labels: str = "") -> float:
+        total = 0.0
+        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
+            key, _, value = line.rpartition(" ")
+            if not line.startswith("#") and key.split("{")[0] == name and labels in key:
+                total += float(value)
+        return total
+
+
+def start_peer(workdir: Path, schedulers: list[str], registry_args: list[str], seed: bool = False,
+               extra: list[str] | None = None) -> Damselfly:
+    node = Damselfly(workdir, ["--scheduler", ",".join(schedulers), *registry_args, *(["--seed"] if seed else []),
+                               *(extra or [])], command="daemon")
+    node.args += ["--host-id", f"{'seed' if seed else 'peer'}-{node.upload_port}"]
+    return node.start()
