@@ -274,9 +274,11 @@ class PieceDownload:
             if p["host_id"] in self.dropped:
                 continue
             bitmap = PieceBitmap(self.task.piece_count, base64.b64decode(p["bitmap"]))
-            known = self.parents.get(p["host_id"])
-            parent = Parent(p["host_id"], p["upload_url"], p["is_seed"], p["seeding"], bitmap,
-                            known.in_flight if known else 0)
+            parent = self.parents.get(p["host_id"])  # the same object: workers count their requests on it
+            if parent is None:
+                parent = Parent(p["host_id"], p["upload_url"], p["is_seed"], p["seeding"], bitmap)
+            else:
+                parent.bitmap, parent.seeding = bitmap, p["seeding"]
             fresh[parent.host_id] = parent
         self.parents = fresh
         self.network.metrics.parents.inc(len(self.parents) - before)

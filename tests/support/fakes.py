@@ -34,8 +34,21 @@ class GatedRegistryFake:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def do_HEAD(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(fake.blob)))
+                self.end_headers()
+
             def do_GET(self) -> None:  # noqa: N802
                 fake.blob_gets += 1
+                if self.headers.get("Range"):  # bytes=a-b, for peers sent back to the origin: not gated
+                    first, last = (int(x) for x in self.headers["Range"].removeprefix("bytes=").split("-"))
+                    self.send_response(206)
+                    self.send_header("Content-Length", str(last - first + 1))
+                    self.send_header("Content-Range", f"bytes {first}-{last}/{len(fake.blob)}")
+                    self.end_headers()
+                    self.wfile.write(fake.blob[first:last + 1])
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(fake.blob)))
                 self.send_header("Content-Type", "application/octet-stream")

@@ -1,0 +1,143 @@
+"""Faults that must not lose a download or serve a wrong byte, each on real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.cluster import SchedulerProcess, start_peer
+from tests.support.fakes import GatedRegistryFake
+from tests.support.wait import wait_until
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def nodes(tmp_path: Path):
+    started: list = []
+
+    def add(process):
+        started.append(process)
+        return process
+
+    yield add
+    for process in reversed(started):
+        process.stop()
+
+
+def fetch(node, ns: str, name: str, digest: str, timeout: float = 120) -> bytes:
+    response = httpx.get(f"{node.url}/v2/{name}/blobs/{digest}", params={"ns": ns}, timeout=timeout)
+    assert response.status_code == 200, response.text[:300]
+    return response.content
+
+
+def in_background(fn) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn()
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def test_a_parent_killed_mid_transfer(tmp_path, registry, registry_client, nodes):
+    data = os.urandom(32 * MiB)
+    digest = registry_client.push_blob("faults/parent", data)
+    mapping = ["--registry", f"{registry.host}={registry.url}"]
+    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+    nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True))
+    parent = nodes(start_peer(tmp_path / "parent/data", [scheduler.url], mapping, extra=["--upload-rate", "4MB"]))
+    child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
+    assert fetch(parent, registry.host, "faults/parent", digest) == data
+
+    thread, result = in_background(lambda: fetch(child, registry.host, "faults/parent", digest))
+    wait_until(lambda: child.metric("damselfly_p2p_bytes_total", 'source="peer"') > 0, 30, "a piece from the parent")
+    os.kill(parent.process.pid, signal.SIGKILL)
+    thread.join(90)
+    assert result.get("value") == data, result.get("error")
+    assert child.metric("damselfly_p2p_bad_parents_total") >= 1
+    assert child.metric("damselfly_p2p_bytes_total", 'source="seed"') > 0
+    assert len(registry.blob_gets(digest)) == 1
+
+
+def test_a_parent_sending_corrupt_pieces_is_dropped_and_reported(tmp_path, registry, registry_client, nodes):
+    data = os.urandom(20 * MiB)
+    digest = registry_client.push_blob("faults/corrupt", data)
+    mapping = ["--registry", f"{registry.host}={registry.url}"]
+    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+    nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True, extra=["--upload-rate", "20MB"]))
+    liar = nodes(start_peer(tmp_path / "liar/data", [scheduler.url], mapping))
+    child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
+    assert fetch(liar, registry.host, "faults/corrupt", digest) == data
+    stored = liar.data_dir / "blobs/sha256" / digest[7:9] / digest[7:]
+    with open(stored, "r+b") as f:  # rot every piece on the liar's disk
+        for offset in range(0, len(data), 4 * MiB):
+            f.seek(offset + 100)
+            f.write(b"\x00" * 16)
+
+    assert fetch(child, registry.host, "faults/corrupt", digest) == data
+    assert child.metric("damselfly_p2p_piece_digest_failures_total") >= 1
+    assert child.metric("damselfly_p2p_bad_parents_total") >= 1
+    assert scheduler.metric("damselfly_scheduler_bad_parent_reports_total") >= 1
+    assert "does not match its digest" in child.log()
+    assert len(registry.blob_gets(digest)) == 1
+
+
+def test_the_scheduler_killed_mid_download(tmp_path, registry, registry_client, nodes):
+    data = os.urandom(24 * MiB)
+    digest = registry_client.push_blob("faults/scheduler", data)
+    later = os.urandom(3 * MiB)
+    later_digest = registry_client.push_blob("faults/scheduler", later)
+    mapping = ["--registry", f"{registry.host}={registry.url}"]
+    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+    nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True, extra=["--upload-rate", "6MB"]))
+    child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
+
+    thread, result = in_background(lambda: fetch(child, registry.host, "faults/scheduler", digest))
+    wait_until(lambda: child.metric("damselfly_p2p_bytes_total") > 0, 30, "the download to start")
+    scheduler.stop(kill=True)
+    started = time.monotonic()
+    thread.join(90)
+    assert result.get("value") == data, result.get("error")
+    assert time.monotonic() - started < 60
+    assert len(registry.blob_gets(digest)) == 1  # it kept its parent, the seed
+
+    # A new task with every scheduler down: straight to the origin, with the reason counted.
+    assert fetch(child, registry.host, "faults/scheduler", later_digest, timeout=30) == later
+    assert child.metric("damselfly_p2p_back_to_source_total", 'reason="scheduler unreachable"') == 1
+
+
+def test_the_seed_killed_before_it_finishes(tmp_path, nodes):
+    data = os.urandom(24 * MiB)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    origin = GatedRegistryFake(data, gate_at=10 * MiB).start()
+    try:
+        mapping = ["--registry", f"gated.test=http://{origin.host}"]
+        scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+        seed = nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True))
+        child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
+        thread, result = in_background(lambda: fetch(child, "gated.test", "faults/seed", digest))
+        wait_until(lambda: child.metric("damselfly_p2p_bytes_total", 'source="seed"') >= 8 * MiB, 30,
+                   "the first pieces from the seed")
+        os.kill(seed.process.pid, signal.SIGKILL)
+        origin.gate.set()
+        started = time.monotonic()
+        thread.join(90)
+        assert result.get("value") == data, result.get("error")
+        assert time.monotonic() - started < 45
+        assert child.metric("damselfly_p2p_back_to_source_total") == 1
+        assert child.metric("damselfly_p2p_bytes_total", 'source="origin"') < len(data)  # only the missing pieces
+    finally:
+        origin.stop()
