@@ -205,6 +205,7 @@ class PieceDownload:
         self.dropped: set[str] = set()
         self.digests: dict[int, str] = {}
         self.version = -1
+        self.swarm = 1  # peers downloading this task at once, from the scheduler
         self.in_flight: set[int] = set()
         self.changed = asyncio.Event()
         self.back_to_source: str | None = None
@@ -268,6 +269,7 @@ class PieceDownload:
         elif action == "back_to_source":
             self.back_to_source = f"scheduler: {answer.get('reason')}"
         self.digests.update({int(i): d for i, d in answer.get("digests", {}).items()})
+        self.swarm = int(answer.get("swarm", 1))
         before = len(self.parents)
         fresh: dict[str, Parent] = {}
         for p in answer.get("parents", []):
@@ -309,8 +311,8 @@ class PieceDownload:
         """The next piece and where to get it.
 
         Other peers first: a piece a reader waits for, then the rarest piece they hold.
-        Then a seed, which this peer asks for at most SEED_REQUESTS pieces at a time once
-        other peers are parents: a random piece from a window just ahead of the readers,
+        Then a seed, which this peer asks for at most SEED_REQUESTS pieces at a time when
+        other peers download the task too: a random piece from a window just ahead of the readers,
         so that peers take different pieces from the seed and trade them, while readers
         still get theirs soon. Alone with a seed, the peer just streams in order.
         """
@@ -328,12 +330,13 @@ class PieceDownload:
             random.shuffle(from_peers)
             index = min(from_peers, key=lambda i: len(held[i]))
             return index, _least_busy(held[index])
-        seeds = [p for p in parents if p.is_seed and p.in_flight < (SEED_REQUESTS if peers else self.network.concurrency)]
+        crowd = max(len(peers) + 1, self.swarm)
+        seeds = [p for p in parents if p.is_seed and p.in_flight < (SEED_REQUESTS if crowd > 1 else self.network.concurrency)]
         if not seeds:
             return None
         start = min(self.task.wanted, default=missing[0])
-        window = [i for i in missing if i >= start][: 2 * (len(peers) + 1)] or missing
-        index = random.choice(window) if peers else window[0]
+        window = [i for i in missing if i >= start][: 2 * crowd] or missing
+        index = random.choice(window) if crowd > 1 else window[0]
         givers = [p for p in seeds if p.can_give(index)]
         return (index, _least_busy(givers)) if givers else None
 

@@ -210,6 +210,8 @@ class SchedulerState:
             "action": action,
             "reason": reason,
             "version": task.version,
+            # Peers still downloading this task, the asker included: they will trade pieces.
+            "swarm": sum(1 for p in task.peers.values() if not p.done and not p.seeding),
             "digests": {str(i): d for i, d in task.digests.items()},
             "parents": [
                 {"host_id": h.id, "upload_url": h.upload_url, "is_seed": h.is_seed,
