@@ -198,6 +198,8 @@ class SchedulerState:
         """The answer to a peer: its parents with their pieces, the known digests, what to do."""
         if task.failed:
             return {"action": "fail", "reason": task.failed, "version": task.version}
+        if task.peers[host_id].done:
+            return {"action": "done", "reason": "", "version": task.version, "parents": [], "digests": {}}
         parents = self.rank(task, host_id)
         seeding = any(p.seeding and self.alive(p.host_id) for p in task.peers.values() if p.host_id != host_id)
         if parents:

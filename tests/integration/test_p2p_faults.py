@@ -82,6 +82,7 @@ def test_a_parent_sending_corrupt_pieces_is_dropped_and_reported(tmp_path, regis
     child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
     assert fetch(liar, registry.host, "faults/corrupt", digest) == data
     stored = liar.data_dir / "blobs/sha256" / digest[7:9] / digest[7:]
+    wait_until(stored.exists, 20, "the liar to store the blob")
     with open(stored, "r+b") as f:  # rot every piece on the liar's disk
         for offset in range(0, len(data), 4 * MiB):
             f.seek(offset + 100)
@@ -141,3 +142,27 @@ def test_the_seed_killed_before_it_finishes(tmp_path, nodes):
         assert child.metric("damselfly_p2p_bytes_total", 'source="origin"') < len(data)  # only the missing pieces
     finally:
         origin.stop()
+
+
+def test_a_task_moves_to_the_next_scheduler_on_the_ring(tmp_path, registry, registry_client, nodes):
+    from damselfly.lib.hashring import HashRing
+
+    first = nodes(SchedulerProcess(tmp_path / "sch1").start())
+    second = nodes(SchedulerProcess(tmp_path / "sch2").start())
+    urls = [first.url, second.url]
+    mapping = ["--registry", f"{registry.host}={registry.url}"]
+    nodes(start_peer(tmp_path / "seed/data", urls, mapping, seed=True))
+    peers = [nodes(start_peer(tmp_path / f"peer{i}/data", urls, mapping)) for i in range(2)]
+    while True:  # a blob whose task the first scheduler owns
+        data = os.urandom(6 * MiB)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if HashRing(urls).owners(digest)[0] == first.url:
+            break
+    registry_client.push_blob("faults/ring", data)
+    first.stop(kill=True)
+
+    for peer in peers:
+        assert fetch(peer, registry.host, "faults/ring", digest, timeout=60) == data
+        assert peer.metric("damselfly_p2p_back_to_source_total") == 0
+    assert len(registry.blob_gets(digest)) == 1
+    assert second.metric("damselfly_scheduler_seed_triggers_total", 'result="accepted"') == 1

@@ -68,3 +68,27 @@ def test_a_failed_origin_digest_fails_the_task():
                                               "version": task.version}
 
     asyncio.run(scenario())
+
+
+def test_a_finished_peer_triggers_nothing():
+    async def scenario():
+        state, _ = make_state()
+        task = state.task("sha256:x", length=4, piece_length=4, origin={})
+        state.join(task, "p1", [0])
+        assert state.schedule(task, "p1")["action"] == "done"
+        other = state.schedule(state.task("sha256:x", 4, 4, {}), "p1")
+        assert other["action"] == "done" and other["parents"] == []
+
+    asyncio.run(scenario())
+
+
+def test_swarm_counts_peers_still_downloading():
+    async def scenario():
+        state, _ = make_state()
+        task = state.task("sha256:x", length=8, piece_length=4, origin={})
+        state.join(task, "seed", [], seeding=True)
+        state.join(task, "p1", [])
+        state.join(task, "p2", [0])
+        assert state.schedule(task, "p1")["swarm"] == 2
+
+    asyncio.run(scenario())
