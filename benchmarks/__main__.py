@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from benchmarks.mirror import mirror
+from benchmarks.p2p import p2p
 
 
 @click.group()
@@ -13,6 +14,7 @@ def main() -> None:
 
 
 main.add_command(mirror)
+main.add_command(p2p)
 
 if __name__ == "__main__":
     main()

@@ -37,7 +37,7 @@ def test_three_containerds_pull_one_image_at_once(tmp_path, registry, registry_c
 
     assert outputs == ["ok", "ok", "ok"]
     for layer in image.layers:
-        gets = registry.blob_gets(layer.digest)
+        gets = registry.blob_gets(layer.digest, image.name)
         assert len(gets) == 1, f"registry saw {len(gets)} GETs of layer {layer.digest}"
     assert node.metric("damselfly_cache_misses_total") == len(image.layers) + 1  # layers and the config blob
     assert node.metric("damselfly_cache_hits_total") >= 2 * len(image.layers)

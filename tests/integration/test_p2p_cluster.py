@@ -74,7 +74,7 @@ def test_cold_image_stampede_loads_the_registry_once(tmp_path, registry, registr
             assert result.result(timeout=300) == [layer.data for layer in image.layers]
 
     for layer in image.layers:
-        assert len(registry.blob_gets(layer.digest)) == 1, f"registry GETs for {layer.digest}"
+        assert len(registry.blob_gets(layer.digest, image.name)) == 1, f"registry GETs for {layer.digest}"
     from_peers = sum(p.metric("damselfly_p2p_bytes_total", 'source="peer"') for p in peers)
     from_seed = sum(p.metric("damselfly_p2p_bytes_total", 'source="seed"') for p in peers)
     from_origin = sum(p.metric("damselfly_p2p_bytes_total", 'source="origin"') for p in peers)

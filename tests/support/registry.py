@@ -87,8 +87,10 @@ class Registry:
                                            0 if size == "-" else int(size)))
         return entries
 
-    def blob_gets(self, digest: str) -> list[AccessEntry]:
-        return [e for e in self.access_log() if e.method == "GET" and e.path.split("?")[0].endswith(f"/blobs/{digest}")]
+    def blob_gets(self, digest: str, repository: str = "") -> list[AccessEntry]:
+        """GETs of a blob, of one repository if given (tests share a registry and busybox layers)."""
+        suffix = f"/{repository}/blobs/{digest}" if repository else f"/blobs/{digest}"
+        return [e for e in self.access_log() if e.method == "GET" and e.path.split("?")[0].endswith(suffix)]
 
 
 class RegistryClient:

@@ -1,0 +1,151 @@
+"""P2P benchmarks on loopback, each against a baseline in the same run.
+
+1. transfer: one parent (a seed peer holding the blob) to one child, through the child's
+   mirror, versus curl fetching the same blob straight from docker-registry.
+   Target: at least 0.7x curl's throughput.
+2. stampede: N peers (default 8) fetch one cold blob at once through their mirrors,
+   versus N curls fetching it straight from docker-registry at once. Reports the
+   registry's bytes divided by the blob size (target at most 1.05) and both wall times.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from benchmarks.mirror import RESULTS, curl, write_random_file
+from damselfly.lib.units import format_size, parse_size
+from tests.support.cluster import SchedulerProcess, start_peer
+from tests.support.registry import Registry, RegistryClient
+
+console = Console()
+
+
+def _push(work: Path, registry: Registry, size: int, name: str) -> str:
+    path = work / f"{name}.bin"
+    write_random_file(path, size)
+    digest = RegistryClient(registry.url).push_blob(f"bench/{name}", path)
+    path.unlink()
+    return digest
+
+
+@click.command()
+@click.option("--transfer-size", default="512MiB", show_default=True)
+@click.option("--stampede-size", default="256MiB", show_default=True)
+@click.option("--peers", default=8, show_default=True)
+@click.option("--rounds", default=3, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
+def p2p(transfer_size: str, stampede_size: str, peers: int, rounds: int, out: Path) -> None:
+    """Parent-to-child piece transfer vs curl, and an N-peer stampede vs N direct pulls."""
+    if not shutil.which("docker-registry") or not shutil.which("curl"):
+        raise click.ClickException("needs docker-registry and curl (Debian packages docker-registry, curl)")
+    with tempfile.TemporaryDirectory(prefix="damselfly-bench-") as scratch:
+        work = Path(scratch)
+        registry = Registry(work / "registry").start()
+        try:
+            transfer = measure_transfer(work, registry, parse_size(transfer_size), rounds)
+            stampede = measure_stampede(work, registry, parse_size(stampede_size), peers, rounds)
+        finally:
+            registry.stop()
+    record = {"transfer": transfer, "stampede": stampede}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "p2p.json").write_text(json.dumps(record, indent=2) + "\n")
+    table = markdown(record, rounds)
+    (out / "p2p.md").write_text(table)
+    console.print(table)
+
+
+def measure_transfer(work: Path, registry: Registry, size: int, rounds: int) -> dict:
+    digest = _push(work, registry, size, "transfer")
+    mapping = ["--registry", f"{registry.host}={registry.url}"]
+    direct_url = f"{registry.url}/v2/bench/transfer/blobs/{digest}"
+    curl(direct_url)  # registry storage into the page cache
+    direct, p2p = [], []
+    for index in range(rounds):
+        console.print(f"transfer {format_size(size)} round {index + 1}/{rounds}")
+        root = work / f"transfer-{index}"
+        scheduler = SchedulerProcess(root / "scheduler").start()
+        seed = start_peer(root / "seed/data", [scheduler.url], mapping, seed=True)
+        child = start_peer(root / "child/data", [scheduler.url], mapping)
+        try:
+            curl(f"{seed.url}/v2/bench/transfer/blobs/{digest}", f"?ns={registry.host}")  # the parent holds it
+            direct.append(curl(direct_url))
+            p2p.append(curl(f"{child.url}/v2/bench/transfer/blobs/{digest}", f"?ns={registry.host}"))
+            assert child.metric("damselfly_p2p_bytes_total", 'source="seed"') == size, "the child must use P2P"
+        finally:
+            for process in (child, seed, scheduler):
+                process.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    direct_speed = statistics.median(t.mb_per_s for t in direct)
+    p2p_speed = statistics.median(t.mb_per_s for t in p2p)
+    return {"size_bytes": size, "direct_mb_s": round(direct_speed, 1), "p2p_mb_s": round(p2p_speed, 1),
+            "ratio": round(p2p_speed / direct_speed, 3)}
+
+
+def measure_stampede(work: Path, registry: Registry, size: int, peers: int, rounds: int) -> dict:
+    mapping = ["--registry", f"{registry.host}={registry.url}"]
+    results = []
+    for index in range(rounds):
+        console.print(f"stampede of {peers} peers, {format_size(size)}, round {index + 1}/{rounds}")
+        digest = _push(work, registry, size, f"stampede{index}")
+        name = f"bench/stampede{index}"
+        direct_url = f"{registry.url}/v2/{name}/blobs/{digest}"
+        curl(direct_url)
+        before = sum(e.bytes for e in registry.blob_gets(digest))
+        with ThreadPoolExecutor(peers) as pool:
+            started = time.monotonic()
+            list(pool.map(lambda _: curl(direct_url), range(peers)))
+            direct_seconds = time.monotonic() - started
+        root = work / f"stampede-{index}"
+        scheduler = SchedulerProcess(root / "scheduler").start()
+        nodes = [start_peer(root / "seed/data", [scheduler.url], mapping, seed=True)]
+        nodes += [start_peer(root / f"peer{i}/data", [scheduler.url], mapping) for i in range(peers)]
+        registry_before = sum(e.bytes for e in registry.blob_gets(digest))
+        try:
+            with ThreadPoolExecutor(peers) as pool:
+                started = time.monotonic()
+                transfers = list(pool.map(
+                    lambda node: curl(f"{node.url}/v2/{name}/blobs/{digest}", f"?ns={registry.host}"), nodes[1:]))
+                p2p_seconds = time.monotonic() - started
+            assert all(t.bytes == size for t in transfers)
+            registry_bytes = sum(e.bytes for e in registry.blob_gets(digest)) - registry_before
+            from_peers = sum(n.metric("damselfly_p2p_bytes_total", 'source="peer"') for n in nodes[1:])
+        finally:
+            for process in (*reversed(nodes), scheduler):
+                process.stop()
+            shutil.rmtree(root, ignore_errors=True)
+        results.append({"direct_seconds": round(direct_seconds, 3), "p2p_seconds": round(p2p_seconds, 3),
+                        "registry_bytes": registry_bytes, "registry_ratio": round(registry_bytes / size, 3),
+                        "peer_share": round(from_peers / (peers * size), 3), "direct_registry_bytes_before": before})
+    return {"size_bytes": size, "peers": peers, "rounds": results,
+            "median_direct_seconds": statistics.median(r["direct_seconds"] for r in results),
+            "median_p2p_seconds": statistics.median(r["p2p_seconds"] for r in results),
+            "max_registry_ratio": max(r["registry_ratio"] for r in results),
+            "median_peer_share": statistics.median(r["peer_share"] for r in results)}
+
+
+def markdown(record: dict, rounds: int) -> str:
+    t, s = record["transfer"], record["stampede"]
+    return "\n".join([
+        f"P2P on loopback (median of {rounds} rounds).",
+        "",
+        "| benchmark | Damselfly | baseline | ratio | target |",
+        "| --- | ---: | ---: | ---: | --- |",
+        f"| parent -> child, {format_size(t['size_bytes'])} | {t['p2p_mb_s']:.0f} MB/s | curl from docker-registry "
+        f"{t['direct_mb_s']:.0f} MB/s | {t['ratio']:.2f}x | >= 0.7x |",
+        f"| stampede of {s['peers']} peers, {format_size(s['size_bytes'])}: registry bytes / blob size | "
+        f"{s['max_registry_ratio']:.3f} (worst round) | {s['peers']}.000 for {s['peers']} direct pulls | | <= 1.05 |",
+        f"| stampede: time for all {s['peers']} | {s['median_p2p_seconds']:.2f} s | {s['peers']} concurrent curls "
+        f"{s['median_direct_seconds']:.2f} s | {s['median_p2p_seconds'] / s['median_direct_seconds']:.2f}x | |",
+        f"| stampede: share of bytes from other peers (not the seed) | {s['median_peer_share']:.0%} | | | |",
+        "",
+    ])
