@@ -53,6 +53,10 @@ class Task:
     digests: dict[int, str] = field(default_factory=dict)
     peers: dict[str, Peer] = field(default_factory=dict)
     failed: str | None = None
+    # A seed peer stored the blob after checking its digest, and every piece digest here is
+    # one it reported: a peer whose pieces all match them holds the right blob.
+    verified: bool = False
+    seed_conflict: bool = False
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -129,6 +133,8 @@ class SchedulerState:
             known = task.digests.get(index)
             if digest is not None and known is not None and known != digest:
                 rejected.append(index)
+                if host_id in self.hosts and self.hosts[host_id].is_seed:
+                    task.seed_conflict = True
                 continue
             if digest is not None and known is None and trusted:
                 task.digests[index] = digest
@@ -162,6 +168,9 @@ class SchedulerState:
         if success:
             peer.done, peer.seeding = True, False
             peer.parents.clear()
+            host = self.hosts.get(host_id)
+            if host is not None and host.is_seed and not task.seed_conflict:
+                task.verified = len(task.digests) == peer.bitmap.count
         else:
             del task.peers[host_id]
             if reason.startswith("digest mismatch"):
@@ -212,6 +221,7 @@ class SchedulerState:
             "action": action,
             "reason": reason,
             "version": task.version,
+            "verified": task.verified,
             # Peers still downloading this task, the asker included: they will trade pieces.
             "swarm": sum(1 for p in task.peers.values() if not p.done and not p.seeding),
             "digests": {str(i): d for i, d in task.digests.items()},

@@ -92,3 +92,24 @@ def test_swarm_counts_peers_still_downloading():
         assert state.schedule(task, "p1")["swarm"] == 2
 
     asyncio.run(scenario())
+
+
+def test_a_task_is_verified_only_by_a_seed_that_stored_it_with_agreeing_digests():
+    async def scenario():
+        state, _ = make_state()
+        task = state.task("sha256:x", length=8, piece_length=4, origin={})
+        state.join(task, "seed", [], seeding=True)
+        state.report_pieces(task, "p1", [(0, "d0", None, None), (1, "d1", None, None)], trusted=True)
+        state.join(task, "p1", [0, 1])
+        state.finish(task, "p1", success=True)
+        assert not task.verified  # a normal peer cannot vouch for a blob
+        state.report_pieces(task, "seed", [(0, "d0", None, None), (1, "other", None, None)], trusted=True)
+        state.finish(task, "seed", success=True)
+        assert not task.verified  # the seed disagreed with a digest it did not report
+        clean = state.task("sha256:y", length=8, piece_length=4, origin={})
+        state.join(clean, "seed", [], seeding=True)
+        state.report_pieces(clean, "seed", [(0, "d0", None, None), (1, "d1", None, None)], trusted=True)
+        state.finish(clean, "seed", success=True)
+        assert clean.verified and state.schedule(clean, "seed")["action"] == "done"
+
+    asyncio.run(scenario())
