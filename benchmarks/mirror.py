@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from damselfly.lib.units import format_size, parse_size
 from tests.support.daemon import Damselfly

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
@@ -15,51 +15,32 @@ from damselfly.lib.netaddr import parse_listen
 from damselfly.lib.units import parse_size
 from damselfly.proxy.upstream import normalize_upstream, parse_registry_mapping
 
+if TYPE_CHECKING:
+    from damselfly.proxy.app import MirrorSettings
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class ListenAddress(click.ParamType):
-    name = "HOST:PORT"
+class Parsed(click.ParamType):
+    """A flag value checked by one of our pure parsers; its ValueError becomes a usage error."""
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, int]:
-        if isinstance(value, tuple):
+    def __init__(self, name: str, parse: Callable[[Any], Any]) -> None:
+        self.name = name
+        self._parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):  # already parsed: a default, or a value given twice
             return value
         try:
-            return parse_listen(str(value))
+            return self._parse(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-class Size(click.ParamType):
-    name = "SIZE"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        try:
-            return parse_size(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class RegistryMapping(click.ParamType):
-    name = "NAME=URL"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_registry_mapping(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class UpstreamURL(click.ParamType):
-    name = "URL"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return normalize_upstream(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+LISTEN_ADDRESS = Parsed("HOST:PORT", lambda v: parse_listen(str(v)))
+SIZE = Parsed("SIZE", parse_size)
+REGISTRY_MAPPING = Parsed("NAME=URL", lambda v: parse_registry_mapping(str(v)))
+UPSTREAM_URL = Parsed("URL", lambda v: normalize_upstream(str(v)))
 
 
 def _env(name: str) -> str:
@@ -69,16 +50,16 @@ def _env(name: str) -> str:
 def mirror_options(default_listen: str) -> Callable[[Any], Any]:
     """The mirror flags shared by every command that serves the mirror."""
     options = [
-        click.option("--listen", type=ListenAddress(), default=default_listen, show_default=True, envvar=_env("listen"),
+        click.option("--listen", type=LISTEN_ADDRESS, default=default_listen, show_default=True, envvar=_env("listen"),
                      help="Address of the mirror (containerd and nydus send their requests here)."),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=default_data_dir,
                      envvar=_env("data_dir"), show_default="/var/lib/damselfly as root", help="Where blobs are cached."),
-        click.option("--registry", "registries", type=RegistryMapping(), multiple=True, envvar=_env("registry"),
+        click.option("--registry", "registries", type=REGISTRY_MAPPING, multiple=True, envvar=_env("registry"),
                      help="NAME=URL: the upstream of registry NAME (the ns value or X-Dragonfly-Registry). "
                           "Repeatable. Unmapped names mean https://NAME."),
-        click.option("--default-registry", type=UpstreamURL(), default=None, envvar=_env("default_registry"),
+        click.option("--default-registry", type=UPSTREAM_URL, default=None, envvar=_env("default_registry"),
                      help="Upstream for requests that name no registry."),
-        click.option("--cache-quota", type=Size(), default="50GiB", show_default=True, envvar=_env("cache_quota"),
+        click.option("--cache-quota", type=SIZE, default="50GiB", show_default=True, envvar=_env("cache_quota"),
                      help="Disk space the blob cache may use."),
         click.option("--cache-high-watermark", type=click.FloatRange(0.01, 1.0), default=0.9, show_default=True,
                      envvar=_env("cache_high_watermark"), help="Fraction of the quota that starts eviction."),
@@ -146,14 +127,14 @@ def _url(address: tuple[str, int]) -> str:
 
 
 peer_options = [
-    click.option("--upload-listen", type=ListenAddress(), envvar=_env("upload_listen"),
+    click.option("--upload-listen", type=LISTEN_ADDRESS, envvar=_env("upload_listen"),
                  help="Address of the upload server; other peers use it as given (use a routable IP)."),
     click.option("--idc", default="", envvar=_env("idc"), help="Data centre of this host (scheduling affinity)."),
     click.option("--location", default="", envvar=_env("location"), help="Location path A|B|C (affinity)."),
     click.option("--host-id", default="", envvar=_env("host_id"), help="Unique id of this host [hostname:port]."),
     click.option("--upload-slots", type=click.IntRange(1), default=16, show_default=True, envvar=_env("upload_slots"),
                  help="Pieces this host uploads at once; the scheduler also caps its children with it."),
-    click.option("--upload-rate", type=Size(), default=None, envvar=_env("upload_rate"),
+    click.option("--upload-rate", type=SIZE, default=None, envvar=_env("upload_rate"),
                  help="Upload bandwidth cap in bytes per second (e.g. 100MB); none by default."),
 ]
 
@@ -168,7 +149,7 @@ def _with(options: list) -> Callable[[Any], Any]:
 
 @main.command()
 @mirror_options(default_listen="127.0.0.1:65001")
-@click.option("--scheduler-listen", type=ListenAddress(), default="127.0.0.1:8002", show_default=True,
+@click.option("--scheduler-listen", type=LISTEN_ADDRESS, default="127.0.0.1:8002", show_default=True,
               envvar=_env("scheduler_listen"), help="Address of the built-in scheduler (other daemons may join it).")
 @_with(peer_options)
 def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, int],
@@ -214,7 +195,7 @@ def daemon(listen: tuple[str, int], log_level: str, schedulers: str, seed: bool,
 
 
 @main.command()
-@click.option("--listen", type=ListenAddress(), default="127.0.0.1:8002", show_default=True, envvar=_env("listen"))
+@click.option("--listen", type=LISTEN_ADDRESS, default="127.0.0.1:8002", show_default=True, envvar=_env("listen"))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, envvar=_env("log_level"))
 @config_option

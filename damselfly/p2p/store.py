@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path

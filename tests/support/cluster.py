@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.daemon import Damselfly
+from tests.support.processes import metric, stop_process
 from tests.support.wait import free_port, wait_until
 
 
@@ -32,17 +33,10 @@ class SchedulerProcess:
         return self
 
     def stop(self, kill: bool = False) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill() if kill else self.process.terminate()
-            self.process.wait(15)
+        stop_process(self.process, kill)
 
     def metric(self, name: str, labels: str = "") -> float:
-        total = 0.0
-        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
-            key, _, value = line.rpartition(" ")
-            if not line.startswith("#") and key.split("{")[0] == name and labels in key:
-                total += float(value)
-        return total
+        return metric(self.url, name, labels)
 
 
 def start_peer(workdir: Path, schedulers: list[str], registry_args: list[str], seed: bool = False,

@@ -6,6 +6,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.processes import stop_process
 from tests.support.wait import wait_until
 
 
@@ -47,11 +48,5 @@ class Containerd:
         return result
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         subprocess.run(["umount", "-R", str(self.workdir / "state")], capture_output=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.processes import metric, stop_process
 from tests.support.wait import free_port, wait_until
 
 
@@ -53,23 +54,10 @@ class Damselfly:
         return httpx.get(f"{self.url}/healthy", timeout=1).status_code == 200
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def metric(self, name: str, labels: str = "") -> float:
-        """Sum of the samples of ``name`` whose label text contains ``labels``."""
-        total = 0.0
-        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                if key.split("{")[0] == name and labels in key:
-                    total += float(value)
-        return total
+        return metric(self.url, name, labels)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
+from tests.support.processes import ThreadedHTTPServer
 from tests.support.wait import free_port
 
 
@@ -61,14 +62,12 @@ class GatedRegistryFake:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self._server = ThreadedHTTPServer(Handler, self.port)
         return self
 
     def stop(self) -> None:
         self.gate.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.stop()
 
 
 class SilentServerFake:

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import httpx
 
+from tests.support.processes import stop_process
 from tests.support.wait import free_port, wait_until
 
 ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)')
@@ -70,13 +71,7 @@ class Registry:
         return httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def access_log(self) -> list[AccessEntry]:
         entries = []

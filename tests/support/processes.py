@@ -1,0 +1,43 @@
+"""Stopping the servers the tests start, and reading their Prometheus metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+
+def stop_process(process: subprocess.Popen | None, kill: bool = False, grace: float = 15) -> None:
+    """SIGTERM (or SIGKILL), then SIGKILL if it has not exited within ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.kill() if kill else process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def metric(base_url: str, name: str, labels: str = "") -> float:
+    """Sum of the samples of ``name`` at ``base_url/metrics`` whose label text contains ``labels``."""
+    total = 0.0
+    for line in httpx.get(f"{base_url}/metrics", timeout=5).text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if not line.startswith("#") and key.split("{")[0] == name and labels in key:
+            total += float(value)
+    return total
+
+
+class ThreadedHTTPServer:
+    """An http.server on a loopback port, served from a daemon thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int) -> None:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
