@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -20,11 +21,12 @@ from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Protocol
 from damselfly.lib.waiting import within
 from damselfly.lib.oci import Digest
 from damselfly.lib.units import format_size
-from damselfly.p2p.store import BlobMeta, BlobStore, StoredBlob
+from damselfly.p2p.store import BlobMeta, BlobStore, Partial, StoredBlob
 from damselfly.p2p.task import Task, TaskFailed
 from damselfly.p2p.writer import SequentialWriter
 
 log = logging.getLogger(__name__)
+CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints of a resumable download
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ class BlobService:
         self._downloads: dict[str, asyncio.Task[None]] = {}
         self._committing: set[str] = set()  # verified downloads being flushed and stored
         self._task_started = asyncio.Event()
+        self._resumable: set[str] = set()  # downloads from peers: checkpointed, kept at shutdown
+        self._checkpoints: set[str] = set()  # checkpoint writes scheduled
 
     @contextlib.asynccontextmanager
     async def open(self, digest: Digest, origin: Origin) -> AsyncIterator[BlobReader]:
@@ -268,12 +272,18 @@ class BlobService:
                 length = await self.source.blob_length(origin, digest)
                 network = self.network
                 fill = lambda task: network.download(task, origin)  # noqa: E731
+                resumed = await self._resume(digest, length)
         except BaseException as exc:
             del self._starting[key]
             future.set_exception(exc if isinstance(exc, Exception) else SourceUnavailable(502, "cancelled"))
             future.exception()  # joiners may be none; mark it retrieved
             raise
-        task = Task(digest, length, self.store.new_incoming(digest))
+        if self.network is None or self.network.is_seed:
+            task = Task(digest, length, self.store.new_incoming(digest))
+        else:
+            task = resumed or Task(digest, length, self.store.resumable_path(digest))
+            self._resumable.add(key)
+            task.on_piece = lambda _: self._checkpoint_soon(task)
         self._tasks[key] = task
         self._task_protected[key] = origin.authorization is not None
         del self._starting[key]
@@ -285,6 +295,42 @@ class BlobService:
         self._downloads[key] = download
         download.add_done_callback(lambda _: self._downloads.pop(key, None))
         return task
+
+    async def _resume(self, digest: Digest, length: int) -> Task | None:
+        """A task with the pieces an earlier run wrote and that still match their digests."""
+        found = self.store.partial(digest)
+        if found is None:
+            return None
+        path, partial = found
+        if partial.length != length:
+            self.store.discard(path)
+            return None
+        task = Task(digest, length, path, piece_length=partial.piece_length)
+        digests = {int(i): d for i, d in partial.digests.items()}
+        good = await asyncio.to_thread(_verified_pieces, task, partial.pieces, digests)
+        for index in good:
+            task.digests[index] = digests[index]
+            task.piece_done(index)
+        log.info("resuming %s: %d of %d pieces kept from an earlier run (%d failed their check)", digest,
+                 len(good), task.piece_count, len(partial.pieces) - len(good))
+        return task
+
+    def _checkpoint_soon(self, task: Task) -> None:
+        key = str(task.digest)
+        if key not in self._checkpoints:
+            self._checkpoints.add(key)
+            asyncio.get_running_loop().call_later(CHECKPOINT_INTERVAL, self._checkpoint, task)
+
+    def _checkpoint(self, task: Task) -> None:
+        key = str(task.digest)
+        self._checkpoints.discard(key)
+        if key not in self._resumable or task.complete:
+            return
+        pieces = [i for i in range(task.piece_count) if task.bitmap.has(i)]
+        self.store.checkpoint(task.path, Partial(
+            length=task.length, piece_length=task.piece_length, pieces=pieces,
+            digests={str(i): task.digests[i] for i in pieces if i in task.digests},
+            protected=self._task_protected.get(key, False)))
 
     async def _fill_from_origin(self, task: Task, stream: SourceStream) -> str:
         """Write the origin's stream in order; return the digest of what it sent."""
@@ -309,7 +355,7 @@ class BlobService:
     async def _download(self, task: Task, origin: Origin, fill: Callable[[Task], Awaitable[str]]) -> None:
         key = str(task.digest)
         started = time.monotonic()
-        committed = False
+        committed = kept = False
         try:
             actual = await fill(task)
             if actual != task.digest.hex:
@@ -330,6 +376,9 @@ class BlobService:
                      origin.registry, origin.repository, time.monotonic() - started)
         except asyncio.CancelledError:
             task.fail("the daemon is shutting down")
+            if key in self._resumable:
+                self._checkpoint(task)
+                kept = True  # not stored, but kept for the next start to resume
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is reported to readers and logged
             reason = exc.message if isinstance(exc, SourceUnavailable) else str(exc) or exc.__class__.__name__
@@ -343,9 +392,11 @@ class BlobService:
             self._tasks.pop(key, None)
             self._task_protected.pop(key, None)
             self._committing.discard(key)
+            self._resumable.discard(key)
             if not committed:
                 self.store.unreserve(task.length)
-                self.store.discard(task.path)
+                if not kept:
+                    self.store.discard(task.path)
 
     async def close(self) -> None:
         """Cancel downloads still receiving (their partial files are dropped); let verified ones be stored."""
@@ -353,6 +404,20 @@ class BlobService:
             if key not in self._committing:
                 download.cancel()
         await asyncio.gather(*self._downloads.values(), return_exceptions=True)
+
+
+def _verified_pieces(task: Task, pieces: list[int], digests: dict[int, str]) -> list[int]:
+    """The listed pieces whose bytes on disk still match their digests (after a crash, some may not)."""
+    good = []
+    with open(task.path, "rb") as f:
+        for index in pieces:
+            if index not in digests or not 0 <= index < task.piece_count:
+                continue
+            start, size = task.piece_span(index)
+            f.seek(start)
+            if hashlib.sha256(f.read(size)).hexdigest() == digests[index]:
+                good.append(index)
+    return good
 
 
 def _fsync(path: Path) -> None:

@@ -4,11 +4,14 @@ Layout under the data directory::
 
     blobs/<algorithm>/<hex[:2]>/<hex>        verified data, named by its digest
     blobs/<algorithm>/<hex[:2]>/<hex>.json   metadata (length, protected, origin)
-    incoming/                                 downloads in progress
+    incoming/<alg>-<hex>                      a resumable download (pieces from peers)
+    incoming/<alg>-<hex>.partial              its checkpoint: length, pieces written, digests
+    incoming/tmp-*                            other downloads in progress
 
 A blob appears under ``blobs/`` only by an atomic rename after its digest was checked
 and its data flushed, and its metadata is renamed into place first, so after any crash
-a data file there is complete and verified. ``incoming/`` is wiped at start.
+a data file there is complete and verified. At start, ``incoming/`` keeps only
+resumable downloads with a checkpoint; their pieces are checked again before reuse.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -39,6 +43,21 @@ class BlobMeta:
     stored_at: float
     piece_length: int | None = None
     piece_digests: list[str] | None = None  # sha256 per piece, for serving other peers
+
+
+PARTIAL_SUFFIX = ".partial"
+_RESUMABLE_NAME = re.compile(r"^(sha256|sha512)-[0-9a-f]{64,128}$")
+
+
+@dataclass
+class Partial:
+    """A resumable download's checkpoint: pieces written (not yet re-checked) and their digests."""
+
+    length: int
+    piece_length: int
+    pieces: list[int]
+    digests: dict[str, str]
+    protected: bool
 
 
 @dataclass
@@ -70,8 +89,8 @@ class BlobStore:
         self._stored_bytes = 0
         self._reserved_bytes = 0
         self._incoming = root / "incoming"
-        shutil.rmtree(self._incoming, ignore_errors=True)
         self._incoming.mkdir(parents=True, exist_ok=True)
+        self._clean_incoming()
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -148,9 +167,41 @@ class BlobStore:
         self._reserved_bytes -= length
 
     def new_incoming(self, digest: Digest) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f"{digest.algorithm}-{digest.hex[:16]}-", dir=self._incoming)
+        fd, name = tempfile.mkstemp(prefix=f"tmp-{digest.algorithm}-{digest.hex[:16]}-", dir=self._incoming)
         os.close(fd)
         return Path(name)
+
+    # -- resumable downloads -------------------------------------------------------
+
+    def _clean_incoming(self) -> None:
+        """Keep resumable downloads that have a checkpoint; drop everything else."""
+        for path in self._incoming.iterdir():
+            if path.suffix == PARTIAL_SUFFIX:
+                if not path.with_suffix("").exists():
+                    path.unlink(missing_ok=True)
+            elif not (_RESUMABLE_NAME.match(path.name) and path.with_name(path.name + PARTIAL_SUFFIX).exists()):
+                path.unlink(missing_ok=True) if path.is_file() else shutil.rmtree(path, ignore_errors=True)
+
+    def resumable_path(self, digest: Digest) -> Path:
+        path = self._incoming / f"{digest.algorithm}-{digest.hex}"
+        path.touch()
+        return path
+
+    def checkpoint(self, path: Path, partial: "Partial") -> None:
+        """Record which pieces of a resumable download are written (atomically)."""
+        target = path.with_name(path.name + PARTIAL_SUFFIX)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(partial)))
+        os.replace(tmp, target)
+
+    def partial(self, digest: Digest) -> tuple[Path, "Partial"] | None:
+        """The checkpoint of an earlier download of ``digest``, if one survived."""
+        path = self._incoming / f"{digest.algorithm}-{digest.hex}"
+        try:
+            partial = Partial(**json.loads(path.with_name(path.name + PARTIAL_SUFFIX).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        return (path, partial) if path.exists() else None
 
     def commit(self, incoming: Path, digest: Digest, meta: BlobMeta) -> StoredBlob:
         """Move a verified, flushed download into the store (metadata first, then data)."""
@@ -160,6 +211,7 @@ class BlobStore:
         meta_tmp.write_text(json.dumps(asdict(meta)))
         os.replace(meta_tmp, self._meta_path(data_path))
         os.replace(incoming, data_path)
+        incoming.with_name(incoming.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
         self.unreserve(meta.length)
         blob = self._blobs.get(str(digest))
         if blob is None:
@@ -173,6 +225,7 @@ class BlobStore:
 
     def discard(self, incoming: Path) -> None:
         incoming.unlink(missing_ok=True)
+        incoming.with_name(incoming.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
 
     # -- eviction ------------------------------------------------------------------
 

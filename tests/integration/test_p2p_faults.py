@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import threading
 import time
@@ -166,3 +167,29 @@ def test_a_task_moves_to_the_next_scheduler_on_the_ring(tmp_path, registry, regi
         assert peer.metric("damselfly_p2p_back_to_source_total") == 0
     assert len(registry.blob_gets(digest)) == 1
     assert second.metric("damselfly_scheduler_seed_triggers_total", 'result="accepted"') == 1
+
+
+@pytest.mark.parametrize("stop", ["graceful", "crash"])
+def test_a_peer_restarted_mid_download_resumes_its_pieces(tmp_path, registry, registry_client, nodes, stop):
+    data = os.urandom(40 * MiB)
+    digest = registry_client.push_blob("faults/resume", data)
+    mapping = ["--registry", f"{registry.host}={registry.url}"]
+    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+    nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True, extra=["--upload-rate", "8MB"]))
+    peer = start_peer(tmp_path / "peer/data", [scheduler.url], mapping, extra=["--host-id", "resuming-peer"])
+    thread, _ = in_background(lambda: httpx.get(f"{peer.url}/v2/faults/resume/blobs/{digest}",
+                                                params={"ns": registry.host}, timeout=60))
+    wait_until(lambda: peer.metric("damselfly_p2p_pieces_total") >= 3, 30, "three pieces at the peer")
+    wait_until(lambda: any(p.suffix == ".partial" for p in (peer.data_dir / "incoming").iterdir()), 10,
+               "a checkpoint")
+    peer.stop() if stop == "graceful" else os.kill(peer.process.pid, signal.SIGKILL)
+    peer.process.wait(20)
+    thread.join(30)
+
+    restarted = nodes(start_peer(tmp_path / "peer/data", [scheduler.url], mapping,
+                                 extra=["--host-id", "resuming-peer"]))
+    assert fetch(restarted, registry.host, "faults/resume", digest) == data
+    kept = int(re.search(rf"resuming {digest}: (\d+) of 10 pieces kept", restarted.log()).group(1))
+    assert kept >= 1 if stop == "crash" else kept >= 3  # a crash may lose the last half second of checkpoints
+    assert restarted.metric("damselfly_p2p_bytes_total") == (10 - kept) * 4 * MiB  # only the missing pieces
+    assert len(registry.blob_gets(digest)) == 1

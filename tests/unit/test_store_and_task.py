@@ -77,3 +77,21 @@ def test_task_readers_wait_for_pieces_and_see_failures(tmp_path):
             await Task(digest, 10, tmp_path / "y").readable_end(0, stall_timeout=0.01)
 
     asyncio.run(scenario())
+
+
+def test_incoming_keeps_only_resumable_downloads_with_a_checkpoint(tmp_path):
+    from damselfly.p2p.store import Partial
+
+    store = BlobStore(tmp_path, quota=10**6)
+    digest = Digest.parse("sha256:" + "ab" * 32)
+    resumable = store.resumable_path(digest)
+    resumable.write_bytes(b"x" * 8)
+    store.checkpoint(resumable, Partial(length=8, piece_length=4, pieces=[0], digests={"0": "d"}, protected=False))
+    orphan = store.resumable_path(Digest.parse("sha256:" + "cd" * 32))  # no checkpoint
+    temporary = store.new_incoming(digest)
+    reopened = BlobStore(tmp_path, quota=10**6)
+    assert resumable.exists() and not orphan.exists() and not temporary.exists()
+    path, partial = reopened.partial(digest)
+    assert path == resumable and partial.pieces == [0] and partial.digests == {"0": "d"}
+    reopened.discard(path)
+    assert reopened.partial(digest) is None and not any((tmp_path / "incoming").iterdir())
