@@ -19,6 +19,9 @@ REQUIRED_TOOLS = {
     "ctr": "containerd",
     "runc": "runc",
     "busybox": "busybox-static",
+    "curl": "curl",
+    "ip": "iproute2",
+    "tc": "iproute2",
 }
 
 
