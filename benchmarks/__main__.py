@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from benchmarks.cluster.command import run
 from benchmarks.mirror import mirror
 from benchmarks.p2p import p2p
 
@@ -15,6 +16,7 @@ def main() -> None:
 
 main.add_command(mirror)
 main.add_command(p2p)
+main.add_command(run)
 
 if __name__ == "__main__":
     main()

@@ -19,16 +19,18 @@ class SchedulerProcess:
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    host: str = "127.0.0.1"
+    wrap: list[str] = field(default_factory=list)  # e.g. ip netns exec NS
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> "SchedulerProcess":
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / f"scheduler-{self.port}.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "damselfly", "scheduler", "--listen",
-                                         f"127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen([*self.wrap, sys.executable, "-m", "damselfly", "scheduler", "--listen",
+                                         f"{self.host}:{self.port}"], stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: httpx.get(f"{self.url}/healthy", timeout=1).status_code == 200, 20, "the scheduler")
         return self
 
@@ -40,8 +42,8 @@ class SchedulerProcess:
 
 
 def start_peer(workdir: Path, schedulers: list[str], registry_args: list[str], seed: bool = False,
-               extra: list[str] | None = None) -> Damselfly:
+               extra: list[str] | None = None, host: str = "127.0.0.1", wrap: list[str] | None = None) -> Damselfly:
     node = Damselfly(workdir, ["--scheduler", ",".join(schedulers), *registry_args, *(["--seed"] if seed else []),
-                               *(extra or [])], command="daemon")
+                               *(extra or [])], command="daemon", host=host, wrap=wrap or [])
     node.args += ["--host-id", f"{'seed' if seed else 'peer'}-{node.upload_port}"]
     return node.start()

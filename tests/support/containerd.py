@@ -40,8 +40,10 @@ class Containerd:
             raise RuntimeError(f"containerd exited: {(self.workdir / 'containerd.log').read_text()[-2000:]}")
         return self.ctr("version", check=False).returncode == 0
 
-    def ctr(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        result = subprocess.run(["ctr", "--address", self.address, *args], capture_output=True, text=True,
+    def ctr(self, *args: str, check: bool = True, timeout: float = 180,
+            via: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        """``via`` runs ctr under a prefix, e.g. ``ip netns exec NS`` so that a pull uses that host's network."""
+        result = subprocess.run([*via, "ctr", "--address", self.address, *args], capture_output=True, text=True,
                                 timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"ctr {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")

@@ -21,29 +21,31 @@ class Damselfly:
     process: subprocess.Popen | None = None
     log_path: Path | None = None
     command: str = "run"  # or "daemon" with --scheduler in args
+    host: str = "127.0.0.1"  # the address it listens on and is reached at
+    wrap: list[str] = field(default_factory=list)  # e.g. ip netns exec NS
     upload_port: int = field(default_factory=free_port)
     scheduler_port: int = field(default_factory=free_port)
 
     @property
     def upload_url(self) -> str:
-        return f"http://127.0.0.1:{self.upload_port}"
+        return f"http://{self.host}:{self.upload_port}"
 
     @property
     def scheduler_url(self) -> str:
-        return f"http://127.0.0.1:{self.scheduler_port}"
+        return f"http://{self.host}:{self.scheduler_port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> "Damselfly":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"damselfly-{self.port}.log"
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "damselfly", self.command, "--listen", f"127.0.0.1:{self.port}",
-             "--data-dir", str(self.data_dir), "--upload-listen", f"127.0.0.1:{self.upload_port}", *self.args,
-             *(["--scheduler-listen", f"127.0.0.1:{self.scheduler_port}"] if self.command == "run" else [])],
+            [*self.wrap, sys.executable, "-m", "damselfly", self.command, "--listen", f"{self.host}:{self.port}",
+             "--data-dir", str(self.data_dir), "--upload-listen", f"{self.host}:{self.upload_port}", *self.args,
+             *(["--scheduler-listen", f"{self.host}:{self.scheduler_port}"] if self.command == "run" else [])],
             stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._healthy, 20, f"damselfly on port {self.port}")
         return self

@@ -35,10 +35,13 @@ class Registry:
     auth: dict | None = None  # the ``auth:`` section of its config
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    address: str = "127.0.0.1"
+    wrap: list[str] = field(default_factory=list)  # e.g. ip netns exec NS
+    extra_config: dict = field(default_factory=dict)  # e.g. {"proxy": {"remoteurl": ...}} for pull-through
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -58,9 +61,10 @@ class Registry:
         }
         if self.auth:
             config["auth"] = self.auth
+        config.update(self.extra_config)
         (self.workdir / "config.yml").write_text(json.dumps(config))
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(["docker-registry", "serve", str(self.workdir / "config.yml")],
+        self.process = subprocess.Popen([*self.wrap, "docker-registry", "serve", str(self.workdir / "config.yml")],
                                         stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: self._answers(), 20, f"docker-registry on {self.host}")
         return self

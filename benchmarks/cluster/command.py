@@ -1,0 +1,83 @@
+"""``python -m benchmarks run``: the cluster-in-a-box scenarios, results.json and a table."""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from benchmarks.cluster.harness import SCENARIOS, Cluster, ScenarioResult
+from benchmarks.cluster.netns import NetnsError, require_root
+from damselfly.lib.units import format_size
+from tests.support.images import build_image
+
+console = Console()
+RESULTS = Path(__file__).parent.parent / "results" / "cluster"
+MiB = 1024 * 1024
+# Only the small busybox image exists so far; python, nginx and large need the image builder.
+IMAGES = {"small": ([2 * MiB, 8 * MiB, 4 * MiB], ["/bin/echo", "ok"])}
+
+
+@click.command("run")
+@click.option("--nodes", default="1,4,8", show_default=True, help="Node counts, comma-separated.")
+@click.option("--image", type=click.Choice(sorted(IMAGES)), default="small", show_default=True)
+@click.option("--scenarios", default="all", show_default=True, help=f"Comma-separated from: {', '.join(SCENARIOS)}.")
+@click.option("--registry-rate", default="400mbit", show_default=True, help="Shaped rate of the registry's link.")
+@click.option("--node-rate", default="240mbit", show_default=True, help="Shaped rate of each node's link.")
+@click.option("--delay", default=None, help="Added one-way delay per link (tc netem), e.g. 2ms.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
+@click.option("--quick", is_flag=True, help="3 nodes, the small image, every scenario.")
+def run(nodes: str, image: str, scenarios: str, registry_rate: str, node_rate: str, delay: str | None, out: Path,
+        quick: bool) -> None:
+    """Start containers on a cluster of namespaces, through each scenario; write results.json."""
+    try:
+        require_root()
+    except NetnsError as exc:
+        raise click.ClickException(str(exc)) from None
+    counts = [3] if quick else [int(n) for n in nodes.split(",")]
+    chosen = SCENARIOS if scenarios == "all" or quick else [s.strip() for s in scenarios.split(",")]
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        raise click.BadParameter(f"unknown scenarios {sorted(unknown)}", param_hint="--scenarios")
+    signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up like Ctrl-C
+    layers, command = IMAGES[image]
+    results: list[ScenarioResult] = []
+    for count in counts:
+        with tempfile.TemporaryDirectory(prefix="dfly-") as scratch:
+            cluster = Cluster(Path(scratch), count, registry_rate, node_rate, delay, log=console.print)
+            try:
+                cluster.start()
+                built = build_image(f"bench/{image}", layers)
+                console.print(f"pushing {image} ({format_size(sum(len(layer.data) for layer in built.layers))})")
+                cluster.push(built)
+                for scenario in chosen:
+                    results.append(cluster.run_scenario(scenario, built, command))
+            finally:
+                console.print("removing the cluster")
+                cluster.close()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    table = markdown(results)
+    (out / "results.md").write_text(table)
+    console.print(table)
+    if not all(r.ok for r in results):
+        raise click.ClickException("some scenarios failed: " + "; ".join(e for r in results for e in r.errors))
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def markdown(results: list[ScenarioResult]) -> str:
+    lines = ["| scenario | image | nodes | p50 s | p95 s | max s | registry MB | registry requests | ok |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in results:
+        lines.append(f"| {r.scenario} | {r.image} | {r.nodes} | {r.p50:.2f} | {r.p95:.2f} | "
+                     f"{max(r.start_seconds, default=float('nan')):.2f} | {r.registry_bytes / 1e6:.1f} | "
+                     f"{r.registry_requests} | {'yes' if r.ok else 'NO'} |")
+    return "\n".join(lines) + "\n"

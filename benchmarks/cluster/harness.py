@@ -1,0 +1,184 @@
+"""The cluster in a box: a registry host, a seed host with the scheduler, N nodes each with
+containerd and a Damselfly daemon, all in network namespaces on shaped links.
+
+Scenarios (the Dragonfly talk's, plus the common alternative):
+- ociv1:        every node pulls straight from the registry;
+- pull-through: every node pulls from a central docker-registry in proxy mode;
+- p2p-cold:     through Damselfly, nothing cached anywhere;
+- p2p-remote:   the blobs on the seed peer, not on the node (daemon caches emptied);
+- p2p-local:    the blobs in the node's own daemon (containerd's store emptied).
+A node's start time runs from the pull's start to the container command's exit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from benchmarks.cluster.netns import Host, Network, remove_stale
+from tests.support.cluster import SchedulerProcess, start_peer
+from tests.support.containerd import Containerd
+from tests.support.daemon import Damselfly
+from tests.support.images import Image, push_image
+from tests.support.registry import Registry, RegistryClient
+
+SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local"]
+REGISTRY_PORT = 5000
+
+
+@dataclass
+class Node:
+    host: Host
+    workdir: Path
+    containerd: Containerd | None = None
+    daemon: Damselfly | None = None
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    image: str
+    image_bytes: int
+    nodes: int
+    start_seconds: list[float]
+    registry_bytes: int
+    registry_requests: int
+    ok: bool
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.start_seconds) if self.start_seconds else float("nan")
+
+    @property
+    def p95(self) -> float:
+        ordered = sorted(self.start_seconds)
+        return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+class Cluster:
+    """Everything one run creates; ``close()`` removes it, whatever state it is in."""
+
+    def __init__(self, workdir: Path, nodes: int, registry_rate: str, node_rate: str, delay: str | None,
+                 log: Callable[[str], None] = print) -> None:
+        self.workdir = workdir
+        self.log = log
+        remove_stale()
+        self.network = Network()
+        self.registry_host = self.network.add_host("reg", rate=registry_rate, delay=delay)
+        self.proxy_host = self.network.add_host("ptc", rate=registry_rate, delay=delay)
+        self.seed_host = self.network.add_host("seed", rate=node_rate, delay=delay)
+        self.nodes = [Node(self.network.add_host(f"n{i}", rate=node_rate, delay=delay), workdir / f"n{i}")
+                      for i in range(nodes)]
+        self.registry = Registry(workdir / "registry", address=self.registry_host.address, port=REGISTRY_PORT,
+                                 wrap=self.registry_host.command())
+        self.proxy = Registry(workdir / "pull-through", address=self.proxy_host.address, port=REGISTRY_PORT,
+                              wrap=self.proxy_host.command(),
+                              extra_config={"proxy": {"remoteurl": f"http://{self.registry_host.address}:{REGISTRY_PORT}"}})
+        self.scheduler: SchedulerProcess | None = None
+        self.seed: Damselfly | None = None
+
+    def start(self) -> None:
+        self.log("starting docker-registry, the pull-through cache, the scheduler and the seed peer")
+        self.registry.start()
+        self.proxy.start()
+        self.scheduler = SchedulerProcess(self.workdir / "scheduler", port=8002, host=self.seed_host.address,
+                                          wrap=self.seed_host.command()).start()
+        self.seed = self._daemon(self.seed_host, self.workdir / "seed", seed=True)
+        for node in self.nodes:
+            self.log(f"starting containerd and damselfly on {node.host.name} ({node.host.address})")
+            node.containerd = self._containerd(node)
+            node.daemon = self._daemon(node.host, node.workdir / "damselfly")
+
+    def _daemon(self, host: Host, workdir: Path, seed: bool = False) -> Damselfly:
+        assert self.scheduler is not None
+        mapping = [f"{a}:{REGISTRY_PORT}=http://{a}:{REGISTRY_PORT}" for a in (self.registry_host.address,)]
+        return start_peer(workdir / "data", [self.scheduler.url], ["--registry", mapping[0]], seed=seed,
+                          host=host.address, wrap=host.command())
+
+    def _containerd(self, node: Node) -> Containerd:
+        # containerd and runc stay in the root namespaces (runc needs the cgroup mounts that
+        # ip netns exec hides); the pull runs in the node's network namespace.
+        return Containerd(node.workdir / "ctd").start()
+
+    def push(self, image: Image) -> None:
+        push_image(RegistryClient(self.registry.url), image)
+
+    # -- resetting caches between scenarios ------------------------------------------
+
+    def empty_containerd(self) -> None:
+        for node in self.nodes:
+            assert node.containerd is not None
+            node.containerd.stop()
+            shutil.rmtree(node.workdir / "ctd", ignore_errors=True)
+            node.containerd = self._containerd(node)
+
+    def empty_daemons(self) -> None:
+        for node in self.nodes:
+            assert node.daemon is not None
+            node.daemon.stop()
+            shutil.rmtree(node.workdir / "damselfly", ignore_errors=True)
+            node.daemon = self._daemon(node.host, node.workdir / "damselfly")
+
+    # -- one scenario ----------------------------------------------------------------
+
+    def _hosts_dir(self, node: Node, mirror: str) -> Path:
+        hosts = node.workdir / "hosts"
+        shutil.rmtree(hosts, ignore_errors=True)
+        registry = f"{self.registry_host.address}:{REGISTRY_PORT}"
+        subprocess.run([sys.executable, "-m", "damselfly", "containerd-config", "--mirror", mirror, "--dir", str(hosts),
+                        "--registry", f"{registry}=http://{registry}"], check=True, capture_output=True)
+        return hosts
+
+    def run_scenario(self, scenario: str, image: Image, command: list[str]) -> ScenarioResult:
+        self.log(f"scenario {scenario}: {len(self.nodes)} nodes")
+        if scenario == "p2p-remote":
+            self.empty_daemons()
+        self.empty_containerd()
+        registry_host = self.proxy if scenario == "pull-through" else self.registry
+        before = self.registry.access_log()
+        reference = image.reference(registry_host.host)
+
+        def one(node: Node) -> float:
+            assert node.containerd is not None and node.daemon is not None
+            started = time.monotonic()
+            pull = ["images", "pull", "--plain-http", reference]
+            if scenario.startswith("p2p"):
+                pull = ["images", "pull", "--hosts-dir", str(self._hosts_dir(node, node.daemon.url)), reference]
+            node.containerd.ctr(*pull, timeout=1800, via=tuple(node.host.command()))
+            out = node.containerd.ctr("run", "--rm", reference, f"bench-{scenario}-{node.host.name}", *command, timeout=600)
+            if "ok" not in out.stdout and not out.stdout.strip():
+                raise AssertionError(f"{node.host.name}: the container printed nothing")
+            return time.monotonic() - started
+
+        errors: list[str] = []
+        seconds: list[float] = []
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            for node, future in zip(self.nodes, [pool.submit(one, n) for n in self.nodes]):
+                try:
+                    seconds.append(future.result())
+                    self.log(f"  {node.host.name}: {seconds[-1]:.2f}s")
+                except Exception as exc:  # noqa: BLE001 - reported in the results, the run goes on
+                    errors.append(f"{node.host.name}: {exc}")
+                    self.log(f"  {node.host.name}: FAILED {exc}")
+        after = self.registry.access_log()[len(before):]
+        blob_entries = [e for e in after if e.method == "GET" and "/blobs/" in e.path]
+        return ScenarioResult(scenario, image.name, sum(len(layer.data) for layer in image.layers), len(self.nodes),
+                              seconds, sum(e.bytes for e in blob_entries), len(after), not errors, errors)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            for process in (node.daemon, node.containerd):
+                if process is not None:
+                    process.stop()
+        for process in (self.seed, self.scheduler, self.proxy, self.registry):
+            if process is not None:
+                process.stop()
+        self.network.close()
