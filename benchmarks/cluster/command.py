@@ -13,6 +13,7 @@ from rich.console import Console
 
 from benchmarks.cluster.harness import SCENARIOS, Cluster, ScenarioResult
 from benchmarks.cluster.netns import NetnsError, require_root
+from benchmarks.cluster.report import charts, distribution_bound, markdown, rate_bytes_per_second
 from damselfly.lib.units import format_size
 from tests.support.images import build_image
 
@@ -49,14 +50,22 @@ def run(nodes: str, image: str, scenarios: str, registry_rate: str, node_rate: s
     results: list[ScenarioResult] = []
     for count in counts:
         with tempfile.TemporaryDirectory(prefix="dfly-") as scratch:
-            cluster = Cluster(Path(scratch), count, registry_rate, node_rate, delay, log=console.print)
+            try:
+                cluster = Cluster(Path(scratch), count, registry_rate, node_rate, delay, log=console.print)
+            except NetnsError as exc:
+                raise click.ClickException(f"cannot build the cluster network: {exc}") from None
             try:
                 cluster.start()
                 built = build_image(f"bench/{image}", layers)
                 console.print(f"pushing {image} ({format_size(sum(len(layer.data) for layer in built.layers))})")
                 cluster.push(built)
                 for scenario in chosen:
-                    results.append(cluster.run_scenario(scenario, built, command))
+                    result = cluster.run_scenario(scenario, built, command)
+                    if scenario == "p2p-cold" and result.start_seconds:
+                        node = rate_bytes_per_second(node_rate)
+                        result.bound_seconds = distribution_bound(result.image_bytes, count, node, node, node)
+                        result.bound_ratio = max(result.start_seconds) / result.bound_seconds
+                    results.append(result)
             finally:
                 console.print("removing the cluster")
                 cluster.close()
@@ -65,19 +74,11 @@ def run(nodes: str, image: str, scenarios: str, registry_rate: str, node_rate: s
     table = markdown(results)
     (out / "results.md").write_text(table)
     console.print(table)
+    for path in charts(results, out):
+        console.print(f"wrote {path}")
     if not all(r.ok for r in results):
         raise click.ClickException("some scenarios failed: " + "; ".join(e for r in results for e in r.errors))
 
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
-
-
-def markdown(results: list[ScenarioResult]) -> str:
-    lines = ["| scenario | image | nodes | p50 s | p95 s | max s | registry MB | registry requests | ok |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in results:
-        lines.append(f"| {r.scenario} | {r.image} | {r.nodes} | {r.p50:.2f} | {r.p95:.2f} | "
-                     f"{max(r.start_seconds, default=float('nan')):.2f} | {r.registry_bytes / 1e6:.1f} | "
-                     f"{r.registry_requests} | {'yes' if r.ok else 'NO'} |")
-    return "\n".join(lines) + "\n"

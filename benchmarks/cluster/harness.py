@@ -52,6 +52,8 @@ class ScenarioResult:
     registry_requests: int
     ok: bool
     errors: list[str] = field(default_factory=list)
+    bound_seconds: float | None = None  # p2p-cold: the Kumar & Ross lower bound for the shaped rates
+    bound_ratio: float | None = None  # slowest node's time over the bound
 
     @property
     def p50(self) -> float:
@@ -72,11 +74,15 @@ class Cluster:
         self.log = log
         remove_stale()
         self.network = Network()
-        self.registry_host = self.network.add_host("reg", rate=registry_rate, delay=delay)
-        self.proxy_host = self.network.add_host("ptc", rate=registry_rate, delay=delay)
-        self.seed_host = self.network.add_host("seed", rate=node_rate, delay=delay)
-        self.nodes = [Node(self.network.add_host(f"n{i}", rate=node_rate, delay=delay), workdir / f"n{i}")
-                      for i in range(nodes)]
+        try:
+            self.registry_host = self.network.add_host("reg", rate=registry_rate, delay=delay)
+            self.proxy_host = self.network.add_host("ptc", rate=registry_rate, delay=delay)
+            self.seed_host = self.network.add_host("seed", rate=node_rate, delay=delay)
+            self.nodes = [Node(self.network.add_host(f"n{i}", rate=node_rate, delay=delay), workdir / f"n{i}")
+                          for i in range(nodes)]
+        except BaseException:
+            self.network.close()
+            raise
         self.registry = Registry(workdir / "registry", address=self.registry_host.address, port=REGISTRY_PORT,
                                  wrap=self.registry_host.command())
         self.proxy = Registry(workdir / "pull-through", address=self.proxy_host.address, port=REGISTRY_PORT,

@@ -10,12 +10,19 @@ idempotent; ``remove_stale()`` clears what a killed run left behind.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
 from dataclasses import dataclass, field
 
 PREFIX = "dfly"
+_runs = itertools.count()
+
+
+def _next_run_id() -> str:
+    """Unique per network in this process: the kernel frees a deleted namespace's links lazily."""
+    return f"{os.getpid() % 1000}{next(_runs) % 10}"
 
 
 class NetnsError(RuntimeError):
@@ -51,6 +58,7 @@ class Host:
     name: str
     netns: str
     address: str
+    link: str = ""  # the bridge-side end of its veth pair
 
     def command(self, *cmd: str) -> list[str]:
         """``cmd`` to run inside this host's namespace."""
@@ -67,7 +75,7 @@ class Host:
 class Network:
     """A bridge and the hosts on it; ``subnet`` is the first three octets (10.77.N)."""
 
-    run_id: str = field(default_factory=lambda: f"{os.getpid() % 10000}")
+    run_id: str = field(default_factory=lambda: _next_run_id())
     subnet: str = "10.77.0"
     hosts: list[Host] = field(default_factory=list)
     _bridge_up: bool = False
@@ -96,6 +104,7 @@ class Network:
         index = len(self.hosts) + 10
         host = Host(name, f"{PREFIX}{self.run_id}-{name}", f"{self.subnet}.{index}")
         outside = f"{PREFIX}{self.run_id}{name}"[:15]  # interface names have at most 15 characters
+        host.link = outside
         _run("ip", "netns", "add", host.netns)
         self.hosts.append(host)
         _run("ip", "link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
@@ -111,6 +120,7 @@ class Network:
     def close(self) -> None:
         """Remove every namespace, link and the bridge of this run (safe to call twice)."""
         for host in self.hosts:
+            subprocess.run(["ip", "link", "del", host.link], capture_output=True)  # both ends, at once
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
         self.hosts.clear()
         if self._bridge_up:

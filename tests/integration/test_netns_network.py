@@ -23,7 +23,7 @@ def netns_names() -> list[str]:
 def test_hosts_reach_each_other_through_shaped_links_and_are_removed(tmp_path):
     payload = tmp_path / "payload.bin"
     payload.write_bytes(os.urandom(4 * MiB))
-    with Network(run_id="9901") as network:
+    with Network(run_id="991") as network:
         server = network.add_host("srv")
         client = network.add_host("cli", rate="40mbit")  # 5 MB/s into and out of the client
         assert network.gateway == "10.77.0.1" and client.address == "10.77.0.11"
@@ -42,19 +42,19 @@ def test_hosts_reach_each_other_through_shaped_links_and_are_removed(tmp_path):
         finally:
             stop_process(http)
         assert {server.netns, client.netns} <= set(netns_names())
-    assert not [n for n in netns_names() if n.startswith("dfly9901")]
-    assert "dfly9901br" not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+    assert not [n for n in netns_names() if n.startswith("dfly991")]
+    assert "dfly991br" not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
 
 
 def test_leftovers_of_a_killed_run_are_removed():
-    network = Network(run_id="9902")
+    network = Network(run_id="992")
     network.add_host("gone")
     # Pretend the run was killed: nothing closed it.
     removed = remove_stale()
-    assert "dfly9902-gone" in removed and "dfly9902br" in removed
-    assert "dfly9902-gone" not in netns_names()
+    assert "dfly992-gone" in removed and "dfly992br" in removed
+    assert "dfly992-gone" not in netns_names()
 
 
 def test_names_are_checked():
     with pytest.raises(ValueError):
-        Network(run_id="9903").add_host("Bad_Name")
+        Network(run_id="993").add_host("Bad_Name")

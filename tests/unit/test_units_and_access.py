@@ -57,3 +57,15 @@ def test_access_cache_stays_bounded():
         cache.grant(Origin("https://r", f"repo{i}", "Bearer x"))
     assert cache.allowed(Origin("https://r", "repo24", "Bearer x"))
     assert len(cache._grants) <= 10
+
+
+def test_tc_rates_and_the_distribution_bound():
+    from benchmarks.cluster.report import distribution_bound, rate_bytes_per_second
+
+    assert rate_bytes_per_second("240mbit") == 30e6 and rate_bytes_per_second("1gbit") == 125e6
+    with pytest.raises(ValueError):
+        rate_bytes_per_second("fast")
+    # 100 MB to 4 peers, all at 10 MB/s: the swarm's upload (50 MB/s) carries 400 MB in 8 s,
+    # but each peer needs 10 s to download it: 10 s.
+    assert distribution_bound(100_000_000, 4, 10e6, 10e6, 10e6) == 10.0
+    assert distribution_bound(100_000_000, 40, 10e6, 1e6, 10e6) == 40 * 100e6 / (10e6 + 40e6)
