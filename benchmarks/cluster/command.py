@@ -7,6 +7,7 @@ import signal
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import click
 from rich.console import Console
@@ -15,13 +16,18 @@ from benchmarks.cluster.harness import SCENARIOS, Cluster, ScenarioResult
 from benchmarks.cluster.netns import NetnsError, require_root
 from benchmarks.cluster.report import charts, distribution_bound, markdown, rate_bytes_per_second
 from damselfly.lib.units import format_size
-from tests.support.images import build_image
+from benchmarks.cluster.images import python_image
+from tests.support.images import Image, build_image
 
 console = Console()
 RESULTS = Path(__file__).parent.parent / "results" / "cluster"
 MiB = 1024 * 1024
-# Only the small busybox image exists so far; python, nginx and large need the image builder.
-IMAGES = {"small": ([2 * MiB, 8 * MiB, 4 * MiB], ["/bin/echo", "ok"])}
+CACHE = Path.home() / ".cache" / "damselfly-bench"
+# nginx and large are not built yet.
+IMAGES: dict[str, Callable[[], tuple[Image, list[str]]]] = {
+    "small": lambda: (build_image("bench/small", [2 * MiB, 8 * MiB, 4 * MiB]), ["/bin/echo", "ok"]),
+    "python": lambda: (python_image(CACHE), ["python3", "-V"]),
+}
 
 
 @click.command("run")
@@ -46,7 +52,8 @@ def run(nodes: str, image: str, scenarios: str, registry_rate: str, node_rate: s
     if unknown:
         raise click.BadParameter(f"unknown scenarios {sorted(unknown)}", param_hint="--scenarios")
     signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up like Ctrl-C
-    layers, command = IMAGES[image]
+    console.print(f"building the {image} image (cached in {CACHE})")
+    built, command = IMAGES[image]()
     results: list[ScenarioResult] = []
     for count in counts:
         with tempfile.TemporaryDirectory(prefix="dfly-") as scratch:
@@ -56,7 +63,6 @@ def run(nodes: str, image: str, scenarios: str, registry_rate: str, node_rate: s
                 raise click.ClickException(f"cannot build the cluster network: {exc}") from None
             try:
                 cluster.start()
-                built = build_image(f"bench/{image}", layers)
                 console.print(f"pushing {image} ({format_size(sum(len(layer.data) for layer in built.layers))})")
                 cluster.push(built)
                 for scenario in chosen:

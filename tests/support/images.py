@@ -80,11 +80,17 @@ def random_layer(size: int, index: int) -> Layer:
 
 
 def build_image(name: str, layer_sizes: list[int], tag: str = "latest") -> Image:
+    """busybox-static plus layers of random data; the container echoes ok."""
     layers = [busybox_layer()] + [random_layer(size, i) for i, size in enumerate(layer_sizes)]
+    return image_from_layers(name, layers, ["/bin/echo", "ok"], tag=tag, path="/bin")
+
+
+def image_from_layers(name: str, layers: list[Layer], command: list[str], tag: str = "latest",
+                      path: str = "/usr/local/bin:/usr/bin:/bin") -> Image:
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     config = json.dumps({
         "architecture": arch, "os": "linux",
-        "config": {"Cmd": ["/bin/echo", "ok"], "Env": ["PATH=/bin"]},
+        "config": {"Cmd": command, "Env": [f"PATH={path}"]},
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
     }, sort_keys=True).encode()
     manifest = json.dumps({
