@@ -159,9 +159,9 @@ class Cluster:
             if scenario.startswith("p2p"):
                 pull = ["images", "pull", "--hosts-dir", str(self._hosts_dir(node, node.daemon.url)), reference]
             node.containerd.ctr(*pull, timeout=1800, via=tuple(node.host.command()))
-            out = node.containerd.ctr("run", "--rm", reference, f"bench-{scenario}-{node.host.name}", *command, timeout=600)
-            if "ok" not in out.stdout and not out.stdout.strip():
-                raise AssertionError(f"{node.host.name}: the container printed nothing")
+            # ctr fails on a non-zero exit. Its copy of a short-lived task's output is racy under load,
+            # so success is the command's exit status, not what ctr relayed.
+            node.containerd.ctr("run", "--rm", reference, f"bench-{scenario}-{node.host.name}", *command, timeout=600)
             return time.monotonic() - started
 
         errors: list[str] = []
