@@ -98,7 +98,7 @@ class Scheduler:
 
     # -- tasks ---------------------------------------------------------------------
 
-    def _task(self, request: web.Request, body: dict[str, Any]) -> Task:
+    def _task(self, request: web.Request) -> Task:
         task_id = request.match_info["task_id"]
         task = self.state.tasks.get(task_id)
         if task is None:
@@ -117,7 +117,7 @@ class Scheduler:
 
     async def poll(self, request: web.Request) -> web.Response:
         """Long poll: answer when the task changed since ``since``, or after a few seconds."""
-        task = self._task(request, {})
+        task = self._task(request)
         host_id = request.query.get("host_id", "")
         if host_id not in task.peers:
             raise web.HTTPNotFound(text=f"host {host_id} is not a peer of task {task.id}: register first")
@@ -128,7 +128,7 @@ class Scheduler:
 
     async def pieces(self, request: web.Request) -> web.Response:
         body = await _json(request)
-        task = self._task(request, body)
+        task = self._task(request)
         host_id = _str(body, "host_id")
         host = self.state.hosts.get(host_id)
         # Digests are taken from hosts that read the origin: seed peers, or peers sent back to source.
@@ -142,7 +142,7 @@ class Scheduler:
 
     async def bad_parent(self, request: web.Request) -> web.Response:
         body = await _json(request)
-        task = self._task(request, body)
+        task = self._task(request)
         parent_id = _str(body, "parent_id")
         self.state.report_bad_parent(task, _str(body, "host_id"), parent_id)
         self.metrics.bad_parents.inc()
@@ -152,7 +152,7 @@ class Scheduler:
 
     async def done(self, request: web.Request) -> web.Response:
         body = await _json(request)
-        task = self._task(request, body)
+        task = self._task(request)
         self.state.finish(task, _str(body, "host_id"), bool(body.get("success")), str(body.get("reason", "")))
         return web.json_response({})
 

@@ -1,0 +1,31 @@
+"""The scheduler's HTTP API as a separate process: good answers and clear refusals."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support.cluster import SchedulerProcess
+
+TASK = "sha256:" + "a" * 64
+
+
+def test_scheduler_api_answers_and_refuses_clearly(tmp_path):
+    scheduler = SchedulerProcess(tmp_path / "sch").start()
+    try:
+        api = f"{scheduler.url}/api/v1"
+        with httpx.Client(timeout=10) as client:
+            assert client.post(f"{api}/hosts", json={"id": "p1", "upload_url": "http://127.0.0.1:1"}).status_code == 200
+            bad = client.post(f"{api}/hosts", content=b"{not json")
+            assert bad.status_code == 400 and "JSON" in bad.json()["error"]
+            assert client.post(f"{api}/hosts", json={"upload_url": "x"}).status_code == 400
+            unknown = client.get(f"{api}/tasks/{TASK}/schedule", params={"host_id": "p1"})
+            assert unknown.status_code == 404 and "register first" in unknown.json()["error"]
+            assert client.post(f"{api}/tasks/{TASK}/register", json={"host_id": "p1", "length": "x",
+                                                                     "piece_length": 4}).status_code == 400
+            answer = client.post(f"{api}/tasks/{TASK}/register",
+                                 json={"host_id": "p1", "length": 10, "piece_length": 4, "pieces": []}).json()
+            assert answer["action"] == "back_to_source" and "no seed peer" in answer["reason"]
+            assert scheduler.metric("damselfly_scheduler_schedules_total", 'action="back_to_source"') == 1
+            assert scheduler.metric("damselfly_scheduler_hosts", 'kind="all"') == 1
+    finally:
+        scheduler.stop()
