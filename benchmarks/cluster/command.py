@@ -16,31 +16,34 @@ from benchmarks.cluster.harness import SCENARIOS, Cluster, ScenarioResult
 from benchmarks.cluster.netns import NetnsError, require_root
 from benchmarks.cluster.report import charts, distribution_bound, markdown, rate_bytes_per_second
 from damselfly.lib.units import format_size
-from benchmarks.cluster.images import python_image
+from benchmarks.cluster.images import large_image, nginx_image, python_image
+from damselfly.cli import SIZE
 from tests.support.images import Image, build_image
 
 console = Console()
 RESULTS = Path(__file__).parent.parent / "results" / "cluster"
 MiB = 1024 * 1024
 CACHE = Path.home() / ".cache" / "damselfly-bench"
-# nginx and large are not built yet.
-IMAGES: dict[str, Callable[[], tuple[Image, list[str]]]] = {
-    "small": lambda: (build_image("bench/small", [2 * MiB, 8 * MiB, 4 * MiB]), ["/bin/echo", "ok"]),
-    "python": lambda: (python_image(CACHE), ["python3", "-V"]),
+IMAGES: dict[str, Callable[[int], Image]] = {
+    "small": lambda _: build_image("bench/small", [2 * MiB, 8 * MiB, 4 * MiB]),
+    "python": lambda _: python_image(CACHE),
+    "nginx": lambda _: nginx_image(CACHE),
+    "large": lambda size: large_image(CACHE, size),
 }
 
 
 @click.command("run")
 @click.option("--nodes", default="1,4,8", show_default=True, help="Node counts, comma-separated.")
 @click.option("--image", type=click.Choice(sorted(IMAGES)), default="small", show_default=True)
+@click.option("--large-size", type=SIZE, default="3GiB", show_default=True, help="Data in the large image's layers.")
 @click.option("--scenarios", default="all", show_default=True, help=f"Comma-separated from: {', '.join(SCENARIOS)}.")
 @click.option("--registry-rate", default="400mbit", show_default=True, help="Shaped rate of the registry's link.")
 @click.option("--node-rate", default="240mbit", show_default=True, help="Shaped rate of each node's link.")
 @click.option("--delay", default=None, help="Added one-way delay per link (tc netem), e.g. 2ms.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 @click.option("--quick", is_flag=True, help="3 nodes, the small image, every scenario.")
-def run(nodes: str, image: str, scenarios: str, registry_rate: str, node_rate: str, delay: str | None, out: Path,
-        quick: bool) -> None:
+def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: str, node_rate: str,
+        delay: str | None, out: Path, quick: bool) -> None:
     """Start containers on a cluster of namespaces, through each scenario; write results.json."""
     try:
         require_root()
@@ -53,7 +56,8 @@ def run(nodes: str, image: str, scenarios: str, registry_rate: str, node_rate: s
         raise click.BadParameter(f"unknown scenarios {sorted(unknown)}", param_hint="--scenarios")
     signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up like Ctrl-C
     console.print(f"building the {image} image (cached in {CACHE})")
-    built, command = IMAGES[image]()
+    built = IMAGES[image](large_size)
+    command = json.loads(built.config)["config"]["Cmd"]
     results: list[ScenarioResult] = []
     for count in counts:
         with tempfile.TemporaryDirectory(prefix="dfly-") as scratch:

@@ -16,6 +16,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,34 @@ from tests.support.registry import Registry, RegistryClient
 
 SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local"]
 REGISTRY_PORT = 5000
+
+
+class LinkSampler:
+    """Counts the bytes a host sends, every ``interval`` seconds, from its bridge-side link:
+    what the registry served over time, whatever the protocol."""
+
+    def __init__(self, link: str, interval: float = 0.5) -> None:
+        self._counter = Path(f"/sys/class/net/{link}/statistics/rx_bytes")
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.samples: list[tuple[float, int]] = []
+
+    def _run(self) -> None:
+        started, base = time.monotonic(), int(self._counter.read_text())
+        while True:
+            self.samples.append((round(time.monotonic() - started, 2), int(self._counter.read_text()) - base))
+            if self._stop.wait(self._interval):
+                self.samples.append((round(time.monotonic() - started, 2), int(self._counter.read_text()) - base))
+                return
+
+    def __enter__(self) -> "LinkSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass
@@ -52,6 +81,8 @@ class ScenarioResult:
     registry_requests: int
     ok: bool
     errors: list[str] = field(default_factory=list)
+    # (seconds since the scenario started, bytes the registry host has sent so far), from its link's counter
+    registry_timeline: list[tuple[float, int]] = field(default_factory=list)
     bound_seconds: float | None = None  # p2p-cold: the Kumar & Ross lower bound for the shaped rates
     bound_ratio: float | None = None  # slowest node's time over the bound
 
@@ -150,6 +181,7 @@ class Cluster:
         self.empty_containerd()
         registry_host = self.proxy if scenario == "pull-through" else self.registry
         before = self.registry.access_log()
+        sampler = LinkSampler(self.registry_host.link)
         reference = image.reference(registry_host.host)
 
         def one(node: Node) -> float:
@@ -166,7 +198,7 @@ class Cluster:
 
         errors: list[str] = []
         seconds: list[float] = []
-        with ThreadPoolExecutor(len(self.nodes)) as pool:
+        with sampler, ThreadPoolExecutor(len(self.nodes)) as pool:
             for node, future in zip(self.nodes, [pool.submit(one, n) for n in self.nodes]):
                 try:
                     seconds.append(future.result())
@@ -177,7 +209,8 @@ class Cluster:
         after = self.registry.access_log()[len(before):]
         blob_entries = [e for e in after if e.method == "GET" and "/blobs/" in e.path]
         return ScenarioResult(scenario, image.name, sum(len(layer.data) for layer in image.layers), len(self.nodes),
-                              seconds, sum(e.bytes for e in blob_entries), len(after), not errors, errors)
+                              seconds, sum(e.bytes for e in blob_entries), len(after), not errors, errors,
+                              sampler.samples)
 
     def close(self) -> None:
         for node in self.nodes:

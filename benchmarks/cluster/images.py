@@ -1,19 +1,25 @@
 """Benchmark images built from Debian packages with debootstrap, cached between runs.
 
-``python``: a minimal Debian root filesystem with python3; the container runs
-``python3 -V``. The root filesystem and its layer are cached under ``cache_dir`` and
-rebuilt only when missing. The Debian mirror is the one this machine's apt uses.
+``python``: a minimal Debian root filesystem with python3; runs ``python3 -V``.
+``nginx``: Debian with nginx plus a layer of data, about 500 MB; runs ``nginx -v``.
+``large``: the python root filesystem plus four data layers of ``size`` bytes in all,
+like the talk's TensorFlow image; runs ``python3 -V``.
+Root filesystems and layers are cached under ``cache_dir`` and rebuilt only when
+missing; data layers are seeded, so a rebuild gives the same digests. The Debian mirror
+is the one this machine's apt uses.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import random
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
-from tests.support.images import LAYER_GZIP, Image, Layer, image_from_layers
+from tests.support.images import LAYER_GZIP, LAYER_TAR, Image, Layer, image_from_layers
 
 SUITE = "bookworm"
 SOURCES = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]
@@ -35,9 +41,9 @@ def apt_mirror() -> str:
     raise RuntimeError("no Debian mirror in apt's sources: cannot debootstrap")
 
 
-def _rootfs(cache: Path, packages: list[str]) -> Path:
+def _rootfs(cache: Path, packages: list[str], marker: str) -> Path:
     rootfs = cache / "rootfs"
-    if (rootfs / "usr/bin/python3").exists():
+    if (rootfs / marker).exists():
         return rootfs
     if not shutil.which("debootstrap"):
         raise RuntimeError("debootstrap is missing (Debian package debootstrap)")
@@ -68,8 +74,51 @@ def _layer(rootfs: Path, cache: Path) -> Layer:
     return Layer(gz_path.read_bytes(), LAYER_GZIP, "sha256:" + diff.hexdigest())
 
 
-def python_image(cache_dir: Path) -> Image:
-    cache = cache_dir / "python"
+def _base(cache_dir: Path, name: str, packages: list[str], marker: str) -> Layer:
+    cache = cache_dir / name
     cache.mkdir(parents=True, exist_ok=True)
-    layer = _layer(_rootfs(cache, ["python3-minimal"]), cache)
-    return image_from_layers("bench/python", [layer], ["python3", "-V"])
+    return _layer(_rootfs(cache, packages, marker), cache)
+
+
+def data_layer(cache_dir: Path, size: int, seed: int) -> Layer:
+    """A tar holding ``size`` seeded pseudo-random bytes (incompressible, reproducible, cached)."""
+    path = cache_dir / "data" / f"data-{size}-{seed}.tar"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        generator = random.Random(seed)
+        tmp = path.with_suffix(".tmp")
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            info = tarfile.TarInfo(f"data/blob-{seed}.bin")
+            info.size, info.mtime = size, 0
+            tar.addfile(info, _RandomReader(generator, size))
+        tmp.replace(path)
+    data = path.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    return Layer(data, LAYER_TAR, digest)
+
+
+class _RandomReader:
+    def __init__(self, generator: random.Random, size: int) -> None:
+        self._generator, self._left = generator, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        self._left -= n
+        return self._generator.randbytes(n)
+
+
+def python_image(cache_dir: Path) -> Image:
+    return image_from_layers("bench/python", [_base(cache_dir, "python", ["python3-minimal"], "usr/bin/python3")],
+                             ["python3", "-V"])
+
+
+def nginx_image(cache_dir: Path, data_size: int = 450 * 1024 * 1024) -> Image:
+    base = _base(cache_dir, "nginx", ["nginx-light"], "usr/sbin/nginx")
+    return image_from_layers("bench/nginx", [base, data_layer(cache_dir, data_size, 1)], ["nginx", "-v"],
+                             path="/usr/sbin:/usr/bin:/sbin:/bin")
+
+
+def large_image(cache_dir: Path, size: int) -> Image:
+    base = _base(cache_dir, "python", ["python3-minimal"], "usr/bin/python3")
+    layers = [data_layer(cache_dir, size // 4, 100 + i) for i in range(4)]
+    return image_from_layers("bench/large", [base, *layers], ["python3", "-V"])
