@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +32,7 @@ from tests.support.registry import Registry, RegistryClient
 
 SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local"]
 REGISTRY_PORT = 5000
+PROGRESS_INTERVAL = 5.0  # seconds between progress lines while nodes pull
 
 
 class LinkSampler:
@@ -199,13 +200,22 @@ class Cluster:
         errors: list[str] = []
         seconds: list[float] = []
         with sampler, ThreadPoolExecutor(len(self.nodes)) as pool:
-            for node, future in zip(self.nodes, [pool.submit(one, n) for n in self.nodes]):
-                try:
-                    seconds.append(future.result())
-                    self.log(f"  {node.host.name}: {seconds[-1]:.2f}s")
-                except Exception as exc:  # noqa: BLE001 - reported in the results, the run goes on
-                    errors.append(f"{node.host.name}: {exc}")
-                    self.log(f"  {node.host.name}: FAILED {exc}")
+            futures = {pool.submit(one, n): n for n in self.nodes}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=PROGRESS_INTERVAL, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    node = futures[future]
+                    try:
+                        seconds.append(future.result())
+                        self.log(f"  {scenario} {node.host.name}: started in {seconds[-1]:.2f}s")
+                    except Exception as exc:  # noqa: BLE001 - reported in the results, the run goes on
+                        errors.append(f"{node.host.name}: {exc}")
+                        self.log(f"  {scenario} {node.host.name}: FAILED {exc}")
+                if pending and not finished:
+                    sent = sampler.samples[-1][1] if sampler.samples else 0
+                    self.log(f"  {scenario}: {len(self.nodes) - len(pending)}/{len(self.nodes)} nodes done, "
+                             f"registry sent {sent / 1e6:.1f} MB so far")
         after = self.registry.access_log()[len(before):]
         blob_entries = [e for e in after if e.method == "GET" and "/blobs/" in e.path]
         return ScenarioResult(scenario, image.name, sum(len(layer.data) for layer in image.layers), len(self.nodes),
