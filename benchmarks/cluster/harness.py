@@ -6,7 +6,9 @@ Scenarios (the Dragonfly talk's, plus the common alternative):
 - pull-through: every node pulls from a central docker-registry in proxy mode;
 - p2p-cold:     through Damselfly, nothing cached anywhere;
 - p2p-remote:   the blobs on the seed peer, not on the node (daemon caches emptied);
-- p2p-local:    the blobs in the node's own daemon (containerd's store emptied).
+- p2p-local:    the blobs in the node's own daemon (containerd's store emptied);
+- local-registry: a docker-registry on the node itself holds the image (the baseline
+                that p2p-local is measured against).
 A node's start time runs from the pull's start to the container command's exit.
 """
 
@@ -30,7 +32,7 @@ from tests.support.daemon import Damselfly
 from tests.support.images import Image, push_image
 from tests.support.registry import Registry, RegistryClient
 
-SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local"]
+SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local", "local-registry"]
 REGISTRY_PORT = 5000
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines while nodes pull
 
@@ -69,6 +71,7 @@ class Node:
     workdir: Path
     containerd: Containerd | None = None
     daemon: Damselfly | None = None
+    registry: Registry | None = None  # the node's own registry, for the local-registry baseline
 
 
 @dataclass
@@ -180,6 +183,8 @@ class Cluster:
         if scenario == "p2p-remote":
             self.empty_daemons()
         self.empty_containerd()
+        if scenario == "local-registry":
+            self._local_registries(image)
         registry_host = self.proxy if scenario == "pull-through" else self.registry
         before = self.registry.access_log()
         sampler = LinkSampler(self.registry_host.link)
@@ -189,12 +194,15 @@ class Cluster:
             assert node.containerd is not None and node.daemon is not None
             started = time.monotonic()
             pull = ["images", "pull", "--plain-http", reference]
+            if scenario == "local-registry":
+                assert node.registry is not None
+                pull = ["images", "pull", "--plain-http", image.reference(node.registry.host)]
             if scenario.startswith("p2p"):
                 pull = ["images", "pull", "--hosts-dir", str(self._hosts_dir(node, node.daemon.url)), reference]
             node.containerd.ctr(*pull, timeout=1800, via=tuple(node.host.command()))
             # ctr fails on a non-zero exit. Its copy of a short-lived task's output is racy under load,
             # so success is the command's exit status, not what ctr relayed.
-            node.containerd.ctr("run", "--rm", reference, f"bench-{scenario}-{node.host.name}", *command, timeout=600)
+            node.containerd.ctr("run", "--rm", pull[-1], f"bench-{scenario}-{node.host.name}", *command, timeout=600)
             return time.monotonic() - started
 
         errors: list[str] = []
@@ -222,9 +230,17 @@ class Cluster:
                               seconds, sum(e.bytes for e in blob_entries), len(after), not errors, errors,
                               sampler.samples)
 
+    def _local_registries(self, image: Image) -> None:
+        """A docker-registry on every node, holding the image (pushed before the clock starts)."""
+        for node in self.nodes:
+            if node.registry is None:
+                node.registry = Registry(node.workdir / "registry", address=node.host.address, port=REGISTRY_PORT,
+                                         wrap=node.host.command()).start()
+                push_image(RegistryClient(node.registry.url), image)
+
     def close(self) -> None:
         for node in self.nodes:
-            for process in (node.daemon, node.containerd):
+            for process in (node.daemon, node.containerd, node.registry):
                 if process is not None:
                     process.stop()
         for process in (self.seed, self.scheduler, self.proxy, self.registry):
