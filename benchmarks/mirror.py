@@ -16,7 +16,6 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
+from benchmarks.sampling import Sampler
 from damselfly.lib.units import format_size, parse_size
 from tests.support.daemon import Damselfly
 from tests.support.registry import Registry, RegistryClient
@@ -81,28 +81,6 @@ def write_random_file(path: Path, size: int) -> None:
                 bar.advance(task, len(chunk))
 
 
-class RssSampler:
-    """Samples a process's resident set size until stopped; keeps the peak."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid, self.interval, self.peak = pid, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes(self.pid))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -113,7 +91,8 @@ def rss_bytes(pid: int) -> int:
 def concurrent_peak_rss(node: Damselfly, url: str, streams: int) -> tuple[int, float]:
     """Peak daemon RSS while ``streams`` curls download ``url`` at once; and their wall time."""
     assert node.process is not None
-    with RssSampler(node.process.pid) as sampler:
+    pid = node.process.pid
+    with Sampler(lambda: rss_bytes(pid), interval=0.02) as sampler:
         started = time.monotonic()
         procs = [subprocess.Popen(["curl", "-sS", "--fail", "-o", "/dev/null", url]) for _ in range(streams)]
         codes = [p.wait(600) for p in procs]

@@ -18,7 +18,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks.cluster.netns import Host, Network, remove_stale
+from benchmarks.sampling import Sampler
 from tests.support.cluster import SchedulerProcess, start_peer
 from tests.support.containerd import Containerd
 from tests.support.daemon import Damselfly
@@ -37,32 +37,11 @@ REGISTRY_PORT = 5000
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines while nodes pull
 
 
-class LinkSampler:
-    """Counts the bytes a host sends, every ``interval`` seconds, from its bridge-side link:
-    what the registry served over time, whatever the protocol."""
-
-    def __init__(self, link: str, interval: float = 0.5) -> None:
-        self._counter = Path(f"/sys/class/net/{link}/statistics/rx_bytes")
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.samples: list[tuple[float, int]] = []
-
-    def _run(self) -> None:
-        started, base = time.monotonic(), int(self._counter.read_text())
-        while True:
-            self.samples.append((round(time.monotonic() - started, 2), int(self._counter.read_text()) - base))
-            if self._stop.wait(self._interval):
-                self.samples.append((round(time.monotonic() - started, 2), int(self._counter.read_text()) - base))
-                return
-
-    def __enter__(self) -> "LinkSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+def link_sampler(link: str, interval: float = 0.5) -> Sampler:
+    """Bytes a host has sent, read from its bridge-side link: what the registry served, over time."""
+    counter = Path(f"/sys/class/net/{link}/statistics/rx_bytes")
+    base = int(counter.read_text())
+    return Sampler(lambda: int(counter.read_text()) - base, interval)
 
 
 @dataclass
@@ -187,7 +166,7 @@ class Cluster:
             self._local_registries(image)
         registry_host = self.proxy if scenario == "pull-through" else self.registry
         before = self.registry.access_log()
-        sampler = LinkSampler(self.registry_host.link)
+        sampler = link_sampler(self.registry_host.link)
         reference = image.reference(registry_host.host)
 
         def one(node: Node) -> float:
