@@ -29,6 +29,7 @@ from damselfly.p2p.blobs import Origin, SourceUnavailable
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap
 from damselfly.p2p.task import Task, TaskFailed
+from damselfly.p2p.writer import pwrite_all
 from damselfly.proxy.origin import RegistryClient
 from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 
@@ -413,7 +414,7 @@ class PieceDownload:
         if actual != expected:
             self.network.metrics.piece_failures.inc()
             raise BadParent(f"piece {index} does not match its digest")
-        await asyncio.to_thread(_pwrite_all, self.fd, data, start)
+        await asyncio.to_thread(pwrite_all, self.fd, data, start)
         self.task.digests[index] = expected
         self.task.piece_done(index)
         self.last_progress = time.monotonic()
@@ -463,7 +464,7 @@ class PieceDownload:
 
     async def _store_origin_piece(self, index: int, data: bytes, offset: int) -> None:
         digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-        await asyncio.to_thread(_pwrite_all, self.fd, data, offset)
+        await asyncio.to_thread(pwrite_all, self.fd, data, offset)
         self.task.digests[index] = digest
         self.task.piece_done(index)
         self.network.metrics.bytes.labels("origin").inc(len(data))
@@ -480,13 +481,6 @@ def _runs(indexes: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((i, i))
     return runs
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def _file_digest(task: Task) -> str:

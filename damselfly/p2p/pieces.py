@@ -46,14 +46,13 @@ class PieceBitmap:
         self._bits = bytearray(present) if present is not None else bytearray((count + 7) // 8)
         if len(self._bits) != (count + 7) // 8:
             raise ValueError("bitmap size does not match the piece count")
-        self._done = sum(1 for i in range(count) if self.has(i))
+        if count % 8:
+            self._bits[-1] &= (1 << (count % 8)) - 1  # bits past the last piece mean nothing
+        self._done = sum(byte.bit_count() for byte in self._bits)
 
     @classmethod
     def full(cls, count: int) -> "PieceBitmap":
-        bitmap = cls(count)
-        for i in range(count):
-            bitmap.add(i)
-        return bitmap
+        return cls(count, b"\xff" * ((count + 7) // 8))
 
     def has(self, index: int) -> bool:
         return bool(self._bits[index >> 3] & (1 << (index & 7)))

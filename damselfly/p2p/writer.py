@@ -18,6 +18,15 @@ from pathlib import Path
 from typing import Callable
 
 
+def pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> int:
+    """Write all of ``data`` at ``offset`` (pwrite may write less); return the end offset."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+    return offset
+
+
 class SequentialWriter:
     """With ``piece_length``, also records each piece's sha256 in ``piece_digests`` before
     reporting the bytes as written, so a piece is never announced without its digest."""
@@ -40,11 +49,7 @@ class SequentialWriter:
         self._failed = False
 
     def _write(self, chunk: bytes, offset: int) -> int:
-        view = memoryview(chunk)
-        while view:
-            written = os.pwrite(self._fd, view, offset)
-            view, offset = view[written:], offset + written
-        return offset
+        return pwrite_all(self._fd, chunk, offset)
 
     def _hash(self, chunk: bytes) -> None:
         self._hasher.update(chunk)
@@ -88,10 +93,6 @@ class SequentialWriter:
         if self._piece_length is not None and self._hashed % self._piece_length:
             self._finish_piece()  # the short last piece
         return self._hasher.hexdigest()
-
-    async def flush(self) -> None:
-        """Put the data on disk (readers need not wait for this: the page cache serves them)."""
-        await asyncio.get_running_loop().run_in_executor(self._disk, os.fsync, self._fd)
 
     async def close(self) -> None:
         """Stop the workers after what is queued; safe after a failure."""

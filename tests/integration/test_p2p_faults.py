@@ -33,6 +33,19 @@ def nodes(tmp_path: Path):
         process.stop()
 
 
+def seeded(tmp_path: Path, nodes, registry, seed_extra: list[str] | None = None):
+    """A scheduler and a seed peer; returns the scheduler and a function that adds peers."""
+    mapping = ["--registry", f"{registry.host}={registry.url}"]
+    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+    nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True, extra=seed_extra))
+
+    def peer(name: str, extra: list[str] | None = None, keep: bool = True):
+        node = start_peer(tmp_path / f"{name}/data", [scheduler.url], mapping, extra=extra)
+        return nodes(node) if keep else node
+
+    return scheduler, peer
+
+
 def fetch(node, ns: str, name: str, digest: str, timeout: float = 120) -> bytes:
     response = httpx.get(f"{node.url}/v2/{name}/blobs/{digest}", params={"ns": ns}, timeout=timeout)
     assert response.status_code == 200, response.text[:300]
@@ -56,11 +69,9 @@ def in_background(fn) -> tuple[threading.Thread, dict]:
 def test_a_parent_killed_mid_transfer(tmp_path, registry, registry_client, nodes):
     data = os.urandom(32 * MiB)
     digest = registry_client.push_blob("faults/parent", data)
-    mapping = ["--registry", f"{registry.host}={registry.url}"]
-    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
-    nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True))
-    parent = nodes(start_peer(tmp_path / "parent/data", [scheduler.url], mapping, extra=["--upload-rate", "4MB"]))
-    child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
+    _, peer = seeded(tmp_path, nodes, registry)
+    parent = peer("parent", ["--upload-rate", "4MB"])
+    child = peer("child")
     assert fetch(parent, registry.host, "faults/parent", digest) == data
 
     thread, result = in_background(lambda: fetch(child, registry.host, "faults/parent", digest))
@@ -76,11 +87,8 @@ def test_a_parent_killed_mid_transfer(tmp_path, registry, registry_client, nodes
 def test_a_parent_sending_corrupt_pieces_is_dropped_and_reported(tmp_path, registry, registry_client, nodes):
     data = os.urandom(20 * MiB)
     digest = registry_client.push_blob("faults/corrupt", data)
-    mapping = ["--registry", f"{registry.host}={registry.url}"]
-    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
-    nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True, extra=["--upload-rate", "20MB"]))
-    liar = nodes(start_peer(tmp_path / "liar/data", [scheduler.url], mapping))
-    child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
+    scheduler, peer = seeded(tmp_path, nodes, registry, ["--upload-rate", "20MB"])
+    liar, child = peer("liar"), peer("child")
     assert fetch(liar, registry.host, "faults/corrupt", digest) == data
     stored = liar.data_dir / "blobs/sha256" / digest[7:9] / digest[7:]
     wait_until(stored.exists, 20, "the liar to store the blob")
@@ -102,10 +110,8 @@ def test_the_scheduler_killed_mid_download(tmp_path, registry, registry_client, 
     digest = registry_client.push_blob("faults/scheduler", data)
     later = os.urandom(3 * MiB)
     later_digest = registry_client.push_blob("faults/scheduler", later)
-    mapping = ["--registry", f"{registry.host}={registry.url}"]
-    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
-    nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True, extra=["--upload-rate", "6MB"]))
-    child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
+    scheduler, peer = seeded(tmp_path, nodes, registry, ["--upload-rate", "6MB"])
+    child = peer("child")
 
     thread, result = in_background(lambda: fetch(child, registry.host, "faults/scheduler", digest))
     wait_until(lambda: child.metric("damselfly_p2p_bytes_total") > 0, 30, "the download to start")
@@ -173,10 +179,8 @@ def test_a_task_moves_to_the_next_scheduler_on_the_ring(tmp_path, registry, regi
 def test_a_peer_restarted_mid_download_resumes_its_pieces(tmp_path, registry, registry_client, nodes, stop):
     data = os.urandom(40 * MiB)
     digest = registry_client.push_blob("faults/resume", data)
-    mapping = ["--registry", f"{registry.host}={registry.url}"]
-    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
-    nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True, extra=["--upload-rate", "8MB"]))
-    peer = start_peer(tmp_path / "peer/data", [scheduler.url], mapping, extra=["--host-id", "resuming-peer"])
+    _, add_peer = seeded(tmp_path, nodes, registry, ["--upload-rate", "8MB"])
+    peer = add_peer("peer", ["--host-id", "resuming-peer"], keep=False)
     thread, _ = in_background(lambda: httpx.get(f"{peer.url}/v2/faults/resume/blobs/{digest}",
                                                 params={"ns": registry.host}, timeout=60))
     wait_until(lambda: peer.metric("damselfly_p2p_pieces_total") >= 3, 30, "three pieces at the peer")
@@ -186,8 +190,7 @@ def test_a_peer_restarted_mid_download_resumes_its_pieces(tmp_path, registry, re
     peer.process.wait(20)
     thread.join(30)
 
-    restarted = nodes(start_peer(tmp_path / "peer/data", [scheduler.url], mapping,
-                                 extra=["--host-id", "resuming-peer"]))
+    restarted = add_peer("peer", ["--host-id", "resuming-peer"])
     assert fetch(restarted, registry.host, "faults/resume", digest) == data
     kept = int(re.search(rf"resuming {digest}: (\d+) of 10 pieces kept", restarted.log()).group(1))
     assert kept >= 1 if stop == "crash" else kept >= 3  # a crash may lose the last half second of checkpoints

@@ -59,3 +59,9 @@ def test_bitmap_round_trip_and_bounds():
     with pytest.raises(ValueError):
         PieceBitmap(10, b"\x00")
     assert PieceBitmap.full(9).complete
+
+
+def test_full_bitmap_and_bits_past_the_last_piece():
+    assert PieceBitmap.full(10).done == 10 and PieceBitmap.full(16).complete
+    stray = PieceBitmap(3, b"\xff")  # a peer's bitmap with garbage past piece 2
+    assert stray.done == 3 and stray.complete and stray.to_bytes() == b"\x07"
