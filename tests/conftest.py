@@ -22,6 +22,9 @@ REQUIRED_TOOLS = {
     "curl": "curl",
     "ip": "iproute2",
     "tc": "iproute2",
+    "fsck.erofs": "erofs-utils",
+    "fusermount3": "fuse3",
+    "losetup": "mount",
 }
 
 

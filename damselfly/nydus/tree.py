@@ -1,0 +1,201 @@
+"""An image's root filesystem as a tree, built by applying OCI layers the way a runtime does.
+
+Whiteouts (``.wh.NAME``) and opaque markers (``.wh..wh..opq``) hide what lower layers put
+there, never what the same layer adds; hard links share one node; directories that a layer
+names again keep their children and take the new metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from typing import IO, Callable
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+
+
+class LayerError(ValueError):
+    """A layer that cannot be applied (a path escaping the root, a hard link to nothing)."""
+
+
+def encode_dev(major: int, minor: int) -> int:
+    """The kernel's new_encode_dev, which EROFS stores for device inodes."""
+    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+
+
+def decode_dev(value: int) -> tuple[int, int]:
+    return (value & 0xFFF00) >> 8, (value & 0xFF) | ((value >> 12) & 0xFFF00)
+
+
+@dataclass(eq=False)
+class Node:
+    """One inode; several names may point at the same node (hard links)."""
+
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+    mtime_nsec: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    size: int = 0
+    target: bytes = b""
+    rdev: int = 0
+    chunks: list = field(default_factory=list)
+    children: dict[str, "Node"] = field(default_factory=dict)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+def new_root() -> Node:
+    return Node(mode=stat.S_IFDIR | 0o755)
+
+
+def split_path(name: str) -> list[str]:
+    """Components of a member name, relative to the root; '..' may not climb out."""
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise LayerError(f"path {name!r} escapes the image root")
+            parts.pop()
+            continue
+        parts.append(part)
+    return parts
+
+
+def _mtime(member: tarfile.TarInfo) -> tuple[int, int]:
+    exact = member.pax_headers.get("mtime")
+    if exact:
+        whole, _, fraction = exact.partition(".")
+        return int(whole), int((fraction + "000000000")[:9]) if fraction else 0
+    return int(member.mtime), 0
+
+
+def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for key, value in member.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            found[key[len("SCHILY.xattr."):]] = value.encode("utf-8", "surrogateescape")
+        elif key.startswith("LIBARCHIVE.xattr."):
+            found[key[len("LIBARCHIVE.xattr."):]] = base64.b64decode(value + "=" * (-len(value) % 4))
+    return found
+
+
+def node_from_member(member: tarfile.TarInfo) -> Node:
+    kind = {tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK, tarfile.CHRTYPE: stat.S_IFCHR,
+            tarfile.BLKTYPE: stat.S_IFBLK, tarfile.FIFOTYPE: stat.S_IFIFO}.get(member.type, stat.S_IFREG)
+    if member.type not in tarfile.REGULAR_TYPES and kind == stat.S_IFREG:
+        raise LayerError(f"{member.name!r}: unsupported tar entry type {member.type!r}")
+    seconds, nanos = _mtime(member)
+    node = Node(mode=kind | (member.mode & 0o7777), uid=member.uid, gid=member.gid, mtime=seconds,
+                mtime_nsec=nanos, xattrs=_xattrs(member))
+    if kind == stat.S_IFLNK:
+        node.target = member.linkname.encode("utf-8", "surrogateescape")
+        node.size = len(node.target)
+    elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+        node.rdev = encode_dev(member.devmajor, member.devminor)
+    elif kind == stat.S_IFREG:
+        node.size = member.size
+    return node
+
+
+class LayerApplier:
+    """Applies one layer's tar stream onto a tree; ``store`` receives each regular file's data."""
+
+    def __init__(self, root: Node, store: Callable[[Node, IO[bytes]], None]) -> None:
+        self.root = root
+        self.store = store
+        self.added: set[tuple[str, ...]] = set()
+
+    def apply(self, tar: tarfile.TarFile) -> None:
+        for member in tar:
+            self.apply_member(tar, member)
+
+    def lookup(self, parts: list[str]) -> Node | None:
+        node = self.root
+        for part in parts:
+            if not node.is_dir or part not in node.children:
+                return None
+            node = node.children[part]
+        return node
+
+    def _directory(self, parts: list[str]) -> Node:
+        """The directory at ``parts``, made (0755, root-owned) where a layer left it implicit."""
+        node = self.root
+        for depth, part in enumerate(parts):
+            child = node.children.get(part)
+            if child is None or not child.is_dir:
+                child = new_root()
+                node.children[part] = child
+                self.added.add(tuple(parts[:depth + 1]))
+            node = child
+        return node
+
+    def _prune(self, directory: Node, parts: tuple[str, ...]) -> None:
+        """Drop what lower layers left under an opaque directory."""
+        for name, child in list(directory.children.items()):
+            path = parts + (name,)
+            if path not in self.added:
+                del directory.children[name]
+            elif child.is_dir:
+                self._prune(child, path)
+
+    def apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = split_path(member.name)
+        if not parts:  # the root itself
+            if member.isdir():
+                replacement = node_from_member(member)
+                replacement.children = self.root.children
+                self.root.__dict__.update(replacement.__dict__)
+            return
+        *parent_parts, base = parts
+        if base == OPAQUE_MARKER:
+            self._prune(self._directory(parent_parts), tuple(parent_parts))
+            return
+        if base.startswith(WHITEOUT_PREFIX):
+            parent = self.lookup(parent_parts)
+            hidden = base[len(WHITEOUT_PREFIX):]
+            if parent is not None and parent.is_dir and tuple(parent_parts + [hidden]) not in self.added:
+                parent.children.pop(hidden, None)
+            return
+        parent = self._directory(parent_parts)
+        key = tuple(parts)
+        if member.islnk():
+            target = self.lookup(split_path(member.linkname))
+            if target is None or target.is_dir:
+                raise LayerError(f"hard link {member.name!r} points at {member.linkname!r}, which is not a file")
+            parent.children[base] = target
+            self.added.add(key)
+            return
+        node = node_from_member(member)
+        existing = parent.children.get(base)
+        if node.is_dir and existing is not None and existing.is_dir:
+            node.children = existing.children
+        if stat.S_ISREG(node.mode):
+            source = tar.extractfile(member)
+            assert source is not None
+            self.store(node, source)
+        parent.children[base] = node
+        self.added.add(key)
+
+
+def walk(root: Node) -> list[tuple[str, Node]]:
+    """(path, node) for every name, parents first, children by name."""
+    out: list[tuple[str, Node]] = [("/", root)]
+    stack = [("", root)]
+    while stack:
+        prefix, node = stack.pop()
+        for name in sorted(node.children, reverse=True):
+            child = node.children[name]
+            path = f"{prefix}/{name}"
+            out.append((path, child))
+            if child.is_dir:
+                stack.append((path, child))
+    return out
