@@ -13,6 +13,7 @@ from damselfly import __version__
 from damselfly.config import config_option, default_data_dir
 from damselfly.lib.netaddr import parse_listen
 from damselfly.lib.units import parse_size
+from damselfly.nydus.cli import nydus
 from damselfly.proxy.upstream import normalize_upstream, parse_registry_mapping
 
 if TYPE_CHECKING:
@@ -232,3 +233,6 @@ def containerd_config(mirror: str, directory: Path, registries: tuple[str, ...],
         raise click.ClickException(f"cannot write into {directory}: {exc.strerror}") from None
     for path in written:
         click.echo(f"wrote {path}")
+
+
+main.add_command(nydus)

@@ -94,7 +94,8 @@ def node_from_member(member: tarfile.TarInfo) -> Node:
     if member.type not in tarfile.REGULAR_TYPES and kind == stat.S_IFREG:
         raise LayerError(f"{member.name!r}: unsupported tar entry type {member.type!r}")
     seconds, nanos = _mtime(member)
-    node = Node(mode=kind | (member.mode & 0o7777), uid=member.uid, gid=member.gid, mtime=seconds,
+    permissions = 0o777 if kind == stat.S_IFLNK else member.mode & 0o7777  # Linux symlinks are always 0777
+    node = Node(mode=kind | permissions, uid=member.uid, gid=member.gid, mtime=seconds,
                 mtime_nsec=nanos, xattrs=_xattrs(member))
     if kind == stat.S_IFLNK:
         node.target = member.linkname.encode("utf-8", "surrogateescape")

@@ -1,0 +1,145 @@
+"""`damselfly nydus ...`: convert, inspect, export, mount and umount."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from damselfly.lib.units import parse_size
+from damselfly.nydus.builder import ChunkSettings
+from damselfly.nydus.convert import convert, extract_bootstrap, find_bootstrap_layer
+from damselfly.nydus.inspect import describe_blob, describe_bootstrap, is_bootstrap
+from damselfly.nydus.layout import Compressor, Digester, FormatError
+from damselfly.nydus.rafs import Bootstrap, rebuild_uncompressed
+from damselfly.nydus.remote import ImageRef, RegistryClient, RegistryError
+from damselfly.nydus.tree import LayerError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"damselfly nydus: {message}", err=True)
+    sys.exit(1)
+
+
+def _chunk_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    try:
+        size = parse_size(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    if size & (size - 1) or not 4096 <= size <= 16 << 20:
+        raise click.BadParameter(f"{value}: want a power of two between 4KiB and 16MiB")
+    return size
+
+
+def _image(text: str) -> ImageRef:
+    try:
+        return ImageRef.parse(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def fetch_bootstrap(ref: ImageRef, client: RegistryClient) -> tuple[bytes, dict]:
+    """The bootstrap of a nydus image in a registry, and the image's manifest."""
+    manifest, _body, _media = client.manifest(ref.repository, ref.reference)
+    layer = find_bootstrap_layer(manifest)
+    return extract_bootstrap(client.blob_bytes(ref.repository, layer["digest"])), manifest
+
+
+@click.group()
+def nydus() -> None:
+    """nydus images: convert from OCI, inspect, and start containers lazily."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@nydus.command("convert")
+@click.argument("source")
+@click.argument("target")
+@click.option("--plain-http", is_flag=True, help="Talk plain HTTP to both registries.")
+@click.option("--chunk-size", default="1MiB", show_default=True, callback=_chunk_size,
+              help="Chunk size, a power of two from 4KiB to 16MiB.")
+@click.option("--compressor", type=click.Choice(["zstd", "lz4_block", "none"]), default="zstd", show_default=True)
+@click.option("--digester", type=click.Choice(["blake3", "sha256"]), default="blake3", show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Scratch space for layers and blobs.")
+def convert_command(source: str, target: str, plain_http: bool, chunk_size: int, compressor: str, digester: str,
+                    work_dir: str | None) -> None:
+    """Read SOURCE_REF (an OCI image) and push TARGET_REF, its nydus RAFS v6 form."""
+    from rich.progress import Progress
+
+    source_ref, target_ref = _image(source), _image(target)
+    settings = ChunkSettings(Compressor.from_label(compressor), Digester[digester.upper()], chunk_size)
+    source_client = RegistryClient(source_ref.registry, plain_http)
+    target_client = RegistryClient(target_ref.registry, plain_http)
+    try:
+        with Progress(transient=True, console=None) as progress:
+            task = progress.add_task("converting", total=None)
+
+            def report(stage: str, done: int, total: int) -> None:
+                progress.update(task, description=stage, completed=done, total=total)
+
+            result = convert(source_ref, target_ref, source_client, target_client, settings, work_dir, report)
+    except (RegistryError, FormatError, LayerError, OSError) as error:
+        _fail(str(error))
+    finally:
+        source_client.close()
+        target_client.close()
+    stored = sum(blob.compressed_size for blob in result.blobs)
+    click.echo(f"pushed {target_ref} ({result.manifest_digest}): {len(result.blobs)} blobs, {result.chunks} chunks, "
+               f"{result.files} files; {stored} bytes of blobs from {result.source_bytes} bytes of layers; "
+               f"bootstrap {result.bootstrap_size} bytes; {result.seconds:.1f}s")
+
+
+@nydus.command("inspect")
+@click.argument("target")
+@click.option("--plain-http", is_flag=True, help="Talk plain HTTP to the registry.")
+@click.option("--mirror", help="Fetch through this Damselfly mirror (URL).")
+@click.option("--chunks", "show_chunks", is_flag=True, help="List every file's chunks.")
+def inspect_command(target: str, plain_http: bool, mirror: str | None, show_chunks: bool) -> None:
+    """Print the layout (files, chunks, blobs) of a nydus image REF, a bootstrap FILE or a data blob FILE."""
+    try:
+        if os.path.exists(target):
+            data = Path(target).read_bytes()
+            if data[:2] == b"\x1f\x8b":
+                data = extract_bootstrap(data)
+            lines = describe_bootstrap(Bootstrap(data), show_chunks) if is_bootstrap(data) or data[:4] == b"SFAR" \
+                else describe_blob(data)
+        else:
+            ref = _image(target)
+            client = RegistryClient(ref.registry, plain_http, mirror)
+            try:
+                bootstrap, _manifest = fetch_bootstrap(ref, client)
+            finally:
+                client.close()
+            lines = describe_bootstrap(Bootstrap(bootstrap), show_chunks)
+        for line in lines:
+            click.echo(line)
+    except (RegistryError, FormatError, OSError) as error:
+        _fail(str(error))
+
+
+@nydus.command("export")
+@click.argument("bootstrap", type=click.Path(exists=True, dir_okay=False))
+@click.option("--blobs", "blob_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Directory holding the data blobs, named by blob id.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where to write each blob's uncompressed data (<blob id>.img).")
+def export_command(bootstrap: str, blob_dir: str, out_dir: str) -> None:
+    """Rebuild each blob's uncompressed data: the devices EROFS and fsck.erofs read beside the bootstrap."""
+    try:
+        parsed = Bootstrap.load(bootstrap)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        devices = []
+        for blob in parsed.blobs:
+            device = Path(out_dir) / f"{blob.blob_id}.img"
+            with open(Path(blob_dir) / blob.blob_id, "rb") as source, open(device, "wb") as out:
+                rebuild_uncompressed(parsed, blob.blob_index, source, out)
+            devices.append(device)
+    except (FormatError, OSError) as error:
+        _fail(str(error))
+    for device in devices:
+        click.echo(str(device))
+    click.echo("check: fsck.erofs " + " ".join(f"--device={d}" for d in devices) + f" --extract=DIR {bootstrap}",
+               err=True)

@@ -1,0 +1,222 @@
+"""A small synchronous registry client for the nydus commands: pull manifests and blobs, push images.
+
+Requests can go through a Damselfly mirror: the mirror becomes the base URL and the real
+registry travels in the ``ns`` query parameter, as containerd sends it. Anonymous Bearer
+tokens are fetched when a registry challenges, as Docker Hub does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from damselfly.lib.oci import Digest, OCIError, validate_repository
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
+_CHUNK = 1 << 20
+
+
+class RegistryError(RuntimeError):
+    """A registry answer the command cannot go on from; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """``[registry/]repository[:tag|@digest]``; a name without a registry host means Docker Hub."""
+
+    registry: str
+    repository: str
+    reference: str
+
+    @classmethod
+    def parse(cls, text: str) -> "ImageRef":
+        name, reference = text, "latest"
+        if "@" in name:
+            name, reference = name.split("@", 1)
+            Digest.parse(reference)
+        else:
+            match = re.match(r"^(.*?)(?::([\w][\w.-]{0,127}))?$", name)
+            if match and match.group(2) and "/" not in match.group(2):
+                name, reference = match.group(1), match.group(2)
+        first, _, rest = name.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            registry, repository = first, rest
+        else:
+            registry, repository = "docker.io", name if rest else f"library/{name}"
+        try:
+            validate_repository(repository)
+        except OCIError as error:
+            raise ValueError(f"invalid image reference {text!r}: {error.message}") from None
+        return cls(registry, repository, reference)
+
+    def __str__(self) -> str:
+        joiner = "@" if self.reference.startswith("sha256:") else ":"
+        return f"{self.registry}/{self.repository}{joiner}{self.reference}"
+
+
+def registry_base_url(registry: str, plain_http: bool) -> str:
+    if registry == "docker.io":
+        return "https://registry-1.docker.io"
+    return f"{'http' if plain_http else 'https'}://{registry}"
+
+
+class RegistryClient:
+    """One registry, reached directly or through a mirror (``mirror`` base URL plus ``ns``)."""
+
+    def __init__(self, registry: str, plain_http: bool = False, mirror: str | None = None,
+                 timeout: float = 60.0) -> None:
+        self.registry = registry
+        self.base_url = (mirror or registry_base_url(registry, plain_http)).rstrip("/")
+        self.params = {"ns": registry} if mirror else {}
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True)
+        self.tokens: dict[str, str] = {}
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _send(self, method: str, url: str, scope: str, stream: bool = False, **kwargs) -> httpx.Response:
+        params = {**self.params, **kwargs.pop("params", {})}
+        headers = dict(kwargs.pop("headers", {}))
+        for attempt in range(2):
+            if scope in self.tokens:
+                headers["Authorization"] = f"Bearer {self.tokens[scope]}"
+            try:
+                request = self.http.build_request(method, httpx.URL(url).copy_merge_params(params), headers=headers,
+                                                  **kwargs)
+                response = self.http.send(request, stream=stream)
+            except httpx.HTTPError as error:
+                raise RegistryError(f"{method} {url}: {error.__class__.__name__}: {error}") from None
+            challenge = response.headers.get("WWW-Authenticate", "")
+            if response.status_code == 401 and attempt == 0 and challenge.lower().startswith("bearer "):
+                response.close()
+                self.tokens[scope] = self._token(challenge, scope)
+                continue
+            return response
+        return response
+
+    def _token(self, challenge: str, scope: str) -> str:
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        if "realm" not in fields:
+            raise RegistryError(f"{self.registry} asked for a token without naming a realm")
+        try:
+            answer = self.http.get(fields["realm"], params={"service": fields.get("service", ""), "scope": scope})
+        except httpx.HTTPError as error:
+            raise RegistryError(f"token service {fields['realm']}: {error}") from None
+        if answer.status_code != 200:
+            raise RegistryError(f"token service {fields['realm']} answered {answer.status_code}")
+        body = answer.json()
+        return body.get("token") or body.get("access_token") or ""
+
+    @staticmethod
+    def _check(response: httpx.Response, what: str, ok: tuple[int, ...] = (200,)) -> httpx.Response:
+        if response.status_code not in ok:
+            detail = response.read()[:200].decode("utf-8", "replace").strip()
+            raise RegistryError(f"{what}: HTTP {response.status_code} {detail}")
+        return response
+
+    # --- pulling -----------------------------------------------------------------------------------------------
+
+    def manifest(self, repository: str, reference: str) -> tuple[dict, bytes, str]:
+        """The image manifest (an index resolved to this machine's platform), its bytes and media type."""
+        accept = ", ".join(MANIFEST_TYPES + INDEX_TYPES)
+        url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
+        response = self._check(self._send("GET", url, f"repository:{repository}:pull", headers={"Accept": accept}),
+                               f"manifest {repository}:{reference}")
+        media_type = response.headers.get("Content-Type", "").split(";")[0]
+        body = response.content
+        document = json.loads(body)
+        media_type = document.get("mediaType", media_type)
+        if media_type in INDEX_TYPES or "manifests" in document:
+            arch = _ARCHITECTURES.get(platform.machine(), platform.machine())
+            for entry in document.get("manifests", []):
+                plat = entry.get("platform", {})
+                if plat.get("os", "linux") == "linux" and plat.get("architecture", arch) == arch:
+                    return self.manifest(repository, entry["digest"])
+            raise RegistryError(f"{repository}:{reference} has no manifest for linux/{arch}")
+        return document, body, media_type
+
+    @contextmanager
+    def open_blob(self, repository: str, digest: str, byte_range: tuple[int, int] | None = None
+                  ) -> Iterator[httpx.Response]:
+        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
+        response = self._send("GET", f"{self.base_url}/v2/{repository}/blobs/{digest}",
+                              f"repository:{repository}:pull", stream=True, headers=headers)
+        try:
+            self._check(response, f"blob {digest[:19]} of {repository}", (206,) if byte_range else (200,))
+            yield response
+        finally:
+            response.close()
+
+    def fetch_blob(self, repository: str, digest: str, path: Path) -> Path:
+        """Download a blob to ``path``, checking its digest; nothing is left behind on a mismatch."""
+        expected = Digest.parse(digest)
+        hasher = expected.hasher()
+        try:
+            with self.open_blob(repository, digest) as response, open(path, "wb") as out:
+                for chunk in response.iter_bytes(_CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+        except (httpx.HTTPError, RegistryError) as error:
+            path.unlink(missing_ok=True)
+            raise RegistryError(f"downloading {digest[:19]}: {error}") from None
+        if hasher.hexdigest() != expected.hex:
+            path.unlink(missing_ok=True)
+            raise RegistryError(f"blob {digest[:19]} of {repository} does not match its digest")
+        return path
+
+    def blob_bytes(self, repository: str, digest: str) -> bytes:
+        with self.open_blob(repository, digest) as response:
+            data = response.read()
+        if hashlib.sha256(data).hexdigest() != Digest.parse(digest).hex:
+            raise RegistryError(f"blob {digest[:19]} of {repository} does not match its digest")
+        return data
+
+    # --- pushing -----------------------------------------------------------------------------------------------
+
+    def has_blob(self, repository: str, digest: str) -> bool:
+        response = self._send("HEAD", f"{self.base_url}/v2/{repository}/blobs/{digest}",
+                              f"repository:{repository}:pull,push")
+        return response.status_code == 200
+
+    def push_blob(self, repository: str, digest: str, source: Path | bytes) -> None:
+        """Monolithic upload (POST, then PUT with the digest), skipped when the registry has the blob."""
+        if self.has_blob(repository, digest):
+            return
+        scope = f"repository:{repository}:pull,push"
+        start = self._check(self._send("POST", f"{self.base_url}/v2/{repository}/blobs/uploads/", scope),
+                            f"starting upload to {repository}", (202,))
+        location = httpx.URL(self.base_url).join(start.headers["Location"])
+        body: object = source if isinstance(source, bytes) else _file_chunks(source)
+        length = len(source) if isinstance(source, bytes) else source.stat().st_size
+        self._check(self._send("PUT", str(location), scope, params={"digest": digest}, content=body,
+                               headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)}),
+                    f"uploading {digest[:19]} to {repository}", (201,))
+
+    def push_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        self._check(self._send("PUT", f"{self.base_url}/v2/{repository}/manifests/{reference}",
+                               f"repository:{repository}:pull,push", content=body,
+                               headers={"Content-Type": media_type}),
+                    f"pushing manifest {repository}:{reference}", (201,))
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            yield chunk
