@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -143,3 +144,67 @@ def export_command(bootstrap: str, blob_dir: str, out_dir: str) -> None:
         click.echo(str(device))
     click.echo("check: fsck.erofs " + " ".join(f"--device={d}" for d in devices) + f" --extract=DIR {bootstrap}",
                err=True)
+
+
+@nydus.command("mount")
+@click.argument("ref")
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--mirror", help="Fetch through this Damselfly daemon (URL), e.g. http://127.0.0.1:65001.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=lambda: Path(os.environ.get("DAMSELFLY_NYDUS_CACHE", "/var/cache/damselfly/nydus")),
+              show_default="/var/cache/damselfly/nydus", help="The nydus chunk cache and per-mount state.")
+@click.option("--plain-http", is_flag=True, help="Talk plain HTTP to the registry (when no mirror is given).")
+@click.option("--prefetch", is_flag=True, help="Fetch the rest of every blob in the background.")
+def mount_command(ref: str, mountpoint: Path, mirror: str | None, cache_dir: Path, plain_http: bool,
+                  prefetch: bool) -> None:
+    """Mount nydus image REF at MOUNTPOINT; file data is fetched when first read."""
+    from damselfly.nydus.mount import MountError, mount
+
+    try:
+        state = mount(_image(ref), mountpoint, cache_dir, mirror, plain_http, prefetch)
+    except (MountError, RegistryError, FormatError, OSError) as error:
+        _fail(str(error))
+    click.echo(f"mounted {state.image} at {state.mountpoint} (FUSE server pid {state.pid}, log {state.log_file})")
+
+
+@nydus.command("umount")
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the fetch statistics as JSON.")
+def umount_command(mountpoint: Path, as_json: bool) -> None:
+    """Unmount a lazy mount and stop its FUSE server; prints how much was fetched."""
+    from damselfly.nydus.mount import MountError, umount
+
+    try:
+        stats = umount(mountpoint)
+    except MountError as error:
+        _fail(str(error))
+    if as_json:
+        click.echo(json.dumps(stats))
+    elif stats:
+        share = stats["fetched_bytes"] / stats["image_bytes"] if stats.get("image_bytes") else 0.0
+        click.echo(f"unmounted {mountpoint}: fetched {stats['fetched_bytes']} of {stats['image_bytes']} blob bytes "
+                   f"({share:.1%}) in {stats['requests']} requests; {stats['cached_chunks']}/{stats['chunks']} "
+                   "chunks cached")
+
+
+@nydus.command("serve", hidden=True)
+@click.option("--bootstrap", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--fuse-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--cache-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--registry", required=True)
+@click.option("--repository", required=True)
+@click.option("--stats-file", required=True, type=click.Path(path_type=Path))
+@click.option("--mirror")
+@click.option("--plain-http", is_flag=True)
+@click.option("--prefetch", is_flag=True)
+def serve_command(bootstrap: Path, fuse_dir: Path, cache_dir: Path, registry: str, repository: str,
+                  stats_file: Path, mirror: str | None, plain_http: bool, prefetch: bool) -> None:
+    """The FUSE server behind `nydus mount` (started by it; prints 'ready' when FUSE is up)."""
+    from damselfly.nydus.blobfs import serve
+
+    def ready() -> None:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+
+    serve(bootstrap, fuse_dir, cache_dir, lambda: RegistryClient(registry, plain_http, mirror), repository,
+          stats_file, prefetch, ready)

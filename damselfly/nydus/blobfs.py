@@ -1,0 +1,116 @@
+"""The FUSE side of a lazy mount: each blob's uncompressed space as a read-only file.
+
+The kernel's EROFS reads these files (through loop devices) as the image's extra devices;
+every read lands in :class:`LazyBlob`, which fetches only the chunks it covers.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Callable
+
+import mfusepy as fuse
+
+from damselfly.nydus.cache import ChunkCache
+from damselfly.nydus.lazy import ChunkUnavailable, FetchStats, LazyBlob
+from damselfly.nydus.rafs import Bootstrap
+from damselfly.nydus.remote import RegistryClient
+
+log = logging.getLogger("damselfly.nydus.blobfs")
+
+
+class BlobFilesystem(fuse.Operations):
+    """A flat, read-only directory: one file per blob, named by blob id."""
+
+    def __init__(self, blobs: dict[str, LazyBlob], on_ready: Callable[[], None]) -> None:
+        self.blobs = blobs
+        self.on_ready = on_ready
+
+    def init(self, path: str) -> None:
+        self.on_ready()
+
+    def _blob(self, path: str) -> LazyBlob:
+        blob = self.blobs.get(path.lstrip("/"))
+        if blob is None:
+            raise fuse.FuseOSError(errno.ENOENT)
+        return blob
+
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        if path == "/":
+            return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2}
+        return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": self._blob(path).size}
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *self.blobs]
+
+    def open(self, path: str, flags: int) -> int:
+        self._blob(path)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise fuse.FuseOSError(errno.EROFS)
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        blob = self._blob(path)
+        try:
+            return blob.read(offset, size)
+        except ChunkUnavailable as error:
+            log.error("read of %d bytes at %d in blob %s failed: %s", size, offset, blob.entry.blob_id[:12], error)
+            raise fuse.FuseOSError(errno.EIO) from None
+
+
+def open_blobs(bootstrap: Bootstrap, cache_dir: Path, client_factory: Callable[[], RegistryClient],
+               repository: str, stats: FetchStats) -> dict[str, LazyBlob]:
+    blobs = {}
+    for entry in bootstrap.blobs:
+        chunks = bootstrap.blob_chunks(entry.blob_index)
+        size = bootstrap.device_size(entry.blob_index)
+        cache = ChunkCache(cache_dir, entry.blob_id, size, chunks, entry.digester)
+        blobs[entry.blob_id] = LazyBlob(entry, chunks, size, cache, client_factory, repository, stats)
+    return blobs
+
+
+def serve(bootstrap_path: Path, fuse_dir: Path, cache_dir: Path, client_factory: Callable[[], RegistryClient],
+          repository: str, stats_path: Path, prefetch: bool, on_ready: Callable[[], None]) -> None:
+    """Run the FUSE server until it is unmounted; stats are written to ``stats_path`` as JSON."""
+    bootstrap = Bootstrap.load(str(bootstrap_path))
+    stats = FetchStats()
+    blobs = open_blobs(bootstrap, cache_dir, client_factory, repository, stats)
+    stopping = threading.Event()
+    image_bytes = sum(entry.compressed_size for entry in bootstrap.blobs)
+
+    def write_stats() -> None:
+        counts = stats.as_dict()
+        counts["image_bytes"] = image_bytes
+        counts["cached_chunks"] = sum(blob.cache.cached_count() for blob in blobs.values())
+        counts["chunks"] = sum(len(blob.chunks) for blob in blobs.values())
+        temporary = stats_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(counts))
+        temporary.replace(stats_path)
+
+    def report() -> None:
+        while not stopping.wait(0.25):
+            write_stats()
+
+    def ready() -> None:
+        threading.Thread(target=report, name="stats", daemon=True).start()
+        if prefetch:
+            for blob in blobs.values():
+                threading.Thread(target=blob.prefetch, args=(stopping,), name=f"prefetch-{blob.entry.blob_id[:8]}",
+                                 daemon=True).start()
+        on_ready()
+
+    fuse_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fuse.FUSE(BlobFilesystem(blobs, ready), str(fuse_dir), foreground=True, ro=True, nothreads=False,
+                  fsname="damselfly-nydus")
+    finally:
+        stopping.set()
+        write_stats()
+        for blob in blobs.values():
+            blob.close()

@@ -1,0 +1,207 @@
+"""Reading a blob's uncompressed space on demand: the chunks a read needs, fetched as ranges.
+
+A read asks for the chunks that cover it; those not in the chunk cache are fetched as
+compressed ranges (adjacent chunks merged up to ``batch_bytes``) from the blob's URL, which
+is normally the local Damselfly daemon, so the request becomes one P2P task per blob.
+Every chunk is decompressed and checked against its digest before it is cached or served.
+Concurrent reads of the same chunk share one fetch. A background prefetcher, when enabled,
+walks the rest of the blob and yields to demand reads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from damselfly.nydus import codec
+from damselfly.nydus.cache import ChunkCache
+from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, FormatError
+from damselfly.nydus.remote import RegistryClient, RegistryError
+
+log = logging.getLogger("damselfly.nydus.lazy")
+
+DEFAULT_BATCH_BYTES = 1 << 20
+_ATTEMPTS = 2
+
+
+class ChunkUnavailable(IOError):
+    """A chunk that could not be fetched or did not match its digest; the read fails with EIO."""
+
+
+@dataclass
+class FetchStats:
+    fetched_bytes: int = 0
+    fetched_chunks: int = 0
+    requests: int = 0
+    demand_chunks: int = 0
+    prefetched_chunks: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        with self.lock:
+            return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+
+class LazyBlob:
+    """One data blob seen as its uncompressed space, filled chunk by chunk."""
+
+    def __init__(self, entry: BlobEntry, chunks: list[ChunkRecord], size: int, cache: ChunkCache,
+                 client_factory: Callable[[], RegistryClient], repository: str, stats: FetchStats,
+                 batch_bytes: int = DEFAULT_BATCH_BYTES) -> None:
+        self.entry = entry
+        self.chunks = chunks  # sorted by uncompressed offset; index i is bit i of the cache map
+        self.size = size
+        self.cache = cache
+        self.repository = repository
+        self.stats = stats
+        self.batch_bytes = batch_bytes
+        self._starts = [c.uncompressed_offset for c in chunks]
+        self._local = threading.local()
+        self._client_factory = client_factory
+        self._clients: list[RegistryClient] = []
+        self._inflight: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._demand = 0
+        self._idle = threading.Condition(self._lock)
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self.entry.blob_id}"
+
+    def _client(self) -> RegistryClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._client_factory()
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.cache.close()
+
+    def chunks_for(self, offset: int, size: int) -> range:
+        """Indexes of the chunks that overlap [offset, offset + size)."""
+        first = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        last = bisect.bisect_left(self._starts, offset + size)
+        return range(first, last)
+
+    def read(self, offset: int, size: int) -> bytes:
+        size = max(0, min(size, self.size - offset))
+        if size == 0:
+            return b""
+        with self._lock:
+            self._demand += 1
+        try:
+            self.ensure(self.chunks_for(offset, size), demand=True)
+        finally:
+            with self._lock:
+                self._demand -= 1
+                self._idle.notify_all()
+        return self.cache.read(offset, size)
+
+    def ensure(self, indexes: range | list[int], demand: bool) -> None:
+        """Make every chunk in ``indexes`` usable from the cache, fetching what is missing."""
+        missing = []
+        for index in indexes:
+            if self.cache.usable(index):
+                if demand:
+                    self.stats.add(cache_hits=1)
+            else:
+                missing.append(index)
+        if not missing:
+            return
+        mine: list[int] = []
+        waits: list[threading.Event] = []
+        with self._lock:
+            for index in missing:
+                event = self._inflight.get(index)
+                if event is None:
+                    self._inflight[index] = threading.Event()
+                    mine.append(index)
+                else:
+                    waits.append(event)
+        try:
+            for run in self._runs(mine):
+                self._fetch_run(run, demand)
+        finally:
+            with self._lock:
+                for index in mine:
+                    self._inflight.pop(index).set()
+        for event in waits:
+            event.wait(timeout=300)
+        for index in missing:
+            if not self.cache.has(index):
+                raise ChunkUnavailable(f"chunk {index} of blob {self.entry.blob_id[:12]} is not available")
+
+    def _runs(self, indexes: list[int]) -> list[list[int]]:
+        """Adjacent chunks (in the compressed blob) grouped into ranges of at most batch_bytes."""
+        runs: list[list[int]] = []
+        for index in sorted(indexes):
+            chunk = self.chunks[index]
+            if runs:
+                previous = self.chunks[runs[-1][-1]]
+                start = self.chunks[runs[-1][0]].compressed_offset
+                adjacent = previous.compressed_offset + previous.compressed_size == chunk.compressed_offset
+                if adjacent and chunk.compressed_offset + chunk.compressed_size - start <= self.batch_bytes:
+                    runs[-1].append(index)
+                    continue
+            runs.append([index])
+        return runs
+
+    def _fetch_run(self, run: list[int], demand: bool) -> None:
+        first, last = self.chunks[run[0]], self.chunks[run[-1]]
+        start, end = first.compressed_offset, last.compressed_offset + last.compressed_size - 1
+        error: Exception | None = None
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._client().open_blob(self.repository, self.digest, (start, end)) as response:
+                    body = response.read()
+                self.stats.add(requests=1, fetched_bytes=len(body))
+                if len(body) != end - start + 1:
+                    raise ChunkUnavailable(f"range {start}-{end} came back with {len(body)} bytes")
+                for index in run:
+                    chunk = self.chunks[index]
+                    raw = body[chunk.compressed_offset - start:chunk.compressed_offset - start + chunk.compressed_size]
+                    compressor = self.entry.compressor if chunk.compressed else Compressor.NONE
+                    data = codec.decompress(compressor, raw, chunk.uncompressed_size)
+                    if codec.chunk_digest(self.entry.digester, data) != chunk.digest:
+                        raise ChunkUnavailable(f"chunk {index} does not match its digest")
+                    self.cache.store(index, data)
+                self.stats.add(fetched_chunks=len(run), **({"demand_chunks": len(run)} if demand
+                                                           else {"prefetched_chunks": len(run)}))
+                return
+            except (RegistryError, ChunkUnavailable, FormatError, OSError) as failure:
+                error = failure
+                log.warning("blob %s bytes %d-%d, attempt %d: %s", self.entry.blob_id[:12], start, end,
+                            attempt + 1, failure)
+        self.stats.add(failures=1)
+        raise ChunkUnavailable(f"blob {self.entry.blob_id[:12]} bytes {start}-{end}: {error}")
+
+    def prefetch(self, stopping: threading.Event) -> None:
+        """Fetch the rest of the blob in batches, pausing while demand reads are in flight."""
+        pending = [i for i in range(len(self.chunks)) if not self.cache.has(i)]
+        for run in self._runs(pending):
+            with self._lock:
+                while self._demand and not stopping.is_set():
+                    self._idle.wait(timeout=0.5)
+            if stopping.is_set():
+                return
+            try:
+                self.ensure(run, demand=False)
+            except ChunkUnavailable as error:
+                log.warning("prefetch of blob %s stopped: %s", self.entry.blob_id[:12], error)
+                return
+        log.info("blob %s fully cached (%d chunks)", self.entry.blob_id[:12], len(self.chunks))
+

@@ -1,0 +1,194 @@
+"""Lazy mounts: the kernel's EROFS over the bootstrap, its devices served by our FUSE process.
+
+``mount`` fetches the bootstrap (through the mirror when one is given), starts the FUSE
+server as a detached process, attaches each blob file to a read-only loop device and mounts
+EROFS with those loop devices as ``-o device=``. What it set up is recorded in a state file,
+so ``umount`` (any process, later) can take it down in the reverse order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from damselfly.nydus.convert import extract_bootstrap, find_bootstrap_layer
+from damselfly.nydus.rafs import Bootstrap
+from damselfly.nydus.remote import ImageRef, RegistryClient
+
+log = logging.getLogger("damselfly.nydus.mount")
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+class MountError(RuntimeError):
+    """A mount or umount that could not be done; everything it started has been undone."""
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("DAMSELFLY_RUN_DIR", "/run/damselfly")) / "nydus"
+
+
+def state_path(mountpoint: Path) -> Path:
+    key = hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:16]
+    return state_dir() / f"{key}.json"
+
+
+@dataclass
+class MountState:
+    mountpoint: str
+    image: str
+    pid: int
+    fuse_dir: str
+    bootstrap: str
+    stats_file: str
+    log_file: str
+    loops: list[str] = field(default_factory=list)
+
+    def save(self) -> None:
+        path = state_path(Path(self.mountpoint))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, mountpoint: Path) -> "MountState":
+        path = state_path(mountpoint)
+        if not path.exists():
+            raise MountError(f"{mountpoint} is not a damselfly nydus mount (no state in {state_dir()})")
+        return cls(**json.loads(path.read_text()))
+
+    def stats(self) -> dict:
+        try:
+            return json.loads(Path(self.stats_file).read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def _run(*command: str) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise MountError(f"{' '.join(command)}: {result.stderr.strip() or f'exit {result.returncode}'}")
+    return result.stdout.strip()
+
+
+def _wait_ready(process: subprocess.Popen, log_file: Path) -> None:
+    """The server prints 'ready' once FUSE is up; anything else within the deadline is a failure."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([process.stdout], [], [], left)
+        if readable:
+            line = process.stdout.readline()
+            if line.strip() == b"ready":
+                return
+            if not line:
+                break
+    tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
+    raise MountError(f"the FUSE server did not come up within {READY_TIMEOUT:.0f}s: {tail.strip()}")
+
+
+def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, plain_http: bool,
+          prefetch: bool) -> MountState:
+    mountpoint = mountpoint.resolve()
+    if not mountpoint.is_dir():
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point")
+    work = cache_dir / "mounts" / state_path(mountpoint).stem
+    work.mkdir(parents=True, exist_ok=True)
+    client = RegistryClient(ref.registry, plain_http, mirror)
+    try:
+        manifest, _body, _media = client.manifest(ref.repository, ref.reference)
+        layer = find_bootstrap_layer(manifest)
+        bootstrap_bytes = extract_bootstrap(client.blob_bytes(ref.repository, layer["digest"]))
+    finally:
+        client.close()
+    bootstrap = Bootstrap(bootstrap_bytes)
+    bootstrap_path = work / "image.boot"
+    bootstrap_path.write_bytes(bootstrap_bytes)
+    fuse_dir = work / "blobs"
+    fuse_dir.mkdir(exist_ok=True)
+    log_file = work / "server.log"
+    command = [sys.executable, "-m", "damselfly", "nydus", "serve", "--bootstrap", str(bootstrap_path),
+               "--fuse-dir", str(fuse_dir), "--cache-dir", str(cache_dir / "blobs"), "--registry", ref.registry,
+               "--repository", ref.repository, "--stats-file", str(work / "stats.json")]
+    command += ["--mirror", mirror] if mirror else []
+    command += ["--plain-http"] if plain_http else []
+    command += ["--prefetch"] if prefetch else []
+    with open(log_file, "ab") as log_output:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_output, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    state = MountState(str(mountpoint), str(ref), process.pid, str(fuse_dir), str(bootstrap_path),
+                       str(work / "stats.json"), str(log_file))
+    try:
+        _wait_ready(process, log_file)
+        assert process.stdout is not None
+        process.stdout.close()
+        for blob in bootstrap.blobs:
+            state.loops.append(_run("losetup", "--find", "--show", "--read-only", str(fuse_dir / blob.blob_id)))
+        options = ",".join(["ro"] + [f"device={loop}" for loop in state.loops])
+        _run("mount", "-t", "erofs", "-o", options, str(bootstrap_path), str(mountpoint))
+    except BaseException:
+        _teardown(state, mounted=False)
+        raise
+    state.save()
+    log.info("mounted %s at %s (%d blobs, FUSE server pid %d)", ref, mountpoint, len(bootstrap.blobs), process.pid)
+    return state
+
+
+def _teardown(state: MountState, mounted: bool) -> list[str]:
+    """Undo a mount in reverse order; returns what could not be undone."""
+    problems = []
+    if mounted:
+        try:
+            _run("umount", state.mountpoint)
+        except MountError as error:
+            return [str(error)]  # busy: leave everything else in place so the mount keeps working
+    for loop in state.loops:
+        try:
+            _run("losetup", "-d", loop)
+        except MountError as error:
+            problems.append(str(error))
+    subprocess.run(["fusermount3", "-u", state.fuse_dir], capture_output=True, timeout=30)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _alive(state.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(state.pid):
+        os.kill(state.pid, signal.SIGKILL)
+        problems.append(f"FUSE server {state.pid} did not stop; killed")
+    return problems
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _status = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def umount(mountpoint: Path) -> dict:
+    """Take a lazy mount down; returns the FUSE server's final fetch statistics."""
+    state = MountState.load(mountpoint)
+    problems = _teardown(state, mounted=os.path.ismount(state.mountpoint))
+    if problems and os.path.ismount(state.mountpoint):
+        raise MountError("; ".join(problems))
+    state_path(Path(state.mountpoint)).unlink(missing_ok=True)
+    if problems:
+        log.warning("umount %s: %s", state.mountpoint, "; ".join(problems))
+    return state.stats()

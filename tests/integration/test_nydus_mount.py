@@ -1,0 +1,168 @@
+"""`damselfly nydus mount`: EROFS over FUSE-served blobs, chunks fetched on demand through the daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from damselfly.nydus.remote import RegistryClient
+from tests.support.images import busybox_layer, image_from_layers, push_image
+from tests.support.trees import diff, snapshot, tar_layer
+
+MiB = 1024 * 1024
+
+
+def cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "damselfly", *args], capture_output=True, text=True, timeout=300,
+                            env=env)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Mount state goes to the test's own directory, so parallel or leftover runs never collide."""
+    path = tmp_path / "run"
+    monkeypatch.setenv("DAMSELFLY_RUN_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def lazy_mount(tmp_path: Path, run_dir: Path) -> Iterator[Callable[..., Path]]:
+    """Mount nydus images; whatever is still mounted at the end is unmounted."""
+    mounted: list[Path] = []
+
+    def mount(ref: str, *options: str, name: str = "mnt") -> Path:
+        point = tmp_path / name
+        point.mkdir(exist_ok=True)
+        cli("nydus", "mount", ref, str(point), *options, env=dict(os.environ))
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        if os.path.ismount(point):
+            cli("nydus", "umount", str(point), check=False, env=dict(os.environ))
+
+
+def umount(point: Path) -> dict:
+    stats = json.loads(cli("nydus", "umount", "--json", str(point), env=dict(os.environ)).stdout)
+    assert not os.path.ismount(point)
+    return stats
+
+
+def _image_with_data(tmp_path: Path):
+    """busybox, a small config file, and 24 MiB of data the command never reads."""
+    layer = tmp_path / "layer"
+    (layer / "etc").mkdir(parents=True)
+    (layer / "data").mkdir()
+    (layer / "etc/greeting").write_text("hello from a lazy mount\n")
+    for index in range(3):
+        (layer / "data" / f"part-{index}").write_bytes(os.urandom(8 * MiB))
+    return image_from_layers("nydus/lazy", [busybox_layer(), tar_layer(layer)],
+                             ["/bin/busybox", "cat", "/etc/greeting"], tag="oci")
+
+
+def test_lazy_mount_through_the_daemon_reads_a_fraction_and_equals_the_oci_rootfs(
+        tmp_path: Path, registry, registry_client, damselfly, containerd, lazy_mount) -> None:
+    image = _image_with_data(tmp_path)
+    push_image(registry_client, image)
+    source = image.reference(registry.host)
+    target = f"{registry.host}/nydus/lazy:nydus"
+    cli("nydus", "convert", "--plain-http", source, target)
+    node = damselfly()
+    cache = tmp_path / "cache"
+
+    mountpoint = lazy_mount(target, "--mirror", node.url, "--cache-dir", str(cache))
+    rootfs = tmp_path / "rootfs"
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    for path in (rootfs, upper, work):
+        path.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={mountpoint},upperdir={upper},workdir={work}", str(rootfs)], check=True)
+    try:
+        ctr = containerd()
+        started = ctr.ctr("run", "--rm", "--rootfs", str(rootfs), "lazy-start", "/bin/busybox", "cat",
+                          "/etc/greeting", timeout=120)
+    finally:
+        subprocess.run(["umount", str(rootfs)], check=True)
+    assert started.stdout.strip() == "hello from a lazy mount"
+    stats = umount(mountpoint)
+    fraction = stats["fetched_bytes"] / stats["image_bytes"]
+    print(f"container start read {stats['fetched_bytes']} of {stats['image_bytes']} blob bytes ({fraction:.1%})")
+    assert 0 < fraction < 0.2, stats
+    assert stats["failures"] == 0
+
+    # Through the same chunk cache, the whole tree equals what containerd unpacks from the OCI image.
+    mountpoint = lazy_mount(target, "--mirror", node.url, "--cache-dir", str(cache))
+    ctr.ctr("images", "pull", "--plain-http", source, timeout=120)
+    reference = tmp_path / "oci-rootfs"
+    reference.mkdir()
+    ctr.ctr("images", "mount", source, str(reference))
+    try:
+        problems = diff(snapshot(reference), snapshot(mountpoint))
+    finally:
+        ctr.ctr("images", "unmount", str(reference), check=False)
+    assert not problems, "\n".join(problems[:20])
+    stats = umount(mountpoint)
+    assert stats["cache_hits"] > 0, "the second mount must reuse the chunks the first one fetched"
+    assert stats["cached_chunks"] == stats["chunks"]
+
+    # The registry served each nydus blob once, to the daemon, however many ranges the mounts read.
+    client = RegistryClient(registry.host, plain_http=True)
+    manifest, _body, _media = client.manifest("nydus/lazy", "nydus")
+    client.close()
+    gets = [e.path for e in registry.access_log() if e.method == "GET"]
+    assert {layer["digest"]: sum(path.endswith(layer["digest"]) for path in gets)
+            for layer in manifest["layers"]} == {layer["digest"]: 1 for layer in manifest["layers"]}
+
+
+def test_chunk_cache_survives_a_restart_and_repairs_a_bad_chunk(tmp_path: Path, registry, registry_client,
+                                                                lazy_mount) -> None:
+    image = _image_with_data(tmp_path)
+    image.name = "nydus/cache"
+    push_image(registry_client, image)
+    target = f"{registry.host}/nydus/cache:nydus"
+    cli("nydus", "convert", "--plain-http", "--chunk-size", "256KiB", image.reference(registry.host), target)
+    cache = tmp_path / "cache"
+    mountpoint = lazy_mount(target, "--plain-http", "--cache-dir", str(cache), "--prefetch")
+    expected = {name: (mountpoint / "data" / name).read_bytes() for name in ("part-0", "part-1", "part-2")}
+    stats = umount(mountpoint)
+    assert stats["cached_chunks"] == stats["chunks"]
+
+    data_files = sorted(cache.glob("blobs/*.blob.data"), key=lambda p: p.stat().st_size)
+    biggest = data_files[-1]
+    with open(biggest, "r+b") as file:  # a chunk that rotted on disk while the map still says "cached"
+        file.seek(5 * MiB)
+        file.write(b"\xff" * 4096)
+    mountpoint = lazy_mount(target, "--plain-http", "--cache-dir", str(cache))
+    for name, data in expected.items():
+        assert (mountpoint / "data" / name).read_bytes() == data
+    stats = umount(mountpoint)
+    assert stats["fetched_chunks"] == 1, "only the damaged chunk is fetched again"
+    assert stats["cache_hits"] > 0
+
+
+def test_mount_errors_are_one_clear_line(tmp_path: Path, registry, registry_client, run_dir: Path) -> None:
+    point = tmp_path / "mnt"
+    point.mkdir()
+    image = image_from_layers("nydus/plain-oci", [busybox_layer()], ["/bin/busybox", "true"])
+    push_image(registry_client, image)
+    cases = [
+        (["nydus", "mount", image.reference(registry.host), str(point), "--plain-http", "--cache-dir",
+          str(tmp_path / "c")], "not a nydus image"),
+        (["nydus", "mount", f"{registry.host}/nydus/none:such", str(point), "--plain-http"], "404"),
+        (["nydus", "umount", str(point)], "not a damselfly nydus mount"),
+    ]
+    for args, message in cases:
+        result = cli(*args, check=False, env=dict(os.environ))
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert not os.path.ismount(point)
