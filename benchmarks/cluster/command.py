@@ -16,14 +16,13 @@ from benchmarks.cluster.harness import SCENARIOS, Cluster, ScenarioResult
 from benchmarks.cluster.netns import NetnsError, require_root
 from benchmarks.cluster.report import charts, distribution_bound, markdown, rate_bytes_per_second
 from damselfly.lib.units import format_size
-from benchmarks.cluster.images import large_image, nginx_image, python_image
+from benchmarks.cluster.images import CACHE, large_image, nginx_image, python_image
 from damselfly.cli import SIZE
 from tests.support.images import Image, build_image
 
 console = Console()
 RESULTS = Path(__file__).parent.parent / "results" / "cluster"
 MiB = 1024 * 1024
-CACHE = Path.home() / ".cache" / "damselfly-bench"
 IMAGES: dict[str, Callable[[int], Image]] = {
     "small": lambda _: build_image("bench/small", [2 * MiB, 8 * MiB, 4 * MiB]),
     "python": lambda _: python_image(CACHE),

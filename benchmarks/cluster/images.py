@@ -22,6 +22,7 @@ from pathlib import Path
 from tests.support.images import LAYER_GZIP, LAYER_TAR, Image, Layer, image_from_layers
 
 SUITE = "bookworm"
+CACHE = Path.home() / ".cache" / "damselfly-bench"  # built images, kept between runs
 SOURCES = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]
 # Left out of the image: apt's caches and documentation, as slim images do.
 TRIM = ["var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale"]

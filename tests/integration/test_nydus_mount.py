@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import pytest
 
 from damselfly.nydus.remote import RegistryClient
+from benchmarks.cluster.images import CACHE as BENCH_CACHE, python_image
 from tests.support.images import busybox_layer, image_from_layers, push_image
 from tests.support.trees import diff, snapshot, tar_layer
 
@@ -58,6 +59,19 @@ def umount(point: Path) -> dict:
     return stats
 
 
+def run_on(ctr, lower: Path, tmp_path: Path, *command: str) -> str:
+    """``ctr run --rootfs`` on a writable overlay over the lazy mount; the command's output."""
+    rootfs, upper, work = tmp_path / "rootfs", tmp_path / "upper", tmp_path / "work"
+    for path in (rootfs, upper, work):
+        path.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}",
+                    str(rootfs)], check=True)
+    try:
+        return ctr.ctr("run", "--rm", "--rootfs", str(rootfs), "lazy-start", *command, timeout=120).stdout.strip()
+    finally:
+        subprocess.run(["umount", str(rootfs)], check=True)
+
+
 def _image_with_data(tmp_path: Path):
     """busybox, a small config file, and 24 MiB of data the command never reads."""
     layer = tmp_path / "layer"
@@ -81,19 +95,9 @@ def test_lazy_mount_through_the_daemon_reads_a_fraction_and_equals_the_oci_rootf
     cache = tmp_path / "cache"
 
     mountpoint = lazy_mount(target, "--mirror", node.url, "--cache-dir", str(cache))
-    rootfs = tmp_path / "rootfs"
-    upper, work = tmp_path / "upper", tmp_path / "work"
-    for path in (rootfs, upper, work):
-        path.mkdir()
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                    f"lowerdir={mountpoint},upperdir={upper},workdir={work}", str(rootfs)], check=True)
-    try:
-        ctr = containerd()
-        started = ctr.ctr("run", "--rm", "--rootfs", str(rootfs), "lazy-start", "/bin/busybox", "cat",
-                          "/etc/greeting", timeout=120)
-    finally:
-        subprocess.run(["umount", str(rootfs)], check=True)
-    assert started.stdout.strip() == "hello from a lazy mount"
+    ctr = containerd()
+    output = run_on(ctr, mountpoint, tmp_path, "/bin/busybox", "cat", "/etc/greeting")
+    assert output == "hello from a lazy mount"
     stats = umount(mountpoint)
     fraction = stats["fetched_bytes"] / stats["image_bytes"]
     print(f"container start read {stats['fetched_bytes']} of {stats['image_bytes']} blob bytes ({fraction:.1%})")
@@ -166,3 +170,32 @@ def test_mount_errors_are_one_clear_line(tmp_path: Path, registry, registry_clie
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     assert not os.path.ismount(point)
+
+
+def test_python3_starts_from_a_lazy_mount_of_a_debian_image(tmp_path: Path, registry, registry_client, damselfly,
+                                                             containerd, lazy_mount) -> None:
+    """The issue's own check: a Debian rootfs with python3, converted, mounted lazily; `python3 -V` runs."""
+    image = python_image(BENCH_CACHE)
+    image.name = "nydus/python"
+    push_image(registry_client, image)
+    source, target = image.reference(registry.host), f"{registry.host}/nydus/python:nydus"
+    cli("nydus", "convert", "--plain-http", source, target)
+    node = damselfly()
+    mountpoint = lazy_mount(target, "--mirror", node.url, "--cache-dir", str(tmp_path / "cache"))
+    ctr = containerd()
+    assert run_on(ctr, mountpoint, tmp_path, "/usr/bin/python3", "-V").startswith("Python 3.")
+    stats = umount(mountpoint)
+    fraction = stats["fetched_bytes"] / stats["image_bytes"]
+    print(f"python3 -V read {stats['fetched_bytes']} of {stats['image_bytes']} blob bytes ({fraction:.1%})")
+    assert fraction < 0.5, stats
+
+    mountpoint = lazy_mount(target, "--mirror", node.url, "--cache-dir", str(tmp_path / "cache"), name="full")
+    ctr.ctr("images", "pull", "--plain-http", source, timeout=300)
+    reference = tmp_path / "oci-rootfs"
+    reference.mkdir()
+    ctr.ctr("images", "mount", source, str(reference))
+    try:
+        problems = diff(snapshot(reference), snapshot(mountpoint))
+    finally:
+        ctr.ctr("images", "unmount", str(reference), check=False)
+    assert not problems, "\n".join(problems[:20])
