@@ -67,7 +67,7 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
             try:
                 cluster.start()
                 console.print(f"pushing {image} ({format_size(sum(len(layer.data) for layer in built.layers))})")
-                cluster.push(built)
+                cluster.push(built, nydus=any(s.startswith("nydus") for s in chosen))
                 for scenario in chosen:
                     result = cluster.run_scenario(scenario, built, command)
                     if scenario == "p2p-cold" and result.start_seconds:
@@ -82,7 +82,7 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
     (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     table = markdown(results)
     (out / "results.md").write_text(table)
-    console.print(table)
+    console.print(table, soft_wrap=True)
     for path in charts(results, out):
         console.print(f"wrote {path}")
     if not all(r.ok for r in results):

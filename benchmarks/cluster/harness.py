@@ -9,11 +9,20 @@ Scenarios (the Dragonfly talk's, plus the common alternative):
 - p2p-local:    the blobs in the node's own daemon (containerd's store emptied);
 - local-registry: a docker-registry on the node itself holds the image (the baseline
                 that p2p-local is measured against).
-A node's start time runs from the pull's start to the container command's exit.
+The nydus scenarios start the same command from a lazy mount of the image's nydus form
+(`damselfly nydus mount`, an overlay on it, `ctr run --rootfs`):
+- nydus-cold:       chunks fetched straight from the registry;
+- nydus-p2p-cold:   through the node's daemon, nothing cached anywhere;
+- nydus-p2p-remote: the blobs on the seed peer, not on the node;
+- nydus-p2p-local:  the blobs in the node's own daemon, the chunk cache empty;
+- nydus-cache:      the chunks the command reads already in the node's chunk cache.
+A node's start time runs from the pull's (or the mount's) start to the container command's exit.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -32,7 +41,10 @@ from tests.support.daemon import Damselfly
 from tests.support.images import Image, push_image
 from tests.support.registry import Registry, RegistryClient
 
-SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local", "local-registry"]
+OCI_SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local", "local-registry"]
+NYDUS_SCENARIOS = ["nydus-cold", "nydus-p2p-cold", "nydus-p2p-remote", "nydus-p2p-local", "nydus-cache"]
+SCENARIOS = OCI_SCENARIOS + NYDUS_SCENARIOS
+NYDUS_TAG = "nydus"
 REGISTRY_PORT = 5000
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines while nodes pull
 
@@ -68,6 +80,7 @@ class ScenarioResult:
     registry_timeline: list[tuple[float, int]] = field(default_factory=list)
     bound_seconds: float | None = None  # p2p-cold: the Kumar & Ross lower bound for the shaped rates
     bound_ratio: float | None = None  # slowest node's time over the bound
+    fetched_bytes: list[int] = field(default_factory=list)  # nydus: blob bytes each node's lazy mount read
 
     @property
     def p50(self) -> float:
@@ -128,8 +141,16 @@ class Cluster:
         # ip netns exec hides); the pull runs in the node's network namespace.
         return Containerd(node.workdir / "ctd").start()
 
-    def push(self, image: Image) -> None:
+    def push(self, image: Image, nydus: bool) -> None:
+        """The image, and (for the nydus scenarios) its nydus form under the tag ``nydus``."""
         push_image(RegistryClient(self.registry.url), image)
+        if nydus:
+            subprocess.run([sys.executable, "-m", "damselfly", "nydus", "convert", "--plain-http",
+                            image.reference(self.registry.host), self._nydus_reference(image)], check=True,
+                           capture_output=True)
+
+    def _nydus_reference(self, image: Image) -> str:
+        return f"{self.registry.host}/{image.name}:{NYDUS_TAG}"
 
     # -- resetting caches between scenarios ------------------------------------------
 
@@ -157,10 +178,48 @@ class Cluster:
                         "--registry", f"{registry}=http://{registry}"], check=True, capture_output=True)
         return hosts
 
+    def empty_chunk_caches(self) -> None:
+        for node in self.nodes:
+            shutil.rmtree(node.workdir / "nydus-cache", ignore_errors=True)
+
+    def _nydus(self, *args: str, node: Node) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DAMSELFLY_RUN_DIR": str(node.workdir / "run")}
+        return subprocess.run(node.host.network_only(sys.executable, "-m", "damselfly", "nydus", *args),
+                              capture_output=True, text=True, timeout=600, env=env, check=True)
+
+    def _lazy_start(self, scenario: str, node: Node, image: Image, command: list[str]) -> tuple[float, int]:
+        """Mount lazily, overlay, run the command: (seconds to the command's exit, blob bytes read)."""
+        assert node.containerd is not None and node.daemon is not None
+        mountpoint, rootfs = node.workdir / "nydus-mnt", node.workdir / "nydus-rootfs"
+        upper, work = node.workdir / "nydus-upper", node.workdir / "nydus-work"
+        for path in (upper, work):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in (mountpoint, rootfs, upper, work):
+            path.mkdir(parents=True, exist_ok=True)
+        source = ["--plain-http"] if scenario == "nydus-cold" else ["--mirror", node.daemon.url]
+        started = time.monotonic()
+        self._nydus("mount", self._nydus_reference(image), str(mountpoint), "--cache-dir",
+                    str(node.workdir / "nydus-cache"), *source, node=node)
+        try:
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                            f"lowerdir={mountpoint},upperdir={upper},workdir={work}", str(rootfs)], check=True,
+                           capture_output=True)
+            try:
+                node.containerd.ctr("run", "--rm", "--rootfs", str(rootfs), f"bench-{scenario}-{node.host.name}",
+                                    *command, timeout=600)
+                seconds = time.monotonic() - started
+            finally:
+                subprocess.run(["umount", str(rootfs)], capture_output=True)
+        finally:
+            stats = json.loads(self._nydus("umount", "--json", str(mountpoint), node=node).stdout or "{}")
+        return seconds, int(stats.get("fetched_bytes", 0))
+
     def run_scenario(self, scenario: str, image: Image, command: list[str]) -> ScenarioResult:
         self.log(f"scenario {scenario}: {len(self.nodes)} nodes")
-        if scenario == "p2p-remote":
+        if scenario in ("p2p-remote", "nydus-p2p-remote"):
             self.empty_daemons()
+        if scenario.startswith("nydus") and scenario != "nydus-cache":
+            self.empty_chunk_caches()
         self.empty_containerd()
         if scenario == "local-registry":
             self._local_registries(image)
@@ -168,9 +227,14 @@ class Cluster:
         before = self.registry.access_log()
         sampler = link_sampler(self.registry_host.link)
         reference = image.reference(registry_host.host)
+        fetched: list[int] = []
 
         def one(node: Node) -> float:
             assert node.containerd is not None and node.daemon is not None
+            if scenario.startswith("nydus"):
+                seconds, read = self._lazy_start(scenario, node, image, command)
+                fetched.append(read)
+                return seconds
             started = time.monotonic()
             pull = ["images", "pull", "--plain-http", reference]
             if scenario == "local-registry":
@@ -207,7 +271,7 @@ class Cluster:
         blob_entries = [e for e in after if e.method == "GET" and "/blobs/" in e.path]
         return ScenarioResult(scenario, image.name, sum(len(layer.data) for layer in image.layers), len(self.nodes),
                               seconds, sum(e.bytes for e in blob_entries), len(after), not errors, errors,
-                              sampler.samples)
+                              sampler.samples, fetched_bytes=fetched)
 
     def _local_registries(self, image: Image) -> None:
         """A docker-registry on every node, holding the image (pushed before the clock starts)."""
@@ -218,6 +282,12 @@ class Cluster:
                 push_image(RegistryClient(node.registry.url), image)
 
     def close(self) -> None:
+        for node in self.nodes:
+            mountpoint = node.workdir / "nydus-mnt"
+            subprocess.run(["umount", str(node.workdir / "nydus-rootfs")], capture_output=True)
+            if os.path.ismount(mountpoint):
+                subprocess.run([sys.executable, "-m", "damselfly", "nydus", "umount", str(mountpoint)],
+                               capture_output=True, env={**os.environ, "DAMSELFLY_RUN_DIR": str(node.workdir / "run")})
         for node in self.nodes:
             for process in (node.daemon, node.containerd, node.registry):
                 if process is not None:

@@ -64,6 +64,11 @@ class Host:
         """``cmd`` to run inside this host's namespace."""
         return ["ip", "netns", "exec", self.netns, *cmd]
 
+    def network_only(self, *cmd: str) -> list[str]:
+        """``cmd`` in this host's network namespace but the root mount namespace (``ip netns exec``
+        gives each command a private one), so that the mounts it makes are seen by everyone."""
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *cmd]
+
     def popen(self, *cmd: str, **kwargs: object) -> subprocess.Popen:
         return subprocess.Popen(self.command(*cmd), **kwargs)  # type: ignore[call-overload]
 

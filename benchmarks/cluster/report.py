@@ -24,13 +24,15 @@ def distribution_bound(size: int, nodes: int, seed_upload: float, node_upload: f
 
 
 def markdown(results: list[ScenarioResult]) -> str:
-    lines = ["| scenario | image | nodes | p50 s | p95 s | max s | registry MB | registry requests | bound ratio | ok |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| scenario | image | nodes | p50 s | p95 s | max s | registry MB | registry requests | "
+             "lazy read MB/node | bound ratio | ok |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         ratio = f"{r.bound_ratio:.2f}" if r.bound_ratio else ""
+        lazy = f"{sum(r.fetched_bytes) / len(r.fetched_bytes) / 1e6:.1f}" if r.fetched_bytes else ""
         lines.append(f"| {r.scenario} | {r.image} | {r.nodes} | {r.p50:.2f} | {r.p95:.2f} | "
                      f"{max(r.start_seconds, default=float('nan')):.2f} | {r.registry_bytes / 1e6:.1f} | "
-                     f"{r.registry_requests} | {ratio} | {'yes' if r.ok else 'NO'} |")
+                     f"{r.registry_requests} | {lazy} | {ratio} | {'yes' if r.ok else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -47,11 +49,12 @@ def charts(results: list[ScenarioResult], out: Path) -> list[Path]:
     paths = []
     for name, value, label in [("start-time.png", lambda r: r.p95, "p95 time to start the containers (s)"),
                                ("registry-traffic.png", lambda r: r.registry_bytes / 1e6, "bytes from the registry (MB)")]:
-        figure, axes = plt.subplots(figsize=(8, 4.5), dpi=110)
+        figure, axes = plt.subplots(figsize=(max(8.0, 0.9 * len(scenarios)), 4.5), dpi=110)
         for i, count in enumerate(counts):
             values = [next((value(r) for r in results if r.scenario == s and r.nodes == count), 0) for s in scenarios]
             axes.bar([x + i * width for x in range(len(scenarios))], values, width, label=f"{count} nodes")
-        axes.set_xticks([x + width * (len(counts) - 1) / 2 for x in range(len(scenarios))], scenarios)
+        axes.set_xticks([x + width * (len(counts) - 1) / 2 for x in range(len(scenarios))], scenarios,
+                        rotation=30, ha="right")
         axes.set_ylabel(label)
         axes.legend()
         axes.grid(axis="y", alpha=0.3)

@@ -15,15 +15,21 @@ def test_quick_run_completes_every_scenario_and_leaves_nothing(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = json.loads((tmp_path / "results.json").read_text())
     assert [r["scenario"] for r in records] == ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local",
-                                                "local-registry"]
+                                                "local-registry", "nydus-cold", "nydus-p2p-cold", "nydus-p2p-remote",
+                                                "nydus-p2p-local", "nydus-cache"]
     for record in records:
         assert record["ok"] and record["nodes"] == 3 and len(record["start_seconds"]) == 3, record
     by_name = {r["scenario"]: r for r in records}
     image = by_name["ociv1"]["image_bytes"]
     assert by_name["ociv1"]["registry_bytes"] >= 3 * image  # every node pulled every layer itself
     assert by_name["p2p-cold"]["registry_bytes"] <= 1.05 * image  # the cluster pulled each layer once
-    for name in ("p2p-remote", "p2p-local", "local-registry"):
+    for name in ("p2p-remote", "p2p-local", "local-registry", "nydus-p2p-remote", "nydus-p2p-local", "nydus-cache"):
         assert by_name[name]["registry_bytes"] == 0, name
+    # Lazy starts read a part of the image; through the daemons the registry serves it once for the cluster.
+    for name in ("nydus-cold", "nydus-p2p-cold"):
+        assert 0 < max(by_name[name]["fetched_bytes"]) < image, name
+    assert by_name["nydus-p2p-cold"]["registry_bytes"] < by_name["nydus-cold"]["registry_bytes"]
+    assert by_name["nydus-cache"]["fetched_bytes"] == [0, 0, 0]
     # The registry link's own counter agrees with its access log (plus headers and TCP overhead).
     for record in (by_name["ociv1"], by_name["p2p-cold"]):
         assert record["registry_timeline"][-1][1] >= record["registry_bytes"]
