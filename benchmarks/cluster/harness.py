@@ -205,7 +205,9 @@ class Cluster:
                             f"lowerdir={mountpoint},upperdir={upper},workdir={work}", str(rootfs)], check=True,
                            capture_output=True)
             try:
-                node.containerd.ctr("run", "--rm", "--rootfs", str(rootfs), f"bench-{scenario}-{node.host.name}",
+                env = [arg for variable in json.loads(image.config)["config"].get("Env", [])
+                       for arg in ("--env", variable)]  # ctr --rootfs knows no image config
+                node.containerd.ctr("run", "--rm", *env, "--rootfs", str(rootfs), f"bench-{scenario}-{node.host.name}",
                                     *command, timeout=600)
                 seconds = time.monotonic() - started
             finally:

@@ -72,6 +72,19 @@ def run_on(ctr, lower: Path, tmp_path: Path, *command: str) -> str:
         subprocess.run(["umount", str(rootfs)], check=True)
 
 
+def assert_oci_rootfs(ctr, source: str, lazy: Path, tmp_path: Path) -> None:
+    """The lazy mount's tree equals, byte for byte, the rootfs containerd unpacks from the OCI image."""
+    ctr.ctr("images", "pull", "--plain-http", source, timeout=300)
+    reference = tmp_path / "oci-rootfs"
+    reference.mkdir()
+    ctr.ctr("images", "mount", source, str(reference))
+    try:
+        problems = diff(snapshot(reference), snapshot(lazy))
+    finally:
+        ctr.ctr("images", "unmount", str(reference), check=False)
+    assert not problems, "\n".join(problems[:20])
+
+
 def _image_with_data(tmp_path: Path):
     """busybox, a small config file, and 24 MiB of data the command never reads."""
     layer = tmp_path / "layer"
@@ -106,15 +119,7 @@ def test_lazy_mount_through_the_daemon_reads_a_fraction_and_equals_the_oci_rootf
 
     # Through the same chunk cache, the whole tree equals what containerd unpacks from the OCI image.
     mountpoint = lazy_mount(target, "--mirror", node.url, "--cache-dir", str(cache))
-    ctr.ctr("images", "pull", "--plain-http", source, timeout=120)
-    reference = tmp_path / "oci-rootfs"
-    reference.mkdir()
-    ctr.ctr("images", "mount", source, str(reference))
-    try:
-        problems = diff(snapshot(reference), snapshot(mountpoint))
-    finally:
-        ctr.ctr("images", "unmount", str(reference), check=False)
-    assert not problems, "\n".join(problems[:20])
+    assert_oci_rootfs(ctr, source, mountpoint, tmp_path)
     stats = umount(mountpoint)
     assert stats["cache_hits"] > 0, "the second mount must reuse the chunks the first one fetched"
     assert stats["cached_chunks"] == stats["chunks"]
@@ -190,12 +195,4 @@ def test_python3_starts_from_a_lazy_mount_of_a_debian_image(tmp_path: Path, regi
     assert fraction < 0.5, stats
 
     mountpoint = lazy_mount(target, "--mirror", node.url, "--cache-dir", str(tmp_path / "cache"), name="full")
-    ctr.ctr("images", "pull", "--plain-http", source, timeout=300)
-    reference = tmp_path / "oci-rootfs"
-    reference.mkdir()
-    ctr.ctr("images", "mount", source, str(reference))
-    try:
-        problems = diff(snapshot(reference), snapshot(mountpoint))
-    finally:
-        ctr.ctr("images", "unmount", str(reference), check=False)
-    assert not problems, "\n".join(problems[:20])
+    assert_oci_rootfs(ctr, source, mountpoint, tmp_path)
