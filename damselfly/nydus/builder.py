@@ -244,10 +244,11 @@ def build_bootstrap(root: Node, blobs: list[BlobEntry], settings: ChunkSettings,
 
     image = bytearray(total)
     by_id = {id(plan.node): plan for plan in ordered}
-    parents = {id(node): (by_id[id(node)], by_id[id(root)]) for node in [root]}
+    parent_of = {id(root): by_id[id(root)]}  # ".." of the root is the root
     for _path, node in paths:
         for child in node.children.values():
-            parents.setdefault(id(child), (by_id[id(child)], by_id[id(node)]))
+            if child.is_dir:
+                parent_of[id(child)] = by_id[id(node)]
     for plan in ordered:
         node = plan.node
         if plan.layout is Layout.CHUNK_BASED:
@@ -264,8 +265,7 @@ def build_bootstrap(root: Node, blobs: list[BlobEntry], settings: ChunkSettings,
         image[at + 64:at + plan.head_size] = plan.xattrs
         body = b""
         if node.is_dir:
-            parent = parents[id(node)][1]
-            targets = {b".": plan, b"..": parent}
+            targets = {b".": plan, b"..": parent_of[id(node)]}
             targets.update({name.encode("utf-8", "surrogateescape"): by_id[id(child)]
                             for name, child in node.children.items()})
             blocks = directory_blocks(plan.names)

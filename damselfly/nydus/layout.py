@@ -480,7 +480,7 @@ def pack_xattr(name: str, value: bytes) -> bytes:
             suffix = name[len(prefix):].encode()
             break
     else:
-        raise ValueError(f"xattr {name!r}: EROFS stores only user., trusted., security. and POSIX ACLs")
+        raise FormatError(f"xattr {name!r}: EROFS stores only user., trusted., security. and POSIX ACLs")
     body = struct.pack("<BBH", len(suffix), index, len(value)) + suffix + value
     return body + b"\0" * (-len(body) % 4)
 
