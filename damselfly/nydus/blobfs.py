@@ -64,23 +64,23 @@ class BlobFilesystem(fuse.Operations):
             raise fuse.FuseOSError(errno.EIO) from None
 
 
-def open_blobs(bootstrap: Bootstrap, cache_dir: Path, client_factory: Callable[[], RegistryClient],
-               repository: str, stats: FetchStats) -> dict[str, LazyBlob]:
+def open_blobs(bootstrap: Bootstrap, cache_dir: Path, client: RegistryClient, repository: str,
+               stats: FetchStats) -> dict[str, LazyBlob]:
     blobs = {}
     for entry in bootstrap.blobs:
         chunks = bootstrap.blob_chunks(entry.blob_index)
         size = bootstrap.device_size(entry.blob_index)
         cache = ChunkCache(cache_dir, entry.blob_id, size, chunks, entry.digester)
-        blobs[entry.blob_id] = LazyBlob(entry, chunks, size, cache, client_factory, repository, stats)
+        blobs[entry.blob_id] = LazyBlob(entry, chunks, size, cache, client, repository, stats)
     return blobs
 
 
-def serve(bootstrap_path: Path, fuse_dir: Path, cache_dir: Path, client_factory: Callable[[], RegistryClient],
-          repository: str, stats_path: Path, prefetch: bool, on_ready: Callable[[], None]) -> None:
+def serve(bootstrap_path: Path, fuse_dir: Path, cache_dir: Path, client: RegistryClient, repository: str,
+          stats_path: Path, prefetch: bool, on_ready: Callable[[], None]) -> None:
     """Run the FUSE server until it is unmounted; stats are written to ``stats_path`` as JSON."""
     bootstrap = Bootstrap.load(str(bootstrap_path))
     stats = FetchStats()
-    blobs = open_blobs(bootstrap, cache_dir, client_factory, repository, stats)
+    blobs = open_blobs(bootstrap, cache_dir, client, repository, stats)
     stopping = threading.Event()
     image_bytes = sum(entry.compressed_size for entry in bootstrap.blobs)
 
@@ -114,3 +114,4 @@ def serve(bootstrap_path: Path, fuse_dir: Path, cache_dir: Path, client_factory:
         write_stats()
         for blob in blobs.values():
             blob.close()
+        client.close()

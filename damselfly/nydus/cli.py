@@ -54,6 +54,7 @@ def nydus() -> None:
     """nydus images: convert from OCI, inspect, and start containers lazily."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
 
 
 @nydus.command("convert")
@@ -206,5 +207,5 @@ def serve_command(bootstrap: Path, fuse_dir: Path, cache_dir: Path, registry: st
         sys.stdout.write("ready\n")
         sys.stdout.flush()
 
-    serve(bootstrap, fuse_dir, cache_dir, lambda: RegistryClient(registry, plain_http, mirror), repository,
-          stats_file, prefetch, ready)
+    serve(bootstrap, fuse_dir, cache_dir, RegistryClient(registry, plain_http, mirror), repository, stats_file,
+          prefetch, ready)

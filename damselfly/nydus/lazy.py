@@ -14,8 +14,6 @@ import bisect
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
-
 from damselfly.nydus import codec
 from damselfly.nydus.cache import ChunkCache
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, FormatError
@@ -56,7 +54,7 @@ class LazyBlob:
     """One data blob seen as its uncompressed space, filled chunk by chunk."""
 
     def __init__(self, entry: BlobEntry, chunks: list[ChunkRecord], size: int, cache: ChunkCache,
-                 client_factory: Callable[[], RegistryClient], repository: str, stats: FetchStats,
+                 client: RegistryClient, repository: str, stats: FetchStats,
                  batch_bytes: int = DEFAULT_BATCH_BYTES) -> None:
         self.entry = entry
         self.chunks = chunks  # sorted by uncompressed offset; index i is bit i of the cache map
@@ -66,9 +64,7 @@ class LazyBlob:
         self.stats = stats
         self.batch_bytes = batch_bytes
         self._starts = [c.uncompressed_offset for c in chunks]
-        self._local = threading.local()
-        self._client_factory = client_factory
-        self._clients: list[RegistryClient] = []
+        self.client = client  # one pool for every FUSE thread: a client per thread costs an SSL context each
         self._inflight: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._demand = 0
@@ -78,17 +74,7 @@ class LazyBlob:
     def digest(self) -> str:
         return f"sha256:{self.entry.blob_id}"
 
-    def _client(self) -> RegistryClient:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = self._client_factory()
-            with self._lock:
-                self._clients.append(client)
-        return client
-
     def close(self) -> None:
-        for client in self._clients:
-            client.close()
         self.cache.close()
 
     def chunks_for(self, offset: int, size: int) -> range:
@@ -166,7 +152,7 @@ class LazyBlob:
         error: Exception | None = None
         for attempt in range(_ATTEMPTS):
             try:
-                with self._client().open_blob(self.repository, self.digest, (start, end)) as response:
+                with self.client.open_blob(self.repository, self.digest, (start, end)) as response:
                     body = response.read()
                 self.stats.add(requests=1, fetched_bytes=len(body))
                 if len(body) != end - start + 1:

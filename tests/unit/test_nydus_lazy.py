@@ -32,7 +32,7 @@ def _blob(tmp_path: Path, sizes: list[int], batch: int = 64 * KiB) -> LazyBlob:
     size = records[-1].uncompressed_offset + -(-records[-1].uncompressed_size // 4096) * 4096
     entry = BlobEntry("a" * 64, 0, 64 * KiB, len(records), Compressor.NONE, Digester.SHA256, 0, 0, size)
     cache = ChunkCache(tmp_path, entry.blob_id, size, records, Digester.SHA256)
-    return LazyBlob(entry, records, size, cache, client_factory=lambda: None, repository="r",  # type: ignore
+    return LazyBlob(entry, records, size, cache, client=None, repository="r",  # type: ignore[arg-type]
                     stats=FetchStats(), batch_bytes=batch)
 
 
