@@ -224,6 +224,7 @@ class PieceDownload:
 
     async def run(self) -> str:
         started = time.monotonic()
+        self.task.on_wanted = self._notify
         try:
             try:
                 answer = await self.reporter.register(seeding=False)
@@ -254,6 +255,7 @@ class PieceDownload:
                 return self.task.digest.hex
             return await asyncio.to_thread(_file_digest, self.task)
         finally:
+            self.task.on_wanted = None
             os.close(self.fd)
             self.network.metrics.parents.dec(len(self.parents))
 
@@ -320,7 +322,9 @@ class PieceDownload:
     def _pick(self) -> tuple[int, Parent] | None:
         """The next piece and where to get it.
 
-        Other peers first: a piece a reader waits for, then the rarest piece they hold.
+        A piece a reader waits for comes first, from a peer or else a seed (as soon as the
+        reader starts waiting: the task tells the download). Then other peers: the rarest
+        piece they hold.
         Then a seed, which this peer asks for at most SEED_REQUESTS pieces at a time when
         other peers download the task too: a random piece from a window just ahead of the readers,
         so that peers take different pieces from the seed and trade them, while readers
@@ -333,8 +337,10 @@ class PieceDownload:
         parents = list(self.parents.values())
         peers = [p for p in parents if not p.is_seed]
         held = {i: [p for p in peers if p.bitmap.has(i)] for i in missing}
-        for index in sorted(i for i in self.task.wanted if held.get(i)):
-            return index, _least_busy(held[index])
+        for index in sorted(i for i in self.task.wanted if i in held):
+            givers = held[index] or [p for p in parents if p.is_seed and p.can_give(index)]
+            if givers:
+                return index, _least_busy(givers)
         from_peers = [i for i in missing if held[i]]
         if from_peers:
             random.shuffle(from_peers)

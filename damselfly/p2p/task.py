@@ -35,6 +35,7 @@ class Task:
         self.error: str | None = None
         self.on_piece: Callable[[int], None] | None = None
         self.wanted: Counter[int] = Counter()  # pieces that readers are waiting for right now
+        self.on_wanted: Callable[[], None] | None = None  # the downloader, told when a reader starts waiting
         self._last_held = False
         self._last_released = False
         self._changed = asyncio.Event()
@@ -106,6 +107,8 @@ class Task:
             changed = self._changed
             piece = offset // self.piece_length
             self.wanted[piece] += 1
+            if self.on_wanted is not None:
+                self.on_wanted()
             try:
                 if not await wait_until_set(changed, stall_timeout):
                     raise TaskFailed(f"no progress on {self.digest} for {stall_timeout:.0f}s")
