@@ -18,7 +18,7 @@ from typing import Callable
 import mfusepy as fuse
 
 from damselfly.nydus.cache import ChunkCache
-from damselfly.nydus.lazy import ChunkUnavailable, FetchStats, LazyBlob
+from damselfly.nydus.lazy import FETCH_DEADLINE, ChunkUnavailable, FetchStats, LazyBlob
 from damselfly.nydus.rafs import Bootstrap
 from damselfly.nydus.remote import RegistryClient
 
@@ -97,12 +97,15 @@ def serve(bootstrap_path: Path, fuse_dir: Path, cache_dir: Path, client: Registr
         while not stopping.wait(0.25):
             write_stats()
 
+    prefetchers: list[threading.Thread] = []
+
     def ready() -> None:
         threading.Thread(target=report, name="stats", daemon=True).start()
         if prefetch:
             for blob in blobs.values():
-                threading.Thread(target=blob.prefetch, args=(stopping,), name=f"prefetch-{blob.entry.blob_id[:8]}",
-                                 daemon=True).start()
+                prefetchers.append(threading.Thread(target=blob.prefetch, args=(stopping,), daemon=True,
+                                                    name=f"prefetch-{blob.entry.blob_id[:8]}"))
+                prefetchers[-1].start()
         on_ready()
 
     fuse_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,8 @@ def serve(bootstrap_path: Path, fuse_dir: Path, cache_dir: Path, client: Registr
                   fsname="damselfly-nydus")
     finally:
         stopping.set()
+        for thread in prefetchers:  # a store after close would write to a closed descriptor
+            thread.join(timeout=2 * FETCH_DEADLINE)
         write_stats()
         for blob in blobs.values():
             blob.close()

@@ -17,7 +17,7 @@ from typing import IO, BinaryIO
 
 from damselfly.nydus import codec
 from damselfly.nydus.layout import (
-    BLOCK_SIZE, DEVICE_TABLE_OFFSET, DIRENT, EXT_SUPER_OFFSET, INODE_SLOT, SUPER_OFFSET, BlobEntry, BlobFeatures,
+    BLOCK_BITS, BLOCK_SIZE, CHUNK_FORMAT_INDEXES, DEFAULT_CHUNK_SIZE, DEVICE_TABLE_OFFSET, DIRENT, EXT_SUPER_OFFSET, INODE_SLOT, SUPER_OFFSET, BlobEntry, BlobFeatures,
     BlobMetaHeader, ChunkAddress, ChunkInfoV2, ChunkRecord, Compressor, DeviceSlot, Digester, FileType, Inode, Layout,
     SuperBlock, SuperBlockExt, SuperFlags, TocEntry, pack_xattr,
 )
@@ -44,7 +44,7 @@ def tar_header(name: str, size: int) -> bytes:
 class ChunkSettings:
     compressor: Compressor = Compressor.ZSTD
     digester: Digester = Digester.BLAKE3
-    chunk_size: int = 1 << 20
+    chunk_size: int = DEFAULT_CHUNK_SIZE
 
 
 class BlobWriter:
@@ -252,8 +252,7 @@ def build_bootstrap(root: Node, blobs: list[BlobEntry], settings: ChunkSettings,
     for plan in ordered:
         node = plan.node
         if plan.layout is Layout.CHUNK_BASED:
-            chunk_bits = settings.chunk_size.bit_length() - 1
-            u = 0x20 | (chunk_bits - 12)
+            u = CHUNK_FORMAT_INDEXES | (settings.chunk_size.bit_length() - 1 - BLOCK_BITS)
         elif stat.S_ISCHR(node.mode) or stat.S_ISBLK(node.mode):
             u = node.rdev
         else:

@@ -1,5 +1,8 @@
 """The nydus chunk cache: per blob, a sparse file of its uncompressed space and a chunk bitmap.
 
+The names follow nydusd's cache, but bit i is the i-th chunk by uncompressed offset (not
+nydusd's numbering): do not share a directory with nydusd.
+
 ``<blob id>.blob.data`` has the layout EROFS reads (a chunk sits at its uncompressed offset),
 so a cached range is served with one pread. ``<blob id>.chunk_map`` holds one bit per chunk
 and is written after the chunk's bytes; both survive restarts. Because a crash can leave a
@@ -46,34 +49,28 @@ class ChunkCache:
         return sum(1 for i in range(len(self.chunks)) if self.has(i))
 
     def usable(self, index: int) -> bool:
-        """In the map and, once per process, found to match its digest; a stale bit is cleared."""
+        """In the map and, once per process, found to match its digest. A stale bit stays until
+        the chunk is fetched again: clearing it here could race with that fetch's store."""
         if not self.has(index):
             return False
         if index in self._checked:
             return True
         chunk = self.chunks[index]
         data = os.pread(self._data, chunk.uncompressed_size, chunk.uncompressed_offset)
-        if codec.chunk_digest(self.digester, data) == chunk.digest:
+        if codec.chunk_digest(self.digester, data) != chunk.digest:
+            return False
+        with self._lock:
             self._checked.add(index)
-            return True
-        self._set(index, False)
-        return False
+        return True
 
     def store(self, index: int, data: bytes) -> None:
         chunk = self.chunks[index]
         written = os.pwrite(self._data, data, chunk.uncompressed_offset)
         if written != len(data):
             raise OSError(f"short write to {self.data_path}")
-        self._checked.add(index)
-        self._set(index, True)
-
-    def _set(self, index: int, value: bool) -> None:
-        with self._lock:
-            if value:
-                self.bitmap[index >> 3] |= 1 << (index & 7)
-            else:
-                self.bitmap[index >> 3] &= ~(1 << (index & 7)) & 0xFF
-                self._checked.discard(index)
+        with self._lock:  # the bit goes to disk after the bytes it vouches for
+            self._checked.add(index)
+            self.bitmap[index >> 3] |= 1 << (index & 7)
             os.pwrite(self._map, bytes([self.bitmap[index >> 3]]), index >> 3)
 
     def read(self, offset: int, size: int) -> bytes:

@@ -2,27 +2,53 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable, NoReturn
 
 import click
 
 from damselfly.lib.units import parse_size
 from damselfly.nydus.builder import ChunkSettings
-from damselfly.nydus.convert import convert, extract_bootstrap, find_bootstrap_layer
+from damselfly.nydus.convert import convert, extract_bootstrap, fetch_bootstrap
 from damselfly.nydus.inspect import describe_blob, describe_bootstrap, is_bootstrap
-from damselfly.nydus.layout import Compressor, Digester, FormatError
+from damselfly.nydus.mount import MountError, mount, umount
+from damselfly.nydus.layout import Compressor, Digester, FormatError, valid_chunk_size
 from damselfly.nydus.rafs import Bootstrap, rebuild_uncompressed
 from damselfly.nydus.remote import ImageRef, RegistryClient, RegistryError
 from damselfly.nydus.tree import LayerError
 
 
-def _fail(message: str) -> None:
+# Errors whose message is already meant for the user.
+_EXPECTED = (RegistryError, FormatError, LayerError, MountError, OSError)
+log = logging.getLogger("damselfly.nydus")
+
+
+def _fail(message: str) -> NoReturn:
     click.echo(f"damselfly nydus: {message}", err=True)
     sys.exit(1)
+
+
+def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Any failure ends the command with exit 1 and one line on stderr, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, KeyboardInterrupt):
+            raise
+        except _EXPECTED as error:
+            _fail(str(error))
+        except Exception as error:  # noqa: BLE001 - the last line of defence for the user's terminal
+            log.debug("unexpected failure", exc_info=True)
+            _fail(f"{error.__class__.__name__}: {error}")
+
+    return run
 
 
 def _chunk_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
@@ -30,7 +56,7 @@ def _chunk_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int
         size = parse_size(value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
-    if size & (size - 1) or not 4096 <= size <= 16 << 20:
+    if not valid_chunk_size(size):
         raise click.BadParameter(f"{value}: want a power of two between 4KiB and 16MiB")
     return size
 
@@ -40,13 +66,6 @@ def _image(text: str) -> ImageRef:
         return ImageRef.parse(text)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
-
-
-def fetch_bootstrap(ref: ImageRef, client: RegistryClient) -> tuple[bytes, dict]:
-    """The bootstrap of a nydus image in a registry, and the image's manifest."""
-    manifest, _body, _media = client.manifest(ref.repository, ref.reference)
-    layer = find_bootstrap_layer(manifest)
-    return extract_bootstrap(client.blob_bytes(ref.repository, layer["digest"])), manifest
 
 
 @click.group()
@@ -66,6 +85,7 @@ def nydus() -> None:
 @click.option("--compressor", type=click.Choice(["zstd", "lz4_block", "none"]), default="zstd", show_default=True)
 @click.option("--digester", type=click.Choice(["blake3", "sha256"]), default="blake3", show_default=True)
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Scratch space for layers and blobs.")
+@one_line_errors
 def convert_command(source: str, target: str, plain_http: bool, chunk_size: int, compressor: str, digester: str,
                     work_dir: str | None) -> None:
     """Read SOURCE_REF (an OCI image) and push TARGET_REF, its nydus RAFS v6 form."""
@@ -83,8 +103,6 @@ def convert_command(source: str, target: str, plain_http: bool, chunk_size: int,
                 progress.update(task, description=stage, completed=done, total=total)
 
             result = convert(source_ref, target_ref, source_client, target_client, settings, work_dir, report)
-    except (RegistryError, FormatError, LayerError, OSError) as error:
-        _fail(str(error))
     finally:
         source_client.close()
         target_client.close()
@@ -99,27 +117,25 @@ def convert_command(source: str, target: str, plain_http: bool, chunk_size: int,
 @click.option("--plain-http", is_flag=True, help="Talk plain HTTP to the registry.")
 @click.option("--mirror", help="Fetch through this Damselfly mirror (URL).")
 @click.option("--chunks", "show_chunks", is_flag=True, help="List every file's chunks.")
+@one_line_errors
 def inspect_command(target: str, plain_http: bool, mirror: str | None, show_chunks: bool) -> None:
     """Print the layout (files, chunks, blobs) of a nydus image REF, a bootstrap FILE or a data blob FILE."""
-    try:
-        if os.path.exists(target):
-            data = Path(target).read_bytes()
-            if data[:2] == b"\x1f\x8b":
-                data = extract_bootstrap(data)
-            lines = describe_bootstrap(Bootstrap(data), show_chunks) if is_bootstrap(data) or data[:4] == b"SFAR" \
-                else describe_blob(data)
-        else:
-            ref = _image(target)
-            client = RegistryClient(ref.registry, plain_http, mirror)
-            try:
-                bootstrap, _manifest = fetch_bootstrap(ref, client)
-            finally:
-                client.close()
-            lines = describe_bootstrap(Bootstrap(bootstrap), show_chunks)
-        for line in lines:
-            click.echo(line)
-    except (RegistryError, FormatError, OSError) as error:
-        _fail(str(error))
+    if os.path.exists(target):
+        data = Path(target).read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = extract_bootstrap(data)
+        lines = describe_bootstrap(Bootstrap(data), show_chunks) if is_bootstrap(data) or data[:4] == b"SFAR" \
+            else describe_blob(data)
+    else:
+        ref = _image(target)
+        client = RegistryClient(ref.registry, plain_http, mirror)
+        try:
+            bootstrap = fetch_bootstrap(ref, client)
+        finally:
+            client.close()
+        lines = describe_bootstrap(Bootstrap(bootstrap), show_chunks)
+    for line in lines:
+        click.echo(line)
 
 
 @nydus.command("export")
@@ -128,19 +144,17 @@ def inspect_command(target: str, plain_http: bool, mirror: str | None, show_chun
               help="Directory holding the data blobs, named by blob id.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Where to write each blob's uncompressed data (<blob id>.img).")
+@one_line_errors
 def export_command(bootstrap: str, blob_dir: str, out_dir: str) -> None:
     """Rebuild each blob's uncompressed data: the devices EROFS and fsck.erofs read beside the bootstrap."""
-    try:
-        parsed = Bootstrap.load(bootstrap)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        devices = []
-        for blob in parsed.blobs:
-            device = Path(out_dir) / f"{blob.blob_id}.img"
-            with open(Path(blob_dir) / blob.blob_id, "rb") as source, open(device, "wb") as out:
-                rebuild_uncompressed(parsed, blob.blob_index, source, out)
-            devices.append(device)
-    except (FormatError, OSError) as error:
-        _fail(str(error))
+    parsed = Bootstrap.load(bootstrap)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    devices = []
+    for blob in parsed.blobs:
+        device = Path(out_dir) / f"{blob.blob_id}.img"
+        with open(Path(blob_dir) / blob.blob_id, "rb") as source, open(device, "wb") as out:
+            rebuild_uncompressed(parsed, blob.blob_index, source, out)
+        devices.append(device)
     for device in devices:
         click.echo(str(device))
     click.echo("check: fsck.erofs " + " ".join(f"--device={d}" for d in devices) + f" --extract=DIR {bootstrap}",
@@ -156,29 +170,21 @@ def export_command(bootstrap: str, blob_dir: str, out_dir: str) -> None:
               show_default="/var/cache/damselfly/nydus", help="The nydus chunk cache and per-mount state.")
 @click.option("--plain-http", is_flag=True, help="Talk plain HTTP to the registry (when no mirror is given).")
 @click.option("--prefetch", is_flag=True, help="Fetch the rest of every blob in the background.")
+@one_line_errors
 def mount_command(ref: str, mountpoint: Path, mirror: str | None, cache_dir: Path, plain_http: bool,
                   prefetch: bool) -> None:
     """Mount nydus image REF at MOUNTPOINT; file data is fetched when first read."""
-    from damselfly.nydus.mount import MountError, mount
-
-    try:
-        state = mount(_image(ref), mountpoint, cache_dir, mirror, plain_http, prefetch)
-    except (MountError, RegistryError, FormatError, OSError) as error:
-        _fail(str(error))
+    state = mount(_image(ref), mountpoint, cache_dir, mirror, plain_http, prefetch)
     click.echo(f"mounted {state.image} at {state.mountpoint} (FUSE server pid {state.pid}, log {state.log_file})")
 
 
 @nydus.command("umount")
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the fetch statistics as JSON.")
+@one_line_errors
 def umount_command(mountpoint: Path, as_json: bool) -> None:
     """Unmount a lazy mount and stop its FUSE server; prints how much was fetched."""
-    from damselfly.nydus.mount import MountError, umount
-
-    try:
-        stats = umount(mountpoint)
-    except MountError as error:
-        _fail(str(error))
+    stats = umount(mountpoint)
     if as_json:
         click.echo(json.dumps(stats))
     elif stats:

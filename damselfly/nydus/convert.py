@@ -23,9 +23,9 @@ from typing import IO, Callable, Iterator
 import zstandard
 
 from damselfly.nydus.builder import BlobWriter, ChunkSettings, build_bootstrap
-from damselfly.nydus.layout import BlobEntry, ChunkRecord
+from damselfly.nydus.layout import BlobEntry, ChunkRecord, FormatError
 from damselfly.nydus.remote import ImageRef, RegistryClient, RegistryError
-from damselfly.nydus.tree import LayerApplier, new_root
+from damselfly.nydus.tree import LayerApplier, LayerError, new_root
 
 log = logging.getLogger("damselfly.nydus")
 
@@ -114,6 +114,13 @@ def nydus_config(source_config: bytes, blobs: list[BlobEntry], bootstrap_diff_id
     return json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
 
 
+def fetch_bootstrap(ref: ImageRef, client: RegistryClient) -> bytes:
+    """The bootstrap of a nydus image in a registry."""
+    manifest, _body, _media = client.manifest(ref.repository, ref.reference)
+    layer = find_bootstrap_layer(manifest)
+    return extract_bootstrap(client.blob_bytes(ref.repository, layer["digest"]))
+
+
 def find_bootstrap_layer(manifest: dict) -> dict:
     layers = manifest.get("layers", [])
     if not layers or layers[-1].get("annotations", {}).get(BOOTSTRAP_ANNOTATION) != "true":
@@ -127,6 +134,8 @@ def convert(source: ImageRef, target: ImageRef, source_client: RegistryClient, t
     """Pull ``source`` layer by layer, build blobs and the bootstrap, push ``target``."""
     started = time.monotonic()
     manifest, _body, _media = source_client.manifest(source.repository, source.reference)
+    if "config" not in manifest or "layers" not in manifest:
+        raise RegistryError(f"{source} is not an image manifest (no config or layers)")
     config = source_client.blob_bytes(source.repository, manifest["config"]["digest"])
     root, known = new_root(), {}
     blobs: list[BlobEntry] = []
@@ -150,8 +159,14 @@ def convert(source: ImageRef, target: ImageRef, source_client: RegistryClient, t
                     files += 1
                     writer.add_file(node, data)
 
-                with open_layer(layer_path, layer.get("mediaType", "")) as tar:
-                    LayerApplier(root, store).apply(tar)
+                try:
+                    with open_layer(layer_path, layer.get("mediaType", "")) as tar:
+                        LayerApplier(root, store).apply(tar)
+                except (tarfile.TarError, EOFError, zstandard.ZstdError, ValueError) as error:
+                    if isinstance(error, (LayerError, FormatError)):
+                        raise
+                    raise LayerError(f"layer {number} ({layer['digest'][:19]}) is not a readable tar: "
+                                     f"{error}") from None
                 entry = writer.finish() if writer.records else None
             layer_path.unlink()
             if entry is None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import stat
 from typing import Iterator
 
-from damselfly.nydus.layout import EROFS_MAGIC, SUPER_OFFSET, BlobMetaHeader, ChunkInfoV2, Compressor
+from damselfly.nydus.layout import (
+    EROFS_MAGIC, SUPER_OFFSET, TOC_COMPRESSORS, BlobFeatures, BlobMetaHeader, ChunkInfoV2, Compressor,
+)
 from damselfly.nydus.rafs import Bootstrap, read_toc
 from damselfly.nydus import codec
 
@@ -53,7 +55,7 @@ def describe_blob(data: bytes) -> Iterator[str]:
     if header_entry:
         header = BlobMetaHeader.unpack(data, header_entry.compressed_offset)
         yield f"  chunk-info: {header.ci_entries} entries, features {header.features:#x}"
-        if header.features & 0x4 and header.ci_compressor is Compressor.NONE:
+        if header.features & BlobFeatures.CHUNK_INFO_V2 and header.ci_compressor is Compressor.NONE:
             for index in range(header.ci_entries):
                 info = ChunkInfoV2.unpack(data, header.ci_offset + index * ChunkInfoV2.SIZE)
                 yield (f"    chunk {index}: compressed {info.compressed_offset}+{info.compressed_size}, "
@@ -61,8 +63,7 @@ def describe_blob(data: bytes) -> Iterator[str]:
     boot = by_name.get("image.boot")
     if boot:
         raw = data[boot.compressed_offset:boot.compressed_offset + boot.compressed_size]
-        compressor = {1: Compressor.NONE, 2: Compressor.ZSTD, 4: Compressor.LZ4_BLOCK}.get(boot.flags & 0x7,
-                                                                                         Compressor.NONE)
+        compressor = TOC_COMPRESSORS.get(boot.flags & 0x7, Compressor.NONE)
         yield "inlined bootstrap:"
         for line in describe_bootstrap(Bootstrap(codec.decompress(compressor, raw, boot.uncompressed_size))):
             yield "  " + line

@@ -6,6 +6,7 @@ on these. Sizes and field orders follow the published format (see docs/REFERENCE
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -29,6 +30,11 @@ CHUNK_FORMAT_BLKBITS_MASK = 0x1F
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 16 << 20
 DEFAULT_CHUNK_SIZE = 1 << 20
+
+
+def valid_chunk_size(size: int) -> bool:
+    """A power of two from 4 KiB to 16 MiB, as nydus allows."""
+    return size & (size - 1) == 0 and MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE
 
 
 class Layout(IntEnum):
@@ -97,10 +103,6 @@ class Compressor(IntEnum):
         return {0: SuperFlags.COMPRESSION_NONE, 1: SuperFlags.COMPRESSION_LZ4, 2: SuperFlags.COMPRESSION_GZIP,
                 3: SuperFlags.COMPRESSION_ZSTD}[self.value]
 
-    @property
-    def toc_flag(self) -> int:
-        return {0: 1, 1: 4, 2: 8, 3: 2}[self.value]
-
     @classmethod
     def from_label(cls, label: str) -> "Compressor":
         for member in cls:
@@ -122,6 +124,17 @@ class Digester(IntEnum):
 
 class FormatError(ValueError):
     """A bootstrap or blob that is not what its headers claim; the message says what."""
+
+
+_BLOB_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def checked_blob_id(raw: bytes, where: str) -> str:
+    """A blob id names files and loop devices: anything but 64 hex digits is refused."""
+    text = raw.rstrip(b"\0").decode("ascii", "replace")
+    if not _BLOB_ID.match(text):
+        raise FormatError(f"{where}: blob id {text[:80]!r} is not 64 hex digits")
+    return text
 
 
 def _unpack(fmt: struct.Struct, data: bytes | memoryview, offset: int, what: str) -> tuple:
@@ -229,7 +242,7 @@ class DeviceSlot:
     @classmethod
     def unpack(cls, data: bytes | memoryview, offset: int) -> "DeviceSlot":
         tag, blocks, mapped, _reserved = _unpack(cls._FMT, data, offset, "device slot")
-        return cls(tag.rstrip(b"\0").decode("ascii", "replace"), blocks, mapped)
+        return cls(checked_blob_id(tag, f"device slot at {offset}"), blocks, mapped)
 
 
 @dataclass
@@ -270,7 +283,8 @@ class BlobEntry:
         if cipher:
             raise FormatError(f"blob {blob_id[:12]!r} is encrypted; encrypted blobs are not supported")
         try:
-            return cls(blob_id.rstrip(b"\0").decode("ascii"), index, chunk_size, count, Compressor(compressor),
+            return cls(checked_blob_id(blob_id, f"blob table entry at {offset}"), index, chunk_size, count,
+                       Compressor(compressor),
                        Digester(digester), features, csize, usize, toc_size, Compressor(ci_comp), ci_off, ci_csize,
                        ci_usize, toc_digest)
         except (ValueError, UnicodeDecodeError) as error:
@@ -387,6 +401,10 @@ class Inode:
 DIRENT = struct.Struct("<QHBB")
 
 
+# ToC entry flags name a part's compression.
+TOC_COMPRESSORS = {1: Compressor.NONE, 2: Compressor.ZSTD, 4: Compressor.LZ4_BLOCK}
+
+
 @dataclass
 class TocEntry:
     """One entry of a data blob's table of contents (128 bytes), read from the blob's tail."""
@@ -468,7 +486,7 @@ class ChunkInfoV2:
                    bool((uncomp >> 56) & cls.FLAG_COMPRESSED), extra)
 
 
-# EROFS xattr name prefixes by index; the longest prefix is tried first.
+# EROFS xattr name prefixes by index (none is a prefix of another).
 XATTR_PREFIXES: tuple[tuple[int, str], ...] = (
     (2, "system.posix_acl_access"), (3, "system.posix_acl_default"), (1, "user."), (4, "trusted."), (6, "security."))
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
+import httpx
+
 from damselfly.nydus import codec
 from damselfly.nydus.cache import ChunkCache
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, FormatError
@@ -22,6 +25,7 @@ from damselfly.nydus.remote import RegistryClient, RegistryError
 log = logging.getLogger("damselfly.nydus.lazy")
 
 DEFAULT_BATCH_BYTES = 1 << 20
+FETCH_DEADLINE = 60.0  # seconds for one range, however slowly its bytes trickle in
 _ATTEMPTS = 2
 
 
@@ -126,9 +130,9 @@ class LazyBlob:
                 for index in mine:
                     self._inflight.pop(index).set()
         for event in waits:
-            event.wait(timeout=300)
+            event.wait(timeout=2 * FETCH_DEADLINE * _ATTEMPTS)
         for index in missing:
-            if not self.cache.has(index):
+            if not self.cache.usable(index):
                 raise ChunkUnavailable(f"chunk {index} of blob {self.entry.blob_id[:12]} is not available")
 
     def _runs(self, indexes: list[int]) -> list[list[int]]:
@@ -152,8 +156,14 @@ class LazyBlob:
         error: Exception | None = None
         for attempt in range(_ATTEMPTS):
             try:
+                deadline = time.monotonic() + FETCH_DEADLINE
+                parts = []
                 with self.client.open_blob(self.repository, self.digest, (start, end)) as response:
-                    body = response.read()
+                    for part in response.iter_bytes():
+                        parts.append(part)
+                        if time.monotonic() > deadline:  # a trickle would hold a FUSE thread forever
+                            raise ChunkUnavailable(f"range {start}-{end} took over {FETCH_DEADLINE:.0f}s")
+                body = b"".join(parts)
                 self.stats.add(requests=1, fetched_bytes=len(body))
                 if len(body) != end - start + 1:
                     raise ChunkUnavailable(f"range {start}-{end} came back with {len(body)} bytes")
@@ -168,7 +178,7 @@ class LazyBlob:
                 self.stats.add(fetched_chunks=len(run), **({"demand_chunks": len(run)} if demand
                                                            else {"prefetched_chunks": len(run)}))
                 return
-            except (RegistryError, ChunkUnavailable, FormatError, OSError) as failure:
+            except (RegistryError, ChunkUnavailable, FormatError, OSError, httpx.HTTPError) as failure:
                 error = failure
                 log.warning("blob %s bytes %d-%d, attempt %d: %s", self.entry.blob_id[:12], start, end,
                             attempt + 1, failure)

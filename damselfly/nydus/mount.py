@@ -8,6 +8,7 @@ so ``umount`` (any process, later) can take it down in the reverse order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from damselfly.nydus.convert import extract_bootstrap, find_bootstrap_layer
+from damselfly.nydus.convert import fetch_bootstrap
 from damselfly.nydus.rafs import Bootstrap
 from damselfly.nydus.remote import ImageRef, RegistryClient
 
@@ -74,7 +75,10 @@ class MountState:
 
 
 def _run(*command: str) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise MountError(f"{' '.join(command)}: {error}") from None
     if result.returncode != 0:
         raise MountError(f"{' '.join(command)}: {result.stderr.strip() or f'exit {result.returncode}'}")
     return result.stdout.strip()
@@ -98,18 +102,19 @@ def _wait_ready(process: subprocess.Popen, log_file: Path) -> None:
 
 def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, plain_http: bool,
           prefetch: bool) -> MountState:
-    mountpoint = mountpoint.resolve()
+    mountpoint, cache_dir = mountpoint.resolve(), cache_dir.resolve()
     if not mountpoint.is_dir():
         raise MountError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point")
+    if state_path(mountpoint).exists():  # left by a mount whose EROFS was unmounted by hand
+        _teardown(MountState.load(mountpoint), mounted=False)
+        state_path(mountpoint).unlink(missing_ok=True)
     work = cache_dir / "mounts" / state_path(mountpoint).stem
     work.mkdir(parents=True, exist_ok=True)
     client = RegistryClient(ref.registry, plain_http, mirror)
     try:
-        manifest, _body, _media = client.manifest(ref.repository, ref.reference)
-        layer = find_bootstrap_layer(manifest)
-        bootstrap_bytes = extract_bootstrap(client.blob_bytes(ref.repository, layer["digest"]))
+        bootstrap_bytes = fetch_bootstrap(ref, client)
     finally:
         client.close()
     bootstrap = Bootstrap(bootstrap_bytes)
@@ -130,17 +135,19 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
     state = MountState(str(mountpoint), str(ref), process.pid, str(fuse_dir), str(bootstrap_path),
                        str(work / "stats.json"), str(log_file))
     try:
+        state.save()  # from here on, umount can find whatever this leaves behind
         _wait_ready(process, log_file)
         assert process.stdout is not None
         process.stdout.close()
         for blob in bootstrap.blobs:
             state.loops.append(_run("losetup", "--find", "--show", "--read-only", str(fuse_dir / blob.blob_id)))
+            state.save()
         options = ",".join(["ro"] + [f"device={loop}" for loop in state.loops])
         _run("mount", "-t", "erofs", "-o", options, str(bootstrap_path), str(mountpoint))
     except BaseException:
         _teardown(state, mounted=False)
+        state_path(mountpoint).unlink(missing_ok=True)
         raise
-    state.save()
     log.info("mounted %s at %s (%d blobs, FUSE server pid %d)", ref, mountpoint, len(bootstrap.blobs), process.pid)
     return state
 
@@ -154,18 +161,44 @@ def _teardown(state: MountState, mounted: bool) -> list[str]:
         except MountError as error:
             return [str(error)]  # busy: leave everything else in place so the mount keeps working
     for loop in state.loops:
+        if not _backed_by(loop, Path(state.fuse_dir)):
+            continue  # already detached, and maybe reused by someone else since
         try:
             _run("losetup", "-d", loop)
         except MountError as error:
             problems.append(str(error))
-    subprocess.run(["fusermount3", "-u", state.fuse_dir], capture_output=True, timeout=30)
+    if os.path.ismount(state.fuse_dir):
+        try:
+            _run("fusermount3", "-u", state.fuse_dir)
+        except MountError as error:
+            problems.append(str(error))
     deadline = time.monotonic() + STOP_TIMEOUT
-    while _alive(state.pid) and time.monotonic() < deadline:
+    while _our_server(state) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(state.pid):
-        os.kill(state.pid, signal.SIGKILL)
+    if _our_server(state):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.pid, signal.SIGKILL)
         problems.append(f"FUSE server {state.pid} did not stop; killed")
     return problems
+
+
+def _backed_by(loop: str, fuse_dir: Path) -> bool:
+    """Whether a loop device still reads one of this mount's blob files."""
+    backing = Path("/sys/block") / Path(loop).name / "loop" / "backing_file"
+    try:
+        return Path(backing.read_text().strip()).parent == fuse_dir
+    except OSError:
+        return False
+
+
+def _our_server(state: MountState) -> bool:
+    """The FUSE server is alive, and the pid is still that server (not a reused pid)."""
+    if not _alive(state.pid):
+        return False
+    try:
+        return state.fuse_dir.encode() in Path(f"/proc/{state.pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

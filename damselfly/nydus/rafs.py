@@ -10,8 +10,8 @@ from typing import BinaryIO, Iterator
 
 from damselfly.nydus import codec
 from damselfly.nydus.layout import (
-    BLOCK_SIZE, DIRENT, INODE_SLOT, BlobEntry, ChunkAddress, ChunkRecord, Compressor, DeviceSlot, FormatError, Inode, Layout,
-    SuperBlock, SuperBlockExt, TocEntry, xattr_prefix,
+    BLOCK_BITS, BLOCK_SIZE, CHUNK_FORMAT_BLKBITS_MASK, CHUNK_FORMAT_INDEXES, DIRENT, INODE_SLOT, BlobEntry, ChunkAddress, ChunkRecord, Compressor, DeviceSlot, FormatError, Inode, Layout,
+    SuperBlock, SuperBlockExt, TocEntry, valid_chunk_size, xattr_prefix,
 )
 
 _XATTR_ENTRY = struct.Struct("<BBH")
@@ -48,7 +48,7 @@ class Bootstrap:
         self.superblock = SuperBlock.unpack(data)
         self.ext = SuperBlockExt.unpack(data)
         self.chunk_size = self.ext.chunk_size
-        if self.chunk_size & (self.chunk_size - 1) or not 4096 <= self.chunk_size <= 16 << 20:
+        if not valid_chunk_size(self.chunk_size):
             raise FormatError(f"invalid chunk size {self.chunk_size}")
         slot_base = self.superblock.devt_slotoff * DeviceSlot.SIZE
         self.devices = [DeviceSlot.unpack(data, slot_base + i * DeviceSlot.SIZE)
@@ -121,7 +121,9 @@ class Bootstrap:
     def chunk_addresses(self, nid: int, inode: Inode) -> list[ChunkAddress | None]:
         if inode.layout is not Layout.CHUNK_BASED or inode.size == 0:
             return []
-        chunk_bits = (inode.u & 0x1F) + 12
+        if not inode.u & CHUNK_FORMAT_INDEXES:
+            raise FormatError(f"nid {nid}: chunk-based inode without 8-byte chunk indexes (not RAFS v6)")
+        chunk_bits = (inode.u & CHUNK_FORMAT_BLKBITS_MASK) + BLOCK_BITS
         count = (inode.size + (1 << chunk_bits) - 1) >> chunk_bits
         base = self.inode_offset(nid) + inode.header_size + inode.xattr_size
         base += -base % ChunkAddress.SIZE
@@ -214,7 +216,6 @@ def rebuild_uncompressed(bootstrap: Bootstrap, blob_index: int, blob: BinaryIO, 
         out.seek(size - 1)
         out.write(b"\0")
     return size
-
 
 
 def read_toc(blob_tail: bytes) -> list[TocEntry]:

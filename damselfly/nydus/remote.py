@@ -47,13 +47,16 @@ class ImageRef:
     @classmethod
     def parse(cls, text: str) -> "ImageRef":
         name, reference = text, "latest"
-        if "@" in name:
-            name, reference = name.split("@", 1)
-            Digest.parse(reference)
-        else:
-            match = re.match(r"^(.*?)(?::([\w][\w.-]{0,127}))?$", name)
-            if match and match.group(2) and "/" not in match.group(2):
-                name, reference = match.group(1), match.group(2)
+        try:
+            if "@" in name:
+                name, reference = name.split("@", 1)
+                Digest.parse(reference)
+            else:
+                match = re.match(r"^(.*?)(?::([\w][\w.-]{0,127}))?$", name)
+                if match and match.group(2):
+                    name, reference = match.group(1), match.group(2)
+        except OCIError as error:
+            raise ValueError(f"invalid image reference {text!r}: {error.message}") from None
         first, _, rest = name.partition("/")
         if rest and ("." in first or ":" in first or first == "localhost"):
             registry, repository = first, rest
@@ -126,8 +129,16 @@ class RegistryClient:
     @staticmethod
     def _check(response: httpx.Response, what: str, ok: tuple[int, ...] = (200,)) -> httpx.Response:
         if response.status_code not in ok:
-            detail = response.read()[:200].decode("utf-8", "replace").strip()
-            raise RegistryError(f"{what}: HTTP {response.status_code} {detail}")
+            detail = b""
+            try:
+                for part in response.iter_bytes(200):  # an error body, not a blob: read its start only
+                    detail = part
+                    break
+            except httpx.HTTPError:
+                pass
+            response.close()
+            raise RegistryError(f"{what}: HTTP {response.status_code} "
+                                f"{detail[:200].decode('utf-8', 'replace').strip()}")
         return response
 
     # --- pulling -----------------------------------------------------------------------------------------------
@@ -140,7 +151,10 @@ class RegistryClient:
                                f"manifest {repository}:{reference}")
         media_type = response.headers.get("Content-Type", "").split(";")[0]
         body = response.content
-        document = json.loads(body)
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise RegistryError(f"manifest {repository}:{reference} is not JSON") from None
         media_type = document.get("mediaType", media_type)
         if media_type in INDEX_TYPES or "manifests" in document:
             arch = _ARCHITECTURES.get(platform.machine(), platform.machine())
@@ -181,9 +195,15 @@ class RegistryClient:
         return path
 
     def blob_bytes(self, repository: str, digest: str) -> bytes:
-        with self.open_blob(repository, digest) as response:
-            data = response.read()
-        if hashlib.sha256(data).hexdigest() != Digest.parse(digest).hex:
+        expected = Digest.parse(digest)
+        try:
+            with self.open_blob(repository, digest) as response:
+                data = response.read()
+        except httpx.HTTPError as error:
+            raise RegistryError(f"reading blob {digest[:19]} of {repository}: {error}") from None
+        hasher = expected.hasher()
+        hasher.update(data)
+        if hasher.hexdigest() != expected.hex:
             raise RegistryError(f"blob {digest[:19]} of {repository} does not match its digest")
         return data
 
