@@ -15,6 +15,7 @@ from typing import IO, Callable
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+MAX_SYMLINK_HOPS = 40  # as the kernel allows
 
 
 class LayerError(ValueError):
@@ -70,6 +71,18 @@ def split_path(name: str) -> list[str]:
     return parts
 
 
+def _clamped(components: list[str]) -> list[str]:
+    """A symlink target's components resolved inside the root: '..' stops at the root."""
+    parts: list[str] = []
+    for part in components:
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return parts
+
+
 def _mtime(member: tarfile.TarInfo) -> tuple[int, int]:
     exact = member.pax_headers.get("mtime")
     if exact:
@@ -119,25 +132,48 @@ class LayerApplier:
         for member in tar:
             self.apply_member(tar, member)
 
-    def lookup(self, parts: list[str]) -> Node | None:
-        node = self.root
-        for part in parts:
-            if not node.is_dir or part not in node.children:
-                return None
-            node = node.children[part]
-        return node
+    def _directory(self, parts: list[str]) -> tuple[Node, tuple[str, ...]]:
+        found = self._walk(parts, create=True)
+        assert found is not None
+        return found
 
-    def _directory(self, parts: list[str]) -> Node:
-        """The directory at ``parts``, made (0755, root-owned) where a layer left it implicit."""
-        node = self.root
-        for depth, part in enumerate(parts):
+    def _walk(self, parts: list[str], create: bool) -> tuple[Node, tuple[str, ...]] | None:
+        """The directory at ``parts`` and its real path. Symlinks on the way are followed inside
+        the root, as a runtime unpacking the layer would; with ``create``, directories a layer
+        left implicit are made (0755, root-owned), otherwise a missing one gives None."""
+        node, path = self.root, ()
+        pending = list(parts)
+        hops = 0
+        while pending:
+            part = pending.pop(0)
             child = node.children.get(part)
-            if child is None or not child.is_dir:
+            if child is not None and stat.S_ISLNK(child.mode):
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise LayerError(f"too many symlinks under /{'/'.join(parts)}")
+                target = child.target.decode("utf-8", "surrogateescape")
+                base = [] if target.startswith("/") else list(path)
+                pending = _clamped(base + target.split("/")) + pending
+                node, path = self.root, ()
+                continue
+            if child is None:
+                if not create:
+                    return None
                 child = new_root()
                 node.children[part] = child
-                self.added.add(tuple(parts[:depth + 1]))
-            node = child
-        return node
+                self.added.add(path + (part,))
+            elif not child.is_dir:
+                if not create:
+                    return None
+                raise LayerError(f"/{'/'.join(path + (part,))} is not a directory, yet the layer puts files in it")
+            node, path = child, path + (part,)
+        return node, path
+
+    def _file(self, name: str) -> Node | None:
+        """The node a hard link names, or None."""
+        *parent_parts, base = split_path(name) or [""]
+        found = self._walk(parent_parts, create=False)
+        return found[0].children.get(base) if found else None
 
     def _prune(self, directory: Node, parts: tuple[str, ...]) -> None:
         """Drop what lower layers left under an opaque directory."""
@@ -158,18 +194,18 @@ class LayerApplier:
             return
         *parent_parts, base = parts
         if base == OPAQUE_MARKER:
-            self._prune(self._directory(parent_parts), tuple(parent_parts))
+            self._prune(*self._directory(parent_parts))
             return
         if base.startswith(WHITEOUT_PREFIX):
-            parent = self.lookup(parent_parts)
+            found = self._walk(parent_parts, create=False)
             hidden = base[len(WHITEOUT_PREFIX):]
-            if parent is not None and parent.is_dir and tuple(parent_parts + [hidden]) not in self.added:
-                parent.children.pop(hidden, None)
+            if found is not None and found[1] + (hidden,) not in self.added:
+                found[0].children.pop(hidden, None)
             return
-        parent = self._directory(parent_parts)
-        key = tuple(parts)
+        parent, parent_path = self._directory(parent_parts)
+        key = parent_path + (base,)
         if member.islnk():
-            target = self.lookup(split_path(member.linkname))
+            target = self._file(member.linkname)
             if target is None or target.is_dir:
                 raise LayerError(f"hard link {member.name!r} points at {member.linkname!r}, which is not a file")
             parent.children[base] = target

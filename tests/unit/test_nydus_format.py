@@ -165,11 +165,24 @@ def test_hard_links_share_a_node_and_redeclared_directories_keep_children() -> N
     assert decode_dev(encode_dev(259, 70000)) == (259, 70000)
 
 
+def test_files_under_a_symlinked_directory_land_where_it_points() -> None:
+    root = new_root()
+    _apply(root, ("usr/lib/libc.so", "f", "c"), ("lib", "l", "usr/lib"), ("bin", "l", "/usr/../usr/bin"))
+    _apply(root, ("lib/extra.so", "f", "x"), ("bin/tool", "f", "t"), ("lib/.wh.libc.so", "f", ""))
+    assert root.children["lib"].target == b"usr/lib"  # still a symlink
+    assert sorted(root.children["usr"].children["lib"].children) == ["extra.so"]
+    assert sorted(root.children["usr"].children["bin"].children) == ["tool"]
+
+
 def test_bad_layers_are_refused() -> None:
     with pytest.raises(LayerError, match="escapes"):
         _apply(new_root(), ("../../etc/passwd", "f", "x"))
     with pytest.raises(LayerError, match="hard link"):
         _apply(new_root(), ("a", "h", "missing"))
+    with pytest.raises(LayerError, match="not a directory"):
+        _apply(new_root(), ("a", "f", "file"), ("a/b", "f", "under a file"))
+    with pytest.raises(LayerError, match="too many symlinks"):
+        _apply(new_root(), ("loop", "l", "loop"), ("loop/x", "f", "x"))
 
 
 # --- the builder --------------------------------------------------------------------------------------------
