@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -14,6 +16,7 @@ import pytest
 from damselfly.nydus.remote import RegistryClient
 from benchmarks.cluster.images import CACHE as BENCH_CACHE, python_image
 from tests.support.images import busybox_layer, image_from_layers, push_image
+from tests.support.processes import stop_process
 from tests.support.trees import diff, snapshot, tar_layer
 
 MiB = 1024 * 1024
@@ -196,3 +199,24 @@ def test_python3_starts_from_a_lazy_mount_of_a_debian_image(tmp_path: Path, regi
 
     mountpoint = lazy_mount(target, "--mirror", node.url, "--cache-dir", str(tmp_path / "cache"), name="full")
     assert_oci_rootfs(ctr, source, mountpoint, tmp_path)
+
+
+def test_a_dead_daemon_gives_read_errors_not_a_hang_and_umount_still_cleans_up(
+        tmp_path: Path, registry, registry_client, damselfly, lazy_mount) -> None:
+    image = _image_with_data(tmp_path)
+    image.name = "nydus/dead"
+    push_image(registry_client, image)
+    target = f"{registry.host}/nydus/dead:nydus"
+    cli("nydus", "convert", "--plain-http", image.reference(registry.host), target)
+    node = damselfly()
+    mountpoint = lazy_mount(target, "--mirror", node.url, "--cache-dir", str(tmp_path / "cache"))
+    assert (mountpoint / "etc/greeting").read_text() == "hello from a lazy mount\n"
+    stop_process(node.process, kill=True)
+    started = time.monotonic()
+    with pytest.raises(OSError) as failure:
+        (mountpoint / "data/part-1").read_bytes()
+    assert failure.value.errno == errno.EIO
+    assert time.monotonic() - started < 30, "a dead source must fail the read, not hold it"
+    assert (mountpoint / "etc/greeting").read_text() == "hello from a lazy mount\n"  # cached chunks still serve
+    stats = umount(mountpoint)
+    assert stats["failures"] >= 1
