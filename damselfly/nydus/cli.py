@@ -192,26 +192,3 @@ def umount_command(mountpoint: Path, as_json: bool) -> None:
         click.echo(f"unmounted {mountpoint}: fetched {stats['fetched_bytes']} of {stats['image_bytes']} blob bytes "
                    f"({share:.1%}) in {stats['requests']} requests; {stats['cached_chunks']}/{stats['chunks']} "
                    "chunks cached")
-
-
-@nydus.command("serve", hidden=True)
-@click.option("--bootstrap", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--fuse-dir", required=True, type=click.Path(path_type=Path))
-@click.option("--cache-dir", required=True, type=click.Path(path_type=Path))
-@click.option("--registry", required=True)
-@click.option("--repository", required=True)
-@click.option("--stats-file", required=True, type=click.Path(path_type=Path))
-@click.option("--mirror")
-@click.option("--plain-http", is_flag=True)
-@click.option("--prefetch", is_flag=True)
-def serve_command(bootstrap: Path, fuse_dir: Path, cache_dir: Path, registry: str, repository: str,
-                  stats_file: Path, mirror: str | None, plain_http: bool, prefetch: bool) -> None:
-    """The FUSE server behind `nydus mount` (started by it; prints 'ready' when FUSE is up)."""
-    from damselfly.nydus.blobfs import serve
-
-    def ready() -> None:
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
-
-    serve(bootstrap, fuse_dir, cache_dir, RegistryClient(registry, plain_http, mirror), repository, stats_file,
-          prefetch, ready)

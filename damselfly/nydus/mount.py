@@ -16,10 +16,10 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from damselfly.nydus.convert import fetch_bootstrap
 from damselfly.nydus.rafs import Bootstrap
@@ -49,6 +49,7 @@ class MountState:
     mountpoint: str
     image: str
     pid: int
+    started: str  # the server's start time in /proc, so a reused pid is never taken for it
     fuse_dir: str
     bootstrap: str
     stats_file: str
@@ -84,20 +85,45 @@ def _run(*command: str) -> str:
     return result.stdout.strip()
 
 
-def _wait_ready(process: subprocess.Popen, log_file: Path) -> None:
-    """The server prints 'ready' once FUSE is up; anything else within the deadline is a failure."""
-    assert process.stdout is not None
+def _wait_ready(pid: int, ready: int, log_file: Path) -> None:
+    """The server writes 'ready' once FUSE is up; anything else within the deadline is a failure."""
     deadline = time.monotonic() + READY_TIMEOUT
     while (left := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([process.stdout], [], [], left)
+        readable, _, _ = select.select([ready], [], [], min(left, 0.5))
         if readable:
-            line = process.stdout.readline()
-            if line.strip() == b"ready":
+            if os.read(ready, 16).startswith(b"ready"):
                 return
-            if not line:
-                break
+            break  # the server exited before it was ready
+        if not _alive(pid):
+            break
     tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
     raise MountError(f"the FUSE server did not come up within {READY_TIMEOUT:.0f}s: {tail.strip()}")
+
+
+def _start_server(log_file: Path, run: Callable[[Callable[[], None]], None]) -> tuple[int, int]:
+    """Fork the FUSE server off this process (its modules are loaded already: no second
+    interpreter start), in a session of its own with its output in ``log_file``.
+    Returns its pid and the pipe on which it says 'ready'."""
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(ready_write)
+        return pid, ready_read
+    status = 1
+    try:
+        os.close(ready_read)
+        os.setsid()
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        run(lambda: os.write(ready_write, b"ready\n"))
+        status = 0
+    except BaseException:  # noqa: BLE001 - the child reports to its log and never returns into the caller
+        logging.getLogger("damselfly.nydus.blobfs").exception("the FUSE server failed")
+    finally:
+        os._exit(status)
 
 
 def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, plain_http: bool,
@@ -123,22 +149,22 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
     fuse_dir = work / "blobs"
     fuse_dir.mkdir(exist_ok=True)
     log_file = work / "server.log"
-    command = [sys.executable, "-m", "damselfly", "nydus", "serve", "--bootstrap", str(bootstrap_path),
-               "--fuse-dir", str(fuse_dir), "--cache-dir", str(cache_dir / "blobs"), "--registry", ref.registry,
-               "--repository", ref.repository, "--stats-file", str(work / "stats.json")]
-    command += ["--mirror", mirror] if mirror else []
-    command += ["--plain-http"] if plain_http else []
-    command += ["--prefetch"] if prefetch else []
-    with open(log_file, "ab") as log_output:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_output, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    state = MountState(str(mountpoint), str(ref), process.pid, str(fuse_dir), str(bootstrap_path),
-                       str(work / "stats.json"), str(log_file))
+    stats_file = work / "stats.json"
+    from damselfly.nydus.blobfs import serve  # loads libfuse: only where a mount is made, before the fork
+
+    def run_server(ready: Callable[[], None]) -> None:
+        serve(bootstrap_path, fuse_dir, cache_dir / "blobs", RegistryClient(ref.registry, plain_http, mirror),
+              ref.repository, stats_file, prefetch, ready)
+
+    pid, ready = _start_server(log_file, run_server)
+    state = MountState(str(mountpoint), str(ref), pid, _start_time(pid), str(fuse_dir), str(bootstrap_path),
+                       str(stats_file), str(log_file))
     try:
         state.save()  # from here on, umount can find whatever this leaves behind
-        _wait_ready(process, log_file)
-        assert process.stdout is not None
-        process.stdout.close()
+        try:
+            _wait_ready(pid, ready, log_file)
+        finally:
+            os.close(ready)
         for blob in bootstrap.blobs:
             state.loops.append(_run("losetup", "--find", "--show", "--read-only", str(fuse_dir / blob.blob_id)))
             state.save()
@@ -148,7 +174,7 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
         _teardown(state, mounted=False)
         state_path(mountpoint).unlink(missing_ok=True)
         raise
-    log.info("mounted %s at %s (%d blobs, FUSE server pid %d)", ref, mountpoint, len(bootstrap.blobs), process.pid)
+    log.info("mounted %s at %s (%d blobs, FUSE server pid %d)", ref, mountpoint, len(bootstrap.blobs), pid)
     return state
 
 
@@ -191,14 +217,18 @@ def _backed_by(loop: str, fuse_dir: Path) -> bool:
         return False
 
 
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def _our_server(state: MountState) -> bool:
     """The FUSE server is alive, and the pid is still that server (not a reused pid)."""
-    if not _alive(state.pid):
-        return False
-    try:
-        return state.fuse_dir.encode() in Path(f"/proc/{state.pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    return _alive(state.pid) and _start_time(state.pid) == state.started
 
 
 def _alive(pid: int) -> bool:
