@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -13,7 +14,6 @@ from damselfly import __version__
 from damselfly.config import config_option, default_data_dir
 from damselfly.lib.netaddr import parse_listen
 from damselfly.lib.units import parse_size
-from damselfly.nydus.cli import nydus
 from damselfly.proxy.upstream import normalize_upstream, parse_registry_mapping
 
 if TYPE_CHECKING:
@@ -83,7 +83,23 @@ def mirror_options(default_listen: str) -> Callable[[Any], Any]:
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """Subcommands whose imports are heavy load only when used: `damselfly run` and `daemon`
+    start without the nydus codecs, registry client and FUSE binding."""
+
+    LAZY = {"nydus": ("damselfly.nydus.cli", "nydus")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY:
+            module, attribute = self.LAZY[name]
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="damselfly")
 def main() -> None:
     """Damselfly: a registry mirror with a peer-to-peer backend for containerd and nydus."""
@@ -234,5 +250,3 @@ def containerd_config(mirror: str, directory: Path, registries: tuple[str, ...],
     for path in written:
         click.echo(f"wrote {path}")
 
-
-main.add_command(nydus)

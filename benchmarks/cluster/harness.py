@@ -182,10 +182,11 @@ class Cluster:
         for node in self.nodes:
             shutil.rmtree(node.workdir / "nydus-cache", ignore_errors=True)
 
-    def _nydus(self, *args: str, node: Node) -> subprocess.CompletedProcess:
+    def _nydus(self, *args: str, node: Node, check: bool = True) -> subprocess.CompletedProcess:
+        """``damselfly nydus ARGS`` on the node's network, its mount state kept under its workdir."""
         env = {**os.environ, "DAMSELFLY_RUN_DIR": str(node.workdir / "run")}
         return subprocess.run(node.host.network_only(sys.executable, "-m", "damselfly", "nydus", *args),
-                              capture_output=True, text=True, timeout=600, env=env, check=True)
+                              capture_output=True, text=True, timeout=600, env=env, check=check)
 
     def _lazy_start(self, scenario: str, node: Node, image: Image, command: list[str]) -> tuple[float, int]:
         """Mount lazily, overlay, run the command: (seconds to the command's exit, blob bytes read)."""
@@ -288,8 +289,7 @@ class Cluster:
             mountpoint = node.workdir / "nydus-mnt"
             subprocess.run(["umount", str(node.workdir / "nydus-rootfs")], capture_output=True)
             if os.path.ismount(mountpoint):
-                subprocess.run([sys.executable, "-m", "damselfly", "nydus", "umount", str(mountpoint)],
-                               capture_output=True, env={**os.environ, "DAMSELFLY_RUN_DIR": str(node.workdir / "run")})
+                self._nydus("umount", str(mountpoint), node=node, check=False)
         for node in self.nodes:
             for process in (node.daemon, node.containerd, node.registry):
                 if process is not None:

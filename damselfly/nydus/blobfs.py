@@ -75,22 +75,27 @@ def open_blobs(bootstrap: Bootstrap, cache_dir: Path, client: RegistryClient, re
     return blobs
 
 
-def serve(bootstrap_path: Path, fuse_dir: Path, cache_dir: Path, client: RegistryClient, repository: str,
+def serve(bootstrap: Bootstrap, fuse_dir: Path, cache_dir: Path, client: RegistryClient, repository: str,
           stats_path: Path, prefetch: bool, on_ready: Callable[[], None]) -> None:
     """Run the FUSE server until it is unmounted; stats are written to ``stats_path`` as JSON."""
-    bootstrap = Bootstrap.load(str(bootstrap_path))
     stats = FetchStats()
     blobs = open_blobs(bootstrap, cache_dir, client, repository, stats)
     stopping = threading.Event()
     image_bytes = sum(entry.compressed_size for entry in bootstrap.blobs)
 
+    written: dict[str, int] = {}
+
     def write_stats() -> None:
+        """The stats file, rewritten only when a count moved (an idle mount writes nothing)."""
         counts = stats.as_dict()
-        counts["image_bytes"] = image_bytes
-        counts["cached_chunks"] = sum(blob.cache.cached_count() for blob in blobs.values())
-        counts["chunks"] = sum(len(blob.chunks) for blob in blobs.values())
+        if counts == written:
+            return
+        written.clear()
+        written.update(counts)
+        report = {**counts, "image_bytes": image_bytes, "chunks": sum(len(b.chunks) for b in blobs.values()),
+                  "cached_chunks": sum(blob.cache.cached_count() for blob in blobs.values())}
         temporary = stats_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(counts))
+        temporary.write_text(json.dumps(report))
         temporary.replace(stats_path)
 
     def report() -> None:

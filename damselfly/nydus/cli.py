@@ -42,6 +42,9 @@ def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
             command(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as SIGPIPE would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except _EXPECTED as error:
             _fail(str(error))
         except Exception as error:  # noqa: BLE001 - the last line of defence for the user's terminal

@@ -230,7 +230,7 @@ class DeviceSlot:
     """One EROFS extra device (128 bytes): a data blob whose uncompressed space is the device."""
 
     _FMT = struct.Struct("<64sII56s")
-    SIZE = 128
+    SIZE = _FMT.size
 
     blob_id: str
     blocks: int
@@ -250,7 +250,7 @@ class BlobEntry:
     """One entry of the blob table (256 bytes)."""
 
     _FMT = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ8sI36s")
-    SIZE = 256
+    SIZE = _FMT.size
 
     blob_id: str
     blob_index: int
@@ -296,7 +296,7 @@ class ChunkRecord:
     """One entry of the bootstrap's chunk table (80 bytes): where a chunk lives in its blob."""
 
     _FMT = struct.Struct("<32sIIIIQQQII")
-    SIZE = 80
+    SIZE = _FMT.size
     FLAG_COMPRESSED = 0x1
 
     digest: bytes
@@ -328,7 +328,7 @@ class ChunkAddress:
     """A chunk-based inode's 8-byte index entry; EROFS reads ``device_id`` and ``blkaddr``."""
 
     _FMT = struct.Struct("<HHI")
-    SIZE = 8
+    SIZE = _FMT.size
 
     blob_index: int
     chunk_index: int
@@ -410,7 +410,7 @@ class TocEntry:
     """One entry of a data blob's table of contents (128 bytes), read from the blob's tail."""
 
     _FMT = struct.Struct("<II16s32sQQQ48s")
-    SIZE = 128
+    SIZE = _FMT.size
 
     flags: int
     name: str
@@ -463,7 +463,7 @@ class ChunkInfoV2:
     """A 24-byte chunk-info entry of ``blob.meta``: the blob's own map of its chunks."""
 
     _FMT = struct.Struct("<QQQ")
-    SIZE = 24
+    SIZE = _FMT.size
     FLAG_COMPRESSED = 0x1
 
     uncompressed_offset: int

@@ -153,7 +153,7 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
     from damselfly.nydus.blobfs import serve  # loads libfuse: only where a mount is made, before the fork
 
     def run_server(ready: Callable[[], None]) -> None:
-        serve(bootstrap_path, fuse_dir, cache_dir / "blobs", RegistryClient(ref.registry, plain_http, mirror),
+        serve(bootstrap, fuse_dir, cache_dir / "blobs", RegistryClient(ref.registry, plain_http, mirror),
               ref.repository, stats_file, prefetch, ready)
 
     pid, ready = _start_server(log_file, run_server)

@@ -19,6 +19,7 @@ from typing import Iterator
 import httpx
 
 from damselfly.lib.oci import Digest, OCIError, validate_repository
+from damselfly.proxy.upstream import DOCKER_HUB, normalize_upstream
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -61,7 +62,7 @@ class ImageRef:
         if rest and ("." in first or ":" in first or first == "localhost"):
             registry, repository = first, rest
         else:
-            registry, repository = "docker.io", name if rest else f"library/{name}"
+            registry, repository = DOCKER_HUB, name if rest else f"library/{name}"
         try:
             validate_repository(repository)
         except OCIError as error:
@@ -74,9 +75,8 @@ class ImageRef:
 
 
 def registry_base_url(registry: str, plain_http: bool) -> str:
-    if registry == "docker.io":
-        return "https://registry-1.docker.io"
-    return f"{'http' if plain_http else 'https'}://{registry}"
+    """The mirror's own rule (docker.io means registry-1.docker.io), plus plain HTTP on request."""
+    return normalize_upstream(f"http://{registry}" if plain_http and registry != DOCKER_HUB else registry)
 
 
 class RegistryClient:

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -17,17 +16,11 @@ from damselfly.nydus.convert import BOOTSTRAP_ANNOTATION, NYDUS_BLOB_TYPE, extra
 from damselfly.nydus.rafs import Bootstrap
 from damselfly.nydus.remote import RegistryClient as NydusRegistry
 from tests.support.images import busybox_layer, image_from_layers, push_image
+from tests.support.nydus import cli, oci_rootfs
 from tests.support.trees import diff, snapshot, tar_layer
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "nydus"
 MiB = 1024 * 1024
-
-
-def damselfly(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "damselfly", *args], capture_output=True, text=True, timeout=300)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @contextmanager
@@ -61,7 +54,7 @@ def test_fsck_and_the_kernel_read_the_real_nydus_fixture_through_exported_device
     blob_id = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
     shutil.copy(FIXTURES / blob_id, blobs / blob_id)
     boot = FIXTURES / "rafs-v6-2.2.boot"
-    printed = damselfly("nydus", "export", str(boot), "--blobs", str(blobs), "--out", str(tmp_path / "dev")).stdout
+    printed = cli("nydus", "export", str(boot), "--blobs", str(blobs), "--out", str(tmp_path / "dev")).stdout
     devices = [Path(line) for line in printed.split()]
     assert [d.name for d in devices] == [f"{blob_id}.img"] and devices[0].stat().st_size == 0x9000
     extracted = fsck_extract(boot, devices, tmp_path / "fsck")
@@ -71,9 +64,9 @@ def test_fsck_and_the_kernel_read_the_real_nydus_fixture_through_exported_device
             assert (root / "sync_io.rs").stat().st_size == 13400
         assert (mounted / "lib.rs").read_bytes() == (extracted / "lib.rs").read_bytes()
         assert (mounted / "sync_io.rs").read_bytes() == (extracted / "sync_io.rs").read_bytes()
-    inspected = damselfly("nydus", "inspect", str(boot)).stdout
+    inspected = cli("nydus", "inspect", str(boot)).stdout
     assert blob_id in inspected and "/sync_io.rs" in inspected
-    refused = damselfly("nydus", "inspect", str(FIXTURES / "rafs-v5-sha256-nocompress-repeatable.boot"), check=False)
+    refused = cli("nydus", "inspect", str(FIXTURES / "rafs-v5-sha256-nocompress-repeatable.boot"), check=False)
     assert refused.returncode == 1 and "RAFS v5" in refused.stderr and "Traceback" not in refused.stderr
 
 
@@ -114,22 +107,17 @@ def _rich_layers(tmp_path: Path) -> list:
     return [busybox_layer(), tar_layer(base), tar_layer(upper)]
 
 
-def test_converted_image_has_the_oci_image_rootfs(tmp_path: Path, registry, registry_client, containerd,
-                                                  request: pytest.FixtureRequest) -> None:
+def test_converted_image_has_the_oci_image_rootfs(tmp_path: Path, registry, registry_client, containerd) -> None:
     image = image_from_layers("nydus/source", _rich_layers(tmp_path), ["/bin/busybox", "true"], tag="v1")
     push_image(registry_client, image)
     source = image.reference(registry.host)
     target = f"{registry.host}/nydus/target:v1-nydus"
 
-    ctr = containerd()
-    ctr.ctr("images", "pull", "--plain-http", source, timeout=120)
-    reference_root = tmp_path / "oci-rootfs"
-    reference_root.mkdir()
-    ctr.ctr("images", "mount", source, str(reference_root))
-    request.addfinalizer(lambda: ctr.ctr("images", "unmount", str(reference_root), check=False))
-    expected = snapshot(reference_root)
+    fsck_view = dict(hard_links=False, xattrs=False, setid=False)
+    with oci_rootfs(containerd(), source, tmp_path / "oci-rootfs") as reference_root:
+        expected, expected_by_fsck = snapshot(reference_root), snapshot(reference_root, **fsck_view)
 
-    printed = damselfly("nydus", "convert", "--plain-http", "--chunk-size", "1MiB", source, target)
+    printed = cli("nydus", "convert", "--plain-http", "--chunk-size", "1MiB", source, target)
     assert "pushed" in printed.stdout
 
     client = NydusRegistry(registry.host, plain_http=True)
@@ -149,12 +137,11 @@ def test_converted_image_has_the_oci_image_rootfs(tmp_path: Path, registry, regi
     for layer in data_layers:
         client.fetch_blob("nydus/target", layer["digest"], blobs / layer["digest"].split(":")[1])
     client.close()
-    printed = damselfly("nydus", "export", str(bootstrap_path), "--blobs", str(blobs), "--out", str(tmp_path / "dev"))
+    printed = cli("nydus", "export", str(bootstrap_path), "--blobs", str(blobs), "--out", str(tmp_path / "dev"))
     devices = [Path(line) for line in printed.stdout.split()]
 
-    fsck_view = dict(hard_links=False, xattrs=False, setid=False)
     extracted = snapshot(fsck_extract(bootstrap_path, devices, tmp_path / "fsck"), **fsck_view)
-    problems = diff(snapshot(reference_root, **fsck_view), extracted)
+    problems = diff(expected_by_fsck, extracted)
     assert not problems, "fsck.erofs extraction differs from the OCI rootfs:\n" + "\n".join(problems[:20])
     with erofs_mount(bootstrap_path, devices, tmp_path / "mnt") as mounted:
         problems = diff(expected, snapshot(mounted))
@@ -170,6 +157,6 @@ def test_converted_image_has_the_oci_image_rootfs(tmp_path: Path, registry, regi
     (["nydus", "inspect", "Not/A/Valid/Ref"], "invalid image reference"),
 ])
 def test_bad_input_gets_one_clear_line(args: list[str], message: str) -> None:
-    result = damselfly(*args, check=False)
+    result = cli(*args, check=False)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr

@@ -6,7 +6,6 @@ import errno
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -16,18 +15,11 @@ import pytest
 from damselfly.nydus.remote import RegistryClient
 from benchmarks.cluster.images import CACHE as BENCH_CACHE, python_image
 from tests.support.images import busybox_layer, image_from_layers, push_image
+from tests.support.nydus import cli, oci_rootfs
 from tests.support.processes import stop_process
 from tests.support.trees import diff, snapshot, tar_layer
 
 MiB = 1024 * 1024
-
-
-def cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "damselfly", *args], capture_output=True, text=True, timeout=300,
-                            env=env)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture
@@ -46,18 +38,18 @@ def lazy_mount(tmp_path: Path, run_dir: Path) -> Iterator[Callable[..., Path]]:
     def mount(ref: str, *options: str, name: str = "mnt") -> Path:
         point = tmp_path / name
         point.mkdir(exist_ok=True)
-        cli("nydus", "mount", ref, str(point), *options, env=dict(os.environ))
+        cli("nydus", "mount", ref, str(point), *options)
         mounted.append(point)
         return point
 
     yield mount
     for point in mounted:
         if os.path.ismount(point):
-            cli("nydus", "umount", str(point), check=False, env=dict(os.environ))
+            cli("nydus", "umount", str(point), check=False)
 
 
 def umount(point: Path) -> dict:
-    stats = json.loads(cli("nydus", "umount", "--json", str(point), env=dict(os.environ)).stdout)
+    stats = json.loads(cli("nydus", "umount", "--json", str(point)).stdout)
     assert not os.path.ismount(point)
     return stats
 
@@ -77,14 +69,8 @@ def run_on(ctr, lower: Path, tmp_path: Path, *command: str) -> str:
 
 def assert_oci_rootfs(ctr, source: str, lazy: Path, tmp_path: Path) -> None:
     """The lazy mount's tree equals, byte for byte, the rootfs containerd unpacks from the OCI image."""
-    ctr.ctr("images", "pull", "--plain-http", source, timeout=300)
-    reference = tmp_path / "oci-rootfs"
-    reference.mkdir()
-    ctr.ctr("images", "mount", source, str(reference))
-    try:
+    with oci_rootfs(ctr, source, tmp_path / "oci-rootfs") as reference:
         problems = diff(snapshot(reference), snapshot(lazy))
-    finally:
-        ctr.ctr("images", "unmount", str(reference), check=False)
     assert not problems, "\n".join(problems[:20])
 
 
@@ -174,7 +160,7 @@ def test_mount_errors_are_one_clear_line(tmp_path: Path, registry, registry_clie
         (["nydus", "umount", str(point)], "not a damselfly nydus mount"),
     ]
     for args, message in cases:
-        result = cli(*args, check=False, env=dict(os.environ))
+        result = cli(*args, check=False)
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     assert not os.path.ismount(point)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 
-from tests.support.processes import ThreadedHTTPServer
+from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer
 from tests.support.wait import free_port
 
 
@@ -32,7 +31,7 @@ class GatedRegistryFake:
     def start(self) -> "GatedRegistryFake":
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_HEAD(self) -> None:  # noqa: N802
@@ -58,9 +57,6 @@ class GatedRegistryFake:
                 self.wfile.flush()
                 fake.gate.wait(60)
                 self.wfile.write(fake.blob[fake.gate_at:])
-
-            def log_message(self, *args: object) -> None:
-                pass
 
         self._server = ThreadedHTTPServer(Handler, self.port)
         return self

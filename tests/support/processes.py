@@ -31,6 +31,13 @@ def metric(base_url: str, name: str, labels: str = "") -> float:
     return total
 
 
+class QuietRequestHandler(BaseHTTPRequestHandler):
+    """A test server's handler that keeps its access lines out of the test output."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 class ThreadedHTTPServer:
     """An http.server on a loopback port, served from a daemon thread."""
 

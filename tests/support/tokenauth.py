@@ -13,7 +13,6 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.support.processes import ThreadedHTTPServer
+from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer
 from tests.support.wait import free_port
 
 SERVICE = "damselfly-test-registry"
@@ -96,7 +95,7 @@ class TokenServer:
     def start(self) -> "TokenServer":
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 """The Docker token flow: Basic credentials, scopes in the query."""
                 query = parse_qs(urlsplit(self.path).query)
@@ -122,9 +121,6 @@ class TokenServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
 
         self._server = ThreadedHTTPServer(Handler, self.port)
         return self
