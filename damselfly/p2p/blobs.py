@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Protocol
 from damselfly.lib.waiting import within
 from damselfly.lib.oci import Digest
 from damselfly.lib.units import format_size
+from damselfly.p2p.pieces import piece_matches
 from damselfly.p2p.store import BlobMeta, BlobStore, Partial, StoredBlob
 from damselfly.p2p.task import Task, TaskFailed
 from damselfly.p2p.writer import SequentialWriter
@@ -415,7 +415,7 @@ def _verified_pieces(task: Task, pieces: list[int], digests: dict[int, str]) -> 
                 continue
             start, size = task.piece_span(index)
             f.seek(start)
-            if hashlib.sha256(f.read(size)).hexdigest() == digests[index]:
+            if piece_matches(f.read(size), digests[index]):
                 good.append(index)
     return good
 

@@ -1,7 +1,7 @@
 """A daemon's P2P side: downloads pieces from parents that the scheduler hands out,
 reports what it holds, and falls back to the origin only when it must.
 
-Trust: a piece from another peer is written only after its sha256 matches the digest
+Trust: a piece from another peer counts only after it matches the digest
 the scheduler published (digests come from the hosts that read the origin: seed peers,
 or peers sent back to source). A seed peer is a trust anchor and may also send the digest
 of a piece it has just fetched in ``X-Piece-Digest``. A parent whose bytes do not match
@@ -13,38 +13,29 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import logging
 import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict
 
 from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.blobs import Origin, SourceUnavailable
+from damselfly.p2p.fetch import BadParent, PieceFetcher, PieceRefused, PieceRequest, PieceWriteFailed, TransferFailed
 from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.pieces import PieceBitmap
+from damselfly.p2p.pieces import PieceBitmap, piece_digest
 from damselfly.p2p.task import Task, TaskFailed
 from damselfly.p2p.writer import pwrite_all
 from damselfly.proxy.origin import RegistryClient
 from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 
 log = logging.getLogger(__name__)
-PIECE_DIGEST_HEADER = "X-Piece-Digest"
 REPORT_INTERVAL = 0.1
 SEED_REQUESTS = 1  # pieces this peer asks of one seed at once, beyond those its readers wait for
-
-
-class PieceRefused(Exception):
-    """A parent could not give a piece (not held yet, no slot); not its fault."""
-
-
-class BadParent(Exception):
-    """A parent sent bytes that are wrong; it is dropped and reported."""
 
 
 @dataclass
@@ -118,21 +109,14 @@ class Network:
         self.scheduler_deadline = scheduler_deadline
         self.piece_timeout = piece_timeout
         self.no_parent_deadline = no_parent_deadline
-        self._session: aiohttp.ClientSession | None = None
+        # Threads for piece transfers: enough for a few tasks at once, each with its workers.
+        self.fetcher = PieceFetcher(4 * concurrency, read_timeout=piece_timeout)
         self._background: set[asyncio.Task[Any]] = set()
         self._reporters: dict[str, Reporter] = {}
 
     @property
     def host_id(self) -> str:
         return self.scheduler.host.id
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=16),  # keep-alive to parents
-                timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=self.piece_timeout))
-        return self._session
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         """A background task this network owns and cancels on close."""
@@ -150,8 +134,7 @@ class Network:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        await self.fetcher.close()
 
     # -- seed side -----------------------------------------------------------------
 
@@ -216,7 +199,6 @@ class PieceDownload:
         self.back_to_source: str | None = None
         self.failure: str | None = None
         self.last_progress = time.monotonic()
-        self.fd = os.open(task.path, os.O_WRONLY)
 
     def _notify(self) -> None:
         self.changed.set()
@@ -256,7 +238,6 @@ class PieceDownload:
             return await asyncio.to_thread(_file_digest, self.task)
         finally:
             self.task.on_wanted = None
-            os.close(self.fd)
             self.network.metrics.parents.dec(len(self.parents))
 
     def _all_present(self) -> bool:
@@ -370,8 +351,13 @@ class PieceDownload:
             try:
                 await self._fetch(index, parent)
             except BadParent as exc:
+                if "does not match" in str(exc):
+                    self.network.metrics.piece_failures.inc()
                 self._drop(parent, str(exc), bad=True)
-            except (PieceRefused, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            except PieceWriteFailed as exc:
+                self.failure = f"cannot write piece {index}: {exc}"
+                self._notify()
+            except (PieceRefused, TransferFailed) as exc:
                 log.debug("piece %d of %s from %s failed: %s", index, self.task.digest, parent.host_id, exc)
                 if isinstance(exc, PieceRefused) and parent.seeding:
                     await asyncio.sleep(0.2)  # the seed has not started this piece yet
@@ -402,25 +388,9 @@ class PieceDownload:
     async def _fetch(self, index: int, parent: Parent) -> None:
         start, size = self.task.piece_span(index)
         began = time.monotonic()
-        url = f"{parent.url}/pieces/{self.task.digest}/{index}"
-        async with self.network.session.get(url) as response:
-            if response.status in (404, 503):
-                raise PieceRefused(f"{parent.host_id} answered {response.status} for piece {index}")
-            if response.status != 200:
-                raise BadParent(f"answered {response.status} for piece {index}")
-            data = await response.read()
-            sent_digest = response.headers.get(PIECE_DIGEST_HEADER)
-        log.debug("piece %d of %s: %d bytes from %s", index, self.task.digest, len(data), parent.host_id)
-        expected = self.digests.get(index) or (sent_digest if parent.is_seed else None)
-        if expected is None:
-            raise PieceRefused(f"no trusted digest for piece {index} yet")
-        if len(data) != size:
-            raise BadParent(f"sent {len(data)} bytes for piece {index} of {size}")
-        actual = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-        if actual != expected:
-            self.network.metrics.piece_failures.inc()
-            raise BadParent(f"piece {index} does not match its digest")
-        await asyncio.to_thread(pwrite_all, self.fd, data, start)
+        expected = await self.network.fetcher.fetch(PieceRequest(
+            parent.url, f"/pieces/{self.task.digest}/{index}", size, self.task.path, start,
+            digest=self.digests.get(index), trust_sent_digest=parent.is_seed))
         self.task.digests[index] = expected
         self.task.piece_done(index)
         if index == self.task.piece_count - 1 and self.verified and self.digests.get(index) == expected:
@@ -473,8 +443,7 @@ class PieceDownload:
             response.release()
 
     async def _store_origin_piece(self, index: int, data: bytes, offset: int) -> None:
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-        await asyncio.to_thread(pwrite_all, self.fd, data, offset)
+        digest = await asyncio.to_thread(_write_piece, self.task.path, data, offset)
         self.task.digests[index] = digest
         self.task.piece_done(index)
         self.network.metrics.bytes.labels("origin").inc(len(data))
@@ -491,6 +460,16 @@ def _runs(indexes: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((i, i))
     return runs
+
+
+def _write_piece(path: Path, data: bytes, offset: int) -> str:
+    """Write a piece read from the origin; return its digest."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        pwrite_all(fd, data, offset)
+    finally:
+        os.close(fd)
+    return piece_digest(data)
 
 
 def _file_digest(task: Task) -> str:

@@ -3,9 +3,19 @@
 A task of ``length`` bytes is cut into fixed-length pieces; piece n covers
 ``[n*L, min((n+1)*L, length))``. Readers ask how far the verified bytes reach from an
 offset; writers mark whole pieces done.
+
+Piece digests name their algorithm (``blake3:<hex>``). BLAKE3 is a cryptographic hash
+about four times faster than SHA-256 here (6.3 against 1.6 GB/s on one core), and a
+seed hashes every byte twice, once for the blob's own digest and once for its piece;
+digests without a prefix, written by earlier versions, are SHA-256.
 """
 
 from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+import blake3
 
 MiB = 1024 * 1024
 DEFAULT_PIECE_LENGTH = 4 * MiB
@@ -19,6 +29,51 @@ def piece_length_for(length: int) -> int:
     while piece < MAX_PIECE_LENGTH and length > piece * TARGET_MAX_PIECES:
         piece *= 2
     return piece
+
+
+PIECE_DIGEST_ALGORITHM = "blake3"
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | bytearray | memoryview, /) -> object: ...
+    def hexdigest(self) -> str: ...
+
+
+def piece_hasher() -> Hasher:
+    """An incremental hasher whose ``hexdigest`` goes after ``blake3:`` in a piece digest."""
+    return blake3.blake3()
+
+
+def piece_digest(data: bytes | bytearray | memoryview) -> str:
+    return f"{PIECE_DIGEST_ALGORITHM}:{blake3.blake3(data).hexdigest()}"
+
+
+class PieceCheck:
+    """Checks a piece against its digest as its bytes go by."""
+
+    def __init__(self, digest: str) -> None:
+        algorithm, _, self.expected = digest.rpartition(":")
+        if algorithm == PIECE_DIGEST_ALGORITHM:
+            self._hasher: Hasher = blake3.blake3()
+        elif algorithm == "":
+            self._hasher = hashlib.sha256()
+        else:
+            raise ValueError(f"unknown piece digest algorithm {algorithm!r}")
+
+    def update(self, data: bytes | bytearray | memoryview) -> "PieceCheck":
+        self._hasher.update(data)
+        return self
+
+    def matches(self) -> bool:
+        return self._hasher.hexdigest() == self.expected
+
+
+def piece_matches(data: bytes | bytearray | memoryview, digest: str) -> bool:
+    """Whether ``data`` has ``digest``; a digest of an unknown algorithm never matches."""
+    try:
+        return PieceCheck(digest).update(data).matches()
+    except ValueError:
+        return False
 
 
 def piece_count(length: int, piece_length: int) -> int:

@@ -13,7 +13,7 @@ from damselfly.lib.oci import Digest, OCIError
 from damselfly.lib.ratelimit import TokenBucket
 from damselfly.p2p.blobs import BlobService, Origin, SourceRefused, SourceUnavailable
 from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.network import PIECE_DIGEST_HEADER
+from damselfly.p2p.fetch import PIECE_DIGEST_HEADER
 from damselfly.p2p.task import TaskFailed
 from damselfly.proxy.upstream import normalize_upstream
 

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from damselfly.p2p.pieces import PIECE_DIGEST_ALGORITHM, piece_hasher
+
 
 def pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> int:
     """Write all of ``data`` at ``offset`` (pwrite may write less); return the end offset."""
@@ -28,7 +30,7 @@ def pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> int:
 
 
 class SequentialWriter:
-    """With ``piece_length``, also records each piece's sha256 in ``piece_digests`` before
+    """With ``piece_length``, also records each piece's digest in ``piece_digests`` before
     reporting the bytes as written, so a piece is never announced without its digest."""
 
     def __init__(self, path: Path, hasher: "hashlib._Hash", on_written: Callable[[int], None],
@@ -38,7 +40,7 @@ class SequentialWriter:
         self._hasher = hasher
         self._piece_length = piece_length
         self._piece_digests = piece_digests if piece_digests is not None else {}
-        self._piece_hasher = hashlib.sha256()
+        self._piece_hasher = piece_hasher()
         self._hashed = 0
         self._on_written = on_written
         self._max_in_flight = max_in_flight
@@ -65,8 +67,9 @@ class SequentialWriter:
                 self._finish_piece()
 
     def _finish_piece(self) -> None:
-        self._piece_digests[(self._hashed - 1) // self._piece_length] = self._piece_hasher.hexdigest()
-        self._piece_hasher = hashlib.sha256()
+        index = (self._hashed - 1) // self._piece_length
+        self._piece_digests[index] = f"{PIECE_DIGEST_ALGORITHM}:{self._piece_hasher.hexdigest()}"
+        self._piece_hasher = piece_hasher()
 
     def _written(self, future: asyncio.Future[list[int | None]]) -> None:
         """Report progress in order; after a failed write, nothing more counts as written."""

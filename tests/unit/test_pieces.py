@@ -1,3 +1,5 @@
+import hashlib
+
 import pytest
 
 from damselfly.p2p.pieces import (
@@ -5,10 +7,13 @@ from damselfly.p2p.pieces import (
     MAX_PIECE_LENGTH,
     MiB,
     PieceBitmap,
+    PieceCheck,
     piece_count,
+    piece_digest,
     piece_length_for,
     piece_span,
     pieces_covering,
+    piece_matches,
 )
 
 
@@ -65,3 +70,23 @@ def test_full_bitmap_and_bits_past_the_last_piece():
     assert PieceBitmap.full(10).done == 10 and PieceBitmap.full(16).complete
     stray = PieceBitmap(3, b"\xff")  # a peer's bitmap with garbage past piece 2
     assert stray.done == 3 and stray.complete and stray.to_bytes() == b"\x07"
+
+
+def test_piece_digests_name_their_algorithm_and_older_bare_sha256_still_verifies():
+    data = b"piece bytes" * 1000
+    digest = piece_digest(data)
+    assert digest.startswith("blake3:") and len(digest) == len("blake3:") + 64
+    assert piece_matches(data, digest)
+    assert not piece_matches(data + b"!", digest)
+    assert piece_matches(data, hashlib.sha256(data).hexdigest())  # written by earlier versions
+    assert not piece_matches(data, "md5:" + hashlib.md5(data).hexdigest())  # unknown: never a match
+
+
+def test_a_piece_check_fed_in_parts_equals_one_over_the_whole():
+    data = bytes(range(256)) * 4096
+    check = PieceCheck(piece_digest(data))
+    for start in range(0, len(data), 300_000):
+        check.update(memoryview(data)[start:start + 300_000])
+    assert check.matches()
+    with pytest.raises(ValueError, match="unknown piece digest algorithm"):
+        PieceCheck("crc32:1234")

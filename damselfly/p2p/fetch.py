@@ -1,0 +1,206 @@
+"""Piece transfers from parents, on worker threads.
+
+A piece is a few MiB. Received through the event loop it costs dozens of socket reads,
+each a Python callback holding the GIL, then a join, a hash and a write handed to other
+threads: on a two-core node that caps a child at a fraction of what the parent sends.
+Here each transfer runs on one worker thread with blocking keep-alive HTTP: the body
+is read straight into a reusable 1 MiB buffer, hashed and written at its offset, all
+calls that release the GIL, and the event loop hears once per piece.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from damselfly.p2p.pieces import PieceCheck
+
+PIECE_DIGEST_HEADER = "X-Piece-Digest"
+BUFFER_SIZE = 1024 * 1024  # per worker thread, whatever the piece length
+
+
+class PieceRefused(Exception):
+    """A parent could not give a piece (not held yet, no slot); not its fault."""
+
+
+class BadParent(Exception):
+    """A parent sent bytes that are wrong; it is dropped and reported."""
+
+
+class TransferFailed(ConnectionError):
+    """The connection to a parent broke, timed out, or spoke broken HTTP."""
+
+
+class PieceWriteFailed(Exception):
+    """This node could not write a piece to its file (disk full, file gone): not the parent's fault."""
+
+
+@dataclass(frozen=True)
+class PieceRequest:
+    parent_url: str  # http://host:port of the parent's upload server
+    path: str  # /pieces/<digest>/<index>
+    size: int
+    file: Path  # the task's data file; the piece goes at ``offset``
+    offset: int
+    digest: str | None  # the trusted digest, if the scheduler gave one
+    trust_sent_digest: bool  # the parent is a seed: its X-Piece-Digest is trusted
+
+
+class _Connection(http.client.HTTPConnection):
+    """Separate deadlines: a short one to connect, the read timeout for every receive."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float) -> None:
+        super().__init__(host, port, timeout=read_timeout)
+        self.connect_timeout = connect_timeout
+        self.reused = False  # the last request went over a connection opened before it
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.host, self.port), self.connect_timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(self.timeout)
+
+
+class PieceFetcher:
+    """Runs piece transfers on ``workers`` threads, each keeping one connection per parent."""
+
+    def __init__(self, workers: int, connect_timeout: float = 5.0, read_timeout: float = 30.0) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="piece-fetch")
+        self._local = threading.local()
+        self._connections: set[_Connection] = set()
+        self._lock = threading.Lock()
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._closed = False
+
+    async def fetch(self, request: PieceRequest) -> str:
+        """Transfer, verify and write one piece; return its digest.
+
+        Raises PieceRefused, BadParent or TransferFailed (the parent's side), or
+        PieceWriteFailed (this node's).
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._fetch, request)
+
+    def _fetch(self, request: PieceRequest) -> str:
+        connection = self._connection(request.parent_url)
+        response: http.client.HTTPResponse | None = None
+        try:
+            try:
+                response = self._send(connection, request.path)
+            except (ConnectionError, http.client.RemoteDisconnected):
+                if not connection.reused:
+                    raise
+                self._discard(connection)  # the parent closed it while idle: one more try on a new one
+                connection = self._connection(request.parent_url)
+                response = self._send(connection, request.path)
+            if response.status != 200:
+                _drain(response)
+                refusal = PieceRefused if response.status in (404, 503) else BadParent
+                raise refusal(f"answered {response.status} for {request.path}")
+            expected = request.digest or (response.getheader(PIECE_DIGEST_HEADER) if request.trust_sent_digest else None)
+            if expected is None:
+                raise PieceRefused(f"no trusted digest for {request.path} yet")
+            if response.length != request.size:
+                raise BadParent(f"announced {response.length} bytes for {request.path} of {request.size}")
+            try:
+                check = PieceCheck(expected)
+            except ValueError as exc:
+                raise BadParent(str(exc)) from None
+            self._receive(response, request, check)
+        except (PieceRefused, BadParent, PieceWriteFailed):
+            if response is None or not response.isclosed():
+                self._discard(connection)  # whatever body is left is not worth reading
+            raise
+        except (http.client.HTTPException, OSError) as exc:  # file errors are PieceWriteFailed
+            self._discard(connection)
+            raise TransferFailed(f"{exc.__class__.__name__}: {exc}") from None
+        if not check.matches():
+            raise BadParent(f"{request.path} does not match its digest")
+        return expected
+
+    def _receive(self, response: http.client.HTTPResponse, request: PieceRequest, check: PieceCheck) -> None:
+        """Read the body through a reusable buffer into the file, hashing it on the way.
+
+        The bytes land in the file before the piece is verified; that is safe because
+        nothing reads a piece until it is marked present, which needs the check to pass.
+        """
+        buffer: bytearray | None = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = bytearray(BUFFER_SIZE)
+        view = memoryview(buffer)
+        try:
+            fd = os.open(request.file, os.O_WRONLY)
+        except OSError as exc:
+            raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
+        try:
+            offset, end = request.offset, request.offset + request.size
+            while offset < end:
+                count = response.readinto(view[: min(BUFFER_SIZE, end - offset)])
+                if not count:
+                    if self._closed:
+                        raise TransferFailed("the daemon is shutting down")
+                    raise BadParent(f"sent {offset - request.offset} of {request.size} bytes of {request.path}")
+                check.update(view[:count])
+                written = 0
+                try:
+                    while written < count:
+                        written += os.pwrite(fd, view[written:count], offset + written)
+                except OSError as exc:
+                    raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
+                offset += count
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _send(connection: "_Connection", path: str) -> http.client.HTTPResponse:
+        connection.reused = connection.sock is not None
+        connection.request("GET", path)
+        return connection.getresponse()
+
+    def _connection(self, parent_url: str) -> _Connection:
+        if self._closed:
+            raise TransferFailed("the daemon is shutting down")
+        connections: dict[str, _Connection] = self._local.__dict__.setdefault("connections", {})
+        connection = connections.get(parent_url)
+        if connection is None:
+            address = urlsplit(parent_url)
+            connection = _Connection(address.hostname or "", address.port or 80, self._connect_timeout,
+                                     self._read_timeout)
+            connections[parent_url] = connection
+            with self._lock:
+                self._connections.add(connection)
+        return connection
+
+    def _discard(self, connection: _Connection) -> None:
+        connection.close()
+        connections: dict[str, _Connection] = self._local.__dict__.get("connections", {})
+        for url, known in list(connections.items()):
+            if known is connection:
+                del connections[url]
+        with self._lock:
+            self._connections.discard(connection)
+
+    async def close(self) -> None:
+        """Break off transfers in progress (their threads wake at once) and stop the workers."""
+        self._closed = True
+        with self._lock:
+            for connection in self._connections:
+                if connection.sock is not None:
+                    try:
+                        connection.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown, True)
+
+
+def _drain(response: http.client.HTTPResponse) -> None:
+    """Read a short error body, so that the connection can carry the next request."""
+    if response.length is not None and response.length <= 64 * 1024:
+        response.read()
+
