@@ -81,6 +81,12 @@ def write_random_file(path: Path, size: int) -> None:
                 bar.advance(task, len(chunk))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -138,6 +144,7 @@ def measure_size(work: Path, registry: Registry, size: int, rounds: int, streams
     params = f"?ns={registry.host}"
     curl(direct_url)  # the registry's storage into the page cache, as it is on a busy registry
     results: dict[str, list[Transfer]] = {"direct": [], "disk_write": [], "cold": [], "warm": []}
+    cold_cpu: list[float] = []  # the daemon's CPU seconds per GiB of cold pull
     mapping = ["--registry", f"{registry.host}={registry.url}", "--cache-quota", "100GiB"]
     for round_index in range(rounds):
         console.print(f"[bold]{format_size(size)}[/] round {round_index + 1}/{rounds}")
@@ -148,8 +155,11 @@ def measure_size(work: Path, registry: Registry, size: int, rounds: int, streams
             mirror_url = f"{node.url}/v2/bench/blob/blobs/{digest}"
             results["direct"].append(curl(direct_url))
             results["disk_write"].append(fresh_file_write(work / "write-probe", size))
+            assert node.process is not None
+            cpu_before = cpu_seconds(node.process.pid)
             results["cold"].append(curl(mirror_url, params))
             wait_until(lambda: node.metric("damselfly_store_blobs") == 1, 120, "the cold download to be stored")
+            cold_cpu.append((cpu_seconds(node.process.pid) - cpu_before) * (1 << 30) / size)
             results["warm"].append(curl(mirror_url, params))
         finally:
             node.stop()
@@ -185,6 +195,7 @@ def measure_size(work: Path, registry: Registry, size: int, rounds: int, streams
         "cold_mb_s": round(median_speed("cold"), 1),
         "warm_mb_s": round(median_speed("warm"), 1),
         "cold_ratio": round(median_speed("cold") / direct, 3),
+        "cold_cpu_seconds_per_gib": round(statistics.median(cold_cpu), 2),
         "warm_ratio": round(median_speed("warm") / direct, 3),
         "idle_rss_mb": round(idle_rss / 1e6, 1),
         "peak_rss_mb_cold": round(cold_peak / 1e6, 1),
@@ -201,13 +212,14 @@ def markdown_table(records: list[dict], rounds: int, streams: int) -> str:
         f"Blob through the mirror vs straight from docker-registry (curl, loopback, median of {rounds} rounds; "
         f"peak daemon RSS while serving {streams} concurrent streams).",
         "",
-        "| blob | direct MB/s | new-file write MB/s | cold MB/s (ratio) | warm MB/s (ratio) | peak RSS cold / warm "
-        "| idle RSS | registry GETs (all runs) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| blob | direct MB/s | new-file write MB/s | cold MB/s (ratio) | daemon CPU s/GiB cold | warm MB/s (ratio) "
+        "| peak RSS cold / warm | idle RSS | registry GETs (all runs) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in records:
         lines.append(
             f"| {format_size(r['size_bytes'])} | {r['direct_mb_s']:.0f} | {r['disk_write_mb_s']:.0f} | {r['cold_mb_s']:.0f} ({r['cold_ratio']:.2f}x) | "
+            f"{r['cold_cpu_seconds_per_gib']:.2f} | "
             f"{r['warm_mb_s']:.0f} ({r['warm_ratio']:.2f}x) | {r['peak_rss_mb_cold']:.0f} / {r['peak_rss_mb_warm']:.0f} MB | "
             f"{r['idle_rss_mb']:.0f} MB | {r['registry_blob_gets']} |")
     lines += ["", "Targets: cold >= 0.8x, warm >= 0.9x direct; peak RSS < 150 MB whatever the blob size.",

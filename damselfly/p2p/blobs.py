@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Protocol
@@ -23,7 +25,7 @@ from damselfly.lib.units import format_size
 from damselfly.p2p.pieces import piece_matches
 from damselfly.p2p.store import BlobMeta, BlobStore, Partial, StoredBlob
 from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import SequentialWriter
+from damselfly.p2p.writer import SourceTooShort, copy_to_file
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints of a resumable download
@@ -58,9 +60,15 @@ class SourceUnavailable(Exception):
 
 
 class SourceStream(Protocol):
+    """A download in progress, read by a worker thread."""
+
     length: int
 
-    def chunks(self) -> AsyncIterator[bytes]: ...
+    def readinto(self, buffer: memoryview) -> int:
+        """Blocking; 0 at the end; raises SourceUnavailable."""
+
+    def abort(self) -> None:
+        """From any thread: make a blocked ``readinto`` fail at once."""
 
     def close(self) -> None: ...
 
@@ -148,6 +156,8 @@ class BlobService:
         self._task_started = asyncio.Event()
         self._resumable: set[str] = set()  # downloads from peers: checkpointed, kept at shutdown
         self._checkpoints: set[str] = set()  # checkpoint writes scheduled
+        # Threads that copy origin downloads: their own pool, so long copies never starve to_thread.
+        self._copiers = ThreadPoolExecutor(32, thread_name_prefix="blob-copy")
 
     @contextlib.asynccontextmanager
     async def open(self, digest: Digest, origin: Origin) -> AsyncIterator[BlobReader]:
@@ -333,22 +343,29 @@ class BlobService:
             protected=self._task_protected.get(key, False)))
 
     async def _fill_from_origin(self, task: Task, stream: SourceStream) -> str:
-        """Write the origin's stream in order; return the digest of what it sent."""
+        """Copy the origin's stream in order on worker threads; return the digest of what it sent."""
+        loop = asyncio.get_running_loop()
+        reported = 0
+
+        def written(offset: int) -> None:  # on the copying thread
+            nonlocal reported
+            self.events.source_bytes(offset - reported)
+            reported = offset
+            with contextlib.suppress(RuntimeError):  # the loop closed under a download being aborted
+                loop.call_soon_threadsafe(task.pieces_done_below, offset)
+
+        copying = loop.run_in_executor(self._copiers, functools.partial(
+            copy_to_file, stream, task.path, task.length, task.digest.hasher(), task.piece_length, task.digests,
+            written))
         try:
-            writer = SequentialWriter(task.path, task.digest.hasher(), on_written=task.pieces_done_below,
-                                      piece_length=task.piece_length if self.network else None,
-                                      piece_digests=task.digests)
-            try:
-                async for chunk in stream.chunks():
-                    if writer.offset + len(chunk) > task.length:
-                        raise TaskFailed(f"source sent more than the {task.length} bytes it announced")
-                    await writer.write(chunk)
-                    self.events.source_bytes(len(chunk))
-                if writer.offset != task.length:
-                    raise TaskFailed(f"source closed after {writer.offset} of {task.length} bytes")
-                return await writer.digest()
-            finally:
-                await writer.close()
+            return await asyncio.shield(copying)
+        except asyncio.CancelledError:
+            stream.abort()  # the copying thread's next read fails at once
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(copying, 10)
+            raise
+        except SourceTooShort as exc:
+            raise TaskFailed(str(exc)) from None
         finally:
             stream.close()
 
@@ -404,6 +421,7 @@ class BlobService:
             if key not in self._committing:
                 download.cancel()
         await asyncio.gather(*self._downloads.values(), return_exceptions=True)
+        self._copiers.shutdown(wait=False)
 
 
 def _verified_pieces(task: Task, pieces: list[int], digests: dict[int, str]) -> list[int]:

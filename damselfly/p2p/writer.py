@@ -1,26 +1,37 @@
-"""Writes a download to its data file and hashes it, off the event loop.
+"""Copies a download from its source into the task's data file, off the event loop.
 
-The event loop only receives bytes. One worker thread writes them at their offsets,
-another feeds them to the digest, in order; pwrite and hashlib release the GIL, so on
-a two-core node the disk and the digest run beside the network instead of after it.
-At most ``max_in_flight`` chunks wait for the workers, which bounds memory and pushes
-back on the sender.
+Two threads per download: one reads the source into a small pool of 1 MiB buffers,
+digests each piece (BLAKE3) and writes it at its offset; the other feeds the same
+buffers, in order, to the blob's own digest (SHA-256, the slowest step). Socket reads,
+hashing and pwrite release the GIL, so on a two-core node they run beside the event
+loop instead of through it. The pool bounds memory and pushes back on the source.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 from damselfly.p2p.pieces import PIECE_DIGEST_ALGORITHM, piece_hasher
 
+BUFFER_SIZE = 1024 * 1024
+BUFFERS = 8
 
-def pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> int:
+
+class BlockingSource(Protocol):
+    def readinto(self, buffer: memoryview) -> int: ...
+
+
+class SourceTooShort(Exception):
+    """The source ended before the length it announced."""
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
     """Write all of ``data`` at ``offset`` (pwrite may write less); return the end offset."""
     view = memoryview(data)
     while view:
@@ -29,79 +40,61 @@ def pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> int:
     return offset
 
 
-class SequentialWriter:
-    """With ``piece_length``, also records each piece's digest in ``piece_digests`` before
-    reporting the bytes as written, so a piece is never announced without its digest."""
+def copy_to_file(source: BlockingSource, path: Path, length: int, blob_hasher: "hashlib._Hash", piece_length: int,
+                 piece_digests: dict[int, str], on_written: Callable[[int], None]) -> str:
+    """Blocking: copy ``length`` bytes of ``source`` to ``path``; return the blob's hex digest.
 
-    def __init__(self, path: Path, hasher: "hashlib._Hash", on_written: Callable[[int], None],
-                 max_in_flight: int = 16, piece_length: int | None = None,
-                 piece_digests: dict[int, str] | None = None) -> None:
-        self._fd = os.open(path, os.O_WRONLY)
-        self._hasher = hasher
-        self._piece_length = piece_length
-        self._piece_digests = piece_digests if piece_digests is not None else {}
-        self._piece_hasher = piece_hasher()
-        self._hashed = 0
-        self._on_written = on_written
-        self._max_in_flight = max_in_flight
-        self._disk = ThreadPoolExecutor(1, thread_name_prefix="blob-write")
-        self._digest = ThreadPoolExecutor(1, thread_name_prefix="blob-hash")
-        self._pending: deque[asyncio.Future[list[int | None]]] = deque()
-        self.offset = 0  # bytes handed to the workers
-        self._failed = False
+    Each piece's digest goes into ``piece_digests`` before ``on_written(offset)`` reports
+    the bytes up to ``offset`` as written, so a piece is never announced without it.
+    """
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(BUFFERS):
+        free.put(bytearray(BUFFER_SIZE))
+    filled: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+    hashing = threading.Thread(target=_hash_in_order, args=(filled, free, blob_hasher), name="blob-hash", daemon=True)
+    hashing.start()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        offset, piece = 0, piece_hasher()
+        while offset < length:
+            buffer = free.get()
+            count = _fill(source, memoryview(buffer)[: min(BUFFER_SIZE, length - offset)])
+            if count == 0:
+                filled.put((buffer, 0))
+                raise SourceTooShort(f"source closed after {offset} of {length} bytes")
+            view = memoryview(buffer)[:count]
+            pwrite_all(fd, view, offset)
+            while view:  # the piece digests, across piece boundaries inside this buffer
+                room = piece_length - offset % piece_length
+                part, view = view[:room], view[room:]
+                piece.update(part)
+                offset += len(part)
+                if offset % piece_length == 0 or offset == length:
+                    piece_digests[(offset - 1) // piece_length] = f"{PIECE_DIGEST_ALGORITHM}:{piece.hexdigest()}"
+                    piece = piece_hasher()
+            filled.put((buffer, count))
+            on_written(offset)
+    finally:
+        filled.put(None)
+        hashing.join()
+        os.close(fd)
+    return blob_hasher.hexdigest()
 
-    def _write(self, chunk: bytes, offset: int) -> int:
-        return pwrite_all(self._fd, chunk, offset)
 
-    def _hash(self, chunk: bytes) -> None:
-        self._hasher.update(chunk)
-        if self._piece_length is None:
-            return
-        view = memoryview(chunk)
-        while view:
-            room = self._piece_length - self._hashed % self._piece_length
-            part, view = view[:room], view[room:]
-            self._piece_hasher.update(part)
-            self._hashed += len(part)
-            if self._hashed % self._piece_length == 0:
-                self._finish_piece()
+def _fill(source: BlockingSource, view: memoryview) -> int:
+    """Read until ``view`` is full or the source ends: fewer, larger steps for the threads."""
+    total = 0
+    while total < len(view):
+        count = source.readinto(view[total:])
+        if count == 0:
+            break
+        total += count
+    return total
 
-    def _finish_piece(self) -> None:
-        index = (self._hashed - 1) // self._piece_length
-        self._piece_digests[index] = f"{PIECE_DIGEST_ALGORITHM}:{self._piece_hasher.hexdigest()}"
-        self._piece_hasher = piece_hasher()
 
-    def _written(self, future: asyncio.Future[list[int | None]]) -> None:
-        """Report progress in order; after a failed write, nothing more counts as written."""
-        if future.cancelled() or future.exception() is not None:
-            self._failed = True
-        elif not self._failed:
-            self._on_written(future.result()[0])  # type: ignore[arg-type]
-
-    async def write(self, chunk: bytes) -> None:
-        """Queue ``chunk`` after the bytes before it; wait while too many chunks are queued."""
-        loop = asyncio.get_running_loop()
-        both = asyncio.gather(loop.run_in_executor(self._disk, self._write, chunk, self.offset),
-                              loop.run_in_executor(self._digest, self._hash, chunk))
-        both.add_done_callback(self._written)
-        self._pending.append(both)
-        self.offset += len(chunk)
-        while self._pending and (self._pending[0].done() or len(self._pending) > self._max_in_flight):
-            await self._pending.popleft()  # raises a worker's OSError, if any
-
-    async def digest(self) -> str:
-        """Wait for every queued chunk to be written and hashed; return the hex digest."""
-        while self._pending:
-            await self._pending.popleft()
-        if self._piece_length is not None and self._hashed % self._piece_length:
-            self._finish_piece()  # the short last piece
-        return self._hasher.hexdigest()
-
-    async def close(self) -> None:
-        """Stop the workers after what is queued; safe after a failure."""
-        for future in self._pending:
-            future.cancel()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._disk.shutdown, True)
-        await loop.run_in_executor(None, self._digest.shutdown, True)
-        os.close(self._fd)
+def _hash_in_order(filled: "queue.Queue[tuple[bytearray, int] | None]", free: "queue.Queue[bytearray]",
+                   hasher: "hashlib._Hash") -> None:
+    while (item := filled.get()) is not None:
+        buffer, count = item
+        hasher.update(memoryview(buffer)[:count])
+        free.put(buffer)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import logging
-from typing import AsyncIterator
+import socket
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -27,6 +32,8 @@ PASSTHROUGH_REQUEST_HEADERS = (
 )
 ERROR_BODY_LIMIT = 64 * 1024
 CHUNK_SIZE = 1024 * 1024
+MAX_REDIRECTS = 10
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 def pick_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str], names: tuple[str, ...]) -> CIMultiDict[str]:
@@ -38,23 +45,64 @@ def pick_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str], names: tuple
 
 
 class RegistryStream:
-    """A blob download from a registry, read in chunks as they arrive."""
+    """A blob download from a registry on a blocking connection, read on a worker thread.
 
-    def __init__(self, response: aiohttp.ClientResponse, length: int) -> None:
+    A blob body is the hot path of a cold pull: read through the event loop it costs a
+    Python callback per socket read; here a worker thread reads it straight into its
+    own buffers (see damselfly.p2p.writer).
+    """
+
+    def __init__(self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse,
+                 url: str, length: int) -> None:
+        self._connection = connection
         self._response = response
+        self._origin = _origin_of(url)
         self.length = length
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def readinto(self, buffer: memoryview) -> int:
+        """Blocking; 0 at the end. Network failures become SourceUnavailable."""
         try:
-            async for chunk in self._response.content.iter_any():  # no re-chunking copies
-                yield chunk
-        except asyncio.TimeoutError:
-            raise SourceUnavailable(504, f"registry {self._response.url.origin()} stopped sending") from None
-        except aiohttp.ClientError as exc:
-            raise SourceUnavailable(502, f"registry {self._response.url.origin()} broke off: {exc}") from None
+            return self._response.readinto(buffer)
+        except TimeoutError:
+            raise SourceUnavailable(504, f"registry {self._origin} stopped sending") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise SourceUnavailable(502, f"registry {self._origin} broke off: {exc}") from None
+
+    def abort(self) -> None:
+        """From any thread: make a blocked ``readinto`` fail at once."""
+        sock = self._connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        self._response.release()
+        self._connection.close()
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _refusal(status: int, headers: CIMultiDictProxy[str] | CIMultiDict[str], body: bytes,
+             url: str) -> SourceRefused | SourceUnavailable:
+    """A non-success answer: client errors pass back unchanged, server errors become 502."""
+    if status >= 500:
+        return SourceUnavailable(502, f"upstream {_origin_of(url)} answered {status}")
+    picked = pick_headers(headers, ("Content-Type", "WWW-Authenticate", "Docker-Distribution-API-Version"))
+    return SourceRefused(status, dict(picked), body)
+
+
+def _close_unread(opened: "asyncio.Future[RegistryStream]") -> None:
+    if not opened.cancelled() and opened.exception() is None:
+        opened.result().close()
+
+
+def _read_error_body(response: http.client.HTTPResponse) -> bytes:
+    try:
+        return response.read(ERROR_BODY_LIMIT)
+    except (OSError, http.client.HTTPException):
+        return b""
 
 
 class RegistryClient:
@@ -62,6 +110,9 @@ class RegistryClient:
 
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 60.0) -> None:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._openers = ThreadPoolExecutor(16, thread_name_prefix="registry-open")  # blocking connects, own pool
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -71,7 +122,7 @@ class RegistryClient:
                 timeout=self._timeout,
                 auto_decompress=False,  # bytes pass through exactly as the registry sent them
                 connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
-                read_bufsize=CHUNK_SIZE,  # fewer, larger reads on the hot path
+                read_bufsize=CHUNK_SIZE,  # fewer, larger reads of passthrough bodies and origin ranges
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
         return self._session
@@ -79,6 +130,7 @@ class RegistryClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        self._openers.shutdown(wait=False)
 
     @staticmethod
     def blob_url(origin: Origin, digest: Digest) -> str:
@@ -96,7 +148,7 @@ class RegistryClient:
         """Send one request; connection problems become SourceUnavailable (502/504)."""
         try:
             return await self.session.request(method, url, headers=headers, data=data,
-                                              allow_redirects=follow_redirects, max_redirects=10)
+                                              allow_redirects=follow_redirects, max_redirects=MAX_REDIRECTS)
         except asyncio.TimeoutError:
             raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
         except aiohttp.TooManyRedirects:
@@ -105,27 +157,67 @@ class RegistryClient:
             raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
 
     async def _refusal(self, response: aiohttp.ClientResponse) -> SourceRefused | SourceUnavailable:
-        """A non-success answer: client errors pass back unchanged, server errors become 502."""
         try:
             body = await response.content.read(ERROR_BODY_LIMIT)
         except (aiohttp.ClientError, asyncio.TimeoutError):
             body = b""
         finally:
             response.release()
-        if response.status >= 500:
-            return SourceUnavailable(502, f"upstream {response.url.origin()} answered {response.status}")
-        headers = pick_headers(response.headers, ("Content-Type", "WWW-Authenticate", "Docker-Distribution-API-Version"))
-        return SourceRefused(response.status, dict(headers), body)
+        return _refusal(response.status, response.headers, body, str(response.url))
 
     async def open_blob(self, origin: Origin, digest: Digest) -> RegistryStream:
-        url = self.blob_url(origin, digest)
-        response = await self.request("GET", url, CIMultiDict(self._auth_headers(origin)))
-        if response.status != 200:
-            raise await self._refusal(response)
-        if response.content_length is None:
-            response.release()
-            raise SourceUnavailable(502, f"upstream {url} sent no Content-Length for a blob")
-        return RegistryStream(response, response.content_length)
+        """GET the blob on a blocking connection (redirects followed); its body is read on a thread."""
+        opening = asyncio.get_running_loop().run_in_executor(
+            self._openers, self._open_blob, self.blob_url(origin, digest), self._auth_headers(origin))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:  # nobody will read it: close the stream once it opens
+            opening.add_done_callback(_close_unread)
+            raise
+
+    def _open_blob(self, url: str, headers: dict[str, str]) -> RegistryStream:
+        for _ in range(MAX_REDIRECTS + 1):
+            connection = self._blocking_connection(url)
+            try:
+                connection.connect()
+                assert connection.sock is not None
+                connection.sock.settimeout(self._read_timeout)  # every read may wait this long
+                parts = urlsplit(url)
+                connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers)
+                response = connection.getresponse()
+            except TimeoutError:
+                connection.close()
+                raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
+            location = response.getheader("Location")
+            if response.status in REDIRECTS and location:
+                connection.close()
+                target = urljoin(url, location)
+                if _origin_of(target) != _origin_of(url):
+                    headers = {k: v for k, v in headers.items() if k != "Authorization"}  # not for storage hosts
+                url = target
+                continue
+            if response.status != 200:
+                try:
+                    raise _refusal(response.status, CIMultiDict(response.getheaders()), _read_error_body(response), url)
+                finally:
+                    connection.close()
+            if response.length is None:
+                connection.close()
+                raise SourceUnavailable(502, f"upstream {url} sent no Content-Length for a blob")
+            return RegistryStream(connection, response, url, response.length)
+        raise SourceUnavailable(502, f"upstream {url} redirected too many times")
+
+    def _blocking_connection(self, url: str) -> http.client.HTTPConnection:
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=self._connect_timeout, context=ssl.create_default_context())
+        else:
+            connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self._connect_timeout)
+        return connection
 
     async def blob_length(self, origin: Origin, digest: Digest) -> int:
         """HEAD the blob with the caller's credentials: its length, or the registry's refusal."""

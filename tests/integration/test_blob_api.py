@@ -238,3 +238,45 @@ def test_process_survives_a_client_that_hangs_up_mid_blob(node, registry, regist
     wait_until(lambda: node.metric("damselfly_proxy_active_streams") == 0, 20, "the stream to be released")
     assert hashlib.sha256(httpx.get(url, params={"ns": registry.host}, timeout=30).content).hexdigest() == digest[7:]
     assert len(registry.blob_gets(digest)) == 1
+
+
+def test_a_registry_that_redirects_blobs_to_storage_is_followed_without_the_callers_credentials(tmp_path):
+    """docker-registry's redirect middleware sends blob GETs to a storage host (as S3 or a
+    CDN would); the mirror follows the 307 and does not hand the caller's token to that host."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler
+
+    from tests.support.daemon import Damselfly
+    from tests.support.processes import ThreadedHTTPServer
+    from tests.support.registry import Registry, RegistryClient
+
+    storage_port = free_port()
+    registry = Registry(tmp_path / "registry", extra_config={"middleware": {"storage": [
+        {"name": "redirect", "options": {"baseurl": f"http://127.0.0.1:{storage_port}/"}}]}}).start()
+    storage_requests: list[tuple[str, str | None]] = []
+
+    class StorageHost(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            storage_requests.append((self.path, self.headers.get("Authorization")))
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    storage = ThreadedHTTPServer(partial(StorageHost, directory=str(tmp_path / "registry/storage")), storage_port)
+    node = None
+    try:
+        data = os.urandom(5 * MiB + 3)
+        digest = RegistryClient(registry.url).push_blob("redirect/blob", data)
+        assert httpx.get(f"{registry.url}/v2/redirect/blob/blobs/{digest}").status_code == 307
+        node = Damselfly(tmp_path / "data", ["--registry", f"{registry.host}={registry.url}"]).start()
+        response = httpx.get(f"{node.url}/v2/redirect/blob/blobs/{digest}", params={"ns": registry.host},
+                             headers={"Authorization": "Bearer caller-token"}, timeout=30)
+        assert response.status_code == 200 and response.content == data
+        fetched = [auth for path, auth in storage_requests if digest[7:] in path]
+        assert fetched == [None], "one storage GET, without the caller's token"
+    finally:
+        if node:
+            node.stop()
+        storage.stop()
+        registry.stop()
