@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import click
 from rich.console import Console
@@ -77,7 +78,8 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
                     results.append(result)
             finally:
                 console.print("removing the cluster")
-                cluster.close()
+                with _uninterrupted():  # a second Ctrl-C (or a kill) must not leave half a cluster behind
+                    cluster.close()
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     table = markdown(results)
@@ -91,3 +93,18 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold off SIGINT and SIGTERM until the block ends, then act on one if it came."""
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, _: received.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            raise KeyboardInterrupt
