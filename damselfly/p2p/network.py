@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 
 from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.blobs import Origin, SourceUnavailable
-from damselfly.p2p.fetch import BadParent, PieceCorrupt, PieceFetcher, PieceRefused, PieceRequest, PieceWriteFailed, TransferFailed
+from damselfly.p2p.fetch import BadParent, PieceFetcher, PieceRefused, PieceRequest, PieceWriteFailed, TransferFailed
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap, piece_digest
 from damselfly.p2p.task import Task, TaskFailed
@@ -195,8 +195,6 @@ class PieceDownload:
         self.swarm = 1  # peers downloading this task at once, from the scheduler
         self.verified = False  # the scheduler's digests come from a seed that checked the whole blob
         self.in_flight: set[int] = set()
-        self.idle_workers = 0
-        self.urgent: set[asyncio.Task[None]] = set()  # transfers started for readers while every worker was busy
         self.changed = asyncio.Event()
         self.back_to_source: str | None = None
         self.failure: str | None = None
@@ -208,7 +206,7 @@ class PieceDownload:
 
     async def run(self) -> str:
         started = time.monotonic()
-        self.task.on_wanted = self._on_wanted
+        self.task.on_wanted = self._notify
         try:
             try:
                 answer = await self.reporter.register(seeding=False)
@@ -225,10 +223,9 @@ class PieceDownload:
                         await wait_until_set(changed, 1.0)
                         self._check_stuck()
                 finally:
-                    others = (poller, *workers, *self.urgent)
-                    for worker in others:
+                    for worker in (poller, *workers):
                         worker.cancel()
-                    await asyncio.gather(*others, return_exceptions=True)
+                    await asyncio.gather(poller, *workers, return_exceptions=True)
             if self.failure is not None:
                 raise TaskFailed(self.failure)
             if self.back_to_source is not None:
@@ -314,9 +311,6 @@ class PieceDownload:
         so that peers take different pieces from the seed and trade them, while readers
         still get theirs soon. Alone with a seed, the peer just streams in order.
         """
-        wanted = self._pick_wanted()
-        if wanted is not None:
-            return wanted
         missing = [i for i in range(self.task.piece_count)
                    if not self.task.has_or_holds(i) and i not in self.in_flight]
         if not missing or not self.parents:
@@ -324,6 +318,10 @@ class PieceDownload:
         parents = list(self.parents.values())
         peers = [p for p in parents if not p.is_seed]
         held = {i: [p for p in peers if p.bitmap.has(i)] for i in missing}
+        for index in sorted(i for i in self.task.wanted if i in held):
+            givers = held[index] or [p for p in parents if p.is_seed and p.can_give(index)]
+            if givers:
+                return index, _least_busy(givers)
         from_peers = [i for i in missing if held[i]]
         if from_peers:
             random.shuffle(from_peers)
@@ -339,65 +337,35 @@ class PieceDownload:
         givers = [p for p in seeds if p.can_give(index)]
         return (index, _least_busy(givers)) if givers else None
 
-    def _pick_wanted(self) -> tuple[int, Parent] | None:
-        """A piece a reader waits for, from a peer that holds it or else a seed."""
-        parents = list(self.parents.values())
-        for index in sorted(self.task.wanted):
-            if self.task.has_or_holds(index) or index in self.in_flight:
-                continue
-            givers = ([p for p in parents if not p.is_seed and p.bitmap.has(index)]
-                      or [p for p in parents if p.is_seed and p.can_give(index)])
-            if givers:
-                return index, _least_busy(givers)
-        return None
-
-    def _on_wanted(self) -> None:
-        """A reader started waiting: an idle worker takes its piece; with none idle, it
-        goes at once on an extra transfer rather than behind background pieces."""
-        self._notify()
-        if self.idle_workers == 0 and len(self.urgent) < self.network.concurrency:
-            picked = self._pick_wanted()
-            if picked is not None:
-                transfer = self.network.spawn(self._transfer(*picked))
-                self.urgent.add(transfer)
-                transfer.add_done_callback(self.urgent.discard)
-
     async def _work(self) -> None:
         while True:
             picked = self._pick()
             if picked is None:
                 changed = self.changed
-                self.idle_workers += 1
-                try:
-                    await wait_until_set(changed, 0.5)
-                finally:
-                    self.idle_workers -= 1
+                await wait_until_set(changed, 0.5)
                 continue
-            await self._transfer(*picked)
-
-    async def _transfer(self, index: int, parent: Parent) -> None:
-        """One piece from one parent; what goes wrong is charged to the parent or fails the task."""
-        log.debug("piece %d of %s from %s", index, self.task.digest, parent.host_id)
-        self.in_flight.add(index)
-        parent.in_flight += 1
-        try:
-            await self._fetch(index, parent)
-        except BadParent as exc:
-            if isinstance(exc, PieceCorrupt):
-                self.network.metrics.piece_failures.inc()
-            self._drop(parent, str(exc), bad=True)
-        except PieceWriteFailed as exc:
-            self.failure = f"cannot write piece {index}: {exc}"
-            self._notify()
-        except (PieceRefused, TransferFailed) as exc:
-            log.debug("piece %d of %s from %s failed: %s", index, self.task.digest, parent.host_id, exc)
-            if isinstance(exc, PieceRefused) and parent.seeding:
-                await asyncio.sleep(0.2)  # the seed has not started this piece yet
-            else:
-                self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=not isinstance(exc, PieceRefused))
-        finally:
-            self.in_flight.discard(index)
-            parent.in_flight -= 1
+            index, parent = picked
+            log.debug("piece %d of %s from %s", index, self.task.digest, parent.host_id)
+            self.in_flight.add(index)
+            parent.in_flight += 1
+            try:
+                await self._fetch(index, parent)
+            except BadParent as exc:
+                if "does not match" in str(exc):
+                    self.network.metrics.piece_failures.inc()
+                self._drop(parent, str(exc), bad=True)
+            except PieceWriteFailed as exc:
+                self.failure = f"cannot write piece {index}: {exc}"
+                self._notify()
+            except (PieceRefused, TransferFailed) as exc:
+                log.debug("piece %d of %s from %s failed: %s", index, self.task.digest, parent.host_id, exc)
+                if isinstance(exc, PieceRefused) and parent.seeding:
+                    await asyncio.sleep(0.2)  # the seed has not started this piece yet
+                else:
+                    self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=not isinstance(exc, PieceRefused))
+            finally:
+                self.in_flight.discard(index)
+                parent.in_flight -= 1
 
     def _drop(self, parent: Parent, reason: str, bad: bool) -> None:
         if self.parents.pop(parent.host_id, None) is None:
