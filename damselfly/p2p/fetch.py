@@ -34,6 +34,10 @@ class BadParent(Exception):
     """A parent sent bytes that are wrong; it is dropped and reported."""
 
 
+class PieceCorrupt(BadParent):
+    """The bytes a parent sent do not match the piece's digest."""
+
+
 class TransferFailed(ConnectionError):
     """The connection to a parent broke, timed out, or spoke broken HTTP."""
 
@@ -121,7 +125,7 @@ class PieceFetcher:
             self._discard(connection)
             raise TransferFailed(f"{exc.__class__.__name__}: {exc}") from None
         if not check.matches():
-            raise BadParent(f"{request.path} does not match its digest")
+            raise PieceCorrupt(f"{request.path} does not match its digest")
         return expected
 
     def _receive(self, response: http.client.HTTPResponse, request: PieceRequest, check: PieceCheck) -> None:

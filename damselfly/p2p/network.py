@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 
 from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.blobs import Origin, SourceUnavailable
-from damselfly.p2p.fetch import BadParent, PieceFetcher, PieceRefused, PieceRequest, PieceWriteFailed, TransferFailed
+from damselfly.p2p.fetch import BadParent, PieceCorrupt, PieceFetcher, PieceRefused, PieceRequest, PieceWriteFailed, TransferFailed
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap, piece_digest
 from damselfly.p2p.task import Task, TaskFailed
@@ -351,7 +351,7 @@ class PieceDownload:
             try:
                 await self._fetch(index, parent)
             except BadParent as exc:
-                if "does not match" in str(exc):
+                if isinstance(exc, PieceCorrupt):
                     self.network.metrics.piece_failures.inc()
                 self._drop(parent, str(exc), bad=True)
             except PieceWriteFailed as exc:
