@@ -15,6 +15,7 @@ import http.client
 import os
 import socket
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from damselfly.p2p.pieces import PieceCheck
 
 PIECE_DIGEST_HEADER = "X-Piece-Digest"
 BUFFER_SIZE = 1024 * 1024  # per worker thread, whatever the piece length
+CONNECTIONS_PER_WORKER = 16  # kept-alive parents per thread: parents come and go, sockets must not pile up
 
 
 class PieceRefused(Exception):
@@ -168,22 +170,26 @@ class PieceFetcher:
         return connection.getresponse()
 
     def _connection(self, parent_url: str) -> _Connection:
+        """This thread's connection to the parent; the least recently used go beyond a few."""
         if self._closed:
             raise TransferFailed("the daemon is shutting down")
-        connections: dict[str, _Connection] = self._local.__dict__.setdefault("connections", {})
+        connections: OrderedDict[str, _Connection] = self._local.__dict__.setdefault("connections", OrderedDict())
         connection = connections.get(parent_url)
-        if connection is None:
-            address = urlsplit(parent_url)
-            connection = _Connection(address.hostname or "", address.port or 80, self._connect_timeout,
-                                     self._read_timeout)
-            connections[parent_url] = connection
-            with self._lock:
-                self._connections.add(connection)
+        if connection is not None:
+            connections.move_to_end(parent_url)
+            return connection
+        while len(connections) >= CONNECTIONS_PER_WORKER:
+            self._discard(next(iter(connections.values())))
+        address = urlsplit(parent_url)
+        connection = _Connection(address.hostname or "", address.port or 80, self._connect_timeout, self._read_timeout)
+        connections[parent_url] = connection
+        with self._lock:
+            self._connections.add(connection)
         return connection
 
     def _discard(self, connection: _Connection) -> None:
         connection.close()
-        connections: dict[str, _Connection] = self._local.__dict__.get("connections", {})
+        connections: OrderedDict[str, _Connection] = self._local.__dict__.get("connections", OrderedDict())
         for url, known in list(connections.items()):
             if known is connection:
                 del connections[url]

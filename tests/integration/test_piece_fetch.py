@@ -80,8 +80,12 @@ def request(parent: Parent, path, offset=4096, digest=None, seed=False) -> Piece
 
 
 def run(coroutine_factory):
+    return run_with(coroutine_factory, workers=2)
+
+
+def run_with(coroutine_factory, workers: int):
     async def main():
-        fetcher = PieceFetcher(2, read_timeout=10)
+        fetcher = PieceFetcher(workers, read_timeout=10)
         try:
             return await coroutine_factory(fetcher)
         finally:
@@ -160,3 +164,19 @@ def test_closing_the_fetcher_breaks_off_a_stalled_transfer_at_once(parent, data_
             await transfer
         return time.monotonic() - started
     assert run(go) < 5  # not the 10 s read timeout
+
+
+def test_a_worker_keeps_a_bounded_number_of_idle_connections(data_file, monkeypatch):
+    import damselfly.p2p.fetch as fetch
+
+    monkeypatch.setattr(fetch, "CONNECTIONS_PER_WORKER", 2)
+    parents = [Parent() for _ in range(4)]
+    try:
+        async def go(fetcher):
+            for parent in parents:
+                await fetcher.fetch(request(parent, data_file))
+            return sum(c.sock is not None for c in fetcher._connections)
+        assert run_with(go, workers=1) <= 2
+    finally:
+        for parent in parents:
+            parent.server.stop()
