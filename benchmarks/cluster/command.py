@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import tempfile
 from dataclasses import asdict
@@ -42,8 +43,10 @@ IMAGES: dict[str, Callable[[int], Image]] = {
 @click.option("--delay", default=None, help="Added one-way delay per link (tc netem), e.g. 2ms.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 @click.option("--quick", is_flag=True, help="3 nodes, the small image, every scenario.")
+@click.option("--keep-logs", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy the logs of every daemon, scheduler and registry here before the cluster goes.")
 def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: str, node_rate: str,
-        delay: str | None, out: Path, quick: bool) -> None:
+        delay: str | None, out: Path, quick: bool, keep_logs: Path | None) -> None:
     """Start containers on a cluster of namespaces, through each scenario; write results.json."""
     try:
         require_root()
@@ -77,6 +80,8 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
                         result.bound_ratio = max(result.start_seconds) / result.bound_seconds
                     results.append(result)
             finally:
+                if keep_logs is not None:
+                    _copy_logs(Path(scratch), keep_logs / f"{count}-nodes")
                 console.print("removing the cluster")
                 with _uninterrupted():  # a second Ctrl-C (or a kill) must not leave half a cluster behind
                     cluster.close()
@@ -89,6 +94,15 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
         console.print(f"wrote {path}")
     if not all(r.ok for r in results):
         raise click.ClickException("some scenarios failed: " + "; ".join(e for r in results for e in r.errors))
+
+
+def _copy_logs(scratch: Path, target: Path) -> None:
+    """The cluster's *.log files, at the same relative paths (a node's daemon log is of its last scenario)."""
+    for log in scratch.rglob("*.log"):
+        destination = target / log.relative_to(scratch)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, destination)
+    console.print(f"logs kept in {target}")
 
 
 def _interrupt(*_: object) -> None:
