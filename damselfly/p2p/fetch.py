@@ -32,6 +32,10 @@ class PieceRefused(Exception):
     """A parent could not give a piece (not held yet, no slot); not its fault."""
 
 
+class ParentBusy(PieceRefused):
+    """Every upload slot of the parent is taken (503): it will have one again soon."""
+
+
 class BadParent(Exception):
     """A parent sent bytes that are wrong; it is dropped and reported."""
 
@@ -107,7 +111,7 @@ class PieceFetcher:
                 response = self._send(connection, request.path)
             if response.status != 200:
                 _drain(response)
-                refusal = PieceRefused if response.status in (404, 503) else BadParent
+                refusal = {404: PieceRefused, 503: ParentBusy}.get(response.status, BadParent)
                 raise refusal(f"answered {response.status} for {request.path}")
             expected = request.digest or (response.getheader(PIECE_DIGEST_HEADER) if request.trust_sent_digest else None)
             if expected is None:

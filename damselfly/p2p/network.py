@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 
 from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.blobs import Origin, SourceUnavailable
-from damselfly.p2p.fetch import BadParent, PieceCorrupt, PieceFetcher, PieceRefused, PieceRequest, PieceWriteFailed, TransferFailed
+from damselfly.p2p.fetch import BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused, PieceRequest, PieceWriteFailed, TransferFailed
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap, piece_digest
 from damselfly.p2p.task import Task, TaskFailed
@@ -35,6 +35,7 @@ from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL = 0.1
+RETRY_BUSY_PARENT = 0.2  # seconds before asking a busy parent again
 SEED_REQUESTS = 1  # pieces this peer asks of one seed at once, beyond those its readers wait for
 
 
@@ -359,8 +360,11 @@ class PieceDownload:
                 self._notify()
             except (PieceRefused, TransferFailed) as exc:
                 log.debug("piece %d of %s from %s failed: %s", index, self.task.digest, parent.host_id, exc)
-                if isinstance(exc, PieceRefused) and parent.seeding:
-                    await asyncio.sleep(0.2)  # the seed has not started this piece yet
+                if isinstance(exc, ParentBusy) or (isinstance(exc, PieceRefused) and parent.seeding):
+                    # Busy, or a seed that has not reached this piece yet: ask again shortly. Dropping
+                    # it would leave peers that all wait on one busy seed without a parent until they
+                    # give up and go to the registry (seen in the cluster harness).
+                    await asyncio.sleep(RETRY_BUSY_PARENT)
                 else:
                     self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=not isinstance(exc, PieceRefused))
             finally:
