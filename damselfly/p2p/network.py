@@ -35,7 +35,8 @@ from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL = 0.1
-RETRY_BUSY_PARENT = 0.2  # seconds before asking a busy parent again
+RETRY_BUSY_PARENT = 0.2  # seconds before asking a busy parent again, doubling up to MAX_BUSY_WAIT
+MAX_BUSY_WAIT = 1.0
 SEED_REQUESTS = 1  # pieces this peer asks of one seed at once, beyond those its readers wait for
 
 
@@ -47,6 +48,12 @@ class Parent:
     seeding: bool
     bitmap: PieceBitmap
     in_flight: int = 0
+    busy_answers: int = 0  # 503s in a row: the wait before asking again doubles with each
+
+    def busy_wait(self) -> float:
+        """Seconds to wait after another 503: 0.2, 0.4, 0.8, then 1 s."""
+        self.busy_answers += 1
+        return min(RETRY_BUSY_PARENT * 2 ** (self.busy_answers - 1), MAX_BUSY_WAIT)
 
     def can_give(self, index: int) -> bool:
         return self.bitmap.has(index) or self.seeding
@@ -360,11 +367,12 @@ class PieceDownload:
                 self._notify()
             except (PieceRefused, TransferFailed) as exc:
                 log.debug("piece %d of %s from %s failed: %s", index, self.task.digest, parent.host_id, exc)
-                if isinstance(exc, ParentBusy) or (isinstance(exc, PieceRefused) and parent.seeding):
-                    # Busy, or a seed that has not reached this piece yet: ask again shortly. Dropping
-                    # it would leave peers that all wait on one busy seed without a parent until they
-                    # give up and go to the registry (seen in the cluster harness).
-                    await asyncio.sleep(RETRY_BUSY_PARENT)
+                if isinstance(exc, ParentBusy):
+                    # Ask again later. Dropping it would leave peers that all wait on one busy seed
+                    # without a parent until they give up and go to the registry (seen in the harness).
+                    await asyncio.sleep(parent.busy_wait())
+                elif isinstance(exc, PieceRefused) and parent.seeding:
+                    await asyncio.sleep(RETRY_BUSY_PARENT)  # the seed has not reached this piece yet
                 else:
                     self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=not isinstance(exc, PieceRefused))
             finally:
@@ -395,6 +403,7 @@ class PieceDownload:
         expected = await self.network.fetcher.fetch(PieceRequest(
             parent.url, f"/pieces/{self.task.digest}/{index}", size, self.task.path, start,
             digest=self.digests.get(index), trust_sent_digest=parent.is_seed))
+        parent.busy_answers = 0
         self.task.digests[index] = expected
         self.task.piece_done(index)
         if index == self.task.piece_count - 1 and self.verified and self.digests.get(index) == expected:
