@@ -199,27 +199,27 @@ def test_a_peer_restarted_mid_download_resumes_its_pieces(tmp_path, registry, re
 
 
 def test_a_parent_with_every_upload_slot_taken_is_waited_for_not_abandoned(tmp_path, registry, registry_client, nodes):
-    """A seed busy serving one task answers 503 to a peer of another: the peer asks again
-    instead of dropping its only parent and going to the registry 15 s later."""
-    small, large = os.urandom(8 * MiB), os.urandom(24 * MiB)
+    """The seed's only upload slot is busy for > 15 s with another task's pieces, so the
+    waiting peer's first ask is answered 503: it must ask again rather than drop its only
+    parent and go to the registry 15 s later (as all four peers of a layer did in the harness)."""
+    small, large = os.urandom(1 * MiB), os.urandom(16 * MiB)
     small_digest = registry_client.push_blob("faults/busy", small)
     large_digest = registry_client.push_blob("faults/busy", large)
     mapping = ["--registry", f"{registry.host}={registry.url}"]
     scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
     seed = nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True,
-                            extra=["--upload-slots", "2", "--upload-rate", "4MB"]))
+                            extra=["--upload-slots", "1", "--upload-rate", "500KB"]))  # busy for > 15 s
     for digest in (small_digest, large_digest):
         fetch(seed, registry.host, "faults/busy", digest)
-    busy = [nodes(start_peer(tmp_path / f"busy{i}/data", [scheduler.url], mapping)) for i in range(3)]
-    waiting_peer = nodes(start_peer(tmp_path / "waiting/data", [scheduler.url], mapping))
-    downloads = [in_background(lambda peer=peer: fetch(peer, registry.host, "faults/busy", large_digest))
-                 for peer in busy]
-    wait_until(lambda: seed.metric("damselfly_upload_active") >= 2, 10, "both upload slots taken")
+    busy_peer, waiting_peer = (nodes(start_peer(tmp_path / f"{name}/data", [scheduler.url], mapping))
+                               for name in ("busy", "waiting"))
+    thread, result = in_background(lambda: fetch(busy_peer, registry.host, "faults/busy", large_digest))
+    wait_until(lambda: seed.metric("damselfly_upload_active") >= 1, 10, "the upload slot taken")
+    refused_before = seed.metric("damselfly_upload_refused_total", 'reason="no_slot"')
 
-    assert fetch(waiting_peer, registry.host, "faults/busy", small_digest, timeout=30) == small
-    for thread, result in downloads:
-        thread.join(60)
-        assert result.get("value") == large
-    assert seed.metric("damselfly_upload_refused_total", 'reason="no_slot"') > 0, "the seed did turn peers away"
+    assert fetch(waiting_peer, registry.host, "faults/busy", small_digest, timeout=60) == small
+    thread.join(60)
+    assert result.get("value") == large
+    assert seed.metric("damselfly_upload_refused_total", 'reason="no_slot"') > refused_before
     assert waiting_peer.metric("damselfly_p2p_back_to_source_total") == 0
     assert len(registry.blob_gets(small_digest)) == 1, "only the seed read the registry"
