@@ -19,9 +19,10 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from damselfly.lib.blockinghttp import connection_for
 from damselfly.p2p.pieces import PieceCheck
+from damselfly.p2p.writer import pwrite_all
 
 PIECE_DIGEST_HEADER = "X-Piece-Digest"
 BUFFER_SIZE = 1024 * 1024  # per worker thread, whatever the piece length
@@ -63,27 +64,13 @@ class PieceRequest:
     trust_sent_digest: bool  # the parent is a seed: its X-Piece-Digest is trusted
 
 
-class _Connection(http.client.HTTPConnection):
-    """Separate deadlines: a short one to connect, the read timeout for every receive."""
-
-    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float) -> None:
-        super().__init__(host, port, timeout=read_timeout)
-        self.connect_timeout = connect_timeout
-        self.reused = False  # the last request went over a connection opened before it
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self.host, self.port), self.connect_timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(self.timeout)
-
-
 class PieceFetcher:
     """Runs piece transfers on ``workers`` threads, each keeping one connection per parent."""
 
     def __init__(self, workers: int, connect_timeout: float = 5.0, read_timeout: float = 30.0) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="piece-fetch")
         self._local = threading.local()
-        self._connections: set[_Connection] = set()
+        self._connections: set[http.client.HTTPConnection] = set()
         self._lock = threading.Lock()
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -101,10 +88,11 @@ class PieceFetcher:
         connection = self._connection(request.parent_url)
         response: http.client.HTTPResponse | None = None
         try:
+            reused = connection.sock is not None
             try:
                 response = self._send(connection, request.path)
             except (ConnectionError, http.client.RemoteDisconnected):
-                if not connection.reused:
+                if not reused:
                     raise
                 self._discard(connection)  # the parent closed it while idle: one more try on a new one
                 connection = self._connection(request.parent_url)
@@ -157,10 +145,8 @@ class PieceFetcher:
                         raise TransferFailed("the daemon is shutting down")
                     raise BadParent(f"sent {offset - request.offset} of {request.size} bytes of {request.path}")
                 check.update(view[:count])
-                written = 0
                 try:
-                    while written < count:
-                        written += os.pwrite(fd, view[written:count], offset + written)
+                    pwrite_all(fd, view[:count], offset)
                 except OSError as exc:
                     raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
                 offset += count
@@ -168,32 +154,30 @@ class PieceFetcher:
             os.close(fd)
 
     @staticmethod
-    def _send(connection: "_Connection", path: str) -> http.client.HTTPResponse:
-        connection.reused = connection.sock is not None
+    def _send(connection: http.client.HTTPConnection, path: str) -> http.client.HTTPResponse:
         connection.request("GET", path)
         return connection.getresponse()
 
-    def _connection(self, parent_url: str) -> _Connection:
+    def _connection(self, parent_url: str) -> http.client.HTTPConnection:
         """This thread's connection to the parent; the least recently used go beyond a few."""
         if self._closed:
             raise TransferFailed("the daemon is shutting down")
-        connections: OrderedDict[str, _Connection] = self._local.__dict__.setdefault("connections", OrderedDict())
+        connections: OrderedDict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault("connections", OrderedDict())
         connection = connections.get(parent_url)
         if connection is not None:
             connections.move_to_end(parent_url)
             return connection
         while len(connections) >= CONNECTIONS_PER_WORKER:
             self._discard(next(iter(connections.values())))
-        address = urlsplit(parent_url)
-        connection = _Connection(address.hostname or "", address.port or 80, self._connect_timeout, self._read_timeout)
+        connection = connection_for(parent_url, self._connect_timeout, self._read_timeout)
         connections[parent_url] = connection
         with self._lock:
             self._connections.add(connection)
         return connection
 
-    def _discard(self, connection: _Connection) -> None:
+    def _discard(self, connection: http.client.HTTPConnection) -> None:
         connection.close()
-        connections: OrderedDict[str, _Connection] = self._local.__dict__.get("connections", OrderedDict())
+        connections: OrderedDict[str, http.client.HTTPConnection] = self._local.__dict__.get("connections", OrderedDict())
         for url, known in list(connections.items()):
             if known is connection:
                 del connections[url]

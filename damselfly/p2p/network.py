@@ -115,7 +115,6 @@ class Network:
         self.is_seed = is_seed
         self.concurrency = concurrency
         self.scheduler_deadline = scheduler_deadline
-        self.piece_timeout = piece_timeout
         self.no_parent_deadline = no_parent_deadline
         # Threads for piece transfers: enough for a few tasks at once, each with its workers.
         self.fetcher = PieceFetcher(4 * concurrency, read_timeout=piece_timeout)

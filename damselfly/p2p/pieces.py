@@ -39,13 +39,22 @@ class Hasher(Protocol):
     def hexdigest(self) -> str: ...
 
 
-def piece_hasher() -> Hasher:
-    """An incremental hasher whose ``hexdigest`` goes after ``blake3:`` in a piece digest."""
-    return blake3.blake3()
+class PieceHasher:
+    """Digests a piece as its bytes go by; ``digest()`` is the named form, ``blake3:<hex>``."""
+
+    def __init__(self) -> None:
+        self._hasher = blake3.blake3()
+
+    def update(self, data: bytes | bytearray | memoryview) -> "PieceHasher":
+        self._hasher.update(data)
+        return self
+
+    def digest(self) -> str:
+        return f"{PIECE_DIGEST_ALGORITHM}:{self._hasher.hexdigest()}"
 
 
 def piece_digest(data: bytes | bytearray | memoryview) -> str:
-    return f"{PIECE_DIGEST_ALGORITHM}:{blake3.blake3(data).hexdigest()}"
+    return PieceHasher().update(data).digest()
 
 
 class PieceCheck:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from damselfly.p2p.pieces import PIECE_DIGEST_ALGORITHM, piece_hasher
+from damselfly.p2p.pieces import PieceHasher
 
 BUFFER_SIZE = 1024 * 1024
 BUFFERS = 8
@@ -55,7 +55,7 @@ def copy_to_file(source: BlockingSource, path: Path, length: int, blob_hasher: "
     hashing.start()
     fd = os.open(path, os.O_WRONLY)
     try:
-        offset, piece = 0, piece_hasher()
+        offset, piece = 0, PieceHasher()
         while offset < length:
             buffer = free.get()
             count = _fill(source, memoryview(buffer)[: min(BUFFER_SIZE, length - offset)])
@@ -70,8 +70,8 @@ def copy_to_file(source: BlockingSource, path: Path, length: int, blob_hasher: "
                 piece.update(part)
                 offset += len(part)
                 if offset % piece_length == 0 or offset == length:
-                    piece_digests[(offset - 1) // piece_length] = f"{PIECE_DIGEST_ALGORITHM}:{piece.hexdigest()}"
-                    piece = piece_hasher()
+                    piece_digests[(offset - 1) // piece_length] = piece.digest()
+                    piece = PieceHasher()
             filled.put((buffer, count))
             on_written(offset)
     finally:

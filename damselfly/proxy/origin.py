@@ -7,13 +7,13 @@ import contextlib
 import http.client
 import logging
 import socket
-import ssl
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from damselfly.lib.blockinghttp import connection_for, request_target
 from damselfly.lib.oci import Digest
 from damselfly.p2p.blobs import Origin, SourceRefused, SourceUnavailable
 
@@ -177,47 +177,32 @@ class RegistryClient:
 
     def _open_blob(self, url: str, headers: dict[str, str]) -> RegistryStream:
         for _ in range(MAX_REDIRECTS + 1):
-            connection = self._blocking_connection(url)
+            connection = connection_for(url, self._connect_timeout, self._read_timeout)
             try:
-                connection.connect()
-                assert connection.sock is not None
-                connection.sock.settimeout(self._read_timeout)  # every read may wait this long
-                parts = urlsplit(url)
-                connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers)
-                response = connection.getresponse()
-            except TimeoutError:
-                connection.close()
-                raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
-            except (OSError, http.client.HTTPException) as exc:
-                connection.close()
-                raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
-            location = response.getheader("Location")
-            if response.status in REDIRECTS and location:
-                connection.close()
-                target = urljoin(url, location)
-                if _origin_of(target) != _origin_of(url):
-                    headers = {k: v for k, v in headers.items() if k != "Authorization"}  # not for storage hosts
-                url = target
-                continue
-            if response.status != 200:
                 try:
-                    raise _refusal(response.status, CIMultiDict(response.getheaders()), _read_error_body(response), url)
-                finally:
-                    connection.close()
-            if response.length is None:
+                    connection.request("GET", request_target(url), headers=headers)
+                    response = connection.getresponse()
+                except TimeoutError:
+                    raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
+                except (OSError, http.client.HTTPException) as exc:
+                    raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
+                location = response.getheader("Location")
+                if response.status == 200:
+                    if response.length is None:
+                        raise SourceUnavailable(502, f"upstream {url} sent no Content-Length for a blob")
+                    return RegistryStream(connection, response, url, response.length)
+                if response.status not in REDIRECTS or not location:
+                    raise _refusal(response.status, CIMultiDict(response.getheaders()), _read_error_body(response),
+                                   url)
+            except BaseException:
                 connection.close()
-                raise SourceUnavailable(502, f"upstream {url} sent no Content-Length for a blob")
-            return RegistryStream(connection, response, url, response.length)
+                raise
+            connection.close()
+            target = urljoin(url, location)
+            if _origin_of(target) != _origin_of(url):
+                headers = {k: v for k, v in headers.items() if k != "Authorization"}  # not for storage hosts
+            url = target
         raise SourceUnavailable(502, f"upstream {url} redirected too many times")
-
-    def _blocking_connection(self, url: str) -> http.client.HTTPConnection:
-        parts = urlsplit(url)
-        if parts.scheme == "https":
-            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                parts.hostname or "", parts.port, timeout=self._connect_timeout, context=ssl.create_default_context())
-        else:
-            connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self._connect_timeout)
-        return connection
 
     async def blob_length(self, origin: Origin, digest: Digest) -> int:
         """HEAD the blob with the caller's credentials: its length, or the registry's refusal."""
