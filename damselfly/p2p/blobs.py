@@ -23,9 +23,10 @@ from damselfly.lib.waiting import within
 from damselfly.lib.oci import Digest
 from damselfly.lib.units import format_size
 from damselfly.p2p.pieces import piece_matches
+from damselfly.p2p.rangefill import RangeFill
 from damselfly.p2p.store import BlobMeta, BlobStore, Partial, StoredBlob
 from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import SourceTooShort, copy_to_file
+from damselfly.p2p.writer import SourceTooShort, copy_to_file, file_digest
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints of a resumable download
@@ -74,8 +75,8 @@ class SourceStream(Protocol):
 
 
 class BlobSource(Protocol):
-    async def open_blob(self, origin: Origin, digest: Digest) -> SourceStream:
-        """Start a download; raise SourceRefused or SourceUnavailable."""
+    async def open_blob(self, origin: Origin, digest: Digest, span: tuple[int, int] | None = None) -> SourceStream:
+        """Start a download of the blob or of ``span`` (start, length); raise SourceRefused or SourceUnavailable."""
 
     async def blob_length(self, origin: Origin, digest: Digest) -> int:
         """Confirm the caller may fetch the blob, and learn its length (a HEAD)."""
@@ -127,12 +128,17 @@ class BlobReader:
 
     async def spans(self, first: int, last: int) -> AsyncIterator[tuple[int, int]]:
         """(offset, count) runs of verified bytes covering ``first..last``, in order."""
-        position = first
-        while position <= last:
-            end = await self.task.readable_end(position, self._service.stall_timeout)
-            count = min(end, last + 1) - position
-            yield position, count
-            position += count
+        whole = first == 0 and last == self.task.length - 1
+        self.task.whole_readers += whole
+        try:
+            position = first
+            while position <= last:
+                end = await self.task.readable_end(position, self._service.stall_timeout)
+                count = min(end, last + 1) - position
+                yield position, count
+                position += count
+        finally:
+            self.task.whole_readers -= whole
 
     def close(self) -> None:
         self.file.close()
@@ -160,16 +166,19 @@ class BlobService:
         self._copiers = ThreadPoolExecutor(32, thread_name_prefix="blob-copy")
 
     @contextlib.asynccontextmanager
-    async def open(self, digest: Digest, origin: Origin) -> AsyncIterator[BlobReader]:
-        """A reader for ``digest``: from the store, a download in flight, or a new download."""
-        reader = await self._open(digest, origin)
+    async def open(self, digest: Digest, origin: Origin, ranged: bool = False) -> AsyncIterator[BlobReader]:
+        """A reader for ``digest``: from the store, a download in flight, or a new download.
+
+        ``ranged``: the caller reads a range; a download it starts is marked as read in ranges.
+        """
+        reader = await self._open(digest, origin, ranged)
         try:
             yield reader
         finally:
             reader.close()
             self._release(reader)
 
-    async def _open(self, digest: Digest, origin: Origin) -> BlobReader:
+    async def _open(self, digest: Digest, origin: Origin, ranged: bool) -> BlobReader:
         key = str(digest)
         for _ in range(3):  # a refused start by another caller's credentials: try with ours
             stored = self.store.lookup(digest)
@@ -183,7 +192,7 @@ class BlobService:
             starting = self._starting.get(key)
             if starting is None:
                 self.events.cache_miss()
-                return await self._start(digest, origin)
+                return await self._start(digest, origin, ranged)
             try:
                 await asyncio.shield(starting)
             except SourceRefused:
@@ -215,12 +224,13 @@ class BlobService:
             del self._readers[key]
             self.store.collect_garbage()
 
-    async def _start(self, digest: Digest, origin: Origin) -> BlobReader:
-        task = await self._begin(digest, origin)
+    async def _start(self, digest: Digest, origin: Origin, ranged: bool) -> BlobReader:
+        task = await self._begin(digest, origin, ranged)
         return self._task_reader(task, started_here=True)
 
-    async def prefetch(self, digest: Digest, origin: Origin) -> None:
-        """Make sure a download of ``digest`` runs (a seed peer told to fetch a task)."""
+    async def prefetch(self, digest: Digest, origin: Origin, ranged: bool = False) -> None:
+        """Make sure a download of ``digest`` runs (a seed peer told to fetch a task, which
+        peers read in ranges if ``ranged``)."""
         key = str(digest)
         if self.store.lookup(digest) is not None or key in self._tasks:
             if self.network is not None:
@@ -229,7 +239,7 @@ class BlobService:
         if key in self._starting:
             await asyncio.shield(self._starting[key])
             return
-        await self._begin(digest, origin)
+        await self._begin(digest, origin, ranged, by_ranges=ranged)
 
     def local_task(self, digest: Digest) -> Task | None:
         """The task as this node holds it: downloading, or complete in the store."""
@@ -261,12 +271,15 @@ class BlobService:
             task.digests = dict(enumerate(stored.meta.piece_digests))
         return task
 
-    async def _begin(self, digest: Digest, origin: Origin) -> Task:
+    async def _begin(self, digest: Digest, origin: Origin, ranged: bool, by_ranges: bool = False) -> Task:
         """Start one download of ``digest``; concurrent callers wait on the same start.
 
-        Without a P2P network, or on a seed peer, the bytes come from the origin registry.
-        On a peer, the registry is only asked (with the caller's credentials) whether the
-        caller may have the blob and how long it is; the bytes come from the network.
+        Without a P2P network, or on a seed peer, the bytes come from the origin registry in
+        one GET, in order; with ``by_ranges`` (a seed fetching a task its peers read in
+        ranges), in range requests that put the pieces peers wait for first, each byte still
+        asked for once. On a peer, the registry is only asked (with the caller's credentials)
+        whether the caller may have the blob and how long it is; the bytes come from the
+        network. ``ranged``: the first reader reads a range (the scheduler passes it on).
         """
         key = str(digest)
         future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
@@ -274,7 +287,10 @@ class BlobService:
         self._task_started.set()
         self._task_started = asyncio.Event()
         try:
-            if self.network is None or self.network.is_seed:
+            if self.network is not None and self.network.is_seed and by_ranges:
+                length = await self.source.blob_length(origin, digest)
+                fill = lambda task: self._fill_by_ranges(task, origin)  # noqa: E731
+            elif self.network is None or self.network.is_seed:
                 stream = await self.source.open_blob(origin, digest)
                 length = stream.length
                 fill = lambda task: self._fill_from_origin(task, stream)  # noqa: E731
@@ -289,9 +305,10 @@ class BlobService:
             future.exception()  # joiners may be none; mark it retrieved
             raise
         if self.network is None or self.network.is_seed:
-            task = Task(digest, length, self.store.new_incoming(digest))
+            task = Task(digest, length, self.store.new_incoming(digest), ranged=ranged)
         else:
             task = resumed or Task(digest, length, self.store.resumable_path(digest))
+            task.ranged = ranged
             self._resumable.add(key)
             task.on_piece = lambda _: self._checkpoint_soon(task)
         self._tasks[key] = task
@@ -350,13 +367,13 @@ class BlobService:
         def written(offset: int) -> None:  # on the copying thread
             nonlocal reported
             self.events.source_bytes(offset - reported)
-            reported = offset
             with contextlib.suppress(RuntimeError):  # the loop closed under a download being aborted
-                loop.call_soon_threadsafe(task.pieces_done_below, offset)
+                loop.call_soon_threadsafe(task.pieces_written, reported - reported % task.piece_length, offset)
+            reported = offset
 
         copying = loop.run_in_executor(self._copiers, functools.partial(
-            copy_to_file, stream, task.path, task.length, task.digest.hasher(), task.piece_length, task.digests,
-            written))
+            copy_to_file, stream, task.path, 0, task.length, task.piece_length, task.digests, written,
+            task.digest.hasher()))
         try:
             return await asyncio.shield(copying)
         except asyncio.CancelledError:
@@ -368,6 +385,14 @@ class BlobService:
             raise TaskFailed(str(exc)) from None
         finally:
             stream.close()
+
+    async def _fill_by_ranges(self, task: Task, origin: Origin) -> str:
+        """Fill the task with range requests, waited-for pieces first; return the file's digest."""
+        def open_range(start: int, length: int) -> Awaitable[SourceStream]:
+            return self.source.open_blob(origin, task.digest, (start, length))
+
+        await RangeFill(task, open_range, self._copiers, on_bytes=self.events.source_bytes).run()
+        return await asyncio.to_thread(file_digest, task.path, task.digest.hasher())
 
     async def _download(self, task: Task, origin: Origin, fill: Callable[[Task], Awaitable[str]]) -> None:
         key = str(task.digest)

@@ -14,22 +14,21 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import random
 import time
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from multidict import CIMultiDict
-
 from damselfly.lib.waiting import wait_until_set
-from damselfly.p2p.blobs import Origin, SourceUnavailable
+from damselfly.p2p.blobs import Origin
 from damselfly.p2p.fetch import BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused, PieceRequest, PieceWriteFailed, TransferFailed
 from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.pieces import PieceBitmap, piece_digest
+from damselfly.p2p.pieces import PieceBitmap
+from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill, RangeStream
 from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import pwrite_all
+from damselfly.p2p.writer import file_digest
 from damselfly.proxy.origin import RegistryClient
 from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 
@@ -99,7 +98,7 @@ class Reporter:
         self.scheduler, answer = await self.network.scheduler.call(
             str(self.task.digest), "POST", "register",
             json={"host_id": self.network.host_id, "length": self.task.length, "piece_length": self.task.piece_length,
-                  "pieces": held, "seeding": seeding,
+                  "pieces": held, "seeding": seeding, "ranged": self.task.ranged,
                   "origin": {"registry": self.origin.registry, "repository": self.origin.repository,
                              "authorization": self.origin.authorization}})
         return answer
@@ -118,6 +117,7 @@ class Network:
         self.no_parent_deadline = no_parent_deadline
         # Threads for piece transfers: enough for a few tasks at once, each with its workers.
         self.fetcher = PieceFetcher(4 * concurrency, read_timeout=piece_timeout)
+        self.origin_copiers = ThreadPoolExecutor(8, thread_name_prefix="origin-range")  # back-to-source copies
         self._background: set[asyncio.Task[Any]] = set()
         self._reporters: dict[str, Reporter] = {}
 
@@ -142,6 +142,7 @@ class Network:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.fetcher.close()
+        self.origin_copiers.shutdown(wait=False)
 
     # -- seed side -----------------------------------------------------------------
 
@@ -242,7 +243,7 @@ class PieceDownload:
                     self.task.digests.get(i) == self.digests.get(i) for i in range(self.task.piece_count)):
                 # Every piece matched a digest of a blob a seed checked whole: no second pass over the file.
                 return self.task.digest.hex
-            return await asyncio.to_thread(_file_digest, self.task)
+            return await asyncio.to_thread(file_digest, self.task.path, self.task.digest.hasher())
         finally:
             self.task.on_wanted = None
             self.network.metrics.parents.dec(len(self.parents))
@@ -270,6 +271,9 @@ class PieceDownload:
         self.digests.update({int(i): d for i, d in answer.get("digests", {}).items()})
         self.swarm = int(answer.get("swarm", 1))
         self.verified = bool(answer.get("verified"))
+        last = self.task.piece_count - 1
+        if self.verified and last >= 0 and last in self.task.digests and self.task.digests[last] == self.digests.get(last):
+            self.task.release_last()  # fetched before the seed finished its check: readers may have it now
         before = len(self.parents)
         fresh: dict[str, Parent] = {}
         for p in answer.get("parents", []):
@@ -329,6 +333,8 @@ class PieceDownload:
             givers = held[index] or [p for p in parents if p.is_seed and p.can_give(index)]
             if givers:
                 return index, _least_busy(givers)
+        if not self.task.rest_may_follow(ON_DEMAND_QUIET):
+            return None
         from_peers = [i for i in missing if held[i]]
         if from_peers:
             random.shuffle(from_peers)
@@ -417,79 +423,21 @@ class PieceDownload:
         self._notify()
 
     async def _from_origin(self, reason: str) -> None:
-        """Fetch the missing pieces from the registry with range requests."""
+        """Fetch the missing pieces from the registry with range requests, waited-for ones first."""
         kind = reason.split(":")[0]
         self.network.metrics.back_to_source.labels(kind).inc()
         log.warning("%s goes back to the origin %s: %s", self.task.digest, self.origin.registry, reason)
         self.reporter.from_origin = True
-        missing = [i for i in range(self.task.piece_count) if not self.task.has_or_holds(i)]
-        for first, last in _runs(missing):
-            begin, _ = self.task.piece_span(first)
-            end = sum(self.task.piece_span(last))
-            await self._origin_range(begin, end)
 
-    async def _origin_range(self, begin: int, end: int) -> None:
-        headers = {"Range": f"bytes={begin}-{end - 1}", "Accept": "*/*"}
-        if self.origin.authorization:
-            headers["Authorization"] = self.origin.authorization
-        url = self.network.registry.blob_url(self.origin, self.task.digest)
-        response = await self.network.registry.request("GET", url, CIMultiDict(headers))
-        try:
-            if response.status != 206:
-                raise SourceUnavailable(502, f"origin answered {response.status} to a range request")
-            offset = begin
-            buffer = bytearray()
-            async for chunk in response.content.iter_any():
-                buffer += chunk
-                while buffer:
-                    index = offset // self.task.piece_length
-                    _, size = self.task.piece_span(index)
-                    if len(buffer) < size:
-                        break
-                    piece, buffer = bytes(buffer[:size]), buffer[size:]
-                    await self._store_origin_piece(index, piece, offset)
-                    offset += size
-            if offset != end:
-                raise SourceUnavailable(502, f"origin range ended at {offset}, wanted {end}")
-        finally:
-            response.release()
+        def open_range(start: int, length: int) -> Awaitable[RangeStream]:
+            return self.network.registry.open_blob(self.origin, self.task.digest, (start, length))
 
-    async def _store_origin_piece(self, index: int, data: bytes, offset: int) -> None:
-        digest = await asyncio.to_thread(_write_piece, self.task.path, data, offset)
-        self.task.digests[index] = digest
-        self.task.piece_done(index)
-        self.network.metrics.bytes.labels("origin").inc(len(data))
-        self.network.metrics.pieces.labels("origin").inc()
-        self.reporter.add(index)
+        def stored(index: int) -> None:
+            self.network.metrics.pieces.labels("origin").inc()
+            self.reporter.add(index)
 
-
-def _runs(indexes: list[int]) -> list[tuple[int, int]]:
-    """[1,2,3,7,8] -> [(1,3),(7,8)]"""
-    runs: list[tuple[int, int]] = []
-    for i in indexes:
-        if runs and runs[-1][1] == i - 1:
-            runs[-1] = (runs[-1][0], i)
-        else:
-            runs.append((i, i))
-    return runs
-
-
-def _write_piece(path: Path, data: bytes, offset: int) -> str:
-    """Write a piece read from the origin; return its digest."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        pwrite_all(fd, data, offset)
-    finally:
-        os.close(fd)
-    return piece_digest(data)
-
-
-def _file_digest(task: Task) -> str:
-    hasher = task.digest.hasher()
-    with open(task.path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        await RangeFill(self.task, open_range, self.network.origin_copiers,
+                        on_bytes=self.network.metrics.bytes.labels("origin").inc, on_piece=stored).run()
 
 
 def _least_busy(parents: list[Parent]) -> Parent:

@@ -18,13 +18,18 @@ from typing import Protocol
 import blake3
 
 MiB = 1024 * 1024
-DEFAULT_PIECE_LENGTH = 4 * MiB
+DEFAULT_PIECE_LENGTH = 1 * MiB
 MAX_PIECE_LENGTH = 64 * MiB
-TARGET_MAX_PIECES = 1024
+TARGET_MAX_PIECES = 512
 
 
 def piece_length_for(length: int) -> int:
-    """4 MiB, doubled until the task has at most 1024 pieces (capped at 64 MiB)."""
+    """1 MiB, doubled until the task has at most 512 pieces (capped at 64 MiB).
+
+    Small pieces serve scattered range reads (nydus) without dragging in megabytes around
+    each read; the cap on their number bounds the per-piece work on large blobs. Every
+    host derives the same length from the blob's length, so the cluster agrees on it.
+    """
     piece = DEFAULT_PIECE_LENGTH
     while piece < MAX_PIECE_LENGTH and length > piece * TARGET_MAX_PIECES:
         piece *= 2

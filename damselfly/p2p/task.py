@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -24,8 +25,9 @@ class Task:
     """
 
     def __init__(self, digest: Digest, length: int, path: Path, *, complete: bool = False,
-                 piece_length: int | None = None) -> None:
+                 piece_length: int | None = None, ranged: bool = False) -> None:
         self.digest = digest
+        self.ranged = ranged  # the download was started for a range reader (nydus), not a whole-blob reader
         self.length = length
         self.path = path
         self.piece_length = piece_length or piece_length_for(length)
@@ -36,6 +38,8 @@ class Task:
         self.on_piece: Callable[[int], None] | None = None
         self.wanted: Counter[int] = Counter()  # pieces that readers are waiting for right now
         self.on_wanted: Callable[[], None] | None = None  # the downloader, told when a reader starts waiting
+        self.whole_readers = 0  # readers streaming the blob from its first byte to its last
+        self.last_wanted = time.monotonic()  # when a reader last started or stopped waiting for a piece
         self._last_held = False
         self._last_released = False
         self._changed = asyncio.Event()
@@ -74,13 +78,26 @@ class Task:
     def has_or_holds(self, index: int) -> bool:
         return self.bitmap.has(index) or (self._last_held and index == self.bitmap.count - 1)
 
-    def pieces_done_below(self, offset: int) -> None:
-        """Mark every whole piece that ends at or before ``offset`` (sequential writers)."""
-        for index in range(self.bitmap.done, self.bitmap.count):
+    def pieces_written(self, begin: int, end: int) -> None:
+        """Mark the whole pieces in ``[begin, end)``, bytes a writer has just filled (``begin``
+        on a piece boundary)."""
+        for index in range(begin // self.piece_length, self.bitmap.count):
             start, size = piece_span(index, self.length, self.piece_length)
-            if start + size > offset:
+            if start + size > end:
                 break
             self.piece_done(index)
+
+    def rest_may_follow(self, quiet: float) -> bool:
+        """Whether to fetch pieces that no reader waits for, now.
+
+        Yes while a reader streams the whole blob, or waits for the held last piece (it needs
+        the whole blob checked). For a blob read in ranges (nydus), only once its readers have
+        waited for nothing for ``quiet`` seconds: on a shaped link the rest of the blob would
+        queue ahead of their next read.
+        """
+        if self.whole_readers or (self._last_held and self.bitmap.count - 1 in self.wanted):
+            return True
+        return not self.wanted and time.monotonic() - self.last_wanted >= quiet
 
     def fail(self, reason: str) -> None:
         self.error = reason
@@ -107,12 +124,14 @@ class Task:
             changed = self._changed
             piece = offset // self.piece_length
             self.wanted[piece] += 1
+            self.last_wanted = time.monotonic()
             if self.on_wanted is not None:
                 self.on_wanted()
             try:
                 if not await wait_until_set(changed, stall_timeout):
                     raise TaskFailed(f"no progress on {self.digest} for {stall_timeout:.0f}s")
             finally:
+                self.last_wanted = time.monotonic()
                 self.wanted[piece] -= 1
                 if self.wanted[piece] <= 0:
                     del self.wanted[piece]

@@ -107,16 +107,17 @@ class UploadServer:
             origin_info = body["origin"]
             origin = Origin(normalize_upstream(origin_info["registry"]), str(origin_info["repository"]),
                             origin_info.get("authorization"))
+            ranged = bool(body.get("ranged"))
         except (OCIError, ValueError, KeyError, TypeError) as exc:
             raise web.HTTPBadRequest(text=f"malformed seed request: {exc}") from None
-        task = asyncio.create_task(self._prefetch(digest, origin))
+        task = asyncio.create_task(self._prefetch(digest, origin, ranged))
         self._seeding.add(task)
         task.add_done_callback(self._seeding.discard)
         return web.json_response({"accepted": str(digest)}, status=202)
 
-    async def _prefetch(self, digest: Digest, origin: Origin) -> None:
+    async def _prefetch(self, digest: Digest, origin: Origin, ranged: bool) -> None:
         try:
-            await self.blobs.prefetch(digest, origin)
+            await self.blobs.prefetch(digest, origin, ranged)
         except (SourceRefused, SourceUnavailable) as exc:
             log.error("seed download of %s from %s/%s could not start: %s", digest, origin.registry,
                       origin.repository, getattr(exc, "message", exc))

@@ -2,7 +2,8 @@
 
 Two threads per download: one reads the source into a small pool of 1 MiB buffers,
 digests each piece (BLAKE3) and writes it at its offset; the other feeds the same
-buffers, in order, to the blob's own digest (SHA-256, the slowest step). Socket reads,
+buffers, in order, to the blob's own digest (SHA-256, the slowest step) when the copy
+is the whole blob. Socket reads,
 hashing and pwrite release the GIL, so on a two-core node they run beside the event
 loop instead of through it. The pool bounds memory and pushes back on the source.
 """
@@ -40,12 +41,14 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> in
     return offset
 
 
-def copy_to_file(source: BlockingSource, path: Path, length: int, blob_hasher: "hashlib._Hash", piece_length: int,
-                 piece_digests: dict[int, str], on_written: Callable[[int], None]) -> str:
-    """Blocking: copy ``length`` bytes of ``source`` to ``path``; return the blob's hex digest.
+def copy_to_file(source: BlockingSource, path: Path, start: int, length: int, piece_length: int,
+                 piece_digests: dict[int, str], on_written: Callable[[int], None],
+                 blob_hasher: "hashlib._Hash | None" = None) -> str | None:
+    """Blocking: copy ``length`` bytes of ``source`` to ``path`` at ``start`` (a piece boundary).
 
     Each piece's digest goes into ``piece_digests`` before ``on_written(offset)`` reports
     the bytes up to ``offset`` as written, so a piece is never announced without it.
+    With ``blob_hasher`` (a copy of the whole blob), returns the blob's hex digest.
     """
     free: queue.Queue[bytearray] = queue.Queue()
     for _ in range(BUFFERS):
@@ -54,14 +57,15 @@ def copy_to_file(source: BlockingSource, path: Path, length: int, blob_hasher: "
     hashing = threading.Thread(target=_hash_in_order, args=(filled, free, blob_hasher), name="blob-hash", daemon=True)
     hashing.start()
     fd = os.open(path, os.O_WRONLY)
+    end = start + length
     try:
-        offset, piece = 0, PieceHasher()
-        while offset < length:
+        offset, piece = start, PieceHasher()
+        while offset < end:
             buffer = free.get()
-            count = _fill(source, memoryview(buffer)[: min(BUFFER_SIZE, length - offset)])
+            count = _fill(source, memoryview(buffer)[: min(BUFFER_SIZE, end - offset)])
             if count == 0:
                 filled.put((buffer, 0))
-                raise SourceTooShort(f"source closed after {offset} of {length} bytes")
+                raise SourceTooShort(f"source closed after {offset - start} of {length} bytes")
             view = memoryview(buffer)[:count]
             pwrite_all(fd, view, offset)
             while view:  # the piece digests, across piece boundaries inside this buffer
@@ -69,7 +73,7 @@ def copy_to_file(source: BlockingSource, path: Path, length: int, blob_hasher: "
                 part, view = view[:room], view[room:]
                 piece.update(part)
                 offset += len(part)
-                if offset % piece_length == 0 or offset == length:
+                if offset % piece_length == 0 or offset == end:
                     piece_digests[(offset - 1) // piece_length] = piece.digest()
                     piece = PieceHasher()
             filled.put((buffer, count))
@@ -78,7 +82,15 @@ def copy_to_file(source: BlockingSource, path: Path, length: int, blob_hasher: "
         filled.put(None)
         hashing.join()
         os.close(fd)
-    return blob_hasher.hexdigest()
+    return blob_hasher.hexdigest() if blob_hasher is not None else None
+
+
+def file_digest(path: Path, hasher: "hashlib._Hash") -> str:
+    """Blocking: the hex digest of a whole data file (a blob assembled out of order)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def _fill(source: BlockingSource, view: memoryview) -> int:
@@ -93,8 +105,10 @@ def _fill(source: BlockingSource, view: memoryview) -> int:
 
 
 def _hash_in_order(filled: "queue.Queue[tuple[bytearray, int] | None]", free: "queue.Queue[bytearray]",
-                   hasher: "hashlib._Hash") -> None:
+                   hasher: "hashlib._Hash | None") -> None:
+    """Feed the buffers to the blob's digest in order (without one, just hand them back)."""
     while (item := filled.get()) is not None:
         buffer, count = item
-        hasher.update(memoryview(buffer)[:count])
+        if hasher is not None:
+            hasher.update(memoryview(buffer)[:count])
         free.put(buffer)

@@ -196,7 +196,7 @@ class Mirror:
             if stored.meta.protected:
                 await self._confirm_access(origin, digest)
             return self._blob_head(stored.meta.length, digest)
-        async with self.blobs.open(digest, origin) as reader:
+        async with self.blobs.open(digest, origin, ranged="Range" in request.headers) as reader:
             if reader.protected and not reader.started_here:
                 await self._confirm_access(origin, digest)
             elif reader.started_here and origin.authorization:

@@ -165,17 +165,21 @@ class RegistryClient:
             response.release()
         return _refusal(response.status, response.headers, body, str(response.url))
 
-    async def open_blob(self, origin: Origin, digest: Digest) -> RegistryStream:
-        """GET the blob on a blocking connection (redirects followed); its body is read on a thread."""
+    async def open_blob(self, origin: Origin, digest: Digest, span: tuple[int, int] | None = None) -> RegistryStream:
+        """GET the blob, or ``span`` (start, length) of it, on a blocking connection (redirects
+        followed); its body is read on a thread."""
+        headers = self._auth_headers(origin)
+        if span is not None:
+            headers["Range"] = f"bytes={span[0]}-{span[0] + span[1] - 1}"
         opening = asyncio.get_running_loop().run_in_executor(
-            self._openers, self._open_blob, self.blob_url(origin, digest), self._auth_headers(origin))
+            self._openers, self._open_blob, self.blob_url(origin, digest), headers, span)
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:  # nobody will read it: close the stream once it opens
             opening.add_done_callback(_close_unread)
             raise
 
-    def _open_blob(self, url: str, headers: dict[str, str]) -> RegistryStream:
+    def _open_blob(self, url: str, headers: dict[str, str], span: tuple[int, int] | None) -> RegistryStream:
         for _ in range(MAX_REDIRECTS + 1):
             connection = connection_for(url, self._connect_timeout, self._read_timeout)
             try:
@@ -187,10 +191,15 @@ class RegistryClient:
                 except (OSError, http.client.HTTPException) as exc:
                     raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
                 location = response.getheader("Location")
-                if response.status == 200:
+                if response.status == (200 if span is None else 206):
                     if response.length is None:
                         raise SourceUnavailable(502, f"upstream {url} sent no Content-Length for a blob")
+                    if span is not None and response.length != span[1]:
+                        raise SourceUnavailable(502, f"upstream {url} sent {response.length} bytes for "
+                                                     f"the {span[1]} of {headers['Range']}")
                     return RegistryStream(connection, response, url, response.length)
+                if span is not None and response.status == 200:
+                    raise SourceUnavailable(502, f"upstream {url} ignored the range request")
                 if response.status not in REDIRECTS or not location:
                     raise _refusal(response.status, CIMultiDict(response.getheaders()), _read_error_body(response),
                                    url)

@@ -111,7 +111,8 @@ class Scheduler:
         length, piece_length = int(body["length"]), int(body["piece_length"])
         if length < 0 or piece_length <= 0:
             raise web.HTTPBadRequest(text="length and piece_length must be positive")
-        task = self.state.task(request.match_info["task_id"], length, piece_length, dict(body.get("origin") or {}))
+        task = self.state.task(request.match_info["task_id"], length, piece_length, dict(body.get("origin") or {}),
+                               ranged=bool(body.get("ranged")))
         self.state.join(task, host_id, [int(i) for i in body.get("pieces", [])], seeding=bool(body.get("seeding")))
         return web.json_response(await self._schedule(task, host_id))
 
@@ -187,7 +188,8 @@ class Scheduler:
                 continue
             try:
                 async with self._session.post(f"{seed.upload_url}/api/v1/seed/{task.id}", json={
-                        "length": task.length, "piece_length": task.piece_length, "origin": task.origin}) as response:
+                        "length": task.length, "piece_length": task.piece_length, "origin": task.origin,
+                        "ranged": task.ranged}) as response:
                     if response.status == 202:
                         self.state.join(task, seed.id, [], seeding=True)
                         self.metrics.seed_triggers.labels("accepted").inc()

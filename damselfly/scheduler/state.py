@@ -50,6 +50,7 @@ class Task:
     length: int
     piece_length: int
     origin: dict[str, str | None]
+    ranged: bool = False  # its first peer reads it in ranges (nydus): a seed fetches waited-for pieces first
     digests: dict[int, str] = field(default_factory=dict)
     peers: dict[str, Peer] = field(default_factory=dict)
     failed: str | None = None
@@ -103,10 +104,11 @@ class SchedulerState:
 
     # -- tasks ---------------------------------------------------------------------
 
-    def task(self, task_id: str, length: int, piece_length: int, origin: dict[str, str | None]) -> Task:
+    def task(self, task_id: str, length: int, piece_length: int, origin: dict[str, str | None],
+             ranged: bool = False) -> Task:
         task = self.tasks.get(task_id)
         if task is None or task.length != length or task.piece_length != piece_length:
-            task = Task(task_id, length, piece_length, origin)
+            task = Task(task_id, length, piece_length, origin, ranged)
             self.tasks[task_id] = task
         return task
 

@@ -83,7 +83,7 @@ async def all_nydusd(readers: list[Nydusd], path: str, data: bytes) -> list[int]
 
 def test_nydusd_range_reads_on_every_peer_load_the_registry_once(registry, registry_client,
                                                                   cluster) -> None:  # noqa: F811
-    """Every peer at once: HEAD size, ~1 MiB ranges at random offsets; exact bytes, one registry GET."""
+    """Every peer at once: HEAD size, ~1 MiB ranges at random offsets; exact bytes, the registry sends the blob once."""
     image = build_image("nydus/traffic", [BLOB_SIZE])
     push_image(registry_client, image)
     blob = image.layers[1]  # the random data; layer 0 is busybox, shared with other tests
@@ -102,8 +102,12 @@ def test_nydusd_range_reads_on_every_peer_load_the_registry_once(registry, regis
     # The reads covered part of the blob; each node finishes the whole of it in the background.
     for node in [seed, *peers]:
         wait_until(lambda: node.metric("damselfly_store_blobs") == 1, 60, f"the blob stored on {node.url}")
-    wait_until(lambda: registry.blob_gets(blob.digest, image.name), 10, "the registry's access log")
-    assert len(registry.blob_gets(blob.digest, image.name)) == 1, "registry GETs of the blob for the whole cluster"
+    # The seed fetched it in ranges, the ones readers waited for first: each byte once.
+    wait_until(lambda: sum(e.bytes for e in registry.blob_gets(blob.digest, image.name)) >= len(blob.data), 10,
+               "the registry's access log")
+    gets = registry.blob_gets(blob.digest, image.name)
+    assert sum(e.bytes for e in gets) == len(blob.data), "blob bytes the registry sent for the whole cluster"
+    assert all(e.status == 206 for e in gets), "range requests only"
     assert sum(p.metric("damselfly_p2p_bytes_total", 'source="origin"') for p in peers) == 0, "a peer read the registry"
     assert sum(p.metric("damselfly_p2p_bytes_total") for p in peers) == 3 * len(blob.data)
     assert seed.metric("damselfly_upstream_bytes_total") == len(blob.data)
@@ -115,3 +119,25 @@ def test_nydusd_ping_urls_answer_on_a_peer(cluster) -> None:  # noqa: F811
     for path in ("/v2", "/v2/", "/healthy"):
         response = httpx.get(f"{peer.url}{path}", timeout=10)  # redirects not followed: nydusd needs a 2xx here
         assert 200 <= response.status_code < 300, f"GET {path}: {response.status_code} {response.text[:200]}"
+
+
+def test_a_range_deep_in_a_cold_blob_is_fetched_first(registry, registry_client, cluster) -> None:  # noqa: F811
+    """The seed does not stream the blob from its start to reach a read at 20 MiB: it asks the
+    registry for that piece first, and for the rest only once the reader is quiet, each byte once."""
+    image = build_image("nydus/deep", [BLOB_SIZE])
+    push_image(registry_client, image)
+    blob = image.layers[1]
+    seed, peer = cluster(seed=True), cluster()
+    wait_until(lambda: cluster.scheduler.metric("damselfly_scheduler_hosts", 'kind="all"') == 2, 20, "hosts to join")
+    first, last = 20 * MiB + 100, 20 * MiB + 300 * KiB
+    response = httpx.get(f"{peer.url}/v2/{image.name}/blobs/{blob.digest}", params={"ns": registry.host},
+                         headers={"Range": f"bytes={first}-{last}"}, timeout=TIMEOUT)
+    assert response.status_code == 206 and response.content == blob.data[first:last + 1]
+
+    for node in (seed, peer):
+        wait_until(lambda: node.metric("damselfly_store_blobs") == 1, 60, f"the blob stored on {node.url}")
+    gets = registry.blob_gets(blob.digest, image.name)  # in the order they finished
+    assert all(e.status == 206 for e in gets), "range requests only"
+    assert gets[0].bytes <= 2 * MiB, "the piece the reader waited for (and the next) came first, alone"
+    assert sum(e.bytes for e in gets) == len(blob.data), "each byte once"
+    assert peer.metric("damselfly_p2p_bytes_total", 'source="origin"') == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from damselfly.p2p.pieces import piece_count, piece_length_for
 from tests.support.cluster import SchedulerProcess, start_peer
 from tests.support.fakes import GatedRegistryFake
 from tests.support.wait import wait_until
@@ -93,7 +94,7 @@ def test_a_parent_sending_corrupt_pieces_is_dropped_and_reported(tmp_path, regis
     stored = liar.data_dir / "blobs/sha256" / digest[7:9] / digest[7:]
     wait_until(stored.exists, 20, "the liar to store the blob")
     with open(stored, "r+b") as f:  # rot every piece on the liar's disk
-        for offset in range(0, len(data), 4 * MiB):
+        for offset in range(0, len(data), piece_length_for(len(data))):
             f.seek(offset + 100)
             f.write(b"\x00" * 16)
 
@@ -192,9 +193,10 @@ def test_a_peer_restarted_mid_download_resumes_its_pieces(tmp_path, registry, re
 
     restarted = add_peer("peer", ["--host-id", "resuming-peer"])
     assert fetch(restarted, registry.host, "faults/resume", digest) == data
-    kept = int(re.search(rf"resuming {digest}: (\d+) of 10 pieces kept", restarted.log()).group(1))
+    piece, pieces = piece_length_for(len(data)), piece_count(len(data), piece_length_for(len(data)))
+    kept = int(re.search(rf"resuming {digest}: (\d+) of {pieces} pieces kept", restarted.log()).group(1))
     assert kept >= 1 if stop == "crash" else kept >= 3  # a crash may lose the last half second of checkpoints
-    assert restarted.metric("damselfly_p2p_bytes_total") == (10 - kept) * 4 * MiB  # only the missing pieces
+    assert restarted.metric("damselfly_p2p_bytes_total") == (pieces - kept) * piece  # only the missing pieces
     assert len(registry.blob_gets(digest)) == 1
 
 

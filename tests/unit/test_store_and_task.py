@@ -62,10 +62,10 @@ def test_task_readers_wait_for_pieces_and_see_failures(tmp_path):
         waiter = asyncio.create_task(task.readable_end(4, stall_timeout=5))
         await asyncio.sleep(0)
         assert not waiter.done()
-        task.pieces_done_below(6)  # only piece 0 is whole
+        task.pieces_written(0, 6)  # only piece 0 is whole
         await asyncio.sleep(0)
         assert not waiter.done()
-        task.pieces_done_below(8)
+        task.pieces_written(4, 8)
         assert await asyncio.wait_for(waiter, 1) == 8
         assert await task.readable_end(0, stall_timeout=1) == 8
         stalled = asyncio.create_task(task.readable_end(8, stall_timeout=5))
