@@ -19,9 +19,11 @@ from damselfly.p2p.pieces import (
 
 def test_piece_length_grows_for_very_large_tasks():
     assert piece_length_for(0) == DEFAULT_PIECE_LENGTH
-    assert piece_length_for(512 * MiB) == DEFAULT_PIECE_LENGTH == MiB
-    assert piece_length_for(512 * MiB + 1) == 2 * MiB
-    assert piece_length_for(2 * 1024 * MiB) == 4 * MiB
+    assert piece_length_for(64 * MiB) == DEFAULT_PIECE_LENGTH == MiB
+    assert piece_length_for(64 * MiB + 1) == 2 * MiB
+    assert piece_length_for(128 * MiB + 1) == 4 * MiB
+    assert piece_length_for(4 * 1024 * MiB) == 4 * MiB
+    assert piece_length_for(4 * 1024 * MiB + 1) == 8 * MiB
     assert piece_length_for(10**15) == MAX_PIECE_LENGTH
 
 
