@@ -4,6 +4,7 @@ import pytest
 
 from damselfly.p2p.pieces import (
     DEFAULT_PIECE_LENGTH,
+    SMALL_PIECE_LENGTH,
     MAX_PIECE_LENGTH,
     MiB,
     PieceBitmap,
@@ -18,10 +19,10 @@ from damselfly.p2p.pieces import (
 
 
 def test_piece_length_grows_for_very_large_tasks():
-    assert piece_length_for(0) == DEFAULT_PIECE_LENGTH
-    assert piece_length_for(64 * MiB) == DEFAULT_PIECE_LENGTH == MiB
-    assert piece_length_for(64 * MiB + 1) == 2 * MiB
-    assert piece_length_for(128 * MiB + 1) == 4 * MiB
+    assert piece_length_for(0) == SMALL_PIECE_LENGTH == 256 * 1024
+    assert piece_length_for(64 * MiB) == SMALL_PIECE_LENGTH
+    assert piece_length_for(64 * MiB + 1) == 512 * 1024
+    assert piece_length_for(128 * MiB + 1) == DEFAULT_PIECE_LENGTH == 4 * MiB
     assert piece_length_for(4 * 1024 * MiB) == 4 * MiB
     assert piece_length_for(4 * 1024 * MiB + 1) == 8 * MiB
     assert piece_length_for(10**15) == MAX_PIECE_LENGTH
