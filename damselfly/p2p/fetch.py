@@ -25,6 +25,8 @@ from damselfly.p2p.pieces import PieceCheck
 from damselfly.p2p.writer import pwrite_all
 
 PIECE_DIGEST_HEADER = "X-Piece-Digest"
+RECEIVER_HEADER = "X-Piece-Receiver"  # the asker's upload URL: a seed may send later askers there
+RELAY_HEADER = "X-Piece-Relay"  # a seed's answer: get the piece from this peer, which has or is getting it
 BUFFER_SIZE = 1024 * 1024  # per worker thread, whatever the piece length
 CONNECTIONS_PER_WORKER = 16  # kept-alive parents per thread: parents come and go, sockets must not pile up
 
@@ -35,6 +37,15 @@ class PieceRefused(Exception):
 
 class ParentBusy(PieceRefused):
     """Every upload slot of the parent is taken (503): it will have one again soon."""
+
+
+class PieceRelayed(ParentBusy):
+    """A seed already sends this piece to others: get it from ``url``, checked against ``digest``."""
+
+    def __init__(self, url: str, digest: str) -> None:
+        super().__init__(f"relayed to {url}")
+        self.url = url
+        self.digest = digest
 
 
 class BadParent(Exception):
@@ -62,6 +73,7 @@ class PieceRequest:
     offset: int
     digest: str | None  # the trusted digest, if the scheduler gave one
     trust_sent_digest: bool  # the parent is a seed: its X-Piece-Digest is trusted
+    receiver: str | None = None  # this node's upload URL, sent to a seed that may relay the piece
 
 
 class PieceFetcher:
@@ -90,15 +102,18 @@ class PieceFetcher:
         try:
             reused = connection.sock is not None
             try:
-                response = self._send(connection, request.path)
+                response = self._send(connection, request)
             except (ConnectionError, http.client.RemoteDisconnected):
                 if not reused:
                     raise
                 self._discard(connection)  # the parent closed it while idle: one more try on a new one
                 connection = self._connection(request.parent_url)
-                response = self._send(connection, request.path)
+                response = self._send(connection, request)
             if response.status != 200:
+                relay, sent_digest = response.getheader(RELAY_HEADER), response.getheader(PIECE_DIGEST_HEADER)
                 _drain(response)
+                if response.status == 503 and relay and sent_digest and request.trust_sent_digest:
+                    raise PieceRelayed(relay, sent_digest)
                 refusal = {404: PieceRefused, 503: ParentBusy}.get(response.status, BadParent)
                 raise refusal(f"answered {response.status} for {request.path}")
             expected = request.digest or (response.getheader(PIECE_DIGEST_HEADER) if request.trust_sent_digest else None)
@@ -154,8 +169,8 @@ class PieceFetcher:
             os.close(fd)
 
     @staticmethod
-    def _send(connection: http.client.HTTPConnection, path: str) -> http.client.HTTPResponse:
-        connection.request("GET", path)
+    def _send(connection: http.client.HTTPConnection, request: PieceRequest) -> http.client.HTTPResponse:
+        connection.request("GET", request.path, headers={RECEIVER_HEADER: request.receiver} if request.receiver else {})
         return connection.getresponse()
 
     def _connection(self, parent_url: str) -> http.client.HTTPConnection:

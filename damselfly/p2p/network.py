@@ -18,12 +18,13 @@ import random
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.blobs import Origin
-from damselfly.p2p.fetch import BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused, PieceRequest, PieceWriteFailed, TransferFailed
+from damselfly.p2p.fetch import (BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused, PieceRelayed, PieceRequest,
+                                 PieceWriteFailed, TransferFailed)
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap
 from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill, RangeStream
@@ -125,6 +126,10 @@ class Network:
     def host_id(self) -> str:
         return self.scheduler.host.id
 
+    @property
+    def upload_url(self) -> str:
+        return self.scheduler.host.upload_url
+
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         """A background task this network owns and cancels on close."""
         task = asyncio.create_task(coroutine)
@@ -202,7 +207,6 @@ class PieceDownload:
         self.version = -1
         self.swarm = 1  # peers downloading this task at once, from the scheduler
         self.verified = False  # the scheduler's digests come from a seed that checked the whole blob
-        self.in_flight: set[int] = set()
         self.changed = asyncio.Event()
         self.back_to_source: str | None = None
         self.failure: str | None = None
@@ -323,7 +327,7 @@ class PieceDownload:
         still get theirs soon. Alone with a seed, the peer just streams in order.
         """
         missing = [i for i in range(self.task.piece_count)
-                   if not self.task.has_or_holds(i) and i not in self.in_flight]
+                   if not self.task.has_or_holds(i) and i not in self.task.fetching]
         if not missing or not self.parents:
             return None
         parents = list(self.parents.values())
@@ -359,7 +363,7 @@ class PieceDownload:
                 continue
             index, parent = picked
             log.debug("piece %d of %s from %s", index, self.task.digest, parent.host_id)
-            self.in_flight.add(index)
+            self.task.fetching.add(index)
             parent.in_flight += 1
             try:
                 await self._fetch(index, parent)
@@ -381,7 +385,7 @@ class PieceDownload:
                 else:
                     self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=not isinstance(exc, PieceRefused))
             finally:
-                self.in_flight.discard(index)
+                self.task.fetching.discard(index)
                 parent.in_flight -= 1
 
     def _drop(self, parent: Parent, reason: str, bad: bool) -> None:
@@ -405,9 +409,14 @@ class PieceDownload:
     async def _fetch(self, index: int, parent: Parent) -> None:
         start, size = self.task.piece_span(index)
         began = time.monotonic()
-        expected = await self.network.fetcher.fetch(PieceRequest(
-            parent.url, f"/pieces/{self.task.digest}/{index}", size, self.task.path, start,
-            digest=self.digests.get(index), trust_sent_digest=parent.is_seed))
+        request = PieceRequest(parent.url, f"/pieces/{self.task.digest}/{index}", size, self.task.path, start,
+                               digest=self.digests.get(index), trust_sent_digest=parent.is_seed,
+                               receiver=self.network.upload_url if parent.is_seed else None)
+        source = "seed" if parent.is_seed else "peer"
+        try:
+            expected = await self.network.fetcher.fetch(request)
+        except PieceRelayed as relay:
+            expected, source = await self._fetch_relayed(request, relay), "peer"
         parent.busy_answers = 0
         self.task.digests[index] = expected
         self.task.piece_done(index)
@@ -416,11 +425,22 @@ class PieceDownload:
             # node's own check to reach the blob's end (nydus reads the tail first).
             self.task.release_last()
         self.last_progress = time.monotonic()
-        source = "seed" if parent.is_seed else "peer"
         self.network.metrics.bytes.labels(source).inc(size)
         self.network.metrics.pieces.labels(source).inc()
         self.reporter.add(index, cost=time.monotonic() - began, parent=parent.host_id)
         self._notify()
+
+    async def _fetch_relayed(self, request: PieceRequest, relay: PieceRelayed) -> str:
+        """The piece from the peer a seed pointed at (checked against the seed's digest); if
+        that fails, from the seed itself, asked not to relay again."""
+        try:
+            return await self.network.fetcher.fetch(replace(
+                request, parent_url=relay.url, digest=relay.digest, trust_sent_digest=False, receiver=None))
+        except (PieceRefused, BadParent, TransferFailed) as exc:
+            if isinstance(exc, PieceCorrupt):
+                self.network.metrics.piece_failures.inc()
+            log.warning("piece from %s, where a seed pointed, failed (%s); asking the seed", relay.url, exc)
+            return await self.network.fetcher.fetch(replace(request, receiver=None))
 
     async def _from_origin(self, reason: str) -> None:
         """Fetch the missing pieces from the registry with range requests, waited-for ones first."""

@@ -39,6 +39,7 @@ class Task:
         self.wanted: Counter[int] = Counter()  # pieces that readers are waiting for right now
         self.on_wanted: Callable[[], None] | None = None  # the downloader, told when a reader starts waiting
         self.whole_readers = 0  # readers streaming the blob from its first byte to its last
+        self.fetching: set[int] = set()  # pieces on their way to this node from a parent right now
         self.last_wanted = time.monotonic()  # when a reader last started or stopped waiting for a piece
         self._last_held = False
         self._last_released = False

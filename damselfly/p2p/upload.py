@@ -13,12 +13,14 @@ from damselfly.lib.oci import Digest, OCIError
 from damselfly.lib.ratelimit import TokenBucket
 from damselfly.p2p.blobs import BlobService, Origin, SourceRefused, SourceUnavailable
 from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.fetch import PIECE_DIGEST_HEADER
+from damselfly.p2p.fetch import PIECE_DIGEST_HEADER, RECEIVER_HEADER, RELAY_HEADER
+from damselfly.p2p.relay import RelayBook
 from damselfly.p2p.task import TaskFailed
 from damselfly.proxy.upstream import normalize_upstream
 
 log = logging.getLogger(__name__)
 SEED_START_WAIT = 10.0
+RELAY_WAIT = 5.0  # how long a peer a seed pointed an asker at waits for the piece it is getting
 
 
 class UploadServer:
@@ -32,6 +34,7 @@ class UploadServer:
         self.slots = slots
         self.piece_wait = piece_wait
         self._active = 0
+        self.relays = RelayBook()
         self._seeding: set[asyncio.Task[None]] = set()
 
     def application(self) -> web.Application:
@@ -66,13 +69,24 @@ class UploadServer:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"piece {index} outside 0..{task.piece_count - 1}")
         start, size = task.piece_span(index)
         if not task.bitmap.has(index):
-            if not seeding or task.complete:
+            if seeding and not task.complete:
+                wait = self.piece_wait  # a seed peer still downloading: serve the piece as soon as it lands
+            elif index in task.fetching:
+                wait = RELAY_WAIT  # a peer getting it now (a seed sent the asker here): serve it when it lands
+            else:
                 self.metrics.upload_refused.labels("missing_piece").inc()
                 raise web.HTTPNotFound(text=f"piece {index} not here")
-            try:  # a seed peer still downloading: serve the piece as soon as it lands
-                await task.readable_end(start, self.piece_wait)
+            try:
+                await task.readable_end(start, wait)
             except TaskFailed as exc:
                 raise web.HTTPNotFound(text=f"piece {index} will not come: {exc}") from None
+        receiver = request.headers.get(RECEIVER_HEADER)
+        if seeding and receiver and index in task.digests and index != task.piece_count - 1:
+            relay = self.relays.route(str(digest), index, receiver)
+            if relay is not None:
+                self.metrics.upload_refused.labels("relayed").inc()
+                raise web.HTTPServiceUnavailable(text=f"piece {index} is on its way to {relay}: ask there",
+                                                 headers={RELAY_HEADER: relay, PIECE_DIGEST_HEADER: task.digests[index]})
         if self._active >= self.slots:
             self.metrics.upload_refused.labels("no_slot").inc()
             raise web.HTTPServiceUnavailable(text="all upload slots are busy")

@@ -141,3 +141,32 @@ def test_a_range_deep_in_a_cold_blob_is_fetched_first(registry, registry_client,
     assert gets[0].bytes <= 2 * MiB, "the piece the reader waited for (and the next) came first, alone"
     assert sum(e.bytes for e in gets) == len(blob.data), "each byte once"
     assert peer.metric("damselfly_p2p_bytes_total", 'source="origin"') == 0
+
+
+def test_peers_reading_the_same_piece_are_relayed_by_the_seed(registry, registry_client, cluster) -> None:  # noqa: F811
+    """Four peers read the same range of a cold blob at once: the seed sends the piece to
+    two and points the others at them; every byte is right and the registry sends it once."""
+    image = build_image("nydus/relay", [BLOB_SIZE])
+    push_image(registry_client, image)
+    blob = image.layers[1]
+    seed = cluster(seed=True, extra=["--upload-rate", "2MB"])  # the seed's link is what relaying spares
+    peers = [cluster() for _ in range(4)]
+    wait_until(lambda: cluster.scheduler.metric("damselfly_scheduler_hosts", 'kind="all"') == 5, 20, "hosts to join")
+    first, last = 10 * MiB + 100, 10 * MiB + 100 * KiB
+    readers = [Nydusd(peer, params={"ns": registry.host}) for peer in peers]
+
+    async def read_all() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            slots = asyncio.Semaphore(len(readers))
+            path = f"/v2/{image.name}/blobs/{blob.digest}"
+            await asyncio.gather(*(read_range(client, reader, path, first, last, len(blob.data), blob.data, slots)
+                                   for reader in readers))
+
+    asyncio.run(asyncio.wait_for(read_all(), RUN_DEADLINE))
+
+    relayed = seed.metric("damselfly_upload_refused_total", 'reason="relayed"')
+    assert relayed >= 2, "the third and fourth asker of the piece go to a peer that has it"
+    assert sum(p.metric("damselfly_p2p_bytes_total", 'source="peer"') for p in peers) > 0
+    for node in [seed, *peers]:
+        wait_until(lambda: node.metric("damselfly_store_blobs") == 1, 90, f"the blob stored on {node.url}")
+    assert sum(e.bytes for e in registry.blob_gets(blob.digest, image.name)) == len(blob.data)

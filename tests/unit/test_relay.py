@@ -1,0 +1,48 @@
+"""Where a seed sends a peer that asks for a piece it already sends to others."""
+
+from __future__ import annotations
+
+from damselfly.p2p.relay import DIRECT, FANOUT, REMEMBER_SECONDS, RelayBook
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_first_askers_are_served_then_later_ones_go_to_them_in_turn():
+    book = RelayBook(Clock())
+    assert [book.route("t", 0, f"p{i}") for i in range(DIRECT)] == [None] * DIRECT
+    assert book.route("t", 0, "p2") == "p0"
+    assert book.route("t", 0, "p3") == "p1"
+    assert book.route("t", 0, "p4") in {"p0", "p1", "p2", "p3"}
+
+
+def test_a_holder_takes_at_most_fanout_askers_and_askers_become_holders():
+    book = RelayBook(Clock())
+    book.route("t", 0, "a")
+    book.route("t", 0, "b")
+    sent = [book.route("t", 0, f"x{i}") for i in range(20)]
+    assert None not in sent, "later askers are holders too, so there is always one with room"
+    assert max(sent.count(url) for url in set(sent)) <= FANOUT
+
+
+def test_pieces_and_tasks_are_apart_and_old_holders_are_forgotten():
+    clock = Clock()
+    book = RelayBook(clock)
+    book.route("t", 0, "a")
+    book.route("t", 0, "b")
+    assert book.route("t", 1, "c") is None, "another piece"
+    assert book.route("u", 0, "c") is None, "another task"
+    clock.now += REMEMBER_SECONDS + 1
+    assert book.route("t", 0, "c") is None, "a and b may have dropped the blob by now"
+
+
+def test_an_asker_is_never_sent_to_itself():
+    book = RelayBook(Clock())
+    book.route("t", 0, "a")
+    book.route("t", 0, "b")
+    assert book.route("t", 0, "a") is None, "only b is left, and a asks again after a failed relay: served"
