@@ -412,11 +412,11 @@ class PieceDownload:
         request = PieceRequest(parent.url, f"/pieces/{self.task.digest}/{index}", size, self.task.path, start,
                                digest=self.digests.get(index), trust_sent_digest=parent.is_seed,
                                receiver=self.network.upload_url if parent.is_seed else None)
-        source = "seed" if parent.is_seed else "peer"
+        source, sender = ("seed" if parent.is_seed else "peer"), parent.host_id
         try:
             expected = await self.network.fetcher.fetch(request)
-        except PieceRelayed as relay:
-            expected, source = await self._fetch_relayed(request, relay), "peer"
+        except PieceRelayed as relay:  # sent elsewhere: its cost says nothing of this parent
+            expected, source, sender = await self._fetch_relayed(request, relay), "peer", None
         parent.busy_answers = 0
         self.task.digests[index] = expected
         self.task.piece_done(index)
@@ -427,7 +427,7 @@ class PieceDownload:
         self.last_progress = time.monotonic()
         self.network.metrics.bytes.labels(source).inc(size)
         self.network.metrics.pieces.labels(source).inc()
-        self.reporter.add(index, cost=time.monotonic() - began, parent=parent.host_id)
+        self.reporter.add(index, cost=time.monotonic() - began if sender else None, parent=sender)
         self._notify()
 
     async def _fetch_relayed(self, request: PieceRequest, relay: PieceRelayed) -> str:
