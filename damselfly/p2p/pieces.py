@@ -32,9 +32,10 @@ def piece_length_for(length: int) -> int:
 
     Small pieces serve scattered range reads (nydus) without dragging in megabytes around
     each read: at 8 nodes, nydus-p2p-cold of the python image took 3.8 s with 256 KiB
-    pieces against 5.1 s with 1 MiB. On large blobs they cost throughput (a request and a
-    digest each: a 512 MiB transfer on loopback fell from 960 to 681 MB/s with 1 MiB
-    pieces). Every host derives the length from the blob's length, so the cluster agrees.
+    pieces against 5.1 s with 1 MiB. On large blobs they may cost throughput (a request
+    and a digest each; one A/B pair on a 512 MiB transfer gave 960 MB/s with 4 MiB pieces,
+    681 with 1 MiB). Every host derives the length from the blob's length, so the cluster
+    agrees.
     """
     if length <= SMALL_BLOB:
         piece = SMALL_PIECE_LENGTH
