@@ -22,7 +22,7 @@ from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Protocol
 from damselfly.lib.waiting import within
 from damselfly.lib.oci import Digest
 from damselfly.lib.units import format_size
-from damselfly.p2p.pieces import piece_matches
+from damselfly.p2p.pieces import SMALL_BLOB, piece_digest, piece_length_for, piece_matches
 from damselfly.p2p.rangefill import RangeFill
 from damselfly.p2p.store import BlobMeta, BlobStore, Partial, StoredBlob
 from damselfly.p2p.task import Task, TaskFailed
@@ -161,6 +161,7 @@ class BlobService:
         self._committing: set[str] = set()  # verified downloads being flushed and stored
         self._task_started = asyncio.Event()
         self._resumable: set[str] = set()  # downloads from peers: checkpointed, kept at shutdown
+        self._relaid: dict[str, dict[int, str]] = {}  # piece digests of blobs stored under an earlier piece rule
         self._checkpoints: set[str] = set()  # checkpoint writes scheduled
         # Threads that copy origin downloads: their own pool, so long copies never starve to_thread.
         self._copiers = ThreadPoolExecutor(32, thread_name_prefix="blob-copy")
@@ -262,13 +263,26 @@ class BlobService:
         return task
 
     def _stored_task(self, digest: Digest) -> Task | None:
+        """A stored blob as the network sees it: in the pieces every host derives from its length.
+
+        A blob stored under an earlier piece rule gets its piece digests again (once per run;
+        the rule changed for blobs up to 128 MiB, which BLAKE3 reads in milliseconds), so that
+        its pieces are the ones peers ask for.
+        """
         stored = self.store.lookup(digest)
         if stored is None:
             return None
-        task = Task(stored.digest, stored.meta.length, stored.path, complete=True,
-                    piece_length=stored.meta.piece_length)
-        if stored.meta.piece_digests and len(stored.meta.piece_digests) == task.piece_count:
-            task.digests = dict(enumerate(stored.meta.piece_digests))
+        task = Task(stored.digest, stored.meta.length, stored.path, complete=True)
+        if task.piece_length == stored.meta.piece_length:
+            if stored.meta.piece_digests and len(stored.meta.piece_digests) == task.piece_count:
+                task.digests = dict(enumerate(stored.meta.piece_digests))
+        elif task.length <= SMALL_BLOB:  # larger blobs kept their rule; very old ones go without digests
+            key = str(digest)
+            if key not in self._relaid:
+                log.info("%s was stored in %s pieces, the network now uses %s: digesting it again", key,
+                         format_size(stored.meta.piece_length or 0), format_size(task.piece_length))
+                self._relaid[key] = _piece_digests(task)
+            task.digests = dict(self._relaid[key])
         return task
 
     async def _begin(self, digest: Digest, origin: Origin, ranged: bool, by_ranges: bool = False) -> Task:
@@ -329,8 +343,8 @@ class BlobService:
         if found is None:
             return None
         path, partial = found
-        if partial.length != length:
-            self.store.discard(path)
+        if partial.length != length or partial.piece_length != piece_length_for(length):
+            self.store.discard(path)  # another blob, or pieces of an earlier rule: start again
             return None
         task = Task(digest, length, path, piece_length=partial.piece_length)
         digests = {int(i): d for i, d in partial.digests.items()}
@@ -447,6 +461,11 @@ class BlobService:
                 download.cancel()
         await asyncio.gather(*self._downloads.values(), return_exceptions=True)
         self._copiers.shutdown(wait=False)
+
+
+def _piece_digests(task: Task) -> dict[int, str]:
+    with open(task.path, "rb") as f:
+        return {index: piece_digest(f.read(task.piece_span(index)[1])) for index in range(task.piece_count)}
 
 
 def _verified_pieces(task: Task, pieces: list[int], digests: dict[int, str]) -> list[int]:

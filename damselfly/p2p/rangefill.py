@@ -138,10 +138,10 @@ class RangeFill:
                 loop.call_soon_threadsafe(self._written, reported, offset)
             reported = offset
 
-        copying = loop.run_in_executor(self.copiers, functools.partial(
-            copy_to_file, stream, self.task.path, start, end - start, self.task.piece_length, self.task.digests,
-            written))
         try:
+            copying = loop.run_in_executor(self.copiers, functools.partial(
+                copy_to_file, stream, self.task.path, start, end - start, self.task.piece_length, self.task.digests,
+                written))
             await asyncio.shield(copying)
         except asyncio.CancelledError:
             stream.abort()

@@ -40,10 +40,12 @@ class RelayBook:
         """
         key = (task, index)
         now = self.clock()
-        holders = [h for h in self._pieces.pop(key, []) if now - h.since <= REMEMBER_SECONDS and h.url != asker]
+        holders = [h for h in self._pieces.pop(key, []) if now - h.since <= REMEMBER_SECONDS]
         self._pieces[key] = holders
         while len(self._pieces) > MAX_PIECES:
             self._pieces.popitem(last=False)
+        if any(h.url == asker for h in holders):
+            return None  # asking again (its relay failed, or it was busy): others may wait on it, so serve it
         target = None
         if len(holders) >= DIRECT:
             free = [h for h in holders if h.sent_to < FANOUT]

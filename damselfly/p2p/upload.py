@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -77,19 +78,21 @@ class UploadServer:
                 self.metrics.upload_refused.labels("missing_piece").inc()
                 raise web.HTTPNotFound(text=f"piece {index} not here")
             try:
-                await task.readable_end(start, wait)
-            except TaskFailed as exc:
-                raise web.HTTPNotFound(text=f"piece {index} will not come: {exc}") from None
+                async with asyncio.timeout(wait):  # a hard deadline: other pieces landing do not extend it
+                    await task.readable_end(start, wait)
+            except (TaskFailed, TimeoutError) as exc:
+                raise web.HTTPNotFound(text=f"piece {index} will not come: {exc or 'timed out'}") from None
+        if self._active >= self.slots:
+            self.metrics.upload_refused.labels("no_slot").inc()
+            raise web.HTTPServiceUnavailable(text="all upload slots are busy")
         receiver = request.headers.get(RECEIVER_HEADER)
-        if seeding and receiver and index in task.digests and index != task.piece_count - 1:
+        if (seeding and receiver and _from_asker(receiver, request.remote) and index in task.digests
+                and index != task.piece_count - 1):
             relay = self.relays.route(str(digest), index, receiver)
             if relay is not None:
                 self.metrics.upload_refused.labels("relayed").inc()
                 raise web.HTTPServiceUnavailable(text=f"piece {index} is on its way to {relay}: ask there",
                                                  headers={RELAY_HEADER: relay, PIECE_DIGEST_HEADER: task.digests[index]})
-        if self._active >= self.slots:
-            self.metrics.upload_refused.labels("no_slot").inc()
-            raise web.HTTPServiceUnavailable(text="all upload slots are busy")
         self._active += 1
         self.metrics.uploads.inc()
         try:
@@ -135,3 +138,12 @@ class UploadServer:
         except (SourceRefused, SourceUnavailable) as exc:
             log.error("seed download of %s from %s/%s could not start: %s", digest, origin.registry,
                       origin.repository, getattr(exc, "message", exc))
+
+
+def _from_asker(receiver: str, remote: str | None) -> bool:
+    """A receiver URL on the asker's own address: nobody can have a seed send others elsewhere."""
+    try:
+        host = urlsplit(receiver).hostname
+    except ValueError:
+        return False
+    return host is not None and remote is not None and host == remote.strip("[]")

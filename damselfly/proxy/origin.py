@@ -79,6 +79,20 @@ class RegistryStream:
         self._connection.close()
 
 
+def _check_span(response: http.client.HTTPResponse, span: tuple[int, int], url: str) -> None:
+    """The answer to a range request holds exactly those bytes: a 206 for them, or a 200 with
+    the whole blob when the range was all of it (some storage answers so)."""
+    start, length = span
+    if response.status == 206:
+        content_range = response.getheader("Content-Range") or ""
+        first = content_range.removeprefix("bytes ").split("-", 1)[0]
+        if not content_range.startswith("bytes ") or first != str(start) or response.length != length:
+            raise SourceUnavailable(502, f"upstream {url} answered bytes {start}+{length} with "
+                                         f"{content_range or 'no Content-Range'}, {response.length} bytes")
+    elif start != 0 or response.length != length:
+        raise SourceUnavailable(502, f"upstream {url} ignored the range request")
+
+
 def _origin_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
@@ -191,15 +205,12 @@ class RegistryClient:
                 except (OSError, http.client.HTTPException) as exc:
                     raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
                 location = response.getheader("Location")
-                if response.status == (200 if span is None else 206):
+                if response.status == 200 or (span is not None and response.status == 206):
                     if response.length is None:
                         raise SourceUnavailable(502, f"upstream {url} sent no Content-Length for a blob")
-                    if span is not None and response.length != span[1]:
-                        raise SourceUnavailable(502, f"upstream {url} sent {response.length} bytes for "
-                                                     f"the {span[1]} of {headers['Range']}")
+                    if span is not None:
+                        _check_span(response, span, url)
                     return RegistryStream(connection, response, url, response.length)
-                if span is not None and response.status == 200:
-                    raise SourceUnavailable(502, f"upstream {url} ignored the range request")
                 if response.status not in REDIRECTS or not location:
                     raise _refusal(response.status, CIMultiDict(response.getheaders()), _read_error_body(response),
                                    url)

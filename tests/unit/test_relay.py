@@ -41,8 +41,20 @@ def test_pieces_and_tasks_are_apart_and_old_holders_are_forgotten():
     assert book.route("t", 0, "c") is None, "a and b may have dropped the blob by now"
 
 
-def test_an_asker_is_never_sent_to_itself():
+def test_an_asker_that_asks_again_is_served_so_that_no_two_peers_wait_on_each_other():
     book = RelayBook(Clock())
     book.route("t", 0, "a")
     book.route("t", 0, "b")
-    assert book.route("t", 0, "a") is None, "only b is left, and a asks again after a failed relay: served"
+    assert book.route("t", 0, "c") in {"a", "b"}
+    assert book.route("t", 0, "c") is None, "c may be waited on by later askers: never sent on again"
+    assert book.route("t", 0, "a") is None
+
+
+def test_a_seed_takes_a_receiver_url_only_on_the_askers_own_address():
+    from damselfly.p2p.upload import _from_asker
+
+    assert _from_asker("http://10.0.0.4:65002", "10.0.0.4")
+    assert _from_asker("http://[::1]:65002", "::1")
+    assert not _from_asker("http://10.0.0.9:65002", "10.0.0.4"), "someone else's address"
+    assert not _from_asker("not a url", "10.0.0.4")
+    assert not _from_asker("http://10.0.0.4:65002", None)

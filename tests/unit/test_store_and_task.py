@@ -95,3 +95,23 @@ def test_incoming_keeps_only_resumable_downloads_with_a_checkpoint(tmp_path):
     assert path == resumable and partial.pieces == [0] and partial.digests == {"0": "d"}
     reopened.discard(path)
     assert reopened.partial(digest) is None and not any((tmp_path / "incoming").iterdir())
+
+
+def test_a_blob_stored_under_an_earlier_piece_rule_is_offered_in_todays_pieces(tmp_path):
+    """Before 256 KiB pieces, a 1 MiB blob was one 4 MiB piece: peers now ask for 4 pieces."""
+    from damselfly.p2p.blobs import BlobService
+    from damselfly.p2p.pieces import piece_digest
+
+    store = BlobStore(tmp_path, quota=10**9)
+    data = os.urandom(1024 * 1024)
+    digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+    incoming = store.new_incoming(digest)
+    incoming.write_bytes(data)
+    store.commit(incoming, digest, BlobMeta(length=len(data), protected=False, registry="r", repository="x",
+                                            stored_at=0.0, piece_length=4 * 1024 * 1024,
+                                            piece_digests=[piece_digest(data)]))
+    service = BlobService(store, source=None, events=None)  # type: ignore[arg-type]
+    task = service.local_task(digest)
+    assert task is not None and task.complete and task.piece_length == 256 * 1024
+    quarter = 256 * 1024
+    assert task.digests == {i: piece_digest(data[i * quarter:(i + 1) * quarter]) for i in range(4)}

@@ -56,3 +56,27 @@ def test_hosts_toml(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in written] == [
         "docker.io/hosts.toml", "127.0.0.1:5000/hosts.toml", "_default/hosts.toml"]
     assert 'server = "https://registry-1.docker.io"' in written[0].read_text()
+
+
+class FakeRangeAnswer:
+    """The parts of an http.client response that the span check reads (a fake: no socket)."""
+
+    def __init__(self, status: int, length: int, content_range: str | None = None) -> None:
+        self.status, self.length, self._content_range = status, length, content_range
+
+    def getheader(self, name: str) -> str | None:
+        return self._content_range if name == "Content-Range" else None
+
+
+def test_an_origin_range_answer_must_hold_exactly_the_bytes_asked_for():
+    import pytest
+
+    from damselfly.p2p.blobs import SourceUnavailable
+    from damselfly.proxy.origin import _check_span
+
+    _check_span(FakeRangeAnswer(206, 100, "bytes 50-149/1000"), (50, 100), "u")
+    _check_span(FakeRangeAnswer(200, 1000), (0, 1000), "u")  # the whole blob asked for, the whole blob sent
+    for wrong in (FakeRangeAnswer(206, 100, "bytes 0-99/1000"), FakeRangeAnswer(206, 99, "bytes 50-148/1000"),
+                  FakeRangeAnswer(206, 100, None), FakeRangeAnswer(200, 1000)):
+        with pytest.raises(SourceUnavailable):
+            _check_span(wrong, (50, 100), "u")
