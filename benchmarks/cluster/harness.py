@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import httpx
+
 from benchmarks.cluster.netns import Host, Network, remove_stale
 from benchmarks.sampling import Sampler
 from tests.support.cluster import SchedulerProcess, start_peer
@@ -168,6 +170,22 @@ class Cluster:
             shutil.rmtree(node.workdir / "damselfly", ignore_errors=True)
             node.daemon = self._daemon(node.host, node.workdir / "damselfly")
 
+    def _fill_seed(self, image: Image, nydus: bool) -> None:
+        """What a remote scenario starts from: every blob of the image on the seed peer. The
+        cold scenarios leave it so; run alone, the remote one would otherwise be a cold one."""
+        assert self.seed is not None
+        tag = NYDUS_TAG if nydus else image.tag
+        accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+        manifest = httpx.get(f"{self.registry.url}/v2/{image.name}/manifests/{tag}", headers={"Accept": accept},
+                             timeout=60)
+        manifest.raise_for_status()
+        for layer in manifest.json()["layers"]:
+            with httpx.stream("GET", f"{self.seed.url}/v2/{image.name}/blobs/{layer['digest']}",
+                              params={"ns": self.registry.host}, timeout=600) as response:
+                response.raise_for_status()
+                for _ in response.iter_bytes(1 << 20):
+                    pass
+
     # -- one scenario ----------------------------------------------------------------
 
     def _hosts_dir(self, node: Node, mirror: str) -> Path:
@@ -221,6 +239,7 @@ class Cluster:
         self.log(f"scenario {scenario}: {len(self.nodes)} nodes")
         if scenario in ("p2p-remote", "nydus-p2p-remote"):
             self.empty_daemons()
+            self._fill_seed(image, scenario.startswith("nydus"))
         if scenario.startswith("nydus") and scenario != "nydus-cache":
             self.empty_chunk_caches()
         self.empty_containerd()
