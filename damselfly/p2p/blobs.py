@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ from damselfly.p2p.pieces import SMALL_BLOB, piece_digest, piece_length_for, pie
 from damselfly.p2p.rangefill import RangeFill
 from damselfly.p2p.store import BlobMeta, BlobStore, Partial, StoredBlob
 from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import SourceTooShort, copy_to_file, file_digest
+from damselfly.p2p.writer import copy_into_task, file_digest
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints of a resumable download
@@ -319,12 +318,12 @@ class BlobService:
             future.exception()  # joiners may be none; mark it retrieved
             raise
         if self.network is None or self.network.is_seed:
-            task = Task(digest, length, self.store.new_incoming(digest), ranged=ranged)
+            task = Task(digest, length, self.store.new_incoming(digest))
         else:
             task = resumed or Task(digest, length, self.store.resumable_path(digest))
-            task.ranged = ranged
             self._resumable.add(key)
             task.on_piece = lambda _: self._checkpoint_soon(task)
+        task.ranged = ranged
         self._tasks[key] = task
         self._task_protected[key] = origin.authorization is not None
         del self._starting[key]
@@ -375,30 +374,10 @@ class BlobService:
 
     async def _fill_from_origin(self, task: Task, stream: SourceStream) -> str:
         """Copy the origin's stream in order on worker threads; return the digest of what it sent."""
-        loop = asyncio.get_running_loop()
-        reported = 0
-
-        def written(offset: int) -> None:  # on the copying thread
-            nonlocal reported
-            self.events.source_bytes(offset - reported)
-            with contextlib.suppress(RuntimeError):  # the loop closed under a download being aborted
-                loop.call_soon_threadsafe(task.pieces_written, reported - reported % task.piece_length, offset)
-            reported = offset
-
-        copying = loop.run_in_executor(self._copiers, functools.partial(
-            copy_to_file, stream, task.path, 0, task.length, task.piece_length, task.digests, written,
-            task.digest.hasher()))
-        try:
-            return await asyncio.shield(copying)
-        except asyncio.CancelledError:
-            stream.abort()  # the copying thread's next read fails at once
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(copying, 10)
-            raise
-        except SourceTooShort as exc:
-            raise TaskFailed(str(exc)) from None
-        finally:
-            stream.close()
+        digest = await copy_into_task(self._copiers, stream, task, 0, task.length,
+                                      lambda begin, end: self.events.source_bytes(end - begin), task.digest.hasher())
+        assert digest is not None  # a copy with a blob hasher returns the blob's digest
+        return digest
 
     async def _fill_by_ranges(self, task: Task, origin: Origin) -> str:
         """Fill the task with range requests, waited-for pieces first; return the file's digest."""

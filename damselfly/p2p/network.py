@@ -27,9 +27,9 @@ from damselfly.p2p.fetch import (BadParent, ParentBusy, PieceCorrupt, PieceFetch
                                  PieceWriteFailed, TransferFailed)
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap
-from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill, RangeStream
+from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill
 from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import file_digest
+from damselfly.p2p.writer import CopySource, file_digest
 from damselfly.proxy.origin import RegistryClient
 from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 
@@ -449,7 +449,7 @@ class PieceDownload:
         log.warning("%s goes back to the origin %s: %s", self.task.digest, self.origin.registry, reason)
         self.reporter.from_origin = True
 
-        def open_range(start: int, length: int) -> Awaitable[RangeStream]:
+        def open_range(start: int, length: int) -> Awaitable[CopySource]:
             return self.network.registry.open_blob(self.origin, self.task.digest, (start, length))
 
         def stored(index: int) -> None:

@@ -12,15 +12,12 @@ on worker threads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
-from typing import Protocol
 
 from damselfly.lib.waiting import wait_until_set
-from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import BlockingSource, SourceTooShort, copy_to_file
+from damselfly.p2p.task import Task
+from damselfly.p2p.writer import CopySource, copy_into_task
 
 URGENT_RUN = 2  # pieces in a range for a waiting reader: the one it waits for and the next
 BACKGROUND_RUN_BYTES = 8 * 1024 * 1024  # at most per range of the rest of the blob
@@ -28,14 +25,7 @@ STREAMS = 3  # ranges in flight at once
 ON_DEMAND_QUIET = 0.5  # seconds without a waiting reader before a task read in ranges fetches the rest
 
 
-class RangeStream(BlockingSource, Protocol):
-    def abort(self) -> None:
-        """From any thread: make a blocked ``readinto`` fail at once."""
-
-    def close(self) -> None: ...
-
-
-OpenRange = Callable[[int, int], Awaitable[RangeStream]]  # (start, length) -> a stream of those bytes
+OpenRange = Callable[[int, int], Awaitable[CopySource]]  # (start, length) -> a stream of those bytes
 
 
 def next_run(count: int, fetchable: Callable[[int], bool], wanted: Iterable[int], urgent_pieces: int,
@@ -67,14 +57,13 @@ class RangeFill:
     """Fills the missing pieces of ``task`` with ranges from ``open_range``."""
 
     def __init__(self, task: Task, open_range: OpenRange, copiers: Executor,
-                 on_bytes: Callable[[int], None] = lambda n: None, on_piece: Callable[[int], None] = lambda i: None,
-                 streams: int = STREAMS) -> None:
+                 on_bytes: Callable[[int], None] = lambda n: None, on_piece: Callable[[int], None] = lambda i: None
+                 ) -> None:
         self.task = task
         self.open_range = open_range
         self.copiers = copiers
         self.on_bytes = on_bytes
         self.on_piece = on_piece
-        self.streams = streams
         self.in_flight: set[int] = set()
         self.failure: BaseException | None = None
         self._changed = asyncio.Event()
@@ -92,7 +81,7 @@ class RangeFill:
     async def run(self) -> None:
         """Return when every piece is held; raise the first failure (the other ranges stop)."""
         previous, self.task.on_wanted = self.task.on_wanted, self._notify
-        workers = [asyncio.create_task(self._work()) for _ in range(self.streams)]
+        workers = [asyncio.create_task(self._work()) for _ in range(STREAMS)]
         try:
             while self._missing() and self.failure is None:
                 await wait_until_set(self._changed, 1.0)
@@ -129,36 +118,13 @@ class RangeFill:
         start = self.task.piece_span(first)[0]
         end = sum(self.task.piece_span(first + size - 1))
         stream = await self.open_range(start, end - start)
-        loop = asyncio.get_running_loop()
-        reported = start
-
-        def written(offset: int) -> None:  # on the copying thread
-            nonlocal reported
-            with contextlib.suppress(RuntimeError):  # the loop closed under a fill being stopped
-                loop.call_soon_threadsafe(self._written, reported, offset)
-            reported = offset
-
-        try:
-            copying = loop.run_in_executor(self.copiers, functools.partial(
-                copy_to_file, stream, self.task.path, start, end - start, self.task.piece_length, self.task.digests,
-                written))
-            await asyncio.shield(copying)
-        except asyncio.CancelledError:
-            stream.abort()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(copying, 10)
-            raise
-        except SourceTooShort as exc:
-            raise TaskFailed(str(exc)) from None
-        finally:
-            stream.close()
+        await copy_into_task(self.copiers, stream, self.task, start, end - start, self._written)
 
     def _written(self, begin: int, end: int) -> None:
-        """Bytes ``begin..end`` of a range are on disk: count them, mark the pieces they complete."""
+        """Bytes ``begin..end`` of a range are on disk (their pieces marked): count them, tell of
+        the pieces they complete."""
         self.on_bytes(end - begin)
-        first = begin // self.task.piece_length
-        self.task.pieces_written(first * self.task.piece_length, end)
-        for index in range(first, self.task.piece_count):
+        for index in range(begin // self.task.piece_length, self.task.piece_count):
             start, size = self.task.piece_span(index)
             if start + size > end:
                 break

@@ -25,9 +25,9 @@ class Task:
     """
 
     def __init__(self, digest: Digest, length: int, path: Path, *, complete: bool = False,
-                 piece_length: int | None = None, ranged: bool = False) -> None:
+                 piece_length: int | None = None) -> None:
         self.digest = digest
-        self.ranged = ranged  # the download was started for a range reader (nydus), not a whole-blob reader
+        self.ranged = False  # the download was started for a range reader (nydus), not a whole-blob reader
         self.length = length
         self.path = path
         self.piece_length = piece_length or piece_length_for(length)
@@ -80,8 +80,8 @@ class Task:
         return self.bitmap.has(index) or (self._last_held and index == self.bitmap.count - 1)
 
     def pieces_written(self, begin: int, end: int) -> None:
-        """Mark the whole pieces in ``[begin, end)``, bytes a writer has just filled (``begin``
-        on a piece boundary)."""
+        """A writer has just filled bytes ``begin..end``: mark the pieces that now end inside
+        them (the one holding ``begin`` included, whose first bytes came earlier)."""
         for index in range(begin // self.piece_length, self.bitmap.count):
             start, size = piece_span(index, self.length, self.piece_length)
             if start + size > end:

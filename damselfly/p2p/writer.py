@@ -10,15 +10,20 @@ loop instead of through it. The pool bounds memory and pushes back on the source
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hashlib
 import os
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Protocol
 
 from damselfly.p2p.pieces import PieceHasher
+from damselfly.p2p.task import Task, TaskFailed
 
 BUFFER_SIZE = 1024 * 1024
 BUFFERS = 8
@@ -26,6 +31,15 @@ BUFFERS = 8
 
 class BlockingSource(Protocol):
     def readinto(self, buffer: memoryview) -> int: ...
+
+
+class CopySource(BlockingSource, Protocol):
+    """A download being copied: read on a worker thread, stopped from the event loop."""
+
+    def abort(self) -> None:
+        """From any thread: make a blocked ``readinto`` fail at once."""
+
+    def close(self) -> None: ...
 
 
 class SourceTooShort(Exception):
@@ -83,6 +97,44 @@ def copy_to_file(source: BlockingSource, path: Path, start: int, length: int, pi
         hashing.join()
         os.close(fd)
     return blob_hasher.hexdigest() if blob_hasher is not None else None
+
+
+async def copy_into_task(copiers: Executor, source: CopySource, task: Task, start: int, length: int,
+                         on_written: Callable[[int, int], None], blob_hasher: "hashlib._Hash | None" = None
+                         ) -> str | None:
+    """Copy ``length`` bytes of ``source`` into ``task``'s file at ``start`` on a ``copiers`` thread.
+
+    On the event loop, each span written marks the pieces it completes (their digests are
+    already in ``task.digests``), then ``on_written(begin, end)`` hears of it. Cancelling aborts the source, so the thread's next
+    read fails at once; the source is closed on every path; a short source fails the task.
+    Returns what ``copy_to_file`` returns.
+    """
+    loop = asyncio.get_running_loop()
+    reported = start
+
+    def landed(begin: int, end: int) -> None:
+        task.pieces_written(begin, end)
+        on_written(begin, end)
+
+    def written(offset: int) -> None:  # on the copying thread
+        nonlocal reported
+        with contextlib.suppress(RuntimeError):  # the loop closed under a copy being aborted
+            loop.call_soon_threadsafe(landed, reported, offset)
+        reported = offset
+
+    try:
+        copying = loop.run_in_executor(copiers, functools.partial(
+            copy_to_file, source, task.path, start, length, task.piece_length, task.digests, written, blob_hasher))
+        return await asyncio.shield(copying)
+    except asyncio.CancelledError:
+        source.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(copying, 10)
+        raise
+    except SourceTooShort as exc:
+        raise TaskFailed(str(exc)) from None
+    finally:
+        source.close()
 
 
 def file_digest(path: Path, hasher: "hashlib._Hash") -> str:
