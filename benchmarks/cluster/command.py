@@ -77,7 +77,9 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
                     if scenario == "p2p-cold" and result.start_seconds:
                         node = rate_bytes_per_second(node_rate)
                         result.bound_seconds = distribution_bound(result.image_bytes, count, node, node, node)
-                        result.bound_ratio = max(result.start_seconds) / result.bound_seconds
+                        # distribution time: until the last node had the image (its unpack and run are not distribution)
+                        distributed = max(result.download_seconds or result.start_seconds)
+                        result.bound_ratio = distributed / result.bound_seconds
                     results.append(result)
             finally:
                 if keep_logs is not None:

@@ -21,6 +21,7 @@ A node's start time runs from the pull's (or the mount's) start to the container
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -49,11 +50,24 @@ SCENARIOS = OCI_SCENARIOS + NYDUS_SCENARIOS
 NYDUS_TAG = "nydus"
 REGISTRY_PORT = 5000
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines while nodes pull
+DOWNLOAD_SAMPLE = 0.1  # seconds between reads of a node's link counter
 
 
-def link_sampler(link: str, interval: float = 0.5) -> Sampler:
-    """Bytes a host has sent, read from its bridge-side link: what the registry served, over time."""
-    counter = Path(f"/sys/class/net/{link}/statistics/rx_bytes")
+def p95(values: list[float]) -> float:
+    """The nearest-rank 95th percentile (the slowest of 8 nodes; NaN for none)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def _reached(samples: list[tuple[float, int]], target: int) -> float | None:
+    """The first sample's time at which the counter had reached ``target``."""
+    return next((seconds for seconds, value in samples if value >= target), None)
+
+
+def link_sampler(link: str, interval: float = 0.5, received: bool = False) -> Sampler:
+    """Bytes a host has sent (or, with ``received``, taken in), read from its bridge-side link:
+    what the registry served, or what reached a node, over time."""
+    counter = Path(f"/sys/class/net/{link}/statistics/{'tx_bytes' if received else 'rx_bytes'}")
     base = int(counter.read_text())
     return Sampler(lambda: int(counter.read_text()) - base, interval)
 
@@ -81,8 +95,12 @@ class ScenarioResult:
     # (seconds since the scenario started, bytes the registry host has sent so far), from its link's counter
     registry_timeline: list[tuple[float, int]] = field(default_factory=list)
     bound_seconds: float | None = None  # p2p-cold: the Kumar & Ross lower bound for the shaped rates
-    bound_ratio: float | None = None  # slowest node's time over the bound
+    bound_ratio: float | None = None  # the last node's download time over the bound
     fetched_bytes: list[int] = field(default_factory=list)  # nydus: blob bytes each node's lazy mount read
+    # OCI pulls over the network: seconds until each node had taken in the image's bytes (the
+    # rest of its start time is containerd's unpack and the run)
+    download_seconds: list[float] = field(default_factory=list)
+    seed_bytes: int = 0  # what the seed peer's host sent (pieces, and the scheduler's answers beside them)
 
     @property
     def p50(self) -> float:
@@ -90,8 +108,7 @@ class ScenarioResult:
 
     @property
     def p95(self) -> float:
-        ordered = sorted(self.start_seconds)
-        return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))] if ordered else float("nan")
+        return p95(self.start_seconds)
 
 
 class Cluster:
@@ -248,6 +265,8 @@ class Cluster:
         registry_host = self.proxy if scenario == "pull-through" else self.registry
         before = self.registry.access_log()
         sampler = link_sampler(self.registry_host.link)
+        seed_sent = link_sampler(self.seed_host.link)
+        arrivals = {node.host.name: link_sampler(node.host.link, DOWNLOAD_SAMPLE, received=True) for node in self.nodes}
         reference = image.reference(registry_host.host)
         fetched: list[int] = []
 
@@ -272,7 +291,9 @@ class Cluster:
 
         errors: list[str] = []
         seconds: list[float] = []
-        with sampler, ThreadPoolExecutor(len(self.nodes)) as pool:
+        with sampler, seed_sent, contextlib.ExitStack() as stack, ThreadPoolExecutor(len(self.nodes)) as pool:
+            for arrival in arrivals.values():
+                stack.enter_context(arrival)
             futures = {pool.submit(one, n): n for n in self.nodes}
             pending = set(futures)
             while pending:
@@ -291,9 +312,13 @@ class Cluster:
                              f"registry sent {sent / 1e6:.1f} MB so far")
         after = self.registry.access_log()[len(before):]
         blob_entries = [e for e in after if e.method == "GET" and "/blobs/" in e.path]
-        return ScenarioResult(scenario, image.name, sum(len(layer.data) for layer in image.layers), len(self.nodes),
-                              seconds, sum(e.bytes for e in blob_entries), len(after), not errors, errors,
-                              sampler.samples, fetched_bytes=fetched)
+        image_bytes = sum(len(layer.data) for layer in image.layers)
+        downloads = [_reached(a.samples, image_bytes) for a in arrivals.values()]
+        return ScenarioResult(scenario, image.name, image_bytes, len(self.nodes), seconds,
+                              sum(e.bytes for e in blob_entries), len(after), not errors, errors, sampler.samples,
+                              fetched_bytes=fetched,
+                              download_seconds=[] if None in downloads or scenario.startswith("nydus") else downloads,
+                              seed_bytes=seed_sent.peak)
 
     def _local_registries(self, image: Image) -> None:
         """A docker-registry on every node, holding the image (pushed before the clock starts)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.cluster.harness import ScenarioResult
+from benchmarks.cluster.harness import ScenarioResult, p95
 
 _RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
 
@@ -25,14 +25,16 @@ def distribution_bound(size: int, nodes: int, seed_upload: float, node_upload: f
 
 def markdown(results: list[ScenarioResult]) -> str:
     lines = ["| scenario | image | nodes | p50 s | p95 s | max s | registry MB | registry requests | "
-             "lazy read MB/node | bound ratio | ok |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "lazy read MB/node | download p95 s | seed sent MB | bound ratio | ok |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         ratio = f"{r.bound_ratio:.2f}" if r.bound_ratio else ""
         lazy = f"{sum(r.fetched_bytes) / len(r.fetched_bytes) / 1e6:.1f}" if r.fetched_bytes else ""
+        download = f"{p95(r.download_seconds):.2f}" if r.download_seconds else ""
+        seed = f"{r.seed_bytes / 1e6:.1f}" if r.scenario.startswith(("p2p", "nydus-p2p")) else ""
         lines.append(f"| {r.scenario} | {r.image} | {r.nodes} | {r.p50:.2f} | {r.p95:.2f} | "
                      f"{max(r.start_seconds, default=float('nan')):.2f} | {r.registry_bytes / 1e6:.1f} | "
-                     f"{r.registry_requests} | {lazy} | {ratio} | {'yes' if r.ok else 'NO'} |")
+                     f"{r.registry_requests} | {lazy} | {download} | {seed} | {ratio} | {'yes' if r.ok else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 

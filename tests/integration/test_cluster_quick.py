@@ -33,5 +33,13 @@ def test_quick_run_completes_every_scenario_and_leaves_nothing(tmp_path):
     # The registry link's own counter agrees with its access log (plus headers and TCP overhead).
     for record in (by_name["ociv1"], by_name["p2p-cold"]):
         assert record["registry_timeline"][-1][1] >= record["registry_bytes"]
+    # Every node that pulled over its link took in the image's bytes before its container ran.
+    for name in ("ociv1", "p2p-cold", "p2p-remote"):
+        record = by_name[name]
+        assert len(record["download_seconds"]) == 3, name
+        pairs = zip(sorted(record["download_seconds"]), sorted(record["start_seconds"]), strict=True)
+        assert all(d <= s + 1.0 for d, s in pairs), name  # a link counter read a little late
+    assert by_name["p2p-local"]["download_seconds"] == []  # nothing came over the link
+    assert by_name["p2p-remote"]["seed_bytes"] >= image  # the seed sent every blob at least once
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert PREFIX not in namespaces
