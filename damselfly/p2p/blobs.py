@@ -132,7 +132,7 @@ class BlobReader:
         try:
             position = first
             while position <= last:
-                end = await self.task.readable_end(position, self._service.stall_timeout)
+                end = await self.task.readable_end(position, self._service.stall_timeout, last)
                 count = min(end, last + 1) - position
                 yield position, count
                 position += count

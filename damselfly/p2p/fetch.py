@@ -6,6 +6,12 @@ threads: on a two-core node that caps a child at a fraction of what the parent s
 Here each transfer runs on one worker thread with blocking keep-alive HTTP: the body
 is read straight into a reusable 1 MiB buffer, hashed and written at its offset, all
 calls that release the GIL, and the event loop hears once per piece.
+
+Small pieces (256 KiB, so that a nydus read waits for little) would make that a request
+per 256 KiB, and a request costs about a millisecond of both sides' CPU here. So one
+request may ask for a run of consecutive pieces (``?count=N``): the parent sends as many
+of them as it holds (``X-Piece-Count``) in one body, and each is checked and handed to
+the event loop as it lands.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import os
 import socket
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +34,8 @@ from damselfly.p2p.writer import pwrite_all
 PIECE_DIGEST_HEADER = "X-Piece-Digest"
 RECEIVER_HEADER = "X-Piece-Receiver"  # the asker's upload URL: a seed may send later askers there
 RELAY_HEADER = "X-Piece-Relay"  # a seed's answer: get the piece from this peer, which has or is getting it
+COUNT_HEADER = "X-Piece-Count"  # how many consecutive pieces a body carries (absent: one)
+MAX_RUN_PIECES = 64  # the most pieces one request may ask for
 BUFFER_SIZE = 1024 * 1024  # per worker thread, whatever the piece length
 CONNECTIONS_PER_WORKER = 16  # kept-alive parents per thread: parents come and go, sockets must not pile up
 
@@ -40,12 +49,13 @@ class ParentBusy(PieceRefused):
 
 
 class PieceRelayed(ParentBusy):
-    """A seed already sends this piece to others: get it from ``url``, checked against ``digest``."""
+    """A seed already sends this piece to others: get it (and the run's next pieces) from
+    ``url``, checked against ``digests``."""
 
-    def __init__(self, url: str, digest: str) -> None:
+    def __init__(self, url: str, digests: tuple[str, ...]) -> None:
         super().__init__(f"relayed to {url}")
         self.url = url
-        self.digest = digest
+        self.digests = digests
 
 
 class BadParent(Exception):
@@ -66,14 +76,22 @@ class PieceWriteFailed(Exception):
 
 @dataclass(frozen=True)
 class PieceRequest:
+    """A run of one or more consecutive pieces of a task, asked of one parent."""
+
     parent_url: str  # http://host:port of the parent's upload server
-    path: str  # /pieces/<digest>/<index>
-    size: int
-    file: Path  # the task's data file; the piece goes at ``offset``
+    task: str  # the blob's digest
+    index: int  # the run's first piece
+    sizes: tuple[int, ...]  # each piece's length, in order
+    file: Path  # the task's data file; the first piece goes at ``offset``, the rest right after
     offset: int
-    digest: str | None  # the trusted digest, if the scheduler gave one
+    digests: tuple[str | None, ...]  # the trusted digest of each piece, where the scheduler gave one
     trust_sent_digest: bool  # the parent is a seed: its X-Piece-Digest is trusted
     receiver: str | None = None  # this node's upload URL, sent to a seed that may relay the piece
+
+    @property
+    def path(self) -> str:
+        run = f"?count={len(self.sizes)}" if len(self.sizes) > 1 else ""
+        return f"/pieces/{self.task}/{self.index}{run}"
 
 
 class PieceFetcher:
@@ -88,15 +106,22 @@ class PieceFetcher:
         self._read_timeout = read_timeout
         self._closed = False
 
-    async def fetch(self, request: PieceRequest) -> str:
-        """Transfer, verify and write one piece; return its digest.
+    async def fetch(self, request: PieceRequest, on_piece: Callable[[int, str], None]) -> int:
+        """Transfer, verify and write a run of pieces; return how many came.
 
-        Raises PieceRefused, BadParent or TransferFailed (the parent's side), or
-        PieceWriteFailed (this node's).
+        ``on_piece(index, digest)`` runs on the event loop as each piece is verified and
+        written, before this returns or raises. Raises PieceRefused, BadParent or
+        TransferFailed (the parent's side), or PieceWriteFailed (this node's); pieces
+        delivered before the failure stay delivered.
         """
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._fetch, request)
+        loop = asyncio.get_running_loop()
 
-    def _fetch(self, request: PieceRequest) -> str:
+        def deliver(index: int, digest: str) -> None:
+            loop.call_soon_threadsafe(on_piece, index, digest)
+
+        return await loop.run_in_executor(self._pool, self._fetch, request, deliver)
+
+    def _fetch(self, request: PieceRequest, deliver: Callable[[int, str], None]) -> int:
         connection = self._connection(request.parent_url)
         response: http.client.HTTPResponse | None = None
         try:
@@ -110,22 +135,25 @@ class PieceFetcher:
                 connection = self._connection(request.parent_url)
                 response = self._send(connection, request)
             if response.status != 200:
-                relay, sent_digest = response.getheader(RELAY_HEADER), response.getheader(PIECE_DIGEST_HEADER)
+                relay, sent_digests = response.getheader(RELAY_HEADER), response.getheader(PIECE_DIGEST_HEADER)
                 _drain(response)
-                if response.status == 503 and relay and sent_digest and request.trust_sent_digest:
-                    raise PieceRelayed(relay, sent_digest)
+                if response.status == 503 and relay and sent_digests and request.trust_sent_digest:
+                    raise PieceRelayed(relay, tuple(sent_digests.split(",")[: len(request.sizes)]))
                 refusal = {404: PieceRefused, 503: ParentBusy}.get(response.status, BadParent)
                 raise refusal(f"answered {response.status} for {request.path}")
-            expected = request.digest or (response.getheader(PIECE_DIGEST_HEADER) if request.trust_sent_digest else None)
-            if expected is None:
-                raise PieceRefused(f"no trusted digest for {request.path} yet")
-            if response.length != request.size:
-                raise BadParent(f"announced {response.length} bytes for {request.path} of {request.size}")
-            try:
-                check = PieceCheck(expected)
-            except ValueError as exc:
-                raise BadParent(str(exc)) from None
-            self._receive(response, request, check)
+            expected = self._expected_digests(response, request)
+            offset = request.offset
+            for position, (size, digest) in enumerate(zip(request.sizes, expected, strict=False)):
+                try:
+                    check = PieceCheck(digest)
+                except ValueError as exc:
+                    raise BadParent(str(exc)) from None
+                self._receive(response, request, offset, size, check)
+                if not check.matches():
+                    raise PieceCorrupt(f"piece {request.index + position} of {request.task} does not match its digest")
+                deliver(request.index + position, digest)
+                offset += size
+            return len(expected)
         except (PieceRefused, BadParent, PieceWriteFailed):
             if response is None or not response.isclosed():
                 self._discard(connection)  # whatever body is left is not worth reading
@@ -133,12 +161,30 @@ class PieceFetcher:
         except (http.client.HTTPException, OSError) as exc:  # file errors are PieceWriteFailed
             self._discard(connection)
             raise TransferFailed(f"{exc.__class__.__name__}: {exc}") from None
-        if not check.matches():
-            raise PieceCorrupt(f"{request.path} does not match its digest")
-        return expected
 
-    def _receive(self, response: http.client.HTTPResponse, request: PieceRequest, check: PieceCheck) -> None:
-        """Read the body through a reusable buffer into the file, hashing it on the way.
+    @staticmethod
+    def _expected_digests(response: http.client.HTTPResponse, request: PieceRequest) -> list[str]:
+        """The digest of each piece the body carries; its announced count and length checked."""
+        try:
+            count = int(response.getheader(COUNT_HEADER) or 1)
+        except ValueError:
+            count = 0
+        if not 1 <= count <= len(request.sizes):
+            raise BadParent(f"announced {response.getheader(COUNT_HEADER)} pieces for {request.path}")
+        if response.length != sum(request.sizes[:count]):
+            raise BadParent(f"announced {response.length} bytes for {count} pieces of {request.path}")
+        sent = response.getheader(PIECE_DIGEST_HEADER) if request.trust_sent_digest else None
+        sent_digests = sent.split(",") if sent else [None] * count
+        if len(sent_digests) != count:
+            raise BadParent(f"sent {len(sent_digests)} piece digests for {count} pieces of {request.path}")
+        expected = [mine or theirs for mine, theirs in zip(request.digests, sent_digests, strict=False)]
+        if None in expected:
+            raise PieceRefused(f"no trusted digest for piece {request.index + expected.index(None)} of {request.task} yet")
+        return expected  # type: ignore[return-value]  # no None left
+
+    def _receive(self, response: http.client.HTTPResponse, request: PieceRequest, offset: int, size: int,
+                 check: PieceCheck) -> None:
+        """Read one piece of the body through a reusable buffer into the file, hashing it on the way.
 
         The bytes land in the file before the piece is verified; that is safe because
         nothing reads a piece until it is marked present, which needs the check to pass.
@@ -152,13 +198,13 @@ class PieceFetcher:
         except OSError as exc:
             raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
         try:
-            offset, end = request.offset, request.offset + request.size
+            end = offset + size
             while offset < end:
                 count = response.readinto(view[: min(BUFFER_SIZE, end - offset)])
                 if not count:
                     if self._closed:
                         raise TransferFailed("the daemon is shutting down")
-                    raise BadParent(f"sent {offset - request.offset} of {request.size} bytes of {request.path}")
+                    raise BadParent(f"sent too few bytes for {request.path}")
                 check.update(view[:count])
                 try:
                     pwrite_all(fd, view[:count], offset)

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL = 0.1
 RETRY_BUSY_PARENT = 0.2  # seconds before asking a busy parent again, doubling up to MAX_BUSY_WAIT
 MAX_BUSY_WAIT = 1.0
-SEED_REQUESTS = 1  # pieces this peer asks of one seed at once, beyond those its readers wait for
+SEED_REQUESTS = 1  # requests this peer makes of one seed at once, beyond those for pieces its readers wait for
+RUN_BYTES = 16 * 1024 * 1024  # the most one request asks a parent for (a run of consecutive pieces)
+CROWD_SEED_RUN_BYTES = 1024 * 1024  # ... of a seed that other peers download from too: they should trade
 
 
 @dataclass
@@ -315,36 +317,41 @@ class PieceDownload:
                     return
                 await asyncio.sleep(0.5)
 
-    def _pick(self) -> tuple[int, Parent] | None:
-        """The next piece and where to get it.
+    def _pick(self) -> tuple[int, int, Parent] | None:
+        """The next run of pieces (first, count) and where to get it.
 
         A piece a reader waits for comes first, from a peer or else a seed (as soon as the
-        reader starts waiting: the task tells the download). Then other peers: the rarest
-        piece they hold.
-        Then a seed, which this peer asks for at most SEED_REQUESTS pieces at a time when
-        other peers download the task too: a random piece from a window just ahead of the readers,
-        so that peers take different pieces from the seed and trade them, while readers
-        still get theirs soon. Alone with a seed, the peer just streams in order.
+        reader starts waiting: the task tells the download), with the pieces up to the end
+        of the reader's range. Then other peers: the rarest piece they hold, and the pieces
+        after it that the same peer holds. Then a seed, which this peer asks at most
+        SEED_REQUESTS times at once when other peers download the task too: a random
+        piece from a window just ahead of the readers, so that peers take different pieces
+        from the seed and trade them, while readers still get theirs soon. Alone with a
+        seed, the peer just streams in order.
         """
         missing = [i for i in range(self.task.piece_count)
                    if not self.task.has_or_holds(i) and i not in self.task.fetching]
         if not missing or not self.parents:
             return None
+        fetchable = set(missing)
         parents = list(self.parents.values())
         peers = [p for p in parents if not p.is_seed]
+        crowd = max(len(peers) + 1, self.swarm)
         held = {i: [p for p in peers if p.bitmap.has(i)] for i in missing}
         for index in sorted(i for i in self.task.wanted if i in held):
             givers = held[index] or [p for p in parents if p.is_seed and p.can_give(index)]
             if givers:
-                return index, _least_busy(givers)
+                parent = _least_busy(givers)
+                reach = self.task.wanted_until.get(index, index) - index + 1
+                return index, self._run(index, parent, fetchable, min(reach, self._run_limit(parent, crowd))), parent
         if not self.task.rest_may_follow(ON_DEMAND_QUIET):
             return None
         from_peers = [i for i in missing if held[i]]
         if from_peers:
             random.shuffle(from_peers)
             index = min(from_peers, key=lambda i: len(held[i]))
-            return index, _least_busy(held[index])
-        crowd = max(len(peers) + 1, self.swarm)
+            parent = _least_busy(held[index])
+            return index, self._run(index, parent, fetchable, self._run_limit(parent, crowd)), parent
         seeds = [p for p in parents if p.is_seed and p.in_flight < (SEED_REQUESTS if crowd > 1 else self.network.concurrency)]
         if not seeds:
             return None
@@ -352,7 +359,28 @@ class PieceDownload:
         window = [i for i in missing if i >= start][: 2 * crowd] or missing
         index = random.choice(window) if crowd > 1 else window[0]
         givers = [p for p in seeds if p.can_give(index)]
-        return (index, _least_busy(givers)) if givers else None
+        if not givers:
+            return None
+        parent = _least_busy(givers)
+        return index, self._run(index, parent, fetchable, self._run_limit(parent, crowd)), parent
+
+    def _run_limit(self, parent: Parent, crowd: int) -> int:
+        """The most pieces to ask ``parent`` for at once."""
+        limit = CROWD_SEED_RUN_BYTES if parent.is_seed and crowd > 1 else RUN_BYTES
+        return max(1, limit // self.task.piece_length)
+
+    def _run(self, index: int, parent: Parent, fetchable: set[int], limit: int) -> int:
+        """How many pieces from ``index`` on to ask ``parent`` for: those this node still needs
+        that the parent can give, up to ``limit``. From a peer, only pieces with a known digest
+        (a seed sends its own)."""
+        count = 1
+        while count < limit:
+            following = index + count
+            if (following not in fetchable or not parent.can_give(following)
+                    or not (parent.is_seed or following in self.digests)):
+                break
+            count += 1
+        return count
 
     async def _work(self) -> None:
         while True:
@@ -361,12 +389,13 @@ class PieceDownload:
                 changed = self.changed
                 await wait_until_set(changed, 0.5)
                 continue
-            index, parent = picked
-            log.debug("piece %d of %s from %s", index, self.task.digest, parent.host_id)
-            self.task.fetching.add(index)
+            index, count, parent = picked
+            run = range(index, index + count)
+            log.debug("pieces %d..%d of %s from %s", index, run[-1], self.task.digest, parent.host_id)
+            self.task.fetching.update(run)
             parent.in_flight += 1
             try:
-                await self._fetch(index, parent)
+                await self._fetch(index, count, parent)
             except BadParent as exc:
                 if isinstance(exc, PieceCorrupt):
                     self.network.metrics.piece_failures.inc()
@@ -375,7 +404,8 @@ class PieceDownload:
                 self.failure = f"cannot write piece {index}: {exc}"
                 self._notify()
             except (PieceRefused, TransferFailed) as exc:
-                log.debug("piece %d of %s from %s failed: %s", index, self.task.digest, parent.host_id, exc)
+                log.debug("pieces %d..%d of %s from %s failed: %s", index, run[-1], self.task.digest, parent.host_id,
+                          exc)
                 if isinstance(exc, ParentBusy):
                     # Ask again later. Dropping it would leave peers that all wait on one busy seed
                     # without a parent until they give up and go to the registry (seen in the harness).
@@ -385,7 +415,7 @@ class PieceDownload:
                 else:
                     self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=not isinstance(exc, PieceRefused))
             finally:
-                self.task.fetching.discard(index)
+                self.task.fetching.difference_update(run)
                 parent.in_flight -= 1
 
     def _drop(self, parent: Parent, reason: str, bad: bool) -> None:
@@ -406,41 +436,50 @@ class PieceDownload:
                                               json={"host_id": self.network.host_id, "parent_id": parent_id,
                                                     "reason": reason})
 
-    async def _fetch(self, index: int, parent: Parent) -> None:
-        start, size = self.task.piece_span(index)
-        began = time.monotonic()
-        request = PieceRequest(parent.url, f"/pieces/{self.task.digest}/{index}", size, self.task.path, start,
-                               digest=self.digests.get(index), trust_sent_digest=parent.is_seed,
+    async def _fetch(self, index: int, count: int, parent: Parent) -> None:
+        pieces = range(index, index + count)
+        request = PieceRequest(parent.url, str(self.task.digest), index,
+                               tuple(self.task.piece_span(i)[1] for i in pieces), self.task.path,
+                               self.task.piece_span(index)[0], tuple(self.digests.get(i) for i in pieces),
+                               trust_sent_digest=parent.is_seed,
                                receiver=self.network.upload_url if parent.is_seed else None)
-        source, sender = ("seed" if parent.is_seed else "peer"), parent.host_id
+        arrival = _Arrival(self, "seed" if parent.is_seed else "peer", parent.host_id)
         try:
-            expected = await self.network.fetcher.fetch(request)
+            await self.network.fetcher.fetch(request, arrival.landed)
         except PieceRelayed as relay:  # sent elsewhere: its cost says nothing of this parent
-            expected, source, sender = await self._fetch_relayed(request, relay), "peer", None
+            await self._fetch_relayed(request, relay, arrival)
         parent.busy_answers = 0
-        self.task.digests[index] = expected
+
+    async def _fetch_relayed(self, request: PieceRequest, relay: PieceRelayed, arrival: "_Arrival") -> None:
+        """The run from the peer a seed pointed at (checked against the seed's digests); what
+        that does not bring, from the seed itself, asked not to relay again."""
+        arrival.source, arrival.sender = "peer", None
+        try:
+            await self.network.fetcher.fetch(replace(
+                request, parent_url=relay.url, sizes=request.sizes[: len(relay.digests)], digests=relay.digests,
+                trust_sent_digest=False, receiver=None), arrival.landed)
+        except (PieceRefused, BadParent, TransferFailed) as exc:
+            if isinstance(exc, PieceCorrupt):
+                self.network.metrics.piece_failures.inc()
+            log.warning("pieces from %s, where a seed pointed, failed (%s); asking the seed", relay.url, exc)
+        rest = rest_of_run(request, arrival.count)
+        if rest is not None:
+            arrival.source = "seed"
+            await self.network.fetcher.fetch(replace(rest, receiver=None), arrival.landed)
+
+    def _landed(self, index: int, digest: str, source: str, cost: float | None, sender: str | None) -> None:
+        """A piece from a parent is verified and written."""
+        self.task.digests[index] = digest
         self.task.piece_done(index)
-        if index == self.task.piece_count - 1 and self.verified and self.digests.get(index) == expected:
+        if index == self.task.piece_count - 1 and self.verified and self.digests.get(index) == digest:
             # The digest belongs to a blob a seed checked whole: readers need not wait for this
             # node's own check to reach the blob's end (nydus reads the tail first).
             self.task.release_last()
         self.last_progress = time.monotonic()
-        self.network.metrics.bytes.labels(source).inc(size)
+        self.network.metrics.bytes.labels(source).inc(self.task.piece_span(index)[1])
         self.network.metrics.pieces.labels(source).inc()
-        self.reporter.add(index, cost=time.monotonic() - began if sender else None, parent=sender)
+        self.reporter.add(index, cost=cost, parent=sender)
         self._notify()
-
-    async def _fetch_relayed(self, request: PieceRequest, relay: PieceRelayed) -> str:
-        """The piece from the peer a seed pointed at (checked against the seed's digest); if
-        that fails, from the seed itself, asked not to relay again."""
-        try:
-            return await self.network.fetcher.fetch(replace(
-                request, parent_url=relay.url, digest=relay.digest, trust_sent_digest=False, receiver=None))
-        except (PieceRefused, BadParent, TransferFailed) as exc:
-            if isinstance(exc, PieceCorrupt):
-                self.network.metrics.piece_failures.inc()
-            log.warning("piece from %s, where a seed pointed, failed (%s); asking the seed", relay.url, exc)
-            return await self.network.fetcher.fetch(replace(request, receiver=None))
 
     async def _from_origin(self, reason: str) -> None:
         """Fetch the missing pieces from the registry with range requests, waited-for ones first."""
@@ -458,6 +497,31 @@ class PieceDownload:
 
         await RangeFill(self.task, open_range, self.network.origin_copiers,
                         on_bytes=self.network.metrics.bytes.labels("origin").inc, on_piece=stored).run()
+
+
+@dataclass
+class _Arrival:
+    """The pieces of one request as they land: each piece's cost is the time since the one before."""
+
+    download: PieceDownload
+    source: str  # "seed" or "peer", for the metrics
+    sender: str | None  # the parent whose cost the scheduler hears of (None: not reported)
+    count: int = 0
+    _since: float = field(default_factory=time.monotonic)
+
+    def landed(self, index: int, digest: str) -> None:
+        now = time.monotonic()
+        cost, self._since = now - self._since, now
+        self.count += 1
+        self.download._landed(index, digest, self.source, cost if self.sender else None, self.sender)
+
+
+def rest_of_run(request: PieceRequest, delivered: int) -> PieceRequest | None:
+    """What is left of a run after its first ``delivered`` pieces (None: nothing)."""
+    if delivered >= len(request.sizes):
+        return None
+    return replace(request, index=request.index + delivered, sizes=request.sizes[delivered:],
+                   offset=request.offset + sum(request.sizes[:delivered]), digests=request.digests[delivered:])
 
 
 def _least_busy(parents: list[Parent]) -> Parent:

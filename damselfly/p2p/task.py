@@ -37,6 +37,7 @@ class Task:
         self.error: str | None = None
         self.on_piece: Callable[[int], None] | None = None
         self.wanted: Counter[int] = Counter()  # pieces that readers are waiting for right now
+        self.wanted_until: dict[int, int] = {}  # for each wanted piece, the last piece its readers read up to
         self.on_wanted: Callable[[], None] | None = None  # the downloader, told when a reader starts waiting
         self.whole_readers = 0  # readers streaming the blob from its first byte to its last
         self.fetching: set[int] = set()  # pieces on their way to this node from a parent right now
@@ -111,10 +112,12 @@ class Task:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def readable_end(self, offset: int, stall_timeout: float) -> int:
+    async def readable_end(self, offset: int, stall_timeout: float, until: int | None = None) -> int:
         """Wait until verified bytes start at ``offset``; return where they end (exclusive).
 
-        Raises TaskFailed when the download fails or makes no progress for ``stall_timeout``.
+        ``until`` is the last byte the reader goes on to (its range's end): the download may
+        ask for the pieces up to it together. Raises TaskFailed when the download fails or
+        makes no progress for ``stall_timeout``.
         """
         while True:
             if self.error is not None:
@@ -125,6 +128,8 @@ class Task:
             changed = self._changed
             piece = offset // self.piece_length
             self.wanted[piece] += 1
+            reach = piece if until is None else max(piece, until // self.piece_length)
+            self.wanted_until[piece] = max(reach, self.wanted_until.get(piece, piece))
             self.last_wanted = time.monotonic()
             if self.on_wanted is not None:
                 self.on_wanted()
@@ -136,3 +141,4 @@ class Task:
                 self.wanted[piece] -= 1
                 if self.wanted[piece] <= 0:
                     del self.wanted[piece]
+                    del self.wanted_until[piece]

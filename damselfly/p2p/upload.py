@@ -14,9 +14,9 @@ from damselfly.lib.oci import Digest, OCIError
 from damselfly.lib.ratelimit import TokenBucket
 from damselfly.p2p.blobs import BlobService, Origin, SourceRefused, SourceUnavailable
 from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.fetch import PIECE_DIGEST_HEADER, RECEIVER_HEADER, RELAY_HEADER
+from damselfly.p2p.fetch import COUNT_HEADER, MAX_RUN_PIECES, PIECE_DIGEST_HEADER, RECEIVER_HEADER, RELAY_HEADER
 from damselfly.p2p.relay import RelayBook
-from damselfly.p2p.task import TaskFailed
+from damselfly.p2p.task import Task, TaskFailed
 from damselfly.proxy.upstream import normalize_upstream
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,11 @@ class UploadServer:
         try:
             digest = Digest.parse(request.match_info["digest"])
             index = int(request.match_info["index"])
+            wanted = int(request.query.get("count", "1"))
         except (OCIError, ValueError):
-            raise web.HTTPBadRequest(text="want /pieces/<digest>/<piece index>") from None
+            raise web.HTTPBadRequest(text="want /pieces/<digest>/<piece index>[?count=<pieces>]") from None
+        if not 1 <= wanted <= MAX_RUN_PIECES:
+            raise web.HTTPBadRequest(text=f"count must be 1..{MAX_RUN_PIECES}")
         seeding = self.blobs.network is not None and self.blobs.network.is_seed
         task = await self.blobs.wait_task(digest, SEED_START_WAIT if seeding else 0)
         if task is None:
@@ -68,7 +71,7 @@ class UploadServer:
             raise web.HTTPNotFound(text=f"no task {digest} here")
         if not 0 <= index < task.piece_count:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"piece {index} outside 0..{task.piece_count - 1}")
-        start, size = task.piece_span(index)
+        start = task.piece_span(index)[0]
         if not task.bitmap.has(index):
             if seeding and not task.complete:
                 wait = self.piece_wait  # a seed peer still downloading: serve the piece as soon as it lands
@@ -85,20 +88,24 @@ class UploadServer:
         if self._active >= self.slots:
             self.metrics.upload_refused.labels("no_slot").inc()
             raise web.HTTPServiceUnavailable(text="all upload slots are busy")
+        run = held_run(task, index, wanted)
+        size = sum(task.piece_span(i)[1] for i in run)
+        digests = [task.digests[i] for i in run if i in task.digests]
         receiver = request.headers.get(RECEIVER_HEADER)
-        if (seeding and receiver and _from_asker(receiver, request.remote) and index in task.digests
+        if (seeding and receiver and _from_asker(receiver, request.remote) and len(digests) == len(run)
                 and index != task.piece_count - 1):
             relay = self.relays.route(str(digest), index, receiver)
             if relay is not None:
                 self.metrics.upload_refused.labels("relayed").inc()
                 raise web.HTTPServiceUnavailable(text=f"piece {index} is on its way to {relay}: ask there",
-                                                 headers={RELAY_HEADER: relay, PIECE_DIGEST_HEADER: task.digests[index]})
+                                                 headers={RELAY_HEADER: relay, PIECE_DIGEST_HEADER: ",".join(digests)})
         self._active += 1
         self.metrics.uploads.inc()
         try:
-            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-            if index in task.digests:
-                headers[PIECE_DIGEST_HEADER] = task.digests[index]
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size),
+                       COUNT_HEADER: str(len(run))}
+            if len(digests) == len(run):
+                headers[PIECE_DIGEST_HEADER] = ",".join(digests)
             if self.limiter is not None:
                 await self.limiter.acquire(size)
             response = web.StreamResponse(headers=headers)
@@ -138,6 +145,15 @@ class UploadServer:
         except (SourceRefused, SourceUnavailable) as exc:
             log.error("seed download of %s from %s/%s could not start: %s", digest, origin.registry,
                       origin.repository, getattr(exc, "message", exc))
+
+
+def held_run(task: Task, index: int, wanted: int) -> range:
+    """Piece ``index`` (there by now) and as many of the next ``wanted - 1`` as are verified
+    here, up to the first gap: one body, one zero-copy send."""
+    end = index + 1
+    while end < min(index + wanted, task.piece_count) and task.bitmap.has(end):
+        end += 1
+    return range(index, end)
 
 
 def _from_asker(receiver: str, remote: str | None) -> bool:
