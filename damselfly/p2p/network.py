@@ -39,7 +39,7 @@ RETRY_BUSY_PARENT = 0.2  # seconds before asking a busy parent again, doubling u
 MAX_BUSY_WAIT = 1.0
 SEED_REQUESTS = 1  # requests this peer makes of one seed at once, beyond those for pieces its readers wait for
 RUN_BYTES = 16 * 1024 * 1024  # the most one request asks a parent for (a run of consecutive pieces)
-CROWD_SEED_RUN_BYTES = 1024 * 1024  # ... of a seed that other peers download from too: they should trade
+SMALL_RUN_BYTES = 1024 * 1024  # ... where a long run would be in the way (see PieceDownload._run_limit)
 
 
 @dataclass
@@ -343,7 +343,8 @@ class PieceDownload:
             if givers:
                 parent = _least_busy(givers)
                 reach = self.task.wanted_until.get(index, index) - index + 1
-                return index, self._run(index, parent, fetchable, min(reach, self._run_limit(parent, crowd))), parent
+                limit = min(reach, self._run_limit(parent, crowd, waited_for=True))
+                return index, self._run(index, parent, fetchable, limit), parent
         if not self.task.rest_may_follow(ON_DEMAND_QUIET):
             return None
         from_peers = [i for i in missing if held[i]]
@@ -364,10 +365,12 @@ class PieceDownload:
         parent = _least_busy(givers)
         return index, self._run(index, parent, fetchable, self._run_limit(parent, crowd)), parent
 
-    def _run_limit(self, parent: Parent, crowd: int) -> int:
-        """The most pieces to ask ``parent`` for at once."""
-        limit = CROWD_SEED_RUN_BYTES if parent.is_seed and crowd > 1 else RUN_BYTES
-        return max(1, limit // self.task.piece_length)
+    def _run_limit(self, parent: Parent, crowd: int, waited_for: bool = False) -> int:
+        """The most pieces to ask ``parent`` for at once. Small runs where a long one would be
+        in the way: from a seed others need too, and for a range-read blob's pieces that no
+        reader waits for (its next read must not queue behind 16 MiB on the link)."""
+        small = (parent.is_seed and crowd > 1) or (self.task.ranged and not waited_for)
+        return max(1, (SMALL_RUN_BYTES if small else RUN_BYTES) // self.task.piece_length)
 
     def _run(self, index: int, parent: Parent, fetchable: set[int], limit: int) -> int:
         """How many pieces from ``index`` on to ask ``parent`` for: those this node still needs
