@@ -22,3 +22,5 @@ class PeerMetrics:
         self.uploaded = Counter("damselfly_upload_bytes", "Piece bytes sent to other peers", registry=r)
         self.uploads = Gauge("damselfly_upload_active", "Piece uploads in progress", registry=r)
         self.upload_refused = Counter("damselfly_upload_refused", "Piece requests refused", ["reason"], registry=r)
+        self.uploads_abandoned = Counter("damselfly_upload_abandoned", "Piece uploads the asker stopped reading",
+                                         registry=r)

@@ -111,9 +111,16 @@ class UploadServer:
             response = web.StreamResponse(headers=headers)
             with open(task.path, "rb") as f:  # opened now: a later rename or eviction cannot cut it
                 await response.prepare(request)
-                if request.transport is None:
-                    raise ConnectionResetError("peer went away")
-                await asyncio.get_running_loop().sendfile(request.transport, f, start, size)
+                try:
+                    if request.transport is None:
+                        raise ConnectionResetError("peer went away")
+                    await asyncio.get_running_loop().sendfile(request.transport, f, start, size)
+                except ConnectionError:
+                    # The asker stopped reading: it had no digest to check these pieces against,
+                    # or one of them failed its check. Its business, not an error here.
+                    log.debug("%s went away while receiving pieces %s of %s", request.remote, run, digest)
+                    self.metrics.uploads_abandoned.inc()
+                    return response
             await response.write_eof()
             self.metrics.uploaded.inc(size)
             return response

@@ -1,0 +1,56 @@
+"""A seed peer's upload server on loopback: runs of pieces in one body, bad counts, and an
+asker that stops reading halfway."""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import httpx
+
+from damselfly.p2p.pieces import piece_digest, piece_length_for
+from tests.integration.test_p2p_cluster import cluster, get_blob  # noqa: F401 - the fixture, shared
+from tests.support.processes import metric
+from tests.support.wait import wait_until
+
+MiB = 1024 * 1024
+BLOB = os.urandom(40 * MiB + 123)  # 256 KiB pieces, the last one short
+PIECE = piece_length_for(len(BLOB))
+
+
+def seeded(cluster, registry, registry_client):  # noqa: F811 - the fixture
+    digest = registry_client.push_blob("upload/runs", BLOB)
+    seed = cluster(seed=True)
+    assert get_blob(seed, registry.host, "upload/runs", digest) == BLOB
+    return seed, digest
+
+
+def test_a_run_of_pieces_comes_in_one_body_with_each_digest(cluster, registry, registry_client):  # noqa: F811
+    seed, digest = seeded(cluster, registry, registry_client)
+    count = len(BLOB) // PIECE + 1
+    response = httpx.get(f"{seed.upload_url}/pieces/{digest}/3", params={"count": 5}, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["X-Piece-Count"] == "5"
+    assert response.content == BLOB[3 * PIECE:8 * PIECE]
+    assert response.headers["X-Piece-Digest"].split(",") == [
+        piece_digest(BLOB[i * PIECE:(i + 1) * PIECE]) for i in range(3, 8)]
+    tail = httpx.get(f"{seed.upload_url}/pieces/{digest}/{count - 2}", params={"count": 64}, timeout=30)
+    assert tail.headers["X-Piece-Count"] == "2" and tail.content == BLOB[(count - 2) * PIECE:]
+    for bad in ("0", "65", "x"):
+        refused = httpx.get(f"{seed.upload_url}/pieces/{digest}/0", params={"count": bad}, timeout=30)
+        assert refused.status_code == 400 and "count" in refused.text
+
+
+def test_an_asker_that_stops_reading_is_no_error(cluster, registry, registry_client):  # noqa: F811
+    seed, digest = seeded(cluster, registry, registry_client)
+    address = urlsplit(seed.upload_url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as asker:
+        asker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        asker.sendall(f"GET /pieces/{digest}/0?count=64 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert asker.recv(4096).startswith(b"HTTP/1.1 200")  # 16 MiB follow; read none of them
+        asker.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset on close
+    wait_until(lambda: metric(seed.upload_url, "damselfly_upload_abandoned_total") == 1, 20,
+               "the upload to count as abandoned")
+    assert "Traceback" not in seed.log()
+    assert httpx.get(f"{seed.upload_url}/pieces/{digest}/0", timeout=30).content == BLOB[:PIECE]  # still serving
