@@ -337,7 +337,8 @@ class PieceDownload:
         parents = list(self.parents.values())
         peers = [p for p in parents if not p.is_seed]
         crowd = max(len(peers) + 1, self.swarm)
-        held = {i: [p for p in peers if p.bitmap.has(i)] for i in missing}
+        # A peer's piece is only worth asking for once its digest is known (a seed sends its own).
+        held = {i: [p for p in peers if p.bitmap.has(i)] if i in self.digests else [] for i in missing}
         for index in sorted(i for i in self.task.wanted if i in held):
             givers = held[index] or [p for p in parents if p.is_seed and p.can_give(index)]
             if givers:
