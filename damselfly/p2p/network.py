@@ -35,6 +35,7 @@ from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL = 0.1
+POLL_SPACING = 0.1  # seconds between a peer's schedule polls while it has parents
 RETRY_BUSY_PARENT = 0.2  # seconds before asking a busy parent again, doubling up to MAX_BUSY_WAIT
 MAX_BUSY_WAIT = 1.0
 SEED_REQUESTS = 1  # requests this peer makes of one seed at once, beyond those for pieces its readers wait for
@@ -207,6 +208,7 @@ class PieceDownload:
         self.dropped: set[str] = set()
         self.digests: dict[int, str] = {}
         self.version = -1
+        self.epoch = ""  # of the scheduler that gave ``version``
         self.swarm = 1  # peers downloading this task at once, from the scheduler
         self.verified = False  # the scheduler's digests come from a seed that checked the whole blob
         self.changed = asyncio.Event()
@@ -270,6 +272,7 @@ class PieceDownload:
         if answer.get("status", 200) >= 400:
             raise SchedulerUnavailable(f"scheduler refused: {answer.get('error')}")
         self.version = int(answer.get("version", self.version))
+        self.epoch = str(answer.get("epoch", ""))
         if action == "fail":
             self.failure = f"the network gave up on this task: {answer.get('reason')}"
         elif action == "back_to_source":
@@ -303,11 +306,16 @@ class PieceDownload:
             try:
                 _, answer = await self.network.scheduler.call(
                     str(self.task.digest), "GET", "schedule",
-                    params={"host_id": self.network.host_id, "since": str(self.version)}, timeout=15)
+                    params={"host_id": self.network.host_id, "since": str(self.version), "epoch": self.epoch},
+                    timeout=15)
                 if answer["status"] == 404:
                     answer = await self.reporter.register(seeding=False)
                 self._apply(answer)
                 unreachable_since = None
+                if self.parents:
+                    # Every piece report wakes every poller; news that waits this long costs
+                    # little (a seed can always serve), answers to each report cost CPU everywhere.
+                    await asyncio.sleep(POLL_SPACING)
             except SchedulerUnavailable as exc:
                 now = time.monotonic()
                 unreachable_since = unreachable_since or now

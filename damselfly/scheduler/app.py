@@ -122,10 +122,14 @@ class Scheduler:
         host_id = request.query.get("host_id", "")
         if host_id not in task.peers:
             raise web.HTTPNotFound(text=f"host {host_id} is not a peer of task {task.id}: register first")
-        since = int(request.query.get("since", "-1"))
-        if task.version <= since:
+        try:
+            since = int(request.query.get("since", "-1"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be a task version (an integer)") from None
+        epoch = request.query.get("epoch")
+        if task.version <= since and epoch == self.state.epoch:
             await wait_until_set(task.changed, LONG_POLL_SECONDS)
-        return web.json_response(await self._schedule(task, host_id))
+        return web.json_response(await self._schedule(task, host_id, since, epoch))
 
     async def pieces(self, request: web.Request) -> web.Response:
         body = await _json(request)
@@ -159,12 +163,12 @@ class Scheduler:
 
     # -- scheduling ----------------------------------------------------------------
 
-    async def _schedule(self, task: Task, host_id: str) -> dict[str, Any]:
+    async def _schedule(self, task: Task, host_id: str, since: int = -1, epoch: str | None = None) -> dict[str, Any]:
         started = time.perf_counter()
-        answer = self.state.schedule(task, host_id)
+        answer = self.state.schedule(task, host_id, since, epoch)
         if answer["action"] == "seed":
             if await self._trigger_seed(task, exclude=host_id):
-                answer = self.state.schedule(task, host_id)
+                answer = self.state.schedule(task, host_id, since, epoch)
             else:
                 answer.update(action="back_to_source", reason="no seed peer could take the task")
         self.metrics.latency.observe(time.perf_counter() - started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class Task:
     origin: dict[str, str | None]
     ranged: bool = False  # its first peer reads it in ranges (nydus): a seed fetches waited-for pieces first
     digests: dict[int, str] = field(default_factory=dict)
+    digests_at: dict[int, int] = field(default_factory=dict)  # the task version that brought each digest
     peers: dict[str, Peer] = field(default_factory=dict)
     failed: str | None = None
     # A seed peer stored the blob after checking its digest, and every piece digest here is
@@ -73,6 +75,9 @@ class SchedulerState:
         self.parents_per_peer = parents_per_peer
         self.hosts: dict[str, Host] = {}
         self.tasks: dict[str, Task] = {}
+        # Versions count within one scheduler's life: a peer's ``since`` means something only
+        # to the scheduler (and run) that gave it.
+        self.epoch = secrets.token_hex(4)
 
     # -- hosts ---------------------------------------------------------------------
 
@@ -130,7 +135,7 @@ class SchedulerState:
                       trusted: bool) -> list[int]:
         """Record pieces a peer holds. Returns indexes whose digest disagreed (ignored)."""
         peer = task.peers.get(host_id) or self.join(task, host_id, [])
-        rejected = []
+        rejected, added = [], []
         for index, digest, cost, parent_id in pieces:
             known = task.digests.get(index)
             if digest is not None and known is not None and known != digest:
@@ -140,6 +145,7 @@ class SchedulerState:
                 continue
             if digest is not None and known is None and trusted:
                 task.digests[index] = digest
+                added.append(index)
             if 0 <= index < peer.bitmap.count:
                 peer.bitmap.add(index)
             if parent_id and parent_id in self.hosts:
@@ -152,6 +158,7 @@ class SchedulerState:
             peer.parents.clear()
             peer.seeding = False
         task.bump()
+        task.digests_at.update(dict.fromkeys(added, task.version))
         return rejected
 
     def report_bad_parent(self, task: Task, host_id: str, parent_id: str) -> None:
@@ -205,12 +212,18 @@ class SchedulerState:
         child_peer.parents = {c.host_id for c in ranked}
         return [self.hosts[c.host_id] for c in ranked]
 
-    def schedule(self, task: Task, host_id: str) -> dict:
-        """The answer to a peer: its parents with their pieces, the known digests, what to do."""
+    def schedule(self, task: Task, host_id: str, since: int = -1, epoch: str | None = None) -> dict:
+        """The answer to a peer: its parents with their pieces, the digests it lacks, what to do.
+
+        A peer that polls with the ``since`` version (and ``epoch``) of its last answer gets
+        only the digests that came after it: a blob of 160 pieces has 12 KB of them, and
+        every piece report wakes every poller.
+        """
         if task.failed:
-            return {"action": "fail", "reason": task.failed, "version": task.version}
+            return {"action": "fail", "reason": task.failed, "version": task.version, "epoch": self.epoch}
         if task.peers[host_id].done:
-            return {"action": "done", "reason": "", "version": task.version, "parents": [], "digests": {}}
+            return {"action": "done", "reason": "", "version": task.version, "epoch": self.epoch, "parents": [],
+                    "digests": {}}
         parents = self.rank(task, host_id)
         seeding = any(p.seeding and self.alive(p.host_id) for p in task.peers.values() if p.host_id != host_id)
         if parents:
@@ -219,14 +232,16 @@ class SchedulerState:
             action, reason = "wait", "a seed peer is starting the download"
         else:
             action, reason = "seed", "nobody holds the task"
+        known = since if epoch == self.epoch else -1
         return {
             "action": action,
             "reason": reason,
             "version": task.version,
+            "epoch": self.epoch,
             "verified": task.verified,
             # Peers still downloading this task, the asker included: they will trade pieces.
             "swarm": sum(1 for p in task.peers.values() if not p.done and not p.seeding),
-            "digests": {str(i): d for i, d in task.digests.items()},
+            "digests": {str(i): d for i, d in task.digests.items() if task.digests_at.get(i, 0) > known},
             "parents": [
                 {"host_id": h.id, "upload_url": h.upload_url, "is_seed": h.is_seed,
                  "seeding": task.peers[h.id].seeding,

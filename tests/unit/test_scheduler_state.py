@@ -65,7 +65,7 @@ def test_a_failed_origin_digest_fails_the_task():
         state.join(task, "p1", [])
         state.finish(task, "seed", success=False, reason="digest mismatch: source sent sha256:y")
         assert state.schedule(task, "p1") == {"action": "fail", "reason": "digest mismatch: source sent sha256:y",
-                                              "version": task.version}
+                                              "version": task.version, "epoch": state.epoch}
 
     asyncio.run(scenario())
 
@@ -111,5 +111,25 @@ def test_a_task_is_verified_only_by_a_seed_that_stored_it_with_agreeing_digests(
         state.report_pieces(clean, "seed", [(0, "d0", None, None), (1, "d1", None, None)], trusted=True)
         state.finish(clean, "seed", success=True)
         assert clean.verified and state.schedule(clean, "seed")["action"] == "done"
+
+    asyncio.run(scenario())
+
+
+def test_a_poll_gets_only_the_digests_that_came_since_its_last_answer():
+    async def scenario():
+        state, _ = make_state()
+        task = state.task("sha256:x", length=16, piece_length=4, origin={})
+        state.join(task, "p1", [])
+        state.join(task, "seed", [], seeding=True)
+        state.report_pieces(task, "seed", [(0, "d0", None, None), (1, "d1", None, None)], trusted=True)
+        first = state.schedule(task, "p1")
+        assert first["digests"] == {"0": "d0", "1": "d1"}
+        state.report_pieces(task, "seed", [(2, "d2", None, None)], trusted=True)
+        state.report_pieces(task, "p2", [(0, None, 0.1, "seed")], trusted=False)  # no new digest
+        later = state.schedule(task, "p1", since=first["version"], epoch=first["epoch"])
+        assert later["digests"] == {"2": "d2"} and later["version"] > first["version"]
+        # A version from another scheduler (or an earlier run of this one) says nothing here.
+        assert len(state.schedule(task, "p1", since=first["version"], epoch="other")["digests"]) == 3
+        assert state.schedule(task, "p1", since=later["version"], epoch=later["epoch"])["digests"] == {}
 
     asyncio.run(scenario())
