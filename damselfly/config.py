@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 
 def default_data_dir() -> Path:
@@ -22,6 +21,8 @@ def default_data_dir() -> Path:
 
 
 def _file_values(path: str, params: list[click.Parameter]) -> dict[str, Any]:
+    import yaml  # only with --config: every command start (a lazy mount on each node) skips its 10 ms
+
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
