@@ -217,38 +217,42 @@ def _backed_by(loop: str, fuse_dir: Path) -> bool:
         return False
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (field 3, the state, first); None: no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _start_time(pid: int) -> str:
     """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = _stat_fields(pid)
+    return fields[19] if fields else ""
 
 
 def _our_server(state: MountState) -> bool:
     """The FUSE server is alive, and the pid is still that server (not a reused pid)."""
-    return _alive(state.pid) and _start_time(state.pid) == state.started
+    fields = _running(state.pid)
+    return fields is not None and fields[19] == state.started
 
 
 def _alive(pid: int) -> bool:
-    """Running, not merely a zombie: the server's parent (the mount command) is gone, and
-    whoever inherited it may reap it seconds later (seen: 1.6 s per umount)."""
+    return _running(pid) is not None
+
+
+def _running(pid: int) -> list[str] | None:
+    """The stat fields of a process that runs, not merely a zombie: the server's parent (the
+    mount command) is gone, and whoever inherited it may reap it seconds later (seen: 1.6 s
+    per umount). A child of ours is reaped here."""
     try:
         waited, _status = os.waitpid(pid, os.WNOHANG)
         if waited == pid:
-            return False
+            return None
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    fields = _stat_fields(pid)
+    return fields if fields is not None and fields[0] != "Z" else None
 
 
 def umount(mountpoint: Path) -> dict:

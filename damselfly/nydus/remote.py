@@ -13,18 +13,12 @@ import json
 import platform
 import re
 import ssl
-import sys
-import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-# `import httpx` also imports httpx's own command-line client (click, rich, pygments): 45 ms
-# of a lazy mount's start-up, paid by every node at once when a cluster starts an image.
-# An empty stand-in makes httpx skip it (httpx.main, which nothing here uses, becomes a stub).
-sys.modules.setdefault("httpx._main", types.ModuleType("httpx._main"))
-import httpx  # noqa: E402 - after the stand-in above
+import httpx
 
 from damselfly.lib.oci import Digest, OCIError, validate_repository
 from damselfly.proxy.upstream import DOCKER_HUB, normalize_upstream

@@ -25,7 +25,7 @@ from damselfly.p2p.pieces import SMALL_BLOB, piece_digest, piece_length_for, pie
 from damselfly.p2p.rangefill import RangeFill
 from damselfly.p2p.store import BlobMeta, BlobStore, Partial, StoredBlob
 from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import copy_into_task, file_digest
+from damselfly.p2p.writer import CopySource, copy_into_task, file_digest
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints of a resumable download
@@ -59,18 +59,10 @@ class SourceUnavailable(Exception):
         self.message = message
 
 
-class SourceStream(Protocol):
-    """A download in progress, read by a worker thread."""
+class SourceStream(CopySource, Protocol):
+    """A download in progress, read by a worker thread (``readinto`` raises SourceUnavailable)."""
 
     length: int
-
-    def readinto(self, buffer: memoryview) -> int:
-        """Blocking; 0 at the end; raises SourceUnavailable."""
-
-    def abort(self) -> None:
-        """From any thread: make a blocked ``readinto`` fail at once."""
-
-    def close(self) -> None: ...
 
 
 class BlobSource(Protocol):
@@ -375,7 +367,8 @@ class BlobService:
     async def _fill_from_origin(self, task: Task, stream: SourceStream) -> str:
         """Copy the origin's stream in order on worker threads; return the digest of what it sent."""
         digest = await copy_into_task(self._copiers, stream, task, 0, task.length,
-                                      lambda begin, end: self.events.source_bytes(end - begin), task.digest.hasher())
+                                      lambda begin, end, _: self.events.source_bytes(end - begin),
+                                      task.digest.hasher())
         assert digest is not None  # a copy with a blob hasher returns the blob's digest
         return digest
 

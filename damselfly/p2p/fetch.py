@@ -142,17 +142,24 @@ class PieceFetcher:
                 refusal = {404: PieceRefused, 503: ParentBusy}.get(response.status, BadParent)
                 raise refusal(f"answered {response.status} for {request.path}")
             expected = self._expected_digests(response, request)
-            offset = request.offset
-            for position, (size, digest) in enumerate(zip(request.sizes, expected, strict=False)):
-                try:
-                    check = PieceCheck(digest)
-                except ValueError as exc:
-                    raise BadParent(str(exc)) from None
-                self._receive(response, request, offset, size, check)
-                if not check.matches():
-                    raise PieceCorrupt(f"piece {request.index + position} of {request.task} does not match its digest")
-                deliver(request.index + position, digest)
-                offset += size
+            try:
+                fd = os.open(request.file, os.O_WRONLY)
+            except OSError as exc:
+                raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
+            try:
+                offset = request.offset
+                for position, (size, digest) in enumerate(zip(request.sizes, expected, strict=False)):
+                    try:
+                        check = PieceCheck(digest)
+                    except ValueError as exc:
+                        raise BadParent(str(exc)) from None
+                    self._receive(response, request, fd, offset, size, check)
+                    if not check.matches():
+                        raise PieceCorrupt(f"piece {request.index + position} of {request.task} does not match its digest")
+                    deliver(request.index + position, digest)
+                    offset += size
+            finally:
+                os.close(fd)
             return len(expected)
         except (PieceRefused, BadParent, PieceWriteFailed):
             if response is None or not response.isclosed():
@@ -182,9 +189,9 @@ class PieceFetcher:
             raise PieceRefused(f"no trusted digest for piece {request.index + expected.index(None)} of {request.task} yet")
         return expected  # type: ignore[return-value]  # no None left
 
-    def _receive(self, response: http.client.HTTPResponse, request: PieceRequest, offset: int, size: int,
+    def _receive(self, response: http.client.HTTPResponse, request: PieceRequest, fd: int, offset: int, size: int,
                  check: PieceCheck) -> None:
-        """Read one piece of the body through a reusable buffer into the file, hashing it on the way.
+        """Read one piece of the body through a reusable buffer into the file at ``fd``, hashing it on the way.
 
         The bytes land in the file before the piece is verified; that is safe because
         nothing reads a piece until it is marked present, which needs the check to pass.
@@ -193,26 +200,19 @@ class PieceFetcher:
         if buffer is None:
             buffer = self._local.buffer = bytearray(BUFFER_SIZE)
         view = memoryview(buffer)
-        try:
-            fd = os.open(request.file, os.O_WRONLY)
-        except OSError as exc:
-            raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
-        try:
-            end = offset + size
-            while offset < end:
-                count = response.readinto(view[: min(BUFFER_SIZE, end - offset)])
-                if not count:
-                    if self._closed:
-                        raise TransferFailed("the daemon is shutting down")
-                    raise BadParent(f"sent too few bytes for {request.path}")
-                check.update(view[:count])
-                try:
-                    pwrite_all(fd, view[:count], offset)
-                except OSError as exc:
-                    raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
-                offset += count
-        finally:
-            os.close(fd)
+        end = offset + size
+        while offset < end:
+            count = response.readinto(view[: min(BUFFER_SIZE, end - offset)])
+            if not count:
+                if self._closed:
+                    raise TransferFailed("the daemon is shutting down")
+                raise BadParent(f"sent too few bytes for {request.path}")
+            check.update(view[:count])
+            try:
+                pwrite_all(fd, view[:count], offset)
+            except OSError as exc:
+                raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
+            offset += count
 
     @staticmethod
     def _send(connection: http.client.HTTPConnection, request: PieceRequest) -> http.client.HTTPResponse:

@@ -341,7 +341,6 @@ class PieceDownload:
                    if not self.task.has_or_holds(i) and i not in self.task.fetching]
         if not missing or not self.parents:
             return None
-        fetchable = set(missing)
         parents = list(self.parents.values())
         peers = [p for p in parents if not p.is_seed]
         crowd = max(len(peers) + 1, self.swarm)
@@ -353,7 +352,7 @@ class PieceDownload:
                 parent = _least_busy(givers)
                 reach = self.task.wanted_until.get(index, index) - index + 1
                 limit = min(reach, self._run_limit(parent, crowd, waited_for=True))
-                return index, self._run(index, parent, fetchable, limit), parent
+                return index, self._run(index, parent, limit), parent
         if not self.task.rest_may_follow(ON_DEMAND_QUIET):
             return None
         from_peers = [i for i in missing if held[i]]
@@ -361,7 +360,7 @@ class PieceDownload:
             random.shuffle(from_peers)
             index = min(from_peers, key=lambda i: len(held[i]))
             parent = _least_busy(held[index])
-            return index, self._run(index, parent, fetchable, self._run_limit(parent, crowd)), parent
+            return index, self._run(index, parent, self._run_limit(parent, crowd)), parent
         seeds = [p for p in parents if p.is_seed and p.in_flight < (SEED_REQUESTS if crowd > 1 else self.network.concurrency)]
         if not seeds:
             return None
@@ -372,7 +371,7 @@ class PieceDownload:
         if not givers:
             return None
         parent = _least_busy(givers)
-        return index, self._run(index, parent, fetchable, self._run_limit(parent, crowd)), parent
+        return index, self._run(index, parent, self._run_limit(parent, crowd)), parent
 
     def _run_limit(self, parent: Parent, crowd: int, waited_for: bool = False) -> int:
         """The most pieces to ask ``parent`` for at once. Small runs where a long one would be
@@ -381,14 +380,15 @@ class PieceDownload:
         small = (parent.is_seed and crowd > 1) or (self.task.ranged and not waited_for)
         return max(1, (SMALL_RUN_BYTES if small else RUN_BYTES) // self.task.piece_length)
 
-    def _run(self, index: int, parent: Parent, fetchable: set[int], limit: int) -> int:
+    def _run(self, index: int, parent: Parent, limit: int) -> int:
         """How many pieces from ``index`` on to ask ``parent`` for: those this node still needs
         that the parent can give, up to ``limit``. From a peer, only pieces with a known digest
         (a seed sends its own)."""
         count = 1
         while count < limit:
             following = index + count
-            if (following not in fetchable or not parent.can_give(following)
+            if (following >= self.task.piece_count or self.task.has_or_holds(following)
+                    or following in self.task.fetching or not parent.can_give(following)
                     or not (parent.is_seed or following in self.digests)):
                 break
             count += 1

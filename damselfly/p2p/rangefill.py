@@ -120,13 +120,8 @@ class RangeFill:
         stream = await self.open_range(start, end - start)
         await copy_into_task(self.copiers, stream, self.task, start, end - start, self._written)
 
-    def _written(self, begin: int, end: int) -> None:
-        """Bytes ``begin..end`` of a range are on disk (their pieces marked): count them, tell of
-        the pieces they complete."""
+    def _written(self, begin: int, end: int, pieces: range) -> None:
+        """Bytes ``begin..end`` of a range are on disk, completing ``pieces``: count and tell."""
         self.on_bytes(end - begin)
-        for index in range(begin // self.task.piece_length, self.task.piece_count):
-            start, size = self.task.piece_span(index)
-            if start + size > end:
-                break
-            if start + size > begin:
-                self.on_piece(index)
+        for index in pieces:
+            self.on_piece(index)

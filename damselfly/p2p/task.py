@@ -80,14 +80,14 @@ class Task:
     def has_or_holds(self, index: int) -> bool:
         return self.bitmap.has(index) or (self._last_held and index == self.bitmap.count - 1)
 
-    def pieces_written(self, begin: int, end: int) -> None:
+    def pieces_written(self, begin: int, end: int) -> range:
         """A writer has just filled bytes ``begin..end``: mark the pieces that now end inside
-        them (the one holding ``begin`` included, whose first bytes came earlier)."""
-        for index in range(begin // self.piece_length, self.bitmap.count):
-            start, size = piece_span(index, self.length, self.piece_length)
-            if start + size > end:
-                break
+        them (the one holding ``begin`` included, whose first bytes came earlier); return them."""
+        first = index = begin // self.piece_length
+        while index < self.bitmap.count and sum(piece_span(index, self.length, self.piece_length)) <= end:
             self.piece_done(index)
+            index += 1
+        return range(first, index)
 
     def rest_may_follow(self, quiet: float) -> bool:
         """Whether to fetch pieces that no reader waits for, now.

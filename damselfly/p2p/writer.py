@@ -100,12 +100,12 @@ def copy_to_file(source: BlockingSource, path: Path, start: int, length: int, pi
 
 
 async def copy_into_task(copiers: Executor, source: CopySource, task: Task, start: int, length: int,
-                         on_written: Callable[[int, int], None], blob_hasher: "hashlib._Hash | None" = None
+                         on_written: Callable[[int, int, range], None], blob_hasher: "hashlib._Hash | None" = None
                          ) -> str | None:
     """Copy ``length`` bytes of ``source`` into ``task``'s file at ``start`` on a ``copiers`` thread.
 
     On the event loop, each span written marks the pieces it completes (their digests are
-    already in ``task.digests``), then ``on_written(begin, end)`` hears of it. Cancelling aborts the source, so the thread's next
+    already in ``task.digests``), then ``on_written(begin, end, pieces)`` hears of it. Cancelling aborts the source, so the thread's next
     read fails at once; the source is closed on every path; a short source fails the task.
     Returns what ``copy_to_file`` returns.
     """
@@ -113,8 +113,7 @@ async def copy_into_task(copiers: Executor, source: CopySource, task: Task, star
     reported = start
 
     def landed(begin: int, end: int) -> None:
-        task.pieces_written(begin, end)
-        on_written(begin, end)
+        on_written(begin, end, task.pieces_written(begin, end))
 
     def written(offset: int) -> None:  # on the copying thread
         nonlocal reported

@@ -126,10 +126,11 @@ class Scheduler:
             since = int(request.query.get("since", "-1"))
         except ValueError:
             raise web.HTTPBadRequest(text="since must be a task version (an integer)") from None
-        epoch = request.query.get("epoch")
-        if task.version <= since and epoch == self.state.epoch:
+        if request.query.get("epoch") != self.state.epoch:
+            since = -1  # a version from another scheduler, or an earlier run of this one, says nothing here
+        if task.version <= since:
             await wait_until_set(task.changed, LONG_POLL_SECONDS)
-        return web.json_response(await self._schedule(task, host_id, since, epoch))
+        return web.json_response(await self._schedule(task, host_id, since))
 
     async def pieces(self, request: web.Request) -> web.Response:
         body = await _json(request)
@@ -163,12 +164,12 @@ class Scheduler:
 
     # -- scheduling ----------------------------------------------------------------
 
-    async def _schedule(self, task: Task, host_id: str, since: int = -1, epoch: str | None = None) -> dict[str, Any]:
+    async def _schedule(self, task: Task, host_id: str, since: int = -1) -> dict[str, Any]:
         started = time.perf_counter()
-        answer = self.state.schedule(task, host_id, since, epoch)
+        answer = self.state.schedule(task, host_id, since)
         if answer["action"] == "seed":
             if await self._trigger_seed(task, exclude=host_id):
-                answer = self.state.schedule(task, host_id, since, epoch)
+                answer = self.state.schedule(task, host_id, since)
             else:
                 answer.update(action="back_to_source", reason="no seed peer could take the task")
         self.metrics.latency.observe(time.perf_counter() - started)

@@ -212,12 +212,12 @@ class SchedulerState:
         child_peer.parents = {c.host_id for c in ranked}
         return [self.hosts[c.host_id] for c in ranked]
 
-    def schedule(self, task: Task, host_id: str, since: int = -1, epoch: str | None = None) -> dict:
+    def schedule(self, task: Task, host_id: str, since: int = -1) -> dict:
         """The answer to a peer: its parents with their pieces, the digests it lacks, what to do.
 
-        A peer that polls with the ``since`` version (and ``epoch``) of its last answer gets
-        only the digests that came after it: a blob of 160 pieces has 12 KB of them, and
-        every piece report wakes every poller.
+        A peer that polls with the ``since`` version of its last answer (from this ``epoch``)
+        gets only the digests that came after it: a blob of 160 pieces has 12 KB of them,
+        and every piece report wakes every poller.
         """
         if task.failed:
             return {"action": "fail", "reason": task.failed, "version": task.version, "epoch": self.epoch}
@@ -232,7 +232,6 @@ class SchedulerState:
             action, reason = "wait", "a seed peer is starting the download"
         else:
             action, reason = "seed", "nobody holds the task"
-        known = since if epoch == self.epoch else -1
         return {
             "action": action,
             "reason": reason,
@@ -241,7 +240,7 @@ class SchedulerState:
             "verified": task.verified,
             # Peers still downloading this task, the asker included: they will trade pieces.
             "swarm": sum(1 for p in task.peers.values() if not p.done and not p.seeding),
-            "digests": {str(i): d for i, d in task.digests.items() if task.digests_at.get(i, 0) > known},
+            "digests": {str(i): d for i, d in task.digests.items() if task.digests_at[i] > since},
             "parents": [
                 {"host_id": h.id, "upload_url": h.upload_url, "is_seed": h.is_seed,
                  "seeding": task.peers[h.id].seeding,

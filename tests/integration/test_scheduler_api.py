@@ -27,5 +27,18 @@ def test_scheduler_api_answers_and_refuses_clearly(tmp_path):
             assert answer["action"] == "back_to_source" and "no seed peer" in answer["reason"]
             assert scheduler.metric("damselfly_scheduler_schedules_total", 'action="back_to_source"') == 1
             assert scheduler.metric("damselfly_scheduler_hosts", 'kind="all"') == 1
+            # Polls bring only the digests that came since the version they name, from this scheduler.
+            schedule, seen = f"{api}/tasks/{TASK}/schedule", answer
+            for index in (0, 1):
+                client.post(f"{api}/tasks/{TASK}/pieces", json={"host_id": "p1", "from_origin": True,
+                                                                 "pieces": [[index, f"d{index}", None, None]]})
+                polled = client.get(schedule, params={"host_id": "p1", "since": seen["version"],
+                                                      "epoch": seen["epoch"]}).json()
+                assert polled["digests"] == {str(index): f"d{index}"}
+                seen = polled
+            foreign = client.get(schedule, params={"host_id": "p1", "since": 10**6, "epoch": "another scheduler"})
+            assert foreign.json()["digests"] == {"0": "d0", "1": "d1"}  # answered at once, with everything
+            malformed = client.get(schedule, params={"host_id": "p1", "since": "x"})
+            assert malformed.status_code == 400 and "since" in malformed.json()["error"]
     finally:
         scheduler.stop()
