@@ -404,7 +404,7 @@ class PieceDownload:
             index, count, parent = picked
             run = range(index, index + count)
             log.debug("pieces %d..%d of %s from %s", index, run[-1], self.task.digest, parent.host_id)
-            self.task.fetching.update(run)
+            self.task.fetch_started(run)
             parent.in_flight += 1
             try:
                 await self._fetch(index, count, parent)
@@ -427,7 +427,7 @@ class PieceDownload:
                 else:
                     self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=not isinstance(exc, PieceRefused))
             finally:
-                self.task.fetching.difference_update(run)
+                self.task.fetch_ended(run)
                 parent.in_flight -= 1
 
     def _drop(self, parent: Parent, reason: str, bad: bool) -> None:

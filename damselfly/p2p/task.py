@@ -40,7 +40,7 @@ class Task:
         self.wanted_until: dict[int, int] = {}  # for each wanted piece, the last piece its readers read up to
         self.on_wanted: Callable[[], None] | None = None  # the downloader, told when a reader starts waiting
         self.whole_readers = 0  # readers streaming the blob from its first byte to its last
-        self.fetching: set[int] = set()  # pieces on their way to this node from a parent right now
+        self.fetching: dict[int, range] = {}  # pieces on their way from a parent now, each with its request's run
         self.last_wanted = time.monotonic()  # when a reader last started or stopped waiting for a piece
         self._last_held = False
         self._last_released = False
@@ -76,6 +76,28 @@ class Task:
         if self._last_held:
             self._last_held = False
             self.piece_done(self.bitmap.count - 1)
+
+    def fetch_started(self, run: range) -> None:
+        """A request for the pieces ``run`` has gone to a parent."""
+        self.fetching.update(dict.fromkeys(run, run))
+
+    def fetch_ended(self, run: range) -> None:
+        """The request for ``run`` is over (its pieces landed or not): whoever waits in
+        ``arrival`` for one that did not land stops waiting."""
+        for index in run:
+            self.fetching.pop(index, None)
+        self._wake()
+
+    async def arrival(self, index: int, timeout: float) -> bool:
+        """Wait for piece ``index``: True once it is verified here; False as soon as it is
+        neither here nor on its way from a parent, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.bitmap.has(index):
+            remaining = deadline - time.monotonic()
+            if self.error is not None or index not in self.fetching or remaining <= 0:
+                return False
+            await wait_until_set(self._changed, remaining)
+        return True
 
     def has_or_holds(self, index: int) -> bool:
         return self.bitmap.has(index) or (self._last_held and index == self.bitmap.count - 1)

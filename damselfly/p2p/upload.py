@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -71,30 +71,26 @@ class UploadServer:
             raise web.HTTPNotFound(text=f"no task {digest} here")
         if not 0 <= index < task.piece_count:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"piece {index} outside 0..{task.piece_count - 1}")
-        start = task.piece_span(index)[0]
         if not task.bitmap.has(index):
-            if seeding and not task.complete:
-                wait = self.piece_wait  # a seed peer still downloading: serve the piece as soon as it lands
-            elif index in task.fetching:
-                wait = RELAY_WAIT  # a peer getting it now (a seed sent the asker here): serve it when it lands
-            else:
+            if seeding and not task.complete:  # a seed peer still downloading: serve the piece as soon as it lands
+                try:
+                    async with asyncio.timeout(self.piece_wait):  # a hard deadline: other pieces do not extend it
+                        await task.readable_end(task.piece_span(index)[0], self.piece_wait)
+                except (TaskFailed, TimeoutError) as exc:
+                    raise web.HTTPNotFound(text=f"piece {index} will not come: {exc or 'timed out'}") from None
+            elif not await task.arrival(index, RELAY_WAIT):  # a seed may have sent the asker here: this peer is getting it
                 self.metrics.upload_refused.labels("missing_piece").inc()
                 raise web.HTTPNotFound(text=f"piece {index} not here")
-            try:
-                async with asyncio.timeout(wait):  # a hard deadline: other pieces landing do not extend it
-                    await task.readable_end(start, wait)
-            except (TaskFailed, TimeoutError) as exc:
-                raise web.HTTPNotFound(text=f"piece {index} will not come: {exc or 'timed out'}") from None
         if self._active >= self.slots:
             self.metrics.upload_refused.labels("no_slot").inc()
             raise web.HTTPServiceUnavailable(text="all upload slots are busy")
-        run = held_run(task, index, wanted)
+        run = held_run(task, index, wanted, on_the_way=not seeding)
         size = sum(task.piece_span(i)[1] for i in run)
         digests = [task.digests[i] for i in run if i in task.digests]
         receiver = request.headers.get(RECEIVER_HEADER)
         if (seeding and receiver and _from_asker(receiver, request.remote) and len(digests) == len(run)
                 and index != task.piece_count - 1):
-            relay = self.relays.route(str(digest), index, receiver)
+            relay = self.relays.route(str(digest), run, receiver)
             if relay is not None:
                 self.metrics.upload_refused.labels("relayed").inc()
                 raise web.HTTPServiceUnavailable(text=f"piece {index} is on its way to {relay}: ask there",
@@ -112,9 +108,15 @@ class UploadServer:
             with open(task.path, "rb") as f:  # opened now: a later rename or eviction cannot cut it
                 await response.prepare(request)
                 try:
-                    if request.transport is None:
-                        raise ConnectionResetError("peer went away")
-                    await asyncio.get_running_loop().sendfile(request.transport, f, start, size)
+                    cut = await _send_as_it_lands(request, task, f, run)
+                    if cut is not None:
+                        # Headers are out: a short body is how the asker learns. It keeps the
+                        # pieces that came and asks the seed for the rest.
+                        log.debug("piece %d of %s for %s did not come here after all", cut, digest, request.remote)
+                        self.metrics.upload_refused.labels("run_cut").inc()
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return response
                 except ConnectionError:
                     # The asker stopped reading: it had no digest to check these pieces against,
                     # or one of them failed its check. Its business, not an error here.
@@ -154,13 +156,44 @@ class UploadServer:
                       origin.repository, getattr(exc, "message", exc))
 
 
-def held_run(task: Task, index: int, wanted: int) -> range:
+def held_run(task: Task, index: int, wanted: int, on_the_way: bool = False) -> range:
     """Piece ``index`` (there by now) and as many of the next ``wanted - 1`` as are verified
-    here, up to the first gap: one body, one zero-copy send."""
+    here, up to the first gap: one body, one zero-copy send.
+
+    ``on_the_way``: also the pieces still to come in the request that brings piece ``index``
+    here (not the blob's last, which waits for the whole blob's check). A seed points later
+    askers of a piece at a peer getting it; that peer sends them what it is getting, each
+    piece as it lands, rather than the first piece alone and the rest from the seed again.
+    Pieces of its other requests are left out: the seed may have pointed one of those at
+    this asker, and the two would wait on each other.
+    """
+    coming = task.fetching.get(index, range(0)) if on_the_way else range(0)
     end = index + 1
-    while end < min(index + wanted, task.piece_count) and task.bitmap.has(end):
+    last = task.piece_count - 1
+    while end < min(index + wanted, task.piece_count) and (
+            task.bitmap.has(end) or (end in coming and end != last)):
         end += 1
     return range(index, end)
+
+
+async def _send_as_it_lands(request: web.Request, task: Task, file: BinaryIO, run: range) -> int | None:
+    """Send the pieces ``run`` of the task's file, each as soon as it is verified here (held
+    ones together, in one zero-copy send). Return the first piece that stopped being on its
+    way without landing (the body is then short), or None when all went."""
+    loop = asyncio.get_running_loop()
+    index = run.start
+    while index < run.stop:
+        if not await task.arrival(index, RELAY_WAIT):
+            return index
+        end = index + 1
+        while end < run.stop and task.bitmap.has(end):
+            end += 1
+        begin, stop = task.piece_span(index)[0], sum(task.piece_span(end - 1))
+        if request.transport is None:
+            raise ConnectionResetError("peer went away")
+        await loop.sendfile(request.transport, file, begin, stop - begin)
+        index = end
+    return None
 
 
 def _from_asker(receiver: str, remote: str | None) -> bool:

@@ -79,6 +79,25 @@ def test_task_readers_wait_for_pieces_and_see_failures(tmp_path):
     asyncio.run(scenario())
 
 
+def test_a_piece_on_its_way_is_waited_for_until_it_lands_or_its_request_ends(tmp_path):
+    async def scenario() -> None:
+        task = Task(Digest.parse("sha256:" + "0" * 64), 16, tmp_path / "x", piece_length=4)
+        assert not await task.arrival(0, timeout=5), "not here and not on its way: no wait"
+        task.fetch_started(range(0, 3))
+        landing = asyncio.create_task(task.arrival(1, timeout=5))
+        lost = asyncio.create_task(task.arrival(2, timeout=5))
+        await asyncio.sleep(0)
+        assert not landing.done() and not lost.done()
+        task.piece_done(1)
+        assert await asyncio.wait_for(landing, 1)
+        assert not lost.done(), "piece 2 is still on its way"
+        task.fetch_ended(range(0, 3))
+        assert not await asyncio.wait_for(lost, 1), "its request ended without it"
+        task.fetch_started(range(3, 4))
+        assert not await task.arrival(3, timeout=0.01), "the time ran out"
+
+    asyncio.run(scenario())
+
 def test_incoming_keeps_only_resumable_downloads_with_a_checkpoint(tmp_path):
     from damselfly.p2p.store import Partial
 
