@@ -44,7 +44,8 @@ class Task:
         self.last_wanted = time.monotonic()  # when a reader last started or stopped waiting for a piece
         self._last_held = False
         self._last_released = False
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()  # set when pieces land or the task fails: readers look again
+        self._fetches_changed = asyncio.Event()  # ... or when a request for pieces ends
 
     @property
     def complete(self) -> bool:
@@ -86,7 +87,7 @@ class Task:
         ``arrival`` for one that did not land stops waiting."""
         for index in run:
             self.fetching.pop(index, None)
-        self._wake()
+        self._wake_fetch_waiters()
 
     async def arrival(self, index: int, timeout: float) -> bool:
         """Wait for piece ``index``: True once it is verified here; False as soon as it is
@@ -96,7 +97,7 @@ class Task:
             remaining = deadline - time.monotonic()
             if self.error is not None or index not in self.fetching or remaining <= 0:
                 return False
-            await wait_until_set(self._changed, remaining)
+            await wait_until_set(self._fetches_changed, remaining)
         return True
 
     def has_or_holds(self, index: int) -> bool:
@@ -133,6 +134,13 @@ class Task:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        self._wake_fetch_waiters()
+
+    def _wake_fetch_waiters(self) -> None:
+        """Only ``arrival`` looks again: a request that ended without its pieces is no progress
+        for readers, whose stall timeout must keep running."""
+        self._fetches_changed.set()
+        self._fetches_changed = asyncio.Event()
 
     async def readable_end(self, offset: int, stall_timeout: float, until: int | None = None) -> int:
         """Wait until verified bytes start at ``offset``; return where they end (exclusive).

@@ -96,6 +96,17 @@ def test_a_piece_on_its_way_is_waited_for_until_it_lands_or_its_request_ends(tmp
         task.fetch_started(range(3, 4))
         assert not await task.arrival(3, timeout=0.01), "the time ran out"
 
+        reader = asyncio.create_task(task.readable_end(12, stall_timeout=0.3))
+        for _ in range(100):  # requests for its piece keep failing: that is no progress
+            if reader.done():
+                break
+            task.fetch_started(range(3, 4))
+            await asyncio.sleep(0.02)
+            task.fetch_ended(range(3, 4))
+        assert reader.done(), "the reader's stall timeout ran on while requests came and went"
+        with pytest.raises(TaskFailed, match="no progress"):
+            await reader
+
     asyncio.run(scenario())
 
 def test_incoming_keeps_only_resumable_downloads_with_a_checkpoint(tmp_path):
