@@ -8,24 +8,28 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
 from damselfly.lib.units import parse_size
-from damselfly.nydus.builder import ChunkSettings
-from damselfly.nydus.convert import convert, extract_bootstrap, fetch_bootstrap
-from damselfly.nydus.inspect import describe_blob, describe_bootstrap, is_bootstrap
-from damselfly.nydus.mount import MountError, mount, umount
-from damselfly.nydus.layout import Compressor, Digester, FormatError, valid_chunk_size
-from damselfly.nydus.rafs import Bootstrap, rebuild_uncompressed
-from damselfly.nydus.remote import ImageRef, RegistryClient, RegistryError
-from damselfly.nydus.tree import LayerError
 
+if TYPE_CHECKING:
+    from damselfly.nydus.remote import ImageRef
 
-# Errors whose message is already meant for the user.
-_EXPECTED = (RegistryError, FormatError, LayerError, MountError, OSError)
+# Each command imports what it uses when it runs: mount and umount are started once per
+# container, beside others, and the converter's modules would cost each of them CPU.
 log = logging.getLogger("damselfly.nydus")
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message is already meant for the user."""
+    from damselfly.nydus.layout import FormatError
+    from damselfly.nydus.mount import MountError
+    from damselfly.nydus.remote import RegistryError
+    from damselfly.nydus.tree import LayerError
+
+    return RegistryError, FormatError, LayerError, MountError, OSError
 
 
 def _fail(message: str) -> NoReturn:
@@ -45,9 +49,9 @@ def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as SIGPIPE would
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
-        except _EXPECTED as error:
-            _fail(str(error))
         except Exception as error:  # noqa: BLE001 - the last line of defence for the user's terminal
+            if isinstance(error, _expected_errors()):
+                _fail(str(error))
             log.debug("unexpected failure", exc_info=True)
             _fail(f"{error.__class__.__name__}: {error}")
 
@@ -55,6 +59,8 @@ def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _chunk_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    from damselfly.nydus.layout import valid_chunk_size
+
     try:
         size = parse_size(value)
     except ValueError as error:
@@ -65,6 +71,8 @@ def _chunk_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int
 
 
 def _image(text: str) -> ImageRef:
+    from damselfly.nydus.remote import ImageRef
+
     try:
         return ImageRef.parse(text)
     except ValueError as error:
@@ -93,6 +101,11 @@ def convert_command(source: str, target: str, plain_http: bool, chunk_size: int,
                     work_dir: str | None) -> None:
     """Read SOURCE_REF (an OCI image) and push TARGET_REF, its nydus RAFS v6 form."""
     from rich.progress import Progress
+
+    from damselfly.nydus.builder import ChunkSettings
+    from damselfly.nydus.convert import convert
+    from damselfly.nydus.layout import Compressor, Digester
+    from damselfly.nydus.remote import RegistryClient
 
     source_ref, target_ref = _image(source), _image(target)
     settings = ChunkSettings(Compressor.from_label(compressor), Digester[digester.upper()], chunk_size)
@@ -123,6 +136,11 @@ def convert_command(source: str, target: str, plain_http: bool, chunk_size: int,
 @one_line_errors
 def inspect_command(target: str, plain_http: bool, mirror: str | None, show_chunks: bool) -> None:
     """Print the layout (files, chunks, blobs) of a nydus image REF, a bootstrap FILE or a data blob FILE."""
+    from damselfly.nydus.image import extract_bootstrap, fetch_bootstrap
+    from damselfly.nydus.inspect import describe_blob, describe_bootstrap, is_bootstrap
+    from damselfly.nydus.rafs import Bootstrap
+    from damselfly.nydus.remote import RegistryClient
+
     if os.path.exists(target):
         data = Path(target).read_bytes()
         if data[:2] == b"\x1f\x8b":
@@ -150,6 +168,8 @@ def inspect_command(target: str, plain_http: bool, mirror: str | None, show_chun
 @one_line_errors
 def export_command(bootstrap: str, blob_dir: str, out_dir: str) -> None:
     """Rebuild each blob's uncompressed data: the devices EROFS and fsck.erofs read beside the bootstrap."""
+    from damselfly.nydus.rafs import Bootstrap, rebuild_uncompressed
+
     parsed = Bootstrap.load(bootstrap)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     devices = []
@@ -177,6 +197,8 @@ def export_command(bootstrap: str, blob_dir: str, out_dir: str) -> None:
 def mount_command(ref: str, mountpoint: Path, mirror: str | None, cache_dir: Path, plain_http: bool,
                   prefetch: bool) -> None:
     """Mount nydus image REF at MOUNTPOINT; file data is fetched when first read."""
+    from damselfly.nydus.mount import mount
+
     state = mount(_image(ref), mountpoint, cache_dir, mirror, plain_http, prefetch)
     click.echo(f"mounted {state.image} at {state.mountpoint} (FUSE server pid {state.pid}, log {state.log_file})")
 
@@ -187,6 +209,8 @@ def mount_command(ref: str, mountpoint: Path, mirror: str | None, cache_dir: Pat
 @one_line_errors
 def umount_command(mountpoint: Path, as_json: bool) -> None:
     """Unmount a lazy mount and stop its FUSE server; prints how much was fetched."""
+    from damselfly.nydus.mount import umount
+
     stats = umount(mountpoint)
     if as_json:
         click.echo(json.dumps(stats))

@@ -7,9 +7,7 @@ bootstrap, pushed last as a gzip tar holding ``image/image.boot``.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import logging
 import tarfile
@@ -23,20 +21,14 @@ from typing import IO, Callable, Iterator
 import zstandard
 
 from damselfly.nydus.builder import BlobWriter, ChunkSettings, build_bootstrap
+from damselfly.nydus.image import (BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_LAYER_TYPE, FS_VERSION_ANNOTATION,
+                                   NYDUS_BLOB_TYPE, OCI_CONFIG_TYPE, OCI_MANIFEST_TYPE, bootstrap_layer)
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, FormatError
 from damselfly.nydus.remote import ImageRef, RegistryClient, RegistryError
 from damselfly.nydus.tree import LayerApplier, LayerError, new_root
 
 log = logging.getLogger("damselfly.nydus")
 
-NYDUS_BLOB_TYPE = "application/vnd.oci.image.layer.nydus.blob.v1"
-BOOTSTRAP_LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
-BLOB_ANNOTATION = "containerd.io/snapshot/nydus-blob"
-BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
-FS_VERSION_ANNOTATION = "containerd.io/snapshot/nydus-fs-version"
-BOOTSTRAP_PATH = "image/image.boot"
 
 
 @dataclass
@@ -63,33 +55,6 @@ def open_layer(path: Path, media_type: str) -> Iterator[tarfile.TarFile]:
                 yield tar
 
 
-def bootstrap_layer(bootstrap: bytes) -> tuple[bytes, str]:
-    """The gzip tar holding image/image.boot, byte for byte the same for the same bootstrap; and its diff id."""
-    plain = io.BytesIO()
-    with tarfile.open(fileobj=plain, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("image")
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(info)
-        info = tarfile.TarInfo(BOOTSTRAP_PATH)
-        info.size, info.mode = len(bootstrap), 0o644
-        tar.addfile(info, io.BytesIO(bootstrap))
-    packed = io.BytesIO()
-    with gzip.GzipFile(fileobj=packed, mode="wb", mtime=0) as gz:
-        gz.write(plain.getvalue())
-    return packed.getvalue(), "sha256:" + hashlib.sha256(plain.getvalue()).hexdigest()
-
-
-def extract_bootstrap(layer: bytes) -> bytes:
-    """image/image.boot out of a bootstrap layer."""
-    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:*") as tar:
-        for member in tar:
-            if member.name.lstrip("./") == BOOTSTRAP_PATH and member.isfile():
-                source = tar.extractfile(member)
-                assert source is not None
-                return source.read()
-    raise RegistryError(f"the bootstrap layer holds no {BOOTSTRAP_PATH}")
-
-
 def nydus_manifest(config: bytes, blobs: list[BlobEntry], layer: bytes) -> dict:
     return {
         "schemaVersion": 2,
@@ -112,20 +77,6 @@ def nydus_config(source_config: bytes, blobs: list[BlobEntry], bootstrap_diff_id
                         "diff_ids": [f"sha256:{blob.blob_id}" for blob in blobs] + [bootstrap_diff_id]}
     config.pop("history", None)
     return json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
-
-
-def fetch_bootstrap(ref: ImageRef, client: RegistryClient) -> bytes:
-    """The bootstrap of a nydus image in a registry."""
-    manifest, _body, _media = client.manifest(ref.repository, ref.reference)
-    layer = find_bootstrap_layer(manifest)
-    return extract_bootstrap(client.blob_bytes(ref.repository, layer["digest"]))
-
-
-def find_bootstrap_layer(manifest: dict) -> dict:
-    layers = manifest.get("layers", [])
-    if not layers or layers[-1].get("annotations", {}).get(BOOTSTRAP_ANNOTATION) != "true":
-        raise RegistryError("not a nydus image: its last layer is not annotated as a nydus bootstrap")
-    return layers[-1]
 
 
 def convert(source: ImageRef, target: ImageRef, source_client: RegistryClient, target_client: RegistryClient,

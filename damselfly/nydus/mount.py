@@ -19,11 +19,10 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from damselfly.nydus.convert import fetch_bootstrap
-from damselfly.nydus.rafs import Bootstrap
-from damselfly.nydus.remote import ImageRef, RegistryClient
+if TYPE_CHECKING:
+    from damselfly.nydus.remote import ImageRef
 
 log = logging.getLogger("damselfly.nydus.mount")
 
@@ -136,6 +135,11 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
     if state_path(mountpoint).exists():  # left by a mount whose EROFS was unmounted by hand
         _teardown(MountState.load(mountpoint), mounted=False)
         state_path(mountpoint).unlink(missing_ok=True)
+    # Imported here: umount, a process of its own that runs beside starting containers, needs none of it.
+    from damselfly.nydus.image import fetch_bootstrap
+    from damselfly.nydus.rafs import Bootstrap
+    from damselfly.nydus.remote import RegistryClient
+
     work = cache_dir / "mounts" / state_path(mountpoint).stem
     work.mkdir(parents=True, exist_ok=True)
     client = RegistryClient(ref.registry, plain_http, mirror)

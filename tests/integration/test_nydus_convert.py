@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from damselfly.nydus.convert import BOOTSTRAP_ANNOTATION, NYDUS_BLOB_TYPE, extract_bootstrap
+from damselfly.nydus.image import BOOTSTRAP_ANNOTATION, NYDUS_BLOB_TYPE, extract_bootstrap
 from damselfly.nydus.rafs import Bootstrap
 from damselfly.nydus.remote import RegistryClient as NydusRegistry
 from tests.support.images import busybox_layer, image_from_layers, push_image
