@@ -12,7 +12,7 @@ on worker threads.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 
 from damselfly.lib.waiting import wait_until_set
@@ -28,25 +28,29 @@ ON_DEMAND_QUIET = 0.5  # seconds without a waiting reader before a task read in 
 OpenRange = Callable[[int, int], Awaitable[CopySource]]  # (start, length) -> a stream of those bytes
 
 
-def next_run(count: int, fetchable: Callable[[int], bool], wanted: Iterable[int], urgent_pieces: int,
-             background_pieces: int) -> tuple[int, int] | None:
+def next_run(count: int, fetchable: Callable[[int], bool], wanted: Mapping[int, int], urgent_pieces: int,
+             run_pieces: int, rest: bool) -> tuple[int, int] | None:
     """The next run of pieces to ask for, as (first index, number of pieces), or None.
 
-    ``fetchable(i)``: piece i is neither held nor being fetched. A piece a reader waits for
-    comes first, with up to ``urgent_pieces`` in all from there; otherwise, if
-    ``background_pieces`` allows any, the lowest fetchable piece with up to that many. A run
-    never crosses a piece that is held or in flight, so no byte is asked for twice.
+    ``fetchable(i)``: piece i is neither held nor being fetched. ``wanted`` maps each piece
+    a reader waits for to the last piece that reader reads up to. A waited-for piece comes
+    first, with the pieces up to that last one (at least ``urgent_pieces``, at most
+    ``run_pieces``): one range for one read, not a range and then another for its end.
+    Otherwise, if the ``rest`` may come, the lowest fetchable piece with up to
+    ``run_pieces``. A run never crosses a piece that is held or in flight, so no byte is
+    asked for twice.
     """
     waiting = sorted(i for i in wanted if 0 <= i < count and fetchable(i))
     if waiting:
-        first, limit = waiting[0], urgent_pieces
-    elif background_pieces <= 0:
+        first = waiting[0]
+        limit = max(urgent_pieces, min(wanted[first] - first + 1, run_pieces))
+    elif not rest:
         return None
     else:
         first = next((i for i in range(count) if fetchable(i)), None)
         if first is None:
             return None
-        limit = background_pieces
+        limit = run_pieces
     size = 1
     while size < limit and first + size < count and fetchable(first + size):
         size += 1
@@ -96,8 +100,8 @@ class RangeFill:
     async def _work(self) -> None:
         run_pieces = max(1, BACKGROUND_RUN_BYTES // self.task.piece_length)
         while True:
-            background = run_pieces if self.task.rest_may_follow(ON_DEMAND_QUIET) else 0
-            run = next_run(self.task.piece_count, self._fetchable, self.task.wanted, URGENT_RUN, background)
+            run = next_run(self.task.piece_count, self._fetchable, self.task.wanted_until, URGENT_RUN, run_pieces,
+                           rest=self.task.rest_may_follow(ON_DEMAND_QUIET))
             if run is None:
                 await wait_until_set(self._changed, 0.5)
                 continue

@@ -73,9 +73,11 @@ class UploadServer:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"piece {index} outside 0..{task.piece_count - 1}")
         if not task.bitmap.has(index):
             if seeding and not task.complete:  # a seed peer still downloading: serve the piece as soon as it lands
+                asked_end = sum(task.piece_span(min(index + wanted, task.piece_count) - 1)) - 1
                 try:
                     async with asyncio.timeout(self.piece_wait):  # a hard deadline: other pieces do not extend it
-                        await task.readable_end(task.piece_span(index)[0], self.piece_wait)
+                        # The asked run's end goes with the wait: a seed filling by ranges gets it in one.
+                        await task.readable_end(task.piece_span(index)[0], self.piece_wait, until=asked_end)
                 except (TaskFailed, TimeoutError) as exc:
                     raise web.HTTPNotFound(text=f"piece {index} will not come: {exc or 'timed out'}") from None
             elif not await task.arrival(index, RELAY_WAIT):  # a seed may have sent the asker here: this peer is getting it
