@@ -6,7 +6,8 @@ Scenarios (the Dragonfly talk's, plus the common alternative):
 - pull-through: every node pulls from a central docker-registry in proxy mode;
 - p2p-cold:     through Damselfly, nothing cached anywhere;
 - p2p-remote:   the blobs on the seed peer, not on the node (daemon caches emptied);
-- p2p-local:    the blobs in the node's own daemon (containerd's store emptied);
+- p2p-local:    the blobs in the node's own daemon (containerd's store emptied; each daemon
+                fetches them whole before the clock starts, if it has not yet);
 - local-registry: a docker-registry on the node itself holds the image (the baseline
                 that p2p-local is measured against).
 The nydus scenarios start the same command from a lazy mount of the image's nydus form
@@ -14,7 +15,7 @@ The nydus scenarios start the same command from a lazy mount of the image's nydu
 - nydus-cold:       chunks fetched straight from the registry;
 - nydus-p2p-cold:   through the node's daemon, nothing cached anywhere;
 - nydus-p2p-remote: the blobs on the seed peer, not on the node;
-- nydus-p2p-local:  the blobs in the node's own daemon, the chunk cache empty;
+- nydus-p2p-local:  the blobs whole in the node's own daemon, the chunk cache empty;
 - nydus-cache:      the chunks the command reads already in the node's chunk cache.
 A node's start time runs from the pull's (or the mount's) start to the container command's exit.
 """
@@ -186,21 +187,29 @@ class Cluster:
             shutil.rmtree(node.workdir / "damselfly", ignore_errors=True)
             node.daemon = self._daemon(node.host, node.workdir / "damselfly")
 
-    def _fill_seed(self, image: Image, nydus: bool) -> None:
-        """What a remote scenario starts from: every blob of the image on the seed peer. The
-        cold scenarios leave it so; run alone, the remote one would otherwise be a cold one."""
-        assert self.seed is not None
+    def _fill(self, daemons: list[Damselfly], image: Image, nydus: bool) -> None:
+        """Every blob of the image (or of its nydus form) fetched whole through each daemon, all
+        at once. What the remote and local scenarios start from: the cold ones leave the seed
+        so, but a lazy start leaves a node's daemon with part of a blob (the rest comes in
+        the background), and a scenario run alone would otherwise start cold."""
         registry = PullClient(self.registry.host, plain_http=True)
-        seed = PullClient(self.registry.host, mirror=self.seed.url)
         try:
             manifest, _, _ = registry.manifest(image.name, NYDUS_TAG if nydus else image.tag)
-            for layer in manifest["layers"]:
-                with seed.open_blob(image.name, layer["digest"]) as response:
-                    for _ in response.iter_bytes(1 << 20):
-                        pass
         finally:
             registry.close()
-            seed.close()
+
+        def fill(daemon: Damselfly) -> None:
+            client = PullClient(self.registry.host, mirror=daemon.url)
+            try:
+                for layer in manifest["layers"]:
+                    with client.open_blob(image.name, layer["digest"]) as response:
+                        for _ in response.iter_bytes(1 << 20):
+                            pass
+            finally:
+                client.close()
+
+        with ThreadPoolExecutor(len(daemons)) as pool:
+            list(pool.map(fill, daemons))
 
     # -- one scenario ----------------------------------------------------------------
 
@@ -255,7 +264,11 @@ class Cluster:
         self.log(f"scenario {scenario}: {len(self.nodes)} nodes")
         if scenario in ("p2p-remote", "nydus-p2p-remote"):
             self.empty_daemons()
-            self._fill_seed(image, scenario.startswith("nydus"))
+            assert self.seed is not None
+            self._fill([self.seed], image, scenario.startswith("nydus"))
+        if scenario in ("p2p-local", "nydus-p2p-local"):
+            self._fill([node.daemon for node in self.nodes if node.daemon is not None], image,
+                       scenario.startswith("nydus"))
         if scenario.startswith("nydus") and scenario != "nydus-cache":
             self.empty_chunk_caches()
         self.empty_containerd()
