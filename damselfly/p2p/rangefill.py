@@ -19,7 +19,7 @@ from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.task import Task
 from damselfly.p2p.writer import CopySource, copy_into_task
 
-URGENT_RUN = 2  # pieces in a range for a waiting reader: the one it waits for and the next
+URGENT_RUN = 2  # the fewest pieces in a range for a waiting reader (the one it waits for and the next)
 BACKGROUND_RUN_BYTES = 8 * 1024 * 1024  # at most per range of the rest of the blob
 STREAMS = 3  # ranges in flight at once
 ON_DEMAND_QUIET = 0.5  # seconds without a waiting reader before a task read in ranges fetches the rest
