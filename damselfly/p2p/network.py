@@ -23,8 +23,8 @@ from typing import Any
 
 from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.blobs import Origin
-from damselfly.p2p.fetch import (BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused, PieceRelayed, PieceRequest,
-                                 PieceWriteFailed, TransferFailed)
+from damselfly.p2p.fetch import (MAX_RUN_PIECES, BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused,
+                                 PieceRelayed, PieceRequest, PieceWriteFailed, TransferFailed)
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap
 from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill
@@ -378,7 +378,7 @@ class PieceDownload:
         in the way: from a seed others need too, and for a range-read blob's pieces that no
         reader waits for (its next read must not queue behind 16 MiB on the link)."""
         small = (parent.is_seed and crowd > 1) or (self.task.ranged and not waited_for)
-        return max(1, (SMALL_RUN_BYTES if small else RUN_BYTES) // self.task.piece_length)
+        return run_limit(self.task.piece_length, small)
 
     def _run(self, index: int, parent: Parent, limit: int) -> int:
         """How many pieces from ``index`` on to ask ``parent`` for: those this node still needs
@@ -526,6 +526,13 @@ class _Arrival:
         cost, self._since = now - self._since, now
         self.count += 1
         self.download._landed(index, digest, self.source, cost if self.sender else None, self.sender)
+
+
+def run_limit(piece_length: int, small: bool) -> int:
+    """Pieces of ``piece_length`` in one request: SMALL_RUN_BYTES or RUN_BYTES of them, at
+    least one, and never more than a parent serves in one body (MAX_RUN_PIECES: asking
+    for more is refused as a bad request, which would drop a good parent)."""
+    return max(1, min((SMALL_RUN_BYTES if small else RUN_BYTES) // piece_length, MAX_RUN_PIECES))
 
 
 def rest_of_run(request: PieceRequest, delivered: int) -> PieceRequest | None:

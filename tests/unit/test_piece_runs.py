@@ -6,7 +6,8 @@ from pathlib import Path
 
 from damselfly.lib.oci import Digest
 from damselfly.p2p.fetch import PieceRequest
-from damselfly.p2p.network import rest_of_run
+from damselfly.p2p.fetch import MAX_RUN_PIECES
+from damselfly.p2p.network import rest_of_run, run_limit
 from damselfly.p2p.task import Task
 from damselfly.p2p.upload import held_run
 
@@ -43,6 +44,14 @@ def test_a_run_stops_at_the_blobs_end(tmp_path):
     task = task_holding(tmp_path, *range(6))
     assert held_run(task, 3, 64) == range(3, 6)
 
+
+def test_a_run_never_asks_for_more_pieces_than_a_parent_sends_in_one_body():
+    KiB, MiB = 1024, 1024 * 1024
+    assert run_limit(256 * KiB, small=False) == 64
+    assert run_limit(128 * KiB, small=False) == MAX_RUN_PIECES, "16 MiB of 128 KiB pieces would be 128"
+    assert run_limit(4 * MiB, small=False) == 4
+    assert run_limit(256 * KiB, small=True) == 4
+    assert run_limit(64 * MiB, small=True) == 1
 
 def test_what_is_left_of_a_run_starts_after_the_pieces_that_came():
     request = PieceRequest("http://p", "t", 2, (4, 4, 3), Path("f"), 8, ("a", None, "c"), trust_sent_digest=True)
