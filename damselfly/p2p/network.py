@@ -471,9 +471,13 @@ class PieceDownload:
                 request, parent_url=relay.url, sizes=request.sizes[: len(relay.digests)], digests=relay.digests,
                 trust_sent_digest=False, receiver=None), arrival.landed)
         except (PieceRefused, BadParent, TransferFailed) as exc:
-            if isinstance(exc, PieceCorrupt):
+            # A short body is the pointed-at peer's way of saying a piece will not come
+            # (routine while the seed still fills); wrong bytes are worth an operator's look.
+            corrupt = isinstance(exc, PieceCorrupt)
+            if corrupt:
                 self.network.metrics.piece_failures.inc()
-            log.warning("pieces from %s, where a seed pointed, failed (%s); asking the seed", relay.url, exc)
+            log.log(logging.WARNING if corrupt else logging.DEBUG,
+                    "pieces from %s, where a seed pointed, failed (%s); asking the seed", relay.url, exc)
         rest = rest_of_run(request, arrival.count)
         if rest is not None:
             arrival.source = "seed"

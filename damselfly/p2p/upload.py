@@ -181,19 +181,22 @@ def held_run(task: Task, index: int, wanted: int, on_the_way: bool = False) -> r
 async def _send_as_it_lands(request: web.Request, task: Task, file: BinaryIO, run: range) -> int | None:
     """Send the pieces ``run`` of the task's file, each as soon as it is verified here (held
     ones together, in one zero-copy send). Return the first piece that stopped being on its
-    way without landing (the body is then short), or None when all went."""
+    way without landing, or had not landed RELAY_WAIT seconds after the send began (the
+    body is then short: the asker gets the rest elsewhere), or None when all went."""
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + RELAY_WAIT  # for the whole run: a slow relay must not hold the asker for long
     index = run.start
     while index < run.stop:
-        if not await task.arrival(index, RELAY_WAIT):
+        if not await task.arrival(index, max(0.0, deadline - loop.time())):
             return index
         end = index + 1
         while end < run.stop and task.bitmap.has(end):
             end += 1
         begin, stop = task.piece_span(index)[0], sum(task.piece_span(end - 1))
-        if request.transport is None:
+        transport = request.transport
+        if transport is None or transport.is_closing():  # the asker went away while this waited
             raise ConnectionResetError("peer went away")
-        await loop.sendfile(request.transport, file, begin, stop - begin)
+        await loop.sendfile(transport, file, begin, stop - begin)
         index = end
     return None
 
