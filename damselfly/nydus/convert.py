@@ -30,7 +30,6 @@ from damselfly.nydus.tree import LayerApplier, LayerError, new_root
 log = logging.getLogger("damselfly.nydus")
 
 
-
 @dataclass
 class ConvertResult:
     manifest_digest: str

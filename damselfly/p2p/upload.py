@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -71,6 +72,7 @@ class UploadServer:
             raise web.HTTPNotFound(text=f"no task {digest} here")
         if not 0 <= index < task.piece_count:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"piece {index} outside 0..{task.piece_count - 1}")
+        relay_deadline = time.monotonic() + RELAY_WAIT  # for all a peer sends as it lands, the first piece too
         if not task.bitmap.has(index):
             if seeding and not task.complete:  # a seed peer still downloading: serve the piece as soon as it lands
                 asked_end = sum(task.piece_span(min(index + wanted, task.piece_count) - 1)) - 1
@@ -110,7 +112,7 @@ class UploadServer:
             with open(task.path, "rb") as f:  # opened now: a later rename or eviction cannot cut it
                 await response.prepare(request)
                 try:
-                    cut = await _send_as_it_lands(request, task, f, run)
+                    cut = await _send_as_it_lands(request, task, f, run, relay_deadline)
                     if cut is not None:
                         # Headers are out: a short body is how the asker learns. It keeps the
                         # pieces that came and asks the seed for the rest.
@@ -178,16 +180,17 @@ def held_run(task: Task, index: int, wanted: int, on_the_way: bool = False) -> r
     return range(index, end)
 
 
-async def _send_as_it_lands(request: web.Request, task: Task, file: BinaryIO, run: range) -> int | None:
+async def _send_as_it_lands(request: web.Request, task: Task, file: BinaryIO, run: range,
+                            deadline: float) -> int | None:
     """Send the pieces ``run`` of the task's file, each as soon as it is verified here (held
     ones together, in one zero-copy send). Return the first piece that stopped being on its
-    way without landing, or had not landed RELAY_WAIT seconds after the send began (the
-    body is then short: the asker gets the rest elsewhere), or None when all went."""
+    way without landing, or had not landed by ``deadline`` (``time.monotonic``; a slow
+    relay must not hold the asker for long): the body is then short and the asker gets the
+    rest elsewhere. None when all went."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + RELAY_WAIT  # for the whole run: a slow relay must not hold the asker for long
     index = run.start
     while index < run.stop:
-        if not await task.arrival(index, max(0.0, deadline - loop.time())):
+        if not await task.arrival(index, max(0.0, deadline - time.monotonic())):
             return index
         end = index + 1
         while end < run.stop and task.bitmap.has(end):
