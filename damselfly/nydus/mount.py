@@ -28,6 +28,7 @@ log = logging.getLogger("damselfly.nydus.mount")
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+RELEASE_TIMEOUT = 5.0
 
 
 class MountError(RuntimeError):
@@ -190,26 +191,45 @@ def _teardown(state: MountState, mounted: bool) -> list[str]:
             _run("umount", state.mountpoint)
         except MountError as error:
             return [str(error)]  # busy: leave everything else in place so the mount keeps working
+    fuse_dir = Path(state.fuse_dir)
     for loop in state.loops:
-        if not _backed_by(loop, Path(state.fuse_dir)):
+        if not _backed_by(loop, fuse_dir):
             continue  # already detached, and maybe reused by someone else since
         try:
             _run("losetup", "-d", loop)
         except MountError as error:
             problems.append(str(error))
-    if os.path.ismount(state.fuse_dir):
+    # A loop device that another process has open at that moment (another mount looking for
+    # a free one, say) is only marked for detaching: it lets go of our blob file when that
+    # process closes it, and until then the FUSE file system is busy.
+    if not _within(RELEASE_TIMEOUT, lambda: not any(_backed_by(loop, fuse_dir) for loop in state.loops)):
+        problems.append(f"loop devices still read {fuse_dir} after {RELEASE_TIMEOUT:.0f}s")
+    if os.path.ismount(fuse_dir):
         try:
-            _run("fusermount3", "-u", state.fuse_dir)
+            _run("fusermount3", "-u", str(fuse_dir))
         except MountError as error:
-            problems.append(str(error))
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while _our_server(state) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _our_server(state):
+            # Detached lazily, no dead mount is left behind: the kernel ends it, and the
+            # server exits, once nothing uses it any more.
+            problems.append(f"{error}; detached lazily")
+            try:
+                _run("fusermount3", "-u", "-z", str(fuse_dir))
+            except MountError as lazy_error:
+                problems.append(str(lazy_error))
+    if not _within(STOP_TIMEOUT, lambda: not _our_server(state)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(state.pid, signal.SIGKILL)
         problems.append(f"FUSE server {state.pid} did not stop; killed")
     return problems
+
+
+def _within(timeout: float, condition: Callable[[], bool]) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _backed_by(loop: str, fuse_dir: Path) -> bool:

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -206,3 +207,28 @@ def test_a_dead_daemon_gives_read_errors_not_a_hang_and_umount_still_cleans_up(
     assert (mountpoint / "etc/greeting").read_text() == "hello from a lazy mount\n"  # cached chunks still serve
     stats = umount(mountpoint)
     assert stats["failures"] >= 1
+
+
+def test_umount_waits_out_a_loop_device_someone_else_has_open(tmp_path: Path, registry, registry_client,
+                                                               run_dir: Path, lazy_mount) -> None:
+    """Another process that has a loop device open when it is detached (as a mount looking
+    for a free one does) keeps our blob file open a moment longer; umount must wait for
+    that, not leave a dead FUSE mount behind after killing its server."""
+    image = image_from_layers("nydus/held", [busybox_layer()], ["/bin/busybox", "true"])
+    push_image(registry_client, image)
+    target = f"{registry.host}/nydus/held:nydus"
+    cli("nydus", "convert", "--plain-http", image.reference(registry.host), target)
+    mountpoint = lazy_mount(target, "--plain-http", "--cache-dir", str(tmp_path / "cache"))
+    state = json.loads(next((run_dir / "nydus").glob("*.json")).read_text())
+    held = os.open(state["loops"][0], os.O_RDONLY)
+    releaser = threading.Timer(0.5, os.close, [held])  # the other process lets go a little later
+    releaser.start()
+    started = time.monotonic()
+    try:
+        result = cli("nydus", "umount", str(mountpoint), check=False)
+    finally:
+        releaser.join()
+    assert result.returncode == 0, result.stderr
+    assert "killed" not in result.stderr and "lazily" not in result.stderr, result.stderr
+    assert time.monotonic() - started < 10
+    assert state["fuse_dir"] not in Path("/proc/self/mounts").read_text()
