@@ -1,11 +1,37 @@
-"""Blocking HTTP connections for worker threads that move blob bytes (piece and origin
-transfers), with a short deadline to connect and a longer one for every read."""
+"""Blocking HTTP: connections for worker threads that move blob bytes (piece and origin
+transfers), and a small keep-alive session for the nydus commands; a short deadline to
+connect and a longer one for every read.
+
+The nydus mount command and its FUSE server start once per container, many at once when a
+cluster starts an image: the standard library's client costs them a fraction of the CPU
+that a general-purpose client's imports, CA bundle and per-request machinery do.
+"""
 
 from __future__ import annotations
 
+import functools
 import http.client
+import json
 import ssl
-from urllib.parse import urlsplit
+import threading
+from typing import Any, Callable, Iterable, Iterator, Union
+from urllib.parse import urljoin, urlsplit
+
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 10
+IDLE_PER_ORIGIN = 8
+CHUNK = 1 << 20
+
+# What a request sends: nothing, bytes, or a function giving a fresh iterator of bytes (a
+# request that is sent again, after a token challenge or on a fresh connection, reads it again).
+Body = Union[bytes, Callable[[], Iterable[bytes]], None]
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The system's verifying context, built once per process (reading the CA bundle costs
+    tens of milliseconds); one SSLContext may serve every thread."""
+    return ssl.create_default_context()
 
 
 class _Deadlines:
@@ -33,7 +59,7 @@ class TimedHTTPConnection(_Deadlines, http.client.HTTPConnection):
 
 class TimedHTTPSConnection(_Deadlines, http.client.HTTPSConnection):
     def __init__(self, host: str, port: int | None, connect_timeout: float, read_timeout: float) -> None:
-        super().__init__(host, port, timeout=connect_timeout, context=ssl.create_default_context())
+        super().__init__(host, port, timeout=connect_timeout, context=tls_context())
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
 
 
@@ -48,3 +74,127 @@ def request_target(url: str) -> str:
     """The path and query of ``url``, as the request line wants them."""
     parts = urlsplit(url)
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class Response:
+    """An answer whose body is read on demand. Read to its end, its connection goes back to
+    the session for the next request; closed before that, the connection is closed."""
+
+    def __init__(self, session: "Session", origin: str, connection: http.client.HTTPConnection,
+                 raw: http.client.HTTPResponse, url: str) -> None:
+        self._session, self._origin, self._connection = session, origin, connection
+        self.raw, self.url = raw, url
+        self._content: bytes | None = None
+
+    @property
+    def status_code(self) -> int:
+        return self.raw.status
+
+    @property
+    def headers(self) -> http.client.HTTPMessage:
+        return self.raw.headers
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            self._content = self.raw.read()
+            self.close()
+        return self._content
+
+    def read(self) -> bytes:
+        return self.content
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    def iter_bytes(self, size: int = CHUNK) -> Iterator[bytes]:
+        """The body in parts of at most ``size`` bytes, each as soon as it arrives."""
+        while part := self.raw.read1(size):
+            yield part
+        self.close()
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if self.raw.isclosed() and not self.raw.will_close:
+            self._session.release(self._origin, connection)
+        else:
+            self.raw.close()
+            connection.close()
+
+    def __enter__(self) -> "Response":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class Session:
+    """Kept-alive connections per origin, shared by threads; follows redirects, and drops
+    ``Authorization`` when one leads to another origin (storage with signed URLs refuses it)."""
+
+    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 60.0,
+                 headers: dict[str, str] | None = None) -> None:
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.headers = dict(headers or {})
+        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def request(self, method: str, url: str, headers: dict[str, str] | None = None, body: Body = None) -> Response:
+        """Raises OSError (TimeoutError included) or http.client.HTTPException when no answer came."""
+        headers = {**self.headers, **(headers or {})}
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._send(method, url, headers, body)
+            location = response.headers.get("Location")
+            if response.status_code not in REDIRECTS or not location:
+                return response
+            response.read()  # a short body: read, so that the connection is kept
+            target = urljoin(url, location)
+            if origin_of(target) != origin_of(url):
+                headers.pop("Authorization", None)
+            if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+                method, body = "GET", None
+            url = target
+        raise http.client.HTTPException(f"more than {MAX_REDIRECTS} redirects, the last to {url}")
+
+    def _send(self, method: str, url: str, headers: dict[str, str], body: Body) -> Response:
+        origin = origin_of(url)
+        target = request_target(url)
+        while True:
+            connection, reused = self._acquire(origin, url)
+            try:
+                connection.request(method, target, body=body() if callable(body) else body, headers=headers)
+                return Response(self, origin, connection, connection.getresponse(), url)
+            except (OSError, http.client.HTTPException) as error:
+                connection.close()
+                if not reused or isinstance(error, TimeoutError):
+                    raise
+                # The server had closed this kept-alive connection: send again on a new one.
+
+    def _acquire(self, origin: str, url: str) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            idle = self._idle.get(origin)
+            if idle:
+                return idle.pop(), True
+        return connection_for(url, self.connect_timeout, self.read_timeout), False
+
+    def release(self, origin: str, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(origin, [])
+            if len(idle) < IDLE_PER_ORIGIN:
+                idle.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            connections = [c for idle in self._idle.values() for c in idle]
+            self._idle.clear()
+        for connection in connections:
+            connection.close()

@@ -6,6 +6,7 @@ every read lands in :class:`LazyBlob`, which fetches only the chunks it covers.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import logging
@@ -15,7 +16,22 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-import mfusepy as fuse
+
+def _name_libfuse3() -> None:
+    """Point mfusepy at libfuse 3 by its soname when the loader has it. Left to itself,
+    mfusepy looks for libfuse 2 first with ctypes.util.find_library, which on a host
+    without it runs ldconfig, gcc and ld: about 15 ms of every mount, before it settles
+    on this same library."""
+    if "FUSE_LIBRARY_PATH" not in os.environ:
+        try:
+            ctypes.CDLL("libfuse3.so.3")
+        except OSError:
+            return  # let mfusepy search, and say what it found or did not
+        os.environ["FUSE_LIBRARY_PATH"] = "libfuse3.so.3"
+
+
+_name_libfuse3()
+import mfusepy as fuse  # noqa: E402 - after its library is named
 
 from damselfly.nydus.cache import ChunkCache
 from damselfly.nydus.lazy import FETCH_DEADLINE, ChunkUnavailable, FetchStats, LazyBlob

@@ -15,12 +15,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-import httpx
 
 from damselfly.nydus import codec
 from damselfly.nydus.cache import ChunkCache
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, FormatError
-from damselfly.nydus.remote import RegistryClient, RegistryError
+from damselfly.nydus.remote import TRANSPORT_ERRORS, RegistryClient, RegistryError
 
 log = logging.getLogger("damselfly.nydus.lazy")
 
@@ -178,7 +177,7 @@ class LazyBlob:
                 self.stats.add(fetched_chunks=len(run), **({"demand_chunks": len(run)} if demand
                                                            else {"prefetched_chunks": len(run)}))
                 return
-            except (RegistryError, ChunkUnavailable, FormatError, OSError, httpx.HTTPError) as failure:
+            except (RegistryError, ChunkUnavailable, FormatError, *TRANSPORT_ERRORS) as failure:
                 error = failure
                 log.warning("blob %s bytes %d-%d, attempt %d: %s", self.entry.blob_id[:12], start, end,
                             attempt + 1, failure)

@@ -7,19 +7,19 @@ tokens are fetched when a registry challenges, as Docker Hub does.
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import http.client
 import json
 import platform
 import re
-import ssl
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlencode, urljoin
 
-import httpx
-
+from damselfly import __version__
+from damselfly.lib.blockinghttp import Body, Response, Session
 from damselfly.lib.oci import Digest, OCIError, validate_repository
 from damselfly.proxy.upstream import DOCKER_HUB, normalize_upstream
 
@@ -81,11 +81,8 @@ def registry_base_url(registry: str, plain_http: bool) -> str:
     return normalize_upstream(f"http://{registry}" if plain_http and registry != DOCKER_HUB else registry)
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default verifying context, built once per process: loading the CA bundle costs
-    about 35 ms, and a mount's FUSE server (forked after the mount made its client) reuses it."""
-    return httpx.create_ssl_context()
+# What a request that got no answer raises.
+TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
 class RegistryClient:
@@ -96,28 +93,29 @@ class RegistryClient:
         self.registry = registry
         self.base_url = (mirror or registry_base_url(registry, plain_http)).rstrip("/")
         self.params = {"ns": registry} if mirror else {}
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True,
-                                 verify=_tls_context())
+        self.http = Session(connect_timeout=10.0, read_timeout=timeout,
+                            headers={"User-Agent": f"damselfly/{__version__}"})
         self.tokens: dict[str, str] = {}
 
     def close(self) -> None:
         self.http.close()
 
-    def _send(self, method: str, url: str, scope: str, stream: bool = False, **kwargs) -> httpx.Response:
-        params = {**self.params, **kwargs.pop("params", {})}
-        headers = dict(kwargs.pop("headers", {}))
+    def _send(self, method: str, url: str, scope: str, headers: dict[str, str] | None = None,
+              params: dict[str, str] | None = None, body: Body = None) -> Response:
+        query = urlencode({**self.params, **(params or {})})
+        if query:
+            url += ("&" if "?" in url else "?") + query
+        headers = dict(headers or {})
         for attempt in range(2):
             if scope in self.tokens:
                 headers["Authorization"] = f"Bearer {self.tokens[scope]}"
             try:
-                request = self.http.build_request(method, httpx.URL(url).copy_merge_params(params), headers=headers,
-                                                  **kwargs)
-                response = self.http.send(request, stream=stream)
-            except httpx.HTTPError as error:
+                response = self.http.request(method, url, headers, body)
+            except TRANSPORT_ERRORS as error:
                 raise RegistryError(f"{method} {url}: {error.__class__.__name__}: {error}") from None
             challenge = response.headers.get("WWW-Authenticate", "")
             if response.status_code == 401 and attempt == 0 and challenge.lower().startswith("bearer "):
-                response.close()
+                response.read()  # a short body: read, so that the connection is kept
                 self.tokens[scope] = self._token(challenge, scope)
                 continue
             return response
@@ -127,25 +125,23 @@ class RegistryClient:
         fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         if "realm" not in fields:
             raise RegistryError(f"{self.registry} asked for a token without naming a realm")
+        query = urlencode({"service": fields.get("service", ""), "scope": scope})
         try:
-            answer = self.http.get(fields["realm"], params={"service": fields.get("service", ""), "scope": scope})
-        except httpx.HTTPError as error:
+            answer = self.http.request("GET", f"{fields['realm']}?{query}")
+            body = answer.json()
+        except (*TRANSPORT_ERRORS, ValueError) as error:
             raise RegistryError(f"token service {fields['realm']}: {error}") from None
         if answer.status_code != 200:
             raise RegistryError(f"token service {fields['realm']} answered {answer.status_code}")
-        body = answer.json()
         return body.get("token") or body.get("access_token") or ""
 
     @staticmethod
-    def _check(response: httpx.Response, what: str, ok: tuple[int, ...] = (200,)) -> httpx.Response:
+    def _check(response: Response, what: str, ok: tuple[int, ...] = (200,)) -> Response:
         if response.status_code not in ok:
-            detail = b""
             try:
-                for part in response.iter_bytes(200):  # an error body, not a blob: read its start only
-                    detail = part
-                    break
-            except httpx.HTTPError:
-                pass
+                detail = response.raw.read(200)  # an error body, not a blob: read its start only
+            except TRANSPORT_ERRORS:
+                detail = b""
             response.close()
             raise RegistryError(f"{what}: HTTP {response.status_code} "
                                 f"{detail[:200].decode('utf-8', 'replace').strip()}")
@@ -177,10 +173,10 @@ class RegistryClient:
 
     @contextmanager
     def open_blob(self, repository: str, digest: str, byte_range: tuple[int, int] | None = None
-                  ) -> Iterator[httpx.Response]:
+                  ) -> Iterator[Response]:
         headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
         response = self._send("GET", f"{self.base_url}/v2/{repository}/blobs/{digest}",
-                              f"repository:{repository}:pull", stream=True, headers=headers)
+                              f"repository:{repository}:pull", headers=headers)
         try:
             self._check(response, f"blob {digest[:19]} of {repository}", (206,) if byte_range else (200,))
             yield response
@@ -196,7 +192,7 @@ class RegistryClient:
                 for chunk in response.iter_bytes(_CHUNK):
                     hasher.update(chunk)
                     out.write(chunk)
-        except (httpx.HTTPError, RegistryError) as error:
+        except (*TRANSPORT_ERRORS, RegistryError) as error:
             path.unlink(missing_ok=True)
             raise RegistryError(f"downloading {digest[:19]}: {error}") from None
         if hasher.hexdigest() != expected.hex:
@@ -209,7 +205,7 @@ class RegistryClient:
         try:
             with self.open_blob(repository, digest) as response:
                 data = response.read()
-        except httpx.HTTPError as error:
+        except TRANSPORT_ERRORS as error:
             raise RegistryError(f"reading blob {digest[:19]} of {repository}: {error}") from None
         hasher = expected.hasher()
         hasher.update(data)
@@ -220,9 +216,9 @@ class RegistryClient:
     # --- pushing -----------------------------------------------------------------------------------------------
 
     def has_blob(self, repository: str, digest: str) -> bool:
-        response = self._send("HEAD", f"{self.base_url}/v2/{repository}/blobs/{digest}",
-                              f"repository:{repository}:pull,push")
-        return response.status_code == 200
+        with self._send("HEAD", f"{self.base_url}/v2/{repository}/blobs/{digest}",
+                        f"repository:{repository}:pull,push") as response:
+            return response.status_code == 200
 
     def push_blob(self, repository: str, digest: str, source: Path | bytes) -> None:
         """Monolithic upload (POST, then PUT with the digest), skipped when the registry has the blob."""
@@ -231,18 +227,19 @@ class RegistryClient:
         scope = f"repository:{repository}:pull,push"
         start = self._check(self._send("POST", f"{self.base_url}/v2/{repository}/blobs/uploads/", scope),
                             f"starting upload to {repository}", (202,))
-        location = httpx.URL(self.base_url).join(start.headers["Location"])
-        body: object = source if isinstance(source, bytes) else _file_chunks(source)
+        start.read()
+        location = urljoin(self.base_url + "/", start.headers.get("Location", ""))
+        body: Body = source if isinstance(source, bytes) else lambda: _file_chunks(source)
         length = len(source) if isinstance(source, bytes) else source.stat().st_size
-        self._check(self._send("PUT", str(location), scope, params={"digest": digest}, content=body,
+        self._check(self._send("PUT", location, scope, params={"digest": digest}, body=body,
                                headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)}),
-                    f"uploading {digest[:19]} to {repository}", (201,))
+                    f"uploading {digest[:19]} to {repository}", (201,)).read()
 
     def push_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
         self._check(self._send("PUT", f"{self.base_url}/v2/{repository}/manifests/{reference}",
-                               f"repository:{repository}:pull,push", content=body,
+                               f"repository:{repository}:pull,push", body=body,
                                headers={"Content-Type": media_type}),
-                    f"pushing manifest {repository}:{reference}", (201,))
+                    f"pushing manifest {repository}:{reference}", (201,)).read()
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
 

@@ -152,7 +152,7 @@ def test_converted_image_has_the_oci_image_rootfs(tmp_path: Path, registry, regi
 
 
 @pytest.mark.parametrize("args, message", [
-    (["nydus", "convert", "--plain-http", "127.0.0.1:1/none/such:tag", "127.0.0.1:1/x:y"], "ConnectError"),
+    (["nydus", "convert", "--plain-http", "127.0.0.1:1/none/such:tag", "127.0.0.1:1/x:y"], "ConnectionRefusedError"),
     (["nydus", "convert", "--chunk-size", "3000", "a/b", "c/d"], "power of two"),
     (["nydus", "inspect", "Not/A/Valid/Ref"], "invalid image reference"),
 ])
