@@ -122,6 +122,8 @@ class Response:
         connection, self._connection = self._connection, None
         if connection is None:
             return
+        if not self.raw.isclosed() and self.raw.length == 0:
+            self.raw.read()  # all read (or a HEAD): http.client only marks the body done on a read
         if self.raw.isclosed() and not self.raw.will_close:
             self._session.release(self._origin, connection)
         else:
