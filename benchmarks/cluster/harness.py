@@ -181,6 +181,12 @@ class Cluster:
             node.containerd = self._containerd(node)
 
     def empty_daemons(self) -> None:
+        """The seed and every node's daemon restarted on empty data directories: nothing of an
+        earlier scenario is cached, and no download of one goes on into the next."""
+        assert self.seed is not None
+        self.seed.stop()
+        shutil.rmtree(self.workdir / "seed", ignore_errors=True)
+        self.seed = self._daemon(self.seed_host, self.workdir / "seed", seed=True)
         for node in self.nodes:
             assert node.daemon is not None
             node.daemon.stop()
@@ -262,8 +268,9 @@ class Cluster:
 
     def run_scenario(self, scenario: str, image: Image, command: list[str]) -> ScenarioResult:
         self.log(f"scenario {scenario}: {len(self.nodes)} nodes")
+        if scenario in ("p2p-cold", "p2p-remote", "nydus-p2p-cold", "nydus-p2p-remote"):
+            self.empty_daemons()  # cold whatever ran before, in any order
         if scenario in ("p2p-remote", "nydus-p2p-remote"):
-            self.empty_daemons()
             assert self.seed is not None
             self._fill([self.seed], image, scenario.startswith("nydus"))
         if scenario in ("p2p-local", "nydus-p2p-local", "nydus-cache"):  # no download left running either
