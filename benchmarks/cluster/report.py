@@ -54,7 +54,8 @@ def charts(results: list[ScenarioResult], out: Path) -> list[Path]:
         figure, axes = plt.subplots(figsize=(max(8.0, 0.9 * len(scenarios)), 4.5), dpi=110)
         for i, count in enumerate(counts):
             values = [next((value(r) for r in results if r.scenario == s and r.nodes == count), 0) for s in scenarios]
-            axes.bar([x + i * width for x in range(len(scenarios))], values, width, label=f"{count} nodes")
+            legend = f"{count} node" if count == 1 else f"{count} nodes"
+            axes.bar([x + i * width for x in range(len(scenarios))], values, width, label=legend)
         axes.set_xticks([x + width * (len(counts) - 1) / 2 for x in range(len(scenarios))], scenarios,
                         rotation=30, ha="right")
         axes.set_ylabel(label)
