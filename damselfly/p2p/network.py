@@ -439,14 +439,15 @@ class PieceDownload:
         self.dropped.add(parent.host_id)
         self.network.metrics.bad_parents.inc()
         log.warning("dropped parent %s for %s: %s", parent.host_id, self.task.digest, reason)
-        self.network.spawn(self._report_bad(parent.host_id, reason))
+        self.network.spawn(self._report_bad({"parent_id": parent.host_id}, reason))
         self._notify()
 
-    async def _report_bad(self, parent_id: str, reason: str) -> None:
+    async def _report_bad(self, parent: dict[str, str], reason: str) -> None:
+        """Tell the scheduler, which then offers that parent to this peer no more; ``parent``
+        names it by ``parent_id``, or by ``parent_url`` when a seed pointed at it."""
         with contextlib.suppress(SchedulerUnavailable):
             await self.network.scheduler.call(str(self.task.digest), "POST", "bad-parent",
-                                              json={"host_id": self.network.host_id, "parent_id": parent_id,
-                                                    "reason": reason})
+                                              json={"host_id": self.network.host_id, **parent, "reason": reason})
 
     async def _fetch(self, index: int, count: int, parent: Parent) -> None:
         pieces = range(index, index + count)
@@ -474,14 +475,25 @@ class PieceDownload:
             # A short body is the pointed-at peer's way of saying a piece will not come
             # (routine while the seed still fills); wrong bytes are worth an operator's look.
             corrupt = isinstance(exc, PieceCorrupt)
-            if corrupt:
-                self.network.metrics.piece_failures.inc()
             log.log(logging.WARNING if corrupt else logging.DEBUG,
                     "pieces from %s, where a seed pointed, failed (%s); asking the seed", relay.url, exc)
+            if corrupt:
+                self.network.metrics.piece_failures.inc()
+                self._bad_relay(relay.url, str(exc))
         rest = rest_of_run(request, arrival.count)
         if rest is not None:
             arrival.source = "seed"
             await self.network.fetcher.fetch(replace(rest, receiver=None), arrival.landed)
+
+    def _bad_relay(self, url: str, reason: str) -> None:
+        """A peer a seed pointed at sent wrong bytes: dropped if it is a parent here too, and
+        reported either way."""
+        parent = next((p for p in self.parents.values() if p.url == url), None)
+        if parent is not None:
+            self._drop(parent, reason, bad=True)
+            return
+        self.network.metrics.bad_parents.inc()
+        self.network.spawn(self._report_bad({"parent_url": url}, reason))
 
     def _landed(self, index: int, digest: str, source: str, cost: float | None, sender: str | None) -> None:
         """A piece from a parent is verified and written."""

@@ -149,7 +149,14 @@ class Scheduler:
     async def bad_parent(self, request: web.Request) -> web.Response:
         body = await _json(request)
         task = self._task(request)
-        parent_id = _str(body, "parent_id")
+        if "parent_id" in body:
+            parent_id = _str(body, "parent_id")
+        else:  # a peer a seed pointed at, known to the reporter by its upload URL only
+            url = _str(body, "parent_url")
+            found = self.state.host_at(url)
+            if found is None:
+                raise web.HTTPNotFound(text=f"no host uploads at {url}")
+            parent_id = found
         self.state.report_bad_parent(task, _str(body, "host_id"), parent_id)
         self.metrics.bad_parents.inc()
         log.warning("peer %s reported parent %s for %s: %s", body.get("host_id"), parent_id, task.id,

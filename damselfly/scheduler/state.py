@@ -161,6 +161,10 @@ class SchedulerState:
         task.digests_at.update(dict.fromkeys(added, task.version))
         return rejected
 
+    def host_at(self, upload_url: str) -> str | None:
+        """The id of the host that uploads at ``upload_url``."""
+        return next((host.id for host in self.hosts.values() if host.upload_url == upload_url), None)
+
     def report_bad_parent(self, task: Task, host_id: str, parent_id: str) -> None:
         peer = task.peers.get(host_id)
         if peer is not None:

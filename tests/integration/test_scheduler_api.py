@@ -40,5 +40,15 @@ def test_scheduler_api_answers_and_refuses_clearly(tmp_path):
             assert foreign.json()["digests"] == {"0": "d0", "1": "d1"}  # answered at once, with everything
             malformed = client.get(schedule, params={"host_id": "p1", "since": "x"})
             assert malformed.status_code == 400 and "since" in malformed.json()["error"]
+            # A peer a seed pointed at is reported by its upload URL, which the scheduler resolves.
+            client.post(f"{api}/hosts", json={"id": "p2", "upload_url": "http://127.0.0.1:2"})
+            client.post(f"{api}/tasks/{TASK}/register", json={"host_id": "p2", "length": 10, "piece_length": 4,
+                                                              "pieces": []})
+            bad = f"{api}/tasks/{TASK}/bad-parent"
+            assert client.post(bad, json={"host_id": "p2", "parent_url": "http://127.0.0.1:1"}).status_code == 200
+            assert scheduler.metric("damselfly_scheduler_bad_parent_reports_total") == 1
+            stranger = client.post(bad, json={"host_id": "p2", "parent_url": "http://127.0.0.1:9"})
+            assert stranger.status_code == 404 and "no host uploads at" in stranger.json()["error"]
+            assert client.post(bad, json={"host_id": "p2"}).status_code == 400
     finally:
         scheduler.stop()
