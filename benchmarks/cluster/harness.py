@@ -194,10 +194,9 @@ class Cluster:
             node.daemon = self._daemon(node.host, node.workdir / "damselfly")
 
     def _fill(self, daemons: list[Damselfly], image: Image, nydus: bool) -> None:
-        """Every blob of the image (or of its nydus form) fetched whole through each daemon, all
-        at once. What the remote and local scenarios start from: the cold ones leave the seed
-        so, but a lazy start leaves a node's daemon with part of a blob (the rest comes in
-        the background), and a scenario run alone would otherwise start cold."""
+        """Every blob of the image (or of its nydus form), its config included, fetched whole
+        through each daemon, all at once: what the remote and local scenarios start from,
+        whatever ran before (a lazy start leaves a node's daemon with part of a blob)."""
         registry = PullClient(self.registry.host, plain_http=True)
         try:
             manifest, _, _ = registry.manifest(image.name, NYDUS_TAG if nydus else image.tag)
@@ -207,8 +206,8 @@ class Cluster:
         def fill(daemon: Damselfly) -> None:
             client = PullClient(self.registry.host, mirror=daemon.url)
             try:
-                for layer in manifest["layers"]:
-                    with client.open_blob(image.name, layer["digest"]) as response:
+                for blob in [manifest["config"], *manifest["layers"]]:  # the config too: a pull fetches it
+                    with client.open_blob(image.name, blob["digest"]) as response:
                         for _ in response.iter_bytes(1 << 20):
                             pass
             finally:
