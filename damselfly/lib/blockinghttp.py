@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 from urllib.parse import urljoin, urlsplit
 
 REDIRECTS = (301, 302, 303, 307, 308)
+IDEMPOTENT = ("GET", "HEAD")  # sent again on a new connection when a kept-alive one was dead
 MAX_REDIRECTS = 10
 IDLE_PER_ORIGIN = 8
 CHUNK = 1 << 20
@@ -113,9 +114,13 @@ class Response:
         return json.loads(self.content)
 
     def iter_bytes(self, size: int = CHUNK) -> Iterator[bytes]:
-        """The body in parts of at most ``size`` bytes, each as soon as it arrives."""
+        """The body in parts of at most ``size`` bytes, each as soon as it arrives; a body
+        cut short of its Content-Length raises IncompleteRead (read1 would just end)."""
         while part := self.raw.read1(size):
             yield part
+        if self.raw.length:
+            self.close()
+            raise http.client.IncompleteRead(b"", self.raw.length)
         self.close()
 
     def close(self) -> None:
@@ -124,7 +129,8 @@ class Response:
             return
         if not self.raw.isclosed() and self.raw.length == 0:
             self.raw.read()  # all read (or a HEAD): http.client only marks the body done on a read
-        if self.raw.isclosed() and not self.raw.will_close:
+        # Kept only when its whole body was read: a body cut short also leaves the response closed.
+        if self.raw.isclosed() and not self.raw.will_close and self.raw.length in (0, None):
             self._session.release(self._origin, connection)
         else:
             self.raw.close()
@@ -149,10 +155,14 @@ class Session:
         self._lock = threading.Lock()
 
     def request(self, method: str, url: str, headers: dict[str, str] | None = None, body: Body = None) -> Response:
-        """Raises OSError (TimeoutError included) or http.client.HTTPException when no answer came."""
+        """Raises OSError (TimeoutError included) or http.client.HTTPException when no answer
+        came, or the request could not be made (a malformed URL or header, say)."""
         headers = {**self.headers, **(headers or {})}
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._send(method, url, headers, body)
+            try:
+                response = self._send(method, url, headers, body)
+            except ValueError as error:  # http.client's word for a URL or header it cannot send
+                raise http.client.HTTPException(f"cannot send {method} {url}: {error}") from None
             location = response.headers.get("Location")
             if response.status_code not in REDIRECTS or not location:
                 return response
@@ -160,30 +170,43 @@ class Session:
             target = urljoin(url, location)
             if origin_of(target) != origin_of(url):
                 headers.pop("Authorization", None)
-            if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+            if method != "HEAD" and (response.status_code == 303
+                                     or (response.status_code in (301, 302) and method == "POST")):
                 method, body = "GET", None
+                for name in ("Content-Length", "Content-Type", "Transfer-Encoding"):
+                    headers.pop(name, None)
             url = target
         raise http.client.HTTPException(f"more than {MAX_REDIRECTS} redirects, the last to {url}")
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: Body) -> Response:
+        """One request. Only GET and HEAD go on a kept-alive connection, and are sent once
+        more on a new one if the server had closed it: an upload is never sent twice."""
         origin = origin_of(url)
-        target = request_target(url)
-        while True:
-            connection, reused = self._acquire(origin, url)
-            try:
-                connection.request(method, target, body=body() if callable(body) else body, headers=headers)
-                return Response(self, origin, connection, connection.getresponse(), url)
-            except (OSError, http.client.HTTPException) as error:
-                connection.close()
-                if not reused or isinstance(error, TimeoutError):
-                    raise
-                # The server had closed this kept-alive connection: send again on a new one.
+        connection, reused = self._acquire(origin, url, pooled=method in IDEMPOTENT)
+        try:
+            return self._exchange(connection, origin, method, url, headers, body)
+        except ConnectionError:  # RemoteDisconnected and a broken pipe included
+            if not reused:
+                raise
+        fresh = connection_for(url, self.connect_timeout, self.read_timeout)
+        return self._exchange(fresh, origin, method, url, headers, body)
 
-    def _acquire(self, origin: str, url: str) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            idle = self._idle.get(origin)
-            if idle:
-                return idle.pop(), True
+    def _exchange(self, connection: http.client.HTTPConnection, origin: str, method: str, url: str,
+                  headers: dict[str, str], body: Body) -> Response:
+        try:
+            connection.request(method, request_target(url), body=body() if callable(body) else body, headers=headers)
+            return Response(self, origin, connection, connection.getresponse(), url)
+        except BaseException:
+            connection.close()
+            raise
+
+    def _acquire(self, origin: str, url: str, pooled: bool) -> tuple[http.client.HTTPConnection, bool]:
+        """A kept-alive connection to ``origin`` if ``pooled`` and one is idle (True), else a new one."""
+        if pooled:
+            with self._lock:
+                idle = self._idle.get(origin)
+                if idle:
+                    return idle.pop(), True
         return connection_for(url, self.connect_timeout, self.read_timeout), False
 
     def release(self, origin: str, connection: http.client.HTTPConnection) -> None:

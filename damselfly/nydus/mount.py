@@ -204,7 +204,7 @@ def _teardown(state: MountState, mounted: bool) -> list[str]:
     # process closes it, and until then the FUSE file system is busy.
     if not _within(RELEASE_TIMEOUT, lambda: not any(_backed_by(loop, fuse_dir) for loop in state.loops)):
         problems.append(f"loop devices still read {fuse_dir} after {RELEASE_TIMEOUT:.0f}s")
-    if os.path.ismount(fuse_dir):
+    if _mounted(fuse_dir):
         try:
             _run("fusermount3", "-u", str(fuse_dir))
         except MountError as error:
@@ -220,6 +220,18 @@ def _teardown(state: MountState, mounted: bool) -> list[str]:
             os.kill(state.pid, signal.SIGKILL)
         problems.append(f"FUSE server {state.pid} did not stop; killed")
     return problems
+
+
+def _mounted(path: Path) -> bool:
+    """Whether ``path`` is a mount point, read from /proc/self/mounts: os.path.ismount needs a
+    stat, which a FUSE mount whose server died answers with ENOTCONN (so: not mounted)."""
+    escaped = str(path)
+    for char, code in (("\\", "\\134"), (" ", "\\040"), ("\t", "\\011"), ("\n", "\\012")):
+        escaped = escaped.replace(char, code)
+    try:
+        return any(line.split(" ")[1] == escaped for line in Path("/proc/self/mounts").read_text().splitlines())
+    except OSError:
+        return os.path.ismount(path)
 
 
 def _within(timeout: float, condition: Callable[[], bool]) -> bool:

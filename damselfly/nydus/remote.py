@@ -125,14 +125,18 @@ class RegistryClient:
         fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         if "realm" not in fields:
             raise RegistryError(f"{self.registry} asked for a token without naming a realm")
+        realm = fields["realm"]
         query = urlencode({"service": fields.get("service", ""), "scope": scope})
         try:
-            answer = self.http.request("GET", f"{fields['realm']}?{query}")
+            answer = self.http.request("GET", f"{realm}{'&' if '?' in realm else '?'}{query}")
+            if answer.status_code != 200:
+                answer.close()
+                raise RegistryError(f"token service {realm} answered {answer.status_code}")
             body = answer.json()
         except (*TRANSPORT_ERRORS, ValueError) as error:
-            raise RegistryError(f"token service {fields['realm']}: {error}") from None
-        if answer.status_code != 200:
-            raise RegistryError(f"token service {fields['realm']} answered {answer.status_code}")
+            raise RegistryError(f"token service {realm}: {error}") from None
+        if not isinstance(body, dict):
+            raise RegistryError(f"token service {realm} answered no JSON object")
         return body.get("token") or body.get("access_token") or ""
 
     @staticmethod
@@ -144,7 +148,7 @@ class RegistryClient:
                 detail = b""
             response.close()
             raise RegistryError(f"{what}: HTTP {response.status_code} "
-                                f"{detail[:200].decode('utf-8', 'replace').strip()}")
+                                f"{' '.join(detail[:200].decode('utf-8', 'replace').split())}")
         return response
 
     # --- pulling -----------------------------------------------------------------------------------------------

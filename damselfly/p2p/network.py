@@ -206,6 +206,7 @@ class PieceDownload:
         self.reporter = reporter
         self.parents: dict[str, Parent] = {}
         self.dropped: set[str] = set()
+        self.bad_relays: set[str] = set()  # upload URLs of peers a seed pointed at that sent wrong bytes
         self.digests: dict[int, str] = {}
         self.version = -1
         self.epoch = ""  # of the scheduler that gave ``version``
@@ -487,13 +488,14 @@ class PieceDownload:
 
     def _bad_relay(self, url: str, reason: str) -> None:
         """A peer a seed pointed at sent wrong bytes: dropped if it is a parent here too, and
-        reported either way."""
+        reported either way, once (the seed may point this peer at it again)."""
         parent = next((p for p in self.parents.values() if p.url == url), None)
         if parent is not None:
             self._drop(parent, reason, bad=True)
-            return
-        self.network.metrics.bad_parents.inc()
-        self.network.spawn(self._report_bad({"parent_url": url}, reason))
+        elif url not in self.bad_relays:
+            self.bad_relays.add(url)
+            self.network.metrics.bad_parents.inc()
+            self.network.spawn(self._report_bad({"parent_url": url}, reason))
 
     def _landed(self, index: int, digest: str, source: str, cost: float | None, sender: str | None) -> None:
         """A piece from a parent is verified and written."""

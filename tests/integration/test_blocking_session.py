@@ -5,8 +5,10 @@ Bearer challenges whose retried request carries its body again."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import http.server
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,11 +45,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # a body it is told of, it waits for
         self.server.seen.append((self.command, self.path, self.headers.get("Authorization")))
         if self.path.startswith("/hop"):
             self._answer(307, headers={"Location": self.server.other + "/landed"})
         elif self.path == "/loop":
             self._answer(302, headers={"Location": "/loop"})
+        elif self.path == "/short":  # promises 100 bytes, sends 40 and closes
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"x" * 40)
+            self.close_connection = True
         elif self.path.startswith("/token"):
             self._answer(200, json.dumps({"token": "t0k"}).encode())
         elif self.path.startswith("/v2/") and self.headers.get("Authorization") != "Bearer t0k":
@@ -59,13 +68,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._answer(200, f"{self.command} {self.path}".encode())
 
     def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.seen.append((self.command, self.path, self.headers.get("Authorization")))
-        self._answer(202, headers={"Location": "/upload/1?_state=abc"})
+        if self.path == "/see-other":
+            self._answer(303, headers={"Location": "/after"})
+        else:
+            self._answer(202, headers={"Location": "/upload/1?_state=abc"})
 
     def do_PUT(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        if self.server.challenge_puts:  # as a token that expired between two requests
+            self.server.challenge_puts -= 1
+            self._answer(401, headers={"WWW-Authenticate": f'Bearer realm="{self.server.url}/token",service="s"'})
+            return
         self.server.uploads.append(body)
+        if self.path == "/upload-then-drop":  # the server fails after taking the upload, without an answer
+            self.close_connection = True
+            return
         self._answer(201)
 
 
@@ -77,6 +97,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.connections = 0
         self.seen: list[tuple[str, str, str | None]] = []
         self.uploads: list[bytes] = []
+        self.challenge_puts = 0
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self.other = ""
 
@@ -119,21 +140,35 @@ def test_unread_answer_closes_its_connection(server: _Server) -> None:
     assert server.connections == 2
 
 
-def test_connection_the_server_dropped_is_replaced_and_the_body_sent_again(server: _Server, tmp_path: Path) -> None:
+def test_a_kept_alive_connection_the_server_dropped_is_replaced(server: _Server) -> None:
     session = Session()
     assert session.request("GET", f"{server.url}/drop").content == b"GET /drop"
-    source = tmp_path / "blob"
-    source.write_bytes(b"x" * 3_000_000)
-    with source.open("rb") as opened:  # a body read from a file, as uploads are
-        def chunks() -> Iterator[bytes]:
-            opened.seek(0)
-            while chunk := opened.read(1 << 20):
-                yield chunk
-
-        answer = session.request("PUT", f"{server.url}/upload", {"Content-Length": "3000000"}, chunks)
-    assert answer.status_code == 201
-    assert server.uploads == [source.read_bytes()]
+    assert session.request("GET", f"{server.url}/b").content == b"GET /b"  # the kept one was dead
     assert server.connections == 2
+
+
+def test_an_upload_is_never_sent_twice(server: _Server) -> None:
+    session = Session()
+    assert session.request("GET", f"{server.url}/a").content == b"GET /a"  # a live connection kept
+    with pytest.raises(ConnectionError):
+        session.request("PUT", f"{server.url}/upload-then-drop", {"Content-Length": "3"}, b"abc")
+    assert server.uploads == [b"abc"]  # taken once: whether it took effect is the caller's to find out
+    assert session.request("PUT", f"{server.url}/upload", {"Content-Length": "3"}, b"def").status_code == 201
+
+
+def test_a_body_cut_short_is_an_error_and_its_connection_is_not_kept(server: _Server) -> None:
+    session = Session()
+    with session.request("GET", f"{server.url}/short") as response:
+        with pytest.raises(http.client.IncompleteRead):
+            b"".join(response.iter_bytes())
+    assert not session._idle.get(server.url)
+
+
+def test_see_other_after_a_post_becomes_a_get_without_the_body(server: _Server) -> None:
+    session = Session(read_timeout=5)  # a GET still claiming the POST's body would wait for it, then time out
+    response = session.request("POST", f"{server.url}/see-other", {"Content-Length": "3", "Content-Type": "x/y"},
+                               b"abc")
+    assert response.content == b"GET /after"
 
 
 def test_redirect_to_another_origin_drops_credentials(server: _Server) -> None:
@@ -160,6 +195,17 @@ def test_registry_client_answers_a_bearer_challenge_and_pushes(server: _Server, 
         ("HEAD", f"/v2/r/blobs/sha256:{'0' * 64}"), ("POST", "/v2/r/blobs/uploads/"),
         ("PUT", f"/upload/1?_state=abc&digest=sha256%3A{'0' * 64}")]
     assert all(entry[2] == "Bearer t0k" for entry in server.seen[2:])
+    client.close()
+
+
+def test_a_challenged_upload_is_sent_again_whole(server: _Server, tmp_path: Path) -> None:
+    server.challenge_puts = 1
+    client = RegistryClient(server.url.removeprefix("http://"), plain_http=True)
+    source = tmp_path / "blob"
+    source.write_bytes(os.urandom(3_000_000))  # read from the file in parts: the second send reads it again
+    client.push_blob("r", "sha256:" + "1" * 64, source)
+    assert server.uploads == [source.read_bytes()]
+    assert [entry[0] for entry in server.seen].count("PUT") == 2
     client.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ from tests.support.images import busybox_layer, image_from_layers, push_image
 from tests.support.nydus import cli, oci_rootfs
 from tests.support.processes import stop_process
 from tests.support.trees import diff, snapshot, tar_layer
+from tests.support.wait import wait_until
 
 MiB = 1024 * 1024
 
@@ -231,4 +233,21 @@ def test_umount_waits_out_a_loop_device_someone_else_has_open(tmp_path: Path, re
     assert result.returncode == 0, result.stderr
     assert "killed" not in result.stderr and "lazily" not in result.stderr, result.stderr
     assert time.monotonic() - started < 10
+    assert state["fuse_dir"] not in Path("/proc/self/mounts").read_text()
+
+
+def test_umount_cleans_up_after_a_fuse_server_that_died(tmp_path: Path, registry, registry_client, run_dir: Path,
+                                                        lazy_mount) -> None:
+    image = image_from_layers("nydus/dead-server", [busybox_layer()], ["/bin/busybox", "true"])
+    push_image(registry_client, image)
+    target = f"{registry.host}/nydus/dead-server:nydus"
+    cli("nydus", "convert", "--plain-http", image.reference(registry.host), target)
+    mountpoint = lazy_mount(target, "--plain-http", "--cache-dir", str(tmp_path / "cache"))
+    state = json.loads(next((run_dir / "nydus").glob("*.json")).read_text())
+    os.kill(state["pid"], signal.SIGKILL)  # its FUSE mount now answers ENOTCONN
+    wait_until(lambda: not Path(f"/proc/{state['pid']}").exists()
+               or Path(f"/proc/{state['pid']}/stat").read_text().split()[2] == "Z", 10, "the server to die")
+    result = cli("nydus", "umount", str(mountpoint), check=False)
+    assert result.returncode == 0, result.stderr
+    assert not os.path.ismount(mountpoint)
     assert state["fuse_dir"] not in Path("/proc/self/mounts").read_text()
