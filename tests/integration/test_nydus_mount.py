@@ -211,17 +211,23 @@ def test_a_dead_daemon_gives_read_errors_not_a_hang_and_umount_still_cleans_up(
     assert stats["failures"] >= 1
 
 
+def _busybox_mount(name: str, tmp_path: Path, registry, registry_client, run_dir: Path,
+                   lazy_mount) -> tuple[Path, dict]:
+    """A small image converted and mounted straight from the registry; its mount point and mount state."""
+    image = image_from_layers(name, [busybox_layer()], ["/bin/busybox", "true"])
+    push_image(registry_client, image)
+    target = f"{registry.host}/{name}:nydus"
+    cli("nydus", "convert", "--plain-http", image.reference(registry.host), target)
+    mountpoint = lazy_mount(target, "--plain-http", "--cache-dir", str(tmp_path / "cache"))
+    return mountpoint, json.loads(next((run_dir / "nydus").glob("*.json")).read_text())
+
+
 def test_umount_waits_out_a_loop_device_someone_else_has_open(tmp_path: Path, registry, registry_client,
                                                                run_dir: Path, lazy_mount) -> None:
     """Another process that has a loop device open when it is detached (as a mount looking
     for a free one does) keeps our blob file open a moment longer; umount must wait for
     that, not leave a dead FUSE mount behind after killing its server."""
-    image = image_from_layers("nydus/held", [busybox_layer()], ["/bin/busybox", "true"])
-    push_image(registry_client, image)
-    target = f"{registry.host}/nydus/held:nydus"
-    cli("nydus", "convert", "--plain-http", image.reference(registry.host), target)
-    mountpoint = lazy_mount(target, "--plain-http", "--cache-dir", str(tmp_path / "cache"))
-    state = json.loads(next((run_dir / "nydus").glob("*.json")).read_text())
+    mountpoint, state = _busybox_mount("nydus/held", tmp_path, registry, registry_client, run_dir, lazy_mount)
     held = os.open(state["loops"][0], os.O_RDONLY)
     releaser = threading.Timer(0.5, os.close, [held])  # the other process lets go a little later
     releaser.start()
@@ -238,12 +244,8 @@ def test_umount_waits_out_a_loop_device_someone_else_has_open(tmp_path: Path, re
 
 def test_umount_cleans_up_after_a_fuse_server_that_died(tmp_path: Path, registry, registry_client, run_dir: Path,
                                                         lazy_mount) -> None:
-    image = image_from_layers("nydus/dead-server", [busybox_layer()], ["/bin/busybox", "true"])
-    push_image(registry_client, image)
-    target = f"{registry.host}/nydus/dead-server:nydus"
-    cli("nydus", "convert", "--plain-http", image.reference(registry.host), target)
-    mountpoint = lazy_mount(target, "--plain-http", "--cache-dir", str(tmp_path / "cache"))
-    state = json.loads(next((run_dir / "nydus").glob("*.json")).read_text())
+    mountpoint, state = _busybox_mount("nydus/dead-server", tmp_path, registry, registry_client, run_dir,
+                                       lazy_mount)
     os.kill(state["pid"], signal.SIGKILL)  # its FUSE mount now answers ENOTCONN
     wait_until(lambda: not Path(f"/proc/{state['pid']}").exists()
                or Path(f"/proc/{state['pid']}/stat").read_text().split()[2] == "Z", 10, "the server to die")
