@@ -9,13 +9,17 @@ that a general-purpose client's imports, CA bundle and per-request machinery do.
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.client
+import ipaddress
 import json
+import os
 import ssl
 import threading
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Iterator, Union
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 REDIRECTS = (301, 302, 303, 307, 308)
 IDEMPOTENT = ("GET", "HEAD")  # sent again on a new connection when a kept-alive one was dead
@@ -75,6 +79,51 @@ def request_target(url: str) -> str:
     """The path and query of ``url``, as the request line wants them."""
     parts = urlsplit(url)
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
+    """The proxy that the environment names for ``url``, as curl and most clients read it:
+    ``http_proxy`` or ``https_proxy`` by the URL's scheme, else ``all_proxy`` (lower case
+    first, then upper case), unless ``no_proxy`` lists the URL's host: ``*``, a name (its
+    subdomains too, with or without a leading dot), an address or a network."""
+    def variable(name: str) -> str:
+        return environ.get(name) or environ.get(name.upper()) or ""
+
+    parts = urlsplit(url)
+    proxy = variable(f"{parts.scheme}_proxy") or variable("all_proxy")
+    if not proxy or _exempt(parts.hostname or "", variable("no_proxy")):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _exempt(host: str, no_proxy: str) -> bool:
+    host = host.lower()
+    for entry in (item.strip().lower() for item in no_proxy.split(",")):
+        if entry == "*":
+            return True
+        if entry.startswith("["):  # [v6 address] or [v6 address]:port
+            entry = entry[1:].split("]", 1)[0]
+        elif entry.count(":") == 1:  # name:port; the port is not compared
+            entry = entry.split(":", 1)[0]
+        entry = entry.lstrip(".")
+        if not entry:
+            continue
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            pass
+        if host == entry or host.endswith("." + entry):
+            return True
+    return False
+
+
+def _proxy_authorization(proxy: str) -> dict[str, str]:
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return {}
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(credentials).decode()}
 
 
 def origin_of(url: str) -> str:
@@ -145,12 +194,15 @@ class Response:
 
 class Session:
     """Kept-alive connections per origin, shared by threads; follows redirects, and drops
-    ``Authorization`` when one leads to another origin (storage with signed URLs refuses it)."""
+    ``Authorization`` when one leads to another origin (storage with signed URLs refuses it).
+    With ``trust_env``, goes through the proxy the environment names (see proxy_for): an
+    http URL as an absolute request to it, an https one through a CONNECT tunnel."""
 
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, trust_env: bool = True) -> None:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.headers = dict(headers or {})
+        self.trust_env = trust_env
         self._idle: dict[str, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
 
@@ -182,32 +234,51 @@ class Session:
         """One request. Only GET and HEAD go on a kept-alive connection, and are sent once
         more on a new one if the server had closed it: an upload is never sent twice."""
         origin = origin_of(url)
-        connection, reused = self._acquire(origin, url, pooled=method in IDEMPOTENT)
+        proxy = proxy_for(url, os.environ) if self.trust_env else None
+        if proxy is not None and urlsplit(url).scheme == "http":
+            target, headers = url, {**headers, **_proxy_authorization(proxy)}  # the proxy fetches it
+        else:
+            target = request_target(url)
+        connection, reused = self._acquire(origin, url, proxy, pooled=method in IDEMPOTENT)
         try:
-            return self._exchange(connection, origin, method, url, headers, body)
+            return self._exchange(connection, origin, method, url, target, headers, body)
         except ConnectionError:  # RemoteDisconnected and a broken pipe included
             if not reused:
                 raise
-        fresh = connection_for(url, self.connect_timeout, self.read_timeout)
-        return self._exchange(fresh, origin, method, url, headers, body)
+        fresh = self._connect(url, proxy)
+        return self._exchange(fresh, origin, method, url, target, headers, body)
 
-    def _exchange(self, connection: http.client.HTTPConnection, origin: str, method: str, url: str,
+    def _exchange(self, connection: http.client.HTTPConnection, origin: str, method: str, url: str, target: str,
                   headers: dict[str, str], body: Body) -> Response:
         try:
-            connection.request(method, request_target(url), body=body() if callable(body) else body, headers=headers)
+            connection.request(method, target, body=body() if callable(body) else body, headers=headers)
             return Response(self, origin, connection, connection.getresponse(), url)
         except BaseException:
             connection.close()
             raise
 
-    def _acquire(self, origin: str, url: str, pooled: bool) -> tuple[http.client.HTTPConnection, bool]:
+    def _acquire(self, origin: str, url: str, proxy: str | None, pooled: bool
+                 ) -> tuple[http.client.HTTPConnection, bool]:
         """A kept-alive connection to ``origin`` if ``pooled`` and one is idle (True), else a new one."""
         if pooled:
             with self._lock:
                 idle = self._idle.get(origin)
                 if idle:
                     return idle.pop(), True
-        return connection_for(url, self.connect_timeout, self.read_timeout), False
+        return self._connect(url, proxy), False
+
+    def _connect(self, url: str, proxy: str | None) -> http.client.HTTPConnection:
+        """A new connection for ``url``: to its host, or to ``proxy`` (tunnelled for https)."""
+        if proxy is None:
+            return connection_for(url, self.connect_timeout, self.read_timeout)
+        if urlsplit(proxy).scheme != "http":
+            raise http.client.HTTPException(f"proxy {proxy}: only http:// proxies are supported")
+        if urlsplit(url).scheme != "https":
+            return connection_for(proxy, self.connect_timeout, self.read_timeout)
+        via, parts = urlsplit(proxy), urlsplit(url)
+        connection = TimedHTTPSConnection(via.hostname or "", via.port or 80, self.connect_timeout, self.read_timeout)
+        connection.set_tunnel(parts.hostname or "", parts.port or 443, headers=_proxy_authorization(proxy))
+        return connection
 
     def release(self, origin: str, connection: http.client.HTTPConnection) -> None:
         with self._lock:

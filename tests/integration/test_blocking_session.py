@@ -9,14 +9,20 @@ import http.client
 import http.server
 import json
 import os
+import socket
+import ssl
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from damselfly.lib.blockinghttp import Session
+from damselfly.lib.blockinghttp import Session, tls_context
 from damselfly.nydus.remote import RegistryClient, RegistryError
+from tests.support.processes import stop_process
+from tests.support.wait import free_port, wait_until
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -47,6 +53,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length") or 0))  # a body it is told of, it waits for
         self.server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        self.server.via.append(self.headers.get("Via"))
         if self.path.startswith("/hop"):
             self._answer(307, headers={"Location": self.server.other + "/landed"})
         elif self.path == "/loop":
@@ -97,14 +104,17 @@ class _Server(http.server.ThreadingHTTPServer):
         self.connections = 0
         self.seen: list[tuple[str, str, str | None]] = []
         self.uploads: list[bytes] = []
+        self.via: list[str | None] = []  # what each GET came through (a proxy adds itself)
         self.challenge_puts = 0
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self.other = ""
 
 
 @contextlib.contextmanager
-def _serving() -> Iterator[_Server]:
+def _serving(wrap: Callable[[_Server], socket.socket] | None = None) -> Iterator[_Server]:
     server = _Server()
+    if wrap is not None:
+        server.socket = wrap(server)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -213,3 +223,72 @@ def test_registry_errors_are_one_line_messages(server: _Server) -> None:
     client = RegistryClient("127.0.0.1:9", plain_http=True)  # nothing listens on the discard port
     with pytest.raises(RegistryError, match="ConnectionRefusedError"):
         client.manifest("r", "latest")
+
+
+@dataclass
+class Tinyproxy:
+    url: str
+    log: Path
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[_Server, Path]]:
+    """The test server behind TLS, with a certificate for 127.0.0.1 made here; (server, certificate)."""
+    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(certificate), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, key)
+    with _serving(lambda server: context.wrap_socket(server.socket, server_side=True)) as server:
+        server.url = server.url.replace("http://", "https://")
+        yield server, certificate
+
+
+@pytest.fixture
+def tinyproxy(tmp_path: Path, tls_server: tuple[_Server, Path]) -> Iterator[Tinyproxy]:
+    """Debian's tinyproxy on a free loopback port, which tunnels to the TLS server's port too."""
+    port, log = free_port(), tmp_path / "tinyproxy.log"
+    config = tmp_path / "tinyproxy.conf"
+    config.write_text(f"Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 30\nMaxClients 20\n"
+                      f"ConnectPort {tls_server[0].server_address[1]}\n")
+    with open(log, "wb") as output:
+        process = subprocess.Popen(["tinyproxy", "-d", "-c", str(config)], stdout=output, stderr=output)
+
+    def listening() -> bool:
+        with socket.socket() as client:
+            return client.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(listening, 10, "tinyproxy")
+        yield Tinyproxy(f"http://127.0.0.1:{port}", log)
+    finally:
+        stop_process(process)
+
+
+def test_requests_go_through_the_proxy_the_environment_names(server: _Server, tinyproxy: Tinyproxy,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("http_proxy", tinyproxy.url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert Session().request("GET", f"{server.url}/through").content == b"GET /through"
+    assert server.via[-1] is not None and "tinyproxy" in server.via[-1]
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    assert Session().request("GET", f"{server.url}/around").content == b"GET /around"
+    assert server.via[-1] is None
+    monkeypatch.delenv("no_proxy")
+    assert Session(trust_env=False).request("GET", f"{server.url}/ignored").content == b"GET /ignored"
+    assert server.via[-1] is None
+
+
+def test_https_goes_through_a_tunnel_of_the_proxy(tls_server: tuple[_Server, Path], tinyproxy: Tinyproxy,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    server, certificate = tls_server
+    monkeypatch.setenv("https_proxy", tinyproxy.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))  # the system store, as the environment names it
+    tls_context.cache_clear()
+    try:
+        assert Session().request("GET", f"{server.url}/secret").content == b"GET /secret"
+    finally:
+        tls_context.cache_clear()
+    assert f"CONNECT 127.0.0.1:{server.server_address[1]}" in tinyproxy.log.read_text()
