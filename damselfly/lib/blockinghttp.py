@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import functools
 import http.client
-import ipaddress
 import json
 import os
 import ssl
@@ -97,6 +96,8 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
 
 
 def _exempt(host: str, no_proxy: str) -> bool:
+    import ipaddress  # only where no_proxy is set: every lazy mount imports this module
+
     host = host.lower()
     for entry in (item.strip().lower() for item in no_proxy.split(",")):
         if entry == "*":
