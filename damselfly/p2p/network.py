@@ -338,8 +338,7 @@ class PieceDownload:
         from the seed and trade them, while readers still get theirs soon. Alone with a
         seed, the peer just streams in order.
         """
-        missing = [i for i in range(self.task.piece_count)
-                   if not self.task.has_or_holds(i) and i not in self.task.fetching]
+        missing = [i for i in range(self.task.piece_count) if self.task.needed(i)]
         if not missing or not self.parents:
             return None
         parents = list(self.parents.values())
@@ -388,9 +387,8 @@ class PieceDownload:
         count = 1
         while count < limit:
             following = index + count
-            if (following >= self.task.piece_count or self.task.has_or_holds(following)
-                    or following in self.task.fetching or not parent.can_give(following)
-                    or not (parent.is_seed or following in self.digests)):
+            if (following >= self.task.piece_count or not self.task.needed(following)
+                    or not parent.can_give(following) or not (parent.is_seed or following in self.digests)):
                 break
             count += 1
         return count

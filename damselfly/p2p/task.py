@@ -103,6 +103,10 @@ class Task:
     def has_or_holds(self, index: int) -> bool:
         return self.bitmap.has(index) or (self._last_held and index == self.bitmap.count - 1)
 
+    def needed(self, index: int) -> bool:
+        """Piece ``index`` is neither here nor on its way from a parent: one to ask for."""
+        return not self.has_or_holds(index) and index not in self.fetching
+
     def pieces_written(self, begin: int, end: int) -> range:
         """A writer has just filled bytes ``begin..end``: mark the pieces that now end inside
         them (the one holding ``begin`` included, whose first bytes came earlier); return them."""

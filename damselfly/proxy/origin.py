@@ -8,12 +8,12 @@ import http.client
 import logging
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from damselfly.lib.blockinghttp import connection_for, request_target
+from damselfly.lib.blockinghttp import connection_for, origin_of, request_target
 from damselfly.lib.oci import Digest
 from damselfly.p2p.blobs import Origin, SourceRefused, SourceUnavailable
 
@@ -56,7 +56,7 @@ class RegistryStream:
                  url: str, length: int) -> None:
         self._connection = connection
         self._response = response
-        self._origin = _origin_of(url)
+        self._origin = origin_of(url)
         self.length = length
 
     def readinto(self, buffer: memoryview) -> int:
@@ -93,16 +93,11 @@ def _check_span(response: http.client.HTTPResponse, span: tuple[int, int], url: 
         raise SourceUnavailable(502, f"upstream {url} ignored the range request")
 
 
-def _origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def _refusal(status: int, headers: CIMultiDictProxy[str] | CIMultiDict[str], body: bytes,
              url: str) -> SourceRefused | SourceUnavailable:
     """A non-success answer: client errors pass back unchanged, server errors become 502."""
     if status >= 500:
-        return SourceUnavailable(502, f"upstream {_origin_of(url)} answered {status}")
+        return SourceUnavailable(502, f"upstream {origin_of(url)} answered {status}")
     picked = pick_headers(headers, ("Content-Type", "WWW-Authenticate", "Docker-Distribution-API-Version"))
     return SourceRefused(status, dict(picked), body)
 
@@ -219,7 +214,7 @@ class RegistryClient:
                 raise
             connection.close()
             target = urljoin(url, location)
-            if _origin_of(target) != _origin_of(url):
+            if origin_of(target) != origin_of(url):
                 headers = {k: v for k, v in headers.items() if k != "Authorization"}  # not for storage hosts
             url = target
         raise SourceUnavailable(502, f"upstream {url} redirected too many times")
