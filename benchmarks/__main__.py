@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from benchmarks.cluster.command import run
 from benchmarks.mirror import mirror
 from benchmarks.p2p import p2p
+from damselfly.lib.blockinghttp import forget_proxies
 
 
 @click.group()
 def main() -> None:
     """Damselfly benchmarks. Results land in benchmarks/results/ unless --out says otherwise."""
+    forget_proxies(os.environ)
 
 
 main.add_command(mirror)

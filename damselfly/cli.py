@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -120,10 +121,25 @@ def _mirror_settings(data_dir: Path, registries: tuple[tuple[str, str], ...], de
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.BadParameter(f"cannot create {data_dir}: {exc.strerror}", param_hint="--data-dir") from None
+    _check_upstream_proxies()
     return MirrorSettings(
         data_dir=data_dir, registries=dict(registries), default_registry=default_registry, cache_quota=cache_quota,
         cache_high_watermark=cache_high_watermark, cache_low_watermark=cache_low_watermark,
         connect_timeout=connect_timeout, read_timeout=read_timeout)
+
+
+def _check_upstream_proxies() -> None:
+    """Refuse a proxy that the registry client cannot use before serving, rather than answer
+    every pull with 502; and tell the operator which proxies upstream requests take."""
+    from damselfly.lib.blockinghttp import environment_proxies, without_credentials
+
+    for name, proxy in environment_proxies(os.environ).items():
+        shown = without_credentials(proxy)
+        if not proxy.startswith("http://"):
+            raise click.ClickException(f"{name}={shown}: only http:// proxies are supported (https registries are "
+                                   "reached through them with CONNECT)")
+        logging.getLogger("damselfly").info("upstream registries: %s=%s (no_proxy=%s)", name, shown,
+                                            os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "")
 
 
 def _serve(sites: list, started: Any = None, stopping: Any = None) -> None:

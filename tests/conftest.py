@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from damselfly.lib.blockinghttp import forget_proxies
 from tests.support.containerd import Containerd
 from tests.support.daemon import Damselfly
 from tests.support.registry import Registry, RegistryClient
@@ -25,6 +26,8 @@ REQUIRED_TOOLS = {
     "fsck.erofs": "erofs-utils",
     "fusermount3": "fuse3",
     "losetup": "mount",
+    "tinyproxy": "tinyproxy",
+    "openssl": "openssl",
 }
 
 
@@ -32,6 +35,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     missing = [f"{tool} (Debian package {pkg})" for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)]
     if missing:
         raise pytest.UsageError("the tests need real servers; install: " + ", ".join(missing) + " (see .ci/run)")
+    forget_proxies(os.environ)  # every server a test talks to is its own, on loopback or in its own namespaces
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +55,10 @@ def damselfly(tmp_path: Path, registry: Registry) -> Iterator[Callable[..., Dams
     """Start Damselfly subprocesses mapped to the session registry; all stopped afterwards."""
     started: list[Damselfly] = []
 
-    def start(*args: str, data_dir: Path | None = None, port: int | None = None) -> Damselfly:
+    def start(*args: str, data_dir: Path | None = None, port: int | None = None,
+              env: dict[str, str] | None = None) -> Damselfly:
         node = Damselfly(data_dir or tmp_path / f"data{len(started)}",
-                         ["--registry", f"{registry.host}={registry.url}", *args])
+                         ["--registry", f"{registry.host}={registry.url}", *args], env=env or {})
         if port:
             node.port = port
         started.append(node.start())

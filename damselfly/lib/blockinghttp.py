@@ -1,6 +1,6 @@
 """Blocking HTTP: connections for worker threads that move blob bytes (piece and origin
 transfers), and a small keep-alive session for the nydus commands; a short deadline to
-connect and a longer one for every read.
+connect and a longer one for every read; the proxy the environment names, for registries.
 
 The nydus mount command and its FUSE server start once per container, many at once when a
 cluster starts an image: the standard library's client costs them a fraction of the CPU
@@ -16,7 +16,8 @@ import json
 import os
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Union
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -80,6 +81,9 @@ def request_target(url: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
 def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
     """The proxy that the environment names for ``url``, as curl and most clients read it:
     ``http_proxy`` or ``https_proxy`` by the URL's scheme, else ``all_proxy`` (lower case
@@ -88,13 +92,31 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
 
     Not urllib.request's getproxies_environment and proxy_bypass_environment: importing
     that module costs every lazy mount about 12 ms, and its no_proxy knows no networks."""
-    def variable(name: str) -> str:
-        return environ.get(name) or environ.get(name.upper()) or ""
-
     parts = urlsplit(url)
-    proxy = variable(f"{parts.scheme}_proxy") or variable("all_proxy")
-    if not proxy or _exempt(parts.hostname or "", variable("no_proxy")):
+    proxy = _variable(environ, f"{parts.scheme}_proxy") or _variable(environ, "all_proxy")
+    if not proxy or _exempt(parts.hostname or "", _variable(environ, "no_proxy")):
         return None
+    return _with_scheme(proxy)
+
+
+def environment_proxies(environ: Mapping[str, str]) -> dict[str, str]:
+    """The proxies the environment names, by lower-case variable, read as proxy_for reads them."""
+    return {name: _with_scheme(value) for name in PROXY_VARIABLES if (value := _variable(environ, name))}
+
+
+def forget_proxies(environ: MutableMapping[str, str]) -> None:
+    """Drop the proxy variables, for tests and benchmarks: they talk only to servers they
+    start themselves, which a site's proxy would not reach."""
+    for name in (*PROXY_VARIABLES, "no_proxy"):
+        environ.pop(name, None)
+        environ.pop(name.upper(), None)
+
+
+def _variable(environ: Mapping[str, str], name: str) -> str:
+    return environ.get(name) or environ.get(name.upper()) or ""
+
+
+def _with_scheme(proxy: str) -> str:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
@@ -122,12 +144,56 @@ def _exempt(host: str, no_proxy: str) -> bool:
     return False
 
 
-def _proxy_authorization(proxy: str) -> dict[str, str]:
+def proxy_authorization(proxy: str) -> dict[str, str]:
+    """The Proxy-Authorization header for the user and password in ``proxy``, if it has them."""
     parts = urlsplit(proxy)
     if parts.username is None:
         return {}
     credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
     return {"Proxy-Authorization": "Basic " + base64.b64encode(credentials).decode()}
+
+
+def without_credentials(proxy: str) -> str:
+    """``proxy`` without its user and password (they travel in Proxy-Authorization)."""
+    parts = urlsplit(proxy)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a request for ``url`` travels: straight to its host, or through ``proxy`` (see
+    proxy_for): an http URL as an absolute request that the proxy makes, an https one
+    through a CONNECT tunnel."""
+
+    url: str
+    proxy: str | None = None
+
+    @property
+    def _forwarded(self) -> bool:
+        return self.proxy is not None and urlsplit(self.url).scheme == "http"
+
+    def target(self) -> str:
+        """What the request line names."""
+        return self.url if self._forwarded else request_target(self.url)
+
+    def headers(self) -> dict[str, str]:
+        """Headers the route adds to the request."""
+        return proxy_authorization(self.proxy) if self._forwarded and self.proxy else {}
+
+    def connection(self, connect_timeout: float, read_timeout: float) -> http.client.HTTPConnection:
+        """A new connection (not yet opened). Raises http.client.HTTPException for a proxy
+        that is not http://."""
+        if self.proxy is None:
+            return connection_for(self.url, connect_timeout, read_timeout)
+        if urlsplit(self.proxy).scheme != "http":
+            shown = without_credentials(self.proxy)
+            raise http.client.HTTPException(f"proxy {shown}: only http:// proxies are supported")
+        if not self._forwarded:
+            via, parts = urlsplit(self.proxy), urlsplit(self.url)
+            connection = TimedHTTPSConnection(via.hostname or "", via.port or 80, connect_timeout, read_timeout)
+            connection.set_tunnel(parts.hostname or "", parts.port or 443, headers=proxy_authorization(self.proxy))
+            return connection
+        return connection_for(self.proxy, connect_timeout, read_timeout)
 
 
 def origin_of(url: str) -> str:
@@ -238,18 +304,15 @@ class Session:
         """One request. Only GET and HEAD go on a kept-alive connection, and are sent once
         more on a new one if the server had closed it: an upload is never sent twice."""
         origin = origin_of(url)
-        proxy = proxy_for(url, os.environ) if self.trust_env else None
-        if proxy is not None and urlsplit(url).scheme == "http":
-            target, headers = url, {**headers, **_proxy_authorization(proxy)}  # the proxy fetches it
-        else:
-            target = request_target(url)
-        connection, reused = self._acquire(origin, url, proxy, pooled=method in IDEMPOTENT)
+        route = Route(url, proxy_for(url, os.environ) if self.trust_env else None)
+        target, headers = route.target(), {**headers, **route.headers()}
+        connection, reused = self._acquire(origin, route, pooled=method in IDEMPOTENT)
         try:
             return self._exchange(connection, origin, method, url, target, headers, body)
         except ConnectionError:  # RemoteDisconnected and a broken pipe included
             if not reused:
                 raise
-        fresh = self._connect(url, proxy)
+        fresh = route.connection(self.connect_timeout, self.read_timeout)
         return self._exchange(fresh, origin, method, url, target, headers, body)
 
     def _exchange(self, connection: http.client.HTTPConnection, origin: str, method: str, url: str, target: str,
@@ -261,28 +324,14 @@ class Session:
             connection.close()
             raise
 
-    def _acquire(self, origin: str, url: str, proxy: str | None, pooled: bool
-                 ) -> tuple[http.client.HTTPConnection, bool]:
+    def _acquire(self, origin: str, route: Route, pooled: bool) -> tuple[http.client.HTTPConnection, bool]:
         """A kept-alive connection to ``origin`` if ``pooled`` and one is idle (True), else a new one."""
         if pooled:
             with self._lock:
                 idle = self._idle.get(origin)
                 if idle:
                     return idle.pop(), True
-        return self._connect(url, proxy), False
-
-    def _connect(self, url: str, proxy: str | None) -> http.client.HTTPConnection:
-        """A new connection for ``url``: to its host, or to ``proxy`` (tunnelled for https)."""
-        if proxy is None:
-            return connection_for(url, self.connect_timeout, self.read_timeout)
-        if urlsplit(proxy).scheme != "http":
-            raise http.client.HTTPException(f"proxy {proxy}: only http:// proxies are supported")
-        if urlsplit(url).scheme != "https":
-            return connection_for(proxy, self.connect_timeout, self.read_timeout)
-        via, parts = urlsplit(proxy), urlsplit(url)
-        connection = TimedHTTPSConnection(via.hostname or "", via.port or 80, self.connect_timeout, self.read_timeout)
-        connection.set_tunnel(parts.hostname or "", parts.port or 443, headers=_proxy_authorization(proxy))
-        return connection
+        return route.connection(self.connect_timeout, self.read_timeout), False
 
     def release(self, origin: str, connection: http.client.HTTPConnection) -> None:
         with self._lock:

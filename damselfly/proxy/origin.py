@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import http.client
 import logging
+import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urljoin
@@ -13,7 +14,7 @@ from urllib.parse import urljoin
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from damselfly.lib.blockinghttp import connection_for, origin_of, request_target
+from damselfly.lib.blockinghttp import Route, origin_of, proxy_authorization, proxy_for, without_credentials
 from damselfly.lib.oci import Digest
 from damselfly.p2p.blobs import Origin, SourceRefused, SourceUnavailable
 
@@ -98,8 +99,16 @@ def _refusal(status: int, headers: CIMultiDictProxy[str] | CIMultiDict[str], bod
     """A non-success answer: client errors pass back unchanged, server errors become 502."""
     if status >= 500:
         return SourceUnavailable(502, f"upstream {origin_of(url)} answered {status}")
+    if status == 407:
+        return _proxy_refused(url)
     picked = pick_headers(headers, ("Content-Type", "WWW-Authenticate", "Docker-Distribution-API-Version"))
     return SourceRefused(status, dict(picked), body)
+
+
+def _proxy_refused(url: str) -> SourceUnavailable:
+    """Our proxy's 407 is no answer for the client, which cannot give the proxy credentials."""
+    return SourceUnavailable(502, f"the proxy to upstream {origin_of(url)} wants credentials (407): give them "
+                                  "in the proxy variable as http://user:password@host:port")
 
 
 def _close_unread(opened: "asyncio.Future[RegistryStream]") -> None:
@@ -154,16 +163,23 @@ class RegistryClient:
 
     async def request(self, method: str, url: str, headers: CIMultiDict[str], data: object = None,
                       follow_redirects: bool = True) -> aiohttp.ClientResponse:
-        """Send one request; connection problems become SourceUnavailable (502/504)."""
+        """Send one request (through the proxy the environment names for ``url``, if any);
+        connection problems become SourceUnavailable (502/504)."""
+        proxy = proxy_for(url, os.environ)
+        via = {"proxy": without_credentials(proxy), "proxy_headers": proxy_authorization(proxy)} if proxy else {}
         try:
-            return await self.session.request(method, url, headers=headers, data=data,
-                                              allow_redirects=follow_redirects, max_redirects=MAX_REDIRECTS)
+            response = await self.session.request(method, url, headers=headers, data=data,
+                                                  allow_redirects=follow_redirects, max_redirects=MAX_REDIRECTS, **via)
         except asyncio.TimeoutError:
             raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
         except aiohttp.TooManyRedirects:
             raise SourceUnavailable(502, f"upstream {url} redirected too many times") from None
         except aiohttp.ClientError as exc:
             raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
+        if response.status == 407 and proxy:
+            response.release()
+            raise _proxy_refused(url)
+        return response
 
     async def _refusal(self, response: aiohttp.ClientResponse) -> SourceRefused | SourceUnavailable:
         try:
@@ -190,10 +206,14 @@ class RegistryClient:
 
     def _open_blob(self, url: str, headers: dict[str, str], span: tuple[int, int] | None) -> RegistryStream:
         for _ in range(MAX_REDIRECTS + 1):
-            connection = connection_for(url, self._connect_timeout, self._read_timeout)
+            route = Route(url, proxy_for(url, os.environ))
+            try:
+                connection = route.connection(self._connect_timeout, self._read_timeout)
+            except http.client.HTTPException as exc:
+                raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
             try:
                 try:
-                    connection.request("GET", request_target(url), headers=headers)
+                    connection.request("GET", route.target(), headers={**headers, **route.headers()})
                     response = connection.getresponse()
                 except TimeoutError:
                     raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None

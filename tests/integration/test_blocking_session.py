@@ -14,15 +14,13 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from damselfly.lib.blockinghttp import Session, tls_context
 from damselfly.nydus.remote import RegistryClient, RegistryError
-from tests.support.processes import stop_process
-from tests.support.wait import free_port, wait_until
+from tests.support.proxy import Tinyproxy, tinyproxy
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -225,12 +223,6 @@ def test_registry_errors_are_one_line_messages(server: _Server) -> None:
         client.manifest("r", "latest")
 
 
-@dataclass
-class Tinyproxy:
-    url: str
-    log: Path
-
-
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[_Server, Path]]:
     """The test server behind TLS, with a certificate for 127.0.0.1 made here; (server, certificate)."""
@@ -246,29 +238,15 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[_Server, Path]]:
 
 
 @pytest.fixture
-def tinyproxy(tmp_path: Path, tls_server: tuple[_Server, Path]) -> Iterator[Tinyproxy]:
-    """Debian's tinyproxy on a free loopback port, which tunnels to the TLS server's port too."""
-    port, log = free_port(), tmp_path / "tinyproxy.log"
-    config = tmp_path / "tinyproxy.conf"
-    config.write_text(f"Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 30\nMaxClients 20\n"
-                      f"ConnectPort {tls_server[0].server_address[1]}\n")
-    with open(log, "wb") as output:
-        process = subprocess.Popen(["tinyproxy", "-d", "-c", str(config)], stdout=output, stderr=output)
-
-    def listening() -> bool:
-        with socket.socket() as client:
-            return client.connect_ex(("127.0.0.1", port)) == 0
-
-    try:
-        wait_until(listening, 10, "tinyproxy")
-        yield Tinyproxy(f"http://127.0.0.1:{port}", log)
-    finally:
-        stop_process(process)
+def proxy(tmp_path: Path, tls_server: tuple[_Server, Path]) -> Iterator[Tinyproxy]:
+    """tinyproxy, which tunnels to the TLS server's port too."""
+    with tinyproxy(tmp_path / "proxy", connect_ports=[tls_server[0].server_address[1]]) as running:
+        yield running
 
 
-def test_requests_go_through_the_proxy_the_environment_names(server: _Server, tinyproxy: Tinyproxy,
+def test_requests_go_through_the_proxy_the_environment_names(server: _Server, proxy: Tinyproxy,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("http_proxy", tinyproxy.url)
+    monkeypatch.setenv("http_proxy", proxy.url)
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     assert Session().request("GET", f"{server.url}/through").content == b"GET /through"
@@ -281,14 +259,14 @@ def test_requests_go_through_the_proxy_the_environment_names(server: _Server, ti
     assert server.via[-1] is None
 
 
-def test_https_goes_through_a_tunnel_of_the_proxy(tls_server: tuple[_Server, Path], tinyproxy: Tinyproxy,
+def test_https_goes_through_a_tunnel_of_the_proxy(tls_server: tuple[_Server, Path], proxy: Tinyproxy,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     server, certificate = tls_server
-    monkeypatch.setenv("https_proxy", tinyproxy.url)
+    monkeypatch.setenv("https_proxy", proxy.url)
     monkeypatch.setenv("SSL_CERT_FILE", str(certificate))  # the system store, as the environment names it
     tls_context.cache_clear()
     try:
         assert Session().request("GET", f"{server.url}/secret").content == b"GET /secret"
     finally:
         tls_context.cache_clear()
-    assert f"CONNECT 127.0.0.1:{server.server_address[1]}" in tinyproxy.log.read_text()
+    assert any(line.startswith(f"CONNECT 127.0.0.1:{server.server_address[1]} ") for line in proxy.requests())

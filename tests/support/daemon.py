@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ class Damselfly:
     wrap: list[str] = field(default_factory=list)  # e.g. ip netns exec NS
     upload_port: int = field(default_factory=free_port)
     scheduler_port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
 
     @property
     def upload_url(self) -> str:
@@ -46,7 +48,7 @@ class Damselfly:
             [*self.wrap, sys.executable, "-m", "damselfly", self.command, "--listen", f"{self.host}:{self.port}",
              "--data-dir", str(self.data_dir), "--upload-listen", f"{self.host}:{self.upload_port}", *self.args,
              *(["--scheduler-listen", f"{self.host}:{self.scheduler_port}"] if self.command == "run" else [])],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         wait_until(self._healthy, 20, f"damselfly on port {self.port}")
         return self
 

@@ -1,8 +1,10 @@
-"""Which proxy the environment names for a URL: pure, from a table."""
+"""Which proxy the environment names for a URL, and how a request travels through it: pure, from tables."""
+
+import http.client
 
 import pytest
 
-from damselfly.lib.blockinghttp import proxy_for
+from damselfly.lib.blockinghttp import Route, TimedHTTPConnection, TimedHTTPSConnection, environment_proxies, proxy_for
 
 PROXY = "http://proxy.example:3128"
 
@@ -27,3 +29,37 @@ PROXY = "http://proxy.example:3128"
 ])
 def test_proxy_for(url: str, environ: dict[str, str], expected: str | None) -> None:
     assert proxy_for(url, environ) == expected
+
+
+def test_environment_proxies_reads_the_variables_as_proxy_for_does() -> None:
+    environ = {"HTTP_PROXY": "proxy.example:3128", "https_proxy": "http://u:p@proxy.example:3129", "no_proxy": "x"}
+    assert environment_proxies(environ) == {"http_proxy": PROXY, "https_proxy": "http://u:p@proxy.example:3129"}
+    assert environment_proxies({}) == {}
+
+
+@pytest.mark.parametrize("url, proxy, target, headers, connects_to, tunnel", [
+    ("http://r.example:5000/v2/a?b=1", None, "/v2/a?b=1", {}, ("r.example", 5000), None),
+    ("https://r.example/v2/a", None, "/v2/a", {}, ("r.example", 443), None),
+    # An http URL: the proxy is asked for the whole URL, and given the credentials.
+    ("http://r.example/v2/a", "http://u:p%40ss@proxy.example:3128", "http://r.example/v2/a",
+     {"Proxy-Authorization": "Basic dTpwQHNz"}, ("proxy.example", 3128), None),
+    # An https URL: a tunnel through the proxy (its CONNECT carries the credentials), TLS inside.
+    ("https://r.example/v2/a", "http://u:p%40ss@proxy.example:3128", "/v2/a", {}, ("proxy.example", 3128),
+     ("r.example", 443)),
+])
+def test_route(url: str, proxy: str | None, target: str, headers: dict[str, str], connects_to: tuple[str, int],
+               tunnel: tuple[str, int] | None) -> None:
+    route = Route(url, proxy)
+    assert route.target() == target
+    assert route.headers() == headers
+    connection = route.connection(1.0, 2.0)
+    assert (connection.host, connection.port) == connects_to
+    assert isinstance(connection, TimedHTTPSConnection if url.startswith("https") else TimedHTTPConnection)
+    assert (connection._tunnel_host, connection._tunnel_port) == (tunnel or (None, None))
+    if tunnel:
+        assert connection._tunnel_headers == {"Proxy-Authorization": "Basic dTpwQHNz"}
+
+
+def test_route_refuses_a_proxy_it_cannot_speak() -> None:
+    with pytest.raises(http.client.HTTPException, match=r"proxy socks5://proxy.example:1080: only http://"):
+        Route("https://r.example/v2/", "socks5://u:p@proxy.example:1080").connection(1.0, 2.0)
