@@ -10,10 +10,12 @@ that a general-purpose client's imports, CA bundle and per-request machinery do.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import http.client
 import json
 import os
+import socket
 import ssl
 import threading
 from collections.abc import Mapping, MutableMapping
@@ -210,6 +212,7 @@ class Response:
         self._session, self._origin, self._connection = session, origin, connection
         self.raw, self.url = raw, url
         self._content: bytes | None = None
+        self._aborted = False
 
     @property
     def status_code(self) -> int:
@@ -242,6 +245,15 @@ class Response:
             raise http.client.IncompleteRead(b"", self.raw.length)
         self.close()
 
+    def abort(self) -> None:
+        """From any thread: make a blocked read of the body fail at once (the connection is
+        then not kept)."""
+        self._aborted = True
+        connection = self._connection
+        if connection is not None and connection.sock is not None:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is None:
@@ -249,7 +261,7 @@ class Response:
         if not self.raw.isclosed() and self.raw.length == 0:
             self.raw.read()  # all read (or a HEAD): http.client only marks the body done on a read
         # Kept only when its whole body was read: a body cut short also leaves the response closed.
-        if self.raw.isclosed() and not self.raw.will_close and self.raw.length in (0, None):
+        if self.raw.isclosed() and not self.raw.will_close and self.raw.length in (0, None) and not self._aborted:
             self._session.release(self._origin, connection)
         else:
             self.raw.close()

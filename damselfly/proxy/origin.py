@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import logging
 import os
-import socket
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urljoin
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from damselfly.lib.blockinghttp import Route, origin_of, proxy_authorization, proxy_for, without_credentials
+from damselfly.lib.blockinghttp import Response, Session, origin_of, proxy_authorization, proxy_for, without_credentials
 from damselfly.lib.oci import Digest
 from damselfly.p2p.blobs import Origin, SourceRefused, SourceUnavailable
 
@@ -34,7 +31,6 @@ PASSTHROUGH_REQUEST_HEADERS = (
 ERROR_BODY_LIMIT = 64 * 1024
 CHUNK_SIZE = 1024 * 1024
 MAX_REDIRECTS = 10
-REDIRECTS = (301, 302, 303, 307, 308)
 
 
 def pick_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str], names: tuple[str, ...]) -> CIMultiDict[str]:
@@ -50,20 +46,19 @@ class RegistryStream:
 
     A blob body is the hot path of a cold pull: read through the event loop it costs a
     Python callback per socket read; here a worker thread reads it straight into its
-    own buffers (see damselfly.p2p.writer).
+    own buffers (see damselfly.p2p.writer). Read to its end, its connection is kept for
+    the next download from that registry (a seed filling nydus ranges makes many).
     """
 
-    def __init__(self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse,
-                 url: str, length: int) -> None:
-        self._connection = connection
+    def __init__(self, response: Response) -> None:
         self._response = response
-        self._origin = origin_of(url)
-        self.length = length
+        self._origin = origin_of(response.url)
+        self.length = response.raw.length or 0
 
     def readinto(self, buffer: memoryview) -> int:
         """Blocking; 0 at the end. Network failures become SourceUnavailable."""
         try:
-            return self._response.readinto(buffer)
+            return self._response.raw.readinto(buffer)
         except TimeoutError:
             raise SourceUnavailable(504, f"registry {self._origin} stopped sending") from None
         except (OSError, http.client.HTTPException) as exc:
@@ -71,13 +66,10 @@ class RegistryStream:
 
     def abort(self) -> None:
         """From any thread: make a blocked ``readinto`` fail at once."""
-        sock = self._connection.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        self._response.abort()
 
     def close(self) -> None:
-        self._connection.close()
+        self._response.close()
 
 
 def _check_span(response: http.client.HTTPResponse, span: tuple[int, int], url: str) -> None:
@@ -131,6 +123,7 @@ class RegistryClient:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._openers = ThreadPoolExecutor(16, thread_name_prefix="registry-open")  # blocking connects, own pool
+        self._blocking = Session(connect_timeout, read_timeout)  # blob downloads: kept-alive, proxied, redirected
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -149,6 +142,7 @@ class RegistryClient:
         if self._session is not None:
             await self._session.close()
         self._openers.shutdown(wait=False)
+        self._blocking.close()
 
     @staticmethod
     def blob_url(origin: Origin, digest: Digest) -> str:
@@ -205,39 +199,24 @@ class RegistryClient:
             raise
 
     def _open_blob(self, url: str, headers: dict[str, str], span: tuple[int, int] | None) -> RegistryStream:
-        for _ in range(MAX_REDIRECTS + 1):
-            route = Route(url, proxy_for(url, os.environ))
-            try:
-                connection = route.connection(self._connect_timeout, self._read_timeout)
-            except http.client.HTTPException as exc:
-                raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
-            try:
-                try:
-                    connection.request("GET", route.target(), headers={**headers, **route.headers()})
-                    response = connection.getresponse()
-                except TimeoutError:
-                    raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
-                except (OSError, http.client.HTTPException) as exc:
-                    raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
-                location = response.getheader("Location")
-                if response.status == 200 or (span is not None and response.status == 206):
-                    if response.length is None:
-                        raise SourceUnavailable(502, f"upstream {url} sent no Content-Length for a blob")
-                    if span is not None:
-                        _check_span(response, span, url)
-                    return RegistryStream(connection, response, url, response.length)
-                if response.status not in REDIRECTS or not location:
-                    raise _refusal(response.status, CIMultiDict(response.getheaders()), _read_error_body(response),
-                                   url)
-            except BaseException:
-                connection.close()
-                raise
-            connection.close()
-            target = urljoin(url, location)
-            if origin_of(target) != origin_of(url):
-                headers = {k: v for k, v in headers.items() if k != "Authorization"}  # not for storage hosts
-            url = target
-        raise SourceUnavailable(502, f"upstream {url} redirected too many times")
+        try:
+            response = self._blocking.request("GET", url, headers)
+        except TimeoutError:
+            raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
+        try:
+            raw, answered = response.raw, response.url
+            if raw.status == 200 or (span is not None and raw.status == 206):
+                if raw.length is None:
+                    raise SourceUnavailable(502, f"upstream {answered} sent no Content-Length for a blob")
+                if span is not None:
+                    _check_span(raw, span, answered)
+                return RegistryStream(response)
+            raise _refusal(raw.status, CIMultiDict(raw.getheaders()), _read_error_body(raw), answered)
+        except BaseException:
+            response.close()
+            raise
 
     async def blob_length(self, origin: Origin, digest: Digest) -> int:
         """HEAD the blob with the caller's credentials: its length, or the registry's refusal."""

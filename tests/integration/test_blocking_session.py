@@ -4,6 +4,7 @@ Bearer challenges whose retried request carries its body again."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import http.server
@@ -19,8 +20,15 @@ from pathlib import Path
 import pytest
 
 from damselfly.lib.blockinghttp import Session, tls_context
+from damselfly.lib.oci import Digest
+from damselfly.p2p.blobs import Origin, SourceUnavailable
 from damselfly.nydus.remote import RegistryClient, RegistryError
+from damselfly.proxy.origin import RegistryClient as OriginClient
+from damselfly.proxy.origin import RegistryStream
 from tests.support.proxy import Tinyproxy, tinyproxy
+
+
+BLOB = bytes(range(256)) * 64
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -67,6 +75,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path.startswith("/v2/") and self.headers.get("Authorization") != "Bearer t0k":
             realm = f"{self.server.url}/token"
             self._answer(401, b'{"errors":[]}', {"WWW-Authenticate": f'Bearer realm="{realm}",service="s"'})
+        elif self.path.startswith("/v2/ranged/") and "/blobs/sha256:" in self.path:
+            first, last = (int(n) for n in self.headers["Range"].removeprefix("bytes=").split("-"))
+            self._answer(206, BLOB[first:last + 1], {"Content-Range": f"bytes {first}-{last}/{len(BLOB)}"})
         elif self.path.startswith("/v2/") and "/blobs/sha256:" in self.path:
             self._answer(404)
         else:
@@ -270,3 +281,40 @@ def test_https_goes_through_a_tunnel_of_the_proxy(tls_server: tuple[_Server, Pat
     finally:
         tls_context.cache_clear()
     assert any(line.startswith(f"CONNECT 127.0.0.1:{server.server_address[1]} ") for line in proxy.requests())
+
+
+def _read_all(stream: RegistryStream) -> bytes:
+    buffer = bytearray(stream.length + 1)
+    view, total = memoryview(buffer), 0
+    while count := stream.readinto(view[total:]):
+        total += count
+    return bytes(buffer[:total])
+
+
+def test_the_daemons_blob_downloads_keep_their_connection(server: _Server) -> None:
+    """A seed filling nydus ranges makes many downloads from one registry: each read to its
+    end leaves the connection for the next; one aborted midway does not go back."""
+    origin = Origin(server.url, "ranged/blob", "Bearer t0k")
+    digest = Digest.parse("sha256:" + "0" * 64)
+
+    async def downloads() -> None:
+        client = OriginClient(connect_timeout=5, read_timeout=5)
+        try:
+            for start in (0, 1000, 16000):
+                stream = await client.open_blob(origin, digest, (start, 300))
+                assert _read_all(stream) == BLOB[start:start + 300]
+                stream.close()
+            assert server.connections == 1
+            stream = await client.open_blob(origin, digest, (0, 8000))
+            stream.abort()
+            with pytest.raises(SourceUnavailable):
+                _read_all(stream)
+            stream.close()
+            stream = await client.open_blob(origin, digest, (10, 5))
+            assert _read_all(stream) == BLOB[10:15]
+            stream.close()
+            assert server.connections == 2
+        finally:
+            await client.close()
+
+    asyncio.run(downloads())
