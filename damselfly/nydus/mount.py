@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -298,6 +299,11 @@ def umount(mountpoint: Path) -> dict:
     if problems and os.path.ismount(state.mountpoint):
         raise MountError("; ".join(problems))
     state_path(Path(state.mountpoint)).unlink(missing_ok=True)
+    stats = state.stats()
+    work = Path(state.log_file).parent
     if problems:
-        log.warning("umount %s: %s", state.mountpoint, "; ".join(problems))
-    return state.stats()
+        log.warning("umount %s: %s (the FUSE server's log is %s)", state.mountpoint, "; ".join(problems),
+                    state.log_file)
+    else:  # the bootstrap's copy, the server's log and statistics; the chunk cache stays
+        shutil.rmtree(work, ignore_errors=True)
+    return stats

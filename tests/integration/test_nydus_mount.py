@@ -240,6 +240,7 @@ def test_umount_waits_out_a_loop_device_someone_else_has_open(tmp_path: Path, re
     assert "killed" not in result.stderr and "lazily" not in result.stderr, result.stderr
     assert time.monotonic() - started < 10
     assert state["fuse_dir"] not in Path("/proc/self/mounts").read_text()
+    assert not Path(state["log_file"]).parent.exists()  # its bootstrap copy, log and statistics went too
 
 
 def test_umount_cleans_up_after_a_fuse_server_that_died(tmp_path: Path, registry, registry_client, run_dir: Path,
@@ -253,3 +254,4 @@ def test_umount_cleans_up_after_a_fuse_server_that_died(tmp_path: Path, registry
     assert result.returncode == 0, result.stderr
     assert not os.path.ismount(mountpoint)
     assert state["fuse_dir"] not in Path("/proc/self/mounts").read_text()
+    assert not Path(state["log_file"]).parent.exists()
