@@ -55,7 +55,8 @@ def mirror_options(default_listen: str) -> Callable[[Any], Any]:
         click.option("--listen", type=LISTEN_ADDRESS, default=default_listen, show_default=True, envvar=_env("listen"),
                      help="Address of the mirror (containerd and nydus send their requests here)."),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=default_data_dir,
-                     envvar=_env("data_dir"), show_default="/var/lib/damselfly as root", help="Where blobs are cached."),
+                     envvar=_env("data_dir"), show_default="/var/lib/damselfly as root, else $XDG_DATA_HOME/damselfly",
+                     help="Where blobs are cached."),
         click.option("--registry", "registries", type=REGISTRY_MAPPING, multiple=True, envvar=_env("registry"),
                      help="NAME=URL: the upstream of registry NAME (the ns value or X-Dragonfly-Registry). "
                           "Repeatable. Unmapped names mean https://NAME."),
