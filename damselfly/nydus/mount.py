@@ -142,14 +142,14 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
     from damselfly.nydus.rafs import Bootstrap
     from damselfly.nydus.remote import RegistryClient
 
-    work = cache_dir / "mounts" / state_path(mountpoint).stem
-    work.mkdir(parents=True, exist_ok=True)
     client = RegistryClient(ref.registry, plain_http, mirror)
     try:
         bootstrap_bytes = fetch_bootstrap(ref, client)
     finally:
         client.close()
     bootstrap = Bootstrap(bootstrap_bytes)
+    work = cache_dir / "mounts" / state_path(mountpoint).stem
+    work.mkdir(parents=True, exist_ok=True)
     bootstrap_path = work / "image.boot"
     bootstrap_path.write_bytes(bootstrap_bytes)
     fuse_dir = work / "blobs"
@@ -177,7 +177,8 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
         options = ",".join(["ro"] + [f"device={loop}" for loop in state.loops])
         _run("mount", "-t", "erofs", "-o", options, str(bootstrap_path), str(mountpoint))
     except BaseException:
-        _teardown(state, mounted=False)
+        if not _teardown(state, mounted=False):
+            shutil.rmtree(work, ignore_errors=True)  # the error already carries the server log's tail
         state_path(mountpoint).unlink(missing_ok=True)
         raise
     log.info("mounted %s at %s (%d blobs, FUSE server pid %d)", ref, mountpoint, len(bootstrap.blobs), pid)

@@ -159,7 +159,8 @@ def test_mount_errors_are_one_clear_line(tmp_path: Path, registry, registry_clie
     cases = [
         (["nydus", "mount", image.reference(registry.host), str(point), "--plain-http", "--cache-dir",
           str(tmp_path / "c")], "not a nydus image"),
-        (["nydus", "mount", f"{registry.host}/nydus/none:such", str(point), "--plain-http"], "404"),
+        (["nydus", "mount", f"{registry.host}/nydus/none:such", str(point), "--plain-http", "--cache-dir",
+          str(tmp_path / "c")], "404"),
         (["nydus", "umount", str(point)], "not a damselfly nydus mount"),
     ]
     for args, message in cases:
@@ -167,6 +168,7 @@ def test_mount_errors_are_one_clear_line(tmp_path: Path, registry, registry_clie
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     assert not os.path.ismount(point)
+    assert not list((tmp_path / "c").glob("mounts/*")), "a failed mount leaves nothing behind"
 
 
 def test_python3_starts_from_a_lazy_mount_of_a_debian_image(tmp_path: Path, registry, registry_client, damselfly,
