@@ -18,6 +18,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Union
@@ -27,6 +28,10 @@ REDIRECTS = (301, 302, 303, 307, 308)
 IDEMPOTENT = ("GET", "HEAD")  # sent again on a new connection when a kept-alive one was dead
 MAX_REDIRECTS = 10
 IDLE_PER_ORIGIN = 8
+# A connection idle longer than this is closed, not reused: servers drop idle ones after
+# 5 to 90 s, and one dropped without a word (a TLS connection without close_notify, say)
+# fails in ways that look like any other error.
+IDLE_SECONDS = 15.0
 CHUNK = 1 << 20
 
 # What a request sends: nothing, bytes, or a function giving a fresh iterator of bytes (a
@@ -281,11 +286,13 @@ class Session:
     http URL as an absolute request to it, an https one through a CONNECT tunnel."""
 
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 headers: dict[str, str] | None = None, trust_env: bool = True) -> None:
+                 headers: dict[str, str] | None = None, trust_env: bool = True,
+                 idle_seconds: float = IDLE_SECONDS) -> None:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.headers = dict(headers or {})
         self.trust_env = trust_env
-        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self.idle_seconds = idle_seconds
+        self._idle: dict[str, list[tuple[http.client.HTTPConnection, float]]] = {}  # with when it went idle
         self._lock = threading.Lock()
 
     def request(self, method: str, url: str, headers: dict[str, str] | None = None, body: Body = None) -> Response:
@@ -321,8 +328,8 @@ class Session:
         connection, reused = self._acquire(origin, route, pooled=method in IDEMPOTENT)
         try:
             return self._exchange(connection, origin, method, url, target, headers, body)
-        except ConnectionError:  # RemoteDisconnected and a broken pipe included
-            if not reused:
+        except (OSError, http.client.HTTPException) as error:  # a dead kept-alive connection, in any guise
+            if not reused or isinstance(error, TimeoutError):
                 raise
         fresh = route.connection(self.connect_timeout, self.read_timeout)
         return self._exchange(fresh, origin, method, url, target, headers, body)
@@ -338,24 +345,33 @@ class Session:
 
     def _acquire(self, origin: str, route: Route, pooled: bool) -> tuple[http.client.HTTPConnection, bool]:
         """A kept-alive connection to ``origin`` if ``pooled`` and one is idle (True), else a new one."""
+        stale, kept = [], None
         if pooled:
             with self._lock:
-                idle = self._idle.get(origin)
-                if idle:
-                    return idle.pop(), True
+                idle = self._idle.get(origin, [])
+                while idle and kept is None:
+                    connection, since = idle.pop()
+                    if time.monotonic() - since < self.idle_seconds:
+                        kept = connection
+                    else:
+                        stale.append(connection)
+        for connection in stale:
+            connection.close()
+        if kept is not None:
+            return kept, True
         return route.connection(self.connect_timeout, self.read_timeout), False
 
     def release(self, origin: str, connection: http.client.HTTPConnection) -> None:
         with self._lock:
             idle = self._idle.setdefault(origin, [])
             if len(idle) < IDLE_PER_ORIGIN:
-                idle.append(connection)
+                idle.append((connection, time.monotonic()))
                 return
         connection.close()
 
     def close(self) -> None:
         with self._lock:
-            connections = [c for idle in self._idle.values() for c in idle]
+            connections = [c for idle in self._idle.values() for c, _ in idle]
             self._idle.clear()
         for connection in connections:
             connection.close()

@@ -166,6 +166,13 @@ def test_a_kept_alive_connection_the_server_dropped_is_replaced(server: _Server)
     assert server.connections == 2
 
 
+def test_a_connection_idle_too_long_is_not_reused(server: _Server) -> None:
+    session = Session(idle_seconds=0.0)  # every kept connection has been idle too long by its next request
+    for path in ("/a", "/b"):
+        assert session.request("GET", f"{server.url}{path}").content == f"GET {path}".encode()
+    assert server.connections == 2
+
+
 def test_an_upload_is_never_sent_twice(server: _Server) -> None:
     session = Session()
     assert session.request("GET", f"{server.url}/a").content == b"GET /a"  # a live connection kept
