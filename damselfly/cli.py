@@ -132,14 +132,14 @@ def _mirror_settings(data_dir: Path, registries: tuple[tuple[str, str], ...], de
 def _check_upstream_proxies() -> None:
     """Refuse a proxy that the registry client cannot use before serving, rather than answer
     every pull with 502; and tell the operator which proxies upstream requests take."""
-    from damselfly.lib.blockinghttp import environment_proxies, without_credentials
+    from damselfly.lib.blockinghttp import environment_proxies, proxy_problem, without_credentials
 
     for name, proxy in environment_proxies(os.environ).items():
-        shown = without_credentials(proxy)
-        if not proxy.startswith("http://"):
-            raise click.ClickException(f"{name}={shown}: only http:// proxies are supported (https registries are "
-                                   "reached through them with CONNECT)")
-        logging.getLogger("damselfly").info("upstream registries: %s=%s (no_proxy=%s)", name, shown,
+        problem = proxy_problem(proxy)
+        if problem:
+            raise click.ClickException(f"{name}: {problem}")
+        logging.getLogger("damselfly").info("upstream registries: %s=%s (no_proxy=%s)", name,
+                                            without_credentials(proxy),
                                             os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "")
 
 

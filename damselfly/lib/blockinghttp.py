@@ -28,6 +28,7 @@ REDIRECTS = (301, 302, 303, 307, 308)
 IDEMPOTENT = ("GET", "HEAD")  # sent again on a new connection when a kept-alive one was dead
 MAX_REDIRECTS = 10
 IDLE_PER_ORIGIN = 8
+REDIRECT_BODY_LIMIT = 64 * 1024
 # A connection idle longer than this is closed, not reused: servers drop idle ones after
 # 5 to 90 s, and one dropped without a word (a TLS connection without close_notify, say)
 # fails in ways that look like any other error.
@@ -107,8 +108,27 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
 
 
 def environment_proxies(environ: Mapping[str, str]) -> dict[str, str]:
-    """The proxies the environment names, by lower-case variable, read as proxy_for reads them."""
-    return {name: _with_scheme(value) for name in PROXY_VARIABLES if (value := _variable(environ, name))}
+    """The proxies the environment names that some URL would take, by lower-case variable,
+    read as proxy_for reads them: ``all_proxy`` only when the http or https one is unset."""
+    named = {name: _with_scheme(value) for name in PROXY_VARIABLES if (value := _variable(environ, name))}
+    if "http_proxy" in named and "https_proxy" in named:
+        named.pop("all_proxy", None)
+    return named
+
+
+def proxy_problem(proxy: str) -> str | None:
+    """Why ``proxy`` cannot be used (never echoing it: a password may be in it), or None."""
+    parts = urlsplit(proxy)
+    if parts.scheme != "http":
+        return f"only http:// proxies are supported, not {parts.scheme}:// (https registries are reached " \
+               "through them with CONNECT)"
+    try:
+        parts.port
+    except ValueError:
+        return "not a proxy URL http://[user:password@]host[:port] (percent-encode / # ? @ in a password)"
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "not a proxy URL http://[user:password@]host[:port] (percent-encode / # ? @ in a password)"
+    return None
 
 
 def forget_proxies(environ: MutableMapping[str, str]) -> None:
@@ -307,7 +327,8 @@ class Session:
             location = response.headers.get("Location")
             if response.status_code not in REDIRECTS or not location:
                 return response
-            response.read()  # a short body: read, so that the connection is kept
+            response.raw.read(REDIRECT_BODY_LIMIT)  # a short body, read to keep the connection; a long one
+            response.close()  # (not read to its end) closes it
             target = urljoin(url, location)
             if origin_of(target) != origin_of(url):
                 headers.pop("Authorization", None)

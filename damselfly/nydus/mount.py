@@ -97,8 +97,15 @@ def _wait_ready(pid: int, ready: int, log_file: Path) -> None:
             break  # the server exited before it was ready
         if not _alive(pid):
             break
-    tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
-    raise MountError(f"the FUSE server did not come up within {READY_TIMEOUT:.0f}s: {tail.strip()}")
+    else:
+        raise MountError(f"the FUSE server did not come up within {READY_TIMEOUT:.0f}s")
+    raise MountError(f"the FUSE server failed: {_last_error(log_file)}")
+
+
+def _last_error(log_file: Path) -> str:
+    """The last line of the server's log: the exception that ended it, in one line."""
+    lines = log_file.read_text(errors="replace").strip().splitlines() if log_file.exists() else []
+    return lines[-1] if lines else "it exited without a word"
 
 
 def _start_server(log_file: Path, run: Callable[[Callable[[], None]], None]) -> tuple[int, int]:
@@ -150,22 +157,21 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
     bootstrap = Bootstrap(bootstrap_bytes)
     work = cache_dir / "mounts" / state_path(mountpoint).stem
     work.mkdir(parents=True, exist_ok=True)
-    bootstrap_path = work / "image.boot"
-    bootstrap_path.write_bytes(bootstrap_bytes)
-    fuse_dir = work / "blobs"
-    fuse_dir.mkdir(exist_ok=True)
-    log_file = work / "server.log"
-    stats_file = work / "stats.json"
-    from damselfly.nydus.blobfs import serve  # loads libfuse: only where a mount is made, before the fork
-
-    def run_server(ready: Callable[[], None]) -> None:
-        serve(bootstrap, fuse_dir, cache_dir / "blobs", RegistryClient(ref.registry, plain_http, mirror),
-              ref.repository, stats_file, prefetch, ready)
-
-    pid, ready = _start_server(log_file, run_server)
-    state = MountState(str(mountpoint), str(ref), pid, _start_time(pid), str(fuse_dir), str(bootstrap_path),
-                       str(stats_file), str(log_file))
+    bootstrap_path, fuse_dir = work / "image.boot", work / "blobs"
+    log_file, stats_file = work / "server.log", work / "stats.json"
+    state: MountState | None = None
     try:
+        bootstrap_path.write_bytes(bootstrap_bytes)
+        fuse_dir.mkdir(exist_ok=True)
+        from damselfly.nydus.blobfs import serve  # loads libfuse: only where a mount is made, before the fork
+
+        def run_server(ready: Callable[[], None]) -> None:
+            serve(bootstrap, fuse_dir, cache_dir / "blobs", RegistryClient(ref.registry, plain_http, mirror),
+                  ref.repository, stats_file, prefetch, ready)
+
+        pid, ready = _start_server(log_file, run_server)
+        state = MountState(str(mountpoint), str(ref), pid, _start_time(pid), str(fuse_dir), str(bootstrap_path),
+                           str(stats_file), str(log_file))
         state.save()  # from here on, umount can find whatever this leaves behind
         try:
             _wait_ready(pid, ready, log_file)
@@ -177,7 +183,7 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
         options = ",".join(["ro"] + [f"device={loop}" for loop in state.loops])
         _run("mount", "-t", "erofs", "-o", options, str(bootstrap_path), str(mountpoint))
     except BaseException:
-        if not _teardown(state, mounted=False):
+        if state is None or not _teardown(state, mounted=False):
             shutil.rmtree(work, ignore_errors=True)  # the error already carries the server log's tail
         state_path(mountpoint).unlink(missing_ok=True)
         raise

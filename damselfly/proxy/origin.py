@@ -7,11 +7,13 @@ import http.client
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urljoin
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from damselfly.lib.blockinghttp import Response, Session, origin_of, proxy_authorization, proxy_for, without_credentials
+from damselfly.lib.blockinghttp import (REDIRECTS, Response, Session, origin_of, proxy_authorization, proxy_for,
+                                       without_credentials)
 from damselfly.lib.oci import Digest
 from damselfly.p2p.blobs import Origin, SourceRefused, SourceUnavailable
 
@@ -99,8 +101,15 @@ def _refusal(status: int, headers: CIMultiDictProxy[str] | CIMultiDict[str], bod
 
 def _proxy_refused(url: str) -> SourceUnavailable:
     """Our proxy's 407 is no answer for the client, which cannot give the proxy credentials."""
-    return SourceUnavailable(502, f"the proxy to upstream {origin_of(url)} wants credentials (407): give them "
-                                  "in the proxy variable as http://user:password@host:port")
+    proxy = proxy_for(url, os.environ)
+    shown = without_credentials(proxy) if proxy else "proxy"
+    return SourceUnavailable(502, f"the proxy {shown} to upstream {origin_of(url)} wants credentials (407): give "
+                                  "them in the proxy variable as http://user:password@host:port")
+
+
+# A proxy that refuses a CONNECT tunnel for want of credentials: 407, or 401 from some (tinyproxy).
+PROXY_AUTH_STATUSES = (401, 407)
+TUNNEL_REFUSED = tuple(f"Tunnel connection failed: {status}" for status in PROXY_AUTH_STATUSES)  # http.client's words
 
 
 def _close_unread(opened: "asyncio.Future[RegistryStream]") -> None:
@@ -157,17 +166,34 @@ class RegistryClient:
 
     async def request(self, method: str, url: str, headers: CIMultiDict[str], data: object = None,
                       follow_redirects: bool = True) -> aiohttp.ClientResponse:
-        """Send one request (through the proxy the environment names for ``url``, if any);
-        connection problems become SourceUnavailable (502/504)."""
+        """Send one request, following redirects (GET and HEAD only) hop by hop: each hop goes
+        through the proxy the environment names for it, if any, and none carries the
+        caller's credentials to another origin. Connection problems become
+        SourceUnavailable (502/504)."""
+        headers = CIMultiDict(headers)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._send(method, url, headers, data)
+            location = response.headers.get("Location")
+            if not follow_redirects or response.status not in REDIRECTS or not location:
+                return response
+            response.release()
+            target = urljoin(url, location)
+            if origin_of(target) != origin_of(url):
+                headers.popall("Authorization", None)  # not for storage hosts
+            url = target
+        raise SourceUnavailable(502, f"upstream {url} redirected too many times")
+
+    async def _send(self, method: str, url: str, headers: CIMultiDict[str], data: object) -> aiohttp.ClientResponse:
         proxy = proxy_for(url, os.environ)
         via = {"proxy": without_credentials(proxy), "proxy_headers": proxy_authorization(proxy)} if proxy else {}
         try:
-            response = await self.session.request(method, url, headers=headers, data=data,
-                                                  allow_redirects=follow_redirects, max_redirects=MAX_REDIRECTS, **via)
+            response = await self.session.request(method, url, headers=headers, data=data, allow_redirects=False,
+                                                  **via)
         except asyncio.TimeoutError:
             raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
-        except aiohttp.TooManyRedirects:
-            raise SourceUnavailable(502, f"upstream {url} redirected too many times") from None
+        except aiohttp.ClientHttpProxyError as exc:  # the tunnel to an https registry was refused
+            raise _proxy_refused(url) if exc.status in PROXY_AUTH_STATUSES else SourceUnavailable(
+                502, f"the proxy to upstream {origin_of(url)} answered {exc.status}") from None
         except aiohttp.ClientError as exc:
             raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
         if response.status == 407 and proxy:
@@ -204,6 +230,8 @@ class RegistryClient:
         except TimeoutError:
             raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
         except (OSError, http.client.HTTPException) as exc:
+            if str(exc).startswith(TUNNEL_REFUSED):
+                raise _proxy_refused(url) from None
             raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
         try:
             raw, answered = response.raw, response.url

@@ -313,8 +313,8 @@ def test_the_daemons_blob_downloads_keep_their_connection(server: _Server) -> No
                 stream.close()
             assert server.connections == 1
             stream = await client.open_blob(origin, digest, (0, 8000))
-            stream.abort()
-            with pytest.raises(SourceUnavailable):
+            stream.abort()  # what it still reads (bytes already queued, or an error) does not matter here
+            with contextlib.suppress(SourceUnavailable):
                 _read_all(stream)
             stream.close()
             stream = await client.open_blob(origin, digest, (10, 5))
@@ -325,3 +325,32 @@ def test_the_daemons_blob_downloads_keep_their_connection(server: _Server) -> No
             await client.close()
 
     asyncio.run(downloads())
+
+
+def test_an_https_registry_behind_a_proxy_that_wants_credentials(tls_server: tuple[_Server, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy refuses the CONNECT tunnel with a 407: the daemon's downloads and its
+    requests through aiohttp both answer 502 saying so, naming the proxy but not its password."""
+    server, _ = tls_server
+    origin = Origin(server.url, "ranged/blob", "Bearer t0k")
+    digest = Digest.parse("sha256:" + "0" * 64)
+    with tinyproxy(tmp_path / "proxy", connect_ports=[server.server_address[1]], credentials=("site", "s3cret")) as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url.replace("s3cret", "wrong"))
+
+        async def attempts() -> list[SourceUnavailable]:
+            client = OriginClient(connect_timeout=5, read_timeout=5)
+            failures = []
+            try:
+                for attempt in (client.open_blob(origin, digest, (0, 10)), client.blob_length(origin, digest)):
+                    with pytest.raises(SourceUnavailable) as failed:
+                        await attempt
+                    failures.append(failed.value)
+            finally:
+                await client.close()
+            return failures
+
+        failures = asyncio.run(attempts())
+    for failure in failures:
+        assert failure.status == 502
+        assert "wants credentials (407)" in failure.message and proxy.url.split("@")[1] in failure.message
+        assert "wrong" not in failure.message and "s3cret" not in failure.message

@@ -257,3 +257,22 @@ def test_umount_cleans_up_after_a_fuse_server_that_died(tmp_path: Path, registry
     assert not os.path.ismount(mountpoint)
     assert state["fuse_dir"] not in Path("/proc/self/mounts").read_text()
     assert not Path(state["log_file"]).parent.exists()
+
+
+def test_a_mount_that_fails_midway_leaves_nothing_behind(tmp_path: Path, registry, registry_client,
+                                                         run_dir: Path) -> None:
+    """The FUSE server cannot start (its chunk cache directory is a file): one clear line,
+    and no mount directory, loop device or mount state is left."""
+    image = image_from_layers("nydus/midway", [busybox_layer()], ["/bin/busybox", "true"])
+    push_image(registry_client, image)
+    target = f"{registry.host}/nydus/midway:nydus"
+    cli("nydus", "convert", "--plain-http", image.reference(registry.host), target)
+    cache, point = tmp_path / "cache", tmp_path / "mnt"
+    cache.mkdir()
+    point.mkdir()
+    (cache / "blobs").write_text("not a directory")
+    result = cli("nydus", "mount", target, str(point), "--plain-http", "--cache-dir", str(cache), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "the FUSE server failed: " in result.stderr, result.stderr
+    assert not os.path.ismount(point)
+    assert not list(cache.glob("mounts/*")) and not list((run_dir / "nydus").glob("*.json"))

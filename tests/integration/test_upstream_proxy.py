@@ -63,5 +63,5 @@ def test_a_proxy_it_cannot_use_is_refused_at_start(tmp_path):
                             env={"PATH": "/usr/bin:/bin", "https_proxy": "socks5://user:pw@127.0.0.1:1080"},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert result.stderr.strip() == ("Error: https_proxy=socks5://127.0.0.1:1080: only http:// proxies are supported "
+    assert result.stderr.strip() == ("Error: https_proxy: only http:// proxies are supported, not socks5:// "
                                      "(https registries are reached through them with CONNECT)")

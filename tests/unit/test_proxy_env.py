@@ -4,7 +4,8 @@ import http.client
 
 import pytest
 
-from damselfly.lib.blockinghttp import Route, TimedHTTPConnection, TimedHTTPSConnection, environment_proxies, proxy_for
+from damselfly.lib.blockinghttp import (Route, TimedHTTPConnection, TimedHTTPSConnection, environment_proxies,
+                                       proxy_for, proxy_problem)
 
 PROXY = "http://proxy.example:3128"
 
@@ -31,10 +32,29 @@ def test_proxy_for(url: str, environ: dict[str, str], expected: str | None) -> N
     assert proxy_for(url, environ) == expected
 
 
-def test_environment_proxies_reads_the_variables_as_proxy_for_does() -> None:
-    environ = {"HTTP_PROXY": "proxy.example:3128", "https_proxy": "http://u:p@proxy.example:3129", "no_proxy": "x"}
+def test_environment_proxies_are_those_some_url_would_take() -> None:
+    environ = {"HTTP_PROXY": "proxy.example:3128", "https_proxy": "http://u:p@proxy.example:3129", "no_proxy": "x",
+               "ALL_PROXY": "socks5://never.example:1080"}  # http and https both have one: all_proxy is not read
     assert environment_proxies(environ) == {"http_proxy": PROXY, "https_proxy": "http://u:p@proxy.example:3129"}
+    assert environment_proxies({"all_proxy": PROXY, "http_proxy": PROXY}) == {"http_proxy": PROXY, "all_proxy": PROXY}
     assert environment_proxies({}) == {}
+
+
+@pytest.mark.parametrize("proxy, problem", [
+    ("http://proxy.example:3128", None),
+    ("http://u:p%2Fw@[::1]:3128", None),
+    ("HTTP://proxy.example", None),
+    ("socks5://u:s3kr1t@proxy.example:1080", "not socks5://"),
+    ("https://proxy.example:443", "not https://"),
+    ("http://user:s3kr1t/x@proxy.example:3128", "percent-encode"),  # the / ends the host part: no port there
+    ("http://user:s3kr1t#x@proxy.example:3128", "percent-encode"),
+    ("http://proxy.example:port", "percent-encode"),
+    ("http://", "percent-encode"),
+])
+def test_proxy_problem_never_echoes_the_proxy(proxy: str, problem: str | None) -> None:
+    found = proxy_problem(proxy)
+    assert (found is None) if problem is None else (problem in found)
+    assert found is None or "s3kr1t" not in found
 
 
 @pytest.mark.parametrize("url, proxy, target, headers, connects_to, tunnel", [
