@@ -90,6 +90,7 @@ def request_target(url: str) -> str:
 
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+NOT_A_PROXY_URL = "not a proxy URL http://[user:password@]host[:port] (percent-encode / # ? @ in a password)"
 
 
 def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
@@ -123,11 +124,11 @@ def proxy_problem(proxy: str) -> str | None:
         return f"only http:// proxies are supported, not {parts.scheme}:// (https registries are reached " \
                "through them with CONNECT)"
     try:
-        parts.port
+        parts.port  # noqa: B018 - the check itself: a port that is no number raises ValueError
     except ValueError:
-        return "not a proxy URL http://[user:password@]host[:port] (percent-encode / # ? @ in a password)"
+        return NOT_A_PROXY_URL
     if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        return "not a proxy URL http://[user:password@]host[:port] (percent-encode / # ? @ in a password)"
+        return NOT_A_PROXY_URL
     return None
 
 
@@ -209,12 +210,12 @@ class Route:
 
     def connection(self, connect_timeout: float, read_timeout: float) -> http.client.HTTPConnection:
         """A new connection (not yet opened). Raises http.client.HTTPException for a proxy
-        that is not http://."""
+        that is not an http:// URL (without echoing it: a password may be in it)."""
         if self.proxy is None:
             return connection_for(self.url, connect_timeout, read_timeout)
-        if urlsplit(self.proxy).scheme != "http":
-            shown = without_credentials(self.proxy)
-            raise http.client.HTTPException(f"proxy {shown}: only http:// proxies are supported")
+        problem = proxy_problem(self.proxy)
+        if problem:
+            raise http.client.HTTPException(f"the proxy for {origin_of(self.url)}: {problem}")
         if not self._forwarded:
             via, parts = urlsplit(self.proxy), urlsplit(self.url)
             connection = TimedHTTPSConnection(via.hostname or "", via.port or 80, connect_timeout, read_timeout)

@@ -94,17 +94,17 @@ def _refusal(status: int, headers: CIMultiDictProxy[str] | CIMultiDict[str], bod
     if status >= 500:
         return SourceUnavailable(502, f"upstream {origin_of(url)} answered {status}")
     if status == 407:
-        return _proxy_refused(url)
+        return _proxy_refused(url, status)
     picked = pick_headers(headers, ("Content-Type", "WWW-Authenticate", "Docker-Distribution-API-Version"))
     return SourceRefused(status, dict(picked), body)
 
 
-def _proxy_refused(url: str) -> SourceUnavailable:
+def _proxy_refused(url: str, status: int) -> SourceUnavailable:
     """Our proxy's 407 is no answer for the client, which cannot give the proxy credentials."""
     proxy = proxy_for(url, os.environ)
     shown = without_credentials(proxy) if proxy else "proxy"
-    return SourceUnavailable(502, f"the proxy {shown} to upstream {origin_of(url)} wants credentials (407): give "
-                                  "them in the proxy variable as http://user:password@host:port")
+    return SourceUnavailable(502, f"the proxy {shown} to upstream {origin_of(url)} wants credentials ({status}): "
+                                  "give them in the proxy variable as http://user:password@host:port")
 
 
 # A proxy that refuses a CONNECT tunnel for want of credentials: 407, or 401 from some (tinyproxy).
@@ -192,13 +192,13 @@ class RegistryClient:
         except asyncio.TimeoutError:
             raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
         except aiohttp.ClientHttpProxyError as exc:  # the tunnel to an https registry was refused
-            raise _proxy_refused(url) if exc.status in PROXY_AUTH_STATUSES else SourceUnavailable(
+            raise _proxy_refused(url, exc.status) if exc.status in PROXY_AUTH_STATUSES else SourceUnavailable(
                 502, f"the proxy to upstream {origin_of(url)} answered {exc.status}") from None
         except aiohttp.ClientError as exc:
             raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
         if response.status == 407 and proxy:
             response.release()
-            raise _proxy_refused(url)
+            raise _proxy_refused(url, response.status)
         return response
 
     async def _refusal(self, response: aiohttp.ClientResponse) -> SourceRefused | SourceUnavailable:
@@ -231,7 +231,7 @@ class RegistryClient:
             raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
         except (OSError, http.client.HTTPException) as exc:
             if str(exc).startswith(TUNNEL_REFUSED):
-                raise _proxy_refused(url) from None
+                raise _proxy_refused(url, int(str(exc).split()[3])) from None
             raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
         try:
             raw, answered = response.raw, response.url

@@ -81,5 +81,6 @@ def test_route(url: str, proxy: str | None, target: str, headers: dict[str, str]
 
 
 def test_route_refuses_a_proxy_it_cannot_speak() -> None:
-    with pytest.raises(http.client.HTTPException, match=r"proxy socks5://proxy.example:1080: only http://"):
-        Route("https://r.example/v2/", "socks5://u:p@proxy.example:1080").connection(1.0, 2.0)
+    with pytest.raises(http.client.HTTPException, match=r"^the proxy for https://r.example: only http://") as raised:
+        Route("https://r.example/v2/", "socks5://u:s3kr1t@proxy.example:1080").connection(1.0, 2.0)
+    assert "s3kr1t" not in str(raised.value)
