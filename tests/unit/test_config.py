@@ -1,5 +1,6 @@
 """Flags, DAMSELFLY_* variables and the config file, checked through click itself."""
 
+import os
 from pathlib import Path
 
 import click
@@ -7,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from damselfly.cli import main, mirror_options
+from damselfly.config import default_data_dir
 
 
 @click.command()
@@ -74,3 +76,15 @@ def test_containerd_config_command(tmp_path):
     assert runner.invoke(main, ["containerd-config", "--mirror", "http://m", "--dir", str(tmp_path)]).exit_code == 2
     bad = runner.invoke(main, ["containerd-config", "--mirror", "ftp://m", "--dir", str(tmp_path), "--default"])
     assert bad.exit_code == 2 and "invalid registry" in bad.output
+
+
+def test_the_default_data_directory_follows_the_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Root gets the system's place; anyone else (a laptop) their XDG data directory."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_data_dir() == Path("/var/lib/damselfly")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg/damselfly"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_dir() == tmp_path / "home/.local/share/damselfly"
