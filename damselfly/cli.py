@@ -132,7 +132,7 @@ def _mirror_settings(data_dir: Path, registries: tuple[tuple[str, str], ...], de
 def _check_upstream_proxies() -> None:
     """Refuse a proxy that the registry client cannot use before serving, rather than answer
     every pull with 502; and tell the operator which proxies upstream requests take."""
-    from damselfly.lib.blockinghttp import environment_proxies, proxy_problem, without_credentials
+    from damselfly.lib.blockinghttp import environment_proxies, environment_variable, proxy_problem, without_credentials
 
     for name, proxy in environment_proxies(os.environ).items():
         problem = proxy_problem(proxy)
@@ -140,7 +140,7 @@ def _check_upstream_proxies() -> None:
             raise click.ClickException(f"{name}: {problem}")
         logging.getLogger("damselfly").info("upstream registries: %s=%s (no_proxy=%s)", name,
                                             without_credentials(proxy),
-                                            os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "")
+                                            environment_variable(os.environ, "no_proxy"))
 
 
 def _serve(sites: list, started: Any = None, stopping: Any = None) -> None:

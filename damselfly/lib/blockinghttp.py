@@ -28,7 +28,7 @@ REDIRECTS = (301, 302, 303, 307, 308)
 IDEMPOTENT = ("GET", "HEAD")  # sent again on a new connection when a kept-alive one was dead
 MAX_REDIRECTS = 10
 IDLE_PER_ORIGIN = 8
-REDIRECT_BODY_LIMIT = 64 * 1024
+DISCARD_LIMIT = 64 * 1024  # of a body read only so that its connection is kept
 # A connection idle longer than this is closed, not reused: servers drop idle ones after
 # 5 to 90 s, and one dropped without a word (a TLS connection without close_notify, say)
 # fails in ways that look like any other error.
@@ -102,8 +102,8 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
     Not urllib.request's getproxies_environment and proxy_bypass_environment: importing
     that module costs every lazy mount about 12 ms, and its no_proxy knows no networks."""
     parts = urlsplit(url)
-    proxy = _variable(environ, f"{parts.scheme}_proxy") or _variable(environ, "all_proxy")
-    if not proxy or _exempt(parts.hostname or "", _variable(environ, "no_proxy")):
+    proxy = environment_variable(environ, f"{parts.scheme}_proxy") or environment_variable(environ, "all_proxy")
+    if not proxy or _exempt(parts.hostname or "", environment_variable(environ, "no_proxy")):
         return None
     return _with_scheme(proxy)
 
@@ -111,7 +111,7 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
 def environment_proxies(environ: Mapping[str, str]) -> dict[str, str]:
     """The proxies the environment names that some URL would take, by lower-case variable,
     read as proxy_for reads them: ``all_proxy`` only when the http or https one is unset."""
-    named = {name: _with_scheme(value) for name in PROXY_VARIABLES if (value := _variable(environ, name))}
+    named = {name: _with_scheme(value) for name in PROXY_VARIABLES if (value := environment_variable(environ, name))}
     if "http_proxy" in named and "https_proxy" in named:
         named.pop("all_proxy", None)
     return named
@@ -140,7 +140,8 @@ def forget_proxies(environ: MutableMapping[str, str]) -> None:
         environ.pop(name.upper(), None)
 
 
-def _variable(environ: Mapping[str, str], name: str) -> str:
+def environment_variable(environ: Mapping[str, str], name: str) -> str:
+    """A proxy variable as clients read it: lower case first, then upper case; "" if unset."""
     return environ.get(name) or environ.get(name.upper()) or ""
 
 
@@ -229,6 +230,13 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def next_hop(url: str, location: str) -> tuple[str, bool]:
+    """Where a redirect from ``url`` leads, and whether the caller's ``Authorization`` may go
+    there: only to the same origin (storage with signed URLs refuses it)."""
+    target = urljoin(url, location)
+    return target, origin_of(target) == origin_of(url)
+
+
 class Response:
     """An answer whose body is read on demand. Read to its end, its connection goes back to
     the session for the next request; closed before that, the connection is closed."""
@@ -269,6 +277,12 @@ class Response:
         if self.raw.length:
             self.close()
             raise http.client.IncompleteRead(b"", self.raw.length)
+        self.close()
+
+    def discard(self) -> None:
+        """Done with a short answer (a redirect, a challenge): its body is read, so that the
+        connection is kept, up to DISCARD_LIMIT; a longer one closes the connection."""
+        self.raw.read(DISCARD_LIMIT)
         self.close()
 
     def abort(self) -> None:
@@ -328,10 +342,9 @@ class Session:
             location = response.headers.get("Location")
             if response.status_code not in REDIRECTS or not location:
                 return response
-            response.raw.read(REDIRECT_BODY_LIMIT)  # a short body, read to keep the connection; a long one
-            response.close()  # (not read to its end) closes it
-            target = urljoin(url, location)
-            if origin_of(target) != origin_of(url):
+            response.discard()
+            target, same_origin = next_hop(url, location)
+            if not same_origin:
                 headers.pop("Authorization", None)
             if method != "HEAD" and (response.status_code == 303
                                      or (response.status_code in (301, 302) and method == "POST")):

@@ -81,6 +81,12 @@ def registry_base_url(registry: str, plain_http: bool) -> str:
     return normalize_upstream(f"http://{registry}" if plain_http and registry != DOCKER_HUB else registry)
 
 
+def _with_query(url: str, params: dict[str, str]) -> str:
+    """``url`` with ``params`` added to whatever query it has."""
+    query = urlencode(params)
+    return url + ("&" if "?" in url else "?") + query if query else url
+
+
 # What a request that got no answer raises.
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
@@ -102,9 +108,7 @@ class RegistryClient:
 
     def _send(self, method: str, url: str, scope: str, headers: dict[str, str] | None = None,
               params: dict[str, str] | None = None, body: Body = None) -> Response:
-        query = urlencode({**self.params, **(params or {})})
-        if query:
-            url += ("&" if "?" in url else "?") + query
+        url = _with_query(url, {**self.params, **(params or {})})
         headers = dict(headers or {})
         for attempt in range(2):
             if scope in self.tokens:
@@ -115,7 +119,7 @@ class RegistryClient:
                 raise RegistryError(f"{method} {url}: {error.__class__.__name__}: {error}") from None
             challenge = response.headers.get("WWW-Authenticate", "")
             if response.status_code == 401 and attempt == 0 and challenge.lower().startswith("bearer "):
-                response.read()  # a short body: read, so that the connection is kept
+                response.discard()
                 self.tokens[scope] = self._token(challenge, scope)
                 continue
             return response
@@ -126,9 +130,9 @@ class RegistryClient:
         if "realm" not in fields:
             raise RegistryError(f"{self.registry} asked for a token without naming a realm")
         realm = fields["realm"]
-        query = urlencode({"service": fields.get("service", ""), "scope": scope})
+        url = _with_query(realm, {"service": fields.get("service", ""), "scope": scope})
         try:
-            answer = self.http.request("GET", f"{realm}{'&' if '?' in realm else '?'}{query}")
+            answer = self.http.request("GET", url)
             if answer.status_code != 200:
                 answer.close()
                 raise RegistryError(f"token service {realm} answered {answer.status_code}")

@@ -7,13 +7,12 @@ import http.client
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urljoin
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from damselfly.lib.blockinghttp import (REDIRECTS, Response, Session, origin_of, proxy_authorization, proxy_for,
-                                       without_credentials)
+from damselfly.lib.blockinghttp import (MAX_REDIRECTS, REDIRECTS, Response, Session, next_hop, origin_of,
+                                       proxy_authorization, proxy_for, without_credentials)
 from damselfly.lib.oci import Digest
 from damselfly.p2p.blobs import Origin, SourceRefused, SourceUnavailable
 
@@ -32,7 +31,6 @@ PASSTHROUGH_REQUEST_HEADERS = (
 )
 ERROR_BODY_LIMIT = 64 * 1024
 CHUNK_SIZE = 1024 * 1024
-MAX_REDIRECTS = 10
 
 
 def pick_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str], names: tuple[str, ...]) -> CIMultiDict[str]:
@@ -129,8 +127,6 @@ class RegistryClient:
 
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 60.0) -> None:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
         self._openers = ThreadPoolExecutor(16, thread_name_prefix="registry-open")  # blocking connects, own pool
         self._blocking = Session(connect_timeout, read_timeout)  # blob downloads: kept-alive, proxied, redirected
         self._session: aiohttp.ClientSession | None = None
@@ -177,9 +173,9 @@ class RegistryClient:
             if not follow_redirects or response.status not in REDIRECTS or not location:
                 return response
             response.release()
-            target = urljoin(url, location)
-            if origin_of(target) != origin_of(url):
-                headers.popall("Authorization", None)  # not for storage hosts
+            target, same_origin = next_hop(url, location)
+            if not same_origin:
+                headers.popall("Authorization", None)
             url = target
         raise SourceUnavailable(502, f"upstream {url} redirected too many times")
 
