@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -27,12 +27,13 @@ from damselfly.proxy.origin import (
     RegistryClient,
     pick_headers,
 )
+from damselfly.proxy.sending import FileSender
 from damselfly.proxy.upstream import UpstreamResolver
 
 log = logging.getLogger(__name__)
 
 RESPONSE_STARTED = web.RequestKey("response_started", bool)
-SEND_BUFFER = 4 * 1024 * 1024
+SENDING_THREADS = 64  # clients receiving blob bytes at once; a thread is held only while its client takes a slice
 
 REGISTRY_HEADER = "X-Dragonfly-Registry"
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -76,6 +77,7 @@ class Mirror:
         self.blobs = BlobService(self.store, self.registry_client, self.metrics, stall_timeout=settings.read_timeout)
         self.access = AccessCache(settings.access_ttl)
         self.resolver = UpstreamResolver(settings.registries, settings.default_registry)
+        self.senders = ThreadPoolExecutor(SENDING_THREADS, thread_name_prefix="send")
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_and_metrics], client_max_size=1024**2)
@@ -89,6 +91,7 @@ class Mirror:
     async def _close(self, _: web.Application) -> None:
         await self.blobs.close()
         await self.registry_client.close()
+        self.senders.shutdown(wait=False, cancel_futures=True)
 
     # -- cross-cutting -------------------------------------------------------------
 
@@ -250,41 +253,33 @@ class Mirror:
             except TaskFailed as exc:
                 raise SourceUnavailable(502, f"download of {reader.digest} failed: {exc}") from None
         response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
-        _widen_send_buffer(request.transport)
         await response.prepare(request)
         request[RESPONSE_STARTED] = True
         source = "cache" if reader.from_cache else "download"
         transport = request.transport
-        loop = asyncio.get_running_loop()
+        if transport is None:
+            return response
+        sender = FileSender(transport, reader.file, self.senders, self.settings.read_timeout,  # type: ignore[arg-type]
+                            copy=reader.from_cache)
         self.metrics.active_streams.inc()
         try:
             if first_span is not None:
-                await self._sendfile(loop, transport, reader, *first_span, source)
+                await self._send_span(sender, *first_span, source)
                 async for offset, count in spans:
-                    await self._sendfile(loop, transport, reader, offset, count, source)
+                    await self._send_span(sender, offset, count, source)
         except TaskFailed as exc:
             log.error("cut off a response for %s mid-stream: %s", reader.digest, exc)
-            if transport is not None:
-                transport.abort()
+            transport.abort()
             return response
-        except ConnectionError:
-            log.info("client %s went away while receiving %s", request.remote, reader.digest)
+        except ConnectionError as exc:
+            log.info("client %s went away while receiving %s: %s", request.remote, reader.digest, exc)
             return response
         finally:
+            sender.close()
             self.metrics.active_streams.dec()
         await response.write_eof()
         return response
 
-    async def _sendfile(self, loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport | None,
-                        reader: BlobReader, offset: int, count: int, source: str) -> None:
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("client went away")
-        await loop.sendfile(transport, reader.file, offset, count)  # type: ignore[arg-type]
+    async def _send_span(self, sender: FileSender, offset: int, count: int, source: str) -> None:
+        await sender.send(offset, count)
         self.metrics.served_bytes.labels(source).inc(count)
-
-
-def _widen_send_buffer(transport: asyncio.BaseTransport | None) -> None:
-    """A 4 MiB socket send buffer: fewer, larger sendfile calls per blob (measured: warm +15%)."""
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)

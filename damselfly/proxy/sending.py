@@ -1,0 +1,93 @@
+"""Sending a blob's bytes to a mirror client.
+
+A mirror's clients (containerd, nydusd) run on the same host and reach it over
+loopback. There, for a blob in the cache, reading the file and sending it in 32 KiB
+steps from a worker thread moves about 1.4x the bytes per second that sendfile(2) does
+(a 1 GiB blob to curl: 3.0 GB/s against 2.1 GB/s on the benchmark machine), and more
+than docker-registry itself. Each step stays inside one 64 KiB loopback segment; larger
+steps were slower and erratic. While the blob is still downloading, the node's CPU is
+what limits it, and sendfile, which costs less of it, stays (measured: the P2P transfer
+benchmark lost 10% with the copy). The peers' upload server keeps sendfile too: its
+bytes cross a real network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from concurrent.futures import Executor
+from typing import BinaryIO
+
+STEP = 32 * 1024
+SLICE = 8 * 1024 * 1024  # per job on a sending thread: a slow client never holds a thread for a whole blob
+HEAD = 64 * 1024  # sent with loop.sendfile first, so that it follows what aiohttp buffered (the headers)
+
+
+def copy_to_socket(sock: socket.socket, fd: int, offset: int, count: int) -> None:
+    """Blocking: send ``count`` bytes of the file ``fd`` from ``offset`` on ``sock``."""
+    buffer = memoryview(bytearray(STEP))
+    end = offset + count
+    while offset < end:
+        read = os.preadv(fd, [buffer[: min(STEP, end - offset)]], offset)
+        if read == 0:
+            raise ConnectionAbortedError(f"the blob file ended at {offset} of {end} bytes")
+        try:
+            sock.sendall(buffer[:read])
+        except TimeoutError:
+            raise ConnectionAbortedError("the client stopped reading") from None
+        offset += read
+
+
+class FileSender:
+    """Sends runs of one open file, in order, to one client connection.
+
+    Without ``copy``, every run goes through ``loop.sendfile``. With it, the first bytes
+    do, since it waits until the transport has written what it holds (the response
+    headers); the rest go through a worker thread on a duplicate of the connection's
+    socket, to which nothing else writes meanwhile. A client that takes more than
+    ``timeout`` seconds to accept a step is then cut off.
+    """
+
+    def __init__(self, transport: asyncio.Transport, file: BinaryIO, threads: Executor, timeout: float,
+                 copy: bool) -> None:
+        self._transport = transport
+        self._file = file
+        self._threads = threads
+        self._timeout = timeout
+        self._copy = copy
+        self._socket: socket.socket | None = None
+
+    async def send(self, offset: int, count: int) -> None:
+        if self._transport.is_closing():
+            raise ConnectionResetError("client went away")
+        loop = asyncio.get_running_loop()
+        if not self._copy:
+            await loop.sendfile(self._transport, self._file, offset, count)
+            return
+        if self._socket is None:
+            head = min(count, HEAD)
+            await loop.sendfile(self._transport, self._file, offset, head)
+            offset, count = offset + head, count - head
+            if not count:
+                return
+            self._socket = socket.socket(fileno=os.dup(self._transport.get_extra_info("socket").fileno()))
+            self._socket.settimeout(self._timeout)
+        while count:
+            part = min(count, SLICE)
+            job = loop.run_in_executor(self._threads, copy_to_socket, self._socket, self._file.fileno(), offset, part)
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                with contextlib.suppress(OSError):
+                    self._socket.shutdown(socket.SHUT_RDWR)  # the thread's next send fails at once
+                with contextlib.suppress(Exception):
+                    await job
+                raise
+            offset, count = offset + part, count - part
+
+    def close(self) -> None:
+        """Only after every ``send`` has returned: no thread uses the socket any more."""
+        if self._socket is not None:
+            self._socket.close()

@@ -1,0 +1,116 @@
+"""How the mirror sends blob bytes to a client: in order after what the connection still
+holds, across keep-alive requests, and never stuck on a client that stops reading."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from damselfly.proxy.sending import FileSender
+
+MiB = 1024 * 1024
+
+
+async def _connected_pair() -> tuple[asyncio.Transport, socket.socket, asyncio.AbstractServer]:
+    """A server-side transport and a non-blocking client socket that reads nothing until asked."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[asyncio.Transport] = loop.create_future()
+
+    class Accept(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.set_result(transport)  # type: ignore[arg-type]
+
+    server = await loop.create_server(Accept, "127.0.0.1", 0)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.setblocking(False)
+    await loop.sock_connect(client, server.sockets[0].getsockname())
+    return await asyncio.wait_for(accepted, 10), client, server
+
+
+async def _receive(client: socket.socket, count: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    received = bytearray()
+    while len(received) < count:
+        chunk = await asyncio.wait_for(loop.sock_recv(client, 1 * MiB), 30)
+        assert chunk, f"the connection closed after {len(received)} of {count} bytes"
+        received += chunk
+    return bytes(received)
+
+
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "sendfile"])
+def test_file_bytes_follow_what_the_transport_still_holds(tmp_path: Path, copy: bool) -> None:
+    """The headers aiohttp wrote may still sit in the transport's buffer (the client is slow):
+    the file's bytes must not overtake them."""
+    payload = os.urandom(5 * MiB + 123)
+    path = tmp_path / "blob"
+    path.write_bytes(payload)
+    pending = b"h" * (16 * MiB)
+
+    async def scenario() -> bytes:
+        transport, client, server = await _connected_pair()
+        try:
+            transport.write(pending)
+            assert transport.get_write_buffer_size() > 0, "the kernel took everything: the case is not set up"
+            with open(path, "rb") as file, ThreadPoolExecutor(2) as threads:
+                sender = FileSender(transport, file, threads, timeout=30, copy=copy)
+                sending = asyncio.create_task(sender.send(0, len(payload)))
+                received = await _receive(client, len(pending) + len(payload))
+                await asyncio.wait_for(sending, 30)
+                sender.close()
+            return received
+        finally:
+            transport.close()
+            client.close()
+            server.close()
+
+    received = asyncio.run(scenario())
+    assert received[: len(pending)] == pending
+    assert hashlib.sha256(received[len(pending):]).digest() == hashlib.sha256(payload).digest()
+
+
+def test_a_client_that_stops_reading_is_cut_off_after_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(64 * MiB))  # far more than the socket buffers hold
+
+    async def scenario() -> None:
+        transport, client, server = await _connected_pair()
+        try:
+            with open(path, "rb") as file, ThreadPoolExecutor(2) as threads:
+                sender = FileSender(transport, file, threads, timeout=0.5, copy=True)
+                with pytest.raises(ConnectionError, match="stopped reading"):
+                    await asyncio.wait_for(sender.send(0, 64 * MiB), 30)
+                sender.close()
+        finally:
+            transport.close()
+            client.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def test_one_keep_alive_connection_carries_cold_warm_and_range_responses(damselfly, registry, registry_client) -> None:
+    node = damselfly()
+    data = os.urandom(9 * MiB + 7)
+    digest = registry_client.push_blob("keepalive/blob", data)
+    path = f"/v2/keepalive/blob/blobs/{digest}?ns={registry.host}"
+    connection = http.client.HTTPConnection(node.host, node.port, timeout=30)
+    try:
+        for range_header, expected in [(None, data), (None, data), ("bytes=100-70000", data[100:70001]),
+                                       (f"bytes={5 * MiB}-", data[5 * MiB:]), (None, data)]:
+            connection.request("GET", path, headers={"Range": range_header} if range_header else {})
+            response = connection.getresponse()
+            body = response.read()
+            assert response.status == (206 if range_header else 200)
+            assert body == expected
+        assert connection.sock is not None, "the mirror closed the keep-alive connection"
+    finally:
+        connection.close()
+    assert len(registry.blob_gets(digest)) == 1
