@@ -6,9 +6,9 @@ steps from a worker thread moves about 1.4x the bytes per second that sendfile(2
 (a 1 GiB blob to curl: 3.0 GB/s against 2.1 GB/s on the benchmark machine), and more
 than docker-registry itself. Each step stays inside one 64 KiB loopback segment; larger
 steps were slower and erratic. While the blob is still downloading, the node's CPU is
-what limits it, and sendfile, which costs less of it, stays (measured: the P2P transfer
-benchmark lost 10% with the copy). The peers' upload server keeps sendfile too: its
-bytes cross a real network.
+what limits it, and sendfile, which costs less of it, stays (with the copy there, the
+P2P transfer benchmark ran about 10% slower in two alternating pairs). The peers'
+upload server keeps sendfile too: its bytes cross a real network.
 """
 
 from __future__ import annotations
