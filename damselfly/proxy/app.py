@@ -273,6 +273,7 @@ class Mirror:
             return response
         except ConnectionError as exc:
             log.info("client %s went away while receiving %s: %s", request.remote, reader.digest, exc)
+            transport.abort()  # the body is short: the connection cannot carry another response
             return response
         finally:
             sender.close()

@@ -23,6 +23,8 @@ from typing import BinaryIO
 STEP = 32 * 1024
 SLICE = 8 * 1024 * 1024  # per job on a sending thread: a slow client never holds a thread for a whole blob
 HEAD = 64 * 1024  # sent with loop.sendfile first, so that it follows what aiohttp buffered (the headers)
+SENDFILE_SLICE = 4 * 1024 * 1024  # per loop.sendfile call, each within the timeout
+STALLED = "the client stopped reading"
 
 
 def copy_to_socket(sock: socket.socket, fd: int, offset: int, count: int) -> None:
@@ -36,7 +38,7 @@ def copy_to_socket(sock: socket.socket, fd: int, offset: int, count: int) -> Non
         try:
             sock.sendall(buffer[:read])
         except TimeoutError:
-            raise ConnectionAbortedError("the client stopped reading") from None
+            raise ConnectionAbortedError(STALLED) from None
         offset += read
 
 
@@ -47,7 +49,8 @@ class FileSender:
     do, since it waits until the transport has written what it holds (the response
     headers); the rest go through a worker thread on a duplicate of the connection's
     socket, to which nothing else writes meanwhile. A client that takes more than
-    ``timeout`` seconds to accept a step is then cut off.
+    ``timeout`` seconds to accept a 32 KiB step, or a 4 MiB slice through sendfile, is
+    cut off (ConnectionAbortedError): a stalled client holds nothing for ever.
     """
 
     def __init__(self, transport: asyncio.Transport, file: BinaryIO, threads: Executor, timeout: float,
@@ -62,13 +65,13 @@ class FileSender:
     async def send(self, offset: int, count: int) -> None:
         if self._transport.is_closing():
             raise ConnectionResetError("client went away")
-        loop = asyncio.get_running_loop()
         if not self._copy:
-            await loop.sendfile(self._transport, self._file, offset, count)
+            await self._sendfile(offset, count)
             return
+        loop = asyncio.get_running_loop()
         if self._socket is None:
             head = min(count, HEAD)
-            await loop.sendfile(self._transport, self._file, offset, head)
+            await self._sendfile(offset, head)
             offset, count = offset + head, count - head
             if not count:
                 return
@@ -86,6 +89,18 @@ class FileSender:
                     await job
                 raise
             offset, count = offset + part, count - part
+
+    async def _sendfile(self, offset: int, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        end = offset + count
+        while offset < end:
+            part = min(end - offset, SENDFILE_SLICE)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await loop.sendfile(self._transport, self._file, offset, part)
+            except TimeoutError:
+                raise ConnectionAbortedError(STALLED) from None
+            offset += part
 
     def close(self) -> None:
         """Only after every ``send`` has returned: no thread uses the socket any more."""

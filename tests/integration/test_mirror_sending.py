@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from damselfly.proxy.sending import FileSender
+from tests.support.wait import wait_until
 
 MiB = 1024 * 1024
 
@@ -76,7 +77,8 @@ def test_file_bytes_follow_what_the_transport_still_holds(tmp_path: Path, copy: 
     assert hashlib.sha256(received[len(pending):]).digest() == hashlib.sha256(payload).digest()
 
 
-def test_a_client_that_stops_reading_is_cut_off_after_the_timeout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "sendfile"])
+def test_a_client_that_stops_reading_is_cut_off_after_the_timeout(tmp_path: Path, copy: bool) -> None:
     path = tmp_path / "blob"
     path.write_bytes(os.urandom(64 * MiB))  # far more than the socket buffers hold
 
@@ -84,7 +86,7 @@ def test_a_client_that_stops_reading_is_cut_off_after_the_timeout(tmp_path: Path
         transport, client, server = await _connected_pair()
         try:
             with open(path, "rb") as file, ThreadPoolExecutor(2) as threads:
-                sender = FileSender(transport, file, threads, timeout=0.5, copy=True)
+                sender = FileSender(transport, file, threads, timeout=0.5, copy=copy)
                 with pytest.raises(ConnectionError, match="stopped reading"):
                     await asyncio.wait_for(sender.send(0, 64 * MiB), 30)
                 sender.close()
@@ -114,3 +116,36 @@ def test_one_keep_alive_connection_carries_cold_warm_and_range_responses(damself
     finally:
         connection.close()
     assert len(registry.blob_gets(digest)) == 1
+
+
+@pytest.mark.parametrize("temperature", ["cold", "warm"])
+def test_the_mirror_cuts_off_a_stalled_client_and_serves_the_next(damselfly, registry, registry_client,
+                                                                  temperature: str) -> None:
+    node = damselfly("--read-timeout", "1")
+    data = os.urandom(64 * MiB)
+    digest = registry_client.push_blob("stalled/blob", data)
+    path = f"/v2/stalled/blob/blobs/{digest}?ns={registry.host}"
+    if temperature == "warm":
+        assert hashlib.sha256(_get(node, path)).hexdigest() == digest[7:]
+    stalled = socket.create_connection((node.host, node.port))
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode())
+        assert stalled.recv(12) == b"HTTP/1.1 200"
+        wait_until(lambda: node.metric("damselfly_proxy_active_streams") == 0, 30, "the stalled stream to be cut off")
+        assert "stopped reading" in node.log()
+    finally:
+        stalled.close()
+    assert hashlib.sha256(_get(node, path)).hexdigest() == digest[7:]
+    assert len(registry.blob_gets(digest)) == 1
+
+
+def _get(node, path: str) -> bytes:
+    connection = http.client.HTTPConnection(node.host, node.port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        assert response.status == 200
+        return response.read()
+    finally:
+        connection.close()
