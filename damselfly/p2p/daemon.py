@@ -45,7 +45,7 @@ class Daemon:
         self.network = Network(self.scheduler, self.mirror.registry_client, self.metrics, is_seed=peer.seed)
         self.mirror.blobs.network = self.network
         self.upload = UploadServer(self.mirror.blobs, self.metrics, self.mirror.metrics.registry, peer.upload_slots,
-                                   rate=peer.upload_rate)
+                                   rate=peer.upload_rate, send_timeout=self.mirror.settings.read_timeout)
 
     def sites(self, listen: tuple[str, int]) -> list[tuple[web.Application, str, int]]:
         return [(self.mirror.application(), *listen),

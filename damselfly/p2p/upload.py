@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
+from damselfly.lib.filesend import sendfile_within
 from damselfly.lib.oci import Digest, OCIError
 from damselfly.lib.ratelimit import TokenBucket
 from damselfly.p2p.blobs import BlobService, Origin, SourceRefused, SourceUnavailable
@@ -27,7 +28,7 @@ RELAY_WAIT = 5.0  # how long a peer a seed pointed an asker at waits for the pie
 
 class UploadServer:
     def __init__(self, blobs: BlobService, metrics: PeerMetrics, registry: CollectorRegistry, slots: int = 16,
-                 piece_wait: float = 60.0, rate: int | None = None) -> None:
+                 piece_wait: float = 60.0, rate: int | None = None, send_timeout: float = 60.0) -> None:
         self.blobs = blobs
         # Bandwidth cap for uploads; a burst of one 4 MiB piece.
         self.limiter = TokenBucket(rate, 4 * 1024 * 1024) if rate else None
@@ -35,6 +36,7 @@ class UploadServer:
         self.registry = registry
         self.slots = slots
         self.piece_wait = piece_wait
+        self.send_timeout = send_timeout  # an asker that accepts no bytes for this long is cut off
         self._active = 0
         self.relays = RelayBook()
         self._seeding: set[asyncio.Task[None]] = set()
@@ -112,7 +114,7 @@ class UploadServer:
             with open(task.path, "rb") as f:  # opened now: a later rename or eviction cannot cut it
                 await response.prepare(request)
                 try:
-                    cut = await _send_as_it_lands(request, task, f, run, relay_deadline)
+                    cut = await _send_as_it_lands(request, task, f, run, relay_deadline, self.send_timeout)
                     if cut is not None:
                         # Headers are out: a short body is how the asker learns. It keeps the
                         # pieces that came and asks the seed for the rest.
@@ -121,11 +123,14 @@ class UploadServer:
                         if request.transport is not None:
                             request.transport.abort()
                         return response
-                except ConnectionError:
+                except ConnectionError as exc:
                     # The asker stopped reading: it had no digest to check these pieces against,
-                    # or one of them failed its check. Its business, not an error here.
-                    log.debug("%s went away while receiving pieces %s of %s", request.remote, run, digest)
+                    # or one of them failed its check, or it froze (cut off after send_timeout).
+                    # Its business, not an error here; the short body ends the connection.
+                    log.debug("%s stopped receiving pieces %s of %s: %s", request.remote, run, digest, exc)
                     self.metrics.uploads_abandoned.inc()
+                    if request.transport is not None:
+                        request.transport.abort()
                     return response
             await response.write_eof()
             self.metrics.uploaded.inc(size)
@@ -181,13 +186,12 @@ def held_run(task: Task, index: int, wanted: int, on_the_way: bool = False) -> r
 
 
 async def _send_as_it_lands(request: web.Request, task: Task, file: BinaryIO, run: range,
-                            deadline: float) -> int | None:
+                            deadline: float, send_timeout: float) -> int | None:
     """Send the pieces ``run`` of the task's file, each as soon as it is verified here (held
     ones together, in one zero-copy send). Return the first piece that stopped being on its
     way without landing, or had not landed by ``deadline`` (``time.monotonic``; a slow
     relay must not hold the asker for long): the body is then short and the asker gets the
     rest elsewhere. None when all went."""
-    loop = asyncio.get_running_loop()
     index = run.start
     while index < run.stop:
         if not await task.arrival(index, max(0.0, deadline - time.monotonic())):
@@ -199,7 +203,7 @@ async def _send_as_it_lands(request: web.Request, task: Task, file: BinaryIO, ru
         transport = request.transport
         if transport is None or transport.is_closing():  # the asker went away while this waited
             raise ConnectionResetError("peer went away")
-        await loop.sendfile(transport, file, begin, stop - begin)
+        await sendfile_within(transport, file, begin, stop - begin, send_timeout)  # type: ignore[arg-type]
         index = end
     return None
 

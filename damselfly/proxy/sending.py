@@ -20,11 +20,11 @@ import socket
 from concurrent.futures import Executor
 from typing import BinaryIO
 
+from damselfly.lib.filesend import STALLED, sendfile_within
+
 STEP = 32 * 1024
 SLICE = 8 * 1024 * 1024  # per job on a sending thread: a slow client never holds a thread for a whole blob
 HEAD = 64 * 1024  # sent with loop.sendfile first, so that it follows what aiohttp buffered (the headers)
-SENDFILE_SLICE = 4 * 1024 * 1024  # per loop.sendfile call, each within the timeout
-STALLED = "the client stopped reading"
 
 
 def copy_to_socket(sock: socket.socket, fd: int, offset: int, count: int) -> None:
@@ -66,12 +66,12 @@ class FileSender:
         if self._transport.is_closing():
             raise ConnectionResetError("client went away")
         if not self._copy:
-            await self._sendfile(offset, count)
+            await sendfile_within(self._transport, self._file, offset, count, self._timeout)
             return
         loop = asyncio.get_running_loop()
         if self._socket is None:
             head = min(count, HEAD)
-            await self._sendfile(offset, head)
+            await sendfile_within(self._transport, self._file, offset, head, self._timeout)
             offset, count = offset + head, count - head
             if not count:
                 return
@@ -89,18 +89,6 @@ class FileSender:
                     await job
                 raise
             offset, count = offset + part, count - part
-
-    async def _sendfile(self, offset: int, count: int) -> None:
-        loop = asyncio.get_running_loop()
-        end = offset + count
-        while offset < end:
-            part = min(end - offset, SENDFILE_SLICE)
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await loop.sendfile(self._transport, self._file, offset, part)
-            except TimeoutError:
-                raise ConnectionAbortedError(STALLED) from None
-            offset += part
 
     def close(self) -> None:
         """Only after every ``send`` has returned: no thread uses the socket any more."""

@@ -54,3 +54,20 @@ def test_an_asker_that_stops_reading_is_no_error(cluster, registry, registry_cli
                "the upload to count as abandoned")
     assert "Traceback" not in seed.log()
     assert httpx.get(f"{seed.upload_url}/pieces/{digest}/0", timeout=30).content == BLOB[:PIECE]  # still serving
+
+
+def test_an_asker_that_freezes_is_cut_off_and_frees_its_slot(cluster, registry, registry_client):  # noqa: F811
+    """A peer that accepts no bytes (frozen, or behind a link that drops everything) must not
+    hold an upload slot for as long as TCP retries: after --read-timeout it is cut off."""
+    digest = registry_client.push_blob("upload/frozen", BLOB)
+    seed = cluster(seed=True, extra=["--read-timeout", "1", "--upload-slots", "1"])
+    assert get_blob(seed, registry.host, "upload/frozen", digest) == BLOB
+    address = urlsplit(seed.upload_url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as asker:
+        asker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        asker.sendall(f"GET /pieces/{digest}/0?count=64 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert asker.recv(4096).startswith(b"HTTP/1.1 200")  # 16 MiB follow; read none, keep the socket open
+        wait_until(lambda: metric(seed.upload_url, "damselfly_upload_abandoned_total") == 1, 30,
+                   "the frozen asker to be cut off")
+        # The only slot is free again while the frozen asker still holds its socket.
+        assert httpx.get(f"{seed.upload_url}/pieces/{digest}/1", timeout=30).content == BLOB[PIECE:2 * PIECE]
