@@ -182,7 +182,14 @@ class Mirror:
             request[RESPONSE_STARTED] = True
             if request.method != "HEAD":
                 async for chunk in upstream.content.iter_chunked(64 * 1024):
-                    await response.write(chunk)
+                    try:
+                        async with asyncio.timeout(self.settings.read_timeout):
+                            await response.write(chunk)
+                    except TimeoutError:
+                        log.info("client %s stopped reading %s: cut off", request.remote, request.path)
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return response
             await response.write_eof()
             return response
         finally:

@@ -1,4 +1,4 @@
-"""How the mirror sends blob bytes to a client: in order after what the connection still
+"""How the mirror sends bytes to a client: in order after what the connection still
 holds, across keep-alive requests, and never stuck on a client that stops reading."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from damselfly.proxy.sending import FileSender
+from tests.support.fakes import GatedRegistryFake
 from tests.support.wait import wait_until
 
 MiB = 1024 * 1024
@@ -149,3 +150,23 @@ def _get(node, path: str) -> bytes:
         return response.read()
     finally:
         connection.close()
+
+
+def test_a_client_that_stops_reading_a_passed_through_answer_is_cut_off(damselfly) -> None:
+    """Manifests and the rest stream from upstream through aiohttp's writer: its drain must
+    have a deadline too. The fake answers every GET with 16 MiB, far more than socket buffers."""
+    fake = GatedRegistryFake(os.urandom(16 * MiB), gate_at=16 * MiB)
+    fake.gate.set()
+    fake.start()
+    try:
+        node = damselfly("--registry", f"big.test=http://{fake.host}", "--read-timeout", "1")
+        path = "/v2/big/answer/tags/list?ns=big.test"
+        with socket.create_connection((node.host, node.port)) as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode())
+            assert stalled.recv(12) == b"HTTP/1.1 200"
+            wait_until(lambda: "stopped reading /v2/big/answer/tags/list" in node.log(), 30,
+                       "the stalled client to be cut off")
+        assert len(_get(node, path)) == 16 * MiB
+    finally:
+        fake.stop()
