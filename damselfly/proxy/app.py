@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -27,13 +26,13 @@ from damselfly.proxy.origin import (
     RegistryClient,
     pick_headers,
 )
-from damselfly.proxy.sending import FileSender
+from damselfly.proxy.sending import FileSender, SendingThreads
 from damselfly.proxy.upstream import UpstreamResolver
 
 log = logging.getLogger(__name__)
 
 RESPONSE_STARTED = web.RequestKey("response_started", bool)
-SENDING_THREADS = 64  # clients receiving blob bytes at once; a thread is held only while its client takes a slice
+SENDING_THREADS = 64  # cached-blob copies at once; past that, responses use sendfile
 
 REGISTRY_HEADER = "X-Dragonfly-Registry"
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -77,7 +76,7 @@ class Mirror:
         self.blobs = BlobService(self.store, self.registry_client, self.metrics, stall_timeout=settings.read_timeout)
         self.access = AccessCache(settings.access_ttl)
         self.resolver = UpstreamResolver(settings.registries, settings.default_registry)
-        self.senders = ThreadPoolExecutor(SENDING_THREADS, thread_name_prefix="send")
+        self.senders = SendingThreads(SENDING_THREADS)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_and_metrics], client_max_size=1024**2)
@@ -91,7 +90,7 @@ class Mirror:
     async def _close(self, _: web.Application) -> None:
         await self.blobs.close()
         await self.registry_client.close()
-        self.senders.shutdown(wait=False, cancel_futures=True)
+        self.senders.shutdown()
 
     # -- cross-cutting -------------------------------------------------------------
 
@@ -181,19 +180,25 @@ class Mirror:
             await response.prepare(request)
             request[RESPONSE_STARTED] = True
             if request.method != "HEAD":
-                async for chunk in upstream.content.iter_chunked(64 * 1024):
-                    try:
-                        async with asyncio.timeout(self.settings.read_timeout):
-                            await response.write(chunk)
-                    except TimeoutError:
-                        log.info("client %s stopped reading %s: cut off", request.remote, request.path)
-                        if request.transport is not None:
-                            request.transport.abort()
+                async for chunk in upstream.content.iter_chunked(64 * 1024):  # its own timeout: upstream's
+                    if not await self._deliver(request, response.write(chunk)):
                         return response
-            await response.write_eof()
+            await self._deliver(request, response.write_eof())
             return response
         finally:
             upstream.release()
+
+    async def _deliver(self, request: web.Request, write: Awaitable[None]) -> bool:
+        """A write to the client within --read-timeout; past it the client is cut off (False)."""
+        try:
+            async with asyncio.timeout(self.settings.read_timeout):
+                await write
+            return True
+        except TimeoutError:
+            log.info("client %s stopped reading %s: cut off", request.remote, request.path)
+            if request.transport is not None:
+                request.transport.abort()
+            return False
 
     async def blob(self, request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
         validate_repository(name)

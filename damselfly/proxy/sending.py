@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from damselfly.lib.filesend import STALLED, sendfile_within
@@ -42,18 +42,46 @@ def copy_to_socket(sock: socket.socket, fd: int, offset: int, count: int) -> Non
         offset += read
 
 
+class SendingThreads:
+    """The worker threads that copy cached blobs to clients. When every one is taken (by
+    slow clients, each up to the timeout per step), a response goes on with sendfile
+    rather than queue behind them."""
+
+    def __init__(self, count: int) -> None:
+        self._executor = ThreadPoolExecutor(count, thread_name_prefix="send")
+        self._free = count
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    def submit(self, sock: socket.socket, fd: int, offset: int, count: int) -> "asyncio.Future[None]":
+        """``copy_to_socket`` on a thread; the thread counts as taken until the copy ends."""
+        job = asyncio.get_running_loop().run_in_executor(self._executor, copy_to_socket, sock, fd, offset, count)
+        self._free -= 1
+        job.add_done_callback(self._release)
+        return job
+
+    def _release(self, _: "asyncio.Future[None]") -> None:
+        self._free += 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class FileSender:
     """Sends runs of one open file, in order, to one client connection.
 
     Without ``copy``, every run goes through ``loop.sendfile``. With it, the first bytes
     do, since it waits until the transport has written what it holds (the response
     headers); the rest go through a worker thread on a duplicate of the connection's
-    socket, to which nothing else writes meanwhile. A client that takes more than
-    ``timeout`` seconds to accept a 32 KiB step, or a 4 MiB slice through sendfile, is
-    cut off (ConnectionAbortedError): a stalled client holds nothing for ever.
+    socket, to which nothing else writes meanwhile; an 8 MiB slice goes through sendfile
+    instead when no thread is free. A client that takes more than ``timeout`` seconds to
+    accept a 32 KiB step, or a 4 MiB slice through sendfile, is cut off
+    (ConnectionAbortedError): a stalled client holds nothing for ever.
     """
 
-    def __init__(self, transport: asyncio.Transport, file: BinaryIO, threads: Executor, timeout: float,
+    def __init__(self, transport: asyncio.Transport, file: BinaryIO, threads: SendingThreads, timeout: float,
                  copy: bool) -> None:
         self._transport = transport
         self._file = file
@@ -68,29 +96,44 @@ class FileSender:
         if not self._copy:
             await sendfile_within(self._transport, self._file, offset, count, self._timeout)
             return
-        loop = asyncio.get_running_loop()
         if self._socket is None:
             head = min(count, HEAD)
-            await sendfile_within(self._transport, self._file, offset, head, self._timeout)
+            await sendfile_within(self._transport, self._file, offset, head, self._timeout, fallback=False)
             offset, count = offset + head, count - head
             if not count:
                 return
-            self._socket = socket.socket(fileno=os.dup(self._transport.get_extra_info("socket").fileno()))
+            self._socket = _duplicate(self._transport)
             self._socket.settimeout(self._timeout)
         while count:
             part = min(count, SLICE)
-            job = loop.run_in_executor(self._threads, copy_to_socket, self._socket, self._file.fileno(), offset, part)
-            try:
-                await asyncio.shield(job)
-            except asyncio.CancelledError:
-                with contextlib.suppress(OSError):
-                    self._socket.shutdown(socket.SHUT_RDWR)  # the thread's next send fails at once
-                with contextlib.suppress(Exception):
-                    await job
-                raise
+            if not self._threads.free:
+                await sendfile_within(self._transport, self._file, offset, part, self._timeout, fallback=False)
+            else:
+                await self._copy_on_thread(self._socket, offset, part)
             offset, count = offset + part, count - part
+
+    async def _copy_on_thread(self, sock: socket.socket, offset: int, count: int) -> None:
+        job = self._threads.submit(sock, self._file.fileno(), offset, count)
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # the thread's next send fails at once
+            with contextlib.suppress(Exception):
+                await job
+            raise
 
     def close(self) -> None:
         """Only after every ``send`` has returned: no thread uses the socket any more."""
         if self._socket is not None:
             self._socket.close()
+
+
+def _duplicate(transport: asyncio.Transport) -> socket.socket:
+    """A socket object of our own on the transport's connection (closing it leaves the connection open)."""
+    fd = os.dup(transport.get_extra_info("socket").fileno())
+    try:
+        return socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        raise

@@ -8,12 +8,11 @@ import hashlib
 import http.client
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from damselfly.proxy.sending import FileSender
+from damselfly.proxy.sending import FileSender, SendingThreads
 from tests.support.fakes import GatedRegistryFake
 from tests.support.wait import wait_until
 
@@ -21,13 +20,18 @@ MiB = 1024 * 1024
 
 
 async def _connected_pair() -> tuple[asyncio.Transport, socket.socket, asyncio.AbstractServer]:
-    """A server-side transport and a non-blocking client socket that reads nothing until asked."""
+    """A server-side transport and a non-blocking client socket that reads nothing until asked.
+    The transport's ``lost`` future completes when its connection is torn down."""
     loop = asyncio.get_running_loop()
     accepted: asyncio.Future[asyncio.Transport] = loop.create_future()
 
     class Accept(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.lost = loop.create_future()  # type: ignore[attr-defined]
             accepted.set_result(transport)  # type: ignore[arg-type]
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            accepted.result().lost.set_result(exc)  # type: ignore[attr-defined]
 
     server = await loop.create_server(Accept, "127.0.0.1", 0)
     client = socket.socket()
@@ -61,12 +65,14 @@ def test_file_bytes_follow_what_the_transport_still_holds(tmp_path: Path, copy: 
         try:
             transport.write(pending)
             assert transport.get_write_buffer_size() > 0, "the kernel took everything: the case is not set up"
-            with open(path, "rb") as file, ThreadPoolExecutor(2) as threads:
+            threads = SendingThreads(2)
+            with open(path, "rb") as file:
                 sender = FileSender(transport, file, threads, timeout=30, copy=copy)
                 sending = asyncio.create_task(sender.send(0, len(payload)))
                 received = await _receive(client, len(pending) + len(payload))
                 await asyncio.wait_for(sending, 30)
                 sender.close()
+            threads.shutdown()
             return received
         finally:
             transport.close()
@@ -86,11 +92,13 @@ def test_a_client_that_stops_reading_is_cut_off_after_the_timeout(tmp_path: Path
     async def scenario() -> None:
         transport, client, server = await _connected_pair()
         try:
-            with open(path, "rb") as file, ThreadPoolExecutor(2) as threads:
+            threads = SendingThreads(2)
+            with open(path, "rb") as file:
                 sender = FileSender(transport, file, threads, timeout=0.5, copy=copy)
                 with pytest.raises(ConnectionError, match="stopped reading"):
                     await asyncio.wait_for(sender.send(0, 64 * MiB), 30)
                 sender.close()
+            threads.shutdown()
         finally:
             transport.close()
             client.close()
@@ -119,10 +127,82 @@ def test_one_keep_alive_connection_carries_cold_warm_and_range_responses(damself
     assert len(registry.blob_gets(digest)) == 1
 
 
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "sendfile"])
+def test_a_stalled_client_behind_queued_headers_is_cut_off_cleanly(tmp_path: Path, copy: bool) -> None:
+    """The deadline may fall while the headers still wait in the transport: cutting the
+    client off then must leave the transport in a state that aborts without an error."""
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(4 * MiB))
+    errors: list[dict] = []
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        transport, client, server = await _connected_pair()
+        try:
+            transport.write(b"h" * (16 * MiB))
+            assert transport.get_write_buffer_size() > 0, "the kernel took everything: the case is not set up"
+            threads = SendingThreads(2)
+            with open(path, "rb") as file:
+                sender = FileSender(transport, file, threads, timeout=0.5, copy=copy)
+                with pytest.raises(ConnectionError, match="stopped reading"):
+                    await asyncio.wait_for(sender.send(0, 4 * MiB), 30)
+                sender.close()
+            threads.shutdown()
+            transport.abort()
+            await asyncio.wait_for(transport.lost, 10)  # type: ignore[attr-defined]
+        finally:
+            client.close()
+            server.close()
+
+    asyncio.run(scenario())
+    assert errors == []
+
+
+def test_with_every_thread_taken_a_cached_blob_goes_by_sendfile(tmp_path: Path) -> None:
+    """One slow client per thread must not make the others wait behind them."""
+    payload = os.urandom(20 * MiB + 5)
+    path = tmp_path / "blob"
+    path.write_bytes(payload)
+
+    async def scenario() -> bytes:
+        slow_transport, slow_client, slow_server = await _connected_pair()
+        transport, client, server = await _connected_pair()
+        threads = SendingThreads(1)
+        try:
+            with open(path, "rb") as slow_file, open(path, "rb") as file:
+                slow = FileSender(slow_transport, slow_file, threads, timeout=30, copy=True)
+                holding = asyncio.create_task(slow.send(0, len(payload)))  # its client reads nothing
+                await wait_for_condition(lambda: threads.free == 0)
+                sender = FileSender(transport, file, threads, timeout=30, copy=True)
+                sending = asyncio.create_task(sender.send(0, len(payload)))
+                received = await _receive(client, len(payload))
+                await asyncio.wait_for(sending, 30)
+                assert not holding.done(), "the slow client's copy should still hold the only thread"
+                sender.close()
+                slow_transport.abort()
+                slow_client.close()
+                with pytest.raises(ConnectionError):
+                    await asyncio.wait_for(holding, 30)
+                slow.close()
+            return received
+        finally:
+            threads.shutdown()
+            for closing in (transport, client, server, slow_server):
+                closing.close()
+
+    assert asyncio.run(scenario()) == payload
+
+
+async def wait_for_condition(condition, deadline: float = 10) -> None:
+    async with asyncio.timeout(deadline):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("temperature", ["cold", "warm"])
 def test_the_mirror_cuts_off_a_stalled_client_and_serves_the_next(damselfly, registry, registry_client,
                                                                   temperature: str) -> None:
-    node = damselfly("--read-timeout", "1")
+    node = damselfly("--read-timeout", "3")
     data = os.urandom(64 * MiB)
     digest = registry_client.push_blob("stalled/blob", data)
     path = f"/v2/stalled/blob/blobs/{digest}?ns={registry.host}"
@@ -159,7 +239,7 @@ def test_a_client_that_stops_reading_a_passed_through_answer_is_cut_off(damselfl
     fake.gate.set()
     fake.start()
     try:
-        node = damselfly("--registry", f"big.test=http://{fake.host}", "--read-timeout", "1")
+        node = damselfly("--registry", f"big.test=http://{fake.host}", "--read-timeout", "3")
         path = "/v2/big/answer/tags/list?ns=big.test"
         with socket.create_connection((node.host, node.port)) as stalled:
             stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
