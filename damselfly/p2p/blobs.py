@@ -87,6 +87,9 @@ class PeerNetwork(Protocol):
     def finished(self, task: Task, success: bool, reason: str = "") -> None:
         """Tell the network how the task ended here."""
 
+    def seed_failed(self, digest: str, reason: str) -> None:
+        """Tell the network this seed could not start a task it accepted."""
+
 
 class BlobEvents(Protocol):
     """What the service reports, so metrics stay out of its logic."""

@@ -188,6 +188,17 @@ class Network:
 
         self.spawn(report())
 
+    def seed_failed(self, digest: str, reason: str) -> None:
+        """Tell the scheduler this seed could not start a task it accepted, so that it stops
+        offering this seed for it (and its peers go to the origin when no other seed can)."""
+
+        async def report() -> None:
+            with contextlib.suppress(SchedulerUnavailable):
+                await self.scheduler.call(digest, "POST", "done", json={
+                    "host_id": self.host_id, "success": False, "reason": reason, "could_not_start": True})
+
+        self.spawn(report())
+
     # -- peer side -----------------------------------------------------------------
 
     async def download(self, task: Task, origin: Origin) -> str:

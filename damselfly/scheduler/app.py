@@ -166,7 +166,8 @@ class Scheduler:
     async def done(self, request: web.Request) -> web.Response:
         body = await _json(request)
         task = self._task(request)
-        self.state.finish(task, _str(body, "host_id"), bool(body.get("success")), str(body.get("reason", "")))
+        self.state.finish(task, _str(body, "host_id"), bool(body.get("success")), str(body.get("reason", "")),
+                          could_not_start=bool(body.get("could_not_start")))
         return web.json_response({})
 
     # -- scheduling ----------------------------------------------------------------
@@ -196,7 +197,7 @@ class Scheduler:
         assert self._session is not None
         seeds = sorted(self.state.seeds(), key=lambda h: (self.state.uploads_in_flight(h.id), h.id))
         for seed in seeds:
-            if seed.id == exclude:
+            if seed.id == exclude or seed.id in task.failed_seeds:
                 continue
             try:
                 async with self._session.post(f"{seed.upload_url}/api/v1/seed/{task.id}", json={

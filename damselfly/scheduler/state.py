@@ -60,6 +60,7 @@ class Task:
     # one it reported: a peer whose pieces all match them holds the right blob.
     verified: bool = False
     seed_conflict: bool = False
+    failed_seeds: set[str] = field(default_factory=set)  # seeds that could not fetch it: not asked again
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -174,7 +175,10 @@ class SchedulerState:
             self.hosts[parent_id].failures += 1
         task.bump()
 
-    def finish(self, task: Task, host_id: str, success: bool, reason: str = "") -> None:
+    def finish(self, task: Task, host_id: str, success: bool, reason: str = "", could_not_start: bool = False) -> None:
+        """A peer's task ended. A seed that ``could_not_start`` it (the origin refused it, or
+        is out of reach) is not asked for it again: its peers go to the next seed, or to
+        the origin themselves, instead of waiting on a seed that has nothing."""
         peer = task.peers.get(host_id)
         if peer is None:
             return
@@ -186,6 +190,8 @@ class SchedulerState:
                 task.verified = len(task.digests) == peer.bitmap.count
         else:
             del task.peers[host_id]
+            if could_not_start:
+                task.failed_seeds.add(host_id)
             if reason.startswith("digest mismatch"):
                 task.failed = reason  # the origin itself sent a wrong blob: nobody will do better
         task.bump()

@@ -15,8 +15,9 @@ import pytest
 
 from damselfly.p2p.pieces import piece_count, piece_length_for
 from tests.support.cluster import SchedulerProcess, start_peer
+from tests.support.daemon import Damselfly
 from tests.support.fakes import GatedRegistryFake
-from tests.support.wait import wait_until
+from tests.support.wait import free_port, wait_until
 
 MiB = 1024 * 1024
 
@@ -150,6 +151,53 @@ def test_the_seed_killed_before_it_finishes(tmp_path, nodes):
         assert child.metric("damselfly_p2p_bytes_total", 'source="origin"') < len(data)  # only the missing pieces
     finally:
         origin.stop()
+
+
+def test_a_seed_restarted_mid_download_does_not_leave_its_peers_waiting(tmp_path, nodes):
+    """Killed and back within the host expiry, the seed keeps its place in the scheduler's
+    view of the task but has nothing: peers asked for pieces must not wait on it for ever."""
+    data = os.urandom(24 * MiB)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    origin = GatedRegistryFake(data, gate_at=10 * MiB).start()
+    try:
+        mapping = ["--registry", f"gated.test=http://{origin.host}"]
+        scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+        seed = start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True)
+        child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
+        thread, result = in_background(lambda: fetch(child, "gated.test", "faults/restart", digest))
+        wait_until(lambda: child.metric("damselfly_p2p_bytes_total", 'source="seed"') >= 8 * MiB, 30,
+                   "the first pieces from the seed")
+        os.kill(seed.process.pid, signal.SIGKILL)
+        seed.process.wait(10)
+        nodes(Damselfly(seed.data_dir, seed.args, command="daemon", port=seed.port, upload_port=seed.upload_port).start())
+        origin.gate.set()
+        started = time.monotonic()
+        thread.join(90)
+        assert result.get("value") == data, result.get("error")
+        assert time.monotonic() - started < 45
+        assert child.metric("damselfly_p2p_back_to_source_total") == 1
+    finally:
+        origin.stop()
+
+
+def test_a_seed_that_cannot_reach_the_origin_sends_its_peers_there(tmp_path, registry, registry_client, nodes):
+    """The seed accepts the task, then cannot start it (here its proxy is down; on Docker
+    Hub it could be a 429): the scheduler must stop offering it, and the peer must get the
+    blob from the origin itself, soon, with the reason counted."""
+    data = os.urandom(6 * MiB)
+    digest = registry_client.push_blob("faults/seedless", data)
+    mapping = ["--registry", f"{registry.host}={registry.url}"]
+    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    seed = nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True,
+                            env={"http_proxy": dead_proxy, "HTTP_PROXY": dead_proxy}))
+    child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
+    started = time.monotonic()
+    assert fetch(child, registry.host, "faults/seedless", digest, timeout=90) == data
+    assert time.monotonic() - started < 20
+    assert child.metric("damselfly_p2p_back_to_source_total", 'reason="scheduler"') == 1
+    assert "goes back to the origin" in child.log() and "no seed peer could take the task" in child.log()
+    assert "could not start" in seed.log()
 
 
 def test_a_task_moves_to_the_next_scheduler_on_the_ring(tmp_path, registry, registry_client, nodes):

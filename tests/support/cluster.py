@@ -42,8 +42,9 @@ class SchedulerProcess:
 
 
 def start_peer(workdir: Path, schedulers: list[str], registry_args: list[str], seed: bool = False,
-               extra: list[str] | None = None, host: str = "127.0.0.1", wrap: list[str] | None = None) -> Damselfly:
+               extra: list[str] | None = None, host: str = "127.0.0.1", wrap: list[str] | None = None,
+               env: dict[str, str] | None = None) -> Damselfly:
     node = Damselfly(workdir, ["--scheduler", ",".join(schedulers), *registry_args, *(["--seed"] if seed else []),
-                               *(extra or [])], command="daemon", host=host, wrap=wrap or [])
+                               *(extra or [])], command="daemon", host=host, wrap=wrap or [], env=env or {})
     node.args += ["--host-id", f"{'seed' if seed else 'peer'}-{node.upload_port}"]
     return node.start()
