@@ -17,10 +17,13 @@ the event loop as it lands.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
+import itertools
 import os
 import socket
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -94,16 +97,56 @@ class PieceRequest:
         return f"/pieces/{self.task}/{self.index}{run}"
 
 
+class Deadlines:
+    """One thread that shuts down the sockets of transfers past their deadline. A read
+    timeout alone cannot catch a parent that sends a little within every timeout, and a
+    blocking read cannot look at the clock while it waits."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[float, socket.socket]] = {}
+        self._keys = itertools.count()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._run, name="piece-deadlines", daemon=True).start()
+
+    def watch(self, sock: socket.socket, deadline: float) -> int:
+        key = next(self._keys)
+        with self._lock:
+            self._watched[key] = (deadline, sock)
+        return key
+
+    def release(self, key: int) -> None:
+        with self._lock:
+            self._watched.pop(key, None)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            now = time.monotonic()
+            with self._lock:  # held while shutting down: once release() returns, the socket is safe
+                for key in [key for key, (deadline, _) in self._watched.items() if deadline < now]:
+                    with contextlib.suppress(OSError):
+                        self._watched.pop(key)[1].shutdown(socket.SHUT_RDWR)
+
+
 class PieceFetcher:
     """Runs piece transfers on ``workers`` threads, each keeping one connection per parent."""
 
-    def __init__(self, workers: int, connect_timeout: float = 5.0, read_timeout: float = 30.0) -> None:
+    def __init__(self, workers: int, connect_timeout: float = 5.0, read_timeout: float = 30.0,
+                 piece_deadline: float | None = None) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="piece-fetch")
         self._local = threading.local()
         self._connections: set[http.client.HTTPConnection] = set()
         self._lock = threading.Lock()
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
+        # A parent that sends a little within every read timeout would otherwise hold its
+        # pieces (nobody else is asked for them) for as long as it likes.
+        self._piece_deadline = piece_deadline if piece_deadline is not None else 2 * read_timeout
+        self._deadlines = Deadlines()
         self._closed = False
 
     async def fetch(self, request: PieceRequest, on_piece: Callable[[int, str], None]) -> int:
@@ -153,7 +196,7 @@ class PieceFetcher:
                         check = PieceCheck(digest)
                     except ValueError as exc:
                         raise BadParent(str(exc)) from None
-                    self._receive(response, request, fd, offset, size, check)
+                    self._receive(response, connection.sock, request, fd, offset, size, check)
                     if not check.matches():
                         raise PieceCorrupt(f"piece {request.index + position} of {request.task} does not match its digest")
                     deliver(request.index + position, digest)
@@ -189,30 +232,46 @@ class PieceFetcher:
             raise PieceRefused(f"no trusted digest for piece {request.index + expected.index(None)} of {request.task} yet")
         return expected  # type: ignore[return-value]  # no None left
 
-    def _receive(self, response: http.client.HTTPResponse, request: PieceRequest, fd: int, offset: int, size: int,
-                 check: PieceCheck) -> None:
+    def _receive(self, response: http.client.HTTPResponse, sock: socket.socket | None, request: PieceRequest,
+                 fd: int, offset: int, size: int, check: PieceCheck) -> None:
         """Read one piece of the body through a reusable buffer into the file at ``fd``, hashing it on the way.
 
         The bytes land in the file before the piece is verified; that is safe because
         nothing reads a piece until it is marked present, which needs the check to pass.
+        A piece that takes longer than the piece deadline is broken off (TransferFailed).
         """
         buffer: bytearray | None = getattr(self._local, "buffer", None)
         if buffer is None:
             buffer = self._local.buffer = bytearray(BUFFER_SIZE)
         view = memoryview(buffer)
         end = offset + size
-        while offset < end:
-            count = response.readinto(view[: min(BUFFER_SIZE, end - offset)])
-            if not count:
-                if self._closed:
-                    raise TransferFailed("the daemon is shutting down")
-                raise BadParent(f"sent too few bytes for {request.path}")
-            check.update(view[:count])
-            try:
-                pwrite_all(fd, view[:count], offset)
-            except OSError as exc:
-                raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
-            offset += count
+        deadline = time.monotonic() + self._piece_deadline
+        watched = self._deadlines.watch(sock, deadline) if sock is not None else None
+        try:
+            while offset < end:
+                try:
+                    count = response.readinto(view[: min(BUFFER_SIZE, end - offset)])
+                except OSError:
+                    self._raise_if_late(request, deadline)
+                    raise
+                if not count:
+                    self._raise_if_late(request, deadline)
+                    if self._closed:
+                        raise TransferFailed("the daemon is shutting down")
+                    raise BadParent(f"sent too few bytes for {request.path}")
+                check.update(view[:count])
+                try:
+                    pwrite_all(fd, view[:count], offset)
+                except OSError as exc:
+                    raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
+                offset += count
+        finally:
+            if watched is not None:
+                self._deadlines.release(watched)
+
+    def _raise_if_late(self, request: PieceRequest, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise TransferFailed(f"a piece of {request.path} took over {self._piece_deadline:g}s") from None
 
     @staticmethod
     def _send(connection: http.client.HTTPConnection, request: PieceRequest) -> http.client.HTTPResponse:
@@ -248,6 +307,7 @@ class PieceFetcher:
     async def close(self) -> None:
         """Break off transfers in progress (their threads wake at once) and stop the workers."""
         self._closed = True
+        self._deadlines.stop()
         with self._lock:
             for connection in self._connections:
                 if connection.sock is not None:

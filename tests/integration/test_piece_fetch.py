@@ -53,6 +53,13 @@ class Parent:
                 if parent.mode == "short":
                     self.wfile.write(body[:1000])
                     self.close_connection = True
+                elif parent.mode == "trickle":  # a little within every read timeout, for ever
+                    for start in range(0, len(body), 4096):
+                        if parent.release.wait(0.05):
+                            break
+                        self.wfile.write(body[start:start + 4096])
+                        self.wfile.flush()
+                    self.close_connection = True
                 elif parent.mode == "stall":
                     self.wfile.write(body[:1000])
                     self.wfile.flush()
@@ -204,6 +211,24 @@ def test_closing_the_fetcher_breaks_off_a_stalled_transfer_at_once(parent, data_
             await transfer
         return time.monotonic() - started
     assert run(go) < 5  # not the 10 s read timeout
+
+
+def test_a_parent_that_trickles_a_piece_is_given_up_on_after_the_piece_deadline(parent, data_file):
+    parent.mode = "trickle"  # 80 KB/s: every read succeeds well within the read timeout
+
+    async def go(fetcher):
+        started = time.monotonic()
+        with pytest.raises(TransferFailed, match="took over 1s"):
+            await fetcher.fetch(request(parent, data_file), Landed())
+        return time.monotonic() - started
+
+    async def with_deadline():
+        fetcher = PieceFetcher(2, read_timeout=10, piece_deadline=1)
+        try:
+            return await go(fetcher)
+        finally:
+            await fetcher.close()
+    assert asyncio.run(with_deadline()) < 5  # not the 40 s the whole piece would take
 
 
 def test_a_worker_keeps_a_bounded_number_of_idle_connections(data_file, monkeypatch):
