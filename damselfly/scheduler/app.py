@@ -17,7 +17,9 @@ from damselfly.scheduler.state import KEEPALIVE_INTERVAL, Host, SchedulerState, 
 
 log = logging.getLogger(__name__)
 LONG_POLL_SECONDS = 5.0
-SEED_TRIGGER_TIMEOUT = 5.0
+SEED_TRIGGER_TIMEOUT = 2.0  # per seed: a healthy one answers at once (202); the download comes after
+SEED_TRIGGER_BUDGET = 4.0  # for every seed of one trigger: under the 5 s a peer waits for its schedule
+SEED_FAILURE_MEMORY = 60.0  # a seed that failed a trigger is asked last for this long
 
 
 class SchedulerMetrics:
@@ -41,6 +43,7 @@ class Scheduler:
         self.state = SchedulerState()
         self.metrics = SchedulerMetrics()
         self._session: aiohttp.ClientSession | None = None
+        self._trigger_failures: dict[str, float] = {}  # seed id: when a trigger last failed
         self._triggering: dict[str, asyncio.Task[bool]] = {}
         self.metrics.hosts.labels("seed").set_function(lambda: len(self.state.seeds()))
         self.metrics.hosts.labels("all").set_function(lambda: len(self.state.hosts))
@@ -194,25 +197,39 @@ class Scheduler:
         return await asyncio.shield(running)
 
     async def _ask_seeds(self, task: Task, exclude: str) -> bool:
-        assert self._session is not None
-        seeds = sorted(self.state.seeds(), key=lambda h: (self.state.uploads_in_flight(h.id), h.id))
-        for seed in seeds:
-            if seed.id == exclude or seed.id in task.failed_seeds:
-                continue
-            try:
-                async with self._session.post(f"{seed.upload_url}/api/v1/seed/{task.id}", json={
-                        "length": task.length, "piece_length": task.piece_length, "origin": task.origin,
-                        "ranged": task.ranged}) as response:
-                    if response.status == 202:
-                        self.state.join(task, seed.id, [], seeding=True)
-                        self.metrics.seed_triggers.labels("accepted").inc()
-                        log.info("seed peer %s fetches %s from the origin", seed.id, task.id)
+        """Seeds in order of their load, those that failed a trigger lately last, all within
+        a budget shorter than a peer's wait: one unreachable seed (a firewall that drops,
+        a wrong advertised address) must not make every peer think its scheduler is down."""
+        now = time.monotonic()
+        seeds = sorted(self.state.seeds(), key=lambda h: (
+            now - self._trigger_failures.get(h.id, -SEED_FAILURE_MEMORY) < SEED_FAILURE_MEMORY,
+            self.state.uploads_in_flight(h.id), h.id))
+        try:
+            async with asyncio.timeout(SEED_TRIGGER_BUDGET):
+                for seed in seeds:
+                    if seed.id != exclude and seed.id not in task.failed_seeds and await self._ask_seed(seed, task):
                         return True
-                    reason = f"answered {response.status}: {(await response.text())[:200]}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                reason = f"unreachable: {exc}"
-            self.metrics.seed_triggers.labels("failed").inc()
-            log.warning("seed peer %s could not take %s: %s", seed.id, task.id, reason)
+        except TimeoutError:
+            log.warning("no seed peer took %s within %.0fs", task.id, SEED_TRIGGER_BUDGET)
+        return False
+
+    async def _ask_seed(self, seed: Host, task: Task) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.post(f"{seed.upload_url}/api/v1/seed/{task.id}", json={
+                    "length": task.length, "piece_length": task.piece_length, "origin": task.origin,
+                    "ranged": task.ranged}) as response:
+                if response.status == 202:
+                    self.state.join(task, seed.id, [], seeding=True)
+                    self.metrics.seed_triggers.labels("accepted").inc()
+                    log.info("seed peer %s fetches %s from the origin", seed.id, task.id)
+                    return True
+                reason = f"answered {response.status}: {(await response.text())[:200]}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = f"unreachable: {exc or exc.__class__.__name__}"
+        self._trigger_failures[seed.id] = time.monotonic()
+        self.metrics.seed_triggers.labels("failed").inc()
+        log.warning("seed peer %s could not take %s: %s", seed.id, task.id, reason)
         return False
 
 

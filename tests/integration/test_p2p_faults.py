@@ -16,7 +16,7 @@ import pytest
 from damselfly.p2p.pieces import piece_count, piece_length_for
 from tests.support.cluster import SchedulerProcess, start_peer
 from tests.support.daemon import Damselfly
-from tests.support.fakes import GatedRegistryFake
+from tests.support.fakes import GatedRegistryFake, SilentServerFake
 from tests.support.wait import free_port, wait_until
 
 MiB = 1024 * 1024
@@ -198,6 +198,29 @@ def test_a_seed_that_cannot_reach_the_origin_sends_its_peers_there(tmp_path, reg
     assert child.metric("damselfly_p2p_back_to_source_total", 'reason="scheduler"') == 1
     assert "goes back to the origin" in child.log() and "no seed peer could take the task" in child.log()
     assert "could not start" in seed.log()
+
+
+def test_a_seed_that_never_answers_does_not_stall_its_peers(tmp_path, registry, registry_client, nodes):
+    """A seed that still keeps its host alive but whose upload port swallows every request
+    (a firewall that drops, a wrong advertised address) sorts first. The scheduler must move
+    on to the next seed within the peer's wait, or the peer takes its scheduler for dead
+    and goes to the registry; and it must ask the silent seed last from then on."""
+    silent = SilentServerFake()
+    try:
+        scheduler, peer = seeded(tmp_path, nodes, registry)
+        announced = httpx.post(f"{scheduler.url}/api/v1/hosts", timeout=10,
+                               json={"id": "a-silent-seed", "upload_url": f"http://{silent.host}", "seed": True})
+        assert announced.status_code == 200
+        child = peer("child")
+        for name in ("faults/silent-1", "faults/silent-2"):
+            data = os.urandom(3 * MiB)
+            assert fetch(child, registry.host, name, registry_client.push_blob(name, data), timeout=60) == data
+        assert child.metric("damselfly_p2p_back_to_source_total") == 0
+        assert child.metric("damselfly_p2p_bytes_total", 'source="seed"') == 6 * MiB
+        assert scheduler.metric("damselfly_scheduler_seed_triggers_total", 'result="failed"') == 1
+        assert scheduler.metric("damselfly_scheduler_seed_triggers_total", 'result="accepted"') == 2
+    finally:
+        silent.close()
 
 
 def test_a_task_moves_to_the_next_scheduler_on_the_ring(tmp_path, registry, registry_client, nodes):
