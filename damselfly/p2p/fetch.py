@@ -40,6 +40,7 @@ RELAY_HEADER = "X-Piece-Relay"  # a seed's answer: get the piece from this peer,
 COUNT_HEADER = "X-Piece-Count"  # how many consecutive pieces a body carries (absent: one)
 MAX_RUN_PIECES = 64  # the most pieces one request may ask for
 BUFFER_SIZE = 1024 * 1024  # per worker thread, whatever the piece length
+PIECE_READ_TIMEOUT = 30.0  # seconds an asker waits for a parent's answer, and between bytes
 CONNECTIONS_PER_WORKER = 16  # kept-alive parents per thread: parents come and go, sockets must not pile up
 
 
@@ -135,7 +136,7 @@ class Deadlines:
 class PieceFetcher:
     """Runs piece transfers on ``workers`` threads, each keeping one connection per parent."""
 
-    def __init__(self, workers: int, connect_timeout: float = 5.0, read_timeout: float = 30.0,
+    def __init__(self, workers: int, connect_timeout: float = 5.0, read_timeout: float = PIECE_READ_TIMEOUT,
                  piece_deadline: float | None = None) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="piece-fetch")
         self._local = threading.local()

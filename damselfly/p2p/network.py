@@ -23,8 +23,9 @@ from typing import Any
 
 from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.blobs import Origin
-from damselfly.p2p.fetch import (MAX_RUN_PIECES, BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused,
-                                 PieceRelayed, PieceRequest, PieceWriteFailed, TransferFailed)
+from damselfly.p2p.fetch import (MAX_RUN_PIECES, PIECE_READ_TIMEOUT, BadParent, ParentBusy, PieceCorrupt,
+                                 PieceFetcher, PieceRefused, PieceRelayed, PieceRequest, PieceWriteFailed,
+                                 TransferFailed)
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap
 from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill
@@ -111,7 +112,7 @@ class Reporter:
 class Network:
     def __init__(self, scheduler: SchedulerClient, registry: RegistryClient, metrics: PeerMetrics, *,
                  is_seed: bool, concurrency: int = 4, scheduler_deadline: float = 10.0,
-                 piece_timeout: float = 30.0, no_parent_deadline: float = 15.0) -> None:
+                 piece_timeout: float = PIECE_READ_TIMEOUT, no_parent_deadline: float = 15.0) -> None:
         self.scheduler = scheduler
         self.registry = registry
         self.metrics = metrics

@@ -16,19 +16,30 @@ from damselfly.lib.oci import Digest, OCIError
 from damselfly.lib.ratelimit import TokenBucket
 from damselfly.p2p.blobs import BlobService, Origin, SourceRefused, SourceUnavailable
 from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.fetch import COUNT_HEADER, MAX_RUN_PIECES, PIECE_DIGEST_HEADER, RECEIVER_HEADER, RELAY_HEADER
+from damselfly.p2p.fetch import (
+    COUNT_HEADER,
+    MAX_RUN_PIECES,
+    PIECE_DIGEST_HEADER,
+    PIECE_READ_TIMEOUT,
+    RECEIVER_HEADER,
+    RELAY_HEADER,
+)
 from damselfly.p2p.relay import RelayBook
 from damselfly.p2p.task import Task, TaskFailed
 from damselfly.proxy.upstream import normalize_upstream
 
 log = logging.getLogger(__name__)
 SEED_START_WAIT = 10.0
+# How long a still-downloading seed holds a request for a piece it has not reached: under
+# the asker's read timeout, so that the asker hears "not yet" (404) and asks again, instead
+# of timing out and reporting this seed as a bad parent (then going to the registry).
+SEED_PIECE_WAIT = PIECE_READ_TIMEOUT * 2 / 3
 RELAY_WAIT = 5.0  # how long a peer a seed pointed an asker at waits for the piece it is getting
 
 
 class UploadServer:
     def __init__(self, blobs: BlobService, metrics: PeerMetrics, registry: CollectorRegistry, slots: int = 16,
-                 piece_wait: float = 60.0, rate: int | None = None, send_timeout: float = 60.0) -> None:
+                 piece_wait: float = SEED_PIECE_WAIT, rate: int | None = None, send_timeout: float = 60.0) -> None:
         self.blobs = blobs
         # Bandwidth cap for uploads; a burst of one 4 MiB piece.
         self.limiter = TokenBucket(rate, 4 * 1024 * 1024) if rate else None
