@@ -24,11 +24,19 @@ class TokenBucket:
         self._stamp = clock()
 
     def reserve(self, n: int) -> float:
+        self._refill()
+        self._tokens -= n
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def backlog(self) -> float:
+        """Seconds a caller asking now would wait for those already queued (0 without debt)."""
+        self._refill()
+        return max(0.0, -self._tokens / self.rate)
+
+    def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
-        self._tokens -= n
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
     async def acquire(self, n: int) -> None:
         delay = self.reserve(n)

@@ -34,6 +34,10 @@ SEED_START_WAIT = 10.0
 # the asker's read timeout, so that the asker hears "not yet" (404) and asks again, instead
 # of timing out and reporting this seed as a bad parent (then going to the registry).
 SEED_PIECE_WAIT = PIECE_READ_TIMEOUT * 2 / 3
+# With --upload-rate, a request waits for those queued before it, then for its own bytes,
+# all before its headers: past this backlog the asker hears "busy" (503) and asks again
+# later, rather than waiting beyond its read timeout and calling this parent bad.
+RATE_BACKLOG_LIMIT = PIECE_READ_TIMEOUT / 3
 RELAY_WAIT = 5.0  # how long a peer a seed pointed an asker at waits for the piece it is getting
 
 
@@ -112,6 +116,9 @@ class UploadServer:
                 self.metrics.upload_refused.labels("relayed").inc()
                 raise web.HTTPServiceUnavailable(text=f"piece {index} is on its way to {relay}: ask there",
                                                  headers={RELAY_HEADER: relay, PIECE_DIGEST_HEADER: ",".join(digests)})
+        if self.limiter is not None and (backlog := self.limiter.backlog()) > RATE_BACKLOG_LIMIT:
+            self.metrics.upload_refused.labels("rate_backlog").inc()
+            raise web.HTTPServiceUnavailable(text=f"upload rate limit: {backlog:.0f}s of uploads queued")
         self._active += 1
         self.metrics.uploads.inc()
         try:

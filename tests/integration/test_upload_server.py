@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -71,3 +72,28 @@ def test_an_asker_that_freezes_is_cut_off_and_frees_its_slot(cluster, registry, 
                    "the frozen asker to be cut off")
         # The only slot is free again while the frozen asker still holds its socket.
         assert httpx.get(f"{seed.upload_url}/pieces/{digest}/1", timeout=30).content == BLOB[PIECE:2 * PIECE]
+
+
+def test_with_an_upload_rate_a_long_queue_answers_busy_at_once(cluster, registry, registry_client):  # noqa: F811
+    """Rate-limited uploads wait their turn before their headers. Past a backlog the asker
+    could not wait out (its read timeout), the seed must say busy now, not time out later."""
+    digest = registry_client.push_blob("upload/rated", BLOB)
+    seed = cluster(seed=True, extra=["--upload-rate", "2MB"])
+    assert get_blob(seed, registry.host, "upload/rated", digest) == BLOB
+    address = urlsplit(seed.upload_url)
+    askers = []
+    try:
+        for queued in (1, 2):  # 16 MiB each at 2 MB/s: about 6 s, then 15 s of backlog
+            asker = socket.create_connection((address.hostname, address.port), timeout=30)
+            askers.append(asker)
+            asker.sendall(f"GET /pieces/{digest}/0?count=64 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            wait_until(lambda queued=queued: metric(seed.upload_url, "damselfly_upload_active") == queued, 20,
+                       f"upload {queued} to be queued")
+        started = time.monotonic()
+        refused = httpx.get(f"{seed.upload_url}/pieces/{digest}/0", params={"count": 64}, timeout=30)
+        assert refused.status_code == 503 and "upload rate limit" in refused.text
+        assert time.monotonic() - started < 5
+        assert metric(seed.upload_url, "damselfly_upload_refused_total", 'reason="rate_backlog"') == 1
+    finally:
+        for asker in askers:
+            asker.close()
