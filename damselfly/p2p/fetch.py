@@ -109,17 +109,21 @@ class Deadlines:
         self._watched: dict[int, tuple[float, socket.socket]] = {}
         self._keys = itertools.count()
         self._stopped = threading.Event()
-        threading.Thread(target=self._run, name="piece-deadlines", daemon=True).start()
+        self._thread: threading.Thread | None = None
 
     def watch(self, sock: socket.socket, deadline: float) -> int:
         key = next(self._keys)
         with self._lock:
             self._watched[key] = (deadline, sock)
+            if self._thread is None:  # started by the first transfer: a fetcher never used costs no thread
+                self._thread = threading.Thread(target=self._run, name="piece-deadlines", daemon=True)
+                self._thread.start()
         return key
 
-    def release(self, key: int) -> None:
+    def release(self, key: int) -> bool:
+        """Stop watching; True if the deadline passed first (the socket is shut down)."""
         with self._lock:
-            self._watched.pop(key, None)
+            return self._watched.pop(key, None) is None
 
     def stop(self) -> None:
         self._stopped.set()
@@ -171,13 +175,13 @@ class PieceFetcher:
         try:
             reused = connection.sock is not None
             try:
-                response = self._send(connection, request)
+                response, sock = self._send(connection, request)
             except (ConnectionError, http.client.RemoteDisconnected):
                 if not reused:
                     raise
                 self._discard(connection)  # the parent closed it while idle: one more try on a new one
                 connection = self._connection(request.parent_url)
-                response = self._send(connection, request)
+                response, sock = self._send(connection, request)
             if response.status != 200:
                 relay, sent_digests = response.getheader(RELAY_HEADER), response.getheader(PIECE_DIGEST_HEADER)
                 _drain(response)
@@ -197,7 +201,7 @@ class PieceFetcher:
                         check = PieceCheck(digest)
                     except ValueError as exc:
                         raise BadParent(str(exc)) from None
-                    self._receive(response, connection.sock, request, fd, offset, size, check)
+                    self._receive(response, sock, request, fd, offset, size, check)
                     if not check.matches():
                         raise PieceCorrupt(f"piece {request.index + position} of {request.task} does not match its digest")
                     deliver(request.index + position, digest)
@@ -233,7 +237,7 @@ class PieceFetcher:
             raise PieceRefused(f"no trusted digest for piece {request.index + expected.index(None)} of {request.task} yet")
         return expected  # type: ignore[return-value]  # no None left
 
-    def _receive(self, response: http.client.HTTPResponse, sock: socket.socket | None, request: PieceRequest,
+    def _receive(self, response: http.client.HTTPResponse, sock: socket.socket, request: PieceRequest,
                  fd: int, offset: int, size: int, check: PieceCheck) -> None:
         """Read one piece of the body through a reusable buffer into the file at ``fd``, hashing it on the way.
 
@@ -247,7 +251,7 @@ class PieceFetcher:
         view = memoryview(buffer)
         end = offset + size
         deadline = time.monotonic() + self._piece_deadline
-        watched = self._deadlines.watch(sock, deadline) if sock is not None else None
+        watched = self._deadlines.watch(sock, deadline)
         try:
             while offset < end:
                 try:
@@ -266,18 +270,25 @@ class PieceFetcher:
                 except OSError as exc:
                     raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
                 offset += count
-        finally:
-            if watched is not None:
-                self._deadlines.release(watched)
+        except BaseException:
+            self._deadlines.release(watched)
+            raise
+        if self._deadlines.release(watched):  # cut off right after the last byte: the connection is gone
+            raise TransferFailed(f"a piece of {request.path} took over {self._piece_deadline:g}s")
 
     def _raise_if_late(self, request: PieceRequest, deadline: float) -> None:
         if time.monotonic() > deadline:
             raise TransferFailed(f"a piece of {request.path} took over {self._piece_deadline:g}s") from None
 
     @staticmethod
-    def _send(connection: http.client.HTTPConnection, request: PieceRequest) -> http.client.HTTPResponse:
+    def _send(connection: http.client.HTTPConnection, request: PieceRequest
+              ) -> tuple[http.client.HTTPResponse, socket.socket]:
+        """The response, and its socket: taken before the answer, since http.client drops the
+        connection's reference to it when the parent answers ``Connection: close``."""
         connection.request("GET", request.path, headers={RECEIVER_HEADER: request.receiver} if request.receiver else {})
-        return connection.getresponse()
+        sock = connection.sock
+        assert sock is not None  # request() connected it
+        return connection.getresponse(), sock
 
     def _connection(self, parent_url: str) -> http.client.HTTPConnection:
         """This thread's connection to the parent; the least recently used go beyond a few."""

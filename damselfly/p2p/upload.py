@@ -35,9 +35,10 @@ SEED_START_WAIT = 10.0
 # of timing out and reporting this seed as a bad parent (then going to the registry).
 SEED_PIECE_WAIT = PIECE_READ_TIMEOUT * 2 / 3
 # With --upload-rate, a request waits for those queued before it, then for its own bytes,
-# all before its headers: past this backlog the asker hears "busy" (503) and asks again
-# later, rather than waiting beyond its read timeout and calling this parent bad.
-RATE_BACKLOG_LIMIT = PIECE_READ_TIMEOUT / 3
+# all before its headers. A backlog longer than what is left of SEED_PIECE_WAIT gets
+# "busy" (503), and a run is cut to what the rate sends in a few seconds, so that the
+# asker is answered within its read timeout instead of calling this parent bad.
+RATE_RUN_SECONDS = 5.0
 RELAY_WAIT = 5.0  # how long a peer a seed pointed an asker at waits for the piece it is getting
 
 
@@ -83,7 +84,8 @@ class UploadServer:
         if not 1 <= wanted <= MAX_RUN_PIECES:
             raise web.HTTPBadRequest(text=f"count must be 1..{MAX_RUN_PIECES}")
         seeding = self.blobs.network is not None and self.blobs.network.is_seed
-        task = await self.blobs.wait_task(digest, SEED_START_WAIT if seeding else 0)
+        answer_by = time.monotonic() + self.piece_wait  # every wait before the headers, together
+        task = await self.blobs.wait_task(digest, min(SEED_START_WAIT, self.piece_wait) if seeding else 0)
         if task is None:
             self.metrics.upload_refused.labels("unknown_task").inc()
             raise web.HTTPNotFound(text=f"no task {digest} here")
@@ -93,10 +95,11 @@ class UploadServer:
         if not task.bitmap.has(index):
             if seeding and not task.complete:  # a seed peer still downloading: serve the piece as soon as it lands
                 asked_end = sum(task.piece_span(min(index + wanted, task.piece_count) - 1)) - 1
+                left = max(0.0, answer_by - time.monotonic())
                 try:
-                    async with asyncio.timeout(self.piece_wait):  # a hard deadline: other pieces do not extend it
+                    async with asyncio.timeout(left):  # a hard deadline: other pieces do not extend it
                         # The asked run's end goes with the wait: a seed filling by ranges gets it in one.
-                        await task.readable_end(task.piece_span(index)[0], self.piece_wait, until=asked_end)
+                        await task.readable_end(task.piece_span(index)[0], left, until=asked_end)
                 except (TaskFailed, TimeoutError) as exc:
                     raise web.HTTPNotFound(text=f"piece {index} will not come: {exc or 'timed out'}") from None
             elif not await task.arrival(index, RELAY_WAIT):  # a seed may have sent the asker here: this peer is getting it
@@ -106,6 +109,8 @@ class UploadServer:
             self.metrics.upload_refused.labels("no_slot").inc()
             raise web.HTTPServiceUnavailable(text="all upload slots are busy")
         run = held_run(task, index, wanted, on_the_way=not seeding)
+        if self.limiter is not None:  # a run the rate sends in a few seconds, one piece at least
+            run = run[: max(1, int(self.limiter.rate * RATE_RUN_SECONDS) // task.piece_length)]
         size = sum(task.piece_span(i)[1] for i in run)
         digests = [task.digests[i] for i in run if i in task.digests]
         receiver = request.headers.get(RECEIVER_HEADER)
@@ -116,7 +121,7 @@ class UploadServer:
                 self.metrics.upload_refused.labels("relayed").inc()
                 raise web.HTTPServiceUnavailable(text=f"piece {index} is on its way to {relay}: ask there",
                                                  headers={RELAY_HEADER: relay, PIECE_DIGEST_HEADER: ",".join(digests)})
-        if self.limiter is not None and (backlog := self.limiter.backlog()) > RATE_BACKLOG_LIMIT:
+        if self.limiter is not None and (backlog := self.limiter.backlog()) > answer_by - time.monotonic():
             self.metrics.upload_refused.labels("rate_backlog").inc()
             raise web.HTTPServiceUnavailable(text=f"upload rate limit: {backlog:.0f}s of uploads queued")
         self._active += 1

@@ -13,13 +13,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from damselfly.lib.waiting import wait_until_set
-from damselfly.scheduler.state import KEEPALIVE_INTERVAL, Host, SchedulerState, Task
+from damselfly.scheduler.state import KEEPALIVE_INTERVAL, SEED_FAILURE_MEMORY, Host, SchedulerState, Task
 
 log = logging.getLogger(__name__)
 LONG_POLL_SECONDS = 5.0
 SEED_TRIGGER_TIMEOUT = 2.0  # per seed: a healthy one answers at once (202); the download comes after
 SEED_TRIGGER_BUDGET = 4.0  # for every seed of one trigger: under the 5 s a peer waits for its schedule
-SEED_FAILURE_MEMORY = 60.0  # a seed that failed a trigger is asked last for this long
 
 
 class SchedulerMetrics:
@@ -204,12 +203,18 @@ class Scheduler:
         seeds = sorted(self.state.seeds(), key=lambda h: (
             now - self._trigger_failures.get(h.id, -SEED_FAILURE_MEMORY) < SEED_FAILURE_MEMORY,
             self.state.uploads_in_flight(h.id), h.id))
+        asking = None
         try:
             async with asyncio.timeout(SEED_TRIGGER_BUDGET):
                 for seed in seeds:
-                    if seed.id != exclude and seed.id not in task.failed_seeds and await self._ask_seed(seed, task):
+                    if seed.id == exclude or self.state.seed_failed_lately(task, seed.id):
+                        continue
+                    asking = seed.id
+                    if await self._ask_seed(seed, task):
                         return True
         except TimeoutError:
+            if asking is not None:
+                self._trigger_failures[asking] = time.monotonic()
             log.warning("no seed peer took %s within %.0fs", task.id, SEED_TRIGGER_BUDGET)
         return False
 
@@ -220,6 +225,8 @@ class Scheduler:
                     "length": task.length, "piece_length": task.piece_length, "origin": task.origin,
                     "ranged": task.ranged}) as response:
                 if response.status == 202:
+                    if self.state.seed_failed_lately(task, seed.id):  # it already said it could not start
+                        return False
                     self.state.join(task, seed.id, [], seeding=True)
                     self.metrics.seed_triggers.labels("accepted").inc()
                     log.info("seed peer %s fetches %s from the origin", seed.id, task.id)

@@ -15,6 +15,7 @@ from damselfly.scheduler.evaluator import Candidate, Child, rank_parents
 
 KEEPALIVE_INTERVAL = 5.0
 HOST_EXPIRY = 3 * KEEPALIVE_INTERVAL
+SEED_FAILURE_MEMORY = 60.0  # seconds a seed that failed a trigger, or could not start a task, is asked last or not at all
 COST_SAMPLES = 20
 # A child keeps about one request at a time on each parent of a task, and a host serves
 # several tasks: it may have this many children per upload slot.
@@ -60,7 +61,7 @@ class Task:
     # one it reported: a peer whose pieces all match them holds the right blob.
     verified: bool = False
     seed_conflict: bool = False
-    failed_seeds: set[str] = field(default_factory=set)  # seeds that could not fetch it: not asked again
+    failed_seeds: dict[str, float] = field(default_factory=dict)  # seed id: when it could not start this task
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -177,8 +178,11 @@ class SchedulerState:
 
     def finish(self, task: Task, host_id: str, success: bool, reason: str = "", could_not_start: bool = False) -> None:
         """A peer's task ended. A seed that ``could_not_start`` it (the origin refused it, or
-        is out of reach) is not asked for it again: its peers go to the next seed, or to
-        the origin themselves, instead of waiting on a seed that has nothing."""
+        is out of reach) is not asked for it again for a while: its peers go to the next
+        seed, or to the origin themselves, instead of waiting on a seed that has nothing.
+        The report may come before the scheduler has recorded the seed's acceptance."""
+        if could_not_start:
+            task.failed_seeds[host_id] = self.clock()
         peer = task.peers.get(host_id)
         if peer is None:
             return
@@ -190,13 +194,15 @@ class SchedulerState:
                 task.verified = len(task.digests) == peer.bitmap.count
         else:
             del task.peers[host_id]
-            if could_not_start:
-                task.failed_seeds.add(host_id)
             if reason.startswith("digest mismatch"):
                 task.failed = reason  # the origin itself sent a wrong blob: nobody will do better
         task.bump()
 
     # -- scheduling ----------------------------------------------------------------
+
+    def seed_failed_lately(self, task: Task, host_id: str) -> bool:
+        failed = task.failed_seeds.get(host_id)
+        return failed is not None and self.clock() - failed < SEED_FAILURE_MEMORY
 
     def uploads_in_flight(self, host_id: str) -> int:
         return sum(1 for t in self.tasks.values() for p in t.peers.values() if not p.done and host_id in p.parents)

@@ -190,7 +190,7 @@ def test_a_seed_that_cannot_reach_the_origin_sends_its_peers_there(tmp_path, reg
     scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
     dead_proxy = f"http://127.0.0.1:{free_port()}"
     seed = nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True,
-                            env={"http_proxy": dead_proxy, "HTTP_PROXY": dead_proxy}))
+                            env={"http_proxy": dead_proxy, "HTTP_PROXY": dead_proxy, "no_proxy": "", "NO_PROXY": ""}))
     child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
     started = time.monotonic()
     assert fetch(child, registry.host, "faults/seedless", digest, timeout=90) == data

@@ -47,13 +47,15 @@ class Parent:
                 if parent.mode == "corrupt":
                     body[1000] ^= 1
                 self.send_response(200)
+                if parent.mode == "trickle-close":
+                    self.send_header("Connection", "close")  # http.client then lets go of the socket
                 self.send_header("Content-Length", str(len(PIECE)))
                 self.send_header("X-Piece-Digest", piece_digest(PIECE) if parent.mode != "lying-seed" else piece_digest(b"x"))
                 self.end_headers()
                 if parent.mode == "short":
                     self.wfile.write(body[:1000])
                     self.close_connection = True
-                elif parent.mode == "trickle":  # a little within every read timeout, for ever
+                elif parent.mode.startswith("trickle"):  # a little within every read timeout, for ever
                     for start in range(0, len(body), 4096):
                         if parent.release.wait(0.05):
                             break
@@ -213,8 +215,9 @@ def test_closing_the_fetcher_breaks_off_a_stalled_transfer_at_once(parent, data_
     assert run(go) < 5  # not the 10 s read timeout
 
 
-def test_a_parent_that_trickles_a_piece_is_given_up_on_after_the_piece_deadline(parent, data_file):
-    parent.mode = "trickle"  # 80 KB/s: every read succeeds well within the read timeout
+@pytest.mark.parametrize("mode", ["trickle", "trickle-close"])
+def test_a_parent_that_trickles_a_piece_is_given_up_on_after_the_piece_deadline(parent, data_file, mode):
+    parent.mode = mode  # 80 KB/s: every read succeeds well within the read timeout
 
     async def go(fetcher):
         started = time.monotonic()

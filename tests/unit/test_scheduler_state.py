@@ -134,18 +134,24 @@ def test_a_poll_gets_only_the_digests_that_came_since_its_last_answer():
     asyncio.run(scenario())
 
 
-def test_a_seed_that_could_not_start_a_task_is_not_asked_for_it_again():
+def test_a_seed_that_could_not_start_a_task_is_not_asked_for_it_for_a_while():
     async def scenario():
-        state, _ = make_state()
+        state, now = make_state()
         task = state.task("sha256:x", length=10, piece_length=4, origin={})
         state.join(task, "p1", [])
         state.join(task, "seed", [], seeding=True)
         state.finish(task, "seed", success=False, reason="mid-download failure")
-        assert task.failed_seeds == set()  # a seed that failed after starting may be asked again
+        assert not state.seed_failed_lately(task, "seed")  # a seed that failed after starting may be asked again
         state.join(task, "seed", [], seeding=True)
         state.finish(task, "seed", success=False, reason="seed could not start: 429", could_not_start=True)
-        assert task.failed_seeds == {"seed"}
+        assert state.seed_failed_lately(task, "seed")
         assert "seed" not in task.peers
         assert state.schedule(task, "p1")["action"] == "seed"  # the app then finds no seed left to ask
+        now[0] += 61  # a 429 passes: the seed may be asked again
+        assert not state.seed_failed_lately(task, "seed")
+        # The report may overtake the scheduler's record of the seed's acceptance.
+        other = state.task("sha256:y", length=10, piece_length=4, origin={})
+        state.finish(other, "seed", success=False, reason="seed could not start", could_not_start=True)
+        assert state.seed_failed_lately(other, "seed")
 
     asyncio.run(scenario())
