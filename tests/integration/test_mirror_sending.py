@@ -158,6 +158,26 @@ async def wait_for_condition(condition, deadline: float = 10) -> None:
             await asyncio.sleep(0.01)
 
 
+def test_one_keep_alive_connection_carries_cold_warm_and_range_responses(damselfly, registry, registry_client) -> None:
+    node = damselfly()
+    data = os.urandom(9 * MiB + 7)
+    digest = registry_client.push_blob("keepalive/blob", data)
+    path = f"/v2/keepalive/blob/blobs/{digest}?ns={registry.host}"
+    connection = http.client.HTTPConnection(node.host, node.port, timeout=30)
+    try:
+        for range_header, expected in [(None, data), (None, data), ("bytes=100-70000", data[100:70001]),
+                                       (f"bytes={5 * MiB}-", data[5 * MiB:]), (None, data)]:
+            connection.request("GET", path, headers={"Range": range_header} if range_header else {})
+            response = connection.getresponse()
+            body = response.read()
+            assert response.status == (206 if range_header else 200)
+            assert body == expected
+        assert connection.sock is not None, "the mirror closed the keep-alive connection"
+    finally:
+        connection.close()
+    assert len(registry.blob_gets(digest)) == 1
+
+
 @pytest.mark.parametrize("temperature", ["cold", "warm"])
 def test_the_mirror_cuts_off_a_stalled_client_and_serves_the_next(damselfly, registry, registry_client,
                                                                   temperature: str) -> None:
