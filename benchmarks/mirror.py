@@ -74,6 +74,14 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+CORES = len(os.sched_getaffinity(0))
+
+
+def ceiling_mb_s(cpu_seconds_per_gib: float) -> float:
+    """The fastest any transfer needing this much CPU per GiB can run, spread over every core."""
+    return CORES * GiB / cpu_seconds_per_gib / 1e6
+
+
 def hash_seconds_per_gib(new_hasher: Callable[[bytes], object] = hashlib.sha256, sample: int = 256 << 20) -> float:
     """CPU seconds one core needs to digest a GiB with ``new_hasher`` (best of three)."""
     data = os.urandom(sample)
@@ -239,8 +247,7 @@ def measure_size(work: Path, registry: Registry, size: int, rounds: int, streams
 
     direct = median_speed("direct")
     hash_cpu = hash_seconds_per_gib()
-    cores = len(os.sched_getaffinity(0))
-    ceiling = cores * GiB / (statistics.median(direct_cpu) + hash_cpu) / 1e6
+    ceiling = ceiling_mb_s(statistics.median(direct_cpu) + hash_cpu)
     return {
         "size_bytes": size,
         "rounds": rounds,
@@ -254,7 +261,7 @@ def measure_size(work: Path, registry: Registry, size: int, rounds: int, streams
         "cold_cpu_seconds_per_gib": round(statistics.median(cold_cpu), 2),
         "direct_cpu_seconds_per_gib": round(statistics.median(direct_cpu), 2),
         "sha256_cpu_seconds_per_gib": round(hash_cpu, 2),
-        "cores": cores,
+        "cores": CORES,
         "cold_ceiling_mb_s": round(ceiling, 1),
         "cold_ceiling_ratio": round(ceiling / direct, 3),
         "warm_ratio": round(median_speed("warm") / direct, 3),

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import tempfile
@@ -29,8 +28,10 @@ import click
 from rich.console import Console
 
 from benchmarks.mirror import (
+    CORES,
     GiB,
     RESULTS,
+    ceiling_mb_s,
     cpu_seconds,
     curl,
     discard,
@@ -116,11 +117,11 @@ def measure_transfer(work: Path, registry: Registry, size: int, rounds: int) -> 
         "sha256": hash_seconds_per_gib(),
         "blake3": hash_seconds_per_gib(blake3.blake3),
     }
-    ceiling = len(os.sched_getaffinity(0)) * GiB / sum(work_per_gib.values()) / 1e6
+    ceiling = ceiling_mb_s(sum(work_per_gib.values()))
     return {"size_bytes": size, "direct_mb_s": round(direct_speed, 1), "p2p_mb_s": round(p2p_speed, 1),
             "ratio": round(p2p_speed / direct_speed, 3), "direct_saved_mb_s": round(saved_speed, 1),
             "ceiling_mb_s": round(ceiling, 1), "ceiling_ratio": round(ceiling / direct_speed, 3),
-            "cores": len(os.sched_getaffinity(0)),
+            "cores": CORES,
             "cpu_seconds_per_gib": {name: round(value, 3) for name, value in work_per_gib.items()},
             "saved_ratio": round(p2p_speed / saved_speed, 3),
             "disk_write_mb_s": round(statistics.median(t.mb_per_s for t in disk_write), 1)}

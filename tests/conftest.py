@@ -9,9 +9,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from damselfly.lib.blockinghttp import forget_proxies
 from tests.support.containerd import Containerd
 from tests.support.daemon import Damselfly
+from tests.support.proxy import forget_proxies
 from tests.support.registry import Registry, RegistryClient
 
 REQUIRED_TOOLS = {

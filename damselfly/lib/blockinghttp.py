@@ -19,7 +19,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Union
 from urllib.parse import unquote, urljoin, urlsplit
@@ -130,14 +130,6 @@ def proxy_problem(proxy: str) -> str | None:
     if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
         return NOT_A_PROXY_URL
     return None
-
-
-def forget_proxies(environ: MutableMapping[str, str]) -> None:
-    """Drop the proxy variables, for tests and benchmarks: they talk only to servers they
-    start themselves, which a site's proxy would not reach."""
-    for name in (*PROXY_VARIABLES, "no_proxy"):
-        environ.pop(name, None)
-        environ.pop(name.upper(), None)
 
 
 def environment_variable(environ: Mapping[str, str], name: str) -> str:

@@ -184,7 +184,7 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
         _run("mount", "-t", "erofs", "-o", options, str(bootstrap_path), str(mountpoint))
     except BaseException:
         if state is None or not _teardown(state, mounted=False):
-            shutil.rmtree(work, ignore_errors=True)  # the error already carries the server log's tail
+            shutil.rmtree(work, ignore_errors=True)  # the error already names the server's last error line
         state_path(mountpoint).unlink(missing_ok=True)
         raise
     log.info("mounted %s at %s (%d blobs, FUSE server pid %d)", ref, mountpoint, len(bootstrap.blobs), pid)

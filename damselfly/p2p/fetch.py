@@ -257,10 +257,12 @@ class PieceFetcher:
                 try:
                     count = response.readinto(view[: min(BUFFER_SIZE, end - offset)])
                 except OSError:
-                    self._raise_if_late(request, deadline)
+                    if time.monotonic() > deadline:
+                        raise self._late(request) from None
                     raise
                 if not count:
-                    self._raise_if_late(request, deadline)
+                    if time.monotonic() > deadline:
+                        raise self._late(request)
                     if self._closed:
                         raise TransferFailed("the daemon is shutting down")
                     raise BadParent(f"sent too few bytes for {request.path}")
@@ -274,11 +276,10 @@ class PieceFetcher:
             self._deadlines.release(watched)
             raise
         if self._deadlines.release(watched):  # cut off right after the last byte: the connection is gone
-            raise TransferFailed(f"a piece of {request.path} took over {self._piece_deadline:g}s")
+            raise self._late(request)
 
-    def _raise_if_late(self, request: PieceRequest, deadline: float) -> None:
-        if time.monotonic() > deadline:
-            raise TransferFailed(f"a piece of {request.path} took over {self._piece_deadline:g}s") from None
+    def _late(self, request: PieceRequest) -> TransferFailed:
+        return TransferFailed(f"a piece of {request.path} took over {self._piece_deadline:g}s")
 
     @staticmethod
     def _send(connection: http.client.HTTPConnection, request: PieceRequest

@@ -184,11 +184,11 @@ class UploadServer:
         try:
             await self.blobs.prefetch(digest, origin, ranged)
         except (SourceRefused, SourceUnavailable) as exc:
-            reason = f"seed could not start from the origin: {getattr(exc, 'message', exc)}"
+            message = getattr(exc, "message", str(exc))
             log.error("seed download of %s from %s/%s could not start: %s", digest, origin.registry,
-                      origin.repository, getattr(exc, "message", exc))
+                      origin.repository, message)
             if self.blobs.network is not None:
-                self.blobs.network.seed_failed(str(digest), reason)
+                self.blobs.network.seed_failed(str(digest), f"seed could not start from the origin: {message}")
 
 
 def held_run(task: Task, index: int, wanted: int, on_the_way: bool = False) -> range:

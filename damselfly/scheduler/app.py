@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from damselfly.lib.waiting import wait_until_set
-from damselfly.scheduler.state import KEEPALIVE_INTERVAL, SEED_FAILURE_MEMORY, Host, SchedulerState, Task
+from damselfly.scheduler.state import KEEPALIVE_INTERVAL, Host, SchedulerState, Task
 
 log = logging.getLogger(__name__)
 LONG_POLL_SECONDS = 5.0
@@ -42,7 +42,6 @@ class Scheduler:
         self.state = SchedulerState()
         self.metrics = SchedulerMetrics()
         self._session: aiohttp.ClientSession | None = None
-        self._trigger_failures: dict[str, float] = {}  # seed id: when a trigger last failed
         self._triggering: dict[str, asyncio.Task[bool]] = {}
         self.metrics.hosts.labels("seed").set_function(lambda: len(self.state.seeds()))
         self.metrics.hosts.labels("all").set_function(lambda: len(self.state.hosts))
@@ -199,22 +198,16 @@ class Scheduler:
         """Seeds in order of their load, those that failed a trigger lately last, all within
         a budget shorter than a peer's wait: one unreachable seed (a firewall that drops,
         a wrong advertised address) must not make every peer think its scheduler is down."""
-        now = time.monotonic()
-        seeds = sorted(self.state.seeds(), key=lambda h: (
-            now - self._trigger_failures.get(h.id, -SEED_FAILURE_MEMORY) < SEED_FAILURE_MEMORY,
-            self.state.uploads_in_flight(h.id), h.id))
         asking = None
         try:
             async with asyncio.timeout(SEED_TRIGGER_BUDGET):
-                for seed in seeds:
-                    if seed.id == exclude or self.state.seed_failed_lately(task, seed.id):
-                        continue
+                for seed in self.state.seeds_to_ask(task, exclude):
                     asking = seed.id
                     if await self._ask_seed(seed, task):
                         return True
         except TimeoutError:
             if asking is not None:
-                self._trigger_failures[asking] = time.monotonic()
+                self.state.trigger_failed(asking)
             log.warning("no seed peer took %s within %.0fs", task.id, SEED_TRIGGER_BUDGET)
         return False
 
@@ -234,7 +227,7 @@ class Scheduler:
                 reason = f"answered {response.status}: {(await response.text())[:200]}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = f"unreachable: {exc or exc.__class__.__name__}"
-        self._trigger_failures[seed.id] = time.monotonic()
+        self.state.trigger_failed(seed.id)
         self.metrics.seed_triggers.labels("failed").inc()
         log.warning("seed peer %s could not take %s: %s", seed.id, task.id, reason)
         return False

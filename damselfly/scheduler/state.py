@@ -34,6 +34,7 @@ class Host:
     successes: int = 0
     failures: int = 0
     piece_costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_SAMPLES))
+    trigger_failed_at: float | None = None  # when asking this seed to fetch a task last failed
 
 
 @dataclass
@@ -87,6 +88,7 @@ class SchedulerState:
         known = self.hosts.get(host.id)
         if known is not None:
             host.successes, host.failures, host.piece_costs = known.successes, known.failures, known.piece_costs
+            host.trigger_failed_at = known.trigger_failed_at
         host.last_seen = self.clock()
         self.hosts[host.id] = host
 
@@ -200,9 +202,23 @@ class SchedulerState:
 
     # -- scheduling ----------------------------------------------------------------
 
+    def seeds_to_ask(self, task: Task, exclude: str) -> list[Host]:
+        """The live seeds that may fetch ``task``, in the order to ask them: those a trigger
+        failed for lately last, then by load. Not ``exclude``, nor one that could not start
+        this very task lately."""
+        seeds = [h for h in self.seeds() if h.id != exclude and not self.seed_failed_lately(task, h.id)]
+        return sorted(seeds, key=lambda h: (self._lately(h.trigger_failed_at), self.uploads_in_flight(h.id), h.id))
+
+    def trigger_failed(self, host_id: str) -> None:
+        host = self.hosts.get(host_id)
+        if host is not None:
+            host.trigger_failed_at = self.clock()
+
     def seed_failed_lately(self, task: Task, host_id: str) -> bool:
-        failed = task.failed_seeds.get(host_id)
-        return failed is not None and self.clock() - failed < SEED_FAILURE_MEMORY
+        return self._lately(task.failed_seeds.get(host_id))
+
+    def _lately(self, stamp: float | None) -> bool:
+        return stamp is not None and self.clock() - stamp < SEED_FAILURE_MEMORY
 
     def uploads_in_flight(self, host_id: str) -> int:
         return sum(1 for t in self.tasks.values() for p in t.peers.values() if not p.done and host_id in p.parents)

@@ -5,12 +5,21 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from damselfly.lib.blockinghttp import PROXY_VARIABLES
 from tests.support.processes import stop_process
 from tests.support.wait import free_port, wait_until
+
+
+def forget_proxies(environ: MutableMapping[str, str]) -> None:
+    """Drop the proxy variables, for tests and benchmarks: they talk only to servers they
+    start themselves, which a site's proxy would not reach."""
+    for name in (*PROXY_VARIABLES, "no_proxy"):
+        environ.pop(name, None)
+        environ.pop(name.upper(), None)
 
 
 @dataclass

@@ -155,3 +155,21 @@ def test_a_seed_that_could_not_start_a_task_is_not_asked_for_it_for_a_while():
         assert state.seed_failed_lately(other, "seed")
 
     asyncio.run(scenario())
+
+
+def test_a_seed_a_trigger_failed_for_is_asked_last_for_a_while():
+    async def scenario():
+        state, now = make_state()
+        state.announce(Host("seed2", "http://seed2:65002", is_seed=True))
+        task = state.task("sha256:x", length=10, piece_length=4, origin={})
+        assert [h.id for h in state.seeds_to_ask(task, exclude="p1")] == ["seed", "seed2"]
+        state.trigger_failed("seed")
+        state.announce(Host("seed", "http://seed:65002", is_seed=True))  # a keepalive keeps the memory
+        assert [h.id for h in state.seeds_to_ask(task, exclude="p1")] == ["seed2", "seed"]
+        assert [h.id for h in state.seeds_to_ask(task, exclude="seed2")] == ["seed"]
+        now[0] += 61
+        for seed in ("seed", "seed2"):  # their keepalives went on meanwhile
+            state.announce(Host(seed, f"http://{seed}:65002", is_seed=True))
+        assert [h.id for h in state.seeds_to_ask(task, exclude="p1")] == ["seed", "seed2"]
+
+    asyncio.run(scenario())
