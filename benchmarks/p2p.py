@@ -3,10 +3,7 @@
 1. transfer: one parent (a seed peer holding the blob) to one child, through the child's
    mirror, versus curl fetching the same blob straight from docker-registry, discarding
    it and, as the child does, saving it to a new file.
-   Target: at least 0.7x curl's throughput. Also a ceiling for this machine: the CPU
-   time that must be spent per GiB whatever the implementation (curl receiving, the
-   parent sending, the child's SHA-256 of the blob and BLAKE3 of its pieces), spread
-   over every core.
+   Target: at least 0.7x curl's throughput.
 2. stampede: N peers (default 8) fetch one cold blob at once through their mirrors,
    versus N curls fetching it straight from docker-registry at once (discarding it, and
    saving it). Reports the registry's bytes divided by the blob size (target at most
@@ -23,22 +20,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import blake3
 import click
 from rich.console import Console
 
-from benchmarks.mirror import (
-    CORES,
-    GiB,
-    RESULTS,
-    ceiling_mb_s,
-    cpu_seconds,
-    curl,
-    discard,
-    fresh_file_write,
-    hash_seconds_per_gib,
-    write_random_file,
-)
+from benchmarks.mirror import RESULTS, curl, discard, fresh_file_write, write_random_file
 from damselfly.lib.units import format_size, parse_size
 from tests.support.cluster import SchedulerProcess, start_peer
 from tests.support.registry import Registry, RegistryClient
@@ -86,7 +71,6 @@ def measure_transfer(work: Path, registry: Registry, size: int, rounds: int) -> 
     direct_url = f"{registry.url}/v2/bench/transfer/blobs/{digest}"
     curl(direct_url)  # registry storage into the page cache
     direct, saved, p2p, disk_write = [], [], [], []
-    parent_cpu = []  # the parent's CPU seconds per GiB sent
     for index in range(rounds):
         console.print(f"transfer {format_size(size)} round {index + 1}/{rounds}")
         root = work / f"transfer-{index}"
@@ -99,10 +83,7 @@ def measure_transfer(work: Path, registry: Registry, size: int, rounds: int) -> 
             disk_write.append(fresh_file_write(work / "write-probe", size))
             saved.append(curl(direct_url, save_to=work / "curl-saved"))
             discard(work / "curl-saved")
-            assert seed.process is not None
-            seed_cpu = cpu_seconds(seed.process.pid)
             p2p.append(curl(f"{child.url}/v2/bench/transfer/blobs/{digest}", f"?ns={registry.host}"))
-            parent_cpu.append((cpu_seconds(seed.process.pid) - seed_cpu) * GiB / size)
             assert child.metric("damselfly_p2p_bytes_total", 'source="seed"') == size, "the child must use P2P"
         finally:
             for process in (child, seed, scheduler):
@@ -111,18 +92,8 @@ def measure_transfer(work: Path, registry: Registry, size: int, rounds: int) -> 
     direct_speed = statistics.median(t.mb_per_s for t in direct)
     saved_speed = statistics.median(t.mb_per_s for t in saved)
     p2p_speed = statistics.median(t.mb_per_s for t in p2p)
-    work_per_gib = {  # CPU seconds per GiB that any child fetching through a parent must cause
-        "curl_receive": statistics.median(t.client_cpu_seconds for t in direct) * GiB / size,
-        "parent_send": statistics.median(parent_cpu),
-        "sha256": hash_seconds_per_gib(),
-        "blake3": hash_seconds_per_gib(blake3.blake3),
-    }
-    ceiling = ceiling_mb_s(sum(work_per_gib.values()))
     return {"size_bytes": size, "direct_mb_s": round(direct_speed, 1), "p2p_mb_s": round(p2p_speed, 1),
             "ratio": round(p2p_speed / direct_speed, 3), "direct_saved_mb_s": round(saved_speed, 1),
-            "ceiling_mb_s": round(ceiling, 1), "ceiling_ratio": round(ceiling / direct_speed, 3),
-            "cores": CORES,
-            "cpu_seconds_per_gib": {name: round(value, 3) for name, value in work_per_gib.items()},
             "saved_ratio": round(p2p_speed / saved_speed, 3),
             "disk_write_mb_s": round(statistics.median(t.mb_per_s for t in disk_write), 1)}
 
@@ -188,8 +159,6 @@ def markdown(record: dict, rounds: int) -> str:
         f"{t['direct_mb_s']:.0f} MB/s | {t['ratio']:.2f}x | >= 0.7x |",
         f"| the same, against curl saving to a new file | | {t['direct_saved_mb_s']:.0f} MB/s | "
         f"{t['saved_ratio']:.2f}x | |",
-        f"| ceiling for any child on this machine (see below) | {t['ceiling_mb_s']:.0f} MB/s | | "
-        f"{t['ceiling_ratio']:.2f}x | |",
         f"| stampede of {s['peers']} peers, {format_size(s['size_bytes'])}: registry bytes / blob size | "
         f"{s['max_registry_ratio']:.3f} (worst round) | {s['peers']}.000 for {s['peers']} direct pulls | | <= 1.05 |",
         f"| stampede: time for all {s['peers']} | {s['median_p2p_seconds']:.2f} s | {s['peers']} concurrent curls "
@@ -202,11 +171,5 @@ def markdown(record: dict, rounds: int) -> str:
         f"discarding the bytes. In the same rounds, writing {format_size(t['size_bytes'])} to a new file ran at "
         f"{t['disk_write_mb_s']:.0f} MB/s on this machine. Every measurement that writes a new file starts right "
         "after a file of the same size was deleted (this machine fills just-freed pages much faster).",
-        "",
-        "The ceiling: whatever the implementation, a child's transfer makes curl receive the blob and the parent "
-        "send it, and the child must compute the blob's SHA-256 and a cryptographic digest of each piece (BLAKE3, "
-        "the fastest here). Those CPU seconds per GiB, measured in this run ("
-        + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in t["cpu_seconds_per_gib"].items())
-        + f"), spread over {t['cores']} cores, bound its speed; receiving, writing and sending again only lower it.",
         "",
     ])
