@@ -76,7 +76,12 @@ def copy_to_file(source: BlockingSource, path: Path, start: int, length: int, pi
         offset, piece = start, PieceHasher()
         while offset < end:
             buffer = free.get()
-            count = _fill(source, memoryview(buffer)[: min(BUFFER_SIZE, end - offset)])
+            # A step ends at the end of a piece at the latest: the piece is announced (and a
+            # seed serves it) as soon as its last byte is in, not when a 1 MiB buffer of the
+            # pieces after it has filled. On a shaped link that is a piece's transfer time
+            # saved on every range a nydus read waits for.
+            step = min(BUFFER_SIZE, end - offset, piece_length - offset % piece_length)
+            count = _fill(source, memoryview(buffer)[:step])
             if count == 0:
                 filled.put((buffer, 0))
                 raise SourceTooShort(f"source closed after {offset - start} of {length} bytes")
@@ -145,7 +150,8 @@ def file_digest(path: Path, hasher: "hashlib._Hash") -> str:
 
 
 def _fill(source: BlockingSource, view: memoryview) -> int:
-    """Read until ``view`` is full or the source ends: fewer, larger steps for the threads."""
+    """Read until ``view`` is full or the source ends: fewer, larger steps for the threads
+    (an http.client body fills its whole buffer anyway)."""
     total = 0
     while total < len(view):
         count = source.readinto(view[total:])
