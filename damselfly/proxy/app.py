@@ -7,7 +7,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -32,6 +32,7 @@ from damselfly.proxy.upstream import UpstreamResolver
 log = logging.getLogger(__name__)
 
 RESPONSE_STARTED = web.RequestKey("response_started", bool)
+BODY_STALLED = web.RequestKey("body_stalled", bool)  # the client stopped sending its request body
 SENDING_THREADS = 64  # cached-blob copies at once; past that, responses use sendfile
 
 REGISTRY_HEADER = "X-Dragonfly-Registry"
@@ -168,10 +169,17 @@ class Mirror:
         query = [(k, v) for k, v in request.query.items() if k != "ns"]
         url = self._upstream(request) + request.rel_url.raw_path
         headers = pick_headers(request.headers, PASSTHROUGH_REQUEST_HEADERS)
-        data = request.content if request.body_exists else None
-        upstream = await self.registry_client.request(
-            request.method, url if not query else f"{url}?{urlencode(query)}", headers, data,
-            follow_redirects=request.method in ("GET", "HEAD"))
+        data = self._body_within(request) if request.body_exists else None
+        try:
+            upstream = await self.registry_client.request(
+                request.method, url if not query else f"{url}?{urlencode(query)}", headers, data,
+                follow_redirects=request.method in ("GET", "HEAD"))
+        except SourceUnavailable:
+            if not request.get(BODY_STALLED):
+                raise
+            log.info("client %s stopped sending the body of %s %s for %gs: answered 408", request.remote,
+                     request.method, request.path, self.settings.read_timeout)
+            raise OCIError(408, "UNKNOWN", f"no request body bytes for {self.settings.read_timeout:g}s") from None
         try:
             if upstream.status >= 500:
                 raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {upstream.status}")
@@ -187,6 +195,21 @@ class Mirror:
             return response
         finally:
             upstream.release()
+
+    async def _body_within(self, request: web.Request) -> AsyncIterator[bytes]:
+        """The client's request body as it goes upstream, each read within --read-timeout: a
+        client that stops sending mid-body (a push through the mirror) must not hold this
+        handler and an upstream connection for ever. A stall ends the upload, marked on the request."""
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.read_timeout):
+                    chunk = await request.content.readany()
+            except TimeoutError:
+                request[BODY_STALLED] = True
+                raise
+            if not chunk:
+                return
+            yield chunk
 
     async def _deliver(self, request: web.Request, write: Awaitable[None]) -> bool:
         """A write to the client within --read-timeout; past it the client is cut off (False)."""

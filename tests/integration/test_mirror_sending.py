@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import os
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,50 @@ def test_a_client_that_stops_reading_a_passed_through_answer_is_cut_off(damselfl
         assert len(_get(node, path)) == 16 * MiB
     finally:
         fake.stop()
+
+
+def _start_upload(node, registry, name: str) -> str:
+    """POST through the mirror; the upload's path and query (with ``ns``) to send the bytes to, through the mirror too."""
+    connection = http.client.HTTPConnection(node.host, node.port, timeout=30)
+    try:
+        connection.request("POST", f"/v2/{name}/blobs/uploads/?ns={registry.host}")
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 202, answer.status
+        upload = answer.getheader("Location").split(registry.host, 1)[-1]
+    finally:
+        connection.close()
+    return upload + ("&" if "?" in upload else "?") + f"ns={registry.host}"
+
+
+def test_a_push_through_the_mirror_reaches_the_registry(damselfly, registry) -> None:
+    node = damselfly()
+    data = os.urandom(3 * MiB)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    connection = http.client.HTTPConnection(node.host, node.port, timeout=30)
+    try:
+        connection.request("PUT", f"{_start_upload(node, registry, 'pushed/blob')}&digest={digest}", body=data,
+                           headers={"Content-Type": "application/octet-stream"})
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 201, answer.status
+    finally:
+        connection.close()
+    with urllib.request.urlopen(f"{registry.url}/v2/pushed/blob/blobs/{digest}", timeout=30) as stored:
+        assert stored.read() == data
+
+
+def test_a_client_that_stops_sending_a_pushed_body_gets_408(damselfly, registry) -> None:
+    """A push through the mirror streams the client's body upstream: a client that stops
+    sending halfway must not hold the handler and the registry's upload for ever."""
+    node = damselfly("--read-timeout", "2")
+    upload = _start_upload(node, registry, "stalled/push")
+    with socket.create_connection((node.host, node.port)) as stalled:
+        stalled.settimeout(30)
+        stalled.sendall((f"PATCH {upload} HTTP/1.1\r\nHost: mirror\r\n"
+                         f"Content-Type: application/octet-stream\r\nContent-Length: {4 * MiB}\r\n\r\n").encode()
+                        + os.urandom(64 * 1024))
+        status_line = stalled.recv(12)  # nothing more is sent: the mirror must answer by itself
+        assert status_line == b"HTTP/1.1 408", status_line
+    assert "stopped sending the body of PATCH" in node.log()
+    assert _get(node, "/v2/") == b"{}"  # and it goes on serving
