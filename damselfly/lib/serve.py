@@ -1,16 +1,33 @@
-"""Run several aiohttp applications in one process until SIGINT or SIGTERM."""
+"""Run several aiohttp applications in one process until SIGINT or SIGTERM; read their JSON bodies."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 log = logging.getLogger(__name__)
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf'
+# API bodies are a few hundred bytes: a client that takes longer than this to send one has
+# stalled, and aiohttp alone would wait on it for as long as the connection stays open.
+BODY_TIMEOUT = 10.0
+
+
+async def json_object(request: web.Request, timeout: float = BODY_TIMEOUT) -> dict[str, Any]:
+    """The request's JSON object body: 400 if it is not one, 408 if it does not arrive within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            body = await request.json()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {timeout:g}s") from None
+    except ValueError:
+        raise web.HTTPBadRequest(text="body must be JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return body
 
 
 async def _serve(sites: list[tuple[web.Application, str, int]], on_started: Callable[[], Awaitable[None]] | None,

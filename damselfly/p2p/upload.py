@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, BinaryIO
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from damselfly.lib.filesend import sendfile_within
 from damselfly.lib.oci import Digest, OCIError
 from damselfly.lib.ratelimit import TokenBucket
+from damselfly.lib.serve import json_object
 from damselfly.p2p.blobs import BlobService, Origin, SourceRefused, SourceUnavailable
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.fetch import (
@@ -168,7 +169,7 @@ class UploadServer:
             raise web.HTTPConflict(text="not a seed peer")
         try:
             digest = Digest.parse(request.match_info["digest"])
-            body: dict[str, Any] = await request.json()
+            body = await json_object(request)
             origin_info = body["origin"]
             origin = Origin(normalize_upstream(origin_info["registry"]), str(origin_info["repository"]),
                             origin_info.get("authorization"))

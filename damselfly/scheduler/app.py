@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from damselfly.lib.serve import json_object
 from damselfly.lib.waiting import wait_until_set
 from damselfly.scheduler.state import KEEPALIVE_INTERVAL, Host, SchedulerState, Task
 
@@ -84,7 +85,7 @@ class Scheduler:
     # -- hosts ---------------------------------------------------------------------
 
     async def announce(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await json_object(request)
         host = Host(id=_str(body, "id"), upload_url=_str(body, "upload_url"), idc=str(body.get("idc", "")),
                     location=str(body.get("location", "")), is_seed=bool(body.get("seed", False)),
                     upload_slots=int(body.get("upload_slots", 16)))
@@ -107,7 +108,7 @@ class Scheduler:
         return task
 
     async def register(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await json_object(request)
         host_id = _str(body, "host_id")
         length, piece_length = int(body["length"]), int(body["piece_length"])
         if length < 0 or piece_length <= 0:
@@ -134,7 +135,7 @@ class Scheduler:
         return web.json_response(await self._schedule(task, host_id, since))
 
     async def pieces(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await json_object(request)
         task = self._task(request)
         host_id = _str(body, "host_id")
         host = self.state.hosts.get(host_id)
@@ -148,7 +149,7 @@ class Scheduler:
         return web.json_response({"rejected": rejected})
 
     async def bad_parent(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await json_object(request)
         task = self._task(request)
         if "parent_id" in body:
             parent_id = _str(body, "parent_id")
@@ -165,7 +166,7 @@ class Scheduler:
         return web.json_response({})
 
     async def done(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await json_object(request)
         task = self._task(request)
         self.state.finish(task, _str(body, "host_id"), bool(body.get("success")), str(body.get("reason", "")),
                           could_not_start=bool(body.get("could_not_start")))
@@ -244,16 +245,6 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
         return web.json_response({"error": exc.text or exc.reason}, status=exc.status)
     except (KeyError, ValueError, TypeError) as exc:
         return web.json_response({"error": f"malformed request: {exc}"}, status=400)
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text="body must be JSON") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="body must be a JSON object")
-    return body
 
 
 def _str(body: dict[str, Any], key: str) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 
+from damselfly.lib.serve import BODY_TIMEOUT
 from tests.support.cluster import SchedulerProcess
 
 TASK = "sha256:" + "a" * 64
@@ -50,5 +53,24 @@ def test_scheduler_api_answers_and_refuses_clearly(tmp_path):
             stranger = client.post(bad, json={"host_id": "p2", "parent_url": "http://127.0.0.1:9"})
             assert stranger.status_code == 404 and "no host uploads at" in stranger.json()["error"]
             assert client.post(bad, json={"host_id": "p2"}).status_code == 400
+    finally:
+        scheduler.stop()
+
+
+def test_a_client_that_stalls_mid_body_gets_408(tmp_path):
+    """aiohttp would wait on a half-sent body for as long as the connection stays open."""
+    scheduler = SchedulerProcess(tmp_path / "sch").start()
+    try:
+        host, port = scheduler.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as stalled:
+            stalled.settimeout(BODY_TIMEOUT + 20)
+            stalled.sendall(b"POST /api/v1/hosts HTTP/1.1\r\nHost: scheduler\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 100\r\n\r\n{\"id\": ")
+            answer = stalled.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert b"did not arrive within" in answer
+        with httpx.Client(timeout=10) as client:  # and it goes on answering
+            assert client.post(f"{scheduler.url}/api/v1/hosts",
+                               json={"id": "p1", "upload_url": "http://127.0.0.1:1"}).status_code == 200
     finally:
         scheduler.stop()
