@@ -40,6 +40,26 @@ CHUNK = 1 << 20
 Body = Union[bytes, Callable[[], Iterable[bytes]], None]
 
 
+class ProxyRefused(OSError):
+    """The proxy refused to open a CONNECT tunnel (``status``: 407, or 401 from some)."""
+
+    def __init__(self, status: int, proxy: str, url: str) -> None:
+        super().__init__(f"the proxy {without_credentials(proxy)} refused a tunnel to {origin_of(url)}: {status}")
+        self.status = status
+        self.proxy = proxy  # as the environment names it, credentials and all: show without_credentials(proxy)
+        self.url = url
+
+
+def tunnel_refusal(error: BaseException, route: "Route") -> ProxyRefused | None:
+    """The refusal behind ``error`` when it is http.client's report of a failed CONNECT on
+    ``route`` (it has no type of its own: "Tunnel connection failed: <status> <reason>")."""
+    words = str(error).split()
+    if (route.proxy is None or route.forwarded or not isinstance(error, OSError)
+            or words[:3] != ["Tunnel", "connection", "failed:"] or len(words) < 4 or not words[3].isdigit()):
+        return None
+    return ProxyRefused(int(words[3]), route.proxy, route.url)
+
+
 @functools.cache
 def tls_context() -> ssl.SSLContext:
     """The system's verifying context, built once per process (reading the CA bundle costs
@@ -190,16 +210,17 @@ class Route:
     proxy: str | None = None
 
     @property
-    def _forwarded(self) -> bool:
+    def forwarded(self) -> bool:
+        """Sent to the proxy as an absolute request (an http URL), not through a tunnel."""
         return self.proxy is not None and urlsplit(self.url).scheme == "http"
 
     def target(self) -> str:
         """What the request line names."""
-        return self.url if self._forwarded else request_target(self.url)
+        return self.url if self.forwarded else request_target(self.url)
 
     def headers(self) -> dict[str, str]:
         """Headers the route adds to the request."""
-        return proxy_authorization(self.proxy) if self._forwarded and self.proxy else {}
+        return proxy_authorization(self.proxy) if self.forwarded and self.proxy else {}
 
     def connection(self, connect_timeout: float, read_timeout: float) -> http.client.HTTPConnection:
         """A new connection (not yet opened). Raises http.client.HTTPException for a proxy
@@ -209,7 +230,7 @@ class Route:
         problem = proxy_problem(self.proxy)
         if problem:
             raise http.client.HTTPException(f"the proxy for {origin_of(self.url)}: {problem}")
-        if not self._forwarded:
+        if not self.forwarded:
             via, parts = urlsplit(self.proxy), urlsplit(self.url)
             connection = TimedHTTPSConnection(via.hostname or "", via.port or 80, connect_timeout, read_timeout)
             connection.set_tunnel(parts.hostname or "", parts.port or 443, headers=proxy_authorization(self.proxy))
@@ -323,8 +344,8 @@ class Session:
         self._lock = threading.Lock()
 
     def request(self, method: str, url: str, headers: dict[str, str] | None = None, body: Body = None) -> Response:
-        """Raises OSError (TimeoutError included) or http.client.HTTPException when no answer
-        came, or the request could not be made (a malformed URL or header, say)."""
+        """Raises OSError (TimeoutError and ProxyRefused included) or http.client.HTTPException
+        when no answer came, or the request could not be made (a malformed URL or header, say)."""
         headers = {**self.headers, **(headers or {})}
         for _ in range(MAX_REDIRECTS + 1):
             try:
@@ -356,6 +377,9 @@ class Session:
         try:
             return self._exchange(connection, origin, method, url, target, headers, body)
         except (OSError, http.client.HTTPException) as error:  # a dead kept-alive connection, in any guise
+            refused = tunnel_refusal(error, route)
+            if refused is not None:
+                raise refused from None
             if not reused or isinstance(error, TimeoutError):
                 raise
         fresh = route.connection(self.connect_timeout, self.read_timeout)

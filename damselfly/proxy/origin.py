@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from damselfly.lib.blockinghttp import (MAX_REDIRECTS, REDIRECTS, Response, Session, next_hop, origin_of,
-                                       proxy_authorization, proxy_for, without_credentials)
+from damselfly.lib.blockinghttp import (MAX_REDIRECTS, REDIRECTS, ProxyRefused, Response, Session, next_hop,
+                                       origin_of, proxy_authorization, proxy_for, without_credentials)
 from damselfly.lib.oci import Digest
 from damselfly.p2p.blobs import Origin, SourceRefused, SourceUnavailable
 
@@ -97,17 +97,19 @@ def _refusal(status: int, headers: CIMultiDictProxy[str] | CIMultiDict[str], bod
     return SourceRefused(status, dict(picked), body)
 
 
-def _proxy_refused(url: str, status: int) -> SourceUnavailable:
-    """Our proxy's 407 is no answer for the client, which cannot give the proxy credentials."""
-    proxy = proxy_for(url, os.environ)
+def _proxy_refused(url: str, status: int, proxy: str | None = None) -> SourceUnavailable:
+    """Our proxy's refusal (for ``url``, the hop it refused) is no answer for the client,
+    which cannot give the proxy credentials: 502, saying what to fix."""
+    proxy = proxy or proxy_for(url, os.environ)
     shown = without_credentials(proxy) if proxy else "proxy"
+    if status not in PROXY_AUTH_STATUSES:
+        return SourceUnavailable(502, f"the proxy {shown} to upstream {origin_of(url)} answered {status}")
     return SourceUnavailable(502, f"the proxy {shown} to upstream {origin_of(url)} wants credentials ({status}): "
                                   "give them in the proxy variable as http://user:password@host:port")
 
 
 # A proxy that refuses a CONNECT tunnel for want of credentials: 407, or 401 from some (tinyproxy).
 PROXY_AUTH_STATUSES = (401, 407)
-TUNNEL_REFUSED = tuple(f"Tunnel connection failed: {status}" for status in PROXY_AUTH_STATUSES)  # http.client's words
 
 
 def _close_unread(opened: "asyncio.Future[RegistryStream]") -> None:
@@ -188,13 +190,12 @@ class RegistryClient:
         except asyncio.TimeoutError:
             raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
         except aiohttp.ClientHttpProxyError as exc:  # the tunnel to an https registry was refused
-            raise _proxy_refused(url, exc.status) if exc.status in PROXY_AUTH_STATUSES else SourceUnavailable(
-                502, f"the proxy to upstream {origin_of(url)} answered {exc.status}") from None
+            raise _proxy_refused(url, exc.status, proxy) from None
         except aiohttp.ClientError as exc:
             raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
         if response.status == 407 and proxy:
             response.release()
-            raise _proxy_refused(url, response.status)
+            raise _proxy_refused(url, response.status, proxy)
         return response
 
     async def _refusal(self, response: aiohttp.ClientResponse) -> SourceRefused | SourceUnavailable:
@@ -225,9 +226,9 @@ class RegistryClient:
             response = self._blocking.request("GET", url, headers)
         except TimeoutError:
             raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
+        except ProxyRefused as exc:
+            raise _proxy_refused(exc.url, exc.status, exc.proxy) from None
         except (OSError, http.client.HTTPException) as exc:
-            if str(exc).startswith(TUNNEL_REFUSED):
-                raise _proxy_refused(url, int(str(exc).split()[3])) from None
             raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
         try:
             raw, answered = response.raw, response.url

@@ -4,8 +4,8 @@ import http.client
 
 import pytest
 
-from damselfly.lib.blockinghttp import (Route, TimedHTTPConnection, TimedHTTPSConnection, environment_proxies,
-                                       proxy_for, proxy_problem)
+from damselfly.lib.blockinghttp import (ProxyRefused, Route, TimedHTTPConnection, TimedHTTPSConnection,
+                                       environment_proxies, proxy_for, proxy_problem, tunnel_refusal)
 
 PROXY = "http://proxy.example:3128"
 
@@ -84,3 +84,15 @@ def test_route_refuses_a_proxy_it_cannot_speak() -> None:
     with pytest.raises(http.client.HTTPException, match=r"^the proxy for https://r.example: only http://") as raised:
         Route("https://r.example/v2/", "socks5://u:s3kr1t@proxy.example:1080").connection(1.0, 2.0)
     assert "s3kr1t" not in str(raised.value)
+
+
+def test_a_refused_tunnel_becomes_proxy_refused_without_the_password():
+    route = Route("https://r.example/v2/x/blobs/sha256:0", "http://site:s3cret@proxy.example:3128")
+    refused = tunnel_refusal(OSError("Tunnel connection failed: 407 Proxy Authentication Required"), route)
+    assert isinstance(refused, ProxyRefused) and refused.status == 407
+    assert str(refused) == "the proxy http://proxy.example:3128 refused a tunnel to https://r.example: 407"
+    assert refused.url == route.url and refused.proxy == route.proxy
+    assert tunnel_refusal(OSError("Connection refused"), route) is None
+    assert tunnel_refusal(TimeoutError("timed out"), route) is None
+    forwarded = Route("http://r.example/v2/", "http://proxy.example:3128")  # no tunnel: the proxy's 407 is an answer
+    assert tunnel_refusal(OSError("Tunnel connection failed: 407 x"), forwarded) is None
