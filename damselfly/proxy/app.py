@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -169,17 +170,27 @@ class Mirror:
         query = [(k, v) for k, v in request.query.items() if k != "ns"]
         url = self._upstream(request) + request.rel_url.raw_path
         headers = pick_headers(request.headers, PASSTHROUGH_REQUEST_HEADERS)
-        data = self._body_within(request) if request.body_exists else None
+        redirected = request.method in ("GET", "HEAD")  # followed here: a body could not be sent twice
+        if redirected:
+            headers.popall("Content-Length", None)
+        upload = asyncio.timeout(None)  # upstream's time to take each piece of the body: see _body_within
+        data = self._body_within(request, upload) if request.body_exists and not redirected else None
         try:
-            upstream = await self.registry_client.request(
-                request.method, url if not query else f"{url}?{urlencode(query)}", headers, data,
-                follow_redirects=request.method in ("GET", "HEAD"))
+            async with upload:
+                upstream = await self.registry_client.request(
+                    request.method, url if not query else f"{url}?{urlencode(query)}", headers, data,
+                    follow_redirects=redirected)
+        except TimeoutError:
+            raise SourceUnavailable(504, f"upstream {self._upstream(request)} stopped taking the request body "
+                                         f"for {self.settings.read_timeout:g}s") from None
         except SourceUnavailable:
             if not request.get(BODY_STALLED):
                 raise
             log.info("client %s stopped sending the body of %s %s for %gs: answered 408", request.remote,
                      request.method, request.path, self.settings.read_timeout)
-            raise OCIError(408, "UNKNOWN", f"no request body bytes for {self.settings.read_timeout:g}s") from None
+            stalled = self._error(request, 408, "UNKNOWN", f"no request body bytes for {self.settings.read_timeout:g}s")
+            stalled.force_close()  # the rest of the body is not worth waiting for
+            return stalled
         try:
             if upstream.status >= 500:
                 raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {upstream.status}")
@@ -196,17 +207,22 @@ class Mirror:
         finally:
             upstream.release()
 
-    async def _body_within(self, request: web.Request) -> AsyncIterator[bytes]:
-        """The client's request body as it goes upstream, each read within --read-timeout: a
-        client that stops sending mid-body (a push through the mirror) must not hold this
-        handler and an upstream connection for ever. A stall ends the upload, marked on the request."""
+    async def _body_within(self, request: web.Request, upload: asyncio.Timeout) -> AsyncIterator[bytes]:
+        """The client's request body as it goes upstream (a push through the mirror), with
+        --read-timeout for each read from the client and, through ``upload``, for upstream to
+        take each chunk (and to answer after the last): neither side that stops mid-body may
+        hold this handler and an upstream connection for ever. A client's stall ends the
+        upload, marked on the request."""
+        loop = asyncio.get_running_loop()
         while True:
+            _reschedule(upload, None)  # the client's turn, timed here
             try:
                 async with asyncio.timeout(self.settings.read_timeout):
                     chunk = await request.content.readany()
             except TimeoutError:
                 request[BODY_STALLED] = True
                 raise
+            _reschedule(upload, loop.time() + self.settings.read_timeout)  # upstream's turn
             if not chunk:
                 return
             yield chunk
@@ -319,3 +335,9 @@ class Mirror:
     async def _send_span(self, sender: FileSender, offset: int, count: int, source: str) -> None:
         await sender.send(offset, count)
         self.metrics.served_bytes.labels(source).inc(count)
+
+
+def _reschedule(timeout: asyncio.Timeout, when: float | None) -> None:
+    """Move ``timeout``, unless it is over (upstream may answer before it takes the whole body)."""
+    with contextlib.suppress(RuntimeError):
+        timeout.reschedule(when)

@@ -4,17 +4,19 @@ holds, across keep-alive requests, and never stuck on a client that stops readin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import os
 import socket
+import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from damselfly.proxy.sending import FileSender, SendingThreads
-from tests.support.fakes import GatedRegistryFake
+from tests.support.fakes import GatedRegistryFake, SilentServerFake
 from tests.support.wait import wait_until
 
 MiB = 1024 * 1024
@@ -261,6 +263,57 @@ def test_a_push_through_the_mirror_reaches_the_registry(damselfly, registry) -> 
         connection.close()
     with urllib.request.urlopen(f"{registry.url}/v2/pushed/blob/blobs/{digest}", timeout=30) as stored:
         assert stored.read() == data
+
+
+def test_a_chunked_push_through_the_mirror_reaches_the_registry(damselfly, registry) -> None:
+    """docker streams its PATCH uploads chunked, with no Content-Length."""
+    node = damselfly("--read-timeout", "2")
+    data = os.urandom(5 * MiB)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    connection = http.client.HTTPConnection(node.host, node.port, timeout=30)
+    try:
+        connection.request("PATCH", _start_upload(node, registry, "chunked/blob"), encode_chunked=True,
+                           body=(data[i:i + MiB] for i in range(0, len(data), MiB)),
+                           headers={"Content-Type": "application/octet-stream"})
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 202, answer.status
+        location = answer.getheader("Location").split(registry.host, 1)[-1]
+        connection.request("PUT", f"{location}&digest={digest}&ns={registry.host}")
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 201, answer.status
+    finally:
+        connection.close()
+    with urllib.request.urlopen(f"{registry.url}/v2/chunked/blob/blobs/{digest}", timeout=30) as stored:
+        assert stored.read() == data
+
+
+def test_an_upstream_that_stops_taking_a_pushed_body_gets_the_client_504(damselfly) -> None:
+    """The other side of a push: an upstream that stops reading must not hold the handler either."""
+    silent = SilentServerFake()  # accepts nothing: what the mirror sends fills the socket buffers, then waits
+    try:
+        node = damselfly("--registry", f"stuck.test=http://{silent.host}", "--read-timeout", "2")
+        with socket.create_connection((node.host, node.port)) as client:
+            client.settimeout(30)
+            size = 256 * MiB
+            client.sendall((f"PATCH /v2/stuck/blob/blobs/uploads/x?ns=stuck.test HTTP/1.1\r\nHost: mirror\r\n"
+                            f"Content-Length: {size}\r\n\r\n").encode())
+            chunk = bytes(MiB)
+
+            def send_body() -> None:
+                with contextlib.suppress(OSError):  # the mirror answers and closes before the body is all sent
+                    for _ in range(size // MiB):
+                        client.sendall(chunk)
+
+            sender = threading.Thread(target=send_body, daemon=True)
+            sender.start()
+            status_line = client.recv(12)
+            assert status_line == b"HTTP/1.1 504", status_line
+        sender.join(30)
+        assert "stopped taking the request body" in node.log()
+    finally:
+        silent.close()
 
 
 def test_a_client_that_stops_sending_a_pushed_body_gets_408(damselfly, registry) -> None:
