@@ -41,7 +41,8 @@ Body = Union[bytes, Callable[[], Iterable[bytes]], None]
 
 
 class ProxyRefused(OSError):
-    """The proxy refused to open a CONNECT tunnel (``status``: 407, or 401 from some)."""
+    """The proxy refused to open a CONNECT tunnel; ``status`` is its answer (407 or 401 when
+    it wants credentials)."""
 
     def __init__(self, status: int, proxy: str, url: str) -> None:
         super().__init__(f"the proxy {without_credentials(proxy)} refused a tunnel to {origin_of(url)}: {status}")
@@ -375,23 +376,23 @@ class Session:
         target, headers = route.target(), {**headers, **route.headers()}
         connection, reused = self._acquire(origin, route, pooled=method in IDEMPOTENT)
         try:
-            return self._exchange(connection, origin, method, url, target, headers, body)
+            return self._exchange(connection, route, origin, method, target, headers, body)
         except (OSError, http.client.HTTPException) as error:  # a dead kept-alive connection, in any guise
-            refused = tunnel_refusal(error, route)
-            if refused is not None:
-                raise refused from None
-            if not reused or isinstance(error, TimeoutError):
+            if not reused or isinstance(error, (TimeoutError, ProxyRefused)):
                 raise
         fresh = route.connection(self.connect_timeout, self.read_timeout)
-        return self._exchange(fresh, origin, method, url, target, headers, body)
+        return self._exchange(fresh, route, origin, method, target, headers, body)
 
-    def _exchange(self, connection: http.client.HTTPConnection, origin: str, method: str, url: str, target: str,
+    def _exchange(self, connection: http.client.HTTPConnection, route: Route, origin: str, method: str, target: str,
                   headers: dict[str, str], body: Body) -> Response:
         try:
             connection.request(method, target, body=body() if callable(body) else body, headers=headers)
-            return Response(self, origin, connection, connection.getresponse(), url)
-        except BaseException:
+            return Response(self, origin, connection, connection.getresponse(), route.url)
+        except BaseException as error:
             connection.close()
+            refused = tunnel_refusal(error, route)
+            if refused is not None:
+                raise refused from None
             raise
 
     def _acquire(self, origin: str, route: Route, pooled: bool) -> tuple[http.client.HTTPConnection, bool]:

@@ -87,14 +87,11 @@ def copy_to_file(source: BlockingSource, path: Path, start: int, length: int, pi
                 raise SourceTooShort(f"source closed after {offset - start} of {length} bytes")
             view = memoryview(buffer)[:count]
             pwrite_all(fd, view, offset)
-            while view:  # the piece digests, across piece boundaries inside this buffer
-                room = piece_length - offset % piece_length
-                part, view = view[:room], view[room:]
-                piece.update(part)
-                offset += len(part)
-                if offset % piece_length == 0 or offset == end:
-                    piece_digests[(offset - 1) // piece_length] = piece.digest()
-                    piece = PieceHasher()
+            piece.update(view)  # a step never crosses the end of a piece
+            offset += count
+            if offset % piece_length == 0 or offset == end:
+                piece_digests[(offset - 1) // piece_length] = piece.digest()
+                piece = PieceHasher()
             filled.put((buffer, count))
             on_written(offset)
     finally:

@@ -91,16 +91,15 @@ def _refusal(status: int, headers: CIMultiDictProxy[str] | CIMultiDict[str], bod
     """A non-success answer: client errors pass back unchanged, server errors become 502."""
     if status >= 500:
         return SourceUnavailable(502, f"upstream {origin_of(url)} answered {status}")
-    if status == 407:
-        return _proxy_refused(url, status)
+    if status == 407:  # from a proxy that forwards http requests
+        return _proxy_refused(url, status, proxy_for(url, os.environ) or "")
     picked = pick_headers(headers, ("Content-Type", "WWW-Authenticate", "Docker-Distribution-API-Version"))
     return SourceRefused(status, dict(picked), body)
 
 
-def _proxy_refused(url: str, status: int, proxy: str | None = None) -> SourceUnavailable:
+def _proxy_refused(url: str, status: int, proxy: str) -> SourceUnavailable:
     """Our proxy's refusal (for ``url``, the hop it refused) is no answer for the client,
     which cannot give the proxy credentials: 502, saying what to fix."""
-    proxy = proxy or proxy_for(url, os.environ)
     shown = without_credentials(proxy) if proxy else "proxy"
     if status not in PROXY_AUTH_STATUSES:
         return SourceUnavailable(502, f"the proxy {shown} to upstream {origin_of(url)} answered {status}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 
@@ -54,3 +55,15 @@ def test_a_piece_is_announced_before_the_bytes_after_it_arrive(tmp_path):
     assert reached[-1] == len(data)
     assert path.read_bytes() == data
     assert [digests[i] for i in range(4)] == [piece_digest(data[i * PIECE:(i + 1) * PIECE]) for i in range(4)]
+
+
+def test_a_range_from_a_later_piece_to_a_short_last_piece(tmp_path):
+    data = os.urandom(3 * PIECE + PIECE // 2)
+    path = tmp_path / "blob"
+    path.write_bytes(b"\0" * len(data))
+    source, digests, reached = TrickleSource(), {}, []
+    source.chunks.put(data[PIECE:])
+    copy_to_file(source, path, PIECE, len(data) - PIECE, PIECE, digests, reached.append)
+    assert reached == [2 * PIECE, 3 * PIECE, len(data)]  # one report per piece, the short one too
+    assert digests == {i: piece_digest(data[i * PIECE:(i + 1) * PIECE]) for i in (1, 2, 3)}
+    assert path.read_bytes()[PIECE:] == data[PIECE:]
