@@ -72,8 +72,8 @@ def mirror_options(default_listen: str) -> Callable[[Any], Any]:
                      envvar=_env("connect_timeout"), help="Seconds to connect to an upstream registry."),
         click.option("--read-timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
                      envvar=_env("read_timeout"), help="Seconds an upstream or a download may stay silent, a client may pause while sending a "
-                     "request body, and a client or peer may take to accept one send of 4 MiB (32 KiB for a "
-                     "cached blob), before it is cut off."),
+                     "request body (or an upstream while taking it), and a client or peer may take to accept "
+                     "one send of 4 MiB (32 KiB for a cached blob), before it is cut off."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
                      show_default=True, envvar=_env("log_level")),
         config_option,
