@@ -122,7 +122,7 @@ class RangeFill:
         start = self.task.piece_span(first)[0]
         end = sum(self.task.piece_span(first + size - 1))
         stream = await self.open_range(start, end - start)
-        await copy_into_task(self.copiers, stream, self.task, start, end - start, self._written)
+        await copy_into_task(self.copiers, stream, self.task, start, end - start, self._written, piece_by_piece=True)
 
     def _written(self, begin: int, end: int, pieces: range) -> None:
         """Bytes ``begin..end`` of a range are on disk, completing ``pieces``: count and tell."""

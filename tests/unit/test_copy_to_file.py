@@ -6,6 +6,8 @@ import os
 import queue
 import threading
 
+import pytest
+
 from damselfly.p2p.pieces import piece_digest
 from damselfly.p2p.writer import copy_to_file
 
@@ -43,7 +45,8 @@ def test_a_piece_is_announced_before_the_bytes_after_it_arrive(tmp_path):
         if offset >= PIECE:
             first_piece.set()
 
-    copying = threading.Thread(target=copy_to_file, args=(source, path, 0, len(data), PIECE, digests, on_written))
+    copying = threading.Thread(target=copy_to_file, args=(source, path, 0, len(data), PIECE, digests, on_written),
+                               kwargs={"piece_by_piece": True})
     copying.start()
     try:
         source.chunks.put(data[: PIECE + 100])  # the first piece and a little of the second
@@ -57,13 +60,15 @@ def test_a_piece_is_announced_before_the_bytes_after_it_arrive(tmp_path):
     assert [digests[i] for i in range(4)] == [piece_digest(data[i * PIECE:(i + 1) * PIECE]) for i in range(4)]
 
 
-def test_a_range_from_a_later_piece_to_a_short_last_piece(tmp_path):
+@pytest.mark.parametrize("piece_by_piece", [True, False], ids=["piece-by-piece", "whole-buffers"])
+def test_a_range_from_a_later_piece_to_a_short_last_piece(tmp_path, piece_by_piece: bool):
     data = os.urandom(3 * PIECE + PIECE // 2)
     path = tmp_path / "blob"
     path.write_bytes(b"\0" * len(data))
     source, digests, reached = TrickleSource(), {}, []
     source.chunks.put(data[PIECE:])
-    copy_to_file(source, path, PIECE, len(data) - PIECE, PIECE, digests, reached.append)
-    assert reached == [2 * PIECE, 3 * PIECE, len(data)]  # one report per piece, the short one too
+    copy_to_file(source, path, PIECE, len(data) - PIECE, PIECE, digests, reached.append, piece_by_piece=piece_by_piece)
+    # one report per piece, the short one too; or one for the buffer that holds them all
+    assert reached == ([2 * PIECE, 3 * PIECE, len(data)] if piece_by_piece else [len(data)])
     assert digests == {i: piece_digest(data[i * PIECE:(i + 1) * PIECE]) for i in (1, 2, 3)}
     assert path.read_bytes()[PIECE:] == data[PIECE:]
