@@ -234,59 +234,54 @@ def test_a_client_that_stops_reading_a_passed_through_answer_is_cut_off(damselfl
         fake.stop()
 
 
-def _start_upload(node, registry, name: str) -> str:
-    """POST through the mirror; the upload's path and query (with ``ns``) to send the bytes to, through the mirror too."""
-    connection = http.client.HTTPConnection(node.host, node.port, timeout=30)
-    try:
-        connection.request("POST", f"/v2/{name}/blobs/uploads/?ns={registry.host}")
-        answer = connection.getresponse()
-        answer.read()
-        assert answer.status == 202, answer.status
-        upload = answer.getheader("Location").split(registry.host, 1)[-1]
-    finally:
-        connection.close()
+def _answered(connection: http.client.HTTPConnection, method: str, path: str, status: int,
+              **request: object) -> http.client.HTTPResponse:
+    connection.request(method, path, **request)  # type: ignore[arg-type]
+    answer = connection.getresponse()
+    answer.read()
+    assert answer.status == status, answer.status
+    return answer
+
+
+def _through_mirror(location: str, registry) -> str:
+    """The path and query of a registry's upload ``location``, with ``ns``: sent through the mirror."""
+    upload = location.split(registry.host, 1)[-1]
     return upload + ("&" if "?" in upload else "?") + f"ns={registry.host}"
 
 
-def test_a_push_through_the_mirror_reaches_the_registry(damselfly, registry) -> None:
-    node = damselfly()
-    data = os.urandom(3 * MiB)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+def _start_upload(node, registry, name: str) -> str:
     connection = http.client.HTTPConnection(node.host, node.port, timeout=30)
     try:
-        connection.request("PUT", f"{_start_upload(node, registry, 'pushed/blob')}&digest={digest}", body=data,
-                           headers={"Content-Type": "application/octet-stream"})
-        answer = connection.getresponse()
-        answer.read()
-        assert answer.status == 201, answer.status
+        started = _answered(connection, "POST", f"/v2/{name}/blobs/uploads/?ns={registry.host}", 202)
     finally:
         connection.close()
-    with urllib.request.urlopen(f"{registry.url}/v2/pushed/blob/blobs/{digest}", timeout=30) as stored:
-        assert stored.read() == data
+    return _through_mirror(started.getheader("Location", ""), registry)
 
 
-def test_a_chunked_push_through_the_mirror_reaches_the_registry(damselfly, registry) -> None:
-    """docker streams its PATCH uploads chunked, with no Content-Length."""
+def _stored(registry, name: str, digest: str) -> bytes:
+    with urllib.request.urlopen(f"{registry.url}/v2/{name}/blobs/{digest}", timeout=30) as stored:
+        return stored.read()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["put", "chunked-patch"])
+def test_a_push_through_the_mirror_reaches_the_registry(damselfly, registry, chunked: bool) -> None:
+    """In one PUT, or as docker sends it: a chunked PATCH (no Content-Length), then a PUT."""
     node = damselfly("--read-timeout", "2")
     data = os.urandom(5 * MiB)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    upload = _start_upload(node, registry, "pushed/blob")
     connection = http.client.HTTPConnection(node.host, node.port, timeout=30)
     try:
-        connection.request("PATCH", _start_upload(node, registry, "chunked/blob"), encode_chunked=True,
-                           body=(data[i:i + MiB] for i in range(0, len(data), MiB)),
-                           headers={"Content-Type": "application/octet-stream"})
-        answer = connection.getresponse()
-        answer.read()
-        assert answer.status == 202, answer.status
-        location = answer.getheader("Location").split(registry.host, 1)[-1]
-        connection.request("PUT", f"{location}&digest={digest}&ns={registry.host}")
-        answer = connection.getresponse()
-        answer.read()
-        assert answer.status == 201, answer.status
+        if chunked:
+            patched = _answered(connection, "PATCH", upload, 202, encode_chunked=True,
+                                body=(data[i:i + MiB] for i in range(0, len(data), MiB)))
+            _answered(connection, "PUT", f"{_through_mirror(patched.getheader('Location', ''), registry)}"
+                                         f"&digest={digest}", 201)
+        else:
+            _answered(connection, "PUT", f"{upload}&digest={digest}", 201, body=data)
     finally:
         connection.close()
-    with urllib.request.urlopen(f"{registry.url}/v2/chunked/blob/blobs/{digest}", timeout=30) as stored:
-        assert stored.read() == data
+    assert _stored(registry, "pushed/blob", digest) == data
 
 
 def test_an_upstream_that_stops_taking_a_pushed_body_gets_the_client_504(damselfly) -> None:
