@@ -11,6 +11,10 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf'
+# On SIGTERM aiohttp gives a request still in progress this long to finish, then, for a
+# handler that does not end when its request is cancelled (one blocked sending to a client
+# that reads nothing), as long again before it cancels the handler: 5 s at most in all.
+SHUTDOWN_GRACE = 2.5
 # API bodies are a few hundred bytes: a client that takes longer than this to send one has
 # stalled, and aiohttp alone would wait on it for as long as the connection stays open.
 BODY_TIMEOUT = 10.0
@@ -39,7 +43,7 @@ async def _serve(sites: list[tuple[web.Application, str, int]], on_started: Call
     runners = []
     try:
         for app, host, port in sites:
-            runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=5)
+            runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=SHUTDOWN_GRACE)
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port).start()

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import signal
 import socket
 import threading
 import urllib.request
@@ -325,3 +326,18 @@ def test_a_client_that_stops_sending_a_pushed_body_gets_408(damselfly, registry)
         assert status_line == b"HTTP/1.1 408", status_line
     assert "stopped sending the body of PATCH" in node.log()
     assert _get(node, "/v2/") == b"{}"  # and it goes on serving
+
+
+def test_sigterm_with_a_stalled_client_exits_within_five_seconds(damselfly, registry, registry_client) -> None:
+    """A client that reads nothing must not hold the daemon's exit for long."""
+    node = damselfly()
+    digest = registry_client.push_blob("stalled/exit", os.urandom(64 * MiB))
+    path = f"/v2/stalled/exit/blobs/{digest}?ns={registry.host}"
+    assert len(_get(node, path)) == 64 * MiB  # cached: the stalled client gets it from the file
+    with socket.create_connection((node.host, node.port)) as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode())
+        assert stalled.recv(12) == b"HTTP/1.1 200"
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)
+        assert node.process.wait(timeout=8) == 0  # 5 s of grace (2 x SHUTDOWN_GRACE), 3 s of margin
