@@ -178,25 +178,22 @@ class Network:
 
     def finished(self, task: Task, success: bool, reason: str = "") -> None:
         reporter = self._reporters.pop(str(task.digest), None)
-        if reporter is None:
-            return
-
-        async def report() -> None:
-            await reporter.flush()
-            with contextlib.suppress(SchedulerUnavailable):
-                await self.scheduler.call(str(task.digest), "POST", "done",
-                                          json={"host_id": self.host_id, "success": success, "reason": reason})
-
-        self.spawn(report())
+        if reporter is not None:
+            self._report_done(str(task.digest), reporter, success=success, reason=reason)
 
     def seed_failed(self, digest: str, reason: str) -> None:
         """Tell the scheduler this seed could not start a task it accepted, so that it stops
         offering this seed for it (and its peers go to the origin when no other seed can)."""
+        self._report_done(digest, None, success=False, reason=reason, could_not_start=True)
+
+    def _report_done(self, digest: str, reporter: Reporter | None, **outcome: Any) -> None:
+        """In the background: the task's end to its scheduler, after the reporter's last pieces."""
 
         async def report() -> None:
+            if reporter is not None:
+                await reporter.flush()
             with contextlib.suppress(SchedulerUnavailable):
-                await self.scheduler.call(digest, "POST", "done", json={
-                    "host_id": self.host_id, "success": False, "reason": reason, "could_not_start": True})
+                await self.scheduler.call(digest, "POST", "done", json={"host_id": self.host_id, **outcome})
 
         self.spawn(report())
 

@@ -168,7 +168,8 @@ class Mirror:
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
         """Send the request upstream as it is and stream the answer back unchanged."""
         query = [(k, v) for k, v in request.query.items() if k != "ns"]
-        url = self._upstream(request) + request.rel_url.raw_path
+        upstream_base = self._upstream(request)
+        url = upstream_base + request.rel_url.raw_path
         headers = pick_headers(request.headers, PASSTHROUGH_REQUEST_HEADERS)
         redirected = request.method in ("GET", "HEAD")  # followed here: a body could not be sent twice
         if redirected:
@@ -181,7 +182,7 @@ class Mirror:
                     request.method, url if not query else f"{url}?{urlencode(query)}", headers, data,
                     follow_redirects=redirected)
         except TimeoutError:
-            raise SourceUnavailable(504, f"upstream {self._upstream(request)} stopped taking the request body "
+            raise SourceUnavailable(504, f"upstream {upstream_base} stopped taking the request body "
                                          f"for {self.settings.read_timeout:g}s") from None
         except SourceUnavailable:
             if not request.get(BODY_STALLED):
