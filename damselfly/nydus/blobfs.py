@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,8 @@ from damselfly.nydus.rafs import Bootstrap
 from damselfly.nydus.remote import RegistryClient
 
 log = logging.getLogger("damselfly.nydus.blobfs")
+
+READAHEAD_THREADS = 2  # fetches ahead of readers at once, for the whole mount
 
 
 class BlobFilesystem(fuse.Operations):
@@ -81,13 +84,13 @@ class BlobFilesystem(fuse.Operations):
 
 
 def open_blobs(bootstrap: Bootstrap, cache_dir: Path, client: RegistryClient, repository: str,
-               stats: FetchStats) -> dict[str, LazyBlob]:
+               stats: FetchStats, readahead: Executor) -> dict[str, LazyBlob]:
     blobs = {}
     for entry in bootstrap.blobs:
         chunks = bootstrap.blob_chunks(entry.blob_index)
         size = bootstrap.device_size(entry.blob_index)
         cache = ChunkCache(cache_dir, entry.blob_id, size, chunks, entry.digester)
-        blobs[entry.blob_id] = LazyBlob(entry, chunks, size, cache, client, repository, stats)
+        blobs[entry.blob_id] = LazyBlob(entry, chunks, size, cache, client, repository, stats, readahead=readahead)
     return blobs
 
 
@@ -95,7 +98,8 @@ def serve(bootstrap: Bootstrap, fuse_dir: Path, cache_dir: Path, client: Registr
           stats_path: Path, prefetch: bool, on_ready: Callable[[], None]) -> None:
     """Run the FUSE server until it is unmounted; stats are written to ``stats_path`` as JSON."""
     stats = FetchStats()
-    blobs = open_blobs(bootstrap, cache_dir, client, repository, stats)
+    readahead = ThreadPoolExecutor(max_workers=READAHEAD_THREADS, thread_name_prefix="readahead")
+    blobs = open_blobs(bootstrap, cache_dir, client, repository, stats, readahead)
     stopping = threading.Event()
     image_bytes = sum(entry.compressed_size for entry in bootstrap.blobs)
 
@@ -137,6 +141,7 @@ def serve(bootstrap: Bootstrap, fuse_dir: Path, cache_dir: Path, client: Registr
         stopping.set()
         for thread in prefetchers:  # a store after close would write to a closed descriptor
             thread.join(timeout=2 * FETCH_DEADLINE)
+        readahead.shutdown(wait=True, cancel_futures=True)
         write_stats()
         for blob in blobs.values():
             blob.close()

@@ -4,8 +4,11 @@ A read asks for the chunks that cover it; those not in the chunk cache are fetch
 compressed ranges (adjacent chunks merged up to ``batch_bytes``) from the blob's URL, which
 is normally the local Damselfly daemon, so the request becomes one P2P task per blob.
 Every chunk is decompressed and checked against its digest before it is cached or served.
-Concurrent reads of the same chunk share one fetch. A background prefetcher, when enabled,
-walks the rest of the blob and yields to demand reads.
+Concurrent reads of the same chunk share one fetch. Each read also fetches, in the
+background, the chunks of the same file that follow it, up to ``readahead_bytes``
+compressed: a large file (a shared library, an interpreter) is read a chunk at a time, and
+each of those reads would otherwise wait a full round trip. A background prefetcher, when
+enabled, walks the rest of the blob and yields to demand reads.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import bisect
 import logging
 import threading
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from damselfly.nydus import codec
@@ -24,6 +28,7 @@ from damselfly.nydus.remote import TRANSPORT_ERRORS, RegistryClient, RegistryErr
 log = logging.getLogger("damselfly.nydus.lazy")
 
 DEFAULT_BATCH_BYTES = 1 << 20
+READAHEAD_BYTES = 1 << 20  # compressed bytes of a file fetched past each read of it
 FETCH_DEADLINE = 60.0  # seconds for one range, however slowly its bytes trickle in
 _ATTEMPTS = 2
 
@@ -58,7 +63,8 @@ class LazyBlob:
 
     def __init__(self, entry: BlobEntry, chunks: list[ChunkRecord], size: int, cache: ChunkCache,
                  client: RegistryClient, repository: str, stats: FetchStats,
-                 batch_bytes: int = DEFAULT_BATCH_BYTES) -> None:
+                 batch_bytes: int = DEFAULT_BATCH_BYTES, readahead: Executor | None = None,
+                 readahead_bytes: int = READAHEAD_BYTES) -> None:
         self.entry = entry
         self.chunks = chunks  # sorted by uncompressed offset; index i is bit i of the cache map
         self.size = size
@@ -66,6 +72,8 @@ class LazyBlob:
         self.repository = repository
         self.stats = stats
         self.batch_bytes = batch_bytes
+        self.readahead = readahead
+        self.readahead_bytes = readahead_bytes
         self._starts = [c.uncompressed_offset for c in chunks]
         self.client = client  # one pool for every FUSE thread: a client per thread costs an SSL context each
         self._inflight: dict[int, threading.Event] = {}
@@ -90,15 +98,30 @@ class LazyBlob:
         size = max(0, min(size, self.size - offset))
         if size == 0:
             return b""
+        wanted = self.chunks_for(offset, size)
         with self._lock:
             self._demand += 1
         try:
-            self.ensure(self.chunks_for(offset, size), demand=True)
+            self.ensure(wanted, demand=True)
         finally:
             with self._lock:
                 self._demand -= 1
                 self._idle.notify_all()
+        ahead = self.ahead_of(wanted[-1])
+        if ahead and self.readahead is not None:
+            self.readahead.submit(self._read_ahead, ahead)
         return self.cache.read(offset, size)
+
+    def ahead_of(self, last: int) -> list[int]:
+        """The uncached chunks that continue ``last``'s file, within ``readahead_bytes``
+        (counted over cached chunks too, so the window slides with the reader)."""
+        ahead, budget, index = [], self.readahead_bytes, last + 1
+        while index < len(self.chunks) and self.chunks[index].file_offset > 0 and budget > 0:
+            if not self.cache.has(index):
+                ahead.append(index)
+            budget -= self.chunks[index].compressed_size
+            index += 1
+        return ahead
 
     def ensure(self, indexes: range | list[int], demand: bool) -> None:
         """Make every chunk in ``indexes`` usable from the cache, fetching what is missing."""
@@ -111,28 +134,47 @@ class LazyBlob:
                 missing.append(index)
         if not missing:
             return
+        mine, waits = self._claim(missing)
+        try:
+            for run in self._runs(mine):
+                self._fetch_run(run, demand)
+        finally:
+            self._release(mine)
+        for event in waits:
+            event.wait(timeout=2 * FETCH_DEADLINE * _ATTEMPTS)
+        for index in missing:
+            if not self.cache.usable(index):
+                raise ChunkUnavailable(f"chunk {index} of blob {self.entry.blob_id[:12]} is not available")
+
+    def _claim(self, indexes: list[int]) -> tuple[list[int], list[threading.Event]]:
+        """Split ``indexes`` into those this thread now fetches and the fetches it can wait on."""
         mine: list[int] = []
         waits: list[threading.Event] = []
         with self._lock:
-            for index in missing:
+            for index in indexes:
                 event = self._inflight.get(index)
                 if event is None:
                     self._inflight[index] = threading.Event()
                     mine.append(index)
                 else:
                     waits.append(event)
+        return mine, waits
+
+    def _release(self, indexes: list[int]) -> None:
+        with self._lock:
+            for index in indexes:
+                self._inflight.pop(index).set()
+
+    def _read_ahead(self, indexes: list[int]) -> None:
+        """Fetch what nobody fetches yet; a failure is left for a demand read to meet."""
+        mine, _ = self._claim([index for index in indexes if not self.cache.has(index)])
         try:
             for run in self._runs(mine):
-                self._fetch_run(run, demand)
+                self._fetch_run(run, demand=False)
+        except ChunkUnavailable as error:
+            log.debug("readahead in blob %s: %s", self.entry.blob_id[:12], error)
         finally:
-            with self._lock:
-                for index in mine:
-                    self._inflight.pop(index).set()
-        for event in waits:
-            event.wait(timeout=2 * FETCH_DEADLINE * _ATTEMPTS)
-        for index in missing:
-            if not self.cache.usable(index):
-                raise ChunkUnavailable(f"chunk {index} of blob {self.entry.blob_id[:12]} is not available")
+            self._release(mine)
 
     def _runs(self, indexes: list[int]) -> list[list[int]]:
         """Adjacent chunks (in the compressed blob) grouped into ranges of at most batch_bytes."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
 
 import pytest
 
@@ -14,26 +18,44 @@ from damselfly.nydus.lazy import FetchStats, LazyBlob
 KiB = 1024
 
 
-def _chunks(sizes: list[int]) -> tuple[list[ChunkRecord], list[bytes]]:
-    """Chunks laid out as the builder does: compressed back to back, uncompressed 4 KiB aligned."""
+def _chunks(sizes: list[int], file_offsets: list[int] | None = None) -> tuple[list[ChunkRecord], list[bytes]]:
+    """Chunks laid out as the builder does: compressed back to back, uncompressed 4 KiB aligned.
+    Each chunk starts a file unless ``file_offsets`` says where in its file it sits."""
     records, datas, compressed_at, uncompressed_at = [], [], 0, 0
     for index, size in enumerate(sizes):
         data = bytes([index + 1]) * size
+        file_offset = file_offsets[index] if file_offsets else 0
         records.append(ChunkRecord(codec.chunk_digest(Digester.SHA256, data), 0, 0, size, size, compressed_at,
-                                   uncompressed_at, 0, index))
+                                   uncompressed_at, file_offset, index))
         datas.append(data)
         compressed_at += size
         uncompressed_at += -(-size // 4096) * 4096
     return records, datas
 
 
-def _blob(tmp_path: Path, sizes: list[int], batch: int = 64 * KiB) -> LazyBlob:
-    records, _ = _chunks(sizes)
+class FakeRegistryClient:
+    """Serves ranges of an uncompressed blob from memory and counts them, as the mirror would."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+        self.ranges: list[tuple[int, int]] = []
+
+    @contextmanager
+    def open_blob(self, repository: str, digest: str, byte_range: tuple[int, int]) -> Iterator[SimpleNamespace]:
+        self.ranges.append(byte_range)
+        body = self.blob[byte_range[0]:byte_range[1] + 1]
+        yield SimpleNamespace(iter_bytes=lambda: iter([body]))
+
+
+def _blob(tmp_path: Path, sizes: list[int], batch: int = 64 * KiB, file_offsets: list[int] | None = None,
+          readahead: Executor | None = None, readahead_bytes: int = 64 * KiB) -> LazyBlob:
+    records, datas = _chunks(sizes, file_offsets)
     size = records[-1].uncompressed_offset + -(-records[-1].uncompressed_size // 4096) * 4096
     entry = BlobEntry("a" * 64, 0, 64 * KiB, len(records), Compressor.NONE, Digester.SHA256, 0, 0, size)
     cache = ChunkCache(tmp_path, entry.blob_id, size, records, Digester.SHA256)
-    return LazyBlob(entry, records, size, cache, client=None, repository="r",  # type: ignore[arg-type]
-                    stats=FetchStats(), batch_bytes=batch)
+    client = FakeRegistryClient(b"".join(datas))
+    return LazyBlob(entry, records, size, cache, client=client, repository="r",  # type: ignore[arg-type]
+                    stats=FetchStats(), batch_bytes=batch, readahead=readahead, readahead_bytes=readahead_bytes)
 
 
 def test_a_read_needs_exactly_the_chunks_it_overlaps(tmp_path: Path) -> None:
@@ -48,6 +70,31 @@ def test_fetches_merge_adjacent_chunks_up_to_the_batch_size(tmp_path: Path) -> N
     blob = _blob(tmp_path, [30 * KiB, 30 * KiB, 30 * KiB, 10 * KiB], batch=64 * KiB)
     assert blob._runs([0, 1, 2, 3]) == [[0, 1], [2, 3]]
     assert blob._runs([0, 2]) == [[0], [2]]  # not adjacent: two ranges
+
+
+def test_readahead_takes_the_rest_of_the_file_within_its_budget(tmp_path: Path) -> None:
+    # a file of four 30 KiB chunks, then a one-chunk file; the window is 64 KiB
+    blob = _blob(tmp_path, [30 * KiB] * 5, file_offsets=[0, 30 * KiB, 60 * KiB, 90 * KiB, 0])
+    assert blob.ahead_of(0) == [1, 2, 3]  # the budget runs out inside chunk 3
+    assert blob.ahead_of(2) == [3]  # the next file is not read ahead
+    assert blob.ahead_of(3) == [] and blob.ahead_of(4) == []
+    blob.cache.store(1, bytes([2]) * 30 * KiB)
+    assert blob.ahead_of(0) == [2, 3]  # a cached chunk still counts: the window slides with the reader
+
+
+def test_a_read_fetches_what_follows_in_its_file_in_the_background(tmp_path: Path) -> None:
+    readahead = ThreadPoolExecutor(max_workers=1)
+    blob = _blob(tmp_path, [30 * KiB] * 5, file_offsets=[0, 30 * KiB, 60 * KiB, 90 * KiB, 0],
+                 readahead=readahead, readahead_bytes=40 * KiB)
+    assert blob.read(0, 100) == bytes([1]) * 100
+    readahead.submit(lambda: None).result(timeout=10)  # one worker: what was queued before is done
+    assert [blob.cache.has(index) for index in range(5)] == [True, True, True, False, False]
+    assert blob.client.ranges == [(0, 30 * KiB - 1), (30 * KiB, 90 * KiB - 1)]  # one range ahead, merged
+    assert blob.read(32 * KiB, 30 * KiB) == bytes([2]) * 30 * KiB  # served from what was read ahead...
+    readahead.shutdown(wait=True)
+    assert blob.client.ranges[2:] == [(90 * KiB, 120 * KiB - 1)]  # ...which moved the window on
+    stats = blob.stats.as_dict()
+    assert (stats["demand_chunks"], stats["prefetched_chunks"], stats["cache_hits"]) == (1, 3, 1)
 
 
 def test_chunk_cache_keeps_its_map_across_opens_and_drops_a_rotten_chunk(tmp_path: Path) -> None:
