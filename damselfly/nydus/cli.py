@@ -1,4 +1,4 @@
-"""`damselfly nydus ...`: convert, inspect, export, mount and umount."""
+"""`damselfly nydus ...`: convert, inspect, export, mount, umount and the mount service."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from damselfly.nydus.layout import FormatError
     from damselfly.nydus.mount import MountError
     from damselfly.nydus.remote import RegistryError
+    from damselfly.nydus.service import ServiceError
     from damselfly.nydus.tree import LayerError
 
-    return RegistryError, FormatError, LayerError, MountError, OSError
+    return RegistryError, FormatError, LayerError, MountError, ServiceError, OSError
 
 
 def _fail(message: str) -> NoReturn:
@@ -201,6 +202,37 @@ def mount_command(ref: str, mountpoint: Path, mirror: str | None, cache_dir: Pat
 
     state = mount(_image(ref), mountpoint, cache_dir, mirror, plain_http, prefetch)
     click.echo(f"mounted {state.image} at {state.mountpoint} (FUSE server pid {state.pid}, log {state.log_file})")
+
+
+@nydus.command("serve")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The Unix socket to listen on.  [default: service.sock in the mount state directory, "
+                   "$DAMSELFLY_RUN_DIR/nydus or /run/damselfly/nydus]")
+@one_line_errors
+def serve_command(socket_path: Path | None) -> None:
+    """Make and take down lazy mounts for clients of a Unix socket, until SIGTERM or Ctrl-C.
+
+    A mount through the service skips the Python start of `damselfly nydus mount` (about
+    0.1 s of every container start). POST /mount and /umount take the command's options as
+    JSON; see the README.
+    """
+    import signal
+
+    from damselfly.nydus.service import MountService, default_socket
+
+    service = MountService(socket_path or default_socket())
+
+    def stop(_signal: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    log.info("mount service listening on %s", service.path)
+    try:
+        service.serve_forever()
+    except KeyboardInterrupt:
+        log.info("mount service stopping; its mounts stay until unmounted")
+    finally:
+        service.server_close()
 
 
 @nydus.command("umount")

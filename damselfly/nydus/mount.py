@@ -119,7 +119,10 @@ def _start_server(log_file: Path, run: Callable[[Callable[[], None]], None]) -> 
         return pid, ready_read
     status = 1
     try:
-        os.close(ready_read)
+        # Nothing of the parent's stays open here but the pipe: a mount service's socket
+        # held by its FUSE servers would take connections after the service is gone.
+        os.closerange(3, ready_write)
+        os.closerange(ready_write + 1, os.sysconf("SC_OPEN_MAX"))
         os.setsid()
         log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null_fd = os.open(os.devnull, os.O_RDONLY)

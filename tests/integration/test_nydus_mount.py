@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Callable, Iterator
 import pytest
 
 from damselfly.nydus.remote import RegistryClient
+from damselfly.nydus.service import ServiceClient, ServiceError
 from benchmarks.cluster.images import CACHE as BENCH_CACHE, python_image
 from tests.support.images import busybox_layer, image_from_layers, push_image
 from tests.support.nydus import cli, oci_rootfs
@@ -276,3 +278,59 @@ def test_a_mount_that_fails_midway_leaves_nothing_behind(tmp_path: Path, registr
     assert len(result.stderr.strip().splitlines()) == 1 and "the FUSE server failed: " in result.stderr, result.stderr
     assert not os.path.ismount(point)
     assert not list(cache.glob("mounts/*")) and not list((run_dir / "nydus").glob("*.json"))
+
+
+@pytest.fixture
+def mount_service(tmp_path: Path, run_dir: Path) -> Iterator[tuple[subprocess.Popen, ServiceClient]]:
+    """`damselfly nydus serve` on a socket of the test's own, stopped at the end."""
+    socket_path = tmp_path / "service.sock"
+    log = open(tmp_path / "service.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "damselfly", "nydus", "serve", "--socket", str(socket_path)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    client = ServiceClient(socket_path, timeout=60)
+    try:
+        wait_until(lambda: process.poll() is None and client.healthy(), 20, "the mount service")
+        yield process, client
+    finally:
+        stop_process(process)
+        log.close()
+
+
+def test_the_mount_service_mounts_for_its_clients_and_its_mounts_outlive_it(
+        tmp_path: Path, registry, registry_client, run_dir: Path, mount_service) -> None:
+    process, client = mount_service
+    image = _image_with_data(tmp_path)
+    image.name = "nydus/service"
+    push_image(registry_client, image)
+    target = f"{registry.host}/nydus/service:nydus"
+    cli("nydus", "convert", "--plain-http", image.reference(registry.host), target)
+    point, cache = tmp_path / "mnt", tmp_path / "cache"
+    point.mkdir()
+
+    state = client.mount(target, point, cache, plain_http=True)
+    assert os.path.ismount(point) and state["mountpoint"] == str(point)
+    assert (point / "etc/greeting").read_text() == "hello from a lazy mount\n"
+
+    # A request the service cannot use is refused in one line, and it goes on serving.
+    refusals = [(lambda: client.mount("not a ref!", point, cache), "invalid"),
+                (lambda: client.mount(target, Path("relative"), cache), "'mountpoint' must be an absolute path"),
+                (lambda: client.mount(target, point, cache, plain_http=True), "already a mount point"),
+                (lambda: client.umount(tmp_path), "not a damselfly nydus mount")]
+    for request, message in refusals:
+        with pytest.raises(ServiceError, match=message) as refusal:
+            request()
+        assert "\n" not in str(refusal.value)
+
+    second = cli("nydus", "serve", "--socket", str(client.path), check=False)
+    assert second.returncode == 1 and "a mount service already listens on" in second.stderr, second.stderr
+    assert client.healthy()
+
+    # Its mounts outlive it (no FUSE server holds its socket), and the command takes them down.
+    process.terminate()
+    assert process.wait(timeout=10) == 0
+    assert not client.path.exists() and not client.healthy()
+    assert (point / "data/part-0").stat().st_size == 8 * MiB
+    assert (point / "etc/greeting").read_text() == "hello from a lazy mount\n"
+    stats = umount(point)
+    assert stats["fetched_bytes"] > 0 and stats["failures"] == 0
+    wait_until(lambda: not Path(f"/proc/{state['pid']}").exists(), 10, "the FUSE server to exit")
