@@ -11,7 +11,8 @@ Scenarios (the Dragonfly talk's, plus the common alternative):
 - local-registry: a docker-registry on the node itself holds the image (the baseline
                 that p2p-local is measured against).
 The nydus scenarios start the same command from a lazy mount of the image's nydus form
-(`damselfly nydus mount`, an overlay on it, `ctr run --rootfs`):
+(asked of the node's `damselfly nydus serve`, as nydus-snapshotter asks a running nydusd;
+an overlay on it; `ctr run --rootfs`):
 - nydus-cold:       chunks fetched straight from the registry;
 - nydus-p2p-cold:   through the node's daemon, nothing cached anywhere;
 - nydus-p2p-remote: the blobs on the seed peer, not on the node;
@@ -38,11 +39,14 @@ from typing import Callable
 from benchmarks.cluster.netns import Host, Network, remove_stale
 from benchmarks.sampling import Sampler
 from damselfly.nydus.remote import RegistryClient as PullClient  # the harness's own RegistryClient pushes
+from damselfly.nydus.service import ServiceClient
 from tests.support.cluster import SchedulerProcess, start_peer
 from tests.support.containerd import Containerd
 from tests.support.daemon import Damselfly
 from tests.support.images import Image, push_image
+from tests.support.processes import stop_process
 from tests.support.registry import Registry, RegistryClient
+from tests.support.wait import wait_until
 
 OCI_SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local", "local-registry"]
 NYDUS_SCENARIOS = ["nydus-cold", "nydus-p2p-cold", "nydus-p2p-remote", "nydus-p2p-local", "nydus-cache"]
@@ -51,6 +55,13 @@ NYDUS_TAG = "nydus"
 REGISTRY_PORT = 5000
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines while nodes pull
 DOWNLOAD_SAMPLE = 0.1  # seconds between reads of a node's link counter
+
+
+def _serving(node: Node) -> bool:
+    if node.mount_service is not None and node.mount_service.poll() is not None:
+        raise RuntimeError(f"the mount service of {node.host.name} exited with {node.mount_service.returncode}; "
+                           f"see {node.workdir / 'nydus-service.log'}")
+    return node.mount_socket.exists() and ServiceClient(node.mount_socket, timeout=1).healthy()
 
 
 def p95(values: list[float]) -> float:
@@ -79,6 +90,11 @@ class Node:
     containerd: Containerd | None = None
     daemon: Damselfly | None = None
     registry: Registry | None = None  # the node's own registry, for the local-registry baseline
+    mount_service: subprocess.Popen | None = None  # `damselfly nydus serve`, for the nydus scenarios
+
+    @property
+    def mount_socket(self) -> Path:
+        return self.workdir / "nydus.sock"
 
 
 @dataclass
@@ -232,9 +248,24 @@ class Cluster:
 
     def _nydus(self, *args: str, node: Node, check: bool = True) -> subprocess.CompletedProcess:
         """``damselfly nydus ARGS`` on the node's network, its mount state kept under its workdir."""
-        env = {**os.environ, "DAMSELFLY_RUN_DIR": str(node.workdir / "run")}
         return subprocess.run(node.host.network_only(sys.executable, "-m", "damselfly", "nydus", *args),
-                              capture_output=True, text=True, timeout=600, env=env, check=check)
+                              capture_output=True, text=True, timeout=600, env=self._nydus_env(node), check=check)
+
+    @staticmethod
+    def _nydus_env(node: Node) -> dict[str, str]:
+        return {**os.environ, "DAMSELFLY_RUN_DIR": str(node.workdir / "run")}
+
+    def _mount_service(self, node: Node) -> ServiceClient:
+        """The node's mount service, started on first use (on the node's network)."""
+        if node.mount_service is None or node.mount_service.poll() is not None:
+            log = open(node.workdir / "nydus-service.log", "ab")
+            node.mount_service = subprocess.Popen(
+                node.host.network_only(sys.executable, "-m", "damselfly", "nydus", "serve", "--socket",
+                                       str(node.mount_socket)),
+                stdout=log, stderr=subprocess.STDOUT, env=self._nydus_env(node))
+            log.close()
+            wait_until(lambda: _serving(node), 20, f"the mount service of {node.host.name}")
+        return ServiceClient(node.mount_socket)
 
     def _lazy_start(self, scenario: str, node: Node, image: Image, command: list[str]) -> tuple[float, int]:
         """Mount lazily, overlay, run the command: (seconds to the command's exit, blob bytes read)."""
@@ -245,10 +276,10 @@ class Cluster:
             shutil.rmtree(path, ignore_errors=True)
         for path in (mountpoint, rootfs, upper, work):
             path.mkdir(parents=True, exist_ok=True)
-        source = ["--plain-http"] if scenario == "nydus-cold" else ["--mirror", node.daemon.url]
+        source = {"plain_http": True} if scenario == "nydus-cold" else {"mirror": node.daemon.url}
+        service = self._mount_service(node)
         started = time.monotonic()
-        self._nydus("mount", self._nydus_reference(image), str(mountpoint), "--cache-dir",
-                    str(node.workdir / "nydus-cache"), *source, node=node)
+        service.mount(self._nydus_reference(image), mountpoint, node.workdir / "nydus-cache", **source)
         try:
             subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                             f"lowerdir={mountpoint},upperdir={upper},workdir={work}", str(rootfs)], check=True,
@@ -262,7 +293,7 @@ class Cluster:
             finally:
                 subprocess.run(["umount", str(rootfs)], capture_output=True)
         finally:
-            stats = json.loads(self._nydus("umount", "--json", str(mountpoint), node=node).stdout or "{}")
+            stats = service.umount(mountpoint)
         return seconds, int(stats.get("fetched_bytes", 0))
 
     def run_scenario(self, scenario: str, image: Image, command: list[str]) -> ScenarioResult:
@@ -361,6 +392,7 @@ class Cluster:
             if os.path.ismount(mountpoint):
                 self._nydus("umount", str(mountpoint), node=node, check=False)
         for node in self.nodes:
+            stop_process(node.mount_service)
             for process in (node.daemon, node.containerd, node.registry):
                 if process is not None:
                     process.stop()
