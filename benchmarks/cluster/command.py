@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 
 import damselfly
-from benchmarks.cluster.harness import SCENARIOS, Cluster, ScenarioResult
+from benchmarks.cluster.harness import SCENARIOS, Cluster, ScenarioResult, merge_rounds
 from benchmarks.cluster.netns import NetnsError, require_root
 from benchmarks.cluster.report import charts, distribution_bound, markdown, rate_bytes_per_second
 from damselfly.lib.units import format_size
@@ -53,10 +53,13 @@ def _compile_damselfly() -> None:
 @click.option("--delay", default=None, help="Added one-way delay per link (tc netem), e.g. 2ms.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 @click.option("--quick", is_flag=True, help="3 nodes, the small image, every scenario.")
+@click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Times each scenario runs on a node count (in turn, each time after all the others); "
+                   "the table pools the starts of every round.")
 @click.option("--keep-logs", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Copy the logs of every daemon, scheduler and registry here before the cluster goes.")
 def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: str, node_rate: str,
-        delay: str | None, out: Path, quick: bool, keep_logs: Path | None) -> None:
+        delay: str | None, out: Path, quick: bool, rounds: int, keep_logs: Path | None) -> None:
     """Start containers on a cluster of namespaces, through each scenario; write results.json."""
     try:
         require_root()
@@ -83,15 +86,20 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
                 cluster.start()
                 console.print(f"pushing {image} ({format_size(sum(len(layer.data) for layer in built.layers))})")
                 cluster.push(built, nydus=any(s.startswith("nydus") for s in chosen))
-                for scenario in chosen:
-                    result = cluster.run_scenario(scenario, built, command)
-                    if scenario == "p2p-cold" and result.start_seconds:
-                        node = rate_bytes_per_second(node_rate)
-                        result.bound_seconds = distribution_bound(result.image_bytes, count, node, node, node)
-                        # distribution time: until the last node had the image (its unpack and run are not distribution)
-                        distributed = max(result.download_seconds or result.start_seconds)
-                        result.bound_ratio = distributed / result.bound_seconds
-                    results.append(result)
+                runs: dict[str, list[ScenarioResult]] = {scenario: [] for scenario in chosen}
+                for round_index in range(rounds):
+                    if rounds > 1:
+                        console.print(f"round {round_index + 1}/{rounds}")
+                    for scenario in chosen:
+                        result = cluster.run_scenario(scenario, built, command)
+                        if scenario == "p2p-cold" and result.start_seconds:
+                            node = rate_bytes_per_second(node_rate)
+                            result.bound_seconds = distribution_bound(result.image_bytes, count, node, node, node)
+                            # distribution time: until the last node had the image (its unpack and run are not distribution)
+                            distributed = max(result.download_seconds or result.start_seconds)
+                            result.bound_ratio = distributed / result.bound_seconds
+                        runs[scenario].append(result)
+                results.extend(merge_rounds(runs[scenario]) for scenario in chosen)
             finally:
                 if keep_logs is not None:
                     _copy_logs(Path(scratch), keep_logs / f"{count}-nodes")

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -117,6 +117,7 @@ class ScenarioResult:
     # rest of its start time is containerd's unpack and the run)
     download_seconds: list[float] = field(default_factory=list)
     seed_bytes: int = 0  # what the seed peer's host sent (pieces, and the scheduler's answers beside them)
+    rounds: int = 1
 
     @property
     def p50(self) -> float:
@@ -125,6 +126,30 @@ class ScenarioResult:
     @property
     def p95(self) -> float:
         return p95(self.start_seconds)
+
+
+def merge_rounds(rounds: list[ScenarioResult]) -> ScenarioResult:
+    """One scenario's rounds as one result. Starts, downloads and lazy reads are pooled (p50 and
+    p95 are over every start of every round); a round's totals (registry bytes and requests,
+    seed bytes, the bound ratio) become their median, and the registry timeline is that of
+    the round whose registry bytes are that median."""
+    first = rounds[0]
+    middle = sorted(rounds, key=lambda r: r.registry_bytes)[(len(rounds) - 1) // 2]
+    ratios = [r.bound_ratio for r in rounds if r.bound_ratio is not None]
+    return replace(
+        first,
+        start_seconds=[s for r in rounds for s in r.start_seconds],
+        registry_bytes=middle.registry_bytes,
+        registry_requests=int(statistics.median(r.registry_requests for r in rounds)),
+        ok=all(r.ok for r in rounds),
+        errors=[e for r in rounds for e in r.errors],
+        registry_timeline=middle.registry_timeline,
+        bound_ratio=statistics.median(ratios) if ratios else None,
+        fetched_bytes=[b for r in rounds for b in r.fetched_bytes],
+        download_seconds=[s for r in rounds for s in r.download_seconds],
+        seed_bytes=int(statistics.median(r.seed_bytes for r in rounds)),
+        rounds=len(rounds),
+    )
 
 
 class Cluster:

@@ -1,0 +1,32 @@
+"""The cluster benchmark's rounds: how one scenario's runs become one row."""
+
+from __future__ import annotations
+
+from benchmarks.cluster.harness import ScenarioResult, merge_rounds
+from benchmarks.cluster.report import markdown
+
+
+def _round(starts: list[float], registry_bytes: int, seed_bytes: int, ratio: float | None = None,
+           ok: bool = True) -> ScenarioResult:
+    return ScenarioResult("p2p-cold", "bench/small", 14, len(starts), starts, registry_bytes, 4, ok,
+                          [] if ok else ["n1: failed"], [(0.0, 0), (1.0, registry_bytes)], bound_ratio=ratio,
+                          download_seconds=[s / 2 for s in starts], seed_bytes=seed_bytes)
+
+
+def test_rounds_pool_their_starts_and_take_the_median_of_their_totals() -> None:
+    merged = merge_rounds([_round([3.0, 5.0], 300, 30, 1.5), _round([1.0, 2.0], 100, 10, 1.1),
+                           _round([4.0, 9.0], 200, 20, 2.0, ok=False)])
+    assert merged.start_seconds == [3.0, 5.0, 1.0, 2.0, 4.0, 9.0]
+    assert merged.p50 == 3.5 and merged.p95 == 9.0
+    assert (merged.registry_bytes, merged.seed_bytes, merged.bound_ratio) == (200, 20, 1.5)
+    assert merged.registry_timeline == [(0.0, 0), (1.0, 200)]  # the median round's
+    assert merged.download_seconds == [1.5, 2.5, 0.5, 1.0, 2.0, 4.5]
+    assert not merged.ok and merged.errors == ["n1: failed"]
+    assert merged.rounds == 3
+    assert markdown([merged]).startswith("Each row pools 3 rounds")
+
+
+def test_one_round_is_the_result_itself() -> None:
+    single = _round([2.0], 100, 10)
+    assert merge_rounds([single]) == single
+    assert markdown([single]).startswith("| scenario")
