@@ -267,6 +267,12 @@ class Cluster:
                         "--registry", f"{registry}=http://{registry}"], check=True, capture_output=True)
         return hosts
 
+    def empty_pull_through(self) -> None:
+        """The pull-through cache restarted on empty storage: cold in every round."""
+        self.proxy.stop()
+        shutil.rmtree(self.proxy.workdir / "storage", ignore_errors=True)
+        self.proxy.start()
+
     def empty_chunk_caches(self) -> None:
         for node in self.nodes:
             shutil.rmtree(node.workdir / "nydus-cache", ignore_errors=True)
@@ -342,6 +348,8 @@ class Cluster:
         self.empty_containerd()
         if scenario == "local-registry":
             self._local_registries(image)
+        if scenario == "pull-through":
+            self.empty_pull_through()
         registry_host = self.proxy if scenario == "pull-through" else self.registry
         before = self.registry.access_log()
         sampler = link_sampler(self.registry_host.link)
