@@ -141,7 +141,7 @@ def serve(bootstrap: Bootstrap, fuse_dir: Path, cache_dir: Path, client: Registr
         stopping.set()
         for thread in prefetchers:  # a store after close would write to a closed descriptor
             thread.join(timeout=2 * FETCH_DEADLINE)
-        readahead.shutdown(wait=True, cancel_futures=True)
+        readahead.shutdown(wait=True)  # all of it: a warm chunk cache then holds each read's window
         write_stats()
         for blob in blobs.values():
             blob.close()

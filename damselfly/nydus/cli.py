@@ -71,6 +71,12 @@ def _chunk_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int
     return size
 
 
+def _default_cache_dir() -> Path:
+    from damselfly.nydus.mount import default_cache_dir
+
+    return default_cache_dir()
+
+
 def _image(text: str) -> ImageRef:
     from damselfly.nydus.remote import ImageRef
 
@@ -190,8 +196,9 @@ def export_command(bootstrap: str, blob_dir: str, out_dir: str) -> None:
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--mirror", help="Fetch through this Damselfly daemon (URL), e.g. http://127.0.0.1:65001.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=lambda: Path(os.environ.get("DAMSELFLY_NYDUS_CACHE", "/var/cache/damselfly/nydus")),
-              show_default="/var/cache/damselfly/nydus", help="The nydus chunk cache and per-mount state.")
+              default=_default_cache_dir,
+              show_default="$DAMSELFLY_NYDUS_CACHE or /var/cache/damselfly/nydus",
+              help="The nydus chunk cache and per-mount state.")
 @click.option("--plain-http", is_flag=True, help="Talk plain HTTP to the registry (when no mirror is given).")
 @click.option("--prefetch", is_flag=True, help="Fetch the rest of every blob in the background.")
 @one_line_errors
@@ -216,23 +223,15 @@ def serve_command(socket_path: Path | None) -> None:
     0.1 s of every container start). POST /mount and /umount take the command's options as
     JSON; see the README.
     """
-    import signal
-
     from damselfly.nydus.service import MountService, default_socket
 
     service = MountService(socket_path or default_socket())
-
-    def stop(_signal: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     log.info("mount service listening on %s", service.path)
     try:
-        service.serve_forever()
-    except KeyboardInterrupt:
-        log.info("mount service stopping; its mounts stay until unmounted")
+        service.serve_until_signalled()
     finally:
         service.server_close()
+    log.info("mount service stopped; its mounts stay until unmounted")
 
 
 @nydus.command("umount")

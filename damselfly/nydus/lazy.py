@@ -113,13 +113,16 @@ class LazyBlob:
         return self.cache.read(offset, size)
 
     def ahead_of(self, last: int) -> list[int]:
-        """The uncached chunks that continue ``last``'s file, within ``readahead_bytes``
-        (counted over cached chunks too, so the window slides with the reader)."""
-        ahead, budget, index = [], self.readahead_bytes, last + 1
-        while index < len(self.chunks) and self.chunks[index].file_offset > 0 and budget > 0:
+        """The uncached chunks that continue ``last``'s file, at most ``readahead_bytes`` of
+        them (but at least the next), counted over cached chunks too: the window slides with
+        the reader."""
+        ahead, window, index = [], 0, last + 1
+        while index < len(self.chunks) and self.chunks[index].file_offset > 0:
+            window += self.chunks[index].compressed_size
+            if window > self.readahead_bytes and index > last + 1:
+                break
             if not self.cache.has(index):
                 ahead.append(index)
-            budget -= self.chunks[index].compressed_size
             index += 1
         return ahead
 
@@ -132,19 +135,20 @@ class LazyBlob:
                     self.stats.add(cache_hits=1)
             else:
                 missing.append(index)
-        if not missing:
-            return
-        mine, waits = self._claim(missing)
-        try:
-            for run in self._runs(mine):
-                self._fetch_run(run, demand)
-        finally:
-            self._release(mine)
-        for event in waits:
-            event.wait(timeout=2 * FETCH_DEADLINE * _ATTEMPTS)
-        for index in missing:
-            if not self.cache.usable(index):
-                raise ChunkUnavailable(f"chunk {index} of blob {self.entry.blob_id[:12]} is not available")
+        for _ in range(2):  # a second pass fetches what another thread's fetch (a readahead's, say) did not bring
+            if not missing:
+                return
+            mine, waits = self._claim(missing)
+            try:
+                for run in self._runs(mine):
+                    self._fetch_run(run, demand)
+            finally:
+                self._release(mine)
+            for event in waits:
+                event.wait(timeout=2 * FETCH_DEADLINE * _ATTEMPTS)
+            missing = [index for index in missing if not self.cache.usable(index)]
+        if missing:
+            raise ChunkUnavailable(f"chunk {missing[0]} of blob {self.entry.blob_id[:12]} is not available")
 
     def _claim(self, indexes: list[int]) -> tuple[list[int], list[threading.Event]]:
         """Split ``indexes`` into those this thread now fetches and the fetches it can wait on."""
@@ -166,15 +170,21 @@ class LazyBlob:
                 self._inflight.pop(index).set()
 
     def _read_ahead(self, indexes: list[int]) -> None:
-        """Fetch what nobody fetches yet; a failure is left for a demand read to meet."""
+        """Fetch what nobody fetches yet, a run at a time (a reader of the first run need not
+        wait for the others); a failure is left for a demand read to meet."""
         mine, _ = self._claim([index for index in indexes if not self.cache.has(index)])
+        runs = self._runs(mine)
         try:
-            for run in self._runs(mine):
-                self._fetch_run(run, demand=False)
-        except ChunkUnavailable as error:
-            log.debug("readahead in blob %s: %s", self.entry.blob_id[:12], error)
+            while runs:
+                run = runs.pop(0)
+                try:
+                    self._fetch_run(run, demand=False)
+                finally:
+                    self._release(run)
+        except (ChunkUnavailable, OSError) as error:
+            log.warning("readahead in blob %s stopped: %s", self.entry.blob_id[:12], error)
         finally:
-            self._release(mine)
+            self._release([index for run in runs for index in run])
 
     def _runs(self, indexes: list[int]) -> list[list[int]]:
         """Adjacent chunks (in the compressed blob) grouped into ranges of at most batch_bytes."""

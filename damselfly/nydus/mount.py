@@ -40,6 +40,10 @@ def state_dir() -> Path:
     return Path(os.environ.get("DAMSELFLY_RUN_DIR", "/run/damselfly")) / "nydus"
 
 
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DAMSELFLY_NYDUS_CACHE", "/var/cache/damselfly/nydus"))
+
+
 def state_path(mountpoint: Path) -> Path:
     key = hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:16]
     return state_dir() / f"{key}.json"
@@ -123,6 +127,8 @@ def _start_server(log_file: Path, run: Callable[[Callable[[], None]], None]) -> 
         # held by its FUSE servers would take connections after the service is gone.
         os.closerange(3, ready_write)
         os.closerange(ready_write + 1, os.sysconf("SC_OPEN_MAX"))
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(number, signal.SIG_DFL)  # libfuse sets its own (a clean unmount) only over the default
         os.setsid()
         log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null_fd = os.open(os.devnull, os.O_RDONLY)

@@ -9,14 +9,16 @@ costs: the bootstrap, the FUSE server coming up, the loop devices and EROFS.
 It speaks HTTP/1.1 with JSON bodies on a Unix socket, one request at a time (a mount
 forks, and a process with a single thread forks safely)::
 
-    POST /mount   {"ref", "mountpoint", "cache_dir", "mirror", "plain_http", "prefetch"}
+    POST /mount   {"ref", "mountpoint", and optionally "cache_dir", "mirror", "plain_http", "prefetch"}
                   -> 200 with the mount's state (the FUSE server's pid and log, the loop devices)
     POST /umount  {"mountpoint"} -> 200 with the mount's fetch statistics
     GET  /healthy -> 200 "ok"
 
-A request it cannot use answers 400, a mount or umount that could not be done 409, both
-with ``{"error": "<one line>"}``. Mounts outlive the service, as those the command makes
-do, and ``damselfly nydus umount`` takes down either kind.
+A request it cannot use answers 400 (408 when its body does not come), a mount or umount
+that could not be done 409, anything else 500, each with ``{"error": "<one line>"}``.
+SIGTERM and SIGINT stop it between requests, never in the middle of a mount. Mounts
+outlive the service, as those the command makes do, and ``damselfly nydus umount`` takes
+down either kind.
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ import http.server
 import json
 import logging
 import os
+import signal
 import socket
 import socketserver
+import stat
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 from damselfly.nydus.layout import FormatError
-from damselfly.nydus.mount import MountError, mount, state_dir, umount
+from damselfly.nydus.mount import MountError, default_cache_dir, mount, state_dir, umount
 from damselfly.nydus.remote import ImageRef, RegistryError
 
 log = logging.getLogger("damselfly.nydus.service")
@@ -52,7 +56,15 @@ class ServiceError(RuntimeError):
 
 
 class BadRequest(ValueError):
-    pass
+    """A request the service cannot use: answered with ``status`` and the message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+MOUNT_FIELDS = {"ref", "mountpoint", "cache_dir", "mirror", "plain_http", "prefetch"}
+UMOUNT_FIELDS = {"mountpoint"}
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
@@ -67,26 +79,37 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> A
     return value
 
 
-def _path(body: dict[str, Any], name: str) -> Path:
+def _path(body: dict[str, Any], name: str, default: Path | None = None) -> Path:
     """An absolute path: a relative one would be taken from the service's working directory."""
-    path = Path(_field(body, name, str))
-    if not path.is_absolute():
+    text = _field(body, name, str, None if default is None else str(default))
+    if text is None:
+        raise BadRequest(f"{name!r} is missing")
+    if "\0" in text or not Path(text).is_absolute():
         raise BadRequest(f"{name!r} must be an absolute path")
-    return path
+    return Path(text)
+
+
+def _only(body: dict[str, Any], known: set[str]) -> None:
+    """A misspelt option must not quietly fall back to its default (plain_http, say)."""
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
 
 
 def _mount(body: dict[str, Any]) -> dict[str, Any]:
+    _only(body, MOUNT_FIELDS)
     try:
         ref = ImageRef.parse(_field(body, "ref", str))
     except ValueError as error:
         raise BadRequest(str(error)) from None
-    state = mount(ref, _path(body, "mountpoint"), _path(body, "cache_dir"),
+    state = mount(ref, _path(body, "mountpoint"), _path(body, "cache_dir", default_cache_dir()),
                   _field(body, "mirror", str, None), _field(body, "plain_http", bool, False),
                   _field(body, "prefetch", bool, False))
     return asdict(state)
 
 
 def _umount(body: dict[str, Any]) -> dict[str, Any]:
+    _only(body, UMOUNT_FIELDS)
     return umount(_path(body, "mountpoint"))
 
 
@@ -118,10 +141,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             result = action(self._body())
         except BadRequest as error:
-            self._reply(400, {"error": str(error)})
+            self._reply(error.status, {"error": str(error)})
         except (MountError, RegistryError, FormatError, OSError) as error:
             log.warning("%s failed: %s", self.path[1:], error)
             self._reply(409, {"error": str(error)})
+        except Exception as error:  # noqa: BLE001 - the client gets one line, the log the whole story
+            log.exception("%s failed", self.path[1:])
+            self._reply(500, {"error": f"{error.__class__.__name__}: {error}"})
         else:
             self._reply(200, result)
 
@@ -133,7 +159,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not 0 <= length <= MAX_BODY:
             raise BadRequest(f"the body must be at most {MAX_BODY} bytes")
         try:
-            body = json.loads(self.rfile.read(length))
+            data = self.rfile.read(length)
+        except TimeoutError:
+            raise BadRequest(f"the body did not come within {REQUEST_TIMEOUT:.0f}s", status=408) from None
+        if len(data) < length:
+            raise BadRequest(f"the body ended after {len(data)} of {length} bytes")
+        try:
+            body = json.loads(data)
         except ValueError as error:
             raise BadRequest(f"the body is not JSON: {error}") from None
         if not isinstance(body, dict):
@@ -152,18 +184,39 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class MountService(socketserver.UnixStreamServer):
-    """Serves one request at a time on ``path``; ``serve_forever()`` until shut down."""
+    """Serves one request at a time on ``path``."""
+
+    timeout = 0.5  # seconds between looks at the stop flag while no request comes
 
     def __init__(self, path: Path) -> None:
         if _answers(path):
             raise ServiceError(f"a mount service already listens on {path}")
+        if path.is_symlink() or path.exists() and not stat.S_ISSOCK(path.stat().st_mode):
+            raise ServiceError(f"{path} exists and is not a socket")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # left by a service that did not stop cleanly
         self.path = path
-        super().__init__(str(path), _Handler)
-        os.chmod(path, 0o600)  # a mount runs as this process's user: root, usually
+        self.stopping = False
+        umask = os.umask(0o177)  # the socket is created 0600: a mount runs as this process's user
+        try:
+            super().__init__(str(path), _Handler)
+        finally:
+            os.umask(umask)
 
-    def service_actions(self) -> None:
+    def serve_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, which take effect between requests."""
+
+        def stop(_number: int, _frame: object) -> None:
+            self.stopping = True
+
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, stop)
+        while not self.stopping:
+            self.handle_request()
+            self._reap()
+
+    @staticmethod
+    def _reap() -> None:
         """Reap the FUSE servers (children of this process) that have exited."""
         while True:
             try:
@@ -230,7 +283,7 @@ class ServiceClient:
                                {"Content-Type": "application/json"})
             response = connection.getresponse()
             return response.status, response.read()
-        except OSError as error:
+        except (OSError, http.client.HTTPException) as error:
             raise ServiceError(f"mount service at {self.path}: {error}") from None
         finally:
             connection.close()
@@ -240,7 +293,9 @@ class ServiceClient:
         try:
             answer = json.loads(data)
         except ValueError:
-            raise ServiceError(f"mount service at {self.path} answered {status} without JSON") from None
+            answer = None
+        if not isinstance(answer, dict):
+            raise ServiceError(f"mount service at {self.path} answered {status} without a JSON object")
         if status != 200:
             raise ServiceError(answer.get("error") or f"mount service answered {status}")
         return answer

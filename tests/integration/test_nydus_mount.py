@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,10 +15,10 @@ from typing import Callable, Iterator
 import pytest
 
 from damselfly.nydus.remote import RegistryClient
-from damselfly.nydus.service import ServiceClient, ServiceError
+from damselfly.nydus.service import ServiceError
 from benchmarks.cluster.images import CACHE as BENCH_CACHE, python_image
 from tests.support.images import busybox_layer, image_from_layers, push_image
-from tests.support.nydus import cli, oci_rootfs
+from tests.support.nydus import MountServiceProcess, cli, oci_rootfs
 from tests.support.processes import stop_process
 from tests.support.trees import diff, snapshot, tar_layer
 from tests.support.wait import wait_until
@@ -281,24 +280,28 @@ def test_a_mount_that_fails_midway_leaves_nothing_behind(tmp_path: Path, registr
 
 
 @pytest.fixture
-def mount_service(tmp_path: Path, run_dir: Path) -> Iterator[tuple[subprocess.Popen, ServiceClient]]:
-    """`damselfly nydus serve` on a socket of the test's own, stopped at the end."""
-    socket_path = tmp_path / "service.sock"
-    log = open(tmp_path / "service.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "damselfly", "nydus", "serve", "--socket", str(socket_path)],
-                               stdout=log, stderr=subprocess.STDOUT)
-    client = ServiceClient(socket_path, timeout=60)
+def mount_service(tmp_path: Path, run_dir: Path) -> Iterator[MountServiceProcess]:
+    """`damselfly nydus serve` on a socket of the test's own; stopped, and its mounts taken down, at the end."""
+    service = MountServiceProcess(tmp_path / "service.sock").start()
     try:
-        wait_until(lambda: process.poll() is None and client.healthy(), 20, "the mount service")
-        yield process, client
+        yield service
     finally:
-        stop_process(process)
-        log.close()
+        service.stop()
+        for state in (run_dir / "nydus").glob("*.json"):
+            cli("nydus", "umount", json.loads(state.read_text())["mountpoint"], check=False)
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_the_mount_service_mounts_for_its_clients_and_its_mounts_outlive_it(
-        tmp_path: Path, registry, registry_client, run_dir: Path, mount_service) -> None:
-    process, client = mount_service
+        tmp_path: Path, registry, registry_client, run_dir: Path, mount_service: MountServiceProcess) -> None:
+    client = mount_service.client
     image = _image_with_data(tmp_path)
     image.name = "nydus/service"
     push_image(registry_client, image)
@@ -312,25 +315,31 @@ def test_the_mount_service_mounts_for_its_clients_and_its_mounts_outlive_it(
     assert (point / "etc/greeting").read_text() == "hello from a lazy mount\n"
 
     # A request the service cannot use is refused in one line, and it goes on serving.
-    refusals = [(lambda: client.mount("not a ref!", point, cache), "invalid"),
+    refusals = [(lambda: client.mount("not a ref!", point, cache), "invalid image reference"),
                 (lambda: client.mount(target, Path("relative"), cache), "'mountpoint' must be an absolute path"),
                 (lambda: client.mount(target, point, cache, plain_http=True), "already a mount point"),
-                (lambda: client.umount(tmp_path), "not a damselfly nydus mount")]
+                (lambda: client.umount(tmp_path), "not a damselfly nydus mount"),
+                (lambda: client._call("/mount", {"ref": target, "mountpoint": str(point), "plainHttp": True}),
+                 "unknown field 'plainHttp'")]
     for request, message in refusals:
         with pytest.raises(ServiceError, match=message) as refusal:
             request()
         assert "\n" not in str(refusal.value)
-
-    second = cli("nydus", "serve", "--socket", str(client.path), check=False)
+    second = cli("nydus", "serve", "--socket", str(mount_service.socket), check=False)
     assert second.returncode == 1 and "a mount service already listens on" in second.stderr, second.stderr
-    assert client.healthy()
 
-    # Its mounts outlive it (no FUSE server holds its socket), and the command takes them down.
-    process.terminate()
-    assert process.wait(timeout=10) == 0
-    assert not client.path.exists() and not client.healthy()
+    # Killed, it leaves its socket behind but nothing holds it open (its FUSE servers closed
+    # what they inherited): a new service takes the socket over, and the mount still serves.
+    mount_service.stop_with(signal.SIGKILL)
+    assert mount_service.socket.exists() and not client.healthy()
+    mount_service.start()
     assert (point / "data/part-0").stat().st_size == 8 * MiB
     assert (point / "etc/greeting").read_text() == "hello from a lazy mount\n"
+
+    # The command takes down a mount the service made; SIGTERM stops the service cleanly.
     stats = umount(point)
     assert stats["fetched_bytes"] > 0 and stats["failures"] == 0
-    wait_until(lambda: not Path(f"/proc/{state['pid']}").exists(), 10, "the FUSE server to exit")
+    wait_until(lambda: _gone(state["pid"]), 10, "the FUSE server to exit")
+    mount_service.stop()
+    assert mount_service.process is not None and mount_service.process.returncode == 0
+    assert not mount_service.socket.exists()

@@ -64,7 +64,7 @@ class Containerd:
         Kill this instance's shims and delete their containers."""
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             try:
-                argv = [arg.decode() for arg in cmdline.read_bytes().split(b"\0")]
+                argv = [arg.decode(errors="surrogateescape") for arg in cmdline.read_bytes().split(b"\0")]
             except OSError:
                 continue
             if not argv[0].endswith("containerd-shim-runc-v2") or self.address not in argv:

@@ -26,6 +26,12 @@ def test_rounds_pool_their_starts_and_take_the_median_of_their_totals() -> None:
     assert markdown([merged]).startswith("Each row pools 3 rounds")
 
 
+def test_two_rounds_take_the_lower_of_each_total() -> None:
+    merged = merge_rounds([_round([1.0], 300, 10, 2.0), _round([2.0], 100, 30, 1.0)])
+    assert (merged.registry_bytes, merged.seed_bytes, merged.bound_ratio) == (100, 10, 1.0)
+    assert merged.registry_timeline == [(0.0, 0), (1.0, 100)]
+
+
 def test_one_round_is_the_result_itself() -> None:
     single = _round([2.0], 100, 10)
     assert merge_rounds([single]) == single

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,8 @@ from damselfly.nydus import codec
 from damselfly.nydus.cache import ChunkCache
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, Digester, FormatError, pack_xattr
 from damselfly.nydus.lazy import FetchStats, LazyBlob
+from damselfly.nydus.remote import RegistryError
+from tests.support.wait import wait_until
 
 KiB = 1024
 
@@ -75,17 +78,19 @@ def test_fetches_merge_adjacent_chunks_up_to_the_batch_size(tmp_path: Path) -> N
 def test_readahead_takes_the_rest_of_the_file_within_its_budget(tmp_path: Path) -> None:
     # a file of four 30 KiB chunks, then a one-chunk file; the window is 64 KiB
     blob = _blob(tmp_path, [30 * KiB] * 5, file_offsets=[0, 30 * KiB, 60 * KiB, 90 * KiB, 0])
-    assert blob.ahead_of(0) == [1, 2, 3]  # the budget runs out inside chunk 3
+    assert blob.ahead_of(0) == [1, 2]  # chunk 3 would take the window past 64 KiB
     assert blob.ahead_of(2) == [3]  # the next file is not read ahead
     assert blob.ahead_of(3) == [] and blob.ahead_of(4) == []
     blob.cache.store(1, bytes([2]) * 30 * KiB)
-    assert blob.ahead_of(0) == [2, 3]  # a cached chunk still counts: the window slides with the reader
+    assert blob.ahead_of(0) == [2]  # a cached chunk still counts: the window slides with the reader
+    blob.readahead_bytes = 10 * KiB
+    assert blob.ahead_of(1) == [2] and blob.ahead_of(0) == []  # at least the next chunk, cached or not
 
 
 def test_a_read_fetches_what_follows_in_its_file_in_the_background(tmp_path: Path) -> None:
     readahead = ThreadPoolExecutor(max_workers=1)
     blob = _blob(tmp_path, [30 * KiB] * 5, file_offsets=[0, 30 * KiB, 60 * KiB, 90 * KiB, 0],
-                 readahead=readahead, readahead_bytes=40 * KiB)
+                 readahead=readahead, readahead_bytes=64 * KiB)
     assert blob.read(0, 100) == bytes([1]) * 100
     readahead.submit(lambda: None).result(timeout=10)  # one worker: what was queued before is done
     assert [blob.cache.has(index) for index in range(5)] == [True, True, True, False, False]
@@ -95,6 +100,44 @@ def test_a_read_fetches_what_follows_in_its_file_in_the_background(tmp_path: Pat
     assert blob.client.ranges[2:] == [(90 * KiB, 120 * KiB - 1)]  # ...which moved the window on
     stats = blob.stats.as_dict()
     assert (stats["demand_chunks"], stats["prefetched_chunks"], stats["cache_hits"]) == (1, 3, 1)
+
+
+class FlakyRegistryClient(FakeRegistryClient):
+    """Fails the ranges that start at ``fail_at`` twice (a fetch's two attempts), the first
+    failure only once ``gate`` is set, so that a reader can come to wait on that fetch."""
+
+    def __init__(self, blob: bytes, fail_at: int) -> None:
+        super().__init__(blob)
+        self.fail_at = fail_at
+        self.failures_left = 2
+        self.failing = threading.Event()
+        self.gate = threading.Event()
+
+    @contextmanager
+    def open_blob(self, repository: str, digest: str, byte_range: tuple[int, int]) -> Iterator[SimpleNamespace]:
+        if byte_range[0] == self.fail_at and self.failures_left:
+            self.ranges.append(byte_range)
+            self.failures_left -= 1
+            self.failing.set()
+            self.gate.wait(timeout=10)
+            raise RegistryError("the registry failed")
+        with super().open_blob(repository, digest, byte_range) as response:
+            yield response
+
+
+def test_a_reader_waiting_on_a_failed_readahead_fetches_the_chunk_itself(tmp_path: Path) -> None:
+    readahead = ThreadPoolExecutor(max_workers=1)
+    blob = _blob(tmp_path, [30 * KiB, 30 * KiB], file_offsets=[0, 30 * KiB], readahead=readahead)
+    blob.client = FlakyRegistryClient(blob.client.blob, fail_at=30 * KiB)
+    assert blob.read(0, 100) == bytes([1]) * 100  # and chunk 1 is read ahead: that fetch now hangs, then fails
+    assert blob.client.failing.wait(timeout=10)
+    reader = ThreadPoolExecutor(max_workers=1).submit(blob.read, 32 * KiB, 100)
+    wait_until(lambda: blob._demand == 1, 10, "the reader to wait on the readahead's fetch")
+    blob.client.gate.set()
+    assert reader.result(timeout=10) == bytes([2]) * 100
+    readahead.shutdown(wait=True)
+    assert blob.client.ranges.count((30 * KiB, 60 * KiB - 1)) == 3  # two failed attempts, then the reader's
+    assert blob.stats.as_dict()["failures"] == 1
 
 
 def test_chunk_cache_keeps_its_map_across_opens_and_drops_a_rotten_chunk(tmp_path: Path) -> None:
