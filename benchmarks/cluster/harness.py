@@ -39,14 +39,13 @@ from typing import Callable
 from benchmarks.cluster.netns import Host, Network, remove_stale
 from benchmarks.sampling import Sampler
 from damselfly.nydus.remote import RegistryClient as PullClient  # the harness's own RegistryClient pushes
-from damselfly.nydus.service import ServiceClient
+from damselfly.nydus.service import ServiceClient, ServiceError
 from tests.support.cluster import SchedulerProcess, start_peer
 from tests.support.containerd import Containerd
 from tests.support.daemon import Damselfly
 from tests.support.images import Image, push_image
-from tests.support.processes import stop_process
+from tests.support.nydus import MountServiceProcess
 from tests.support.registry import Registry, RegistryClient
-from tests.support.wait import wait_until
 
 OCI_SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local", "local-registry"]
 NYDUS_SCENARIOS = ["nydus-cold", "nydus-p2p-cold", "nydus-p2p-remote", "nydus-p2p-local", "nydus-cache"]
@@ -55,13 +54,6 @@ NYDUS_TAG = "nydus"
 REGISTRY_PORT = 5000
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines while nodes pull
 DOWNLOAD_SAMPLE = 0.1  # seconds between reads of a node's link counter
-
-
-def _serving(node: Node) -> bool:
-    if node.mount_service is not None and node.mount_service.poll() is not None:
-        raise RuntimeError(f"the mount service of {node.host.name} exited with {node.mount_service.returncode}; "
-                           f"see {node.workdir / 'nydus-service.log'}")
-    return node.mount_socket.exists() and ServiceClient(node.mount_socket, timeout=1).healthy()
 
 
 def p95(values: list[float]) -> float:
@@ -90,11 +82,7 @@ class Node:
     containerd: Containerd | None = None
     daemon: Damselfly | None = None
     registry: Registry | None = None  # the node's own registry, for the local-registry baseline
-    mount_service: subprocess.Popen | None = None  # `damselfly nydus serve`, for the nydus scenarios
-
-    @property
-    def mount_socket(self) -> Path:
-        return self.workdir / "nydus.sock"
+    mount_service: MountServiceProcess | None = None  # `damselfly nydus serve`, for the nydus scenarios
 
 
 @dataclass
@@ -130,24 +118,22 @@ class ScenarioResult:
 
 def merge_rounds(rounds: list[ScenarioResult]) -> ScenarioResult:
     """One scenario's rounds as one result. Starts, downloads and lazy reads are pooled (p50 and
-    p95 are over every start of every round); a round's totals (registry bytes and requests,
-    seed bytes, the bound ratio) become their median, and the registry timeline is that of
-    the round whose registry bytes are that median."""
-    first = rounds[0]
-    middle = sorted(rounds, key=lambda r: r.registry_bytes)[(len(rounds) - 1) // 2]
+    p95 are over every start of every round); each of a round's totals (registry bytes and
+    requests, seed bytes, the bound ratio) becomes its low median, a value some round had,
+    and the registry timeline is that of the round with the median registry bytes."""
     ratios = [r.bound_ratio for r in rounds if r.bound_ratio is not None]
     return replace(
-        first,
+        rounds[0],
         start_seconds=[s for r in rounds for s in r.start_seconds],
-        registry_bytes=middle.registry_bytes,
-        registry_requests=int(statistics.median(r.registry_requests for r in rounds)),
+        registry_bytes=statistics.median_low(r.registry_bytes for r in rounds),
+        registry_requests=statistics.median_low(r.registry_requests for r in rounds),
         ok=all(r.ok for r in rounds),
         errors=[e for r in rounds for e in r.errors],
-        registry_timeline=middle.registry_timeline,
-        bound_ratio=statistics.median(ratios) if ratios else None,
+        registry_timeline=sorted(rounds, key=lambda r: r.registry_bytes)[(len(rounds) - 1) // 2].registry_timeline,
+        bound_ratio=statistics.median_low(ratios) if ratios else None,
         fetched_bytes=[b for r in rounds for b in r.fetched_bytes],
         download_seconds=[s for r in rounds for s in r.download_seconds],
-        seed_bytes=int(statistics.median(r.seed_bytes for r in rounds)),
+        seed_bytes=statistics.median_low(r.seed_bytes for r in rounds),
         rounds=len(rounds),
     )
 
@@ -288,15 +274,10 @@ class Cluster:
 
     def _mount_service(self, node: Node) -> ServiceClient:
         """The node's mount service, started on first use (on the node's network)."""
-        if node.mount_service is None or node.mount_service.poll() is not None:
-            log = open(node.workdir / "nydus-service.log", "ab")
-            node.mount_service = subprocess.Popen(
-                node.host.network_only(sys.executable, "-m", "damselfly", "nydus", "serve", "--socket",
-                                       str(node.mount_socket)),
-                stdout=log, stderr=subprocess.STDOUT, env=self._nydus_env(node))
-            log.close()
-            wait_until(lambda: _serving(node), 20, f"the mount service of {node.host.name}")
-        return ServiceClient(node.mount_socket)
+        if node.mount_service is None or not node.mount_service.running():
+            node.mount_service = MountServiceProcess(node.workdir / "nydus.sock", wrap=node.host.network_only(),
+                                                     env=self._nydus_env(node)).start()
+        return node.mount_service.client
 
     def _lazy_start(self, scenario: str, node: Node, image: Image, command: list[str]) -> tuple[float, int]:
         """Mount lazily, overlay, run the command: (seconds to the command's exit, blob bytes read)."""
@@ -324,7 +305,11 @@ class Cluster:
             finally:
                 subprocess.run(["umount", str(rootfs)], capture_output=True)
         finally:
-            stats = service.umount(mountpoint)
+            try:
+                stats = service.umount(mountpoint)
+            except ServiceError:  # the service is gone: the command takes the mount down, and says why
+                self._nydus("umount", str(mountpoint), node=node)
+                raise
         return seconds, int(stats.get("fetched_bytes", 0))
 
     def run_scenario(self, scenario: str, image: Image, command: list[str]) -> ScenarioResult:
@@ -425,8 +410,7 @@ class Cluster:
             if os.path.ismount(mountpoint):
                 self._nydus("umount", str(mountpoint), node=node, check=False)
         for node in self.nodes:
-            stop_process(node.mount_service)
-            for process in (node.daemon, node.containerd, node.registry):
+            for process in (node.mount_service, node.daemon, node.containerd, node.registry):
                 if process is not None:
                     process.stop()
         for process in (self.seed, self.scheduler, self.proxy, self.registry):

@@ -26,7 +26,7 @@ def distribution_bound(size: int, nodes: int, seed_upload: float, node_upload: f
 def markdown(results: list[ScenarioResult]) -> str:
     rounds = max((r.rounds for r in results), default=1)
     caption = [f"Each row pools {rounds} rounds: p50, p95 and max over every start; the other columns "
-               "are a round's median.", ""] if rounds > 1 else []
+               "are the rounds' (low) median.", ""] if rounds > 1 else []
     lines = [*caption, "| scenario | image | nodes | p50 s | p95 s | max s | registry MB | registry requests | "
              "lazy read MB/node | download p95 s | seed sent MB | bound ratio | ok |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
