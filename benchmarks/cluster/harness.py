@@ -307,8 +307,10 @@ class Cluster:
         finally:
             try:
                 stats = service.umount(mountpoint)
-            except ServiceError:  # the service is gone: the command takes the mount down, and says why
-                self._nydus("umount", str(mountpoint), node=node)
+            except ServiceError:
+                assert node.mount_service is not None
+                if not node.mount_service.running():  # the command takes the mount down, for the next start
+                    self._nydus("umount", str(mountpoint), node=node, check=False)
                 raise
         return seconds, int(stats.get("fetched_bytes", 0))
 

@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -42,6 +43,7 @@ from damselfly.nydus.remote import RegistryClient
 log = logging.getLogger("damselfly.nydus.blobfs")
 
 READAHEAD_THREADS = 2  # fetches ahead of readers at once, for the whole mount
+READAHEAD_GRACE = 5.0  # seconds queued readaheads may still start once the mount is gone
 
 
 class BlobFilesystem(fuse.Operations):
@@ -141,7 +143,12 @@ def serve(bootstrap: Bootstrap, fuse_dir: Path, cache_dir: Path, client: Registr
         stopping.set()
         for thread in prefetchers:  # a store after close would write to a closed descriptor
             thread.join(timeout=2 * FETCH_DEADLINE)
-        readahead.shutdown(wait=True)  # all of it: a warm chunk cache then holds each read's window
+        # What is queued still goes (a warm chunk cache then holds each read's window), but
+        # only for a while: umount kills a server that takes 15 s to exit.
+        give_up = time.monotonic() + READAHEAD_GRACE
+        for blob in blobs.values():
+            blob.read_ahead_until = give_up
+        readahead.shutdown(wait=True)
         write_stats()
         for blob in blobs.values():
             blob.close()

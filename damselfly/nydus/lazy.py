@@ -74,6 +74,7 @@ class LazyBlob:
         self.batch_bytes = batch_bytes
         self.readahead = readahead
         self.readahead_bytes = readahead_bytes
+        self.read_ahead_until = float("inf")  # time.monotonic() after which queued readaheads are dropped
         self._starts = [c.uncompressed_offset for c in chunks]
         self.client = client  # one pool for every FUSE thread: a client per thread costs an SSL context each
         self._inflight: dict[int, threading.Event] = {}
@@ -135,6 +136,7 @@ class LazyBlob:
                     self.stats.add(cache_hits=1)
             else:
                 missing.append(index)
+        deadline = time.monotonic() + 2 * FETCH_DEADLINE * _ATTEMPTS  # for every wait on other threads' fetches
         for _ in range(2):  # a second pass fetches what another thread's fetch (a readahead's, say) did not bring
             if not missing:
                 return
@@ -145,7 +147,7 @@ class LazyBlob:
             finally:
                 self._release(mine)
             for event in waits:
-                event.wait(timeout=2 * FETCH_DEADLINE * _ATTEMPTS)
+                event.wait(timeout=max(0.0, deadline - time.monotonic()))
             missing = [index for index in missing if not self.cache.usable(index)]
         if missing:
             raise ChunkUnavailable(f"chunk {missing[0]} of blob {self.entry.blob_id[:12]} is not available")
@@ -172,10 +174,12 @@ class LazyBlob:
     def _read_ahead(self, indexes: list[int]) -> None:
         """Fetch what nobody fetches yet, a run at a time (a reader of the first run need not
         wait for the others); a failure is left for a demand read to meet."""
+        if time.monotonic() > self.read_ahead_until:
+            return
         mine, _ = self._claim([index for index in indexes if not self.cache.has(index)])
         runs = self._runs(mine)
         try:
-            while runs:
+            while runs and time.monotonic() <= self.read_ahead_until:
                 run = runs.pop(0)
                 try:
                     self._fetch_run(run, demand=False)

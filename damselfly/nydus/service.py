@@ -84,6 +84,10 @@ def _path(body: dict[str, Any], name: str, default: Path | None = None) -> Path:
     text = _field(body, name, str, None if default is None else str(default))
     if text is None:
         raise BadRequest(f"{name!r} is missing")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name!r} is not a valid path") from None
     if "\0" in text or not Path(text).is_absolute():
         raise BadRequest(f"{name!r} must be an absolute path")
     return Path(text)
@@ -166,7 +170,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise BadRequest(f"the body ended after {len(data)} of {length} bytes")
         try:
             body = json.loads(data)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise BadRequest(f"the body is not JSON: {error}") from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")

@@ -53,12 +53,15 @@ def test_requests_it_cannot_use_get_a_status_and_one_line(served: MountService, 
         ({"ref": "r/x:1"}, "'mountpoint' is missing"),
         ({"ref": "r/x:1", "mountpoint": "/mnt/x", "prefetch": "yes"}, "'prefetch' must be a bool"),
         ({"mountpoint": "/mnt/x", "cache-dir": "/c"}, "unknown field 'cache-dir'"),
+        ({"ref": "r/x:1", "mountpoint": "/mnt/\ud800"}, "'mountpoint' is not a valid path"),
         ({"ref": "r/x:1", "mountpoint": str(tmp_path / "missing")}, "is not a directory"),  # 409: the mount failed
     ]
     for body, message in cases:
         with pytest.raises(ServiceError, match=message):
             client._call("/mount", body)
     assert _exchange(served.path, b"POST /mount HTTP/1.1\r\nContent-Length: 5\r\n\r\n[1,2]")[0] == 400
+    nested = b"[" * 50000
+    assert _exchange(served.path, b"POST /mount HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(nested), nested))[0] == 400
     assert _exchange(served.path, b"POST /nowhere HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")[0] == 404
     status, body = _exchange(served.path, b"POST /umount HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"mount")
     assert status == 408 and b"did not come" in body

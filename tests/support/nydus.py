@@ -58,7 +58,11 @@ class MountServiceProcess:
             self.process = subprocess.Popen(
                 [*self.wrap, sys.executable, "-m", "damselfly", "nydus", "serve", "--socket", str(self.socket)],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        wait_until(self._serving, 20, f"the mount service on {self.socket}")
+        try:
+            wait_until(self._serving, 20, f"the mount service on {self.socket}")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def running(self) -> bool:

@@ -125,6 +125,15 @@ class FlakyRegistryClient(FakeRegistryClient):
             yield response
 
 
+def test_readahead_queued_past_its_time_is_dropped(tmp_path: Path) -> None:
+    readahead = ThreadPoolExecutor(max_workers=1)
+    blob = _blob(tmp_path, [30 * KiB, 30 * KiB], file_offsets=[0, 30 * KiB], readahead=readahead)
+    blob.read_ahead_until = 0.0  # as an unmounted FUSE server sets it, a grace period later
+    assert blob.read(0, 100) == bytes([1]) * 100
+    readahead.shutdown(wait=True)
+    assert blob.client.ranges == [(0, 30 * KiB - 1)] and not blob.cache.has(1)
+
+
 def test_a_reader_waiting_on_a_failed_readahead_fetches_the_chunk_itself(tmp_path: Path) -> None:
     readahead = ThreadPoolExecutor(max_workers=1)
     blob = _blob(tmp_path, [30 * KiB, 30 * KiB], file_offsets=[0, 30 * KiB], readahead=readahead)
