@@ -53,7 +53,7 @@ class Task:
     length: int
     piece_length: int
     origin: dict[str, str | None]
-    ranged: bool = False  # its first peer reads it in ranges (nydus): a seed fetches waited-for pieces first
+    ranged: bool = False  # its first peer (since it last had none) reads it in ranges (nydus): a seed fetches waited-for pieces first
     digests: dict[int, str] = field(default_factory=dict)
     digests_at: dict[int, int] = field(default_factory=dict)  # the task version that brought each digest
     peers: dict[str, Peer] = field(default_factory=dict)
@@ -119,6 +119,8 @@ class SchedulerState:
         if task is None or task.length != length or task.piece_length != piece_length:
             task = Task(task_id, length, piece_length, origin, ranged)
             self.tasks[task_id] = task
+        elif not task.peers:  # everyone who had it left: the next swarm reads it as its first peer does
+            task.ranged = ranged
         return task
 
     def join(self, task: Task, host_id: str, pieces: list[int], seeding: bool = False) -> Peer:

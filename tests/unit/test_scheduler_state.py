@@ -173,3 +173,15 @@ def test_a_seed_a_trigger_failed_for_is_asked_last_for_a_while():
         assert [h.id for h in state.seeds_to_ask(task, exclude="p1")] == ["seed", "seed2"]
 
     asyncio.run(scenario())
+
+
+def test_a_task_whose_peers_all_left_takes_the_next_first_peers_way_of_reading():
+    """A nydus blob first fetched whole (a preheat), then read lazily by daemons that restarted
+    empty: the seed must fill it by ranges, or a read at its end waits for the stream."""
+    state, _ = make_state()
+    task = state.task("sha256:x", length=10, piece_length=4, origin={})
+    state.join(task, "p1", [])
+    assert state.task("sha256:x", length=10, piece_length=4, origin={}, ranged=True).ranged is False  # p1 still reads
+    state.leave("p1")
+    state.leave("seed")
+    assert state.task("sha256:x", length=10, piece_length=4, origin={}, ranged=True).ranged is True
