@@ -108,21 +108,21 @@ class LazyBlob:
             with self._lock:
                 self._demand -= 1
                 self._idle.notify_all()
-        ahead = self.ahead_of(wanted[-1])
-        if ahead and self.readahead is not None:
+        if self.readahead is not None and (ahead := self.ahead_of(wanted[-1])):
             self.readahead.submit(self._read_ahead, ahead)
         return self.cache.read(offset, size)
 
     def ahead_of(self, last: int) -> list[int]:
-        """The uncached chunks that continue ``last``'s file, at most ``readahead_bytes`` of
-        them (but at least the next), counted over cached chunks too: the window slides with
-        the reader."""
+        """The chunks that continue ``last``'s file, at most ``readahead_bytes`` of them (but
+        at least the next), that are neither cached nor being fetched: each kernel read of a
+        chunk would otherwise queue the same window again. Cached chunks count towards the
+        window: it slides with the reader."""
         ahead, window, index = [], 0, last + 1
         while index < len(self.chunks) and self.chunks[index].file_offset > 0:
             window += self.chunks[index].compressed_size
             if window > self.readahead_bytes and index > last + 1:
                 break
-            if not self.cache.has(index):
+            if not self.cache.has(index) and index not in self._inflight:  # a hint: _read_ahead claims under the lock
                 ahead.append(index)
             index += 1
         return ahead

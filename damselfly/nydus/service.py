@@ -80,10 +80,9 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> A
 
 
 def _path(body: dict[str, Any], name: str, default: Path | None = None) -> Path:
-    """An absolute path: a relative one would be taken from the service's working directory."""
-    text = _field(body, name, str, None if default is None else str(default))
-    if text is None:
-        raise BadRequest(f"{name!r} is missing")
+    """An absolute path (required without ``default``): a relative one would be taken from
+    the service's working directory."""
+    text = _field(body, name, str, ... if default is None else str(default))
     try:
         text.encode()
     except UnicodeEncodeError:
