@@ -92,16 +92,20 @@ class TimedHTTPConnection(_Deadlines, http.client.HTTPConnection):
 
 
 class TimedHTTPSConnection(_Deadlines, http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int | None, connect_timeout: float, read_timeout: float) -> None:
-        super().__init__(host, port, timeout=connect_timeout, context=tls_context())
+    def __init__(self, host: str, port: int | None, connect_timeout: float, read_timeout: float,
+                 context: ssl.SSLContext | None = None) -> None:
+        super().__init__(host, port, timeout=connect_timeout, context=context or tls_context())
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
 
 
-def connection_for(url: str, connect_timeout: float, read_timeout: float) -> http.client.HTTPConnection:
-    """A connection (not yet opened) to the host of an http or https ``url``."""
+def connection_for(url: str, connect_timeout: float, read_timeout: float,
+                   context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+    """A connection (not yet opened) to the host of an http or https ``url``; ``context``
+    replaces the system's trust for https (a cluster member's context, between peers)."""
     parts = urlsplit(url)
-    kind = TimedHTTPSConnection if parts.scheme == "https" else TimedHTTPConnection
-    return kind(parts.hostname or "", parts.port, connect_timeout, read_timeout)
+    if parts.scheme == "https":
+        return TimedHTTPSConnection(parts.hostname or "", parts.port, connect_timeout, read_timeout, context)
+    return TimedHTTPConnection(parts.hostname or "", parts.port, connect_timeout, read_timeout)
 
 
 def request_target(url: str) -> str:
