@@ -22,6 +22,7 @@ import http.client
 import itertools
 import os
 import socket
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -141,7 +142,8 @@ class PieceFetcher:
     """Runs piece transfers on ``workers`` threads, each keeping one connection per parent."""
 
     def __init__(self, workers: int, connect_timeout: float = 5.0, read_timeout: float = PIECE_READ_TIMEOUT,
-                 piece_deadline: float | None = None) -> None:
+                 piece_deadline: float | None = None, context: ssl.SSLContext | None = None) -> None:
+        self._context = context  # a cluster member's client context, for https parents
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="piece-fetch")
         self._local = threading.local()
         self._connections: set[http.client.HTTPConnection] = set()
@@ -302,7 +304,7 @@ class PieceFetcher:
             return connection
         while len(connections) >= CONNECTIONS_PER_WORKER:
             self._discard(next(iter(connections.values())))
-        connection = connection_for(parent_url, self._connect_timeout, self._read_timeout)
+        connection = connection_for(parent_url, self._connect_timeout, self._read_timeout, self._context)
         connections[parent_url] = connection
         with self._lock:
             self._connections.add(connection)

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from damselfly.lib.tls import ClusterTLS
 from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.blobs import Origin
 from damselfly.p2p.fetch import (MAX_RUN_PIECES, PIECE_READ_TIMEOUT, BadParent, ParentBusy, PieceCorrupt,
@@ -112,8 +113,10 @@ class Reporter:
 class Network:
     def __init__(self, scheduler: SchedulerClient, registry: RegistryClient, metrics: PeerMetrics, *,
                  is_seed: bool, concurrency: int = 4, scheduler_deadline: float = 10.0,
-                 piece_timeout: float = PIECE_READ_TIMEOUT, no_parent_deadline: float = 15.0) -> None:
+                 piece_timeout: float = PIECE_READ_TIMEOUT, no_parent_deadline: float = 15.0,
+                 tls: ClusterTLS | None = None) -> None:
         self.scheduler = scheduler
+        self.tls = tls  # cluster identity: piece fetches and seed triggers over mutual TLS
         self.registry = registry
         self.metrics = metrics
         self.is_seed = is_seed
@@ -121,7 +124,8 @@ class Network:
         self.scheduler_deadline = scheduler_deadline
         self.no_parent_deadline = no_parent_deadline
         # Threads for piece transfers: enough for a few tasks at once, each with its workers.
-        self.fetcher = PieceFetcher(4 * concurrency, read_timeout=piece_timeout)
+        self.fetcher = PieceFetcher(4 * concurrency, read_timeout=piece_timeout,
+                                    context=tls.client_context() if tls is not None else None)
         self.origin_copiers = ThreadPoolExecutor(8, thread_name_prefix="origin-range")  # back-to-source copies
         self._background: set[asyncio.Task[Any]] = set()
         self._reporters: dict[str, Reporter] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -43,10 +43,20 @@ RATE_RUN_SECONDS = 5.0
 RELAY_WAIT = 5.0  # how long a peer a seed pointed an asker at waits for the piece it is getting
 
 
+def default_upstream(name: str) -> str:
+    """A registry name this seed has no mapping for: ``https://NAME`` (ValueError for anything
+    that is not host[:port], a URL included: a trigger names a registry, it never points at one)."""
+    if "://" in name:
+        raise ValueError(f"invalid registry name {name!r}: want host[:port]")
+    return normalize_upstream(name)
+
+
 class UploadServer:
     def __init__(self, blobs: BlobService, metrics: PeerMetrics, registry: CollectorRegistry, slots: int = 16,
-                 piece_wait: float = SEED_PIECE_WAIT, rate: int | None = None, send_timeout: float = 60.0) -> None:
+                 piece_wait: float = SEED_PIECE_WAIT, rate: int | None = None, send_timeout: float = 60.0,
+                 resolve_registry: Callable[[str], str] = default_upstream) -> None:
         self.blobs = blobs
+        self.resolve_registry = resolve_registry  # a registry name in a seed trigger -> its upstream URL
         # Bandwidth cap for uploads; a burst of one 4 MiB piece.
         self.limiter = TokenBucket(rate, 4 * 1024 * 1024) if rate else None
         self.metrics = metrics
