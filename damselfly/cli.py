@@ -18,6 +18,8 @@ from damselfly.lib.units import parse_size
 from damselfly.proxy.upstream import normalize_upstream, parse_registry_mapping
 
 if TYPE_CHECKING:
+    from damselfly.lib.serve import Site
+    from damselfly.lib.tls import ClusterTLS
     from damselfly.proxy.app import MirrorSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -145,21 +147,66 @@ def _check_upstream_proxies() -> None:
                                             environment_variable(os.environ, "no_proxy"))
 
 
-def _serve(sites: list, started: Any = None, stopping: Any = None) -> None:
+def _serve(sites: "list[Site]", started: Any = None, stopping: Any = None) -> None:
     from damselfly.lib.serve import serve
 
-    for _, host, port in sites:
-        logging.getLogger("damselfly").info("listening on %s:%d", host, port)
+    for site in sites:
+        logging.getLogger("damselfly").info("listening on %s://%s:%d", "https" if site.tls else "http", site.host,
+                                            site.port)
     try:
         serve(sites, started, stopping)
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
 
 
-def _url(address: tuple[str, int]) -> str:
+def _url(address: tuple[str, int], tls: bool = False) -> str:
     host, port = address
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+tls_options = [
+    click.option("--tls-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 envvar=_env("tls_dir"),
+                 help="This host's cluster identity (ca.pem, cert.pem, key.pem from `damselfly ca issue`): the "
+                      "scheduler API, seed triggers and the upload server speak HTTPS and admit only members."),
+    click.option("--insecure", is_flag=True, envvar=_env("insecure"),
+                 help="Without --tls-dir, listen for peers on a non-loopback address anyway (anyone who reaches "
+                      "it can poison the cache and read private blobs)."),
+]
+
+
+def _cluster_tls(tls_dir: Path | None, *roles: str) -> "ClusterTLS | None":
+    """The host's cluster identity, which must hold every one of ``roles``."""
+    if tls_dir is None:
+        return None
+    from damselfly.lib.tls import ClusterTLS, TLSError
+
+    try:
+        tls = ClusterTLS.load(tls_dir)
+    except TLSError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tls-dir") from None
+    missing = [role for role in roles if not tls.identity.has_role(role)]
+    if missing:
+        raise click.BadParameter(f"the certificate of {tls.identity.name} has role {'+'.join(sorted(tls.identity.roles))};"
+                                 f" this command needs {'+'.join(roles)} (damselfly ca issue --role ...)",
+                                 param_hint="--tls-dir")
+    return tls
+
+
+def _guard_exposure(what: str, option: str, address: tuple[str, int], tls: "ClusterTLS | None", insecure: bool) -> None:
+    """Peers' ports admit only cluster members; without certificates, only this machine."""
+    from damselfly.lib.tls import is_loopback
+
+    if tls is not None or is_loopback(address[0]):
+        return
+    if not insecure:
+        raise click.BadParameter(f"{what} on {address[0]} would admit any host that reaches it: give --tls-dir "
+                                 f"(see `damselfly ca`), listen on loopback, or pass --insecure", param_hint=option)
+    logging.getLogger("damselfly").warning("%s listens on %s without --tls-dir (--insecure): any host that reaches it "
+                                           "can poison the cache, read private blobs and see credentials", what,
+                                           address[0])
 
 
 peer_options = [
@@ -188,20 +235,33 @@ def _with(options: list) -> Callable[[Any], Any]:
 @click.option("--scheduler-listen", type=LISTEN_ADDRESS, default="127.0.0.1:8002", show_default=True,
               envvar=_env("scheduler_listen"), help="Address of the built-in scheduler (other daemons may join it).")
 @_with(peer_options)
+@_with(tls_options)
 def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, int],
         upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, upload_slots: int,
-        upload_rate: int | None, **mirror: Any) -> None:
+        upload_rate: int | None, tls_dir: Path | None, insecure: bool, **mirror: Any) -> None:
     """Run an all-in-one node: scheduler, seed peer and mirror in one process."""
+    from damselfly.lib.serve import Site
     from damselfly.p2p.daemon import Daemon, PeerSettings
     from damselfly.scheduler.app import Scheduler
 
     _logging(log_level)
-    upload_host, upload_port = upload_listen or ("127.0.0.1", 65002)
+    tls = _cluster_tls(tls_dir, "seed", "scheduler")
+    upload_listen = upload_listen or ("127.0.0.1", 65002)
+    _guard_exposure("the scheduler", "--scheduler-listen", scheduler_listen, tls, insecure)
+    _guard_exposure("the upload server", "--upload-listen", upload_listen, tls, insecure)
     daemon = Daemon(_mirror_settings(**mirror), PeerSettings(
-        schedulers=[_url(scheduler_listen)], upload_host=upload_host, upload_port=upload_port, seed=True, idc=idc,
-        location=location, host_id=host_id, upload_slots=upload_slots, upload_rate=upload_rate))
-    scheduler = Scheduler()
-    _serve([(scheduler.application(), *scheduler_listen), *daemon.sites(listen)], daemon.started, daemon.stopping)
+        schedulers=[_url(scheduler_listen, tls is not None)], upload_host=upload_listen[0],
+        upload_port=upload_listen[1], seed=True, idc=idc, location=location, host_id=_host_id(host_id, tls),
+        upload_slots=upload_slots, upload_rate=upload_rate, tls=tls))
+    scheduler = Site(Scheduler().application(), *scheduler_listen, tls.server_context() if tls else None)
+    _serve([scheduler, *daemon.sites(listen)], daemon.started, daemon.stopping)
+
+
+def _host_id(host_id: str, tls: "ClusterTLS | None") -> str:
+    if tls is not None and host_id and host_id != tls.identity.name:
+        raise click.BadParameter(f"with --tls-dir the host id is the certificate's name, {tls.identity.name!r}",
+                                 param_hint="--host-id")
+    return host_id
 
 
 @main.command()
@@ -210,37 +270,98 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
               help="Scheduler URLs, comma-separated; each task goes to one of them on a hash ring.")
 @click.option("--seed", is_flag=True, envvar=_env("seed"), help="Be a seed peer: the only kind that reads the origin.")
 @_with(peer_options)
+@_with(tls_options)
 def daemon(listen: tuple[str, int], log_level: str, schedulers: str, seed: bool,
            upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, upload_slots: int,
-           upload_rate: int | None, **mirror: Any) -> None:
+           upload_rate: int | None, tls_dir: Path | None, insecure: bool, **mirror: Any) -> None:
     """Run a peer (or, with --seed, a seed peer): the mirror plus an upload server."""
     from damselfly.p2p.daemon import Daemon, PeerSettings
 
     _logging(log_level)
-    urls = []
-    for url in schedulers.split(","):
-        try:
-            urls.append(normalize_upstream(url) if "://" in url else f"http://{url.strip()}")
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--scheduler") from None
-    upload_host, upload_port = upload_listen or ("0.0.0.0", 65002)
+    tls = _cluster_tls(tls_dir, "seed" if seed else "peer")
+    urls = [_scheduler_url(url, tls is not None) for url in schedulers.split(",")]
+    # Members verify one another, so the upload server may face the network; without
+    # certificates it stays on this machine unless told otherwise.
+    upload_listen = upload_listen or (("0.0.0.0" if tls else "127.0.0.1"), 65002)
+    _guard_exposure("the upload server", "--upload-listen", upload_listen, tls, insecure)
     node = Daemon(_mirror_settings(**mirror), PeerSettings(
-        schedulers=urls, upload_host=upload_host, upload_port=upload_port, seed=seed, idc=idc, location=location,
-        host_id=host_id, upload_slots=upload_slots, upload_rate=upload_rate))
+        schedulers=urls, upload_host=upload_listen[0], upload_port=upload_listen[1], seed=seed, idc=idc,
+        location=location, host_id=_host_id(host_id, tls), upload_slots=upload_slots, upload_rate=upload_rate,
+        tls=tls))
     _serve(node.sites(listen), node.started, node.stopping)
+
+
+def _scheduler_url(url: str, tls: bool) -> str:
+    """A --scheduler entry as a URL: https with a cluster identity, which never talks plain HTTP."""
+    try:
+        url = normalize_upstream(url) if "://" in url else f"{'https' if tls else 'http'}://{url.strip()}"
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scheduler") from None
+    if tls and not url.startswith("https://"):
+        raise click.BadParameter(f"{url}: with --tls-dir schedulers are reached over https", param_hint="--scheduler")
+    return url
 
 
 @main.command()
 @click.option("--listen", type=LISTEN_ADDRESS, default="127.0.0.1:8002", show_default=True, envvar=_env("listen"))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, envvar=_env("log_level"))
+@_with(tls_options)
 @config_option
-def scheduler(listen: tuple[str, int], log_level: str) -> None:
-    """Run a scheduler: hosts, tasks and peers in memory; ranks parents, triggers seed peers."""
+def scheduler(listen: tuple[str, int], log_level: str, tls_dir: Path | None, insecure: bool) -> None:
+    """Run a scheduler: hosts, tasks and peers in memory; ranks parents, hands out seed peers."""
+    from damselfly.lib.serve import Site
     from damselfly.scheduler.app import Scheduler
 
     _logging(log_level)
-    _serve([(Scheduler().application(), *listen)])
+    tls = _cluster_tls(tls_dir, "scheduler")
+    _guard_exposure("the scheduler", "--listen", listen, tls, insecure)
+    _serve([Site(Scheduler().application(), *listen, tls.server_context() if tls else None)])
+
+
+@main.group()
+def ca() -> None:
+    """The cluster's certificate authority: `init` once, then `issue` a certificate for each host."""
+
+
+@ca.command("init")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write ca.pem and ca-key.pem (created 0700; the key 0600).")
+def ca_init(directory: Path) -> None:
+    """Create the cluster CA."""
+    from damselfly.lib.tls import TLSError, init_ca
+
+    try:
+        init_ca(directory)
+    except TLSError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write into {directory}: {exc.strerror}") from None
+    click.echo(f"wrote {directory / 'ca.pem'} and {directory / 'ca-key.pem'}")
+
+
+@ca.command("issue")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The CA directory of `damselfly ca init`.")
+@click.option("--name", required=True, help="The host's name: its host id in the cluster.")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["peer", "seed", "scheduler", "manager"]),
+              help="What the host may do [default: peer]; repeat for an all-in-one node (seed and scheduler).")
+@click.option("--ip", "ips", multiple=True, help="An address the host is reached at (repeatable).")
+@click.option("--dns", "dns", multiple=True, help="A DNS name the host is reached at (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write ca.pem, cert.pem and key.pem: the host's --tls-dir.")
+def ca_issue(directory: Path, name: str, roles: tuple[str, ...], ips: tuple[str, ...], dns: tuple[str, ...],
+             out: Path) -> None:
+    """Issue a certificate for one host, signed by the cluster CA."""
+    from damselfly.lib.tls import TLSError, issue
+
+    try:
+        issue(directory, name, roles or ("peer",), out, ips, dns)
+    except TLSError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write into {out}: {exc.strerror}") from None
+    click.echo(f"wrote {out / 'cert.pem'} for {name} ({'+'.join(roles or ('peer',))})")
 
 
 @main.command("containerd-config")

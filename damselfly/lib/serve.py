@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any, Awaitable, Callable
+import ssl
+from typing import Any, Awaitable, Callable, NamedTuple
 
 from aiohttp import web
 
@@ -18,6 +19,15 @@ SHUTDOWN_GRACE = 2.5
 # API bodies are a few hundred bytes: a client that takes longer than this to send one has
 # stalled, and aiohttp alone would wait on it for as long as the connection stays open.
 BODY_TIMEOUT = 10.0
+
+
+class Site(NamedTuple):
+    """One listening application; with ``tls``, HTTPS that admits only cluster members."""
+
+    app: web.Application
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
 
 
 async def json_object(request: web.Request, timeout: float = BODY_TIMEOUT) -> dict[str, Any]:
@@ -34,7 +44,7 @@ async def json_object(request: web.Request, timeout: float = BODY_TIMEOUT) -> di
     return body
 
 
-async def _serve(sites: list[tuple[web.Application, str, int]], on_started: Callable[[], Awaitable[None]] | None,
+async def _serve(sites: list[Site], on_started: Callable[[], Awaitable[None]] | None,
                  on_stopping: Callable[[], Awaitable[None]] | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -42,11 +52,11 @@ async def _serve(sites: list[tuple[web.Application, str, int]], on_started: Call
         loop.add_signal_handler(sig, stop.set)
     runners = []
     try:
-        for app, host, port in sites:
-            runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=SHUTDOWN_GRACE)
+        for site in sites:
+            runner = web.AppRunner(site.app, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=SHUTDOWN_GRACE)
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, site.host, site.port, ssl_context=site.tls).start()
         if on_started is not None:
             await on_started()
         await stop.wait()
@@ -58,7 +68,7 @@ async def _serve(sites: list[tuple[web.Application, str, int]], on_started: Call
             await runner.cleanup()
 
 
-def serve(sites: list[tuple[web.Application, str, int]], on_started: Callable[[], Awaitable[None]] | None = None,
+def serve(sites: list[Site], on_started: Callable[[], Awaitable[None]] | None = None,
           on_stopping: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Serve every (app, host, port) until a signal; raises OSError if a port is taken."""
+    """Serve every site until a signal; raises OSError if a port is taken."""
     asyncio.run(_serve(sites, on_started, on_stopping))

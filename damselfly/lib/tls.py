@@ -31,10 +31,15 @@ class TLSError(Exception):
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is at the other end of an authenticated connection."""
+    """Who is at the other end of an authenticated connection. ``role`` is the first of its
+    ``roles``; an all-in-one node (``damselfly run``) holds a certificate with several."""
 
     name: str
     role: str
+    roles: frozenset[str] = frozenset()
+
+    def has_role(self, role: str) -> bool:
+        return role == self.role or role in self.roles
 
 
 def role_hostname(role: str) -> str:
@@ -91,15 +96,17 @@ def init_ca(directory: Path, name: str = "damselfly cluster CA") -> None:
     _write(directory / CA_FILE, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
-def issue(ca_dir: Path, name: str, role: str, out_dir: Path, ips: tuple[str, ...] = (),
+def issue(ca_dir: Path, name: str, role: str | tuple[str, ...], out_dir: Path, ips: tuple[str, ...] = (),
           dns: tuple[str, ...] = ()) -> None:
-    """Write ``ca.pem``, ``cert.pem`` and ``key.pem`` for host ``name`` in ``role`` into ``out_dir``."""
+    """Write ``ca.pem``, ``cert.pem`` and ``key.pem`` for host ``name`` in ``role`` (or roles) into ``out_dir``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    if role not in ROLES:
-        raise TLSError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    roles = (role,) if isinstance(role, str) else tuple(dict.fromkeys(role)) or ("peer",)
+    for one in roles:
+        if one not in ROLES:
+            raise TLSError(f"unknown role {one!r}: one of {', '.join(ROLES)}")
     if not name or any(c in name for c in "/\\\n\r"):
         raise TLSError(f"invalid host name {name!r}")
     try:
@@ -112,12 +119,12 @@ def issue(ca_dir: Path, name: str, role: str, out_dir: Path, ips: tuple[str, ...
         addresses = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     except ValueError as exc:
         raise TLSError(str(exc)) from None
-    names = [x509.DNSName(role_hostname(role)), *(x509.DNSName(d) for d in dns), *addresses]
+    names = [*(x509.DNSName(role_hostname(r)) for r in roles), *(x509.DNSName(d) for d in dns), *addresses]
     key = _new_key()
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
-                                     x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)]))
+                                     *(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, r) for r in roles)]))
             .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=HOST_DAYS))
@@ -187,20 +194,22 @@ def _identity_of_subject(subject: Any) -> Identity | None:
 
     names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     roles = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    if not names or not roles or roles[0].value not in ROLES:
+    held = [str(r.value) for r in roles]
+    if not names or not held or any(r not in ROLES for r in held):
         return None
-    return Identity(str(names[0].value), str(roles[0].value))
+    return Identity(str(names[0].value), held[0], frozenset(held))
 
 
 def identity_of_peercert(peercert: dict[str, Any] | None) -> Identity | None:
     """The identity in a verified peer certificate as ``ssl`` decodes it (None without one)."""
     if not peercert:
         return None
-    fields = {key: value for rdn in peercert.get("subject", ()) for key, value in rdn}
-    name, role = fields.get("commonName"), fields.get("organizationalUnitName")
-    if not name or role not in ROLES:
+    pairs = [(key, value) for rdn in peercert.get("subject", ()) for key, value in rdn]
+    names = [value for key, value in pairs if key == "commonName"]
+    roles = [value for key, value in pairs if key == "organizationalUnitName"]
+    if not names or not roles or any(r not in ROLES for r in roles):
         return None
-    return Identity(name, role)
+    return Identity(names[0], roles[0], frozenset(roles))
 
 
 def request_identity(request: Any) -> Identity | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from aiohttp import web
-
+from damselfly.lib.serve import Site
+from damselfly.lib.tls import ClusterTLS
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.network import Network
 from damselfly.p2p.upload import UploadServer
@@ -25,13 +25,22 @@ class PeerSettings:
     host_id: str = ""
     upload_slots: int = 16
     upload_rate: int | None = None  # bytes per second, None for no cap
+    tls: ClusterTLS | None = None  # the cluster identity: upload server and scheduler calls over mutual TLS
 
     @property
     def advertised_url(self) -> str:
         host = self.upload_host
         if host in ("0.0.0.0", "::", ""):
             host = socket.gethostbyname(socket.gethostname())
-        return f"http://[{host}]:{self.upload_port}" if ":" in host else f"http://{host}:{self.upload_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://[{host}]:{self.upload_port}" if ":" in host else f"{scheme}://{host}:{self.upload_port}"
+
+    @property
+    def resolved_host_id(self) -> str:
+        """With a cluster identity, the name in the certificate: the scheduler admits no other."""
+        if self.tls is not None:
+            return self.tls.identity.name
+        return self.host_id or f"{socket.gethostname()}:{self.upload_port}"
 
 
 class Daemon:
@@ -39,17 +48,18 @@ class Daemon:
         self.mirror = Mirror(mirror_settings)
         self.peer_settings = peer
         self.metrics = PeerMetrics(self.mirror.metrics.registry)
-        host = HostInfo(id=peer.host_id or f"{socket.gethostname()}:{peer.upload_port}", upload_url=peer.advertised_url,
-                        idc=peer.idc, location=peer.location, seed=peer.seed, upload_slots=peer.upload_slots)
-        self.scheduler = SchedulerClient(peer.schedulers, host)
+        host = HostInfo(id=peer.resolved_host_id, upload_url=peer.advertised_url, idc=peer.idc,
+                        location=peer.location, seed=peer.seed, upload_slots=peer.upload_slots)
+        self.scheduler = SchedulerClient(peer.schedulers, host, tls=peer.tls)
         self.network = Network(self.scheduler, self.mirror.registry_client, self.metrics, is_seed=peer.seed)
         self.mirror.blobs.network = self.network
         self.upload = UploadServer(self.mirror.blobs, self.metrics, self.mirror.metrics.registry, peer.upload_slots,
                                    rate=peer.upload_rate, send_timeout=self.mirror.settings.read_timeout)
 
-    def sites(self, listen: tuple[str, int]) -> list[tuple[web.Application, str, int]]:
-        return [(self.mirror.application(), *listen),
-                (self.upload.application(), self.peer_settings.upload_host, self.peer_settings.upload_port)]
+    def sites(self, listen: tuple[str, int]) -> list[Site]:
+        tls = self.peer_settings.tls.server_context() if self.peer_settings.tls else None
+        return [Site(self.mirror.application(), *listen),
+                Site(self.upload.application(), self.peer_settings.upload_host, self.peer_settings.upload_port, tls)]
 
     async def started(self) -> None:
         await self.scheduler.start()

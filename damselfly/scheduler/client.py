@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from damselfly.lib.hashring import HashRing
+from damselfly.lib.tls import ClusterTLS, role_hostname
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,12 @@ class HostInfo:
 
 
 class SchedulerClient:
-    def __init__(self, urls: list[str], host: HostInfo, timeout: float = 5.0) -> None:
+    def __init__(self, urls: list[str], host: HostInfo, timeout: float = 5.0, tls: ClusterTLS | None = None) -> None:
         self.ring = HashRing([u.rstrip("/") for u in urls])
+        # With a cluster identity, only a certificate of role scheduler may answer: the
+        # handshake checks the role before a request (and what it tells) leaves this host.
+        self._tls: dict[str, Any] = (
+            {"ssl": tls.client_context("scheduler"), "server_hostname": role_hostname("scheduler")} if tls else {})
         self.host = host
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
@@ -65,7 +70,7 @@ class SchedulerClient:
             for url in self.ring.members:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with self.session.delete(f"{url}/api/v1/hosts/{self.host.id}",
-                                                   timeout=aiohttp.ClientTimeout(total=1)):
+                                                   timeout=aiohttp.ClientTimeout(total=1), **self._tls_for(url)):
                         pass
             await self._session.close()
 
@@ -74,7 +79,8 @@ class SchedulerClient:
         async def one(url: str) -> None:
             try:
                 async with self.session.post(f"{url}/api/v1/hosts", json=self.host.as_json(),
-                                             timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
+                                             timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                             **self._tls_for(url)) as response:
                     response.raise_for_status()
                 if url in self._down:
                     log.info("scheduler %s answers again", url)
@@ -90,6 +96,9 @@ class SchedulerClient:
         while True:
             await self.announce()
             await asyncio.sleep(interval)
+
+    def _tls_for(self, url: str) -> dict[str, Any]:
+        return self._tls if url.startswith("https:") else {}
 
     def order(self, task_id: str) -> list[str]:
         owners = self.ring.owners(task_id)
@@ -108,8 +117,8 @@ class SchedulerClient:
         for url in candidates:
             try:
                 async with self.session.request(method, f"{url}/api/v1/tasks/{task_id}/{path}", json=json,
-                                                params=params,
-                                                timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as response:
+                                                params=params, timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+                                                **self._tls_for(url)) as response:
                     body = await response.json(content_type=None)
                     if response.status >= 500:
                         raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)

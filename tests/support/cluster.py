@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 
 from tests.support.daemon import Damselfly
-from tests.support.processes import metric, stop_process
+from tests.support.processes import metric, stop_process, verify_for
+from tests.support.tls import tls_dir
 from tests.support.wait import free_port, wait_until
 
 
@@ -21,18 +22,31 @@ class SchedulerProcess:
     process: subprocess.Popen | None = None
     host: str = "127.0.0.1"
     wrap: list[str] = field(default_factory=list)  # e.g. ip netns exec NS
+    tls: bool = False  # serve the API over mutual TLS with a certificate of this run's CA
+    extra: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> "SchedulerProcess":
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / f"scheduler-{self.port}.log", "ab")
+        tls = ["--tls-dir", str(tls_dir(f"scheduler-{self.port}", "scheduler"))] if self.tls else []
         self.process = subprocess.Popen([*self.wrap, sys.executable, "-m", "damselfly", "scheduler", "--listen",
-                                         f"{self.host}:{self.port}"], stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: httpx.get(f"{self.url}/healthy", timeout=1).status_code == 200, 20, "the scheduler")
+                                         f"{self.host}:{self.port}", *tls, *self.extra],
+                                        stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._healthy, 20, "the scheduler")
         return self
+
+    def _healthy(self) -> bool:
+        if self.process and self.process.poll() is not None:
+            raise RuntimeError(f"the scheduler exited with {self.process.returncode}")
+        return httpx.get(f"{self.url}/healthy", timeout=1, verify=verify_for(self.url)).status_code == 200
+
+    def client(self) -> httpx.Client:
+        """A client of the scheduler API, a cluster member when the scheduler speaks TLS."""
+        return httpx.Client(base_url=self.url, timeout=10, verify=verify_for(self.url))
 
     def stop(self, kill: bool = False) -> None:
         stop_process(self.process, kill)
@@ -46,5 +60,9 @@ def start_peer(workdir: Path, schedulers: list[str], registry_args: list[str], s
                env: dict[str, str] | None = None) -> Damselfly:
     node = Damselfly(workdir, ["--scheduler", ",".join(schedulers), *registry_args, *(["--seed"] if seed else []),
                                *(extra or [])], command="daemon", host=host, wrap=wrap or [], env=env or {})
-    node.args += ["--host-id", f"{'seed' if seed else 'peer'}-{node.upload_port}"]
+    name = f"{'seed' if seed else 'peer'}-{node.upload_port}"
+    if any(url.startswith("https:") for url in schedulers):  # a TLS cluster: every member holds a certificate
+        node.tls_name = name
+    else:
+        node.args += ["--host-id", name]
     return node.start()

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.processes import metric, stop_process
+from tests.support.tls import tls_dir
 from tests.support.wait import free_port, wait_until
 
 
@@ -27,14 +28,28 @@ class Damselfly:
     upload_port: int = field(default_factory=free_port)
     scheduler_port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
+    tls_name: str | None = None  # with a name: --tls-dir with a certificate of this run's CA for it
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls_name else "http"
 
     @property
     def upload_url(self) -> str:
-        return f"http://{self.host}:{self.upload_port}"
+        return f"{self._scheme}://{self.host}:{self.upload_port}"
 
     @property
     def scheduler_url(self) -> str:
-        return f"http://{self.host}:{self.scheduler_port}"
+        return f"{self._scheme}://{self.host}:{self.scheduler_port}"
+
+    def _tls_args(self) -> list[str]:
+        if self.tls_name is None:
+            return []
+        if self.command == "run":
+            roles: tuple[str, ...] = ("seed", "scheduler")
+        else:
+            roles = ("seed",) if "--seed" in self.args else ("peer",)
+        return ["--tls-dir", str(tls_dir(self.tls_name, *roles))]
 
     @property
     def url(self) -> str:
@@ -47,6 +62,7 @@ class Damselfly:
         self.process = subprocess.Popen(
             [*self.wrap, sys.executable, "-m", "damselfly", self.command, "--listen", f"{self.host}:{self.port}",
              "--data-dir", str(self.data_dir), "--upload-listen", f"{self.host}:{self.upload_port}", *self.args,
+             *self._tls_args(),
              *(["--scheduler-listen", f"{self.host}:{self.scheduler_port}"] if self.command == "run" else [])],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         wait_until(self._healthy, 20, f"damselfly on port {self.port}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,10 +22,17 @@ def stop_process(process: subprocess.Popen | None, kill: bool = False, grace: fl
         process.wait()
 
 
+def verify_for(url: str) -> ssl.SSLContext | bool:
+    """What httpx verifies a test server with: a member's context for the cluster's HTTPS ports."""
+    from tests.support.tls import harness_context
+
+    return harness_context() if url.startswith("https:") else True
+
+
 def metric(base_url: str, name: str, labels: str = "") -> float:
     """Sum of the samples of ``name`` at ``base_url/metrics`` whose label text contains ``labels``."""
     total = 0.0
-    for line in httpx.get(f"{base_url}/metrics", timeout=5).text.splitlines():
+    for line in httpx.get(f"{base_url}/metrics", timeout=5, verify=verify_for(base_url)).text.splitlines():
         key, _, value = line.rpartition(" ")
         if not line.startswith("#") and key.split("{")[0] == name and labels in key:
             total += float(value)
