@@ -34,12 +34,8 @@ from pathlib import Path
 from damselfly.lib.blockinghttp import connection_for
 from damselfly.p2p.pieces import PieceCheck
 from damselfly.p2p.writer import pwrite_all
+from damselfly.wire import COUNT_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER, RELAY_HEADER
 
-PIECE_DIGEST_HEADER = "X-Piece-Digest"
-RECEIVER_HEADER = "X-Piece-Receiver"  # the asker's upload URL: a seed may send later askers there
-RELAY_HEADER = "X-Piece-Relay"  # a seed's answer: get the piece from this peer, which has or is getting it
-COUNT_HEADER = "X-Piece-Count"  # how many consecutive pieces a body carries (absent: one)
-MAX_RUN_PIECES = 64  # the most pieces one request may ask for
 BUFFER_SIZE = 1024 * 1024  # per worker thread, whatever the piece length
 PIECE_READ_TIMEOUT = 30.0  # seconds an asker waits for a parent's answer, and between bytes
 CONNECTIONS_PER_WORKER = 16  # kept-alive parents per thread: parents come and go, sockets must not pile up

@@ -15,6 +15,11 @@ class PeerMetrics:
                                    registry=r)
         self.piece_failures = Counter("damselfly_p2p_piece_digest_failures", "Pieces that failed their digest",
                                       registry=r)
+        self.blob_digest_failures = Counter(
+            "damselfly_p2p_blob_digest_failures", "Blobs whose pieces all matched their digests but the whole "
+            "blob did not match its digest: nothing kept, the digests' sources reported", registry=r)
+        self.seed_triggers_failed = Counter("damselfly_p2p_seed_triggers_failed",
+                                            "Seed peers that did not accept this peer's trigger", registry=r)
         self.back_to_source = Counter("damselfly_p2p_back_to_source", "Downloads that went to the origin",
                                       ["reason"], registry=r)
         self.schedule_latency = Histogram("damselfly_p2p_schedule_seconds", "Time to get a first schedule",

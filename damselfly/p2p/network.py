@@ -11,29 +11,36 @@ is dropped and reported. The whole blob is checked against its digest at the end
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import hashlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from damselfly.lib.tls import ClusterTLS
-from damselfly.lib.waiting import wait_until_set
+import aiohttp
+
+from damselfly.lib.tls import ClusterTLS, role_hostname
+from damselfly.lib.waiting import wait_until_set, within
 from damselfly.p2p.blobs import Origin
-from damselfly.p2p.fetch import (MAX_RUN_PIECES, PIECE_READ_TIMEOUT, BadParent, ParentBusy, PieceCorrupt,
+from damselfly.p2p.fetch import (PIECE_READ_TIMEOUT, BadParent, ParentBusy, PieceCorrupt,
                                  PieceFetcher, PieceRefused, PieceRelayed, PieceRequest, PieceWriteFailed,
                                  TransferFailed)
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap
 from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill
 from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import CopySource, file_digest
+from damselfly.p2p.writer import CopySource
 from damselfly.proxy.origin import RegistryClient
 from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
+from damselfly.wire import (MAX_RUN_PIECES, DoneReport, PieceNews, PieceReport, Schedule, SeedInfo, SeedTrigger, TaskRegister,
+                            TriggerFailed, WireError)
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL = 0.1
@@ -43,6 +50,10 @@ MAX_BUSY_WAIT = 1.0
 SEED_REQUESTS = 1  # requests this peer makes of one seed at once, beyond those for pieces its readers wait for
 RUN_BYTES = 16 * 1024 * 1024  # the most one request asks a parent for (a run of consecutive pieces)
 SMALL_RUN_BYTES = 1024 * 1024  # ... where a long run would be in the way (see PieceDownload._run_limit)
+SEED_TRIGGER_TIMEOUT = 2.0  # per seed: a healthy one answers at once (202); the download comes after
+SEED_TRIGGER_BUDGET = 4.0  # for every seed of one trigger: within the scheduler's trigger lease (5 s)
+CONFIRM_WAIT = 2.0  # the most a piece waits for its report to reach the scheduler before it is served
+HASH_CHUNK = 4 * 1024 * 1024  # bytes read at once by the whole-blob check
 
 
 @dataclass
@@ -66,19 +77,30 @@ class Parent:
 
 @dataclass
 class Reporter:
-    """Batches piece reports of one task to its scheduler."""
+    """Batches piece reports of one task to its scheduler.
+
+    A reporter whose reports carry digests (``from_origin``: a seed, or a peer sent back to
+    source) lets the upload server wait for a piece's report before serving the piece
+    (``confirm``): a seed killed right after serving must not leave pieces in the swarm
+    whose digest the scheduler never heard of (nobody could take them from their holders).
+    """
 
     network: "Network"
     task: Task
     origin: Origin
     scheduler: str | None = None
-    pending: list[list[Any]] = field(default_factory=list)
+    pending: list[PieceNews] = field(default_factory=list)
     from_origin: bool = False
+    digest_mismatch: bool = False  # the blob failed its whole check here: the done report says so
+    unconfirmed: set[int] = field(default_factory=set)  # pieces reported with a digest, not yet delivered
     _flusher: asyncio.Task[None] | None = None
+    _delivered: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, index: int, cost: float | None = None, parent: str | None = None) -> None:
         digest = self.task.digests.get(index) if self.from_origin else None
-        self.pending.append([index, digest, cost, parent])
+        self.pending.append(PieceNews(index, digest, cost, parent))
+        if digest is not None:
+            self.unconfirmed.add(index)
         if self._flusher is None or self._flusher.done():
             self._flusher = self.network.spawn(self._flush_soon())
 
@@ -89,24 +111,44 @@ class Reporter:
     async def flush(self) -> None:
         while self.pending:
             batch, self.pending = self.pending, []
+            report = PieceReport(self.network.host_id, tuple(batch), self.from_origin).to_json()
             try:
                 self.scheduler, answer = await self.network.scheduler.call(
-                    str(self.task.digest), "POST", "pieces", scheduler=None,
-                    json={"host_id": self.network.host_id, "pieces": batch, "from_origin": self.from_origin})
+                    str(self.task.digest), "POST", "pieces", scheduler=None, json=report)
                 if answer["status"] == 404:  # the scheduler lost the task (restarted, or failed over)
                     await self.register(seeding=self.from_origin)
+                    self.scheduler, answer = await self.network.scheduler.call(
+                        str(self.task.digest), "POST", "pieces", scheduler=self.scheduler, json=report)
             except SchedulerUnavailable as exc:
+                # Not kept for later: pieces must not wait on a scheduler that is down (peers
+                # that keep their parents go on without it); a new scheduler hears of them at
+                # the next register.
                 log.debug("piece report for %s not delivered: %s", self.task.digest, exc)
-                return
+            finally:
+                self.unconfirmed.difference_update(p.index for p in batch)
+                self._delivered.set()
+                self._delivered = asyncio.Event()
+
+    async def confirm(self, indexes: range, timeout: float) -> bool:
+        """Wait until the reports of ``indexes`` went out (delivered, or the scheduler could
+        not be reached), at most ``timeout`` seconds; whether they did."""
+        deadline = time.monotonic() + timeout
+        while not self.unconfirmed.isdisjoint(indexes):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if any(p.index in indexes for p in self.pending):
+                await within(asyncio.shield(self.network.spawn(self.flush())), left)  # now, not at the next batch
+            else:  # in flight in another flush
+                await wait_until_set(self._delivered, left)
+        return True
 
     async def register(self, seeding: bool) -> dict[str, Any]:
-        held = [i for i in range(self.task.piece_count) if self.task.bitmap.has(i)]
+        held = tuple(i for i in range(self.task.piece_count) if self.task.bitmap.has(i))
         self.scheduler, answer = await self.network.scheduler.call(
             str(self.task.digest), "POST", "register",
-            json={"host_id": self.network.host_id, "length": self.task.length, "piece_length": self.task.piece_length,
-                  "pieces": held, "seeding": seeding, "ranged": self.task.ranged,
-                  "origin": {"registry": self.origin.registry, "repository": self.origin.repository,
-                             "authorization": self.origin.authorization}})
+            json=TaskRegister(self.network.host_id, self.task.length, self.task.piece_length, held, seeding,
+                              self.task.ranged).to_json())
         return answer
 
 
@@ -129,6 +171,7 @@ class Network:
         self.origin_copiers = ThreadPoolExecutor(8, thread_name_prefix="origin-range")  # back-to-source copies
         self._background: set[asyncio.Task[Any]] = set()
         self._reporters: dict[str, Reporter] = {}
+        self._triggers: aiohttp.ClientSession | None = None  # seed triggers, made at the first
 
     @property
     def host_id(self) -> str:
@@ -154,6 +197,8 @@ class Network:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._triggers is not None:
+            await self._triggers.close()
         await self.fetcher.close()
         self.origin_copiers.shutdown(wait=False)
 
@@ -183,7 +228,8 @@ class Network:
     def finished(self, task: Task, success: bool, reason: str = "") -> None:
         reporter = self._reporters.pop(str(task.digest), None)
         if reporter is not None:
-            self._report_done(str(task.digest), reporter, success=success, reason=reason)
+            self._report_done(str(task.digest), reporter, success=success, reason=reason,
+                              digest_mismatch=not success and reporter.digest_mismatch)
 
     def seed_failed(self, digest: str, reason: str) -> None:
         """Tell the scheduler this seed could not start a task it accepted, so that it stops
@@ -197,9 +243,59 @@ class Network:
             if reporter is not None:
                 await reporter.flush()
             with contextlib.suppress(SchedulerUnavailable):
-                await self.scheduler.call(digest, "POST", "done", json={"host_id": self.host_id, **outcome})
+                await self.scheduler.call(digest, "POST", "done", json=DoneReport(self.host_id, **outcome).to_json())
 
         self.spawn(report())
+
+    async def reported(self, digest: str, indexes: range, timeout: float = CONFIRM_WAIT) -> None:
+        """Before serving pieces: their digests have gone to the scheduler (see Reporter)."""
+        reporter = self._reporters.get(digest)
+        if reporter is not None and not await reporter.confirm(indexes, timeout):
+            log.warning("pieces %d..%d of %s served before their report reached the scheduler (%.0fs)",
+                        indexes.start, indexes.stop - 1, digest, timeout)
+
+    async def trigger_seeds(self, task: Task, origin: Origin, seeds: tuple[SeedInfo, ...]) -> bool:
+        """Ask ``seeds``, in order, to fetch the task with the caller's credentials, until one
+        answers 202; report each that did not. With a cluster identity only a host with a seed
+        certificate can receive the trigger (and the credentials in it)."""
+        trigger = SeedTrigger(task.length, task.piece_length, registry_name(origin.registry), origin.repository,
+                              task.ranged, origin.authorization).to_json()
+        deadline = time.monotonic() + SEED_TRIGGER_BUDGET
+        for seed in seeds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            reason = await self._trigger(seed, str(task.digest), trigger, min(SEED_TRIGGER_TIMEOUT, left))
+            if reason is None:
+                log.info("seed %s fetches %s from the origin", seed.host_id, task.digest)
+                return True
+            log.warning("seed %s did not take %s: %s", seed.host_id, task.digest, reason)
+            self.metrics.seed_triggers_failed.inc()
+            self.spawn(self._report_trigger_failed(str(task.digest), seed.host_id, reason))
+        return False
+
+    async def _trigger(self, seed: SeedInfo, digest: str, trigger: dict[str, Any], timeout: float) -> str | None:
+        """One SeedTrigger; None when the seed accepted, else why not."""
+        tls: dict[str, Any] = {}
+        if self.tls is not None:
+            if not seed.upload_url.startswith("https://"):
+                return f"{seed.upload_url} is not https: the credentials would go in clear"
+            tls = {"ssl": self.tls.client_context("seed"), "server_hostname": role_hostname("seed")}
+        if self._triggers is None:
+            self._triggers = aiohttp.ClientSession()
+        try:
+            async with self._triggers.post(f"{seed.upload_url}/api/v1/seed/{digest}", json=trigger,
+                                           timeout=aiohttp.ClientTimeout(total=timeout), **tls) as response:
+                if response.status == 202:
+                    return None
+                return f"answered {response.status}: {(await response.text())[:200]}"
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+            return f"unreachable: {exc or exc.__class__.__name__}"
+
+    async def _report_trigger_failed(self, digest: str, seed_id: str, reason: str) -> None:
+        with contextlib.suppress(SchedulerUnavailable):
+            await self.scheduler.call(digest, "POST", "trigger-failed",
+                                      json=TriggerFailed(self.host_id, seed_id, reason).to_json())
 
     # -- peer side -----------------------------------------------------------------
 
@@ -219,24 +315,28 @@ class PieceDownload:
         self.reporter = reporter
         self.parents: dict[str, Parent] = {}
         self.dropped: set[str] = set()
+        self.refusing: set[str] = set()  # parents whose last answer was "not here" (404)
         self.bad_relays: set[str] = set()  # upload URLs of peers a seed pointed at that sent wrong bytes
         self.digests: dict[int, str] = {}
         self.version = -1
         self.epoch = ""  # of the scheduler that gave ``version``
         self.swarm = 1  # peers downloading this task at once, from the scheduler
-        self.verified = False  # the scheduler's digests come from a seed that checked the whole blob
         self.changed = asyncio.Event()
         self.back_to_source: str | None = None
         self.failure: str | None = None
         self.last_progress = time.monotonic()
+        self._triggering: asyncio.Task[None] | None = None  # asking seeds to fetch the task (action "seed")
 
     def _notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
 
     async def run(self) -> str:
+        """Fill the task; return the hex digest of the whole blob as this node read it (the
+        caller commits only if it is the task's: no scheduler's or seed's word replaces it)."""
         started = time.monotonic()
         self.task.on_wanted = self._notify
+        checking = self.network.spawn(whole_blob_digest(self.task))
         try:
             try:
                 answer = await self.reporter.register(seeding=False)
@@ -253,20 +353,24 @@ class PieceDownload:
                         await wait_until_set(changed, 1.0)
                         self._check_stuck()
                 finally:
-                    for worker in (poller, *workers):
-                        worker.cancel()
+                    for worker in (poller, *workers, self._triggering):
+                        if worker is not None:
+                            worker.cancel()
                     await asyncio.gather(poller, *workers, return_exceptions=True)
             if self.failure is not None:
                 raise TaskFailed(self.failure)
             if self.back_to_source is not None:
                 await self._from_origin(self.back_to_source)
             await self.reporter.flush()
-            if self.verified and self.back_to_source is None and all(
-                    self.task.digests.get(i) == self.digests.get(i) for i in range(self.task.piece_count)):
-                # Every piece matched a digest of a blob a seed checked whole: no second pass over the file.
-                return self.task.digest.hex
-            return await asyncio.to_thread(file_digest, self.task.path, self.task.digest.hasher())
+            actual = await checking
+            if actual != self.task.digest.hex:
+                self.reporter.digest_mismatch = True
+                self.network.metrics.blob_digest_failures.inc()
+                log.error("%s assembled from pieces that matched their digests is not the blob (sha256 %s): "
+                          "the digests' sources are reported", self.task.digest, actual)
+            return actual
         finally:
+            checking.cancel()
             self.task.on_wanted = None
             self.network.metrics.parents.dec(len(self.parents))
 
@@ -274,44 +378,64 @@ class PieceDownload:
         return all(self.task.has_or_holds(i) for i in range(self.task.piece_count))
 
     def _check_stuck(self) -> None:
+        """No piece for ``no_parent_deadline`` and no parent that can give a missing one: go
+        back to the registry (the scheduler's parents, however many, are no use)."""
         idle = time.monotonic() - self.last_progress
-        if not self.parents and idle > self.network.no_parent_deadline:
+        if idle > self.network.no_parent_deadline and not any(self._may_give(p) for p in self.parents.values()):
             self.back_to_source = f"no parent could serve for {idle:.0f}s"
+
+    def _may_give(self, parent: Parent) -> bool:
+        """Whether ``parent`` can give a piece this node lacks: a seed that does not refuse, or a
+        peer that holds one whose digest is known (without it, nobody can take that piece)."""
+        if parent.host_id in self.refusing:
+            return False
+        return any(not self.task.has_or_holds(i) and parent.can_give(i) and (parent.is_seed or i in self.digests)
+                   for i in range(self.task.piece_count))
 
     def _apply(self, answer: dict[str, Any]) -> None:
         """Take a schedule: parents with their pieces, digests, and what to do."""
-        action = answer.get("action")
-        log.debug("schedule for %s: %s, parents %s, %d digests", self.task.digest, action,
-                  [p.get("host_id") for p in answer.get("parents", [])], len(answer.get("digests", {})))
         if answer.get("status", 200) >= 400:
             raise SchedulerUnavailable(f"scheduler refused: {answer.get('error')}")
-        self.version = int(answer.get("version", self.version))
-        self.epoch = str(answer.get("epoch", ""))
-        if action == "fail":
-            self.failure = f"the network gave up on this task: {answer.get('reason')}"
-        elif action == "back_to_source":
-            self.back_to_source = f"scheduler: {answer.get('reason')}"
-        self.digests.update({int(i): d for i, d in answer.get("digests", {}).items()})
-        self.swarm = int(answer.get("swarm", 1))
-        self.verified = bool(answer.get("verified"))
-        last = self.task.piece_count - 1
-        if self.verified and last >= 0 and last in self.task.digests and self.task.digests[last] == self.digests.get(last):
-            self.task.release_last()  # fetched before the seed finished its check: readers may have it now
+        try:
+            schedule = Schedule.from_json(answer)
+        except WireError as exc:
+            raise SchedulerUnavailable(f"malformed schedule: {exc}") from None
+        log.debug("schedule for %s: %s, parents %s, %d digests", self.task.digest, schedule.action,
+                  [p.host_id for p in schedule.parents], len(schedule.digests))
+        self.version, self.epoch = schedule.version, schedule.epoch
+        if schedule.action == "fail":
+            self.failure = f"the network gave up on this task: {schedule.reason}"
+        elif schedule.action == "back_to_source":
+            self.back_to_source = f"scheduler: {schedule.reason}"
+        elif schedule.action == "seed" and self._triggering is None:
+            self._triggering = self.network.spawn(self._trigger(schedule.seeds))
+        self.digests.update(schedule.digests)
+        self.swarm = schedule.swarm
         before = len(self.parents)
         fresh: dict[str, Parent] = {}
-        for p in answer.get("parents", []):
-            if p["host_id"] in self.dropped:
+        for p in schedule.parents:
+            if p.host_id in self.dropped:
                 continue
-            bitmap = PieceBitmap(self.task.piece_count, base64.b64decode(p["bitmap"]))
-            parent = self.parents.get(p["host_id"])  # the same object: workers count their requests on it
+            try:
+                bitmap = PieceBitmap(self.task.piece_count, p.bitmap)
+            except ValueError:
+                continue  # a bitmap of another length: a schedule for another version of the task
+            parent = self.parents.get(p.host_id)  # the same object: workers count their requests on it
             if parent is None:
-                parent = Parent(p["host_id"], p["upload_url"], p["is_seed"], p["seeding"], bitmap)
+                parent = Parent(p.host_id, p.upload_url, p.is_seed, p.seeding, bitmap)
             else:
-                parent.bitmap, parent.seeding = bitmap, p["seeding"]
+                parent.bitmap, parent.seeding = bitmap, p.seeding
             fresh[parent.host_id] = parent
         self.parents = fresh
         self.network.metrics.parents.inc(len(self.parents) - before)
         self._notify()
+
+    async def _trigger(self, seeds: tuple[SeedInfo, ...]) -> None:
+        """This peer holds the task's trigger lease: a seed fetches it, or this peer does."""
+        if not await self.network.trigger_seeds(self.task, self.origin, seeds):
+            self.back_to_source = f"no seed: none of {len(seeds)} seed peers took the task"
+            self._notify()
+        self._triggering = None  # a later "seed" answer (the seed failed to start) asks again
 
     async def _poll(self) -> None:
         """Long-poll the scheduler for new parents and digests; fail over along the ring."""
@@ -435,8 +559,11 @@ class PieceDownload:
                     # without a parent until they give up and go to the registry (seen in the harness).
                     await asyncio.sleep(parent.busy_wait())
                 elif isinstance(exc, PieceRefused) and parent.seeding:
+                    self.refusing.add(parent.host_id)
                     await asyncio.sleep(RETRY_BUSY_PARENT)  # the seed has not reached this piece yet
                 else:
+                    if isinstance(exc, PieceRefused):
+                        self.refusing.add(parent.host_id)
                     self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=not isinstance(exc, PieceRefused))
             finally:
                 self.task.fetch_ended(run)
@@ -474,6 +601,7 @@ class PieceDownload:
         except PieceRelayed as relay:  # sent elsewhere: its cost says nothing of this parent
             await self._fetch_relayed(request, relay, arrival)
         parent.busy_answers = 0
+        self.refusing.discard(parent.host_id)
 
     async def _fetch_relayed(self, request: PieceRequest, relay: PieceRelayed, arrival: "_Arrival") -> None:
         """The run from the peer a seed pointed at (checked against the seed's digests); what
@@ -511,11 +639,7 @@ class PieceDownload:
     def _landed(self, index: int, digest: str, source: str, cost: float | None, sender: str | None) -> None:
         """A piece from a parent is verified and written."""
         self.task.digests[index] = digest
-        self.task.piece_done(index)
-        if index == self.task.piece_count - 1 and self.verified and self.digests.get(index) == digest:
-            # The digest belongs to a blob a seed checked whole: readers need not wait for this
-            # node's own check to reach the blob's end (nydus reads the tail first).
-            self.task.release_last()
+        self.task.piece_done(index)  # the last is held from whole readers until this node's check
         self.last_progress = time.monotonic()
         self.network.metrics.bytes.labels(source).inc(self.task.piece_span(index)[1])
         self.network.metrics.pieces.labels(source).inc()
@@ -555,6 +679,41 @@ class _Arrival:
         cost, self._since = now - self._since, now
         self.count += 1
         self.download._landed(index, digest, self.source, cost if self.sender else None, self.sender)
+
+
+async def whole_blob_digest(task: Task) -> str:
+    """The hex digest of the task's blob, hashed in order as its leading pieces are verified
+    (on a worker thread, beside the download), so that little is left at the end: a whole
+    reader waits for this check before the last piece."""
+    hasher = task.digest.hasher()
+    done = 0
+    while done < task.length:
+        end = task.verified_end(done, whole=False)
+        if end - done >= HASH_CHUNK or (end > done and end == task.length):  # a thread hop per few MiB
+            done = await asyncio.to_thread(hash_file_span, task.path, hasher, done, end)
+        else:
+            await task.wait_change(1.0)
+    return hasher.hexdigest()
+
+
+def hash_file_span(path: Path, hasher: "hashlib._Hash", start: int, end: int) -> int:
+    """Blocking: feed bytes ``start..end`` of the file at ``path`` to ``hasher``; return ``end``."""
+    buffer = bytearray(min(HASH_CHUNK, end - start))
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        while start < end:
+            count = f.readinto(memoryview(buffer)[: min(len(buffer), end - start)])
+            if not count:
+                raise OSError(f"{path} ends at {start}, before {end}")
+            hasher.update(memoryview(buffer)[:count])
+            start += count
+    return end
+
+
+def registry_name(upstream: str) -> str:
+    """The registry NAME a seed trigger carries for an upstream URL: its host[:port] (a seed
+    maps names with its own registry map; it is never handed a URL to go to)."""
+    return urlsplit(upstream).netloc
 
 
 def run_limit(piece_length: int, small: bool) -> int:

@@ -65,6 +65,7 @@ class Task:
             return
         if index == self.bitmap.count - 1 and not self._last_released:
             self._last_held = True
+            self._wake()  # range readers may read it (see ``readable_end``)
             return
         self.bitmap.add(index)
         if self.on_piece is not None:
@@ -72,7 +73,8 @@ class Task:
         self._wake()
 
     def release_last(self) -> None:
-        """The whole blob matched its digest: let readers have the last piece."""
+        """The whole blob matched its digest on this node: let whole readers have the last piece.
+        Nothing else may call it (a scheduler's word, a seed's, is not this node's check)."""
         self._last_released = True
         if self._last_held:
             self._last_held = False
@@ -146,17 +148,36 @@ class Task:
         self._fetches_changed.set()
         self._fetches_changed = asyncio.Event()
 
-    async def readable_end(self, offset: int, stall_timeout: float, until: int | None = None) -> int:
+    def verified_end(self, offset: int, whole: bool = True) -> int:
+        """End (exclusive) of the verified bytes from ``offset`` on (``offset`` itself: none).
+
+        A ``whole`` reader (containerd: the blob from its first byte to its last) never gets
+        the last piece before this node checked the whole blob; a range reader (nydus) may
+        read it once it matched its piece digest, as it reads any other piece: nothing it
+        gets is served as the complete blob.
+        """
+        end = self.bitmap.contiguous_end(offset, self.length, self.piece_length)
+        if not whole and self._last_held and end >= (self.bitmap.count - 1) * self.piece_length:
+            return self.length
+        return end
+
+    async def wait_change(self, timeout: float) -> None:
+        """Return when a piece lands or the task fails, or after ``timeout`` seconds."""
+        await wait_until_set(self._changed, timeout)
+
+    async def readable_end(self, offset: int, stall_timeout: float, until: int | None = None,
+                           whole: bool = True) -> int:
         """Wait until verified bytes start at ``offset``; return where they end (exclusive).
 
         ``until`` is the last byte the reader goes on to (its range's end): the download may
-        ask for the pieces up to it together. Raises TaskFailed when the download fails or
-        makes no progress for ``stall_timeout``.
+        ask for the pieces up to it together. ``whole``: see ``verified_end`` (the safe
+        default holds the last piece). Raises TaskFailed when the download fails or makes no
+        progress for ``stall_timeout``.
         """
         while True:
             if self.error is not None:
                 raise TaskFailed(self.error)
-            end = self.bitmap.contiguous_end(offset, self.length, self.piece_length)
+            end = self.verified_end(offset, whole)
             if end > offset:
                 return end
             changed = self._changed

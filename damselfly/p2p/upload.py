@@ -1,4 +1,10 @@
-"""The upload server: pieces to other peers (zero-copy), and seed triggers from the scheduler."""
+"""The upload server: pieces to other peers (zero-copy), and seed triggers from peers.
+
+With a cluster identity (TLS) only members connect at all. Without one (a loopback-only
+deployment), a blob fetched with credentials (protected) is served only to askers on this
+machine; anyone else hears about it exactly what it hears about a blob this node does not
+hold, so that the upload port does not tell who holds which private blob.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +23,14 @@ from damselfly.lib.ratelimit import TokenBucket
 from damselfly.lib.serve import json_object
 from damselfly.p2p.blobs import BlobService, Origin, SourceRefused, SourceUnavailable
 from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.fetch import (
-    COUNT_HEADER,
-    MAX_RUN_PIECES,
-    PIECE_DIGEST_HEADER,
-    PIECE_READ_TIMEOUT,
-    RECEIVER_HEADER,
-    RELAY_HEADER,
-)
+from damselfly.p2p.fetch import PIECE_READ_TIMEOUT
+from damselfly.p2p.network import Network
 from damselfly.p2p.relay import RelayBook
 from damselfly.p2p.task import Task, TaskFailed
+from damselfly.lib.tls import is_loopback, request_identity
 from damselfly.proxy.upstream import normalize_upstream
+from damselfly.wire import (COUNT_HEADER, MAX_RUN_PIECES, PIECE_DIGEST_HEADER, RECEIVER_HEADER, RELAY_HEADER,
+                            SeedTrigger)
 
 log = logging.getLogger(__name__)
 SEED_START_WAIT = 10.0
@@ -95,10 +98,13 @@ class UploadServer:
         if not 1 <= wanted <= MAX_RUN_PIECES:
             raise web.HTTPBadRequest(text=f"count must be 1..{MAX_RUN_PIECES}")
         seeding = self.blobs.network is not None and self.blobs.network.is_seed
+        member = is_member(request)
         answer_by = time.monotonic() + self.piece_wait  # every wait before the headers, together
-        task = await self.blobs.wait_task(digest, min(SEED_START_WAIT, self.piece_wait) if seeding else 0)
-        if task is None:
-            self.metrics.upload_refused.labels("unknown_task").inc()
+        # Only members wait for a task about to start: a stranger must not tell by the time
+        # of a 404 whether the blob is here.
+        task = await self.blobs.wait_task(digest, min(SEED_START_WAIT, self.piece_wait) if seeding and member else 0)
+        if task is None or (not member and self.blobs.protected(digest)):
+            self.metrics.upload_refused.labels("unknown_task").inc()  # one label: /metrics is on this port too
             raise web.HTTPNotFound(text=f"no task {digest} here")
         if not 0 <= index < task.piece_count:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"piece {index} outside 0..{task.piece_count - 1}")
@@ -123,6 +129,8 @@ class UploadServer:
         if self.limiter is not None:  # a run the rate sends in a few seconds, one piece at least
             run = run[: max(1, int(self.limiter.rate * RATE_RUN_SECONDS) // task.piece_length)]
         size = sum(task.piece_span(i)[1] for i in run)
+        if isinstance(self.blobs.network, Network):  # a piece goes out only once the scheduler knows its digest
+            await self.blobs.network.reported(str(digest), run)
         digests = [task.digests[i] for i in run if i in task.digests]
         receiver = request.headers.get(RECEIVER_HEADER)
         if (seeding and receiver and _from_asker(receiver, request.remote) and len(digests) == len(run)
@@ -174,19 +182,22 @@ class UploadServer:
             self.metrics.uploads.dec()
 
     async def seed(self, request: web.Request) -> web.Response:
-        """The scheduler asks this seed peer to fetch a task from the origin."""
+        """A peer asks this seed to fetch a task from the origin, with its caller's credentials."""
+        if request.transport is not None and request.transport.get_extra_info("sslcontext") is not None \
+                and request_identity(request) is None:
+            raise web.HTTPForbidden(text="a seed trigger needs a cluster member's certificate")
         if self.blobs.network is None or not self.blobs.network.is_seed:
             raise web.HTTPConflict(text="not a seed peer")
         try:
             digest = Digest.parse(request.match_info["digest"])
-            body = await json_object(request)
-            origin_info = body["origin"]
-            origin = Origin(normalize_upstream(origin_info["registry"]), str(origin_info["repository"]),
-                            origin_info.get("authorization"))
-            ranged = bool(body.get("ranged"))
-        except (OCIError, ValueError, KeyError, TypeError) as exc:
-            raise web.HTTPBadRequest(text=f"malformed seed request: {exc}") from None
-        task = asyncio.create_task(self._prefetch(digest, origin, ranged))
+            trigger = SeedTrigger.from_json(await json_object(request))
+            upstream = self.resolve_registry(trigger.registry)
+        except OCIError as exc:
+            raise web.HTTPBadRequest(text=f"malformed seed trigger: {exc.message}") from None
+        except ValueError as exc:  # WireError included
+            raise web.HTTPBadRequest(text=f"malformed seed trigger: {exc}") from None
+        origin = Origin(upstream, trigger.repository, trigger.authorization)
+        task = asyncio.create_task(self._prefetch(digest, origin, trigger.ranged))
         self._seeding.add(task)
         task.add_done_callback(self._seeding.discard)
         return web.json_response({"accepted": str(digest)}, status=202)
@@ -200,6 +211,12 @@ class UploadServer:
                       origin.repository, message)
             if self.blobs.network is not None:
                 self.blobs.network.seed_failed(str(digest), f"seed could not start from the origin: {message}")
+
+
+def is_member(request: web.Request) -> bool:
+    """An asker that is a cluster member: it showed a certificate the cluster CA signed (TLS),
+    or it is on this machine (plain HTTP, loopback-only deployments)."""
+    return request_identity(request) is not None or (request.remote is not None and is_loopback(request.remote))
 
 
 def held_run(task: Task, index: int, wanted: int, on_the_way: bool = False) -> range:

@@ -1,16 +1,27 @@
-"""A seed peer's upload server on loopback: runs of pieces in one body, bad counts, and an
-asker that stops reading halfway."""
+"""A seed peer's upload server on loopback: runs of pieces in one body, bad counts, an asker
+that stops reading halfway; protected blobs and strangers; what a seed trigger may ask for."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import socket
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
 
+from damselfly.lib.oci import Digest
+from damselfly.p2p.blobs import BlobService, Origin
+from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import piece_digest, piece_length_for
+from damselfly.p2p.store import BlobMeta, BlobStore
+from damselfly.p2p.upload import UploadServer
 from tests.integration.test_p2p_cluster import cluster, get_blob  # noqa: F401 - the fixture, shared
 from tests.support.processes import metric
 from tests.support.wait import wait_until
@@ -110,3 +121,107 @@ def _status(sock: socket.socket) -> bytes | None:
     except BlockingIOError:
         return None
     return head[9:12] if len(head) == 12 else None
+
+
+# -- in process: who may have which pieces, and what a seed trigger may ask for ----------
+
+
+@web.middleware
+async def _from_address(request: web.Request, handler):
+    """The test's stand-in for an asker elsewhere on the network: X-Test-Remote is its address."""
+    remote = request.headers.get("X-Test-Remote")
+    return await handler(request.clone(remote=remote) if remote else request)
+
+
+def _serve(tmp_path, network=None, **kwargs):
+    """An upload server over a real blob store on loopback, with a public and a protected blob."""
+    store = BlobStore(tmp_path / "store", quota=1 << 30)
+    blobs = BlobService(store, None, None, network=network)  # type: ignore[arg-type]
+    digests = {}
+    for name, protected in (("public", False), ("private", True)):
+        data = name.encode() * 100_000
+        digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+        incoming = store.new_incoming(digest)
+        incoming.write_bytes(data)
+        store.reserve(len(data))
+        store.commit(incoming, digest, BlobMeta(len(data), protected, "https://r.example", "team/app", 0.0,
+                                                piece_length_for(len(data))))
+        digests[name] = (str(digest), data)
+    server = UploadServer(blobs, PeerMetrics(CollectorRegistry()), CollectorRegistry(), **kwargs)
+    app = server.application()
+    app.middlewares.append(_from_address)
+    return app, blobs, digests
+
+
+def _in_process(app, scenario):
+    async def main():
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            return await scenario(client)
+    return asyncio.run(main())
+
+
+def test_a_stranger_cannot_tell_a_protected_blob_from_one_not_held(tmp_path):
+    app, _, digests = _serve(tmp_path)
+    unknown = "sha256:" + "e" * 64
+
+    async def scenario(client):
+        answers = {}
+        for who, headers in (("member", {}), ("stranger", {"X-Test-Remote": "192.0.2.7"})):
+            for name, digest in (("public", digests["public"][0]), ("private", digests["private"][0]),
+                                 ("unknown", unknown)):
+                for index in (0, 99999):  # a piece outside the blob must not tell its length either
+                    response = await client.get(f"/pieces/{digest}/{index}", headers=headers)
+                    body = (await response.text()).replace(digest, "<digest>")
+                    answers[who, name, index] = (response.status, body)
+        return answers
+
+    answers = _in_process(app, scenario)
+    assert answers["member", "private", 0][0] == 200 and answers["member", "public", 0][0] == 200
+    assert answers["stranger", "public", 0][0] == 200, "public blobs as before"
+    for index in (0, 99999):
+        assert answers["stranger", "private", index] == answers["stranger", "unknown", index]
+        assert answers["stranger", "private", index][0] == 404
+
+
+@pytest.mark.parametrize(("body", "status", "text"), [
+    ({"registry": "127.0.0.1:5000", "repository": "../../internal"}, 400, "repository"),
+    ({"registry": "http://169.254.169.254", "repository": "team/app"}, 400, "registry"),
+    ({"registry": "refused.example", "repository": "team/app"}, 400, "refused"),
+    ({"registry": "127.0.0.1:5000", "repository": "team/app", "authorization": "Bearer x"}, 202, "accepted"),
+], ids=["path-in-repository", "url-as-registry", "name-the-seed-refuses", "accepted"])
+def test_a_seed_trigger_names_a_registry_the_seed_maps_itself(tmp_path, body, status, text):
+    def resolve(name: str) -> str:
+        if name == "refused.example":
+            raise ValueError(f"{name} refused")
+        return {"127.0.0.1:5000": "http://127.0.0.1:5000"}[name]
+
+    app, blobs, _ = _serve(tmp_path, network=SimpleNamespace(is_seed=True), resolve_registry=resolve)
+    asked = []
+
+    async def prefetch(digest, origin, ranged=False):
+        asked.append((str(digest), origin, ranged))
+
+    blobs.prefetch = prefetch  # type: ignore[method-assign]
+    digest = "sha256:" + "a" * 64
+
+    async def scenario(client):
+        response = await client.post(f"/api/v1/seed/{digest}", json={"length": 10, "piece_length": 10, **body})
+        return response.status, await response.text()
+
+    got_status, got_text = _in_process(app, scenario)
+    assert got_status == status and text in got_text
+    if status == 202:
+        assert asked == [(digest, Origin("http://127.0.0.1:5000", "team/app", "Bearer x"), False)]
+    else:
+        assert asked == []
+
+
+def test_a_peer_that_is_no_seed_refuses_triggers(tmp_path):
+    app, _, _ = _serve(tmp_path, network=SimpleNamespace(is_seed=False))
+
+    async def scenario(client):
+        response = await client.post(f"/api/v1/seed/sha256:{'a' * 64}", json={
+            "length": 10, "piece_length": 10, "registry": "r.example", "repository": "a"})
+        return response.status
+
+    assert _in_process(app, scenario) == 409

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from damselfly.lib.oci import Digest
 from damselfly.p2p.fetch import PieceRequest
-from damselfly.p2p.fetch import MAX_RUN_PIECES
+from damselfly.wire import MAX_RUN_PIECES
 from damselfly.p2p.network import rest_of_run, run_limit
 from damselfly.p2p.task import Task
 from damselfly.p2p.upload import held_run
