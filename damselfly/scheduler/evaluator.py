@@ -5,11 +5,14 @@ it holds, how many of its upload slots are free, how its recent uploads went (su
 ratio), whether it is a seed peer, and how close it is (same IDC, shared location
 prefix). Candidates that cannot serve at all are filtered first: the child itself,
 hosts without free slots, hosts the child already reported as bad, slow outliers, and
-any host whose parent chain leads back to the child (no cycles).
+any host whose parent chain leads back to the child (no cycles). Every step is linear in
+the candidates (but one sort): the scheduler ranks on every poll of every peer.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import statistics
 from dataclasses import dataclass, field
 
@@ -71,18 +74,31 @@ def affinity(child: Child, candidate: Candidate) -> float:
     return common / max(len(mine), len(theirs))
 
 
-def is_bad_node(candidate: Candidate, others: list[Candidate]) -> bool:
-    """Slow outlier: its mean piece cost is SLOW_FACTOR times the median of the other parents'.
+def slow_outliers(candidates: list[Candidate]) -> set[str]:
+    """Slow outliers: a mean piece cost SLOW_FACTOR times the median of the other candidates'.
 
-    Seed peers are exempt: their uplink is often capped on purpose, and they hold every piece.
+    One sort for all of them (the median without one element is read off the sorted
+    list), so that ranking stays O(parents log parents). Seed peers are exempt: their
+    uplink is often capped on purpose, and they hold every piece.
     """
-    if candidate.is_seed:
-        return False
-    cost = candidate.mean_cost
-    peer_costs = [c.mean_cost for c in others if c.host_id != candidate.host_id and c.mean_cost is not None]
-    if cost is None or not peer_costs:
-        return False
-    return cost > SLOW_FACTOR * statistics.median(peer_costs)
+    costs = sorted(cost for c in candidates if (cost := c.mean_cost) is not None)
+    slow = set()
+    for candidate in candidates:
+        cost = candidate.mean_cost
+        if candidate.is_seed or cost is None or len(costs) < 2:
+            continue
+        if cost > SLOW_FACTOR * _median_without(costs, bisect.bisect_left(costs, cost)):
+            slow.add(candidate.host_id)
+    return slow
+
+
+def _median_without(ordered: list[float], k: int) -> float:
+    """The median of ``ordered`` (sorted) without its element at ``k``."""
+    def at(j: int) -> float:
+        return ordered[j] if j < k else ordered[j + 1]
+
+    m = len(ordered) - 1
+    return at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
 
 
 def score(child: Child, candidate: Candidate) -> float:
@@ -94,34 +110,36 @@ def score(child: Child, candidate: Candidate) -> float:
             + WEIGHT_SEED * (1.0 if candidate.is_seed else 0.0) + WEIGHT_AFFINITY * affinity(child, candidate))
 
 
-def creates_cycle(child: str, candidate: str, parents_of: dict[str, set[str]]) -> bool:
-    """True when ``candidate`` already downloads, directly or not, from ``child``."""
+def downstream(child: str, parents_of: dict[str, set[str]]) -> set[str]:
+    """The hosts that download, directly or not, from ``child``: none may be its parent (no
+    cycles). One walk over the reverse edges for all candidates."""
+    children_of: dict[str, list[str]] = {}
+    for node, parents in parents_of.items():
+        for parent in parents:
+            children_of.setdefault(parent, []).append(node)
     seen: set[str] = set()
-    stack = [candidate]
+    stack = [child]
     while stack:
-        node = stack.pop()
-        if node == child:
-            return True
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(parents_of.get(node, ()))
-    return False
+        for node in children_of.get(stack.pop(), ()):
+            if node not in seen:
+                seen.add(node)
+                stack.append(node)
+    return seen
 
 
 def rank_parents(child: Child, candidates: list[Candidate], parents_of: dict[str, set[str]],
                  limit: int = 4) -> list[Candidate]:
     """The best ``limit`` parents for ``child``, best first."""
+    below = downstream(child.host_id, parents_of)
     usable = [
         c for c in candidates
         if c.host_id != child.host_id
         and c.host_id not in child.bad_parents
         and (c.pieces > 0 or c.seeding)
         and c.free_slots > 0
-        and not creates_cycle(child.host_id, c.host_id, parents_of)
+        and c.host_id not in below
     ]
     # A slow outlier is dropped only when someone else can serve: slow beats nothing.
-    fast = [c for c in usable if not is_bad_node(c, candidates)]
-    usable = fast or usable
-    usable.sort(key=lambda c: (-score(child, c), c.host_id))
-    return usable[:limit]
+    slow = slow_outliers(candidates)
+    usable = [c for c in usable if c.host_id not in slow] or usable
+    return heapq.nsmallest(limit, usable, key=lambda c: (-score(child, c), c.host_id))

@@ -1,25 +1,80 @@
-"""What the scheduler knows: hosts, tasks and the peers of each task (no I/O here)."""
+"""What the scheduler knows: hosts, tasks and the peers of each task (pure: no I/O, an injected clock).
+
+Piece sets are Python ints used as bitmaps (bit i is piece i, the wire's little-endian byte
+order): what a child lacks that a parent can serve is one AND-NOT and a popcount, whatever
+the piece count, and a host's uploads in flight are a counter kept as parents change, so
+that a schedule costs O(parents) and never O(parents x pieces) or O(tasks).
+
+Everything that comes from one host is bounded and forgotten: hosts are capped, tasks
+nobody holds expire, a failure report ends only its reporter's download, and failures
+(a seed that could not start, a digest mismatch) are remembered for a while only.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, NamedTuple, Sequence
 
-from damselfly.p2p.pieces import PieceBitmap, piece_count
+from damselfly.p2p.pieces import piece_count
 from damselfly.scheduler.evaluator import Candidate, Child, rank_parents
+from damselfly.wire import MAX_SEEDS, ParentInfo, PieceNews, Schedule, SeedInfo
 
 KEEPALIVE_INTERVAL = 5.0
 HOST_EXPIRY = 3 * KEEPALIVE_INTERVAL
 SEED_FAILURE_MEMORY = 60.0  # seconds a seed that failed a trigger, or could not start a task, is asked last or not at all
+FAILURE_MEMORY = 600.0  # seconds a digest mismatch excludes the digests' sources
+TASK_EXPIRY = 600.0  # seconds a task nobody holds is kept after its last peer left
+TRIGGER_LEASE = 5.0  # seconds one peer has to ask the seeds before another is told to
+MISMATCH_QUORUM = 2  # distinct hosts whose mismatch reports exclude a source for everyone
 COST_SAMPLES = 20
+DEFAULT_MAX_HOSTS = 10_000
+DEFAULT_MAX_TASKS = 100_000
 # A child keeps about one request at a time on each parent of a task, and a host serves
 # several tasks: it may have this many children per upload slot.
 CHILDREN_PER_SLOT = 4
+
+
+class Refused(Exception):
+    """A request the state will not take; the message is one line for the caller."""
+
+
+class TooManyHosts(Refused):
+    pass
+
+
+class TooManyTasks(Refused):
+    pass
+
+
+class TaskConflict(Refused):
+    """A register whose length disagrees with the task's current peers."""
+
+
+def mask_of(indexes: Iterable[int], count: int) -> int:
+    """The bitmap of ``indexes`` (those outside 0..count-1 ignored), built in one pass."""
+    bits = bytearray((count + 7) // 8)
+    for index in indexes:
+        if 0 <= index < count:
+            bits[index >> 3] |= 1 << (index & 7)
+    return int.from_bytes(bits, "little")
+
+
+def bitmap_bytes(mask: int, count: int) -> bytes:
+    return mask.to_bytes((count + 7) // 8, "little")
+
+
+def bit_indexes(mask: int) -> list[int]:
+    """The indexes set in ``mask``, lowest first (for rare paths: a source's digests dropped)."""
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
 
 
 @dataclass
@@ -40,11 +95,11 @@ class Host:
 @dataclass
 class Peer:
     host_id: str
-    bitmap: PieceBitmap
+    pieces: int = 0  # bitmap of the pieces it holds
     seeding: bool = False  # downloading from the origin: will hold every piece
     done: bool = False
-    parents: set[str] = field(default_factory=set)
-    bad_parents: set[str] = field(default_factory=set)
+    parents: frozenset[str] = frozenset()
+    bad_parents: set[str] = field(default_factory=set)  # reported bad, or unreachable, by this peer
 
 
 @dataclass
@@ -52,19 +107,32 @@ class Task:
     id: str
     length: int
     piece_length: int
-    origin: dict[str, str | None]
     ranged: bool = False  # its first peer (since it last had none) reads it in ranges (nydus): a seed fetches waited-for pieces first
-    digests: dict[int, str] = field(default_factory=dict)
+    digests: dict[int, str] = field(default_factory=dict)  # in the order they came: digests_at ascends
     digests_at: dict[int, int] = field(default_factory=dict)  # the task version that brought each digest
+    digest_source: dict[int, str] = field(default_factory=dict)  # the seed that reported each digest
+    sources: dict[str, int] = field(default_factory=dict)  # seed id: bitmap of the digests it reported
+    known: int = 0  # bitmap of the pieces whose digest is known
     peers: dict[str, Peer] = field(default_factory=dict)
-    failed: str | None = None
     # A seed peer stored the blob after checking its digest, and every piece digest here is
     # one it reported: a peer whose pieces all match them holds the right blob.
     verified: bool = False
     seed_conflict: bool = False
     failed_seeds: dict[str, float] = field(default_factory=dict)  # seed id: when it could not start this task
+    mismatches: dict[str, dict[str, float]] = field(default_factory=dict)  # source: reporter: when
+    excluded_for: dict[str, dict[str, float]] = field(default_factory=dict)  # reporter: source: when
+    excluded: dict[str, float] = field(default_factory=dict)  # source: when excluded for everyone
+    lease: tuple[str, float] | None = None  # (peer asking the seeds, until when)
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def count(self) -> int:
+        return piece_count(self.length, self.piece_length)
+
+    @property
+    def full(self) -> int:
+        return (1 << self.count) - 1
 
     def bump(self) -> None:
         self.version += 1
@@ -72,12 +140,26 @@ class Task:
         self.changed = asyncio.Event()
 
 
+class Ranking(NamedTuple):
+    parents: list[tuple[Host, Peer]]  # best first
+    seed_starting: bool  # a seed the child may wait for is starting the download
+    known: int  # bitmap of the pieces whose digest the child may use
+    shunned: set[str]  # hosts that must not serve the child
+
+
 class SchedulerState:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, parents_per_peer: int = 4) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, parents_per_peer: int = 4,
+                 max_hosts: int = DEFAULT_MAX_HOSTS, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
         self.clock = clock
         self.parents_per_peer = parents_per_peer
+        self.max_hosts = max_hosts
+        self.max_tasks = max_tasks
         self.hosts: dict[str, Host] = {}
         self.tasks: dict[str, Task] = {}
+        self.host_tasks: dict[str, set[str]] = {}  # host id: the tasks it is a peer of (announced or not)
+        self.uploads: dict[str, int] = {}  # host id: children that count it among their parents
+        self.empty_since: dict[str, float] = {}  # task id: when its last peer left (oldest first)
+        self._by_url: dict[str, str] = {}
         # Versions count within one scheduler's life: a peer's ``since`` means something only
         # to the scheduler (and run) that gave it.
         self.epoch = secrets.token_hex(4)
@@ -86,24 +168,33 @@ class SchedulerState:
 
     def announce(self, host: Host) -> None:
         known = self.hosts.get(host.id)
+        if known is None and len(self.hosts) >= self.max_hosts:
+            self.expire_hosts()  # room held by hosts that stopped announcing
+            if len(self.hosts) >= self.max_hosts:
+                raise TooManyHosts(f"this scheduler serves at most {self.max_hosts} hosts")
         if known is not None:
             host.successes, host.failures, host.piece_costs = known.successes, known.failures, known.piece_costs
             host.trigger_failed_at = known.trigger_failed_at
+            if self._by_url.get(known.upload_url) == host.id:
+                del self._by_url[known.upload_url]
         host.last_seen = self.clock()
         self.hosts[host.id] = host
+        self._by_url[host.upload_url] = host.id
 
     def leave(self, host_id: str) -> None:
-        self.hosts.pop(host_id, None)
-        for task in self.tasks.values():
-            if task.peers.pop(host_id, None) is not None:
-                task.bump()
+        host = self.hosts.pop(host_id, None)
+        if host is not None and self._by_url.get(host.upload_url) == host_id:
+            del self._by_url[host.upload_url]
+        for task_id in self.host_tasks.pop(host_id, set()):
+            self._drop_peer(self.tasks[task_id], host_id)
 
     def alive(self, host_id: str) -> bool:
         host = self.hosts.get(host_id)
         return host is not None and self.clock() - host.last_seen <= HOST_EXPIRY
 
     def expire_hosts(self) -> list[str]:
-        gone = [h for h in self.hosts if not self.alive(h)]
+        """Hosts that missed their keepalives, and peers of hosts that never announced."""
+        gone = [h for h in [*self.hosts, *(h for h in self.host_tasks if h not in self.hosts)] if not self.alive(h)]
         for host_id in gone:
             self.leave(host_id)
         return gone
@@ -111,174 +202,312 @@ class SchedulerState:
     def seeds(self) -> list[Host]:
         return [h for h in self.hosts.values() if h.is_seed and self.alive(h.id)]
 
+    def host_at(self, upload_url: str) -> str | None:
+        """The id of the host that uploads at ``upload_url``."""
+        return self._by_url.get(upload_url)
+
     # -- tasks ---------------------------------------------------------------------
 
-    def task(self, task_id: str, length: int, piece_length: int, origin: dict[str, str | None],
-             ranged: bool = False) -> Task:
+    def task(self, task_id: str, length: int, piece_length: int, ranged: bool = False) -> Task:
+        """The task, created on its first register. A length that disagrees with the task's
+        peers is refused: a register must not wipe out the swarm of a blob."""
         task = self.tasks.get(task_id)
-        if task is None or task.length != length or task.piece_length != piece_length:
-            task = Task(task_id, length, piece_length, origin, ranged)
+        if task is not None and (task.length != length or task.piece_length != piece_length):
+            if task.peers:
+                raise TaskConflict(f"task {task_id} has length {task.length}, not {length}")
+            self._forget(task_id)
+            task = None
+        if task is None:
+            if len(self.tasks) >= self.max_tasks and self.empty_since:
+                self._forget(next(iter(self.empty_since)))  # the oldest task nobody holds
+            if len(self.tasks) >= self.max_tasks:
+                raise TooManyTasks(f"this scheduler holds at most {self.max_tasks} tasks")
+            task = Task(task_id, length, piece_length, ranged)
             self.tasks[task_id] = task
+            self.empty_since[task_id] = self.clock()
         elif not task.peers:  # everyone who had it left: the next swarm reads it as its first peer does
             task.ranged = ranged
         return task
 
-    def join(self, task: Task, host_id: str, pieces: list[int], seeding: bool = False) -> Peer:
-        count = piece_count(task.length, task.piece_length)
+    def expire_tasks(self) -> list[str]:
+        """Forget the tasks nobody has held for TASK_EXPIRY."""
+        now = self.clock()
+        gone = []
+        for task_id, since in self.empty_since.items():  # oldest first
+            if now - since < TASK_EXPIRY:
+                break
+            gone.append(task_id)
+        for task_id in gone:
+            self._forget(task_id)
+        return gone
+
+    def _forget(self, task_id: str) -> None:
+        del self.tasks[task_id]
+        self.empty_since.pop(task_id, None)
+
+    def join(self, task: Task, host_id: str, pieces: Iterable[int], seeding: bool = False) -> Peer:
         peer = task.peers.get(host_id)
         if peer is None:
-            peer = Peer(host_id, PieceBitmap(count))
-            task.peers[host_id] = peer
-        for index in pieces:
-            if 0 <= index < count:
-                peer.bitmap.add(index)
+            peer = task.peers[host_id] = Peer(host_id)
+            self.host_tasks.setdefault(host_id, set()).add(task.id)
+            self.empty_since.pop(task.id, None)
+        peer.pieces |= mask_of(pieces, task.count)
         peer.seeding = peer.seeding or seeding
-        peer.done = peer.bitmap.complete
+        if peer.pieces == task.full:
+            self._complete(peer)
         task.bump()
         return peer
 
-    def report_pieces(self, task: Task, host_id: str, pieces: list[tuple[int, str | None, float | None, str | None]],
-                      trusted: bool) -> list[int]:
-        """Record pieces a peer holds. Returns indexes whose digest disagreed (ignored)."""
-        peer = task.peers.get(host_id) or self.join(task, host_id, [])
-        rejected, added = [], []
-        for index, digest, cost, parent_id in pieces:
+    def _drop_peer(self, task: Task, host_id: str) -> None:
+        peer = task.peers.pop(host_id, None)
+        if peer is None:
+            return
+        self._set_parents(peer, frozenset())
+        tasks = self.host_tasks.get(host_id)
+        if tasks is not None:
+            tasks.discard(task.id)
+            if not tasks:
+                del self.host_tasks[host_id]
+        if task.lease is not None and task.lease[0] == host_id:
+            task.lease = None
+        if not task.peers:
+            self.empty_since[task.id] = self.clock()
+        task.bump()
+
+    def _set_parents(self, peer: Peer, parents: frozenset[str]) -> None:
+        """Keep ``uploads`` (each host's children, over every task) as a peer's parents change."""
+        for gone in peer.parents - parents:
+            left = self.uploads[gone] - 1
+            if left:
+                self.uploads[gone] = left
+            else:
+                del self.uploads[gone]
+        for new in parents - peer.parents:
+            self.uploads[new] = self.uploads.get(new, 0) + 1
+        peer.parents = parents
+
+    def _complete(self, peer: Peer) -> None:
+        peer.done, peer.seeding = True, False
+        self._set_parents(peer, frozenset())
+
+    def report_pieces(self, task: Task, host_id: str, pieces: Sequence[PieceNews], trusted: bool) -> list[int]:
+        """Record pieces a peer holds, and their digests when ``trusted`` (a seed that read the
+        origin, not excluded from the task). Returns indexes whose digest disagreed (ignored)."""
+        peer = task.peers.get(host_id) or self.join(task, host_id, ())
+        trusted = trusted and not self._within(task.excluded.get(host_id), FAILURE_MEMORY)
+        host = self.hosts.get(host_id)
+        rejected, added, held = [], [], []
+        for news in pieces:
+            index, digest = news.index, news.digest
+            if index >= task.count:
+                continue
             known = task.digests.get(index)
             if digest is not None and known is not None and known != digest:
                 rejected.append(index)
-                if host_id in self.hosts and self.hosts[host_id].is_seed:
+                if host is not None and host.is_seed:
                     task.seed_conflict = True
                 continue
             if digest is not None and known is None and trusted:
                 task.digests[index] = digest
+                task.digest_source[index] = host_id
                 added.append(index)
-            if 0 <= index < peer.bitmap.count:
-                peer.bitmap.add(index)
-            if parent_id and parent_id in self.hosts:
-                parent = self.hosts[parent_id]
+            held.append(index)
+            parent = self.hosts.get(news.parent) if news.parent else None
+            if parent is not None:
                 parent.successes += 1
-                if cost is not None:
-                    parent.piece_costs.append(cost)
-        peer.done = peer.bitmap.complete
-        if peer.done:
-            peer.parents.clear()
-            peer.seeding = False
+                if news.cost is not None:
+                    parent.piece_costs.append(news.cost)
+        peer.pieces |= mask_of(held, task.count)
+        if added:
+            fresh = mask_of(added, task.count)
+            task.known |= fresh
+            task.sources[host_id] = task.sources.get(host_id, 0) | fresh
+        if not peer.done and peer.pieces == task.full:
+            self._complete(peer)
         task.bump()
         task.digests_at.update(dict.fromkeys(added, task.version))
         return rejected
-
-    def host_at(self, upload_url: str) -> str | None:
-        """The id of the host that uploads at ``upload_url``."""
-        return next((host.id for host in self.hosts.values() if host.upload_url == upload_url), None)
 
     def report_bad_parent(self, task: Task, host_id: str, parent_id: str) -> None:
         peer = task.peers.get(host_id)
         if peer is not None:
             peer.bad_parents.add(parent_id)
-            peer.parents.discard(parent_id)
+            self._set_parents(peer, peer.parents - {parent_id})
         if parent_id in self.hosts:
             self.hosts[parent_id].failures += 1
         task.bump()
 
-    def finish(self, task: Task, host_id: str, success: bool, reason: str = "", could_not_start: bool = False) -> None:
-        """A peer's task ended. A seed that ``could_not_start`` it (the origin refused it, or
-        is out of reach) is not asked for it again for a while: its peers go to the next
-        seed, or to the origin themselves, instead of waiting on a seed that has nothing.
-        The report may come before the scheduler has recorded the seed's acceptance."""
-        if could_not_start:
-            task.failed_seeds[host_id] = self.clock()
-        peer = task.peers.get(host_id)
-        if peer is None:
-            return
-        if success:
-            peer.done, peer.seeding = True, False
-            peer.parents.clear()
-            host = self.hosts.get(host_id)
-            if host is not None and host.is_seed and not task.seed_conflict:
-                task.verified = len(task.digests) == peer.bitmap.count
-        else:
-            del task.peers[host_id]
-            if reason.startswith("digest mismatch"):
-                task.failed = reason  # the origin itself sent a wrong blob: nobody will do better
-        task.bump()
-
-    # -- scheduling ----------------------------------------------------------------
-
-    def seeds_to_ask(self, task: Task, exclude: str) -> list[Host]:
-        """The live seeds that may fetch ``task``, in the order to ask them: those a trigger
-        failed for lately last, then by load. Not ``exclude``, nor one that could not start
-        this very task lately."""
-        seeds = [h for h in self.seeds() if h.id != exclude and not self.seed_failed_lately(task, h.id)]
-        return sorted(seeds, key=lambda h: (self._lately(h.trigger_failed_at), self.uploads_in_flight(h.id), h.id))
-
-    def trigger_failed(self, host_id: str) -> None:
-        host = self.hosts.get(host_id)
+    def trigger_failed(self, seed_id: str) -> None:
+        """A peer holding the lease could not get ``seed_id`` to take a task: ask it last for a while."""
+        host = self.hosts.get(seed_id)
         if host is not None:
             host.trigger_failed_at = self.clock()
 
+    def finish(self, task: Task, host_id: str, success: bool, reason: str = "", could_not_start: bool = False,
+               digest_mismatch: bool = False) -> list[str]:
+        """A peer's task ended; a failure ends it for that peer only. Returns the sources this
+        report excluded from the task for everyone.
+
+        A seed that ``could_not_start`` it (the origin refused it, or is out of reach) is not
+        asked for it again for a while: its peers go to the next seed, or to the origin
+        themselves, instead of waiting on a seed that has nothing. The report may come
+        before the seed registered. ``digest_mismatch``: see ``_mismatch``.
+        """
+        now = self.clock()
+        host = self.hosts.get(host_id)
+        if could_not_start or (digest_mismatch and host is not None and host.is_seed):
+            task.failed_seeds[host_id] = now  # asked again, it would read the same origin
+        excluded = self._mismatch(task, host_id, now) if digest_mismatch and not success else []
+        peer = task.peers.get(host_id)
+        if peer is None:
+            if excluded:
+                task.bump()
+            return excluded
+        if success:
+            self._complete(peer)
+            if host is not None and host.is_seed and not task.seed_conflict:
+                task.verified = task.known == task.full
+            task.bump()
+        else:
+            self._drop_peer(task, host_id)
+        return excluded
+
+    def _mismatch(self, task: Task, reporter: str, now: float) -> list[str]:
+        """``reporter`` assembled the blob from pieces that matched the task's digests, and the
+        blob's digest did not match: the digests' sources lied (or read a lying origin).
+        They are excluded for the reporter; a source two hosts report is excluded for everyone
+        and its digests are dropped. Both are forgotten after FAILURE_MEMORY."""
+        excluded = []
+        for source in list(task.sources):
+            if source == reporter:
+                continue
+            task.excluded_for.setdefault(reporter, {})[source] = now
+            reporters = task.mismatches.setdefault(source, {})
+            reporters[reporter] = now
+            if sum(1 for at in reporters.values() if now - at < FAILURE_MEMORY) >= MISMATCH_QUORUM:
+                self._exclude(task, source, now)
+                excluded.append(source)
+        return excluded
+
+    def _exclude(self, task: Task, source: str, now: float) -> None:
+        task.excluded[source] = now
+        task.failed_seeds[source] = now
+        mask = task.sources.pop(source, 0)
+        task.known &= ~mask
+        for index in bit_indexes(mask):
+            del task.digests[index], task.digests_at[index], task.digest_source[index]
+        task.verified = False
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def _within(self, stamp: float | None, memory: float) -> bool:
+        return stamp is not None and self.clock() - stamp < memory
+
     def seed_failed_lately(self, task: Task, host_id: str) -> bool:
-        return self._lately(task.failed_seeds.get(host_id))
+        return self._within(task.failed_seeds.get(host_id), SEED_FAILURE_MEMORY)
 
-    def _lately(self, stamp: float | None) -> bool:
-        return stamp is not None and self.clock() - stamp < SEED_FAILURE_MEMORY
+    def shunned(self, task: Task, host_id: str) -> set[str]:
+        """Hosts that must not serve ``host_id`` this task: reported bad by it, or excluded
+        for it (its digest mismatches) or for everyone."""
+        peer = task.peers.get(host_id)
+        out = set(peer.bad_parents) if peer is not None else set()
+        out.update(s for s, at in task.excluded_for.get(host_id, {}).items() if self._within(at, FAILURE_MEMORY))
+        out.update(s for s, at in task.excluded.items() if self._within(at, FAILURE_MEMORY))
+        return out
 
-    def uploads_in_flight(self, host_id: str) -> int:
-        return sum(1 for t in self.tasks.values() for p in t.peers.values() if not p.done and host_id in p.parents)
+    def seeds_to_ask(self, task: Task, asker: str) -> list[Host]:
+        """The live seeds the lease holder may ask to fetch ``task``, in order: those a trigger
+        failed for lately last, then by load. Not the asker, nor one that could not start
+        this task lately, nor one it shuns."""
+        shunned = self.shunned(task, asker)
+        seeds = [h for h in self.seeds()
+                 if h.id != asker and h.id not in shunned and not self.seed_failed_lately(task, h.id)]
+        seeds.sort(key=lambda h: (self._within(h.trigger_failed_at, SEED_FAILURE_MEMORY), self.uploads.get(h.id, 0),
+                                  h.id))
+        return seeds[:MAX_SEEDS]
 
-    def rank(self, task: Task, host_id: str) -> list[Host]:
+    def rank(self, task: Task, host_id: str) -> Ranking:
+        """The parents of ``host_id``, best first, and what the rest of its answer needs.
+
+        A parent counts only the pieces whose digest is known (to this child): it cannot
+        serve the others. A host the child shuns neither serves it nor keeps it waiting.
+        """
         child_peer = task.peers[host_id]
         child_host = self.hosts.get(host_id) or Host(host_id, "")
-        child = Child(host_id, child_host.idc, child_host.location, frozenset(child_peer.bad_parents))
-        missing = {i for i in range(child_peer.bitmap.count) if not child_peer.bitmap.has(i)}
-        candidates = []
+        shunned = self.shunned(task, host_id)
+        known = task.known & ~self._sources_mask(task, shunned)
+        missing = task.full & ~child_peer.pieces
+        servable = missing & known
+        total = max(1, missing.bit_count())
+        child = Child(host_id, child_host.idc, child_host.location, frozenset(shunned))
+        candidates, peers, seed_starting = [], {}, False
         for peer in task.peers.values():
             host = self.hosts.get(peer.host_id)
-            if host is None or not self.alive(host.id) or not host.upload_url:
+            if (peer.host_id == host_id or peer.host_id in shunned or host is None or not host.upload_url
+                    or not self.alive(host.id)):
                 continue
+            seeding = peer.seeding and host.is_seed and not self.seed_failed_lately(task, host.id)
+            seed_starting = seed_starting or seeding
+            peers[host.id] = peer
             candidates.append(Candidate(
-                host.id, pieces=sum(1 for i in missing if peer.bitmap.has(i)), total_pieces=max(1, len(missing)),
-                upload_slots=host.upload_slots * CHILDREN_PER_SLOT, uploads_in_flight=self.uploads_in_flight(host.id)
-                - (1 if host.id in child_peer.parents else 0),
-                is_seed=host.is_seed, seeding=peer.seeding, idc=host.idc, location=host.location,
+                host.id, pieces=(peer.pieces & servable).bit_count(), total_pieces=total,
+                upload_slots=host.upload_slots * CHILDREN_PER_SLOT,
+                uploads_in_flight=self.uploads.get(host.id, 0) - (host.id in child_peer.parents),
+                is_seed=host.is_seed, seeding=seeding, idc=host.idc, location=host.location,
                 successes=host.successes, failures=host.failures, piece_costs=list(host.piece_costs)))
-        parents_of = {p.host_id: p.parents for p in task.peers.values() if not p.done and p.host_id != host_id}
+        parents_of = {p.host_id: set(p.parents) for p in task.peers.values() if p.parents and p.host_id != host_id}
         ranked = rank_parents(child, candidates, parents_of, self.parents_per_peer)
-        child_peer.parents = {c.host_id for c in ranked}
-        return [self.hosts[c.host_id] for c in ranked]
+        self._set_parents(child_peer, frozenset(c.host_id for c in ranked))
+        return Ranking([(self.hosts[c.host_id], peers[c.host_id]) for c in ranked], seed_starting, known, shunned)
 
-    def schedule(self, task: Task, host_id: str, since: int = -1) -> dict:
-        """The answer to a peer: its parents with their pieces, the digests it lacks, what to do.
+    def _sources_mask(self, task: Task, hosts: set[str]) -> int:
+        mask = 0
+        for host_id in hosts:
+            mask |= task.sources.get(host_id, 0)
+        return mask
+
+    def _digests_since(self, task: Task, since: int, shunned: set[str]) -> dict[int, str]:
+        """The digests that came after version ``since``, not from sources the peer shuns:
+        newest first until the first older one (they are kept in the order they came)."""
+        out = {}
+        for index in reversed(task.digests):
+            if task.digests_at[index] <= since:
+                break
+            if task.digest_source[index] not in shunned:
+                out[index] = task.digests[index]
+        return out
+
+    def schedule(self, task: Task, host_id: str, since: int = -1) -> Schedule:
+        """The answer to a peer: its parents with the pieces they can serve, the digests it
+        lacks, what to do.
 
         A peer that polls with the ``since`` version of its last answer (from this ``epoch``)
         gets only the digests that came after it: a blob of 160 pieces has 12 KB of them,
-        and every piece report wakes every poller.
+        and every piece report wakes every poller. When nobody can serve it and no seed is
+        starting, one peer at a time holds the trigger lease: it asks the seeds itself.
         """
-        if task.failed:
-            return {"action": "fail", "reason": task.failed, "version": task.version, "epoch": self.epoch}
+        common = {"version": task.version, "epoch": self.epoch, "verified": task.verified}
         if task.peers[host_id].done:
-            return {"action": "done", "reason": "", "version": task.version, "epoch": self.epoch, "parents": [],
-                    "digests": {}}
-        parents = self.rank(task, host_id)
-        seeding = any(p.seeding and self.alive(p.host_id) for p in task.peers.values() if p.host_id != host_id)
-        if parents:
+            return Schedule("done", **common)
+        ranking = self.rank(task, host_id)
+        now, seeds = self.clock(), ()
+        if ranking.parents:
             action, reason = "download", ""
-        elif seeding:
+        elif ranking.seed_starting:
             action, reason = "wait", "a seed peer is starting the download"
+        elif task.lease is not None and task.lease[0] != host_id and now < task.lease[1]:
+            action, reason = "wait", "another peer is asking a seed peer to fetch the task"
+        elif found := self.seeds_to_ask(task, host_id):
+            task.lease = (host_id, now + TRIGGER_LEASE)
+            action, reason = "seed", "nobody holds the task: ask these seed peers"
+            seeds = tuple(SeedInfo(h.id, h.upload_url) for h in found)
         else:
-            action, reason = "seed", "nobody holds the task"
-        return {
-            "action": action,
-            "reason": reason,
-            "version": task.version,
-            "epoch": self.epoch,
-            "verified": task.verified,
+            action, reason = "back_to_source", "no seed peer can take the task"
+        return Schedule(
+            action, reason, **common,
             # Peers still downloading this task, the asker included: they will trade pieces.
-            "swarm": sum(1 for p in task.peers.values() if not p.done and not p.seeding),
-            "digests": {str(i): d for i, d in task.digests.items() if task.digests_at[i] > since},
-            "parents": [
-                {"host_id": h.id, "upload_url": h.upload_url, "is_seed": h.is_seed,
-                 "seeding": task.peers[h.id].seeding,
-                 "bitmap": base64.b64encode(task.peers[h.id].bitmap.to_bytes()).decode()}
-                for h in parents
-            ],
-        }
+            swarm=sum(1 for p in task.peers.values() if not p.done and not p.seeding),
+            digests=self._digests_since(task, since, ranking.shunned),
+            parents=tuple(ParentInfo(h.id, h.upload_url, h.is_seed, p.seeding and h.is_seed,
+                                     bitmap_bytes(p.pieces & ranking.known, task.count)) for h, p in ranking.parents),
+            seeds=seeds)

@@ -1,4 +1,12 @@
-from damselfly.scheduler.evaluator import Candidate, Child, affinity, creates_cycle, is_bad_node, rank_parents, score
+from damselfly.scheduler.evaluator import (
+    Candidate,
+    Child,
+    affinity,
+    downstream,
+    rank_parents,
+    score,
+    slow_outliers,
+)
 
 
 def cand(host_id: str, **kw) -> Candidate:
@@ -31,7 +39,7 @@ def test_filters_self_full_bad_empty_and_slow_parents():
         cand("seeding", pieces=0, seeding=True), cand("slow", piece_costs=[5.0, 5.0, 5.0]),
         cand("fast1", piece_costs=[0.1, 0.1, 0.1]), cand("fast2", piece_costs=[0.2, 0.1, 0.1]),
     ]
-    assert is_bad_node(candidates[5], candidates)
+    assert slow_outliers(candidates) == {"slow"}
     assert {c.host_id for c in rank_parents(child, candidates, {}, limit=10)} == {"seeding", "fast1", "fast2"}
 
 
@@ -40,13 +48,13 @@ def test_a_slow_parent_is_kept_when_nobody_else_can_serve_and_seeds_are_never_sl
     empty_fast = cand("fast", pieces=0, piece_costs=[0.1, 0.1, 0.1])
     assert [c.host_id for c in rank_parents(Child("me"), [slow, empty_fast], {})] == ["slow"]
     seed = cand("seed", is_seed=True, piece_costs=[5.0, 5.0, 5.0])
-    assert not is_bad_node(seed, [seed, cand("fast1", piece_costs=[0.1] * 3)])
+    assert slow_outliers([seed, cand("fast1", piece_costs=[0.1] * 3)]) == set()
 
 
 def test_never_a_cycle():
     parents_of = {"a": {"b"}, "b": {"me"}}
-    assert creates_cycle("me", "a", parents_of)
-    assert not creates_cycle("me", "c", parents_of)
+    assert downstream("me", parents_of) == {"a", "b"}
+    assert downstream("c", parents_of) == set()
     ranked = rank_parents(Child("me"), [cand("a"), cand("b"), cand("c")], parents_of)
     assert [c.host_id for c in ranked] == ["c"]
 
@@ -54,3 +62,14 @@ def test_never_a_cycle():
 def test_limit_and_deterministic_order():
     ranked = rank_parents(Child("me"), [cand(f"h{i}") for i in range(10)], {}, limit=3)
     assert [c.host_id for c in ranked] == ["h0", "h1", "h2"]
+
+
+def test_the_median_a_slow_outlier_is_measured_against_leaves_the_candidate_out():
+    costs = [0.1, 0.2, 0.3, 0.4]
+    peers = [cand(f"p{i}", piece_costs=[c] * 3) for i, c in enumerate(costs)]
+    # p3 against 0.1, 0.2, 0.3: median 0.2; 5 times that is 1.0, and 0.4 is under it.
+    assert slow_outliers(peers) == set()
+    outlier = cand("x", piece_costs=[1.3] * 3)  # against 0.1..0.4: median 0.25, 5x = 1.25
+    assert slow_outliers([*peers, outlier]) == {"x"}
+    assert slow_outliers([*peers, cand("y", piece_costs=[1.2] * 3)]) == set()
+    assert slow_outliers([outlier]) == set()  # nobody to compare with
