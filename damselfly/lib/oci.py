@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 # One path component of a repository name, as the distribution spec defines it.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-_NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+# Always fullmatch: "$" also matches before a final newline, so "busybox\n" would pass.
+_NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _NAME_MAX = 255
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 # Hex lengths of the algorithms hashlib can verify for us.
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
@@ -35,7 +37,8 @@ def error_body(code: str, message: str) -> bytes:
 
 
 def validate_repository(name: str) -> str:
-    if len(name) > _NAME_MAX or not _NAME_RE.match(name):
+    """``name`` if it is a repository name the distribution spec allows; OCIError 400 otherwise."""
+    if len(name) > _NAME_MAX or not _NAME_RE.fullmatch(name):
         raise OCIError(400, "NAME_INVALID", f"invalid repository name {name!r}")
     return name
 
@@ -70,3 +73,12 @@ class Digest:
 def is_digest_reference(reference: str) -> bool:
     """A manifest reference is a digest when it contains a colon; tags cannot."""
     return ":" in reference
+
+
+def validate_reference(reference: str) -> str:
+    """``reference`` if it is a valid tag or digest; OCIError 400 (TAG_INVALID, DIGEST_INVALID) otherwise."""
+    if is_digest_reference(reference):
+        Digest.parse(reference)
+    elif not _TAG_RE.fullmatch(reference):
+        raise OCIError(400, "TAG_INVALID", f"invalid tag {reference!r}")
+    return reference

@@ -2,70 +2,125 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from damselfly.lib.oci import OCIError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_UPSTREAM = "https://registry-1.docker.io"
-# host, host:port, [v6]:port — no user info, path or query.
-_HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+# host, host:port, [v6]:port — no user info, path or query. ASCII only, always fullmatch.
+_NAME_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{{1,5}}))?")
+_SCHEMES = ("http", "https")
+
+
+def registry_name(text: str) -> str:
+    """``host[:port]`` in lower case; ValueError for anything else (user info, path, a bad port)."""
+    match = _NAME_RE.fullmatch(text)
+    if match is None or not _valid_port(match["port"]) or not _valid_ipv6(match["ipv6"]):
+        raise ValueError(f"invalid registry name {text!r}: want host[:port]")
+    return text.lower()
+
+
+def _valid_port(port: str | None) -> bool:
+    return port is None or 0 < int(port) < 65536
+
+
+def _valid_ipv6(address: str | None) -> bool:
+    if address is None:
+        return True
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def split_registry(value: str) -> tuple[str | None, str]:
+    """``[http[s]://]host[:port][/]`` -> (scheme or None, registry name); ValueError otherwise."""
+    scheme, sep, rest = value.strip().partition("://")
+    if not sep:
+        return None, registry_name(scheme.rstrip("/"))
+    if scheme.lower() not in _SCHEMES:
+        raise ValueError(f"invalid registry {value!r}: want [http[s]://]host[:port]")
+    return scheme.lower(), registry_name(rest.rstrip("/"))
 
 
 def normalize_upstream(value: str) -> str:
     """A registry URL without a trailing slash; ``https://`` when no scheme is given.
 
-    Raises ValueError for anything that is not ``scheme://host[:port]``.
+    Raises ValueError for anything that is not ``[scheme://]host[:port]``.
     """
-    value = value.strip().rstrip("/")
-    if value == DOCKER_HUB:
+    scheme, name = split_registry(value)
+    if scheme is None and name == DOCKER_HUB:
         return DOCKER_HUB_UPSTREAM
-    if "://" not in value:
-        value = "https://" + value
-    parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not _HOST_RE.match(parts.netloc) or parts.path or parts.query:
-        raise ValueError(f"invalid registry {value!r}: want [http[s]://]host[:port]")
-    return f"{parts.scheme}://{parts.netloc.lower()}"
+    return f"{scheme or 'https'}://{name}"
 
 
 def parse_registry_mapping(item: str) -> tuple[str, str]:
     """``NAME=URL`` (or bare ``NAME``) -> (name, upstream URL)."""
     name, sep, url = item.partition("=")
-    name = name.strip().lower()
-    if not _HOST_RE.match(name):
-        raise ValueError(f"invalid registry name {name!r}: want host[:port]")
+    name = registry_name(name.strip())
     return name, normalize_upstream(url if sep else name)
 
 
 @dataclass(frozen=True)
 class UpstreamResolver:
-    """Finds the upstream of a request: X-Dragonfly-Registry, then ``ns``, then the default."""
+    """Finds the upstream of a request: X-Dragonfly-Registry, then ``ns``, then the default.
+
+    Header and ``ns`` only name a registry: the operator's ``--registry`` map (and the
+    default registry) decide how it is reached, any other name means ``https://NAME``, and
+    a client cannot make the mirror speak plain HTTP to a host the operator did not name.
+    """
 
     registries: dict[str, str] = field(default_factory=dict)
     default: str | None = None
 
-    def for_name(self, name: str) -> str:
-        name = name.strip().lower()
-        if name in self.registries:
-            return self.registries[name]
-        return normalize_upstream(name)
-
-    def resolve(self, header: str | None, ns: str | None) -> str:
-        try:
-            if header:
-                header = header.strip()
-                return self.registries.get(header.lower()) or normalize_upstream(header)
-            if ns:
-                return self.for_name(unquote(ns))
-        except ValueError as exc:
-            raise OCIError(400, "UNSUPPORTED", str(exc)) from None
+    def name_of(self, header: str | None, ns: str | None) -> str:
+        """The registry name (host[:port], lower case) a request is for; OCIError 400 if refused."""
+        if header:
+            return self._checked(header)
+        if ns:
+            return self._checked(unquote(ns))
         if self.default:
-            return self.default
+            return split_registry(self.default)[1]
         raise OCIError(
             400,
             "UNSUPPORTED",
             "no upstream registry: the request has no ns parameter or X-Dragonfly-Registry header "
             "and no --default-registry is configured",
         )
+
+    def for_name(self, name: str) -> str:
+        """The upstream URL of a registry name (a peer's, say), by the same rule; OCIError 400 if refused."""
+        name = self._checked(name)
+        configured = self._configured(name)
+        if configured:
+            return configured
+        return DOCKER_HUB_UPSTREAM if name == DOCKER_HUB else f"https://{name}"
+
+    def resolve(self, header: str | None, ns: str | None) -> str:
+        """The upstream URL of a request."""
+        return self.for_name(self.name_of(header, ns))
+
+    def _configured(self, name: str) -> str | None:
+        """The URL the operator gave for ``name``: its --registry mapping, or the default registry."""
+        if name in self.registries:
+            return self.registries[name]
+        if self.default and split_registry(self.default)[1] == name:
+            return self.default
+        return None
+
+    def _checked(self, value: str) -> str:
+        """The registry name in ``value``, refusing plain HTTP to a host the operator did not name."""
+        try:
+            scheme, name = split_registry(value)
+        except ValueError as exc:
+            raise OCIError(400, "UNSUPPORTED", str(exc)) from None
+        if scheme == "http" and self._configured(name) is None:
+            raise OCIError(400, "UNSUPPORTED", f"refusing plain-http registry {name!r}: only a registry mapped by "
+                                               f"the mirror's --registry NAME=http://... is reached over http")
+        return name

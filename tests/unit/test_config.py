@@ -69,9 +69,11 @@ def test_bad_config_files(tmp_path):
 def test_containerd_config_command(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["containerd-config", "--mirror", "http://127.0.0.1:65001", "--dir", str(tmp_path),
-                                  "--registry", "127.0.0.1:5000=http://127.0.0.1:5000", "--default"])
+                                  "--registry", "127.0.0.1:5000=http://127.0.0.1:5000", "--registry", "127.0.0.1:5001",
+                                  "--default"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "127.0.0.1:5000/hosts.toml").read_text().startswith('server = "http://127.0.0.1:5000"')
+    assert 'X-Dragonfly-Registry = "127.0.0.1:5001"\n' in (tmp_path / "127.0.0.1:5001/hosts.toml").read_text()
     assert (tmp_path / "_default/hosts.toml").exists()
     assert runner.invoke(main, ["containerd-config", "--mirror", "http://m", "--dir", str(tmp_path)]).exit_code == 2
     bad = runner.invoke(main, ["containerd-config", "--mirror", "ftp://m", "--dir", str(tmp_path), "--default"])

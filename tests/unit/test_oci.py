@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from damselfly.lib.oci import Digest, OCIError, error_body, is_digest_reference, validate_repository
+from damselfly.lib.oci import (Digest, OCIError, error_body, is_digest_reference, validate_reference,
+                               validate_repository)
 
 
 @pytest.mark.parametrize("name", ["a", "library/busybox", "a.b-c_d/e__f", "x/y/z/w", "a--b"])
@@ -10,7 +11,7 @@ def test_valid_names(name):
     assert validate_repository(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "A", "a/", "/a", "a//b", "a/../b", "..", "a_", "-a", "a" * 256, "a b"])
+@pytest.mark.parametrize("name", ["", "A", "a/", "/a", "a//b", "a/../b", "..", "a_", "-a", "a" * 256, "a b", "a\n"])
 def test_invalid_names(name):
     with pytest.raises(OCIError) as info:
         validate_repository(name)
@@ -36,3 +37,17 @@ def test_error_body_shape():
     assert json.loads(error_body("BLOB_UNKNOWN", "no such blob")) == {
         "errors": [{"code": "BLOB_UNKNOWN", "message": "no such blob", "detail": None}]}
     assert is_digest_reference("sha256:abc") and not is_digest_reference("latest")
+
+
+@pytest.mark.parametrize("reference", ["latest", "v1.2.3-rc_1", "_x", "a" * 128, "sha256:" + "0" * 64])
+def test_valid_references(reference):
+    assert validate_reference(reference) == reference
+
+
+@pytest.mark.parametrize("reference,code", [("-notatag", "TAG_INVALID"), (".x", "TAG_INVALID"), ("a" * 129, "TAG_INVALID"),
+                                            ("latest\n", "TAG_INVALID"), ("", "TAG_INVALID"), ("l\u0101test", "TAG_INVALID"),
+                                            ("sha256:1234", "DIGEST_INVALID")])
+def test_invalid_references(reference, code):
+    with pytest.raises(OCIError) as info:
+        validate_reference(reference)
+    assert (info.value.status, info.value.code) == (400, code)
