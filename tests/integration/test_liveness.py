@@ -1,0 +1,183 @@
+"""A seed killed mid-download, again and again: no peer may stall on parents that cannot give
+what it lacks, and none may be cut off.
+
+Reproduced before the fix in 2 runs of 7 (120 MiB, four peers, seed killed with -9): one
+peer long-polled the scheduler for 80 s with the same useless parents, and its client was
+cut off at 60 s. Here: a small blob per round on a throttled origin, a kept cluster (one
+scheduler, four peers) and a new seed each round, killed while it serves. Rounds overlap
+(the next starts once the seed is dead), so that twenty fit in a few minutes even though a
+round whose peers lack pieces nobody holds waits out the 15 s rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.cluster import SchedulerProcess, start_peer
+from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer, metric
+from tests.support.wait import free_port, wait_until
+
+MiB = 1024 * 1024
+ROUNDS = 20
+PEERS = 4
+BLOB_SIZE = 3 * MiB
+ORIGIN_RATE = 3 * MiB  # bytes per second, per connection: the seed needs about a second
+NO_PARENT_DEADLINE = 15.0  # the README's promise: the registry after 15 s without a serving parent
+TRANSFER = BLOB_SIZE / ORIGIN_RATE
+BOUND = NO_PARENT_DEADLINE + 4 * TRANSFER + 5  # each client's whole download, from its request
+TEST_BUDGET = 300.0
+
+
+@dataclass
+class ThrottledRegistryFake:
+    """Serves blobs (whole, or in ranges) at ``rate`` bytes per second per connection."""
+
+    rate: int
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "ThrottledRegistryFake":
+        fake = self
+
+        class Handler(QuietRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _blob(self) -> bytes | None:
+                blob = fake.blobs.get(self.path.split("?")[0].rsplit("/", 1)[-1])
+                if blob is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                return blob
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                if (blob := self._blob()) is not None:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(blob)))
+                    self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802
+                if (blob := self._blob()) is None:
+                    return
+                first, last = 0, len(blob) - 1
+                if self.headers.get("Range"):
+                    first, last = (int(x) for x in self.headers["Range"].removeprefix("bytes=").split("-"))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {first}-{last}/{len(blob)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(last - first + 1))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.end_headers()
+                step = 64 * 1024
+                started = time.monotonic()
+                for offset in range(first, last + 1, step):
+                    ahead = (offset - first) / fake.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)  # the throttle itself, not a wait for anything
+                    try:
+                        self.wfile.write(blob[offset:min(offset + step, last + 1)])
+                    except (BrokenPipeError, ConnectionResetError):  # a killed seed
+                        return
+
+        self._server = ThreadedHTTPServer(Handler, self.port)
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@dataclass
+class Download:
+    round: int
+    peer: int
+    took: float | None = None
+    error: str | None = None
+
+
+def _fetch(url: str, ns: str, name: str, digest: str, data: bytes, record: Download) -> Download:
+    started = time.monotonic()
+    try:
+        response = httpx.get(f"{url}/v2/{name}/blobs/{digest}", params={"ns": ns}, timeout=90)
+        if response.status_code != 200:
+            record.error = f"status {response.status_code}: {response.text[:200]}"
+        elif response.content != data:
+            record.error = f"wrong bytes: {len(response.content)} of {len(data)}"
+        else:
+            record.took = time.monotonic() - started
+    except httpx.HTTPError as exc:  # a response cut short
+        record.error = f"{exc.__class__.__name__}: {exc}"
+    return record
+
+
+def _log(scheduler: SchedulerProcess) -> str:
+    return (scheduler.workdir / f"scheduler-{scheduler.port}.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    origin = ThrottledRegistryFake(ORIGIN_RATE).start()
+    started: list = []
+    try:
+        scheduler = SchedulerProcess(tmp_path / "sch").start()
+        started.append(scheduler)
+        mapping = ["--registry", f"{origin.host}=http://{origin.host}"]
+        peers = [start_peer(tmp_path / f"peer{i}/data", [scheduler.url], mapping) for i in range(PEERS)]
+        started.extend(peers)
+        yield origin, scheduler, peers, mapping
+    finally:
+        for process in reversed(started):
+            process.stop()
+        origin.stop()
+
+
+def test_a_seed_killed_mid_download_never_stalls_its_peers(tmp_path, cluster):
+    origin, scheduler, peers, mapping = cluster
+    began = time.monotonic()
+    downloads: list[Future[Download]] = []
+    seeds = []
+    with ThreadPoolExecutor(ROUNDS * PEERS) as pool:
+        for round_ in range(ROUNDS):
+            assert time.monotonic() - began < TEST_BUDGET - BOUND, f"only {round_} rounds started in time"
+            data = os.urandom(BLOB_SIZE)
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            origin.blobs[digest] = data
+            seed = start_peer(tmp_path / f"seed{round_}/data", [scheduler.url], mapping, seed=True)
+            seeds.append(seed)
+            wait_until(lambda: f"host seed-{seed.upload_port} joined" in _log(scheduler), 20,
+                       "the new seed to announce itself")
+            name = f"live/round{round_}"
+            for index, peer in enumerate(peers):  # all at about the same moment: a stampede
+                downloads.append(pool.submit(_fetch, peer.url, origin.host, name, digest, data, Download(round_, index)))
+            # Killed while it serves: some pieces are out, others never will be.
+            wait_until(lambda: metric(seed.url, "damselfly_upload_bytes_total") >= BLOB_SIZE // 4, 30,
+                       f"round {round_}: the seed to serve a quarter of the blob")
+            os.kill(seed.process.pid, signal.SIGKILL)
+            seed.process.wait(10)
+        results = [d.result(timeout=max(1.0, began + TEST_BUDGET - time.monotonic())) for d in downloads]
+    elapsed = time.monotonic() - began
+    failed = [r for r in results if r.error is not None]
+    slow = [r for r in results if r.took is not None and r.took > BOUND]
+    took = sorted(r.took for r in results if r.took is not None)
+    print(f"{ROUNDS} rounds in {elapsed:.0f}s; downloads took {took[0]:.1f}..{took[-1]:.1f}s "
+          f"(median {took[len(took) // 2]:.1f}s); back to source "
+          f"{sum(p.metric('damselfly_p2p_back_to_source_total') for p in peers):.0f} times")
+    assert not failed, f"cut short or wrong: {failed}"
+    assert not slow, f"stalled beyond {BOUND:.0f}s: {slow}"
+    assert len(results) == ROUNDS * PEERS and elapsed < TEST_BUDGET
+    for seed in seeds:
+        assert seed.process.returncode == -signal.SIGKILL
