@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import hashlib
 import logging
 import os
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +26,9 @@ from damselfly.lib.oci import Digest
 from damselfly.lib.units import format_size
 from damselfly.p2p.pieces import SMALL_BLOB, piece_digest, piece_length_for, piece_matches
 from damselfly.p2p.rangefill import RangeFill
-from damselfly.p2p.store import BlobMeta, BlobStore, Partial, StoredBlob
+from damselfly.p2p.store import BlobMeta, BlobStore, BlobTooLarge, Partial, StoredBlob, StoreFull
 from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import CopySource, copy_into_task, file_digest
+from damselfly.p2p.writer import BUFFER_SIZE, CopySource, copy_into_task, file_digest, hash_file, read_hashed
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints of a resumable download
@@ -40,6 +43,11 @@ class Origin:
     authorization: str | None = None
 
 
+def stored_origin(stored: StoredBlob) -> Origin:
+    """Where a stored blob came from (no credentials are stored): what its access is checked against."""
+    return Origin(stored.meta.registry, stored.meta.repository)
+
+
 class SourceRefused(Exception):
     """The source answered with a client-facing status (401, 403, 404...) to pass back."""
 
@@ -51,7 +59,8 @@ class SourceRefused(Exception):
 
 
 class SourceUnavailable(Exception):
-    """The source cannot be reached or failed: the caller gets 502 or 504 with the message."""
+    """The source cannot be reached or failed, or the blob cannot be had through this cache:
+    the caller gets this status (502, 504, 507) with the message."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -63,6 +72,19 @@ class SourceStream(CopySource, Protocol):
     """A download in progress, read by a worker thread (``readinto`` raises SourceUnavailable)."""
 
     length: int
+
+
+class NoRoom(SourceUnavailable):
+    """The store cannot take the blob now: its callers read it from the source, uncached.
+
+    ``reason``: store_full (no room beside blobs in use) or disk_full (not even for its file).
+    ``stream``: the download the starting caller had already opened, for it alone to read.
+    """
+
+    def __init__(self, message: str, reason: str, stream: SourceStream | None = None) -> None:
+        super().__init__(507, message)
+        self.reason = reason
+        self.stream = stream
 
 
 class BlobSource(Protocol):
@@ -98,44 +120,95 @@ class BlobEvents(Protocol):
     def cache_miss(self) -> None: ...
     def source_bytes(self, n: int) -> None: ...
     def download_failed(self, reason: str) -> None: ...
+    def uncached_stream(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """Bytes of a reader's file to send."""
+
+    offset: int
+    count: int
 
 
 class BlobReader:
-    """One caller's view of a blob: its length and its bytes as they become readable."""
+    """One caller's view of a blob: its length, where it comes from, and its bytes as they
+    become readable.
 
-    def __init__(self, service: "BlobService", task: Task, *, protected: bool, started_here: bool,
-                 from_cache: bool) -> None:
+    A reader of a task reads the task's file. One the store had no room for reads its
+    ``stream`` from the source instead, uncached; so does a task's reader from where the
+    file stopped, when the disk filled under the download.
+    """
+
+    def __init__(self, service: "BlobService", digest: Digest, length: int, origin: Origin, *, protected: bool,
+                 started_here: bool, from_cache: bool, task: Task | None = None,
+                 stream: SourceStream | None = None) -> None:
         self._service = service
-        self.task = task
+        self.digest = digest
+        self.length = length
+        self.origin = origin  # where the blob comes from, with the credentials it is fetched with
         self.protected = protected
         self.started_here = started_here
         self.from_cache = from_cache
-        self.file: BinaryIO = open(task.path, "rb")  # held open: a later rename or eviction cannot cut it
+        self.task = task
+        self._stream = stream
+        # Held open: a later rename or eviction cannot cut it, nor a full disk's discard.
+        self.file: BinaryIO | None = open(task.path, "rb") if task is not None else None
 
-    @property
-    def length(self) -> int:
-        return self.task.length
+    async def body(self, first: int, last: int) -> AsyncIterator[FileSpan | memoryview]:
+        """Bytes ``first..last`` in order: runs of the file as they are verified, or bytes
+        from the source, checked against the digest before the last of them goes."""
+        position = first
+        if self.task is not None:
+            try:
+                async with contextlib.aclosing(self._spans(self.task, first, last)) as spans:
+                    async for offset, count in spans:
+                        yield FileSpan(offset, count)
+                        position = offset + count
+                return
+            except TaskFailed:
+                if not self._service.overflowed(self.task):
+                    raise
+            # What the file got from the blob's start is sent (what this reader still wants of it)
+            # and hashed from the file; the source sends the rest.
+            start = min(self.task.bitmap.contiguous_end(0, self.length, self.task.piece_length), last + 1)
+            self._service.events.uncached_stream("disk_full")
+            log.warning("the disk filled under the download of %s: a reader goes on uncached, the source "
+                        "sending from byte %d", self.digest, start)
+            if position < start:
+                yield FileSpan(position, start - position)
+                position = start
+        else:
+            start = 0
+        if position <= last:
+            async with contextlib.aclosing(self._service.read_uncached(self, start, position, last)) as parts:
+                async for part in parts:
+                    yield part
 
-    @property
-    def digest(self) -> Digest:
-        return self.task.digest
-
-    async def spans(self, first: int, last: int) -> AsyncIterator[tuple[int, int]]:
+    async def _spans(self, task: Task, first: int, last: int) -> AsyncIterator[tuple[int, int]]:
         """(offset, count) runs of verified bytes covering ``first..last``, in order."""
-        whole = first == 0 and last == self.task.length - 1
-        self.task.whole_readers += whole
+        whole = first == 0 and last == task.length - 1
+        task.whole_readers += whole
         try:
             position = first
             while position <= last:
-                end = await self.task.readable_end(position, self._service.stall_timeout, last)
+                end = await task.readable_end(position, self._service.stall_timeout, last)
                 count = min(end, last + 1) - position
                 yield position, count
                 position += count
         finally:
-            self.task.whole_readers -= whole
+            task.whole_readers -= whole
+
+    def take_stream(self) -> SourceStream | None:
+        """The source download opened for this reader, if any, now the caller's to close."""
+        stream, self._stream = self._stream, None
+        return stream
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
+        if self._stream is not None:
+            self._stream.close()
 
 
 class BlobService:
@@ -149,7 +222,8 @@ class BlobService:
         self.stall_timeout = stall_timeout
         self._tasks: dict[str, Task] = {}
         self._readers: dict[str, int] = {}  # open readers per digest
-        self._task_protected: dict[str, bool] = {}
+        self._task_origins: dict[str, Origin] = {}  # where each download comes from, with whose credentials
+        self._overflowed: weakref.WeakSet[Task] = weakref.WeakSet()  # downloads the full disk stopped
         self._starting: dict[str, asyncio.Future[Task]] = {}
         self._downloads: dict[str, asyncio.Task[None]] = {}
         self._committing: set[str] = set()  # verified downloads being flushed and stored
@@ -192,27 +266,122 @@ class BlobService:
                 await asyncio.shield(starting)
             except SourceRefused:
                 continue
+            except NoRoom as full:
+                return await self._uncached_reader(digest, origin, full)
         raise SourceUnavailable(502, f"could not start a download of {digest}")
 
     def _stored_reader(self, stored: StoredBlob) -> BlobReader:
         task = Task(stored.digest, stored.meta.length, stored.path, complete=True, piece_length=stored.meta.piece_length)
-        return self._reader(task, protected=stored.meta.protected, started_here=False, from_cache=True)
+        return self._reader(task, stored_origin(stored), protected=stored.meta.protected, started_here=False,
+                            from_cache=True)
 
     def _task_reader(self, task: Task, *, started_here: bool) -> BlobReader:
-        return self._reader(task, protected=self._task_protected[str(task.digest)], started_here=started_here,
+        origin = self._task_origins[str(task.digest)]
+        return self._reader(task, origin, protected=origin.authorization is not None, started_here=started_here,
                             from_cache=False)
 
-    def _reader(self, task: Task, **kwargs: bool) -> BlobReader:
-        reader = BlobReader(self, task, **kwargs)
+    def _reader(self, task: Task, origin: Origin, **kwargs: bool) -> BlobReader:
+        reader = BlobReader(self, task.digest, task.length, origin, task=task, **kwargs)
         key = str(task.digest)
         self._readers[key] = self._readers.get(key, 0) + 1
         return reader
+
+    async def _uncached_reader(self, digest: Digest, origin: Origin, full: NoRoom) -> BlobReader:
+        """A reader straight from the source (on the caller's own credentials), for a blob
+        the store has no room for now: the caller gets it anyway, and nothing is evicted."""
+        stream = full.stream or await self.source.open_blob(origin, digest)
+        self.events.uncached_stream(full.reason)
+        log.warning("%s goes to a caller uncached from %s/%s: %s", digest, origin.registry, origin.repository,
+                    full.message)
+        return BlobReader(self, digest, stream.length, origin, protected=origin.authorization is not None,
+                          started_here=True, from_cache=False, stream=stream)
+
+    def protected(self, digest: Digest) -> bool:
+        """Whether this node holds ``digest`` as a blob fetched with credentials (stored or downloading)."""
+        stored = self.store.lookup(digest)
+        if stored is not None:
+            return stored.meta.protected
+        origin = self._task_origins.get(str(digest))
+        return origin is not None and origin.authorization is not None
+
+    def overflowed(self, task: Task) -> bool:
+        """The download of ``task`` stopped because the disk filled: its readers go on uncached."""
+        return task in self._overflowed
+
+    async def read_uncached(self, reader: BlobReader, start: int, send_from: int, last: int
+                            ) -> AsyncIterator[memoryview]:
+        """Bytes ``send_from..last`` of the reader's blob from the source, none stored.
+
+        The first ``start`` bytes, which the reader's file holds, are hashed, not fetched
+        again; the rest comes in one request (a range from ``start``), read to the blob's end
+        so that the whole blob is checked before the last byte goes.
+        """
+        hasher = reader.digest.hasher()
+        if start:
+            assert reader.file is not None  # only a task's reader has bytes of the blob already
+            await asyncio.get_running_loop().run_in_executor(self._copiers, hash_file, reader.file.fileno(), start,
+                                                             hasher)
+        stream = reader.take_stream()
+        if stream is None and start < reader.length:
+            try:
+                stream = await self.source.open_blob(reader.origin, reader.digest, (start, reader.length - start))
+            except (SourceRefused, SourceUnavailable) as exc:
+                raise TaskFailed(f"the source refused the rest of the blob: {exc}") from None
+        async with contextlib.aclosing(self._verified(stream, hasher, reader.digest, reader.length, start,
+                                                      send_from, last)) as parts:
+            async for part in parts:
+                yield part
+
+    async def _verified(self, stream: SourceStream | None, hasher: "hashlib._Hash", digest: Digest, length: int,
+                        start: int, send_from: int, last: int) -> AsyncIterator[memoryview]:
+        """The bytes ``send_from..last`` of ``stream``, which carries the blob from ``start`` to
+        its end (``hasher`` holds the bytes before). Each part goes as it comes, but the final
+        one only once the whole blob matched ``digest``: otherwise TaskFailed, and the
+        client's response stays short. The stream is closed on every path."""
+        loop = asyncio.get_running_loop()
+        held: memoryview | None = None
+        offset = start
+        reading: asyncio.Future[bytearray] | None = None
+        try:
+            while offset < length:
+                assert stream is not None  # bytes are left to read, so a stream was opened for them
+                wanted = min(BUFFER_SIZE, length - offset)
+                reading = loop.run_in_executor(self._copiers, read_hashed, stream, wanted, hasher)
+                try:
+                    chunk = await reading
+                except SourceUnavailable as exc:
+                    raise TaskFailed(exc.message) from None
+                if len(chunk) < wanted:
+                    raise TaskFailed(f"the source closed after {offset + len(chunk)} of {length} bytes")
+                self.events.source_bytes(len(chunk))
+                part = within_range(offset, chunk, send_from, last)
+                if part:
+                    if held is not None:
+                        yield held
+                    held = part
+                offset += len(chunk)
+            actual = hasher.hexdigest()
+            if actual != digest.hex:
+                reason = f"digest mismatch: source sent {digest.algorithm}:{actual}"
+                self.events.download_failed(reason)
+                raise TaskFailed(reason)
+            if held is not None:
+                yield held
+        finally:
+            if stream is not None:
+                if reading is not None and not reading.done():  # the caller went away mid-read
+                    stream.abort()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(reading, 10)
+                stream.close()
 
     def in_use(self, key: str) -> bool:
         """A blob that a reader holds or a download writes is never evicted."""
         return key in self._readers or key in self._tasks
 
     def _release(self, reader: BlobReader) -> None:
+        if reader.task is None:  # an uncached reader holds nothing in the store
+            return
         key = str(reader.digest)
         self._readers[key] -= 1
         if self._readers[key] == 0:
@@ -220,7 +389,10 @@ class BlobService:
             self.store.collect_garbage()
 
     async def _start(self, digest: Digest, origin: Origin, ranged: bool) -> BlobReader:
-        task = await self._begin(digest, origin, ranged)
+        try:
+            task = await self._begin(digest, origin, ranged)
+        except NoRoom as full:
+            return await self._uncached_reader(digest, origin, full)
         return self._task_reader(task, started_here=True)
 
     async def prefetch(self, digest: Digest, origin: Origin, ranged: bool = False) -> None:
@@ -234,7 +406,12 @@ class BlobService:
         if key in self._starting:
             await asyncio.shield(self._starting[key])
             return
-        await self._begin(digest, origin, ranged, by_ranges=ranged)
+        try:
+            await self._begin(digest, origin, ranged, by_ranges=ranged)
+        except NoRoom as full:
+            if full.stream is not None:  # nobody here to read it uncached
+                full.stream.close()
+            raise
 
     def local_task(self, digest: Digest) -> Task | None:
         """The task as this node holds it: downloading, or complete in the store."""
@@ -288,48 +465,73 @@ class BlobService:
         asked for once. On a peer, the registry is only asked (with the caller's credentials)
         whether the caller may have the blob and how long it is; the bytes come from the
         network. ``ranged``: the first reader reads a range (the scheduler passes it on).
+
+        The store is asked for room once the length is known: a blob larger than it keeps
+        is refused (507), one it has no room for now raises NoRoom (read uncached).
         """
         key = str(digest)
         future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
         self._starting[key] = future
         self._task_started.set()
         self._task_started = asyncio.Event()
+        stream: SourceStream | None = None
+        resumed: Task | None = None
         try:
             if self.network is not None and self.network.is_seed and by_ranges:
                 length = await self.source.blob_length(origin, digest)
                 fill = lambda task: self._fill_by_ranges(task, origin)  # noqa: E731
             elif self.network is None or self.network.is_seed:
-                stream = await self.source.open_blob(origin, digest)
-                length = stream.length
-                fill = lambda task: self._fill_from_origin(task, stream)  # noqa: E731
+                stream = opened = await self.source.open_blob(origin, digest)
+                length = opened.length
+                fill = lambda task: self._fill_from_origin(task, opened)  # noqa: E731
             else:
                 length = await self.source.blob_length(origin, digest)
                 network = self.network
                 fill = lambda task: network.download(task, origin)  # noqa: E731
                 resumed = await self._resume(digest, length)
+            task = self._claim(digest, length, resumed, stream)
         except BaseException as exc:
             del self._starting[key]
-            future.set_exception(exc if isinstance(exc, Exception) else SourceUnavailable(502, "cancelled"))
+            future.set_exception(_for_joiners(exc))
             future.exception()  # joiners may be none; mark it retrieved
+            if stream is not None and not isinstance(exc, NoRoom):
+                stream.close()
             raise
-        if self.network is None or self.network.is_seed:
-            task = Task(digest, length, self.store.new_incoming(digest))
-        else:
-            task = resumed or Task(digest, length, self.store.resumable_path(digest))
+        if self.network is not None and not self.network.is_seed:
             self._resumable.add(key)
             task.on_piece = lambda _: self._checkpoint_soon(task)
         task.ranged = ranged
         self._tasks[key] = task
-        self._task_protected[key] = origin.authorization is not None
+        self._task_origins[key] = origin
         del self._starting[key]
         future.set_result(task)
-        self.store.reserve(task.length)
         if self.network is not None and self.network.is_seed:
             self.network.publish(task, origin)
         download = asyncio.create_task(self._download(task, origin, fill), name=f"download {digest}")
         self._downloads[key] = download
         download.add_done_callback(lambda _: self._downloads.pop(key, None))
         return task
+
+    def _claim(self, digest: Digest, length: int, resumed: Task | None, stream: SourceStream | None) -> Task:
+        """Reserve room for a download of ``length`` bytes and make its task (``resumed``, or
+        one on a new file). ``stream``: the download already opened, handed on with NoRoom."""
+        try:
+            self.store.reserve(length)
+        except BlobTooLarge as exc:
+            raise SourceUnavailable(507, f"{digest} not fetched: {exc}") from None
+        except StoreFull as exc:
+            raise NoRoom(str(exc), "store_full", stream) from None
+        if resumed is not None:
+            return resumed
+        try:
+            from_origin = self.network is None or self.network.is_seed
+            return Task(digest, length, self.store.new_incoming(digest) if from_origin
+                        else self.store.resumable_path(digest))
+        except OSError as exc:
+            self.store.unreserve(length)
+            if _out_of_space(exc):
+                raise NoRoom(f"no room on the store's disk: {exc.strerror}", "disk_full", stream) from None
+            raise
 
     async def _resume(self, digest: Digest, length: int) -> Task | None:
         """A task with the pieces an earlier run wrote and that still match their digests."""
@@ -365,7 +567,7 @@ class BlobService:
         self.store.checkpoint(task.path, Partial(
             length=task.length, piece_length=task.piece_length, pieces=pieces,
             digests={str(i): task.digests[i] for i in pieces if i in task.digests},
-            protected=self._task_protected.get(key, False)))
+            protected=key in self._task_origins and self._task_origins[key].authorization is not None))
 
     async def _fill_from_origin(self, task: Task, stream: SourceStream) -> str:
         """Copy the origin's stream in order on worker threads; return the digest of what it sent."""
@@ -395,7 +597,7 @@ class BlobService:
             self._committing.add(key)  # verified: shutdown lets it reach the store
             await asyncio.to_thread(_fsync, task.path)  # before it counts as stored; readers need not wait
             stored = self.store.commit(task.path, task.digest, BlobMeta(
-                length=task.length, protected=self._task_protected[key], registry=origin.registry,
+                length=task.length, protected=origin.authorization is not None, registry=origin.registry,
                 repository=origin.repository, stored_at=time.time(), piece_length=task.piece_length,
                 piece_digests=[task.digests[i] for i in range(task.piece_count)]
                 if len(task.digests) == task.piece_count else None))
@@ -413,15 +615,20 @@ class BlobService:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is reported to readers and logged
             reason = exc.message if isinstance(exc, SourceUnavailable) else str(exc) or exc.__class__.__name__
-            log.error("download of %s from %s/%s failed, nothing kept: %s", key, origin.registry,
-                      origin.repository, reason)
-            self.events.download_failed(reason)
+            if _out_of_space(exc):
+                self._overflowed.add(task)  # before its readers hear of it
+                log.warning("the store's disk filled during the download of %s from %s/%s: nothing kept, its "
+                            "readers go on uncached (%s)", key, origin.registry, origin.repository, reason)
+            else:
+                log.error("download of %s from %s/%s failed, nothing kept: %s", key, origin.registry,
+                          origin.repository, reason)
+                self.events.download_failed(reason)
             task.fail(reason)
             if self.network is not None:
                 self.network.finished(task, success=False, reason=reason)
         finally:
             self._tasks.pop(key, None)
-            self._task_protected.pop(key, None)
+            self._task_origins.pop(key, None)
             self._committing.discard(key)
             self._resumable.discard(key)
             if not committed:
@@ -436,6 +643,30 @@ class BlobService:
                 download.cancel()
         await asyncio.gather(*self._downloads.values(), return_exceptions=True)
         self._copiers.shutdown(wait=False)
+
+
+def _for_joiners(exc: BaseException) -> Exception:
+    """What callers waiting on a start that failed hear: its exception, without a stream
+    that is the starter's alone."""
+    if isinstance(exc, NoRoom):
+        return NoRoom(exc.message, exc.reason)
+    return exc if isinstance(exc, Exception) else SourceUnavailable(502, "cancelled")
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    """The store's disk (or the user's disk quota) is full, anywhere in ``exc``'s chain."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def within_range(start: int, chunk: bytearray, first: int, last: int) -> memoryview:
+    """The bytes of ``chunk`` (the blob's bytes from ``start``) that fall in ``first..last``."""
+    begin = min(max(first - start, 0), len(chunk))
+    end = min(max(last + 1 - start, 0), len(chunk))
+    return memoryview(chunk)[begin:max(begin, end)]
 
 
 def _piece_digests(task: Task) -> dict[int, str]:

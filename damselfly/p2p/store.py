@@ -67,6 +67,15 @@ class StoredBlob:
     meta: BlobMeta
 
 
+class BlobTooLarge(Exception):
+    """A blob larger than the store ever keeps: refused before anything is evicted for it."""
+
+
+class StoreFull(Exception):
+    """No room for a blob now, even with every idle blob evicted: the rest is held by readers
+    and downloads. Nothing was evicted; the blob can still be read uncached."""
+
+
 class BlobStore:
     def __init__(
         self,
@@ -158,10 +167,26 @@ class BlobStore:
     # -- writers -------------------------------------------------------------------
 
     def reserve(self, length: int) -> None:
-        """Make room for a download of ``length`` bytes before it starts."""
+        """Make room for a download of ``length`` bytes before it starts.
+
+        The length is what the source claims, so it is weighed before anything is evicted
+        for it: above the high watermark (a blob the store would evict everything for and
+        still not keep under it) BlobTooLarge; when evicting every idle blob would still
+        leave it above the high watermark, StoreFull.
+        """
+        if length > self.high:
+            raise BlobTooLarge(f"a blob of {format_size(length)} is larger than this cache keeps "
+                               f"({format_size(self.high)}, the high watermark of its {format_size(self.quota)} quota)")
+        if self.used_bytes + length > self.high and self.used_bytes + length - self._idle_bytes() > self.high:
+            raise StoreFull(f"no room for {format_size(length)}: {format_size(self.used_bytes)} of the cache's "
+                            f"{format_size(self.high)} are held by readers and downloads")
         self._reserved_bytes += length
         if self.used_bytes > self.high:
             self.collect_garbage()
+
+    def _idle_bytes(self) -> int:
+        """Bytes that eviction could free now."""
+        return sum(blob.meta.length for key, blob in self._blobs.items() if not self.in_use(key))
 
     def unreserve(self, length: int) -> None:
         self._reserved_bytes -= length
@@ -188,11 +213,16 @@ class BlobStore:
         return path
 
     def checkpoint(self, path: Path, partial: "Partial") -> None:
-        """Record which pieces of a resumable download are written (atomically)."""
+        """Record which pieces of a resumable download are written (atomically). On a full
+        disk the previous checkpoint stays: a restart resumes from less, never from a torn one."""
         target = path.with_name(path.name + PARTIAL_SUFFIX)
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(partial)))
-        os.replace(tmp, target)
+        try:
+            tmp.write_text(json.dumps(asdict(partial)))
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("could not checkpoint %s: %s", path.name, exc.strerror or exc)
 
     def partial(self, digest: Digest) -> tuple[Path, "Partial"] | None:
         """The checkpoint of an earlier download of ``digest``, if one survived."""
@@ -224,8 +254,10 @@ class BlobStore:
         return blob
 
     def discard(self, incoming: Path) -> None:
-        incoming.unlink(missing_ok=True)
-        incoming.with_name(incoming.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
+        """Drop a download that is not stored, with its checkpoint and any metadata a
+        failed commit (a full disk) left beside it."""
+        for suffix in ("", PARTIAL_SUFFIX, ".json"):
+            incoming.with_name(incoming.name + suffix).unlink(missing_ok=True)
 
     # -- eviction ------------------------------------------------------------------
 

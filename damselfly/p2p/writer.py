@@ -146,9 +146,30 @@ async def copy_into_task(copiers: Executor, source: CopySource, task: Task, star
 def file_digest(path: Path, hasher: "hashlib._Hash") -> str:
     """Blocking: the hex digest of a whole data file (a blob assembled out of order)."""
     with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            hasher.update(chunk)
+        hash_file(f.fileno(), os.fstat(f.fileno()).st_size, hasher)
     return hasher.hexdigest()
+
+
+def hash_file(fd: int, count: int, hasher: "hashlib._Hash") -> None:
+    """Blocking: feed the first ``count`` bytes of the open file ``fd`` to ``hasher`` (by
+    offset: whoever else reads the file keeps its position)."""
+    offset = 0
+    while offset < count:
+        chunk = os.pread(fd, min(4 << 20, count - offset), offset)
+        if not chunk:
+            raise TaskFailed(f"the data file ended at {offset} of {count} bytes")
+        hasher.update(chunk)
+        offset += len(chunk)
+
+
+def read_hashed(source: BlockingSource, size: int, hasher: "hashlib._Hash") -> bytearray:
+    """Blocking: up to ``size`` bytes of ``source`` (fewer only at its end), fed to ``hasher``
+    on the same thread: a stream that is not stored is checked as it goes."""
+    buffer = bytearray(size)
+    count = _fill(source, memoryview(buffer))
+    del buffer[count:]
+    hasher.update(buffer)
+    return buffer
 
 
 def _fill(source: BlockingSource, view: memoryview) -> int:

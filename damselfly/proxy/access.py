@@ -12,8 +12,9 @@ from damselfly.p2p.blobs import Origin
 class AccessCache:
     """Grants per (credential, registry, repository), each for at most ``ttl`` seconds.
 
-    Only successes are remembered: a refusal is asked again next time, so a caller who
-    just obtained a token is not locked out.
+    The registry and repository are those a blob came from (the mirror checks access
+    there), never ones a caller names. Only successes are remembered: a refusal is asked
+    again next time, so a caller who just obtained a token is not locked out.
     """
 
     def __init__(self, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic, max_entries: int = 10000) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlencode
@@ -16,7 +16,8 @@ from multidict import CIMultiDict
 
 from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
 from damselfly.lib.oci import Digest, OCIError, error_body, is_digest_reference, validate_repository
-from damselfly.p2p.blobs import BlobReader, BlobService, Origin, SourceRefused, SourceUnavailable
+from damselfly.p2p.blobs import (BlobReader, BlobService, FileSpan, Origin, SourceRefused, SourceUnavailable,
+                                 stored_origin)
 from damselfly.p2p.store import BlobStore
 from damselfly.p2p.task import TaskFailed
 from damselfly.proxy.access import AccessCache
@@ -249,26 +250,29 @@ class Mirror:
             if stored is None:
                 return await self.passthrough(request)
             if stored.meta.protected:
-                await self._confirm_access(origin, digest)
+                await self._confirm_access(stored_origin(stored), origin.authorization, digest)
             return self._blob_head(stored.meta.length, digest)
         async with self.blobs.open(digest, origin, ranged="Range" in request.headers) as reader:
             if reader.protected and not reader.started_here:
-                await self._confirm_access(origin, digest)
+                await self._confirm_access(reader.origin, origin.authorization, digest)
             elif reader.started_here and origin.authorization:
                 self.access.grant(origin)  # the registry just accepted these credentials
             return await self._send_blob(request, reader)
 
-    async def _confirm_access(self, origin: Origin, digest: Digest) -> None:
-        """A protected blob goes only to callers whom the registry lets fetch it."""
-        if self.access.allowed(origin):
+    async def _confirm_access(self, source: Origin, authorization: str | None, digest: Digest) -> None:
+        """A protected blob goes only to callers whom the registry it came from (``source``)
+        lets fetch it from the repository it came from. Never the registry a caller names:
+        one that says yes to everything would hand out whatever this cache holds."""
+        checked = replace(source, authorization=authorization)
+        if self.access.allowed(checked):
             return
         try:
-            await self.registry_client.blob_length(origin, digest)
+            await self.registry_client.blob_length(checked, digest)
         except (SourceRefused, SourceUnavailable):
             self.metrics.access_checks.labels("refused").inc()
             raise
         self.metrics.access_checks.labels("granted").inc()
-        self.access.grant(origin)
+        self.access.grant(checked)
 
     @staticmethod
     def _blob_headers(length: int, digest: Digest) -> CIMultiDict[str]:
@@ -297,45 +301,53 @@ class Mirror:
         headers = self._blob_headers(whole.count if length else 0, reader.digest)
         if byte_range is not None:
             headers["Content-Range"] = byte_range.content_range(length)
-        spans = reader.spans(whole.first, whole.last)
-        first_span = None
-        if length:
+        async with contextlib.aclosing(reader.body(whole.first, whole.last)) as body:
+            first_part = None
+            if length:
+                try:
+                    first_part = await anext(body)  # a failure before any byte is a clean 502
+                except TaskFailed as exc:
+                    raise SourceUnavailable(502, f"download of {reader.digest} failed: {exc}") from None
+            response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
+            await response.prepare(request)
+            request[RESPONSE_STARTED] = True
+            transport = request.transport
+            if transport is None:
+                return response
+            sender = FileSender(transport, reader.file, self.senders, self.settings.read_timeout,  # type: ignore[arg-type]
+                                copy=reader.from_cache) if reader.file is not None else None
+            self.metrics.active_streams.inc()
             try:
-                first_span = await anext(spans)  # a failure before any byte is a clean 502
+                if first_part is not None:
+                    await self._send_part(request, response, sender, first_part, reader.from_cache)
+                    async for part in body:
+                        await self._send_part(request, response, sender, part, reader.from_cache)
             except TaskFailed as exc:
-                raise SourceUnavailable(502, f"download of {reader.digest} failed: {exc}") from None
-        response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
-        await response.prepare(request)
-        request[RESPONSE_STARTED] = True
-        source = "cache" if reader.from_cache else "download"
-        transport = request.transport
-        if transport is None:
-            return response
-        sender = FileSender(transport, reader.file, self.senders, self.settings.read_timeout,  # type: ignore[arg-type]
-                            copy=reader.from_cache)
-        self.metrics.active_streams.inc()
-        try:
-            if first_span is not None:
-                await self._send_span(sender, *first_span, source)
-                async for offset, count in spans:
-                    await self._send_span(sender, offset, count, source)
-        except TaskFailed as exc:
-            log.error("cut off a response for %s mid-stream: %s", reader.digest, exc)
-            transport.abort()
-            return response
-        except ConnectionError as exc:
-            log.info("client %s went away while receiving %s: %s", request.remote, reader.digest, exc)
-            transport.abort()  # the body is short: the connection cannot carry another response
-            return response
-        finally:
-            sender.close()
-            self.metrics.active_streams.dec()
+                log.error("cut off a response for %s mid-stream: %s", reader.digest, exc)
+                transport.abort()
+                return response
+            except ConnectionError as exc:
+                log.info("client %s went away while receiving %s: %s", request.remote, reader.digest, exc)
+                transport.abort()  # the body is short: the connection cannot carry another response
+                return response
+            finally:
+                if sender is not None:
+                    sender.close()
+                self.metrics.active_streams.dec()
         await response.write_eof()
         return response
 
-    async def _send_span(self, sender: FileSender, offset: int, count: int, source: str) -> None:
-        await sender.send(offset, count)
-        self.metrics.served_bytes.labels(source).inc(count)
+    async def _send_part(self, request: web.Request, response: web.StreamResponse, sender: FileSender | None,
+                         part: FileSpan | memoryview, from_cache: bool) -> None:
+        """A run of the reader's file (zero-copy), or bytes that came from the source uncached."""
+        if isinstance(part, FileSpan):
+            assert sender is not None  # only a reader with a file yields runs of it
+            await sender.send(part.offset, part.count)
+            self.metrics.served_bytes.labels("cache" if from_cache else "download").inc(part.count)
+            return
+        if not await self._deliver(request, response.write(part)):
+            raise ConnectionAbortedError("the client stopped reading")
+        self.metrics.served_bytes.labels("uncached").inc(len(part))
 
 
 def _reschedule(timeout: asyncio.Timeout, when: float | None) -> None:

@@ -27,6 +27,9 @@ class MirrorMetrics:
         self.cache_misses = Counter("damselfly_cache_misses", "Blob requests that started a download", registry=r)
         self.download_failures = Counter("damselfly_download_failures", "Blob downloads that failed, nothing kept",
                                          ["reason"], registry=r)
+        self.uncached_streams = Counter("damselfly_uncached_streams", "Blob responses sent from the source without "
+                                        "being stored: disk_full (the store's disk is full), store_full (no room left "
+                                        "under the quota beside blobs in use)", ["reason"], registry=r)
         self.access_checks = Counter("damselfly_access_checks", "Upstream confirmations of a caller's access to a "
                                      "protected cached blob", ["result"], registry=r)
         self.active_streams = Gauge("damselfly_proxy_active_streams", "Blob responses being sent", registry=r)
@@ -52,6 +55,9 @@ class MirrorMetrics:
 
     def source_bytes(self, n: int) -> None:
         self.upstream_bytes.inc(n)
+
+    def uncached_stream(self, reason: str) -> None:
+        self.uncached_streams.labels(reason).inc()
 
     def download_failed(self, reason: str) -> None:
         kind = "digest_mismatch" if reason.startswith("digest mismatch") else "source_error"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
+from dataclasses import dataclass, field
 
 import httpx
 
 from tests.support.fakes import GatedRegistryFake
-from tests.support.wait import wait_until
+from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer
+from tests.support.wait import free_port, wait_until
 
 MiB = 1024 * 1024
 
@@ -111,3 +114,61 @@ def test_eviction_under_a_small_quota_never_cuts_a_reader(tmp_path, damselfly, r
     assert node.metric("damselfly_store_used_bytes") <= 80 * MiB
     assert fetch(node, registry.host, "evict/blob", digests[0]) == blobs[0]
     assert len(registry.blob_gets(digests[0])) == 2
+
+
+@dataclass
+class HugeBlobRegistryFake:
+    """Claims every blob is 1 TiB long, then sends a few bytes and hangs up."""
+
+    port: int = field(default_factory=free_port)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "HugeBlobRegistryFake":
+        class Handler(QuietRequestHandler):
+            def do_HEAD(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Length", str(2**40))
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.do_HEAD()
+                with contextlib.suppress(OSError):  # the mirror hangs up first, as it should
+                    self.wfile.write(b"\0" * 65536)
+
+        self._server = ThreadedHTTPServer(Handler, self.port)
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def test_a_blob_claimed_larger_than_the_cache_is_refused_and_evicts_nothing(damselfly, registry, registry_client):
+    data = os.urandom(4 * MiB)
+    digest = registry_client.push_blob("huge/kept", data)
+    fake = HugeBlobRegistryFake().start()
+    try:
+        node = damselfly("--cache-quota", "64MiB", "--registry", f"huge.test=http://{fake.host}")
+        assert fetch(node, registry.host, "huge/kept", digest) == data
+        kept = node.data_dir / "blobs/sha256" / digest[7:9] / digest[7:]
+
+        huge = "sha256:" + "f" * 64
+        for method in ("GET", "HEAD"):
+            response = httpx.request(method, f"{node.url}/v2/huge/blob/blobs/{huge}", params={"ns": "huge.test"},
+                                     timeout=30)
+            if method == "GET":
+                assert response.status_code == 507
+                message = response.json()["errors"][0]["message"]
+                assert "larger than this cache keeps" in message and "\n" not in message
+            else:  # a HEAD of a blob not stored is the registry's answer, passed through
+                assert response.status_code == 200 and response.headers["Content-Length"] == str(2**40)
+        assert kept.exists() and node.metric("damselfly_store_blobs") == 1
+        assert node.metric("damselfly_store_evictions_total") == 0
+        assert node.metric("damselfly_store_used_bytes") == len(data)
+        assert not any((node.data_dir / "incoming").iterdir())
+        assert fetch(node, registry.host, "huge/kept", digest) == data
+        assert len(registry.blob_gets(digest)) == 1, "the kept blob was served from the cache"
+    finally:
+        fake.stop()

@@ -145,3 +145,121 @@ def test_a_blob_stored_under_an_earlier_piece_rule_is_offered_in_todays_pieces(t
     assert task is not None and task.complete and task.piece_length == 256 * 1024
     quarter = 256 * 1024
     assert task.digests == {i: piece_digest(data[i * quarter:(i + 1) * quarter]) for i in range(4)}
+
+
+def test_a_claimed_length_the_cache_cannot_keep_is_refused_without_evicting(tmp_path):
+    from damselfly.p2p.store import BlobTooLarge
+
+    evicted = []
+    store = BlobStore(tmp_path, quota=1000, high_watermark=0.8, low_watermark=0.4,
+                      on_evict=lambda blob: evicted.append(blob))
+    kept = put(store, b"k" * 300)
+    for claimed in (2**40, 1000, 801):  # a tebibyte, the quota, just above the high watermark
+        with pytest.raises(BlobTooLarge, match="larger than this cache keeps"):
+            store.reserve(claimed)
+    assert evicted == [] and store.used_bytes == 300 and store.lookup(kept) is not None
+    store.reserve(800)  # the high watermark itself fits, by evicting the idle blob
+    assert [str(b.digest) for b in evicted] == [str(kept)] and store.used_bytes == 800
+
+
+def test_no_room_beside_blobs_in_use_is_store_full_and_evicts_nothing(tmp_path):
+    from damselfly.p2p.store import StoreFull
+
+    in_use: set[str] = set()
+    evicted = []
+    store = BlobStore(tmp_path, quota=1000, high_watermark=0.8, low_watermark=0.4, in_use=in_use.__contains__,
+                      on_evict=lambda blob: evicted.append(str(blob.digest)))
+    held, idle = put(store, b"h" * 400), put(store, b"i" * 300)
+    in_use.add(str(held))
+    with pytest.raises(StoreFull, match="held by readers and downloads"):
+        store.reserve(500)  # 400 held + 500 > 800, even with the idle blob gone
+    assert evicted == [] and store.used_bytes == 700 and store.lookup(idle) is not None
+    store.reserve(400)  # fits once the idle blob goes
+    assert evicted == [str(idle)] and store.used_bytes == 800
+
+
+def test_discard_leaves_nothing_of_a_failed_commit(tmp_path):
+    store = BlobStore(tmp_path, quota=10**6)
+    incoming = store.new_incoming(Digest.parse("sha256:" + "ef" * 32))
+    incoming.with_name(incoming.name + ".json").write_text("{")  # metadata a full disk cut short
+    store.discard(incoming)
+    assert not any((tmp_path / "incoming").iterdir())
+
+
+@pytest.mark.parametrize("start,first,last,expected", [
+    (0, 0, 9, b"abcdefghij"), (10, 0, 9, b""), (5, 0, 6, b"ab"), (0, 3, 4, b"de"), (4, 0, 100, b"abcdefghij")])
+def test_within_range(start, first, last, expected):
+    from damselfly.p2p.blobs import within_range
+
+    assert bytes(within_range(start, bytearray(b"abcdefghij"), first, last)) == expected
+
+
+class _ListStream:
+    """A source stream over bytes, read as a registry response is."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.length, self.closed = memoryview(data), len(data), False
+
+    def readinto(self, buffer: memoryview) -> int:
+        count = min(len(buffer), len(self.data), 100_000)
+        buffer[:count] = self.data[:count]
+        self.data = self.data[count:]
+        return count
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def source_bytes(self, n: int) -> None:
+        pass
+
+    def download_failed(self, reason: str) -> None:
+        self.failures.append(reason)
+
+
+@pytest.mark.parametrize("first,last", [(500, None), (1000, 2999)])  # bytes before 500 went from the file
+def test_an_uncached_stream_holds_its_last_bytes_until_the_whole_blob_matched(tmp_path, first, last):
+    """A right blob is sent whole (or the range of it); a wrong one stops short of its end,
+    the part that would complete the response held back, and is reported."""
+    from damselfly.p2p.blobs import BlobService
+
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    last = len(data) - 1 if last is None else last
+    digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+    events = _Events()
+    service = BlobService(BlobStore(tmp_path, quota=10**9), source=None, events=events)  # type: ignore[arg-type]
+
+    async def read(stream: _ListStream, start: int) -> tuple[bytes, BaseException | None]:
+        hasher = digest.hasher()
+        hasher.update(data[:start])
+        sent = bytearray()
+        try:
+            async for part in service._verified(stream, hasher, digest, len(data), start, first, last):
+                sent += part
+        except TaskFailed as exc:
+            return bytes(sent), exc
+        return bytes(sent), None
+
+    async def scenario() -> None:
+        good = _ListStream(data[500:])
+        assert await read(good, 500) == (data[first:last + 1], None) and good.closed
+        corrupt = bytearray(data)
+        corrupt[-5] ^= 0xFF
+        bad = _ListStream(bytes(corrupt[500:]))
+        sent, failure = await read(bad, 500)
+        assert isinstance(failure, TaskFailed) and "digest mismatch" in str(failure) and bad.closed
+        assert len(sent) < last + 1 - first and data[first:last + 1].startswith(sent)
+        short = _ListStream(data[500:-10])
+        short.length = len(data) - 500
+        sent, failure = await read(short, 500)
+        assert "closed after" in str(failure) and len(sent) < last + 1 - first
+
+    asyncio.run(scenario())
+    assert len(events.failures) == 1 and events.failures[0].startswith("digest mismatch")
