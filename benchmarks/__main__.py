@@ -14,7 +14,10 @@ from tests.support.proxy import forget_proxies
 
 @click.group()
 def main() -> None:
-    """Damselfly benchmarks. Results land in benchmarks/results/ unless --out says otherwise."""
+    """Damselfly benchmarks. Results land in benchmarks/results/ unless --out says otherwise.
+
+    Each checks first for the Debian packages it needs: as root it installs the missing ones,
+    otherwise it stops and names them."""
     forget_proxies(os.environ)
 
 
