@@ -1,8 +1,9 @@
 """P2P benchmarks on loopback, each against a baseline in the same run.
 
 1. transfer: one parent (a seed peer holding the blob) to one child, through the child's
-   mirror, versus curl fetching the same blob straight from docker-registry, discarding
-   it and, as the child does, saving it to a new file.
+   mirror, over plain HTTP and over the cluster's mutual TLS, versus curl fetching the
+   same blob straight from docker-registry, discarding it and, as the child does, saving
+   it to a new file.
    Target: at least 0.7x curl's throughput. Also what this design spends: the CPU
    seconds per GiB of the child, the parent and curl during the transfer, and the speed
    that sum allows when spread over every core.
@@ -36,6 +37,7 @@ from benchmarks.mirror import (
     fresh_file_write,
     write_random_file,
 )
+from benchmarks.prerequisites import P2P_PACKAGES, require_packages
 from damselfly.lib.units import format_size, parse_size
 from tests.support.cluster import SchedulerProcess, start_peer
 from tests.support.registry import Registry, RegistryClient
@@ -59,8 +61,7 @@ def _push(work: Path, registry: Registry, size: int, name: str) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 def p2p(transfer_size: str, stampede_size: str, peers: int, rounds: int, out: Path) -> None:
     """Parent-to-child piece transfer vs curl, and an N-peer stampede vs N direct pulls."""
-    if not shutil.which("docker-registry") or not shutil.which("curl"):
-        raise click.ClickException("needs docker-registry and curl (Debian packages docker-registry, curl)")
+    require_packages(*P2P_PACKAGES)
     with tempfile.TemporaryDirectory(prefix="damselfly-bench-") as scratch:
         work = Path(scratch)
         registry = Registry(work / "registry").start()
@@ -78,47 +79,61 @@ def p2p(transfer_size: str, stampede_size: str, peers: int, rounds: int, out: Pa
 
 
 def measure_transfer(work: Path, registry: Registry, size: int, rounds: int) -> dict:
+    """The piece transfer over plain HTTP (loopback deployments) and over the cluster's mutual
+    TLS, alternating which goes first each round, beside curl straight from the registry."""
     digest = _push(work, registry, size, "transfer")
-    mapping = ["--registry", f"{registry.host}={registry.url}"]
     direct_url = f"{registry.url}/v2/bench/transfer/blobs/{digest}"
     curl(direct_url)  # registry storage into the page cache
-    direct, saved, p2p, disk_write = [], [], [], []
-    spent: dict[str, list[float]] = {"child": [], "parent": [], "curl": []}  # CPU seconds per GiB, each round
+    direct, saved, disk_write = [], [], []
+    speeds: dict[bool, list[float]] = {False: [], True: []}
+    spent: dict[bool, dict[str, list[float]]] = {tls: {"child": [], "parent": [], "curl": []} for tls in (False, True)}
     for index in range(rounds):
-        console.print(f"transfer {format_size(size)} round {index + 1}/{rounds}")
-        root = work / f"transfer-{index}"
-        scheduler = SchedulerProcess(root / "scheduler").start()
-        seed = start_peer(root / "seed/data", [scheduler.url], mapping, seed=True)
-        child = start_peer(root / "child/data", [scheduler.url], mapping)
-        try:
-            curl(f"{seed.url}/v2/bench/transfer/blobs/{digest}", f"?ns={registry.host}")  # the parent holds it
-            direct.append(curl(direct_url))
-            disk_write.append(fresh_file_write(work / "write-probe", size))
-            saved.append(curl(direct_url, save_to=work / "curl-saved"))
-            discard(work / "curl-saved")
-            assert child.process is not None and seed.process is not None
-            before = cpu_seconds(child.process.pid), cpu_seconds(seed.process.pid)
-            p2p.append(curl(f"{child.url}/v2/bench/transfer/blobs/{digest}", f"?ns={registry.host}"))
-            spent["child"].append((cpu_seconds(child.process.pid) - before[0]) * GiB / size)
-            spent["parent"].append((cpu_seconds(seed.process.pid) - before[1]) * GiB / size)
-            spent["curl"].append(p2p[-1].client_cpu_seconds * GiB / size)
-            assert child.metric("damselfly_p2p_bytes_total", 'source="seed"') == size, "the child must use P2P"
-        finally:
-            for process in (child, seed, scheduler):
-                process.stop()
-            shutil.rmtree(root, ignore_errors=True)
+        direct.append(curl(direct_url))
+        disk_write.append(fresh_file_write(work / "write-probe", size))
+        saved.append(curl(direct_url, save_to=work / "curl-saved"))
+        discard(work / "curl-saved")
+        for tls in ((False, True) if index % 2 == 0 else (True, False)):
+            console.print(f"transfer {format_size(size)} round {index + 1}/{rounds}{' over TLS' if tls else ''}")
+            speed, cpu = _one_transfer(work / f"transfer-{index}-{tls}", registry, digest, size, tls)
+            speeds[tls].append(speed)
+            for name, value in cpu.items():
+                spent[tls][name].append(value)
     direct_speed = statistics.median(t.mb_per_s for t in direct)
     saved_speed = statistics.median(t.mb_per_s for t in saved)
-    p2p_speed = statistics.median(t.mb_per_s for t in p2p)
-    cpu_per_gib = {name: statistics.median(values) for name, values in spent.items()}
-    cpu_bound = ceiling_mb_s(sum(cpu_per_gib.values()))
+    p2p_speed, tls_speed = statistics.median(speeds[False]), statistics.median(speeds[True])
+    cpu_per_gib = {tls: {name: statistics.median(values) for name, values in spent[tls].items()} for tls in spent}
+    cpu_bound = ceiling_mb_s(sum(cpu_per_gib[False].values()))
     return {"size_bytes": size, "direct_mb_s": round(direct_speed, 1), "p2p_mb_s": round(p2p_speed, 1),
             "ratio": round(p2p_speed / direct_speed, 3), "direct_saved_mb_s": round(saved_speed, 1),
             "saved_ratio": round(p2p_speed / saved_speed, 3),
             "disk_write_mb_s": round(statistics.median(t.mb_per_s for t in disk_write), 1),
-            "cpu_seconds_per_gib": {name: round(value, 3) for name, value in cpu_per_gib.items()},
+            "cpu_seconds_per_gib": {name: round(value, 3) for name, value in cpu_per_gib[False].items()},
             "cpu_bound_mb_s": round(cpu_bound, 1), "cpu_bound_ratio": round(cpu_bound / direct_speed, 3),
+            "tls_mb_s": round(tls_speed, 1), "tls_ratio": round(tls_speed / direct_speed, 3),
+            "tls_cpu_seconds_per_gib": {name: round(value, 3) for name, value in cpu_per_gib[True].items()},
             "cores": CORES}
+
+
+def _one_transfer(root: Path, registry: Registry, digest: str, size: int, tls: bool) -> tuple[float, dict[str, float]]:
+    """One parent-to-child transfer through the child's mirror: MB/s and CPU seconds per GiB."""
+    mapping = ["--registry", f"{registry.host}={registry.url}"]
+    scheduler = SchedulerProcess(root / "scheduler", tls=tls).start()
+    seed = start_peer(root / "seed/data", [scheduler.url], mapping, seed=True)
+    child = start_peer(root / "child/data", [scheduler.url], mapping)
+    try:
+        curl(f"{seed.url}/v2/bench/transfer/blobs/{digest}", f"?ns={registry.host}")  # the parent holds it
+        assert child.process is not None and seed.process is not None
+        before = cpu_seconds(child.process.pid), cpu_seconds(seed.process.pid)
+        transfer = curl(f"{child.url}/v2/bench/transfer/blobs/{digest}", f"?ns={registry.host}")
+        cpu = {"child": (cpu_seconds(child.process.pid) - before[0]) * GiB / size,
+               "parent": (cpu_seconds(seed.process.pid) - before[1]) * GiB / size,
+               "curl": transfer.client_cpu_seconds * GiB / size}
+        assert child.metric("damselfly_p2p_bytes_total", 'source="seed"') == size, "the child must use P2P"
+        return transfer.mb_per_s, cpu
+    finally:
+        for process in (child, seed, scheduler):
+            process.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def measure_stampede(work: Path, registry: Registry, size: int, peers: int, rounds: int) -> dict:
@@ -131,7 +146,7 @@ def measure_stampede(work: Path, registry: Registry, size: int, peers: int, roun
         direct_url = f"{registry.url}/v2/{name}/blobs/{digest}"
         curl(direct_url)
         root = work / f"stampede-{index}"
-        scheduler = SchedulerProcess(root / "scheduler").start()
+        scheduler = SchedulerProcess(root / "scheduler", tls=True).start()  # as a cluster is deployed
         nodes = [start_peer(root / "seed/data", [scheduler.url], mapping, seed=True)]
         nodes += [start_peer(root / f"peer{i}/data", [scheduler.url], mapping) for i in range(peers)]
         saved_files = [work / f"curl-saved-{i}" for i in range(peers)]
@@ -182,6 +197,8 @@ def markdown(record: dict, rounds: int) -> str:
         f"{t['direct_mb_s']:.0f} MB/s | {t['ratio']:.2f}x | >= 0.7x |",
         f"| the same, against curl saving to a new file | | {t['direct_saved_mb_s']:.0f} MB/s | "
         f"{t['saved_ratio']:.2f}x | |",
+        f"| parent -> child over the cluster's mutual TLS | {t['tls_mb_s']:.0f} MB/s | curl from docker-registry "
+        f"{t['direct_mb_s']:.0f} MB/s | {t['tls_ratio']:.2f}x | |",
         f"| what this design's CPU use allows on {t['cores']} cores (see below) | {t['cpu_bound_mb_s']:.0f} MB/s | | "
         f"{t['cpu_bound_ratio']:.2f}x | |",
         f"| stampede of {s['peers']} peers, {format_size(s['size_bytes'])}: registry bytes / blob size | "
@@ -199,9 +216,10 @@ def markdown(record: dict, rounds: int) -> str:
         "",
         "CPU seconds per GiB during the transfer: "
         + ", ".join(f"{name} {value:.2f}" for name, value in t["cpu_seconds_per_gib"].items())
-        + f". Spread over {t['cores']} cores, that much work cannot run faster than the line above says; the"
-        " child's share is mostly the kernel's copies (receiving, writing into new page-cache pages, sending"
-        " to curl) and BLAKE3 of each piece. Its digests come from a seed that checked the whole blob, so it"
-        " computes no SHA-256.",
+        + "; over TLS: " + ", ".join(f"{name} {value:.2f}" for name, value in t["tls_cpu_seconds_per_gib"].items())
+        + f". Spread over {t['cores']} cores, the plain transfer's work cannot run faster than the line above says;"
+        " the child's share is the kernel's copies (receiving, writing into new page-cache pages, sending"
+        " to curl), BLAKE3 of each piece and the SHA-256 of the whole blob, which every node checks before it"
+        " serves the blob as complete. The stampede runs over TLS, as a cluster is deployed.",
         "",
     ])

@@ -18,6 +18,7 @@ from rich.console import Console
 import damselfly
 from benchmarks.cluster.harness import SCENARIOS, Cluster, ScenarioResult, merge_rounds
 from benchmarks.cluster.netns import NetnsError, require_root
+from benchmarks.prerequisites import CLUSTER_PACKAGES, require_packages
 from benchmarks.cluster.report import charts, distribution_bound, markdown, rate_bytes_per_second
 from damselfly.lib.units import format_size
 from benchmarks.cluster.images import CACHE, large_image, nginx_image, python_image
@@ -65,6 +66,7 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
         require_root()
     except NetnsError as exc:
         raise click.ClickException(str(exc)) from None
+    require_packages(*CLUSTER_PACKAGES)
     counts = [3] if quick else [int(n) for n in nodes.split(",")]
     chosen = SCENARIOS if scenarios == "all" or quick else [s.strip() for s in scenarios.split(",")]
     unknown = set(chosen) - set(SCENARIOS)

@@ -168,8 +168,9 @@ class Cluster:
         self.log("starting docker-registry, the pull-through cache, the scheduler and the seed peer")
         self.registry.start()
         self.proxy.start()
+        # Members on a network: mutual TLS with certificates from this run's CA, as deployed.
         self.scheduler = SchedulerProcess(self.workdir / "scheduler", port=8002, host=self.seed_host.address,
-                                          wrap=self.seed_host.command()).start()
+                                          wrap=self.seed_host.command(), tls=True).start()
         self.seed = self._daemon(self.seed_host, self.workdir / "seed", seed=True)
         for node in self.nodes:
             self.log(f"starting containerd and damselfly on {node.host.name} ({node.host.address})")

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
-from damselfly.lib.oci import Digest, OCIError, error_body, is_digest_reference, validate_repository
+from damselfly.lib.oci import Digest, OCIError, error_body, validate_reference, validate_repository
 from damselfly.p2p.blobs import (BlobReader, BlobService, FileSpan, Origin, SourceRefused, SourceUnavailable,
                                  stored_origin)
 from damselfly.p2p.store import BlobStore
@@ -39,8 +39,8 @@ SENDING_THREADS = 64  # cached-blob copies at once; past that, responses use sen
 
 REGISTRY_HEADER = "X-Dragonfly-Registry"
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
-_API_PATH = re.compile(r"^(?P<name>.+)/(?P<kind>blobs|manifests|tags|referrers)/(?P<rest>.*)$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+# fullmatch with DOTALL: "$" would let a trailing (percent-encoded) newline through.
+_API_PATH = re.compile(r"(?P<name>.+)/(?P<kind>blobs|manifests|tags|referrers)/(?P<rest>.*)", re.DOTALL)
 
 
 @dataclass
@@ -148,7 +148,7 @@ class Mirror:
             return web.Response(body=b"{}", content_type="application/json", headers=API_VERSION)
         if path == "_catalog":
             return await self.passthrough(request)
-        match = _API_PATH.match(path)
+        match = _API_PATH.fullmatch(path)
         if match is None:
             raise OCIError(404, "UNSUPPORTED", f"unknown registry API path /v2/{path}")
         name, kind, rest = match["name"], match["kind"], match["rest"]
@@ -157,10 +157,7 @@ class Mirror:
         if kind == "blobs" and reading and not rest.startswith("uploads"):
             return await self.blob(request, name, rest)
         if kind == "manifests":
-            if is_digest_reference(rest):
-                Digest.parse(rest)
-            elif not _TAG.match(rest):
-                raise OCIError(400, "TAG_INVALID", f"invalid tag {rest!r}")
+            validate_reference(rest)
         return await self.passthrough(request)
 
     def _upstream(self, request: web.Request) -> str:
