@@ -92,7 +92,7 @@ class Scheduler:
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
-        app.router.add_get("/healthy", lambda _: web.Response(text="ok\n"))
+        app.router.add_get("/healthy", _healthy)
         app.router.add_get("/metrics", self.metrics_handler)
         app.router.add_post("/api/v1/hosts", self.announce)
         app.router.add_delete("/api/v1/hosts/{host_id}", self.leave)
@@ -304,3 +304,7 @@ class Scheduler:
             self.metrics.refused.labels("full").inc()
             return web.json_response({"error": f"{exc}: try another scheduler, or later"}, status=429,
                                      headers={"Retry-After": RETRY_AFTER})
+
+
+async def _healthy(_: web.Request) -> web.Response:
+    return web.Response(text="ok\n")

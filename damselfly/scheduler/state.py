@@ -493,6 +493,8 @@ class SchedulerState:
         now, seeds = self.clock(), ()
         if ranking.parents:
             action, reason = "download", ""
+        elif task.peers[host_id].seeding:  # it reads the origin already: no lease, nobody to wait for
+            action, reason = "back_to_source", "this host reads the origin"
         elif ranking.seed_starting:
             action, reason = "wait", "a seed peer is starting the download"
         elif task.lease is not None and task.lease[0] != host_id and now < task.lease[1]:

@@ -86,6 +86,7 @@ def test_one_peer_holds_the_trigger_lease_and_the_others_wait_until_a_seed_start
     keepalive(state, "seed", "seed2", "p1", "p2")
     assert state.schedule(task, "p2").action == "seed"  # the holder went quiet: the lease passed on
     state.join(task, "seed", [], seeding=True)  # a seed accepted and registered
+    assert state.schedule(task, "seed").action == "back_to_source"  # it reads the origin: it takes no lease
     for host_id in ("p1", "p2"):
         answer = state.schedule(task, host_id)
         assert answer.action == "download" and [(p.host_id, p.seeding) for p in answer.parents] == [("seed", True)]
