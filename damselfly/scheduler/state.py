@@ -25,6 +25,7 @@ from damselfly.wire import MAX_SEEDS, ParentInfo, PieceNews, Schedule, SeedInfo
 
 KEEPALIVE_INTERVAL = 5.0
 HOST_EXPIRY = 3 * KEEPALIVE_INTERVAL
+STALE_AFTER = 1.5 * KEEPALIVE_INTERVAL  # a host that missed a keepalive may be gone: nobody waits for it
 SEED_FAILURE_MEMORY = 60.0  # seconds a seed that failed a trigger, or could not start a task, is asked last or not at all
 FAILURE_MEMORY = 600.0  # seconds a digest mismatch excludes the digests' sources
 TASK_EXPIRY = 600.0  # seconds a task nobody holds is kept after its last peer left
@@ -191,6 +192,9 @@ class SchedulerState:
     def alive(self, host_id: str) -> bool:
         host = self.hosts.get(host_id)
         return host is not None and self.clock() - host.last_seen <= HOST_EXPIRY
+
+    def fresh(self, host: Host) -> bool:
+        return self.clock() - host.last_seen <= STALE_AFTER
 
     def expire_hosts(self) -> list[str]:
         """Hosts that missed their keepalives, and peers of hosts that never announced."""
@@ -416,14 +420,14 @@ class SchedulerState:
         return out
 
     def seeds_to_ask(self, task: Task, asker: str) -> list[Host]:
-        """The live seeds the lease holder may ask to fetch ``task``, in order: those a trigger
-        failed for lately last, then by load. Not the asker, nor one that could not start
+        """The live seeds the lease holder may ask to fetch ``task``, in order: those that missed
+        a keepalive last, then those a trigger failed for lately, then by load. Not the asker, nor one that could not start
         this task lately, nor one it shuns."""
         shunned = self.shunned(task, asker)
         seeds = [h for h in self.seeds()
                  if h.id != asker and h.id not in shunned and not self.seed_failed_lately(task, h.id)]
-        seeds.sort(key=lambda h: (self._within(h.trigger_failed_at, SEED_FAILURE_MEMORY), self.uploads.get(h.id, 0),
-                                  h.id))
+        seeds.sort(key=lambda h: (not self.fresh(h), self._within(h.trigger_failed_at, SEED_FAILURE_MEMORY),
+                                  self.uploads.get(h.id, 0), h.id))
         return seeds[:MAX_SEEDS]
 
     def rank(self, task: Task, host_id: str) -> Ranking:
@@ -446,7 +450,10 @@ class SchedulerState:
             if (peer.host_id == host_id or peer.host_id in shunned or host is None or not host.upload_url
                     or not self.alive(host.id)):
                 continue
-            seeding = peer.seeding and host.is_seed and not self.seed_failed_lately(task, host.id)
+            # A seed that will hold every piece, and is heard from: one killed mid-download must
+            # not be offered, nor waited for, until its keepalives run out.
+            seeding = (peer.seeding and host.is_seed and self.fresh(host)
+                       and not self.seed_failed_lately(task, host.id))
             seed_starting = seed_starting or seeding
             peers[host.id] = peer
             candidates.append(Candidate(
@@ -500,7 +507,8 @@ class SchedulerState:
         elif task.lease is not None and task.lease[0] != host_id and now < task.lease[1]:
             action, reason = "wait", "another peer is asking a seed peer to fetch the task"
         elif found := self.seeds_to_ask(task, host_id):
-            task.lease = (host_id, now + TRIGGER_LEASE)
+            if task.lease is None or now >= task.lease[1]:  # asking again does not stretch one's lease
+                task.lease = (host_id, now + TRIGGER_LEASE)
             action, reason = "seed", "nobody holds the task: ask these seed peers"
             seeds = tuple(SeedInfo(h.id, h.upload_url) for h in found)
         else:

@@ -8,6 +8,7 @@ from damselfly.scheduler.state import (
     FAILURE_MEMORY,
     HOST_EXPIRY,
     SEED_FAILURE_MEMORY,
+    STALE_AFTER,
     TASK_EXPIRY,
     TRIGGER_LEASE,
     Host,
@@ -81,8 +82,9 @@ def test_one_peer_holds_the_trigger_lease_and_the_others_wait_until_a_seed_start
     assert first.seeds[0].upload_url == "http://seed:65002"
     state.join(task, "p2", [])
     assert state.schedule(task, "p2").action == "wait"
+    clock.advance(TRIGGER_LEASE / 2)
     assert state.schedule(task, "p1").action == "seed"  # the holder asks again: still its turn
-    clock.advance(TRIGGER_LEASE + 1)
+    clock.advance(TRIGGER_LEASE / 2)  # but its lease is not stretched
     keepalive(state, "seed", "seed2", "p1", "p2")
     assert state.schedule(task, "p2").action == "seed"  # the holder went quiet: the lease passed on
     state.join(task, "seed", [], seeding=True)  # a seed accepted and registered
@@ -156,6 +158,20 @@ def test_a_child_that_reported_a_starting_seed_bad_is_not_kept_waiting_for_it():
     assert state.schedule(task, "p1").action == "back_to_source"
     # p2 never reported the seed: for p2 it is still starting.
     assert [p.host_id for p in state.schedule(task, "p2").parents] == ["seed"]
+
+
+def test_a_starting_seed_that_missed_a_keepalive_keeps_nobody_waiting():
+    """Killed mid-download, before it held anything: its children ask another seed at once."""
+    state, clock = make_state("seed", "seed2")
+    task = state.task(TASK, length=12, piece_length=4)
+    state.join(task, "seed", [], seeding=True)
+    state.join(task, "p1", [])
+    assert state.schedule(task, "p1").action == "download"
+    clock.advance(STALE_AFTER + 1)
+    keepalive(state, "p1", "seed2")
+    assert state.alive("seed")  # its keepalives have not run out yet
+    answer = state.schedule(task, "p1")
+    assert answer.action == "seed" and [s.host_id for s in answer.seeds] == ["seed2", "seed"]
 
 
 def test_a_peer_reading_the_origin_keeps_nobody_waiting_and_its_digests_are_not_taken():
