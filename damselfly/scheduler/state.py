@@ -380,10 +380,13 @@ class SchedulerState:
         """``reporter`` assembled the blob from pieces that matched the task's digests, and the
         blob's digest did not match: the digests' sources lied (or read a lying origin).
         They are excluded for the reporter; a source two hosts report is excluded for everyone
-        and its digests are dropped. Both are forgotten after FAILURE_MEMORY."""
+        and its digests are dropped. Both are forgotten after FAILURE_MEMORY. A source that
+        reports its own blob wrong (a seed that read a lying origin) withdraws its digests at once."""
         excluded = []
         for source in list(task.sources):
             if source == reporter:
+                self._exclude(task, source, now)
+                excluded.append(source)
                 continue
             task.excluded_for.setdefault(reporter, {})[source] = now
             reporters = task.mismatches.setdefault(source, {})

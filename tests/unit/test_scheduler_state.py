@@ -225,6 +225,19 @@ def test_a_digest_mismatch_excludes_its_sources_for_the_reporter_then_for_everyo
     assert task.digests == {0: "bad0"}  # failures expire
 
 
+def test_a_seed_whose_own_blob_mismatched_withdraws_its_digests_at_once():
+    state, _ = make_state("seed", "seed2")
+    task = state.task(TASK, length=8, piece_length=4)
+    state.join(task, "seed", [], seeding=True)
+    state.report_pieces(task, "seed", news(0, digest="d"), trusted=True)
+    state.join(task, "p1", [0])
+    assert state.finish(task, "seed", success=False, digest_mismatch=True) == ["seed"]
+    assert task.digests == {} and state.seed_failed_lately(task, "seed")
+    state.join(task, "p2", [])
+    answer = state.schedule(task, "p2")
+    assert answer.parents == () and [s.host_id for s in answer.seeds] == ["seed2"]
+
+
 def test_a_finished_peer_gets_done_and_its_parents_are_released():
     state, _ = make_state()
     task = state.task(TASK, length=8, piece_length=4)
