@@ -8,6 +8,7 @@ import httpx
 
 from damselfly.lib.serve import BODY_TIMEOUT
 from damselfly.p2p.pieces import piece_length_for
+from damselfly.wire import Schedule
 from tests.support.cluster import SchedulerProcess
 
 TASK = "sha256:" + "a" * 64
@@ -47,6 +48,7 @@ def test_scheduler_api_answers_and_refuses_clearly(tmp_path):
                 polled = client.get(schedule, params={"host_id": "p1", "since": seen["version"],
                                                       "epoch": seen["epoch"]}).json()
                 assert polled["digests"] == {str(index): digest(index)}
+                assert Schedule.from_json(polled).digests == {index: digest(index)}  # the wire's own reading
                 seen = polled
             foreign = client.get(schedule, params={"host_id": "p1", "since": 10**6, "epoch": "another scheduler"})
             assert foreign.json()["digests"] == {"0": digest(0), "1": digest(1)}  # answered at once, with everything

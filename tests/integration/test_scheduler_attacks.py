@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from damselfly.lib.tls import ClusterTLS
 from damselfly.p2p.pieces import piece_length_for
 from damselfly.scheduler.app import Scheduler
+from damselfly.wire import Schedule
 from tests.support.cluster import SchedulerProcess
 from tests.support.tls import tls_dir
 
@@ -75,7 +76,7 @@ def test_a_member_speaks_only_for_itself(scheduler: SchedulerProcess) -> None:
     assert seed.post("pieces", pieces=[[0, digest(0), None, None]], from_origin=True).status_code == 200
     assert victim.register(pieces=[0]).status_code == 200
     third = joined(scheduler, "third")
-    parents = {p["host_id"]: p["upload_url"] for p in third.register().json()["parents"]}
+    parents = {p.host_id: p.upload_url for p in Schedule.from_json(third.register().json()).parents}
     assert parents["victim"] == "https://victim.test:65002"
     # Nor may it register, report, poll, or end a download for the victim.
     assert mallory.register("victim").status_code == 403
