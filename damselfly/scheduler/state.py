@@ -21,7 +21,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 from damselfly.p2p.pieces import piece_count
 from damselfly.scheduler.evaluator import Candidate, Child, rank_parents
-from damselfly.wire import MAX_SEEDS, ParentInfo, PieceNews, Schedule, SeedInfo
+from damselfly.wire import MAX_SEEDS, Action, ParentInfo, PieceNews, Schedule, SeedInfo
 
 KEEPALIVE_INTERVAL = 5.0
 HOST_EXPIRY = 3 * KEEPALIVE_INTERVAL
@@ -500,7 +500,9 @@ class SchedulerState:
         if task.peers[host_id].done:
             return Schedule("done", **common)
         ranking = self.rank(task, host_id)
-        now, seeds = self.clock(), ()
+        now = self.clock()
+        action: Action
+        seeds: tuple[SeedInfo, ...] = ()
         if ranking.parents:
             action, reason = "download", ""
         elif task.peers[host_id].seeding:  # it reads the origin already: no lease, nobody to wait for
