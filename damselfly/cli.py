@@ -177,6 +177,22 @@ tls_options = [
 ]
 
 
+scheduler_limit_options = [
+    click.option("--max-task-length", type=SIZE, default="1TiB", show_default=True, envvar=_env("max_task_length"),
+                 help="The longest blob the scheduler takes a task for (longer registers get 413)."),
+    click.option("--max-hosts", type=click.IntRange(1), default=10000, show_default=True, envvar=_env("max_hosts"),
+                 help="Hosts the scheduler keeps at once; more get 429."),
+    click.option("--max-tasks", type=click.IntRange(1), default=100000, show_default=True, envvar=_env("max_tasks"),
+                 help="Tasks the scheduler keeps at once; past it, the oldest without peers is forgotten."),
+]
+
+
+def _scheduler_app(max_task_length: int, max_hosts: int, max_tasks: int) -> Any:
+    from damselfly.scheduler.app import Scheduler
+
+    return Scheduler(max_length=max_task_length, max_hosts=max_hosts, max_tasks=max_tasks).application()
+
+
 def _cluster_tls(tls_dir: Path | None, *roles: str) -> "ClusterTLS | None":
     """The host's cluster identity, which must hold every one of ``roles``."""
     if tls_dir is None:
@@ -215,7 +231,7 @@ peer_options = [
     click.option("--idc", default="", envvar=_env("idc"), help="Data centre of this host (scheduling affinity)."),
     click.option("--location", default="", envvar=_env("location"), help="Location path A|B|C (affinity)."),
     click.option("--host-id", default="", envvar=_env("host_id"), help="Unique id of this host [hostname:port]."),
-    click.option("--upload-slots", type=click.IntRange(1), default=16, show_default=True, envvar=_env("upload_slots"),
+    click.option("--upload-slots", type=click.IntRange(1, 4096), default=16, show_default=True, envvar=_env("upload_slots"),
                  help="Pieces this host uploads at once; the scheduler also caps its children with it."),
     click.option("--upload-rate", type=SIZE, default=None, envvar=_env("upload_rate"),
                  help="Upload bandwidth cap in bytes per second (e.g. 100MB); none by default."),
@@ -236,13 +252,14 @@ def _with(options: list) -> Callable[[Any], Any]:
               envvar=_env("scheduler_listen"), help="Address of the built-in scheduler (other daemons may join it).")
 @_with(peer_options)
 @_with(tls_options)
+@_with(scheduler_limit_options)
 def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, int],
         upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, upload_slots: int,
-        upload_rate: int | None, tls_dir: Path | None, insecure: bool, **mirror: Any) -> None:
+        upload_rate: int | None, tls_dir: Path | None, insecure: bool, max_task_length: int, max_hosts: int,
+        max_tasks: int, **mirror: Any) -> None:
     """Run an all-in-one node: scheduler, seed peer and mirror in one process."""
     from damselfly.lib.serve import Site
     from damselfly.p2p.daemon import Daemon, PeerSettings
-    from damselfly.scheduler.app import Scheduler
 
     _logging(log_level)
     tls = _cluster_tls(tls_dir, "seed", "scheduler")
@@ -253,7 +270,8 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
         schedulers=[_url(scheduler_listen, tls is not None)], upload_host=upload_listen[0],
         upload_port=upload_listen[1], seed=True, idc=idc, location=location, host_id=_host_id(host_id, tls),
         upload_slots=upload_slots, upload_rate=upload_rate, tls=tls))
-    scheduler = Site(Scheduler().application(), *scheduler_listen, tls.server_context() if tls else None)
+    scheduler = Site(_scheduler_app(max_task_length, max_hosts, max_tasks), *scheduler_listen,
+                     tls.server_context() if tls else None)
     _serve([scheduler, *daemon.sites(listen)], daemon.started, daemon.stopping)
 
 
@@ -307,16 +325,17 @@ def _scheduler_url(url: str, tls: bool) -> str:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, envvar=_env("log_level"))
 @_with(tls_options)
+@_with(scheduler_limit_options)
 @config_option
-def scheduler(listen: tuple[str, int], log_level: str, tls_dir: Path | None, insecure: bool) -> None:
+def scheduler(listen: tuple[str, int], log_level: str, tls_dir: Path | None, insecure: bool, max_task_length: int,
+              max_hosts: int, max_tasks: int) -> None:
     """Run a scheduler: hosts, tasks and peers in memory; ranks parents, hands out seed peers."""
     from damselfly.lib.serve import Site
-    from damselfly.scheduler.app import Scheduler
 
     _logging(log_level)
     tls = _cluster_tls(tls_dir, "scheduler")
     _guard_exposure("the scheduler", "--listen", listen, tls, insecure)
-    _serve([Site(Scheduler().application(), *listen, tls.server_context() if tls else None)])
+    _serve([Site(_scheduler_app(max_task_length, max_hosts, max_tasks), *listen, tls.server_context() if tls else None)])
 
 
 @main.group()

@@ -15,7 +15,8 @@ from damselfly.p2p.network import Network
 from damselfly.p2p.upload import UploadServer
 from damselfly.proxy.app import Mirror, MirrorSettings
 from damselfly.proxy.upstream import UpstreamResolver
-from damselfly.scheduler.client import HostInfo, SchedulerClient
+from damselfly.scheduler.client import SchedulerClient
+from damselfly.wire import HostAnnounce
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Daemon:
         self.mirror = Mirror(mirror_settings)
         self.peer_settings = peer
         self.metrics = PeerMetrics(self.mirror.metrics.registry)
-        host = HostInfo(id=peer.resolved_host_id, upload_url=peer.advertised_url, idc=peer.idc,
+        host = HostAnnounce(id=peer.resolved_host_id, upload_url=peer.advertised_url, idc=peer.idc,
                         location=peer.location, seed=peer.seed, upload_slots=peer.upload_slots)
         self.scheduler = SchedulerClient(peer.schedulers, host, tls=peer.tls)
         self.network = Network(self.scheduler, self.mirror.registry_client, self.metrics, is_seed=peer.seed,

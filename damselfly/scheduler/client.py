@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from damselfly.lib.hashring import HashRing
 from damselfly.lib.tls import ClusterTLS, role_hostname
+from damselfly.wire import HostAnnounce
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +25,8 @@ class SchedulerUnavailable(Exception):
     """No scheduler on the ring answered."""
 
 
-@dataclass
-class HostInfo:
-    id: str
-    upload_url: str
-    idc: str = ""
-    location: str = ""
-    seed: bool = False
-    upload_slots: int = 16
-
-    def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "upload_url": self.upload_url, "idc": self.idc, "location": self.location,
-                "seed": self.seed, "upload_slots": self.upload_slots}
-
-
 class SchedulerClient:
-    def __init__(self, urls: list[str], host: HostInfo, timeout: float = 5.0, tls: ClusterTLS | None = None) -> None:
+    def __init__(self, urls: list[str], host: HostAnnounce, timeout: float = 5.0, tls: ClusterTLS | None = None) -> None:
         self.ring = HashRing([u.rstrip("/") for u in urls])
         # With a cluster identity, only a certificate of role scheduler may answer: the
         # handshake checks the role before a request (and what it tells) leaves this host.
@@ -78,7 +64,7 @@ class SchedulerClient:
         """Tell every scheduler about this host (each may own some of our tasks)."""
         async def one(url: str) -> None:
             try:
-                async with self.session.post(f"{url}/api/v1/hosts", json=self.host.as_json(),
+                async with self.session.post(f"{url}/api/v1/hosts", json=self.host.to_json(),
                                              timeout=aiohttp.ClientTimeout(total=self.timeout),
                                              **self._tls_for(url)) as response:
                     response.raise_for_status()
