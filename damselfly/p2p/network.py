@@ -2,10 +2,16 @@
 reports what it holds, and falls back to the origin only when it must.
 
 Trust: a piece from another peer counts only after it matches the digest
-the scheduler published (digests come from the hosts that read the origin: seed peers,
-or peers sent back to source). A seed peer is a trust anchor and may also send the digest
-of a piece it has just fetched in ``X-Piece-Digest``. A parent whose bytes do not match
-is dropped and reported. The whole blob is checked against its digest at the end.
+the scheduler published (digests come from the seeds that read the origin). A seed peer
+may also send the digest of a piece it has just fetched in ``X-Piece-Digest``. A parent
+whose bytes do not match is dropped and reported. Piece digests only say that bytes are
+the ones their source meant: a source may lie about all of them at once. So every node
+hashes the whole blob itself, beside the download, and nothing is committed, nor the last
+byte given to a whole reader, before it matched; a mismatch is reported to the scheduler,
+which then stops using that blob's digest sources for this peer.
+
+Credentials never go to the scheduler: a peer told to find a seed ("seed") sends the
+caller's credentials to the seeds itself, over mutual TLS to seed certificates only.
 """
 
 from __future__ import annotations
