@@ -35,9 +35,8 @@ import aiohttp
 from damselfly.lib.tls import ClusterTLS, role_hostname
 from damselfly.lib.waiting import wait_until_set, within
 from damselfly.p2p.blobs import Origin
-from damselfly.p2p.fetch import (PIECE_READ_TIMEOUT, BadParent, ParentBusy, PieceCorrupt,
-                                 PieceFetcher, PieceRefused, PieceRelayed, PieceRequest, PieceWriteFailed,
-                                 TransferFailed)
+from damselfly.p2p.fetch import (PIECE_READ_TIMEOUT, BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused,
+                                 PieceRelayed, PieceRequest, PieceWriteFailed, TransferFailed)
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap
 from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill
@@ -45,8 +44,8 @@ from damselfly.p2p.task import Task, TaskFailed
 from damselfly.p2p.writer import CopySource
 from damselfly.proxy.origin import RegistryClient
 from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
-from damselfly.wire import (MAX_RUN_PIECES, DoneReport, PieceNews, PieceReport, Schedule, SeedInfo, SeedTrigger, TaskRegister,
-                            TriggerFailed, WireError)
+from damselfly.wire import (MAX_RUN_PIECES, DoneReport, PieceNews, PieceReport, Schedule, SeedInfo, SeedTrigger,
+                            TaskRegister, TriggerFailed, WireError)
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL = 0.1
@@ -178,6 +177,7 @@ class Network:
         self._background: set[asyncio.Task[Any]] = set()
         self._reporters: dict[str, Reporter] = {}
         self._triggers: aiohttp.ClientSession | None = None  # seed triggers, made at the first
+        self._seed_context: ssl.SSLContext | None = None  # ... over TLS to seed certificates only
 
     @property
     def host_id(self) -> str:
@@ -286,7 +286,9 @@ class Network:
         if self.tls is not None:
             if not seed.upload_url.startswith("https://"):
                 return f"{seed.upload_url} is not https: the credentials would go in clear"
-            tls = {"ssl": self.tls.client_context("seed"), "server_hostname": role_hostname("seed")}
+            if self._seed_context is None:
+                self._seed_context = self.tls.client_context("seed")
+            tls = {"ssl": self._seed_context, "server_hostname": role_hostname("seed")}
         if self._triggers is None:
             self._triggers = aiohttp.ClientSession()
         try:

@@ -168,7 +168,8 @@ def test_a_seed_killed_mid_download_never_stalls_its_peers(tmp_path, cluster):
                        "the new seed to announce itself")
             name = f"live/round{round_}"
             for index, peer in enumerate(peers):  # all at about the same moment: a stampede
-                downloads.append(pool.submit(_fetch, peer.url, origin.host, name, digest, data, Download(round_, index)))
+                record = Download(round_, index)
+                downloads.append(pool.submit(_fetch, peer.url, origin.host, name, digest, data, record))
             # Killed while it serves: some pieces are out, others never will be.
             wait_until(lambda: metric(seed.url, "damselfly_upload_bytes_total") >= BLOB_SIZE // 4, 30,
                        f"round {round_}: the seed to serve a quarter of the blob")

@@ -66,7 +66,8 @@ def test_a_whole_reader_waits_for_this_nodes_check_and_a_range_reader_does_not(t
         for index in range(3):
             task.piece_done(index)
         assert task.verified_end(0) == 2 * PIECE, "whole readers: the last piece is held"
-        assert task.verified_end(0, whole=False) == len(BLOB) and task.verified_end(2 * PIECE + 5, whole=False) == len(BLOB)
+        assert task.verified_end(0, whole=False) == len(BLOB), "range readers: it matched its piece digest"
+        assert task.verified_end(2 * PIECE + 5, whole=False) == len(BLOB)
         assert await task.readable_end(2 * PIECE, 1, whole=False) == len(BLOB)
         with pytest.raises(TaskFailed, match="no progress"):
             await task.readable_end(2 * PIECE, 0.2)
@@ -271,9 +272,10 @@ def test_with_a_cluster_identity_credentials_never_go_to_a_plain_http_seed(tmp_p
         urls, got, runner = await _seeds([202])
         try:
             network = network_with(scheduler)
-            network.tls = SimpleNamespace()  # type: ignore[assignment]  # never asked for a context here
+            network.tls = SimpleNamespace()  # type: ignore[assignment]  # no context is made for a plain http seed
             origin = SimpleNamespace(registry="https://r.example", repository="a", authorization="Bearer x")
-            result = await network.trigger_seeds(new_task(tmp_path), origin, (SeedInfo("seed-0", urls[0]),))  # type: ignore[arg-type]
+            seeds = (SeedInfo("seed-0", urls[0]),)
+            result = await network.trigger_seeds(new_task(tmp_path), origin, seeds)  # type: ignore[arg-type]
             await asyncio.gather(*list(network._background))
             await network.close()
             return result, got
