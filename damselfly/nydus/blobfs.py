@@ -35,7 +35,7 @@ def _name_libfuse3() -> None:
 _name_libfuse3()
 import mfusepy as fuse  # noqa: E402 - after its library is named
 
-from damselfly.nydus.cache import ChunkCache
+from damselfly.nydus.cache import CacheQuota, ChunkCache
 from damselfly.nydus.lazy import FETCH_DEADLINE, ChunkUnavailable, FetchStats, LazyBlob
 from damselfly.nydus.rafs import Bootstrap
 from damselfly.nydus.remote import RegistryClient
@@ -85,23 +85,24 @@ class BlobFilesystem(fuse.Operations):
             raise fuse.FuseOSError(errno.EIO) from None
 
 
-def open_blobs(bootstrap: Bootstrap, cache_dir: Path, client: RegistryClient, repository: str,
+def open_blobs(bootstrap: Bootstrap, cache_dir: Path, quota: CacheQuota, client: RegistryClient, repository: str,
                stats: FetchStats, readahead: Executor) -> dict[str, LazyBlob]:
     blobs = {}
     for entry in bootstrap.blobs:
         chunks = bootstrap.blob_chunks(entry.blob_index)
         size = bootstrap.device_size(entry.blob_index)
-        cache = ChunkCache(cache_dir, entry.blob_id, size, chunks, entry.digester)
+        cache = ChunkCache(cache_dir, entry.blob_id, size, chunks, entry.digester, quota)
         blobs[entry.blob_id] = LazyBlob(entry, chunks, size, cache, client, repository, stats, readahead=readahead)
     return blobs
 
 
-def serve(bootstrap: Bootstrap, fuse_dir: Path, cache_dir: Path, client: RegistryClient, repository: str,
-          stats_path: Path, prefetch: bool, on_ready: Callable[[], None]) -> None:
+def serve(bootstrap: Bootstrap, fuse_dir: Path, cache_dir: Path, cache_quota: int, client: RegistryClient,
+          repository: str, stats_path: Path, prefetch: bool, on_ready: Callable[[], None]) -> None:
     """Run the FUSE server until it is unmounted; stats are written to ``stats_path`` as JSON."""
     stats = FetchStats()
     readahead = ThreadPoolExecutor(max_workers=READAHEAD_THREADS, thread_name_prefix="readahead")
-    blobs = open_blobs(bootstrap, cache_dir, client, repository, stats, readahead)
+    quota = CacheQuota(cache_quota)
+    blobs = open_blobs(bootstrap, cache_dir, quota, client, repository, stats, readahead)
     stopping = threading.Event()
     image_bytes = sum(entry.compressed_size for entry in bootstrap.blobs)
 
@@ -115,7 +116,8 @@ def serve(bootstrap: Bootstrap, fuse_dir: Path, cache_dir: Path, client: Registr
         written.clear()
         written.update(counts)
         report = {**counts, "image_bytes": image_bytes, "chunks": sum(len(b.chunks) for b in blobs.values()),
-                  "cached_chunks": sum(blob.cache.cached_count() for blob in blobs.values())}
+                  "cached_chunks": sum(blob.cache.cached_count() for blob in blobs.values()),
+                  "cached_bytes": quota.used, "cache_quota": quota.limit, "evicted_chunks": quota.evicted}
         temporary = stats_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(report))
         temporary.replace(stats_path)

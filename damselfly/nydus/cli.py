@@ -77,6 +77,21 @@ def _default_cache_dir() -> Path:
     return default_cache_dir()
 
 
+def _default_cache_quota() -> int:
+    from damselfly.nydus.mount import DEFAULT_CACHE_QUOTA
+
+    return DEFAULT_CACHE_QUOTA
+
+
+def _cache_quota(_ctx: click.Context, _param: click.Parameter, value: str | int) -> int:
+    from damselfly.nydus.mount import parse_cache_quota
+
+    try:
+        return parse_cache_quota(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 def _image(text: str) -> ImageRef:
     from damselfly.nydus.remote import ImageRef
 
@@ -199,15 +214,20 @@ def export_command(bootstrap: str, blob_dir: str, out_dir: str) -> None:
               default=_default_cache_dir,
               show_default="$DAMSELFLY_NYDUS_CACHE or /var/cache/damselfly/nydus",
               help="The nydus chunk cache and per-mount state.")
+@click.option("--cache-quota", metavar="SIZE", default=_default_cache_quota, show_default="10GiB",
+              callback=_cache_quota,
+              help="Most bytes of chunks the mount keeps in the chunk cache; past it, the least recently "
+                   "used are evicted.")
 @click.option("--plain-http", is_flag=True, help="Talk plain HTTP to the registry (when no mirror is given).")
-@click.option("--prefetch", is_flag=True, help="Fetch the rest of every blob in the background.")
+@click.option("--prefetch", is_flag=True, help="Fetch the rest of every blob in the background, as far as the "
+                                                "cache quota allows.")
 @one_line_errors
-def mount_command(ref: str, mountpoint: Path, mirror: str | None, cache_dir: Path, plain_http: bool,
-                  prefetch: bool) -> None:
+def mount_command(ref: str, mountpoint: Path, mirror: str | None, cache_dir: Path, cache_quota: int,
+                  plain_http: bool, prefetch: bool) -> None:
     """Mount nydus image REF at MOUNTPOINT; file data is fetched when first read."""
     from damselfly.nydus.mount import mount
 
-    state = mount(_image(ref), mountpoint, cache_dir, mirror, plain_http, prefetch)
+    state = mount(_image(ref), mountpoint, cache_dir, mirror, plain_http, prefetch, cache_quota)
     click.echo(f"mounted {state.image} at {state.mountpoint} (FUSE server pid {state.pid}, log {state.log_file})")
 
 

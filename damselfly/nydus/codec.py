@@ -24,10 +24,16 @@ def compress(compressor: Compressor, data: bytes) -> bytes:
 
 
 def decompress(compressor: Compressor, data: bytes, size: int) -> bytes:
-    """Exactly ``size`` bytes back, or FormatError: a chunk never decodes to a different length."""
+    """Exactly ``size`` bytes back, or FormatError: a chunk never decodes to a different length.
+
+    At most ``size`` bytes (plus one, to see an overrun) are ever allocated, whatever the data
+    claims: zstd's one-shot decompress sizes its buffer by the frame header and ignores any
+    cap, so a 32 KiB frame could ask for a GiB. The caller bounds ``size`` itself (a chunk's
+    by the image's chunk size)."""
     try:
         if compressor is Compressor.ZSTD:
-            out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+            with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+                out = reader.read(size + 1)
         elif compressor is Compressor.LZ4_BLOCK:
             out = lz4.block.decompress(data, uncompressed_size=size)
         elif compressor is Compressor.NONE:
@@ -36,7 +42,9 @@ def decompress(compressor: Compressor, data: bytes, size: int) -> bytes:
             raise FormatError(f"compressor {compressor.label} is not supported")
     except (zstandard.ZstdError, lz4.block.LZ4BlockError) as error:
         raise FormatError(f"chunk does not decompress with {compressor.label}: {error}") from None
-    if len(out) != size:
+    if len(out) > size:
+        raise FormatError(f"chunk decompresses to more than the {size} bytes it claims")
+    if len(out) < size:
         raise FormatError(f"chunk decompressed to {len(out)} bytes, want {size}")
     return out
 

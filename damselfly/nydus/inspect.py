@@ -7,6 +7,7 @@ from typing import Iterator
 
 from damselfly.nydus.layout import (
     EROFS_MAGIC, SUPER_OFFSET, TOC_COMPRESSORS, BlobFeatures, BlobMetaHeader, ChunkInfoV2, Compressor,
+    check_bootstrap_size,
 )
 from damselfly.nydus.rafs import Bootstrap, read_toc
 from damselfly.nydus import codec
@@ -64,6 +65,7 @@ def describe_blob(data: bytes) -> Iterator[str]:
     if boot:
         raw = data[boot.compressed_offset:boot.compressed_offset + boot.compressed_size]
         compressor = TOC_COMPRESSORS.get(boot.flags & 0x7, Compressor.NONE)
+        check_bootstrap_size(boot.uncompressed_size)
         yield "inlined bootstrap:"
         for line in describe_bootstrap(Bootstrap(codec.decompress(compressor, raw, boot.uncompressed_size))):
             yield "  " + line

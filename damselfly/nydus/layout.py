@@ -11,6 +11,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from damselfly.lib.units import format_size
+
 BLOCK_SIZE = 4096
 BLOCK_BITS = 12
 SUPER_OFFSET = 1024
@@ -30,11 +32,28 @@ CHUNK_FORMAT_BLKBITS_MASK = 0x1F
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 16 << 20
 DEFAULT_CHUNK_SIZE = 1 << 20
+# The whole bootstrap is held in memory by the mount and its FUSE server. Inodes, names and
+# chunk records take some 100-200 bytes a file and 80 a chunk, so this holds images of over
+# a million files; a layer that claims more is refused before it is read, not after.
+MAX_BOOTSTRAP_SIZE = 256 << 20
 
 
 def valid_chunk_size(size: int) -> bool:
     """A power of two from 4 KiB to 16 MiB, as nydus allows."""
     return size & (size - 1) == 0 and MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE
+
+
+def check_bootstrap_size(size: int) -> None:
+    """Refuse a bootstrap over the limit before it is read or unpacked, not after."""
+    if size > MAX_BOOTSTRAP_SIZE:
+        raise FormatError(f"the bootstrap ({size} bytes or more) is over the limit of "
+                          f"{format_size(MAX_BOOTSTRAP_SIZE)}")
+
+
+def max_compressed_size(chunk_size: int) -> int:
+    """The most a chunk of ``chunk_size`` bytes can take compressed: incompressible input grows
+    by under 1/255 plus a header with LZ4 and zstd (LZ4_COMPRESSBOUND, ZSTD_COMPRESSBOUND)."""
+    return chunk_size + chunk_size // 255 + 128
 
 
 class Layout(IntEnum):
@@ -322,6 +341,24 @@ class ChunkRecord:
         values = _unpack(cls._FMT, data, offset, "chunk table entry")
         return cls(*values[:9])
 
+    def check(self, chunk_size: int, blob_size: int, space: int) -> None:
+        """Refuse sizes a reader would allocate or fetch on trust: nydus never makes a chunk
+        larger than the image's chunk size, nor one outside its blob (``blob_size`` bytes) or
+        the blob's uncompressed ``space``."""
+        if not 0 < self.uncompressed_size <= chunk_size:
+            raise FormatError(f"chunk {self.index} claims {self.uncompressed_size} bytes uncompressed; the image's "
+                              f"chunk size is {chunk_size}")
+        if self.compressed and not 0 < self.compressed_size <= max_compressed_size(chunk_size):
+            raise FormatError(f"chunk {self.index} claims {self.compressed_size} bytes compressed, more than a "
+                              f"{chunk_size}-byte chunk can take")
+        if not self.compressed and self.compressed_size != self.uncompressed_size:
+            raise FormatError(f"chunk {self.index} is stored uncompressed yet claims {self.compressed_size} bytes "
+                              f"for {self.uncompressed_size}")
+        if self.compressed_offset + self.compressed_size > blob_size:
+            raise FormatError(f"chunk {self.index} ends past the end of its {blob_size}-byte blob")
+        if self.uncompressed_offset + self.uncompressed_size > space:
+            raise FormatError(f"chunk {self.index} ends past its blob's {space} bytes of uncompressed space")
+
 
 @dataclass(frozen=True)
 class ChunkAddress:
@@ -455,7 +492,11 @@ class BlobMetaHeader:
                                                                                      "blob.meta header")
         if magic != cls.MAGIC:
             raise FormatError(f"blob.meta header has magic {magic:#x}, want {cls.MAGIC:#x}")
-        return cls(features, Compressor(comp), entries, ci_off, ci_csize, ci_usize)
+        try:
+            compressor = Compressor(comp)
+        except ValueError:
+            raise FormatError(f"blob.meta header names unknown compressor {comp}") from None
+        return cls(features, compressor, entries, ci_off, ci_csize, ci_usize)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ Concurrent reads of the same chunk share one fetch. Each read also fetches, in t
 background, the chunks of the same file that follow it, up to ``readahead_bytes``
 compressed: a large file (a shared library, an interpreter) is read a chunk at a time, and
 each of those reads would otherwise wait a full round trip. A background prefetcher, when
-enabled, walks the rest of the blob and yields to demand reads.
+enabled, walks the rest of the blob and yields to demand reads; it stops where the chunk
+cache's quota is full, since what it fetched would only evict what readers use.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 from damselfly.nydus import codec
-from damselfly.nydus.cache import ChunkCache
+from damselfly.nydus.cache import ChunkCache, disk_size
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, FormatError
-from damselfly.nydus.remote import TRANSPORT_ERRORS, RegistryClient, RegistryError
+from damselfly.nydus.remote import TRANSPORT_ERRORS, RegistryClient, RegistryError, read_body
 
 log = logging.getLogger("damselfly.nydus.lazy")
 
@@ -35,6 +37,15 @@ _ATTEMPTS = 2
 
 class ChunkUnavailable(IOError):
     """A chunk that could not be fetched or did not match its digest; the read fails with EIO."""
+
+
+def _until(deadline: float, parts: Iterable[bytes], what: str) -> Iterator[bytes]:
+    """``parts`` as long as time.monotonic() is before ``deadline``: a trickle would hold a
+    FUSE thread forever."""
+    for part in parts:
+        if time.monotonic() > deadline:
+            raise ChunkUnavailable(f"{what} took over {FETCH_DEADLINE:.0f}s")
+        yield part
 
 
 @dataclass
@@ -103,14 +114,16 @@ class LazyBlob:
         with self._lock:
             self._demand += 1
         try:
-            self.ensure(wanted, demand=True)
+            with self.cache.in_use(wanted):  # not evicted between their fetch and this read of them
+                self.ensure(wanted, demand=True)
+                data = self.cache.read(offset, size)
         finally:
             with self._lock:
                 self._demand -= 1
                 self._idle.notify_all()
         if self.readahead is not None and (ahead := self.ahead_of(wanted[-1])):
             self.readahead.submit(self._read_ahead, ahead)
-        return self.cache.read(offset, size)
+        return data
 
     def ahead_of(self, last: int) -> list[int]:
         """The chunks that continue ``last``'s file, at most ``readahead_bytes`` of them (but
@@ -212,13 +225,9 @@ class LazyBlob:
         for attempt in range(_ATTEMPTS):
             try:
                 deadline = time.monotonic() + FETCH_DEADLINE
-                parts = []
                 with self.client.open_blob(self.repository, self.digest, (start, end)) as response:
-                    for part in response.iter_bytes():
-                        parts.append(part)
-                        if time.monotonic() > deadline:  # a trickle would hold a FUSE thread forever
-                            raise ChunkUnavailable(f"range {start}-{end} took over {FETCH_DEADLINE:.0f}s")
-                body = b"".join(parts)
+                    body = read_body(_until(deadline, response.iter_bytes(), f"range {start}-{end}"),
+                                     end - start + 1, f"range {start}-{end}")
                 self.stats.add(requests=1, fetched_bytes=len(body))
                 if len(body) != end - start + 1:
                     raise ChunkUnavailable(f"range {start}-{end} came back with {len(body)} bytes")
@@ -241,13 +250,17 @@ class LazyBlob:
         raise ChunkUnavailable(f"blob {self.entry.blob_id[:12]} bytes {start}-{end}: {error}")
 
     def prefetch(self, stopping: threading.Event) -> None:
-        """Fetch the rest of the blob in batches, pausing while demand reads are in flight."""
+        """Fetch the rest of the blob in batches, pausing while demand reads are in flight and
+        stopping when the rest would not fit the quota (a prefetch never evicts)."""
         pending = [i for i in range(len(self.chunks)) if not self.cache.has(i)]
         for run in self._runs(pending):
             with self._lock:
                 while self._demand and not stopping.is_set():
                     self._idle.wait(timeout=0.5)
             if stopping.is_set():
+                return
+            if not self.cache.quota.fits(sum(disk_size(self.chunks[index]) for index in run)):
+                log.info("prefetch of blob %s stopped: the chunk cache quota is full", self.entry.blob_id[:12])
                 return
             try:
                 self.ensure(run, demand=False)

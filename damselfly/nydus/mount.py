@@ -22,12 +22,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from damselfly.lib.units import parse_size
+
 if TYPE_CHECKING:
     from damselfly.nydus.remote import ImageRef
 
 log = logging.getLogger("damselfly.nydus.mount")
 
 READY_TIMEOUT = 30.0
+# A container start reads a fraction of its image; 10 GiB holds the whole uncompressed data of
+# all but the largest images, so an ordinary mount never evicts, while an image made to fill
+# the disk stops there.
+DEFAULT_CACHE_QUOTA = 10 << 30
 STOP_TIMEOUT = 15.0
 RELEASE_TIMEOUT = 5.0
 
@@ -42,6 +48,14 @@ def state_dir() -> Path:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DAMSELFLY_NYDUS_CACHE", "/var/cache/damselfly/nydus"))
+
+
+def parse_cache_quota(value: str | int) -> int:
+    """A chunk cache quota from a size ("10GiB") or a number of bytes; ValueError says what is wrong."""
+    quota = parse_size(value)
+    if quota < 1:
+        raise ValueError(f"cache quota {value!r} must be at least one byte")
+    return quota
 
 
 def state_path(mountpoint: Path) -> Path:
@@ -144,7 +158,8 @@ def _start_server(log_file: Path, run: Callable[[Callable[[], None]], None]) -> 
 
 
 def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, plain_http: bool,
-          prefetch: bool) -> MountState:
+          prefetch: bool, cache_quota: int) -> MountState:
+    """Mount ``ref`` at ``mountpoint``; its chunk cache, in ``cache_dir``, holds at most ``cache_quota`` bytes."""
     mountpoint, cache_dir = mountpoint.resolve(), cache_dir.resolve()
     if not mountpoint.is_dir():
         raise MountError(f"mount point {mountpoint} is not a directory")
@@ -175,8 +190,8 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
         from damselfly.nydus.blobfs import serve  # loads libfuse: only where a mount is made, before the fork
 
         def run_server(ready: Callable[[], None]) -> None:
-            serve(bootstrap, fuse_dir, cache_dir / "blobs", RegistryClient(ref.registry, plain_http, mirror),
-                  ref.repository, stats_file, prefetch, ready)
+            serve(bootstrap, fuse_dir, cache_dir / "blobs", cache_quota,
+                  RegistryClient(ref.registry, plain_http, mirror), ref.repository, stats_file, prefetch, ready)
 
         pid, ready = _start_server(log_file, run_server)
         state = MountState(str(mountpoint), str(ref), pid, _start_time(pid), str(fuse_dir), str(bootstrap_path),

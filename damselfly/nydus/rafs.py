@@ -10,8 +10,9 @@ from typing import BinaryIO, Iterator
 
 from damselfly.nydus import codec
 from damselfly.nydus.layout import (
-    BLOCK_BITS, BLOCK_SIZE, CHUNK_FORMAT_BLKBITS_MASK, CHUNK_FORMAT_INDEXES, DIRENT, INODE_SLOT, BlobEntry, ChunkAddress, ChunkRecord, Compressor, DeviceSlot, FormatError, Inode, Layout,
-    SuperBlock, SuperBlockExt, TocEntry, valid_chunk_size, xattr_prefix,
+    BLOCK_BITS, BLOCK_SIZE, CHUNK_FORMAT_BLKBITS_MASK, CHUNK_FORMAT_INDEXES, DIRENT, INODE_SLOT, MAX_BOOTSTRAP_SIZE,
+    BlobEntry, ChunkAddress, ChunkRecord, Compressor, DeviceSlot, FormatError, Inode, Layout, SuperBlock,
+    SuperBlockExt, TocEntry, check_bootstrap_size, valid_chunk_size, xattr_prefix,
 )
 
 _XATTR_ENTRY = struct.Struct("<BBH")
@@ -42,6 +43,7 @@ class Bootstrap:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+        check_bootstrap_size(len(data))
         if len(data) < BLOCK_SIZE:
             SuperBlock.unpack(data)  # names a v5 file or a foreign one before complaining about size
             raise FormatError(f"bootstrap is {len(data)} bytes, smaller than one block")
@@ -57,6 +59,9 @@ class Bootstrap:
             raise FormatError(f"blob table size {self.ext.blob_table_size} is not a multiple of 256")
         self.blobs = [BlobEntry.unpack(data, self.ext.blob_table_offset + i * BlobEntry.SIZE)
                       for i in range(self.ext.blob_table_size // BlobEntry.SIZE)]
+        for position, blob in enumerate(self.blobs):  # chunks and devices name blobs by this index
+            if blob.blob_index != position:
+                raise FormatError(f"blob table entry {position} calls itself blob {blob.blob_index}")
         if self.ext.chunk_table_size % ChunkRecord.SIZE:
             raise FormatError(f"chunk table size {self.ext.chunk_table_size} is not a multiple of 80")
         self.chunks = [ChunkRecord.unpack(data, self.ext.chunk_table_offset + i * ChunkRecord.SIZE)
@@ -66,11 +71,14 @@ class Bootstrap:
             if chunk.blob_index >= len(self.blobs):
                 raise FormatError(f"chunk {chunk.index} names blob {chunk.blob_index}; the table has "
                                   f"{len(self.blobs)}")
+            chunk.check(self.chunk_size, self.blobs[chunk.blob_index].compressed_size,
+                        self.device_size(chunk.blob_index))
 
     @classmethod
     def load(cls, path: str) -> "Bootstrap":
+        """Read at most one byte past the limit: enough to refuse a larger file without reading it."""
         with open(path, "rb") as file:
-            return cls(file.read())
+            return cls(file.read(MAX_BOOTSTRAP_SIZE + 1))
 
     # --- inodes -------------------------------------------------------------------------------------------
 

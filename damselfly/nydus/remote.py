@@ -15,7 +15,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 from urllib.parse import urlencode, urljoin
 
 from damselfly import __version__
@@ -33,6 +33,8 @@ INDEX_TYPES = (
 )
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
 _CHUNK = 1 << 20
+MAX_MANIFEST_BYTES = 4 << 20  # what the reference registry (distribution) accepts
+MAX_SMALL_BLOB_BYTES = 16 << 20  # a blob read whole into memory, such as an image config
 
 
 class RegistryError(RuntimeError):
@@ -89,6 +91,19 @@ def _with_query(url: str, params: dict[str, str]) -> str:
 
 # What a request that got no answer raises.
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
+
+
+def read_body(parts: Iterable[bytes], limit: int, what: str) -> bytes:
+    """The parts joined, refused as soon as they run past ``limit`` bytes: a body is never
+    buffered beyond what the caller can use, whatever the registry sends."""
+    body: list[bytes] = []
+    length = 0
+    for part in parts:
+        length += len(part)
+        if length > limit:
+            raise RegistryError(f"{what}: the registry sent more than the {limit} bytes expected")
+        body.append(part)
+    return b"".join(body)
 
 
 class RegistryClient:
@@ -164,7 +179,7 @@ class RegistryClient:
         response = self._check(self._send("GET", url, f"repository:{repository}:pull", headers={"Accept": accept}),
                                f"manifest {repository}:{reference}")
         media_type = response.headers.get("Content-Type", "").split(";")[0]
-        body = response.content
+        body = self._read(response, MAX_MANIFEST_BYTES, f"manifest {repository}:{reference}")
         try:
             document = json.loads(body)
         except ValueError:
@@ -208,11 +223,22 @@ class RegistryClient:
             raise RegistryError(f"blob {digest[:19]} of {repository} does not match its digest")
         return path
 
-    def blob_bytes(self, repository: str, digest: str) -> bytes:
+    @staticmethod
+    def _read(response: Response, limit: int, what: str) -> bytes:
+        """A whole body of at most ``limit`` bytes; a longer one is refused while it arrives (and
+        its connection closed, the rest unread)."""
+        try:
+            with response:
+                return read_body(response.iter_bytes(), limit, what)
+        except TRANSPORT_ERRORS as error:
+            raise RegistryError(f"{what}: {error}") from None
+
+    def blob_bytes(self, repository: str, digest: str, limit: int = MAX_SMALL_BLOB_BYTES) -> bytes:
+        """A blob read into memory, at most ``limit`` bytes of it, checked against its digest."""
         expected = Digest.parse(digest)
         try:
             with self.open_blob(repository, digest) as response:
-                data = response.read()
+                data = self._read(response, limit, f"blob {digest[:19]} of {repository}")
         except TRANSPORT_ERRORS as error:
             raise RegistryError(f"reading blob {digest[:19]} of {repository}: {error}") from None
         hasher = expected.hasher()

@@ -9,7 +9,8 @@ costs: the bootstrap, the FUSE server coming up, the loop devices and EROFS.
 It speaks HTTP/1.1 with JSON bodies on a Unix socket, one request at a time (a mount
 forks, and a process with a single thread forks safely)::
 
-    POST /mount   {"ref", "mountpoint", and optionally "cache_dir", "mirror", "plain_http", "prefetch"}
+    POST /mount   {"ref", "mountpoint", and optionally "cache_dir", "cache_quota" (bytes, or a size such
+                  as "10GiB"), "mirror", "plain_http", "prefetch"}
                   -> 200 with the mount's state (the FUSE server's pid and log, the loop devices)
     POST /umount  {"mountpoint"} -> 200 with the mount's fetch statistics
     GET  /healthy -> 200 "ok"
@@ -37,7 +38,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from damselfly.nydus.layout import FormatError
-from damselfly.nydus.mount import MountError, default_cache_dir, mount, state_dir, umount
+from damselfly.nydus.mount import (DEFAULT_CACHE_QUOTA, MountError, default_cache_dir, mount, parse_cache_quota,
+                                   state_dir, umount)
 from damselfly.nydus.remote import ImageRef, RegistryError
 
 log = logging.getLogger("damselfly.nydus.service")
@@ -63,7 +65,7 @@ class BadRequest(ValueError):
         self.status = status
 
 
-MOUNT_FIELDS = {"ref", "mountpoint", "cache_dir", "mirror", "plain_http", "prefetch"}
+MOUNT_FIELDS = {"ref", "mountpoint", "cache_dir", "cache_quota", "mirror", "plain_http", "prefetch"}
 UMOUNT_FIELDS = {"mountpoint"}
 
 
@@ -92,6 +94,19 @@ def _path(body: dict[str, Any], name: str, default: Path | None = None) -> Path:
     return Path(text)
 
 
+def _quota(body: dict[str, Any]) -> int:
+    """``cache_quota``: a number of bytes or a size such as "10GiB" (a bool is neither)."""
+    value = body.get("cache_quota")
+    if value is None:
+        return DEFAULT_CACHE_QUOTA
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BadRequest("'cache_quota' must be a number of bytes or a size such as \"10GiB\"")
+    try:
+        return parse_cache_quota(value)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+
+
 def _only(body: dict[str, Any], known: set[str]) -> None:
     """A misspelt option must not quietly fall back to its default (plain_http, say)."""
     unknown = sorted(set(body) - known)
@@ -107,7 +122,7 @@ def _mount(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest(str(error)) from None
     state = mount(ref, _path(body, "mountpoint"), _path(body, "cache_dir", default_cache_dir()),
                   _field(body, "mirror", str, None), _field(body, "plain_http", bool, False),
-                  _field(body, "prefetch", bool, False))
+                  _field(body, "prefetch", bool, False), _quota(body))
     return asdict(state)
 
 
@@ -265,9 +280,10 @@ class ServiceClient:
         self.timeout = timeout
 
     def mount(self, ref: str, mountpoint: Path, cache_dir: Path, mirror: str | None = None, plain_http: bool = False,
-              prefetch: bool = False) -> dict[str, Any]:
+              prefetch: bool = False, cache_quota: int | str | None = None) -> dict[str, Any]:
         return self._call("/mount", {"ref": ref, "mountpoint": str(mountpoint), "cache_dir": str(cache_dir),
-                                     "mirror": mirror, "plain_http": plain_http, "prefetch": prefetch})
+                                     "cache_quota": cache_quota, "mirror": mirror, "plain_http": plain_http,
+                                     "prefetch": prefetch})
 
     def umount(self, mountpoint: Path) -> dict[str, Any]:
         return self._call("/umount", {"mountpoint": str(mountpoint)})

@@ -152,6 +152,41 @@ def test_chunk_cache_survives_a_restart_and_repairs_a_bad_chunk(tmp_path: Path, 
     assert stats["cache_hits"] > 0
 
 
+def _drop_page_cache(*paths: Path) -> None:
+    """The kernel keeps what it read of a file: drop it, so that the next read reaches the FUSE server."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def test_a_small_cache_quota_evicts_and_every_read_stays_right(tmp_path: Path, registry, registry_client,
+                                                                 run_dir: Path, lazy_mount) -> None:
+    """24 MiB of data through a 4 MiB chunk cache: chunks are evicted as the reads go on, the
+    cache never holds more than the quota on disk, and what was evicted is fetched again whole."""
+    image = _image_with_data(tmp_path)
+    image.name = "nydus/quota"
+    push_image(registry_client, image)
+    target = f"{registry.host}/nydus/quota:nydus"
+    cli("nydus", "convert", "--plain-http", "--chunk-size", "256KiB", image.reference(registry.host), target)
+    cache, quota = tmp_path / "cache", 4 * MiB
+    mountpoint = lazy_mount(target, "--plain-http", "--cache-dir", str(cache), "--cache-quota", "4MiB")
+    fuse_dir = Path(json.loads(next((run_dir / "nydus").glob("*.json")).read_text())["fuse_dir"])
+    parts = [tmp_path / "layer" / "data" / f"part-{index}" for index in range(3)]
+    for part in parts + parts[:1]:  # part-0 twice: the others evicted its chunks
+        _drop_page_cache(mountpoint / "data" / part.name, *fuse_dir.iterdir())
+        assert (mountpoint / "data" / part.name).read_bytes() == part.read_bytes()
+        assert sum(p.stat().st_blocks * 512 for p in cache.glob("blobs/*.blob.data")) <= quota
+    stats = umount(mountpoint)
+    assert stats["cache_quota"] == quota and stats["cached_bytes"] <= quota, stats
+    chunks_read = 4 * 8 * MiB // (256 * 1024)  # four reads of 8 MiB files in 256 KiB chunks
+    assert stats["fetched_chunks"] >= chunks_read, "part-0 was fetched again, its chunks evicted"
+    assert stats["evicted_chunks"] >= chunks_read - quota // (256 * 1024), stats
+    assert stats["failures"] == 0
+
+
 def test_mount_errors_are_one_clear_line(tmp_path: Path, registry, registry_client, run_dir: Path) -> None:
     point = tmp_path / "mnt"
     point.mkdir()
@@ -310,7 +345,7 @@ def test_the_mount_service_mounts_for_its_clients_and_its_mounts_outlive_it(
     point, cache = tmp_path / "mnt", tmp_path / "cache"
     point.mkdir()
 
-    state = client.mount(target, point, cache, plain_http=True)
+    state = client.mount(target, point, cache, plain_http=True, cache_quota="64MiB")
     assert os.path.ismount(point) and state["mountpoint"] == str(point)
     assert (point / "etc/greeting").read_text() == "hello from a lazy mount\n"
 
@@ -339,6 +374,7 @@ def test_the_mount_service_mounts_for_its_clients_and_its_mounts_outlive_it(
     # The command takes down a mount the service made; SIGTERM stops the service cleanly.
     stats = umount(point)
     assert stats["fetched_bytes"] > 0 and stats["failures"] == 0
+    assert stats["cache_quota"] == 64 * MiB and stats["cached_bytes"] <= 64 * MiB
     wait_until(lambda: _gone(state["pid"]), 10, "the FUSE server to exit")
     mount_service.stop()
     assert mount_service.process is not None and mount_service.process.returncode == 0

@@ -54,6 +54,9 @@ def test_requests_it_cannot_use_get_a_status_and_one_line(served: MountService, 
         ({"ref": "r/x:1", "mountpoint": "/mnt/x", "prefetch": "yes"}, "'prefetch' must be a bool"),
         ({"mountpoint": "/mnt/x", "cache-dir": "/c"}, "unknown field 'cache-dir'"),
         ({"ref": "r/x:1", "mountpoint": "/mnt/\ud800"}, "'mountpoint' is not a valid path"),
+        ({"ref": "r/x:1", "mountpoint": "/mnt/x", "cache_quota": "lots"}, "invalid size 'lots'"),
+        ({"ref": "r/x:1", "mountpoint": "/mnt/x", "cache_quota": 0}, "cache quota 0 must be at least one byte"),
+        ({"ref": "r/x:1", "mountpoint": "/mnt/x", "cache_quota": True}, "'cache_quota' must be a number of bytes"),
         ({"ref": "r/x:1", "mountpoint": str(tmp_path / "missing")}, "is not a directory"),  # 409: the mount failed
     ]
     for body, message in cases:

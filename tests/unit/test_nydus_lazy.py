@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -12,9 +14,9 @@ from typing import Iterator
 import pytest
 
 from damselfly.nydus import codec
-from damselfly.nydus.cache import ChunkCache
+from damselfly.nydus.cache import CacheQuota, ChunkCache
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, Digester, FormatError, pack_xattr
-from damselfly.nydus.lazy import FetchStats, LazyBlob
+from damselfly.nydus.lazy import ChunkUnavailable, FetchStats, LazyBlob
 from damselfly.nydus.remote import RegistryError
 from tests.support.wait import wait_until
 
@@ -51,11 +53,11 @@ class FakeRegistryClient:
 
 
 def _blob(tmp_path: Path, sizes: list[int], batch: int = 64 * KiB, file_offsets: list[int] | None = None,
-          readahead: Executor | None = None, readahead_bytes: int = 64 * KiB) -> LazyBlob:
+          readahead: Executor | None = None, readahead_bytes: int = 64 * KiB, quota: int = 1 << 30) -> LazyBlob:
     records, datas = _chunks(sizes, file_offsets)
     size = records[-1].uncompressed_offset + -(-records[-1].uncompressed_size // 4096) * 4096
     entry = BlobEntry("a" * 64, 0, 64 * KiB, len(records), Compressor.NONE, Digester.SHA256, 0, 0, size)
-    cache = ChunkCache(tmp_path, entry.blob_id, size, records, Digester.SHA256)
+    cache = ChunkCache(tmp_path, entry.blob_id, size, records, Digester.SHA256, CacheQuota(quota))
     client = FakeRegistryClient(b"".join(datas))
     return LazyBlob(entry, records, size, cache, client=client, repository="r",  # type: ignore[arg-type]
                     stats=FetchStats(), batch_bytes=batch, readahead=readahead, readahead_bytes=readahead_bytes)
@@ -154,14 +156,14 @@ def test_a_reader_waiting_on_a_failed_readahead_fetches_the_chunk_itself(tmp_pat
 
 def test_chunk_cache_keeps_its_map_across_opens_and_drops_a_rotten_chunk(tmp_path: Path) -> None:
     records, datas = _chunks([8 * KiB, 8 * KiB])
-    cache = ChunkCache(tmp_path, "b" * 64, 16 * KiB, records, Digester.SHA256)
+    cache = ChunkCache(tmp_path, "b" * 64, 16 * KiB, records, Digester.SHA256, CacheQuota(1 << 30))
     cache.store(0, datas[0])
     cache.store(1, datas[1])
     cache.close()
     with open(tmp_path / ("b" * 64 + ".blob.data"), "r+b") as file:
         file.seek(8 * KiB)
         file.write(b"rot")
-    reopened = ChunkCache(tmp_path, "b" * 64, 16 * KiB, records, Digester.SHA256)
+    reopened = ChunkCache(tmp_path, "b" * 64, 16 * KiB, records, Digester.SHA256, CacheQuota(1 << 30))
     assert reopened.has(0) and reopened.has(1)
     assert reopened.usable(0)
     assert not reopened.usable(1)  # a reader will fetch it again rather than trust the map
@@ -175,3 +177,91 @@ def test_xattrs_erofs_cannot_name_are_refused_clearly() -> None:
     assert len(pack_xattr("user.a", b"v")) % 4 == 0
     with pytest.raises(FormatError, match="EROFS stores only"):
         pack_xattr("system.nfs4_acl", b"x")
+
+
+# --- range bodies ---------------------------------------------------------------------------------------------
+
+class OverflowingRegistryClient(FakeRegistryClient):
+    """Answers a range with what was asked, then endless more; or, ``short``, with one byte too few."""
+
+    def __init__(self, blob: bytes, short: bool = False) -> None:
+        super().__init__(blob)
+        self.short = short
+
+    @contextmanager
+    def open_blob(self, repository: str, digest: str, byte_range: tuple[int, int]) -> Iterator[SimpleNamespace]:
+        self.ranges.append(byte_range)
+        body = self.blob[byte_range[0]:byte_range[1] + 1]
+        parts = iter([body[:-1]]) if self.short else itertools.chain([body], itertools.repeat(b"x" * 4096))
+        yield SimpleNamespace(iter_bytes=lambda: parts)
+
+
+@pytest.mark.parametrize("short, message", [(False, "more than the 8192 bytes expected"),
+                                            (True, "came back with 8191 bytes")])
+def test_a_range_body_of_the_wrong_length_fails_the_read(tmp_path: Path, short: bool, message: str) -> None:
+    blob = _blob(tmp_path, [8 * KiB])
+    blob.client = OverflowingRegistryClient(blob.client.blob, short)
+    with pytest.raises(ChunkUnavailable, match=message):
+        blob.read(0, 100)  # an endless body is cut off at once: this returns
+    assert not blob.cache.has(0) and blob.stats.as_dict()["failures"] == 1
+
+
+# --- the cache quota ------------------------------------------------------------------------------------------
+
+def _allocated(cache: ChunkCache) -> int:
+    return os.stat(cache.data_path).st_blocks * 512
+
+
+def test_the_quota_evicts_the_least_recently_used_chunks_and_they_come_back(tmp_path: Path) -> None:
+    blob = _blob(tmp_path, [8 * KiB] * 6, quota=24 * KiB)  # room for three chunks
+    quota = blob.cache.quota
+    for index in range(4):
+        assert blob.read(index * 8 * KiB, 8 * KiB) == bytes([index + 1]) * 8 * KiB
+        assert quota.used <= quota.limit and _allocated(blob.cache) <= quota.limit
+    assert [blob.cache.has(i) for i in range(4)] == [False, True, True, True] and quota.evicted == 1
+    assert blob.read(8 * KiB, 1) == b"\2"  # a hit: chunk 1 is now the most recently used
+    blob.read(4 * 8 * KiB, 1)
+    assert [blob.cache.has(i) for i in range(5)] == [False, True, False, True, True]
+    assert blob.read(0, 8 * KiB) == bytes([1]) * 8 * KiB  # evicted, fetched again, whole
+    assert blob.client.ranges.count((0, 8 * KiB - 1)) == 2
+    assert quota.used == 24 * KiB and quota.evicted == 3 and _allocated(blob.cache) <= quota.limit
+
+
+def test_a_read_larger_than_the_quota_is_served_whole_then_trimmed(tmp_path: Path) -> None:
+    blob = _blob(tmp_path, [8 * KiB] * 4, quota=8 * KiB)
+    assert blob.read(0, 32 * KiB) == b"".join(bytes([i + 1]) * 8 * KiB for i in range(4))  # none evicted under it
+    assert blob.cache.quota.used == 8 * KiB and blob.cache.cached_count() == 1
+
+
+def test_eviction_reaches_the_map_on_disk_and_a_smaller_quota_trims_at_open(tmp_path: Path) -> None:
+    records, datas = _chunks([8 * KiB] * 4)
+    cache = ChunkCache(tmp_path, "c" * 64, 32 * KiB, records, Digester.SHA256, CacheQuota(24 * KiB))
+    for index, data in enumerate(datas):
+        cache.store(index, data)
+    cache.close()
+    reopened = ChunkCache(tmp_path, "c" * 64, 32 * KiB, records, Digester.SHA256, CacheQuota(8 * KiB))
+    assert [reopened.has(i) for i in range(4)] == [False, False, False, True]  # chunk 0 went first, then 1 and 2
+    assert reopened.usable(3) and reopened.read(24 * KiB, 8 * KiB) == datas[3]
+    assert _allocated(reopened) <= 8 * KiB
+    reopened.close()
+
+
+def test_prefetch_fills_the_quota_and_evicts_nothing(tmp_path: Path) -> None:
+    blob = _blob(tmp_path, [8 * KiB] * 6, batch=8 * KiB, quota=24 * KiB)
+    blob.prefetch(threading.Event())
+    assert blob.cache.cached_count() == 3 and blob.cache.quota.evicted == 0
+
+
+def test_a_blob_another_mount_caches_gets_a_private_cache(tmp_path: Path) -> None:
+    records, datas = _chunks([8 * KiB] * 2)
+    first = ChunkCache(tmp_path, "d" * 64, 16 * KiB, records, Digester.SHA256, CacheQuota(1 << 20))
+    second = ChunkCache(tmp_path, "d" * 64, 16 * KiB, records, Digester.SHA256, CacheQuota(8 * KiB))
+    first.store(0, datas[0])
+    second.store(1, datas[1])
+    second.store(0, datas[0])  # evicts the second's chunk 1, never the first's bytes
+    assert first.usable(0) and not first.has(1) and second.has(0) and not second.has(1)
+    second.close()
+    first.close()
+    again = ChunkCache(tmp_path, "d" * 64, 16 * KiB, records, Digester.SHA256, CacheQuota(1 << 20))
+    assert [again.has(0), again.has(1)] == [True, False]  # what the first kept, nothing of the second's
+    again.close()
