@@ -27,6 +27,9 @@ RECEIVER_HEADER = "X-Piece-Receiver"  # the asker's upload URL: a seed may send 
 RELAY_HEADER = "X-Piece-Relay"  # a seed's answer: get the piece from this peer, which has or is getting it
 COUNT_HEADER = "X-Piece-Count"  # how many consecutive pieces a body carries (absent: one)
 MAX_RUN_PIECES = 64  # the most pieces one request may ask for
+# The registry and repository whose access the asker's caller was confirmed for: pieces of
+# a blob fetched with credentials go only to askers for the origin it was fetched from.
+ORIGIN_HEADER = "X-Piece-Origin"
 
 # Bounds of what a message may carry. MAX_PIECES covers 4 TiB at the largest piece length
 # (64 MiB); a scheduler's own length cap is lower and checked there.
@@ -53,6 +56,13 @@ ACTIONS: tuple[str, ...] = get_args(Action)
 
 class WireError(ValueError):
     """A malformed message; the text is one line, fit for a 400 answer."""
+
+
+def origin_key(registry: str, repository: str) -> str:
+    """``host[:port]/repository`` of an upstream URL (or a registry name) and a repository:
+    what two nodes compare to know they speak of the same registry's repository."""
+    name = registry.split("://", 1)[-1].rstrip("/").lower()
+    return f"{name}/{repository}"
 
 
 def parse_task_id(text: str) -> str:

@@ -29,6 +29,7 @@ from damselfly.p2p.rangefill import RangeFill
 from damselfly.p2p.store import BlobMeta, BlobStore, BlobTooLarge, Partial, StoredBlob, StoreFull
 from damselfly.p2p.task import Task, TaskFailed
 from damselfly.p2p.writer import BUFFER_SIZE, CopySource, copy_into_task, file_digest, hash_file, read_hashed
+from damselfly.wire import origin_key
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints of a resumable download
@@ -296,13 +297,16 @@ class BlobService:
         return BlobReader(self, digest, stream.length, origin, protected=origin.authorization is not None,
                           started_here=True, from_cache=False, stream=stream)
 
-    def protected(self, digest: Digest) -> bool:
-        """Whether this node holds ``digest`` as a blob fetched with credentials (stored or downloading)."""
+    def protected_origin(self, digest: Digest) -> str | None:
+        """For a blob fetched with credentials, the ``origin_key`` of where it came from: a
+        peer may have its pieces only for a caller confirmed there (None: not protected)."""
         stored = self.store.lookup(digest)
         if stored is not None:
-            return stored.meta.protected
+            return origin_key(stored.meta.registry, stored.meta.repository) if stored.meta.protected else None
         origin = self._task_origins.get(str(digest))
-        return origin is not None and origin.authorization is not None
+        if origin is None or origin.authorization is None:
+            return None
+        return origin_key(origin.registry, origin.repository)
 
     def overflowed(self, task: Task) -> bool:
         """The download of ``task`` stopped because the disk filled: its readers go on uncached."""

@@ -34,7 +34,7 @@ from pathlib import Path
 from damselfly.lib.blockinghttp import connection_for
 from damselfly.p2p.pieces import PieceCheck
 from damselfly.p2p.writer import pwrite_all
-from damselfly.wire import COUNT_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER, RELAY_HEADER
+from damselfly.wire import COUNT_HEADER, ORIGIN_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER, RELAY_HEADER
 
 BUFFER_SIZE = 1024 * 1024  # per worker thread, whatever the piece length
 PIECE_READ_TIMEOUT = 30.0  # seconds an asker waits for a parent's answer, and between bytes
@@ -88,6 +88,12 @@ class PieceRequest:
     digests: tuple[str | None, ...]  # the trusted digest of each piece, where the scheduler gave one
     trust_sent_digest: bool  # the parent is a seed: its X-Piece-Digest is trusted
     receiver: str | None = None  # this node's upload URL, sent to a seed that may relay the piece
+    origin: str | None = None  # wire.origin_key of where this node's caller was confirmed: for protected blobs
+
+    @property
+    def headers(self) -> dict[str, str]:
+        sent = {RECEIVER_HEADER: self.receiver} if self.receiver else {}
+        return {**sent, ORIGIN_HEADER: self.origin} if self.origin else sent
 
     @property
     def path(self) -> str:
@@ -284,7 +290,7 @@ class PieceFetcher:
               ) -> tuple[http.client.HTTPResponse, socket.socket]:
         """The response, and its socket: taken before the answer, since http.client drops the
         connection's reference to it when the parent answers ``Connection: close``."""
-        connection.request("GET", request.path, headers={RECEIVER_HEADER: request.receiver} if request.receiver else {})
+        connection.request("GET", request.path, headers=request.headers)
         sock = connection.sock
         assert sock is not None  # request() connected it
         return connection.getresponse(), sock

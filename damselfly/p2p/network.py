@@ -45,7 +45,7 @@ from damselfly.p2p.writer import CopySource
 from damselfly.proxy.origin import RegistryClient
 from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 from damselfly.wire import (MAX_RUN_PIECES, DoneReport, PieceNews, PieceReport, Schedule, SeedInfo, SeedTrigger,
-                            TaskRegister, TriggerFailed, WireError)
+                            TaskRegister, TriggerFailed, WireError, origin_key)
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL = 0.1
@@ -602,7 +602,8 @@ class PieceDownload:
                                tuple(self.task.piece_span(i)[1] for i in pieces), self.task.path,
                                self.task.piece_span(index)[0], tuple(self.digests.get(i) for i in pieces),
                                trust_sent_digest=parent.is_seed,
-                               receiver=self.network.upload_url if parent.is_seed else None)
+                               receiver=self.network.upload_url if parent.is_seed else None,
+                               origin=origin_key(self.origin.registry, self.origin.repository))
         arrival = _Arrival(self, "seed" if parent.is_seed else "peer", parent.host_id)
         try:
             await self.network.fetcher.fetch(request, arrival.landed)

@@ -29,8 +29,8 @@ from damselfly.p2p.relay import RelayBook
 from damselfly.p2p.task import Task, TaskFailed
 from damselfly.lib.tls import is_loopback, request_identity
 from damselfly.proxy.upstream import normalize_upstream
-from damselfly.wire import (COUNT_HEADER, MAX_RUN_PIECES, PIECE_DIGEST_HEADER, RECEIVER_HEADER, RELAY_HEADER,
-                            SeedTrigger)
+from damselfly.wire import (COUNT_HEADER, MAX_RUN_PIECES, ORIGIN_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER,
+                            RELAY_HEADER, SeedTrigger)
 
 log = logging.getLogger(__name__)
 SEED_START_WAIT = 10.0
@@ -103,7 +103,7 @@ class UploadServer:
         # Only members wait for a task about to start: a stranger must not tell by the time
         # of a 404 whether the blob is here.
         task = await self.blobs.wait_task(digest, min(SEED_START_WAIT, self.piece_wait) if seeding and member else 0)
-        if task is None or (not member and self.blobs.protected(digest)):
+        if task is None or not self._may_have(request, digest, member):
             self.metrics.upload_refused.labels("unknown_task").inc()  # one label: /metrics is on this port too
             raise web.HTTPNotFound(text=f"no task {digest} here")
         if not 0 <= index < task.piece_count:
@@ -180,6 +180,14 @@ class UploadServer:
         finally:
             self._active -= 1
             self.metrics.uploads.dec()
+
+    def _may_have(self, request: web.Request, digest: Digest, member: bool) -> bool:
+        """Pieces of a blob fetched with credentials go to members asking for a caller whom
+        the registry and repository it came from accepted; to anyone else it is not here.
+        Without this, a client naming a registry that says yes to everything could read
+        another's private blob through any peer."""
+        origin = self.blobs.protected_origin(digest)
+        return origin is None or (member and request.headers.get(ORIGIN_HEADER) == origin)
 
     async def seed(self, request: web.Request) -> web.Response:
         """A peer asks this seed to fetch a task from the origin, with its caller's credentials."""

@@ -1,5 +1,6 @@
 """Attackers against a cluster that runs with --tls-dir: an outsider without a certificate of
-the cluster's CA, and a member that records every header it is sent."""
+the cluster's CA, a member that records every header it is sent, and a local client that
+names a registry saying yes to everything to read another caller's private blob."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from damselfly.lib.tls import ClusterTLS, init_ca, issue
 from damselfly.p2p.pieces import piece_length_for
 from tests.support.cluster import SchedulerProcess, start_peer
 from tests.support.daemon import Damselfly
+from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer
 from tests.support.registry import Registry, RegistryClient
 from tests.support.tls import tls_dir
 from tests.support.tokenauth import TokenServer
@@ -186,3 +188,67 @@ def test_credentials_reach_only_the_registry_and_the_seed(tmp_path: Path, privat
         for process in (*reversed(nodes), scheduler):
             process.stop()
 
+
+
+class YesRegistryFake:
+    """A registry that says every blob exists (HEAD 200, any length asked for) and has no bytes."""
+
+    def __init__(self, lengths: dict[str, int]) -> None:
+        self.port = free_port()
+        self.requests: list[str] = []
+        fake = self
+
+        class Handler(QuietRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                fake.requests.append(f"HEAD {self.path}")
+                self.send_response(200)
+                self.send_header("Content-Length", str(lengths.get(self.path.rsplit("/", 1)[-1].split("?")[0], 0)))
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802
+                fake.requests.append(f"GET {self.path}")
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = ThreadedHTTPServer(Handler, self.port)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def test_a_private_blob_does_not_travel_to_a_caller_another_registry_vouches_for(tmp_path: Path,
+                                                                                private_registry) -> None:
+    registry, _ = private_registry
+    blob = hashlib.sha256(b"secret layer").digest() * (2 * MiB // 32)
+    digest = RegistryClient(registry.url, credentials=USERS_CREDENTIALS).push_blob("private/app", blob)
+    token = _bearer(registry, "private/app", USERS_CREDENTIALS)
+    yes = YesRegistryFake({digest: len(blob)})
+    scheduler = SchedulerProcess(tmp_path / "scheduler", tls=True).start()
+    mapping = ["--registry", f"{registry.host}={registry.url}", "--registry", f"{yes.host}=http://{yes.host}"]
+    nodes = [start_peer(tmp_path / f"{name}/data", [scheduler.url], mapping, seed=name == "seed")
+             for name in ("seed", "victim", "attacker")]
+    try:
+        victim, attacker = nodes[1], nodes[2]
+        got = httpx.get(f"{victim.url}/v2/private/app/blobs/{digest}", params={"ns": registry.host},
+                        headers={"Authorization": token}, timeout=60)
+        assert got.status_code == 200 and got.content == blob
+        # The yes-registry vouches for the anonymous attacker; the victim's node and the seed hold the blob.
+        stolen = httpx.get(f"{attacker.url}/v2/anything/blobs/{digest}", params={"ns": yes.host}, timeout=90)
+        leaked = stolen.content == blob
+        assert not leaked, "a peer handed a private blob to a caller its registry never accepted"
+        assert stolen.status_code >= 400 or len(stolen.content) < len(blob)
+        again = httpx.get(f"{attacker.url}/v2/private/app/blobs/{digest}", params={"ns": registry.host}, timeout=60)
+        assert again.status_code == 401 and not again.content == blob
+        assert victim.metric("damselfly_upload_refused_total", 'reason="unknown_task"') + \
+            nodes[0].metric("damselfly_upload_refused_total", 'reason="unknown_task"') >= 1, "nobody was asked"
+    finally:
+        yes.stop()
+        for process in (*reversed(nodes), scheduler):
+            process.stop()
