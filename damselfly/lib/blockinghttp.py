@@ -248,10 +248,21 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+class RedirectRefused(http.client.HTTPException):
+    """A redirect this client will not follow; the message says where it led."""
+
+
 def next_hop(url: str, location: str) -> tuple[str, bool]:
     """Where a redirect from ``url`` leads, and whether the caller's ``Authorization`` may go
-    there: only to the same origin (storage with signed URLs refuses it)."""
+    there: only to the same origin (storage with signed URLs refuses it).
+
+    An https upstream may not send us to plain http (or another scheme): a registry that
+    a client may name could otherwise make the mirror fetch, and pass back, any service
+    that plain HTTP reaches (RedirectRefused)."""
     target = urljoin(url, location)
+    scheme = urlsplit(target).scheme
+    if scheme not in ("http", "https") or (scheme == "http" and urlsplit(url).scheme == "https"):
+        raise RedirectRefused(f"{url} redirected to {without_credentials(target)}: refused, not https")
     return target, origin_of(target) == origin_of(url)
 
 

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from damselfly.lib.blockinghttp import (MAX_REDIRECTS, REDIRECTS, ProxyRefused, Response, Session, next_hop,
-                                       origin_of, proxy_authorization, proxy_for, without_credentials)
+from damselfly.lib.blockinghttp import (MAX_REDIRECTS, REDIRECTS, ProxyRefused, RedirectRefused, Response, Session,
+                                       next_hop, origin_of, proxy_authorization, proxy_for, without_credentials)
 from damselfly.lib.oci import Digest
 from damselfly.p2p.blobs import Origin, SourceRefused, SourceUnavailable
 
@@ -174,7 +174,10 @@ class RegistryClient:
             if not follow_redirects or response.status not in REDIRECTS or not location:
                 return response
             response.release()
-            target, same_origin = next_hop(url, location)
+            try:
+                target, same_origin = next_hop(url, location)
+            except RedirectRefused as exc:
+                raise SourceUnavailable(502, str(exc)) from None
             if not same_origin:
                 headers.popall("Authorization", None)
             url = target
