@@ -37,7 +37,7 @@ async def json_object(request: web.Request, timeout: float = BODY_TIMEOUT) -> di
             body = await request.json()
     except TimeoutError:
         raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {timeout:g}s") from None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         raise web.HTTPBadRequest(text="body must be JSON") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")

@@ -11,7 +11,7 @@ from damselfly.lib.oci import OCIError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_UPSTREAM = "https://registry-1.docker.io"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # DNS: at most 63 characters a label, 253 a name
 # host, host:port, [v6]:port — no user info, path or query. ASCII only, always fullmatch.
 _NAME_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{{1,5}}))?")
 _SCHEMES = ("http", "https")
@@ -20,7 +20,8 @@ _SCHEMES = ("http", "https")
 def registry_name(text: str) -> str:
     """``host[:port]`` in lower case; ValueError for anything else (user info, path, a bad port)."""
     match = _NAME_RE.fullmatch(text)
-    if match is None or not _valid_port(match["port"]) or not _valid_ipv6(match["ipv6"]):
+    if (match is None or not _valid_port(match["port"]) or not _valid_ipv6(match["ipv6"])
+            or len(text.rpartition(":")[0] if match["port"] else text) > 253):
         raise ValueError(f"invalid registry name {text!r}: want host[:port]")
     return text.lower()
 

@@ -27,6 +27,9 @@ def test_scheduler_api_answers_and_refuses_clearly(tmp_path):
         with httpx.Client(timeout=10) as client:
             assert client.post(f"{api}/hosts", json={"id": "p1", "upload_url": "http://127.0.0.1:1",
                                                      "seed": True}).status_code == 200
+            for nested in (b'{"a":' * 100000, b"[" * 200000):  # deeper than the parser goes: 400, not 500
+                deep = client.post(f"{api}/hosts", content=nested)
+                assert deep.status_code == 400 and "JSON" in deep.json()["error"]
             bad = client.post(f"{api}/hosts", content=b"{not json")
             assert bad.status_code == 400 and "JSON" in bad.json()["error"]
             missing = client.post(f"{api}/hosts", json={"upload_url": "x"})

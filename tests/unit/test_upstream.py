@@ -146,3 +146,10 @@ def test_an_origin_range_answer_must_hold_exactly_the_bytes_asked_for():
                   FakeRangeAnswer(206, 100, None), FakeRangeAnswer(200, 1000)):
         with pytest.raises(SourceUnavailable):
             _check_span(wrong, (50, 100), "u")
+
+
+@pytest.mark.parametrize("name", ["a" * 64 + ".io", ".".join(["a" * 60] * 5) + ".io", "a" * 300])
+def test_names_longer_than_dns_allows_are_refused_not_a_resolver_traceback(name: str) -> None:
+    with pytest.raises(OCIError) as refused:
+        UpstreamResolver().resolve(None, name)
+    assert refused.value.status == 400
