@@ -65,6 +65,14 @@ def origin_key(registry: str, repository: str) -> str:
     return f"{name}/{repository}"
 
 
+def parse_number(text: str, low: int = -1, high: int = MAX_INT) -> int:
+    """An integer in a path or query (a piece index, a count, a version): ASCII digits only,
+    where ``int`` would take "١", "1_0", "+2" or spaces; WireError otherwise."""
+    if not re.fullmatch(r"-?[0-9]{1,19}", text) or not low <= int(text) <= high:
+        raise WireError(f"want an integer in {low}..{high}, not {_show(text)}")
+    return int(text)
+
+
 def parse_task_id(text: str) -> str:
     """A task id is the blob's digest, ``sha256:<64 lowercase hex>``; anything else is refused."""
     if not isinstance(text, str) or not _TASK_ID.fullmatch(text):

@@ -30,7 +30,7 @@ from damselfly.p2p.task import Task, TaskFailed
 from damselfly.lib.tls import is_loopback, request_identity
 from damselfly.proxy.upstream import normalize_upstream
 from damselfly.wire import (COUNT_HEADER, MAX_RUN_PIECES, ORIGIN_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER,
-                            RELAY_HEADER, SeedTrigger)
+                            RELAY_HEADER, SeedTrigger, parse_number)
 
 log = logging.getLogger(__name__)
 SEED_START_WAIT = 10.0
@@ -91,12 +91,11 @@ class UploadServer:
     async def piece(self, request: web.Request) -> web.StreamResponse:
         try:
             digest = Digest.parse(request.match_info["digest"])
-            index = int(request.match_info["index"])
-            wanted = int(request.query.get("count", "1"))
-        except (OCIError, ValueError):
-            raise web.HTTPBadRequest(text="want /pieces/<digest>/<piece index>[?count=<pieces>]") from None
-        if not 1 <= wanted <= MAX_RUN_PIECES:
-            raise web.HTTPBadRequest(text=f"count must be 1..{MAX_RUN_PIECES}")
+            index = parse_number(request.match_info["index"], 0)
+            wanted = parse_number(request.query.get("count", "1"), 1, MAX_RUN_PIECES)
+        except (OCIError, ValueError) as exc:
+            raise web.HTTPBadRequest(
+                text=f"want /pieces/<digest>/<piece index>[?count=1..{MAX_RUN_PIECES}]: {exc}") from None
         seeding = self.blobs.network is not None and self.blobs.network.is_seed
         member = is_member(request)
         answer_by = time.monotonic() + self.piece_wait  # every wait before the headers, together

@@ -45,6 +45,7 @@ from damselfly.wire import (
     TaskRegister,
     TriggerFailed,
     WireError,
+    parse_number,
     parse_task_id,
 )
 
@@ -207,7 +208,7 @@ class Scheduler:
         if host_id not in task.peers:
             raise web.HTTPNotFound(text=f"host {host_id} is not a peer of task {task.id}: register first")
         try:
-            since = int(request.query.get("since", "-1"))
+            since = parse_number(request.query.get("since", "-1"))
         except ValueError:
             raise web.HTTPBadRequest(text="since must be a task version (an integer)") from None
         if request.query.get("epoch") != self.state.epoch:

@@ -22,6 +22,7 @@ from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import piece_digest, piece_length_for
 from damselfly.p2p.store import BlobMeta, BlobStore
 from damselfly.p2p.upload import UploadServer
+from damselfly.wire import ORIGIN_HEADER
 from tests.integration.test_p2p_cluster import cluster, get_blob  # noqa: F401 - the fixture, shared
 from tests.support.processes import metric
 from tests.support.wait import wait_until
@@ -161,12 +162,15 @@ def _in_process(app, scenario):
 
 
 def test_a_stranger_cannot_tell_a_protected_blob_from_one_not_held(tmp_path):
+    """Nor can a member asking for a caller of another registry or repository than the blob's."""
     app, _, digests = _serve(tmp_path)
     unknown = "sha256:" + "e" * 64
+    confirmed = {ORIGIN_HEADER: "r.example/team/app"}
 
     async def scenario(client):
         answers = {}
-        for who, headers in (("member", {}), ("stranger", {"X-Test-Remote": "192.0.2.7"})):
+        for who, headers in (("member", confirmed), ("stranger", {"X-Test-Remote": "192.0.2.7", **confirmed}),
+                             ("member of another origin", {ORIGIN_HEADER: "yes.example/team/app"})):
             for name, digest in (("public", digests["public"][0]), ("private", digests["private"][0]),
                                  ("unknown", unknown)):
                 for index in (0, 99999):  # a piece outside the blob must not tell its length either
@@ -178,9 +182,10 @@ def test_a_stranger_cannot_tell_a_protected_blob_from_one_not_held(tmp_path):
     answers = _in_process(app, scenario)
     assert answers["member", "private", 0][0] == 200 and answers["member", "public", 0][0] == 200
     assert answers["stranger", "public", 0][0] == 200, "public blobs as before"
-    for index in (0, 99999):
-        assert answers["stranger", "private", index] == answers["stranger", "unknown", index]
-        assert answers["stranger", "private", index][0] == 404
+    for who in ("stranger", "member of another origin"):
+        for index in (0, 99999):
+            assert answers[who, "private", index] == answers[who, "unknown", index]
+            assert answers[who, "private", index][0] == 404
 
 
 @pytest.mark.parametrize(("body", "status", "text"), [

@@ -25,6 +25,7 @@ from damselfly.wire import (
     TaskRegister,
     TriggerFailed,
     WireError,
+    parse_number,
     parse_task_id,
 )
 
@@ -136,3 +137,15 @@ def test_ipv6_and_port_registry_names_are_names() -> None:
     for name in ("[::1]:5000", "localhost", "registry-1.docker.io", "10.0.0.1:443"):
         assert SeedTrigger.from_json({"length": 1, "piece_length": 1, "registry": name,
                                       "repository": "a/b"}).registry == name
+
+
+@pytest.mark.parametrize("text", ["٣", "1_0", "+2", " 2", "2 ", "", "0x10", "1" * 20, "²"])
+def test_path_and_query_numbers_are_ascii_digits_only(text: str) -> None:
+    with pytest.raises(WireError):
+        parse_number(text)
+
+
+def test_path_and_query_numbers_in_range() -> None:
+    assert parse_number("-1") == -1 and parse_number("63", 1, 64) == 63
+    with pytest.raises(WireError):
+        parse_number("65", 1, 64)
