@@ -297,6 +297,14 @@ class BlobService:
         return BlobReader(self, digest, stream.length, origin, protected=origin.authorization is not None,
                           started_here=True, from_cache=False, stream=stream)
 
+    def protected_download(self, digest: Digest) -> tuple[Task, Origin] | None:
+        """A download in flight of a blob fetched with credentials, with where it comes from."""
+        key = str(digest)
+        origin, task = self._task_origins.get(key), self._tasks.get(key)
+        if origin is None or task is None or origin.authorization is None:
+            return None
+        return task, origin
+
     def protected_origin(self, digest: Digest) -> str | None:
         """For a blob fetched with credentials, the ``origin_key`` of where it came from: a
         peer may have its pieces only for a caller confirmed there (None: not protected)."""

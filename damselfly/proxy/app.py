@@ -244,11 +244,16 @@ class Mirror:
         origin = Origin(self._upstream(request), name, request.headers.get("Authorization"))
         if request.method == "HEAD":
             stored = self.store.lookup(digest)
-            if stored is None:
-                return await self.passthrough(request)
-            if stored.meta.protected:
-                await self._confirm_access(stored_origin(stored), origin.authorization, digest)
-            return self._blob_head(stored.meta.length, digest)
+            if stored is not None:
+                if stored.meta.protected:
+                    await self._confirm_access(stored_origin(stored), origin.authorization, digest)
+                return self._blob_head(stored.meta.length, digest)
+            downloading = self.blobs.protected_download(digest)
+            if downloading is not None:  # not stored yet: the same check, against where it comes from
+                task, source = downloading
+                await self._confirm_access(source, origin.authorization, digest)
+                return self._blob_head(task.length, digest)
+            return await self.passthrough(request)
         async with self.blobs.open(digest, origin, ranged="Range" in request.headers) as reader:
             if reader.protected and not reader.started_here:
                 await self._confirm_access(reader.origin, origin.authorization, digest)

@@ -232,10 +232,13 @@ def test_an_attacker_joining_a_private_download_in_flight_is_checked_against_its
                 received = [next(chunks)]  # the download is under way, held at half the blob
                 for attack in attacks(url, "yes.test"):
                     assert_refused(client, attack, data)
+                # Not stored yet: a HEAD is checked against the download's origin too.
+                assert_refused(client, {"method": "HEAD", "url": url, "headers": {"X-Dragonfly-Registry": "yes.test"}},
+                               data)
                 gate.set()
                 received.extend(chunks)
         finally:
             gate.set()  # before the fake stops: it waits for its handlers
     assert b"".join(received) == data
     assert fake.paths == [], "the named registry was never asked"
-    assert private.paths.count(f"/v2/private/secret/blobs/{digest}") > len(attacks(url, "yes.test"))
+    assert private.paths.count(f"/v2/private/secret/blobs/{digest}") > len(attacks(url, "yes.test")) + 1
