@@ -82,3 +82,28 @@ def validate_reference(reference: str) -> str:
     elif not _TAG_RE.fullmatch(reference):
         raise OCIError(400, "TAG_INVALID", f"invalid tag {reference!r}")
     return reference
+
+
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,255}")
+
+
+def validate_api_tail(kind: str, rest: str) -> None:
+    """What may follow ``/v2/<name>/<kind>/`` in a request passed upstream: a digest, a
+    reference, ``list``, or an upload id of one opaque segment; OCIError 404 otherwise.
+
+    The path goes upstream as the client wrote it, and ``..`` segments (percent-encoded
+    too) would otherwise reach any path on the registry's host with the caller's
+    credentials."""
+    if kind == "manifests":
+        validate_reference(rest)
+    elif kind == "blobs":
+        upload, _, upload_id = rest.partition("/")
+        if upload == "uploads":
+            if upload_id and not (_UPLOAD_ID.fullmatch(upload_id) and upload_id.strip(".")):
+                raise OCIError(404, "BLOB_UPLOAD_UNKNOWN", f"invalid upload id {upload_id!r}")
+        else:
+            Digest.parse(rest)
+    elif kind == "tags" and rest != "list":
+        raise OCIError(404, "UNSUPPORTED", f"unknown tags path {rest!r}: want tags/list")
+    elif kind == "referrers":
+        Digest.parse(rest)

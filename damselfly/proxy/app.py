@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
-from damselfly.lib.oci import Digest, OCIError, error_body, validate_reference, validate_repository
+from damselfly.lib.oci import Digest, OCIError, error_body, validate_api_tail, validate_repository
 from damselfly.p2p.blobs import (BlobReader, BlobService, FileSpan, Origin, SourceRefused, SourceUnavailable,
                                  stored_origin)
 from damselfly.p2p.store import BlobStore
@@ -153,11 +153,9 @@ class Mirror:
             raise OCIError(404, "UNSUPPORTED", f"unknown registry API path /v2/{path}")
         name, kind, rest = match["name"], match["kind"], match["rest"]
         validate_repository(name)
-        reading = request.method in ("GET", "HEAD")
-        if kind == "blobs" and reading and not rest.startswith("uploads"):
+        validate_api_tail(kind, rest)
+        if kind == "blobs" and request.method in ("GET", "HEAD") and not rest.startswith("uploads"):
             return await self.blob(request, name, rest)
-        if kind == "manifests":
-            validate_reference(rest)
         return await self.passthrough(request)
 
     def _upstream(self, request: web.Request) -> str:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from damselfly.lib.oci import (Digest, OCIError, error_body, is_digest_reference, validate_reference,
+from damselfly.lib.oci import (Digest, OCIError, error_body, is_digest_reference, validate_api_tail, validate_reference,
                                validate_repository)
 
 
@@ -51,3 +51,27 @@ def test_invalid_references(reference, code):
     with pytest.raises(OCIError) as info:
         validate_reference(reference)
     assert (info.value.status, info.value.code) == (400, code)
+
+
+@pytest.mark.parametrize("kind, rest", [
+    ("tags", "../../../../internal"),
+    ("tags", "list?/../../internal"),
+    ("referrers", "../../internal"),
+    ("blobs", "uploads/../../../../internal"),
+    ("blobs", "uploads/.."),
+    ("blobs", "uploads/a/b"),
+    ("blobs", "../x"),
+    ("manifests", "../../internal"),
+])
+def test_a_path_passed_upstream_cannot_climb_out_of_the_repository(kind: str, rest: str) -> None:
+    with pytest.raises(OCIError) as refused:
+        validate_api_tail(kind, rest)
+    assert 400 <= refused.value.status < 500
+
+
+@pytest.mark.parametrize("kind, rest", [
+    ("tags", "list"), ("referrers", "sha256:" + "a" * 64), ("blobs", "uploads/"), ("blobs", "uploads"),
+    ("blobs", "uploads/0f3c-uuid_with=padding"), ("blobs", "sha256:" + "b" * 64), ("manifests", "latest"),
+])
+def test_registry_api_tails_that_pass(kind: str, rest: str) -> None:
+    validate_api_tail(kind, rest)
