@@ -211,6 +211,16 @@ def _cluster_tls(tls_dir: Path | None, *roles: str) -> "ClusterTLS | None":
     return tls
 
 
+def _warn_if_mirror_exposed(listen: tuple[str, int]) -> None:
+    """The mirror port is plain HTTP for containerd and nydusd on this host: say so when it faces a network."""
+    from damselfly.lib.tls import is_loopback
+
+    if not is_loopback(listen[0]):
+        logging.getLogger("damselfly").warning(
+            "the mirror listens on %s: plain HTTP that serves cached blobs to any client that reaches it (private "
+            "ones after a registry check); keep --listen on loopback unless a proxy in front admits clients", listen[0])
+
+
 def _guard_exposure(what: str, option: str, address: tuple[str, int], tls: "ClusterTLS | None", insecure: bool) -> None:
     """Peers' ports admit only cluster members; without certificates, only this machine."""
     from damselfly.lib.tls import is_loopback
@@ -266,6 +276,7 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
     upload_listen = upload_listen or ("127.0.0.1", 65002)
     _guard_exposure("the scheduler", "--scheduler-listen", scheduler_listen, tls, insecure)
     _guard_exposure("the upload server", "--upload-listen", upload_listen, tls, insecure)
+    _warn_if_mirror_exposed(listen)
     daemon = Daemon(_mirror_settings(**mirror), PeerSettings(
         schedulers=[_url(scheduler_listen, tls is not None)], upload_host=upload_listen[0],
         upload_port=upload_listen[1], seed=True, idc=idc, location=location, host_id=_host_id(host_id, tls),
@@ -302,6 +313,7 @@ def daemon(listen: tuple[str, int], log_level: str, schedulers: str, seed: bool,
     # certificates it stays on this machine unless told otherwise.
     upload_listen = upload_listen or (("0.0.0.0" if tls else "127.0.0.1"), 65002)
     _guard_exposure("the upload server", "--upload-listen", upload_listen, tls, insecure)
+    _warn_if_mirror_exposed(listen)
     node = Daemon(_mirror_settings(**mirror), PeerSettings(
         schedulers=urls, upload_host=upload_listen[0], upload_port=upload_listen[1], seed=seed, idc=idc,
         location=location, host_id=_host_id(host_id, tls), upload_slots=upload_slots, upload_rate=upload_rate,

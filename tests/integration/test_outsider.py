@@ -34,13 +34,18 @@ USERS_CREDENTIALS = ("alice", "wonderland")
 
 @pytest.fixture
 def tls_cluster(tmp_path: Path, registry: Registry) -> Iterator[dict[str, Any]]:
-    scheduler = SchedulerProcess(tmp_path / "scheduler", tls=True).start()
-    mapping = ["--registry", f"{registry.host}={registry.url}"]
-    seed = start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True)
-    peer = start_peer(tmp_path / "peer/data", [scheduler.url], mapping)
-    yield {"scheduler": scheduler, "seed": seed, "peer": peer}
-    for process in (peer, seed, scheduler):
-        process.stop()
+    started: list[Any] = []
+    try:
+        scheduler = SchedulerProcess(tmp_path / "scheduler", tls=True)
+        started.append(scheduler)
+        scheduler.start()
+        mapping = ["--registry", f"{registry.host}={registry.url}"]
+        started.append(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True))
+        started.append(start_peer(tmp_path / "peer/data", [scheduler.url], mapping))
+        yield dict(zip(("scheduler", "seed", "peer"), started))
+    finally:  # also when a process did not come up: none is left running
+        for process in reversed(started):
+            process.stop()
 
 
 def _handshake(url: str, context: ssl.SSLContext) -> str:
@@ -157,10 +162,11 @@ def test_credentials_reach_only_the_registry_and_the_seed(tmp_path: Path, privat
     token = _bearer(registry, "private/app", USERS_CREDENTIALS)
     scheduler = SchedulerProcess(tmp_path / "scheduler", tls=True).start()
     mapping = ["--registry", f"{registry.host}={registry.url}"]
-    nodes = [start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True),
-             start_peer(tmp_path / "peer/data", [scheduler.url], mapping)]
+    nodes: list[Damselfly] = []
     recorder = RecordingMember(f"recorder-{free_port()}").start()
     try:
+        nodes += [start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True),
+                  start_peer(tmp_path / "peer/data", [scheduler.url], mapping)]
         with scheduler.client() as api:
             # The recorder cannot pose as a seed: its certificate says peer.
             pose = {"id": recorder.tls.identity.name, "upload_url": recorder.url, "seed": True}
@@ -232,9 +238,10 @@ def test_a_private_blob_does_not_travel_to_a_caller_another_registry_vouches_for
     yes = YesRegistryFake({digest: len(blob)})
     scheduler = SchedulerProcess(tmp_path / "scheduler", tls=True).start()
     mapping = ["--registry", f"{registry.host}={registry.url}", "--registry", f"{yes.host}=http://{yes.host}"]
-    nodes = [start_peer(tmp_path / f"{name}/data", [scheduler.url], mapping, seed=name == "seed")
-             for name in ("seed", "victim", "attacker")]
+    nodes: list[Damselfly] = []
     try:
+        for name in ("seed", "victim", "attacker"):
+            nodes.append(start_peer(tmp_path / f"{name}/data", [scheduler.url], mapping, seed=name == "seed"))
         victim, attacker = nodes[1], nodes[2]
         got = httpx.get(f"{victim.url}/v2/private/app/blobs/{digest}", params={"ns": registry.host},
                         headers={"Authorization": token}, timeout=60)

@@ -36,7 +36,11 @@ class SchedulerProcess:
         self.process = subprocess.Popen([*self.wrap, sys.executable, "-m", "damselfly", "scheduler", "--listen",
                                          f"{self.host}:{self.port}", *tls, *self.extra],
                                         stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._healthy, 20, "the scheduler")
+        try:
+            wait_until(self._healthy, 20, "the scheduler")
+        except BaseException:
+            self.stop()  # a process that never came up is not left behind
+            raise
         return self
 
     def _healthy(self) -> bool:

@@ -65,7 +65,11 @@ class Damselfly:
              *self._tls_args(),
              *(["--scheduler-listen", f"{self.host}:{self.scheduler_port}"] if self.command == "run" else [])],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
-        wait_until(self._healthy, 20, f"damselfly on port {self.port}")
+        try:
+            wait_until(self._healthy, 20, f"damselfly on port {self.port}")
+        except BaseException:
+            self.stop()  # a process that never came up is not left behind
+            raise
         return self
 
     def _healthy(self) -> bool:
