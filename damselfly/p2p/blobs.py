@@ -193,7 +193,9 @@ class BlobReader:
         try:
             position = first
             while position <= last:
-                end = await task.readable_end(position, self._service.stall_timeout, last)
+                # A range reader (nydus reads a blob's tail first) may have the last piece once
+                # it matched its piece digest; a whole-blob reader only after this node's check.
+                end = await task.readable_end(position, self._service.stall_timeout, last, whole=whole)
                 count = min(end, last + 1) - position
                 yield position, count
                 position += count
