@@ -23,7 +23,7 @@ MiB = 1024 * 1024
 def cluster(tmp_path: Path, registry) -> Iterator[Callable[..., Damselfly]]:
     """``cluster.scheduler`` is started; call ``cluster(seed=...)`` to add daemons."""
     started: list = []
-    scheduler = SchedulerProcess(tmp_path / "scheduler").start()
+    scheduler = SchedulerProcess(tmp_path / "scheduler", tls=True).start()  # members over mutual TLS, as deployed
     started.append(scheduler)
     mapping = ["--registry", f"{registry.host}={registry.url}"]
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from damselfly.lib.tls import ClusterTLS
 from damselfly.p2p.pieces import piece_count, piece_length_for
 from tests.support.cluster import SchedulerProcess, start_peer
 from tests.support.daemon import Damselfly
 from tests.support.fakes import GatedRegistryFake, SilentServerFake
+from tests.support.tls import tls_dir
 from tests.support.wait import free_port, wait_until
 
 MiB = 1024 * 1024
@@ -38,7 +40,7 @@ def nodes(tmp_path: Path):
 def seeded(tmp_path: Path, nodes, registry, seed_extra: list[str] | None = None):
     """A scheduler and a seed peer; returns the scheduler and a function that adds peers."""
     mapping = ["--registry", f"{registry.host}={registry.url}"]
-    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+    scheduler = nodes(SchedulerProcess(tmp_path / "sch", tls=True).start())
     nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True, extra=seed_extra))
 
     def peer(name: str, extra: list[str] | None = None, keep: bool = True):
@@ -138,7 +140,7 @@ def test_the_seed_killed_before_it_finishes(tmp_path, nodes, restarted):
     origin = GatedRegistryFake(data, gate_at=10 * MiB).start()
     try:
         mapping = ["--registry", f"gated.test=http://{origin.host}"]
-        scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+        scheduler = nodes(SchedulerProcess(tmp_path / "sch", tls=True).start())
         seed = nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True))
         child = nodes(start_peer(tmp_path / "child/data", [scheduler.url], mapping))
         thread, result = in_background(lambda: fetch(child, "gated.test", "faults/seed", digest))
@@ -148,7 +150,7 @@ def test_the_seed_killed_before_it_finishes(tmp_path, nodes, restarted):
         if restarted:
             seed.process.wait(10)
             nodes(Damselfly(seed.data_dir, seed.args, command="daemon", port=seed.port,
-                            upload_port=seed.upload_port).start())
+                            upload_port=seed.upload_port, tls_name=seed.tls_name).start())
         origin.gate.set()
         started = time.monotonic()
         thread.join(90)
@@ -188,8 +190,9 @@ def test_a_seed_that_never_answers_does_not_stall_its_peers(tmp_path, registry, 
     silent = SilentServerFake()
     try:
         scheduler, peer = seeded(tmp_path, nodes, registry)
-        announced = httpx.post(f"{scheduler.url}/api/v1/hosts", timeout=10,
-                               json={"id": "a-silent-seed", "upload_url": f"http://{silent.host}", "seed": True})
+        member = ClusterTLS.load(tls_dir("a-silent-seed", "seed")).client_context()  # only a seed may say it is one
+        announced = httpx.post(f"{scheduler.url}/api/v1/hosts", timeout=10, verify=member,
+                               json={"id": "a-silent-seed", "upload_url": f"https://{silent.host}", "seed": True})
         assert announced.status_code == 200
         child = peer("child")
         for name in ("faults/silent-1", "faults/silent-2"):
@@ -206,8 +209,8 @@ def test_a_seed_that_never_answers_does_not_stall_its_peers(tmp_path, registry, 
 def test_a_task_moves_to_the_next_scheduler_on_the_ring(tmp_path, registry, registry_client, nodes):
     from damselfly.lib.hashring import HashRing
 
-    first = nodes(SchedulerProcess(tmp_path / "sch1").start())
-    second = nodes(SchedulerProcess(tmp_path / "sch2").start())
+    first = nodes(SchedulerProcess(tmp_path / "sch1", tls=True).start())
+    second = nodes(SchedulerProcess(tmp_path / "sch2", tls=True).start())
     urls = [first.url, second.url]
     mapping = ["--registry", f"{registry.host}={registry.url}"]
     nodes(start_peer(tmp_path / "seed/data", urls, mapping, seed=True))
@@ -259,7 +262,7 @@ def test_a_parent_with_every_upload_slot_taken_is_waited_for_not_abandoned(tmp_p
     small_digest = registry_client.push_blob("faults/busy", small)
     large_digest = registry_client.push_blob("faults/busy", large)
     mapping = ["--registry", f"{registry.host}={registry.url}"]
-    scheduler = nodes(SchedulerProcess(tmp_path / "sch").start())
+    scheduler = nodes(SchedulerProcess(tmp_path / "sch", tls=True).start())
     seed = nodes(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True,
                             extra=["--upload-slots", "1", "--upload-rate", "500KB"]))  # busy for > 15 s
     for digest in (small_digest, large_digest):

@@ -64,9 +64,10 @@ def start_peer(workdir: Path, schedulers: list[str], registry_args: list[str], s
                env: dict[str, str] | None = None) -> Damselfly:
     node = Damselfly(workdir, ["--scheduler", ",".join(schedulers), *registry_args, *(["--seed"] if seed else []),
                                *(extra or [])], command="daemon", host=host, wrap=wrap or [], env=env or {})
-    name = f"{'seed' if seed else 'peer'}-{node.upload_port}"
+    given = extra[extra.index("--host-id") + 1] if extra and "--host-id" in extra else None
+    name = given or f"{'seed' if seed else 'peer'}-{node.upload_port}"
     if any(url.startswith("https:") for url in schedulers):  # a TLS cluster: every member holds a certificate
-        node.tls_name = name
-    else:
+        node.tls_name = name  # in its name: the host id
+    elif given is None:
         node.args += ["--host-id", name]
     return node.start()
