@@ -67,7 +67,7 @@ def affinity(child: Child, candidate: Candidate) -> float:
     if not mine or not theirs:
         return 0.0
     common = 0
-    for a, b in zip(mine, theirs):
+    for a, b in zip(mine, theirs, strict=False):  # paths of different depths share a prefix
         if a != b:
             break
         common += 1

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import os
 import signal
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field

@@ -42,7 +42,7 @@ def tls_cluster(tmp_path: Path, registry: Registry) -> Iterator[dict[str, Any]]:
         mapping = ["--registry", f"{registry.host}={registry.url}"]
         started.append(start_peer(tmp_path / "seed/data", [scheduler.url], mapping, seed=True))
         started.append(start_peer(tmp_path / "peer/data", [scheduler.url], mapping))
-        yield dict(zip(("scheduler", "seed", "peer"), started))
+        yield dict(zip(("scheduler", "seed", "peer"), started, strict=True))
     finally:  # also when a process did not come up: none is left running
         for process in reversed(started):
             process.stop()
