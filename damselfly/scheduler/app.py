@@ -89,7 +89,7 @@ class Scheduler:
         self.metrics = SchedulerMetrics()
         self.metrics.hosts.labels("seed").set_function(lambda: len(self.state.seeds()))
         self.metrics.hosts.labels("all").set_function(lambda: len(self.state.hosts))
-        self.metrics.tasks.set_function(lambda: len(self.state.tasks))
+        self.metrics.tasks.set_function(lambda: self.state.task_count)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
@@ -173,12 +173,21 @@ class Scheduler:
         except WireError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
 
-    def _task(self, request: web.Request) -> Task:
+    def _tasks(self, request: web.Request, host_id: str) -> list[Task]:
+        """The tasks of the path's digest that ``host_id``'s call is about (see SchedulerState.find)."""
         task_id = self._task_id(request)
-        task = self.state.tasks.get(task_id)
-        if task is None:
+        tasks = self.state.find(task_id, host_id)
+        if not tasks:
             raise web.HTTPNotFound(text=f"unknown task {task_id}: register first")
-        return task
+        return tasks
+
+    def _task(self, request: web.Request, host_id: str) -> Task:
+        """The one task ``host_id`` registered for the path's digest (one of several lengths:
+        it must register to say which)."""
+        tasks = self._tasks(request, host_id)
+        if len(tasks) > 1:
+            raise web.HTTPNotFound(text=f"host {host_id} is not a peer of task {tasks[0].id}: register first")
+        return tasks[0]
 
     async def register(self, request: web.Request) -> web.Response:
         task_id = self._task_id(request)
@@ -202,9 +211,9 @@ class Scheduler:
 
     async def poll(self, request: web.Request) -> web.Response:
         """Long poll: answer when the task changed since ``since``, or after a few seconds."""
-        task = self._task(request)
         host_id = request.query.get("host_id", "")
         self._speaks_for(request, host_id)
+        task = self._task(request, host_id)
         if host_id not in task.peers:
             raise web.HTTPNotFound(text=f"host {host_id} is not a peer of task {task.id}: register first")
         try:
@@ -220,9 +229,9 @@ class Scheduler:
         return self._schedule(task, host_id, since)
 
     async def pieces(self, request: web.Request) -> web.Response:
-        task = self._task(request)
         message = await self._message(request, PieceReport)
         self._speaks_for(request, message.host_id)
+        task = self._task(request, message.host_id)
         host = self.state.hosts.get(message.host_id)
         # Digests are taken only from seeds that read the origin (with TLS, a seed certificate).
         trusted = message.from_origin and host is not None and host.is_seed
@@ -234,9 +243,9 @@ class Scheduler:
         return web.json_response(PieceAnswer(tuple(rejected)).to_json())
 
     async def bad_parent(self, request: web.Request) -> web.Response:
-        task = self._task(request)
         message = await self._message(request, BadParentReport)
         self._speaks_for(request, message.host_id)
+        task = self._task(request, message.host_id)
         parent_id = message.parent_id
         if parent_id is None:  # a peer a seed pointed at, known to the reporter by its upload URL only
             assert message.parent_url is not None  # the wire requires one of them
@@ -249,9 +258,9 @@ class Scheduler:
         return web.json_response({})
 
     async def trigger_failed(self, request: web.Request) -> web.Response:
-        task = self._task(request)
         message = await self._message(request, TriggerFailed)
         self._speaks_for(request, message.host_id)
+        task = self._task(request, message.host_id)
         if message.host_id not in task.peers:
             raise web.HTTPNotFound(text=f"host {message.host_id} is not a peer of task {task.id}: register first")
         self.state.trigger_failed(message.seed_id)
@@ -261,20 +270,23 @@ class Scheduler:
         return web.json_response({})
 
     async def done(self, request: web.Request) -> web.Response:
-        task = self._task(request)
         message = await self._message(request, DoneReport)
         self._speaks_for(request, message.host_id)
-        excluded = self.state.finish(task, message.host_id, message.success, message.reason,
-                                     could_not_start=message.could_not_start,
-                                     digest_mismatch=message.digest_mismatch)
+        # A host that never registered (a seed that could not start) speaks of the digest: every length.
+        tasks = self._tasks(request, message.host_id)
+        excluded = [source for task in tasks
+                    for source in self.state.finish(task, message.host_id, message.success, message.reason,
+                                                    could_not_start=message.could_not_start,
+                                                    digest_mismatch=message.digest_mismatch)]
+        task_id = tasks[0].id
         if message.digest_mismatch and not message.success:
             self.metrics.digest_mismatches.inc()
             log.warning("host %s assembled %s from the known piece digests and its digest did not match: %s",
-                        message.host_id, task.id, message.reason)
+                        message.host_id, task_id, message.reason)
         for source in excluded:
             self.metrics.excluded_sources.inc()
             log.error("two hosts found the piece digests of %s for %s wrong: excluded from it for everyone",
-                      source, task.id)
+                      source, task_id)
         return web.json_response({})
 
     # -- scheduling ----------------------------------------------------------------

@@ -5,6 +5,11 @@ order): what a child lacks that a parent can serve is one AND-NOT and a popcount
 the piece count, and a host's uploads in flight are a counter kept as parents change, so
 that a schedule costs O(parents) and never O(parents x pieces) or O(tasks).
 
+A task is one (digest, length): hosts that say different lengths for a digest (one read a
+registry that lied about it) are in different swarms, so a wrong length one host registers
+cannot keep the others from P2P, and nobody is offered pieces of a blob of another length.
+The blob's own digest check still decides which of them gets a blob.
+
 Everything that comes from one host is bounded and forgotten: hosts are capped, tasks
 nobody holds expire, a failure report ends only its reporter's download, and failures
 (a seed that could not start, a digest mismatch) are remembered for a while only.
@@ -52,7 +57,10 @@ class TooManyTasks(Refused):
 
 
 class TaskConflict(Refused):
-    """A register whose length disagrees with the task's current peers."""
+    """A register whose piece length disagrees with the task's current peers."""
+
+
+TaskKey = tuple[str, int]  # (digest, length): the task's id on the wire, and the length its peers say
 
 
 def mask_of(indexes: Iterable[int], count: int) -> int:
@@ -128,6 +136,10 @@ class Task:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
+    def key(self) -> TaskKey:
+        return (self.id, self.length)
+
+    @property
     def count(self) -> int:
         return piece_count(self.length, self.piece_length)
 
@@ -156,10 +168,12 @@ class SchedulerState:
         self.max_hosts = max_hosts
         self.max_tasks = max_tasks
         self.hosts: dict[str, Host] = {}
-        self.tasks: dict[str, Task] = {}
-        self.host_tasks: dict[str, set[str]] = {}  # host id: the tasks it is a peer of (announced or not)
+        self.tasks: dict[str, dict[int, Task]] = {}  # task id (digest): its tasks by length
+        self.task_count = 0
+        # host id: the tasks it is a peer of (announced or not), each id with the one length it said
+        self.host_tasks: dict[str, dict[str, int]] = {}
         self.uploads: dict[str, int] = {}  # host id: children that count it among their parents
-        self.empty_since: dict[str, float] = {}  # task id: when its last peer left (oldest first)
+        self.empty_since: dict[TaskKey, float] = {}  # when each task's last peer left (oldest first)
         self._by_url: dict[str, str] = {}
         # Versions count within one scheduler's life: a peer's ``since`` means something only
         # to the scheduler (and run) that gave it.
@@ -186,8 +200,8 @@ class SchedulerState:
         host = self.hosts.pop(host_id, None)
         if host is not None and self._by_url.get(host.upload_url) == host_id:
             del self._by_url[host.upload_url]
-        for task_id in self.host_tasks.pop(host_id, set()):
-            self._drop_peer(self.tasks[task_id], host_id)
+        for task_id, length in self.host_tasks.pop(host_id, {}).items():
+            self._drop_peer(self.tasks[task_id][length], host_id)
 
     def alive(self, host_id: str) -> bool:
         host = self.hosts.get(host_id)
@@ -213,48 +227,71 @@ class SchedulerState:
     # -- tasks ---------------------------------------------------------------------
 
     def task(self, task_id: str, length: int, piece_length: int, ranged: bool = False) -> Task:
-        """The task, created on its first register. A length that disagrees with the task's
-        peers is refused: a register must not wipe out the swarm of a blob."""
-        task = self.tasks.get(task_id)
-        if task is not None and (task.length != length or task.piece_length != piece_length):
+        """The task of ``task_id`` with ``length``, created on its first register. Another
+        length is another task: a register never touches the swarm of a length it did not say."""
+        task = self.tasks.get(task_id, {}).get(length)
+        if task is not None and task.piece_length != piece_length:
             if task.peers:
-                raise TaskConflict(f"task {task_id} has length {task.length}, not {length}")
-            self._forget(task_id)
+                raise TaskConflict(f"task {task_id} of length {length} has pieces of {task.piece_length} bytes, "
+                                   f"not {piece_length}")
+            self._forget(task.key)
             task = None
         if task is None:
-            if len(self.tasks) >= self.max_tasks and self.empty_since:
+            if self.task_count >= self.max_tasks and self.empty_since:
                 self._forget(next(iter(self.empty_since)))  # the oldest task nobody holds
-            if len(self.tasks) >= self.max_tasks:
+            if self.task_count >= self.max_tasks:
                 raise TooManyTasks(f"this scheduler holds at most {self.max_tasks} tasks")
             task = Task(task_id, length, piece_length, ranged)
-            self.tasks[task_id] = task
-            self.empty_since[task_id] = self.clock()
+            self.tasks.setdefault(task_id, {})[length] = task
+            self.task_count += 1
+            self.empty_since[task.key] = self.clock()
         elif not task.peers:  # everyone who had it left: the next swarm reads it as its first peer does
             task.ranged = ranged
         return task
 
-    def expire_tasks(self) -> list[str]:
+    def find(self, task_id: str, host_id: str, length: int | None = None) -> list[Task]:
+        """The tasks a call about ``task_id`` from ``host_id`` is about: the one of ``length``
+        if it says one, else the one the host is a peer of, else every length of the digest
+        (a report from a host that never registered, such as a seed that could not start)."""
+        lengths = self.tasks.get(task_id, {})
+        if length is None:
+            length = self.host_tasks.get(host_id, {}).get(task_id)
+        if length is not None:
+            return [lengths[length]] if length in lengths else []
+        return list(lengths.values())
+
+    def expire_tasks(self) -> list[TaskKey]:
         """Forget the tasks nobody has held for TASK_EXPIRY."""
         now = self.clock()
         gone = []
-        for task_id, since in self.empty_since.items():  # oldest first
+        for key, since in self.empty_since.items():  # oldest first
             if now - since < TASK_EXPIRY:
                 break
-            gone.append(task_id)
-        for task_id in gone:
-            self._forget(task_id)
+            gone.append(key)
+        for key in gone:
+            self._forget(key)
         return gone
 
-    def _forget(self, task_id: str) -> None:
-        del self.tasks[task_id]
-        self.empty_since.pop(task_id, None)
+    def _forget(self, key: TaskKey) -> None:
+        task_id, length = key
+        lengths = self.tasks[task_id]
+        del lengths[length]
+        if not lengths:
+            del self.tasks[task_id]
+        self.task_count -= 1
+        self.empty_since.pop(key, None)
 
     def join(self, task: Task, host_id: str, pieces: Iterable[int], seeding: bool = False) -> Peer:
+        """Make ``host_id`` a peer of ``task``; a host that said another length for the digest
+        before (one download per digest) leaves that task."""
         peer = task.peers.get(host_id)
         if peer is None:
+            said = self.host_tasks.get(host_id, {}).get(task.id)
+            if said is not None:
+                self._drop_peer(self.tasks[task.id][said], host_id)
             peer = task.peers[host_id] = Peer(host_id)
-            self.host_tasks.setdefault(host_id, set()).add(task.id)
-            self.empty_since.pop(task.id, None)
+            self.host_tasks.setdefault(host_id, {})[task.id] = task.length
+            self.empty_since.pop(task.key, None)
         peer.pieces |= mask_of(pieces, task.count)
         peer.seeding = peer.seeding or seeding
         if peer.pieces == task.full:
@@ -268,14 +305,14 @@ class SchedulerState:
             return
         self._set_parents(peer, frozenset())
         tasks = self.host_tasks.get(host_id)
-        if tasks is not None:
-            tasks.discard(task.id)
+        if tasks is not None and tasks.get(task.id) == task.length:
+            del tasks[task.id]
             if not tasks:
                 del self.host_tasks[host_id]
         if task.lease is not None and task.lease[0] == host_id:
             task.lease = None
         if not task.peers:
-            self.empty_since[task.id] = self.clock()
+            self.empty_since[task.key] = self.clock()
         task.bump()
 
     def _set_parents(self, peer: Peer, parents: frozenset[str]) -> None:

@@ -166,6 +166,30 @@ def test_a_digest_mismatch_excludes_the_liar_for_the_reporter_then_for_everyone(
     assert scheduler.metric("damselfly_scheduler_excluded_sources_total") == 1
 
 
+def test_a_wrong_length_registered_first_keeps_nobody_from_p2p(scheduler: SchedulerProcess) -> None:
+    """A member whose client named a registry that claims 100 MiB for the digest registers that
+    length first. Before, every honest register of the true length got 409 ("task ... has length
+    104857600"), which peers took for an unreachable scheduler: they all went to the origin."""
+    squatter, honest = joined(scheduler, "squatter"), joined(scheduler, "honest")
+    seed = joined(scheduler, "seed-1", "seed")
+    squatted = 100 << 20
+    assert squatter.register(length=squatted, piece_length=piece_length_for(squatted)).status_code == 200
+    answer = honest.register()
+    assert answer.status_code == 200, answer.text
+    first = Schedule.from_json(answer.json())
+    assert first.action == "seed" and [s.host_id for s in first.seeds] == ["seed-1"]
+    # The seed it asked reads the true blob: the honest peer downloads it from the seed.
+    assert seed.register(seeding=True).status_code == 200
+    assert seed.post("pieces", pieces=[[0, digest(0), None, None]], from_origin=True).status_code == 200
+    schedule = Schedule.from_json(honest.poll().json())
+    assert schedule.action == "download" and [p.host_id for p in schedule.parents] == ["seed-1"]
+    assert schedule.digests == {0: digest(0)}
+    # The squatter is in a swarm of its own length: nobody there, and none of the true blob's digests.
+    squatter_view = Schedule.from_json(squatter.poll().json())
+    assert squatter_view.parents == () and squatter_view.digests == {}
+    assert scheduler.metric("damselfly_scheduler_tasks") == 2
+
+
 def test_the_host_cap_answers_429() -> None:
     """In process: the cap is a constructor setting (the CLI keeps its default)."""
     async def scenario() -> None:

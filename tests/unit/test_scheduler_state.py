@@ -60,7 +60,7 @@ def news(*indexes: int, digest: str | None = None, parent: str | None = None, co
 
 def uploads_recounted(state: SchedulerState) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for task in state.tasks.values():
+    for task in (t for lengths in state.tasks.values() for t in lengths.values()):
         for peer in task.peers.values():
             for parent in peer.parents:
                 counts[parent] = counts.get(parent, 0) + 1
@@ -366,18 +366,42 @@ def test_a_task_whose_peers_all_left_takes_the_next_first_peers_way_of_reading_t
     clock.advance(TASK_EXPIRY - 1)
     assert state.expire_tasks() == []
     clock.advance(2)
-    assert state.expire_tasks() == [TASK] and state.tasks == {}
+    assert state.expire_tasks() == [(TASK, 10)] and state.tasks == {} and state.task_count == 0
 
 
-def test_a_register_with_another_length_cannot_wipe_a_swarm():
+def test_a_register_with_another_piece_length_cannot_wipe_a_swarm():
     state, _ = make_state()
     task = state.task(TASK, length=10, piece_length=4)
     state.join(task, "p1", [0])
     with pytest.raises(TaskConflict):
-        state.task(TASK, length=20, piece_length=4)
-    assert state.tasks[TASK] is task and "p1" in task.peers
+        state.task(TASK, length=10, piece_length=8)
+    assert state.tasks[TASK] == {10: task} and "p1" in task.peers
     state.finish(task, "p1", success=False)
-    assert state.task(TASK, length=20, piece_length=4).length == 20  # nobody held it: taken as said
+    assert state.task(TASK, length=10, piece_length=8).piece_length == 8  # nobody held it: taken as said
+
+
+def test_a_squatted_length_is_its_own_task_and_the_true_length_swarm_goes_on():
+    """A host that read a lying registry registers the digest at 100 MiB first; an honest
+    peer, then a seed, register its true length: they are scheduled together, apart from it."""
+    state, _ = make_state("seed", peers=("squatter", "honest"))
+    squatted = state.task(TASK, length=100 << 20, piece_length=512 << 10)
+    state.join(squatted, "squatter", [], seeding=True)
+    task = state.task(TASK, length=8 << 20, piece_length=256 << 10)
+    assert task is not squatted and task.length == 8 << 20
+    state.join(task, "honest", [])
+    assert state.schedule(task, "honest").action == "seed"  # nobody holds the true blob: ask a seed
+    state.join(task, "seed", [], seeding=True)
+    answer = state.schedule(task, "honest")
+    assert answer.action == "download" and [p.host_id for p in answer.parents] == ["seed"]
+    assert "squatter" not in task.peers and set(squatted.peers) == {"squatter"}
+    assert state.find(TASK, "honest") == [task] and state.find(TASK, "squatter") == [squatted]
+    assert state.find(TASK, "stranger") == [squatted, task] and state.task_count == 2
+
+    state.join(task, "squatter", [])  # the squatter's next download says the true length: it moves
+    assert squatted.peers == {} and state.find(TASK, "squatter") == [task]
+    assert state.host_tasks["squatter"] == {TASK: 8 << 20}
+    state.leave("squatter")
+    assert set(task.peers) == {"honest", "seed"} and "squatter" not in state.host_tasks
 
 
 def test_hosts_and_tasks_are_capped_and_expired_hosts_make_room():
@@ -393,8 +417,8 @@ def test_hosts_and_tasks_are_capped_and_expired_hosts_make_room():
     state.join(first, "p1", [])
     state.task("sha256:" + "2" * 64, 4, 4)  # nobody joined it: the first to go
     state.task("sha256:" + "3" * 64, 4, 4)
-    assert set(state.tasks) == {first.id, "sha256:" + "3" * 64}
-    state.join(state.tasks["sha256:" + "3" * 64], "p2", [])
+    assert set(state.tasks) == {first.id, "sha256:" + "3" * 64} and state.task_count == 2
+    state.join(state.tasks["sha256:" + "3" * 64][4], "p2", [])
     with pytest.raises(TooManyTasks):
         state.task("sha256:" + "4" * 64, 4, 4)
 
