@@ -513,7 +513,8 @@ class BlobService:
             raise
         if self.network is not None and not self.network.is_seed:
             self._resumable.add(key)
-            task.on_piece = lambda _: self._checkpoint_soon(task)
+        task.on_piece = lambda _: self._piece_landed(task)
+        self.store.landed(digest, _written(task))  # the pieces a resumed download kept
         task.ranged = ranged
         self._tasks[key] = task
         self._task_origins[key] = origin
@@ -542,7 +543,7 @@ class BlobService:
             return Task(digest, length, self.store.new_incoming(digest) if from_origin
                         else self.store.resumable_path(digest))
         except OSError as exc:
-            self.store.unreserve(length)
+            self.store.unreserve(digest, length)
             if _out_of_space(exc):
                 raise NoRoom(f"no room on the store's disk: {exc.strerror}", "disk_full", stream) from None
             raise
@@ -565,6 +566,17 @@ class BlobService:
         log.info("resuming %s: %d of %d pieces kept from an earlier run (%d failed their check)", digest,
                  len(good), task.piece_count, len(partial.pieces) - len(good))
         return task
+
+    def _piece_landed(self, task: Task) -> None:
+        """Per piece: the store weighs the bytes now on disk (evicting for them, never for a
+        claimed length), and a resumable download is checkpointed soon. A piece that lands
+        after its download ended (a fetch thread's late word) counts for nothing."""
+        key = str(task.digest)
+        if self._tasks.get(key) is not task:
+            return
+        self.store.landed(task.digest, _written(task))
+        if key in self._resumable:
+            self._checkpoint_soon(task)
 
     def _checkpoint_soon(self, task: Task) -> None:
         key = str(task.digest)
@@ -646,7 +658,7 @@ class BlobService:
             self._committing.discard(key)
             self._resumable.discard(key)
             if not committed:
-                self.store.unreserve(task.length)
+                self.store.unreserve(task.digest, task.length)
                 if not kept:
                     self.store.discard(task.path)
 
@@ -681,6 +693,11 @@ def within_range(start: int, chunk: bytearray, first: int, last: int) -> memoryv
     begin = min(max(first - start, 0), len(chunk))
     end = min(max(last + 1 - start, 0), len(chunk))
     return memoryview(chunk)[begin:max(begin, end)]
+
+
+def _written(task: Task) -> int:
+    """Bytes of the task's file that its pieces done fill (the last piece may be shorter)."""
+    return min(task.bitmap.done * task.piece_length, task.length)
 
 
 def _piece_digests(task: Task) -> dict[int, str]:

@@ -216,7 +216,14 @@ class Network:
             return
         reporter = Reporter(self, task, origin, from_origin=True)
         self._reporters[key] = reporter
-        task.on_piece = lambda index: reporter.add(index)
+        landed = task.on_piece  # the blob service's (the store weighs each piece): kept
+
+        def on_piece(index: int) -> None:
+            if landed is not None:
+                landed(index)
+            reporter.add(index)
+
+        task.on_piece = on_piece
 
         async def register() -> None:
             with contextlib.suppress(SchedulerUnavailable):

@@ -96,7 +96,9 @@ class BlobStore:
         self._on_evict = on_evict
         self._blobs: OrderedDict[str, StoredBlob] = OrderedDict()  # least recently used first
         self._stored_bytes = 0
-        self._reserved_bytes = 0
+        self._reserved_bytes = 0  # lengths claimed by downloads in flight: weighed, never evicted for
+        self._landed: dict[str, int] = {}  # bytes each download in flight has on disk (its written pieces)
+        self._landed_bytes = 0
         self._incoming = root / "incoming"
         self._incoming.mkdir(parents=True, exist_ok=True)
         self._clean_incoming()
@@ -151,6 +153,12 @@ class BlobStore:
         return self._stored_bytes + self._reserved_bytes
 
     @property
+    def occupied_bytes(self) -> int:
+        """Stored blobs plus the bytes downloads have actually written: what eviction keeps
+        under the watermarks (a claimed length is not on disk until it lands)."""
+        return self._stored_bytes + self._landed_bytes
+
+    @property
     def blob_count(self) -> int:
         return len(self._blobs)
 
@@ -167,12 +175,13 @@ class BlobStore:
     # -- writers -------------------------------------------------------------------
 
     def reserve(self, length: int) -> None:
-        """Make room for a download of ``length`` bytes before it starts.
+        """Hold room for a download of ``length`` bytes before it starts; nothing is evicted.
 
-        The length is what the source claims, so it is weighed before anything is evicted
-        for it: above the high watermark (a blob the store would evict everything for and
-        still not keep under it) BlobTooLarge; when evicting every idle blob would still
-        leave it above the high watermark, StoreFull.
+        The length is what the source claims, so it is only weighed: above the high watermark
+        (a blob the store would evict everything for and still not keep under it)
+        BlobTooLarge; when evicting every idle blob would still leave it above the high
+        watermark, StoreFull. Blobs are evicted as the download's bytes land (``landed``):
+        a source that claims a length and sends little evicts nothing for it.
         """
         if length > self.high:
             raise BlobTooLarge(f"a blob of {format_size(length)} is larger than this cache keeps "
@@ -181,15 +190,24 @@ class BlobStore:
             raise StoreFull(f"no room for {format_size(length)}: {format_size(self.used_bytes)} of the cache's "
                             f"{format_size(self.high)} are held by readers and downloads")
         self._reserved_bytes += length
-        if self.used_bytes > self.high:
-            self.collect_garbage()
 
     def _idle_bytes(self) -> int:
         """Bytes that eviction could free now."""
         return sum(blob.meta.length for key, blob in self._blobs.items() if not self.in_use(key))
 
-    def unreserve(self, length: int) -> None:
+    def landed(self, digest: Digest, written: int) -> None:
+        """The download of ``digest`` has ``written`` bytes on disk now (called per piece):
+        above the high watermark, idle blobs are evicted for them."""
+        key = str(digest)
+        self._landed_bytes += written - self._landed.get(key, 0)
+        self._landed[key] = written
+        if self.occupied_bytes > self.high:
+            self.collect_garbage()
+
+    def unreserve(self, digest: Digest, length: int) -> None:
+        """A download of ``digest`` ends unstored: drop its claim and the bytes it had landed."""
         self._reserved_bytes -= length
+        self._landed_bytes -= self._landed.pop(str(digest), 0)
 
     def new_incoming(self, digest: Digest) -> Path:
         fd, name = tempfile.mkstemp(prefix=f"tmp-{digest.algorithm}-{digest.hex[:16]}-", dir=self._incoming)
@@ -242,7 +260,7 @@ class BlobStore:
         os.replace(meta_tmp, self._meta_path(data_path))
         os.replace(incoming, data_path)
         incoming.with_name(incoming.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
-        self.unreserve(meta.length)
+        self.unreserve(digest, meta.length)  # its landed bytes are stored bytes now
         blob = self._blobs.get(str(digest))
         if blob is None:
             blob = StoredBlob(digest, data_path, meta)
@@ -262,11 +280,12 @@ class BlobStore:
     # -- eviction ------------------------------------------------------------------
 
     def collect_garbage(self) -> None:
-        """Above the high watermark, evict least recently used idle blobs down to the low one."""
-        if self.used_bytes <= self.high:
+        """Above the high watermark, evict least recently used idle blobs down to the low one.
+        Only bytes on disk count: stored blobs and what downloads have written so far."""
+        if self.occupied_bytes <= self.high:
             return
         for key in list(self._blobs):
-            if self.used_bytes <= self.low:
+            if self.occupied_bytes <= self.low:
                 break
             if self.in_use(key):
                 continue
@@ -278,6 +297,6 @@ class BlobStore:
             log.info("evicted %s (%s) to keep the cache under its quota", key, format_size(blob.meta.length))
             if self._on_evict:
                 self._on_evict(blob)
-        if self.used_bytes > self.high:
+        if self.occupied_bytes > self.high:
             log.warning("cache holds %s, above its high watermark %s: the rest is in use by readers or downloads",
-                        format_size(self.used_bytes), format_size(self.high))
+                        format_size(self.occupied_bytes), format_size(self.high))

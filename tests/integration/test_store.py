@@ -6,6 +6,8 @@ import contextlib
 import hashlib
 import os
 import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
@@ -170,5 +172,77 @@ def test_a_blob_claimed_larger_than_the_cache_is_refused_and_evicts_nothing(dams
         assert not any((node.data_dir / "incoming").iterdir())
         assert fetch(node, registry.host, "huge/kept", digest) == data
         assert len(registry.blob_gets(digest)) == 1, "the kept blob was served from the cache"
+    finally:
+        fake.stop()
+
+
+@dataclass
+class ClaimingRegistryFake:
+    """Claims every blob is ``claimed`` bytes long, sends ``sent`` of them, then holds the
+    connection until ``hang_up`` is set and closes it: a source that lies about a length."""
+
+    claimed: int
+    sent: int
+    hang_up: threading.Event = field(default_factory=threading.Event)
+    port: int = field(default_factory=free_port)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "ClaimingRegistryFake":
+        fake = self
+
+        class Handler(QuietRequestHandler):
+            def do_HEAD(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Length", str(fake.claimed))
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.do_HEAD()
+                with contextlib.suppress(OSError):
+                    self.wfile.write(b"\0" * fake.sent)
+                    self.wfile.flush()
+                fake.hang_up.wait(60)
+
+        self._server = ThreadedHTTPServer(Handler, self.port)
+        return self
+
+    def stop(self) -> None:
+        self.hang_up.set()
+        self._server.stop()
+
+
+def test_a_claimed_length_that_never_arrives_evicts_nothing(damselfly, registry, registry_client):
+    """Quota 40 MiB (high watermark 36): four 4 MiB blobs cached, then a source claims 30 MiB
+    and sends one byte. Before, the claim alone evicted the whole cache."""
+    blobs = [os.urandom(4 * MiB) for _ in range(4)]
+    digests = [registry_client.push_blob("claim/kept", b) for b in blobs]
+    fake = ClaimingRegistryFake(claimed=30 * MiB, sent=1).start()
+    try:
+        node = damselfly("--cache-quota", "40MiB", "--registry", f"claiming.test=http://{fake.host}")
+        for digest, data in zip(digests, blobs):
+            assert fetch(node, registry.host, "claim/kept", digest) == data
+        wait_until(lambda: node.metric("damselfly_store_blobs") == 4, 20, "the blobs to be stored")
+
+        claimed = "sha256:" + "c" * 64
+        with ThreadPoolExecutor(1) as pool:
+            reader = pool.submit(httpx.get, f"{node.url}/v2/claim/lie/blobs/{claimed}",
+                                 params={"ns": "claiming.test"}, timeout=60)
+            # The download is under way once its claimed length is weighed (held, not evicted for).
+            wait_until(lambda: node.metric("damselfly_store_used_bytes") == 16 * MiB + 30 * MiB, 20,
+                       "the claimed length to be reserved")
+            assert node.metric("damselfly_store_blobs") == 4
+            assert node.metric("damselfly_store_evictions_total") == 0
+            fake.hang_up.set()  # the source fails after its one byte
+            with contextlib.suppress(httpx.HTTPError):
+                answer = reader.result()
+                assert answer.status_code != 200 or len(answer.content) < 30 * MiB
+        wait_until(lambda: node.metric("damselfly_store_used_bytes") == 16 * MiB, 20, "the claim to be dropped")
+        assert node.metric("damselfly_store_evictions_total") == 0
+        for digest, data in zip(digests, blobs):
+            assert fetch(node, registry.host, "claim/kept", digest) == data
+            assert len(registry.blob_gets(digest)) == 1, "the kept blob was served from the cache"
     finally:
         fake.stop()

@@ -15,6 +15,7 @@ def put(store: BlobStore, data: bytes) -> Digest:
     store.reserve(len(data))
     incoming = store.new_incoming(digest)
     incoming.write_bytes(data)
+    store.landed(digest, len(data))
     store.commit(incoming, digest, BlobMeta(len(data), False, "https://r", "repo", 0.0))
     return digest
 
@@ -158,7 +159,10 @@ def test_a_claimed_length_the_cache_cannot_keep_is_refused_without_evicting(tmp_
         with pytest.raises(BlobTooLarge, match="larger than this cache keeps"):
             store.reserve(claimed)
     assert evicted == [] and store.used_bytes == 300 and store.lookup(kept) is not None
-    store.reserve(800)  # the high watermark itself fits, by evicting the idle blob
+    coming = Digest.parse("sha256:" + "c" * 64)
+    store.reserve(800)  # the high watermark itself fits, by evicting the idle blob once its bytes land
+    assert evicted == [] and store.used_bytes == 1100
+    store.landed(coming, 800)
     assert [str(b.digest) for b in evicted] == [str(kept)] and store.used_bytes == 800
 
 
@@ -174,8 +178,29 @@ def test_no_room_beside_blobs_in_use_is_store_full_and_evicts_nothing(tmp_path):
     with pytest.raises(StoreFull, match="held by readers and downloads"):
         store.reserve(500)  # 400 held + 500 > 800, even with the idle blob gone
     assert evicted == [] and store.used_bytes == 700 and store.lookup(idle) is not None
-    store.reserve(400)  # fits once the idle blob goes
+    store.reserve(400)  # fits once the idle blob goes: as its bytes land
+    store.landed(Digest.parse("sha256:" + "c" * 64), 400)
     assert evicted == [str(idle)] and store.used_bytes == 800
+
+
+def test_a_claimed_length_evicts_only_for_the_bytes_that_land(tmp_path):
+    """Quota 1000, watermarks 900 / 750, four idle blobs of 100: a source claims 750 bytes."""
+    evicted = []
+    store = BlobStore(tmp_path, quota=1000, high_watermark=0.9, low_watermark=0.75,
+                      on_evict=lambda blob: evicted.append(str(blob.digest)))
+    kept = [put(store, bytes([i]) * 100) for i in range(4)]
+    coming = Digest.parse("sha256:" + "c" * 64)
+    store.reserve(750)
+    store.landed(coming, 1)  # one byte came, then the source stalled
+    assert evicted == [] and store.occupied_bytes == 401
+    store.unreserve(coming, 750)  # ... and failed: nothing was evicted for it
+    assert evicted == [] and store.used_bytes == store.occupied_bytes == 400 and store.blob_count == 4
+
+    store.reserve(750)
+    store.landed(coming, 600)  # 1000 on disk: down to the low watermark, oldest first
+    assert evicted == [str(d) for d in kept[:3]] and store.occupied_bytes == 700
+    store.unreserve(coming, 750)
+    assert store.used_bytes == store.occupied_bytes == 100 and store.lookup(kept[3]) is not None
 
 
 def test_discard_leaves_nothing_of_a_failed_commit(tmp_path):
