@@ -73,7 +73,7 @@ class UploadServer:
 
     def application(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/healthy", lambda _: web.Response(text="ok\n"))
+        app.router.add_get("/healthy", self.healthy)
         app.router.add_get("/metrics", self.metrics_handler)
         app.router.add_get("/pieces/{digest}/{index}", self.piece)
         app.router.add_post("/api/v1/seed/{digest}", self.seed)
@@ -84,6 +84,9 @@ class UploadServer:
         for task in list(self._seeding):
             task.cancel()
         await asyncio.gather(*self._seeding, return_exceptions=True)
+
+    async def healthy(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
 
     async def metrics_handler(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")

@@ -19,11 +19,10 @@ from tests.support.wait import wait_until
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, registry) -> Iterator[Callable[..., Damselfly]]:
+def cluster_of(tmp_path: Path, registry, tls: bool) -> Iterator[Callable[..., Damselfly]]:
     """``cluster.scheduler`` is started; call ``cluster(seed=...)`` to add daemons."""
     started: list = []
-    scheduler = SchedulerProcess(tmp_path / "scheduler", tls=True).start()  # members over mutual TLS, as deployed
+    scheduler = SchedulerProcess(tmp_path / "scheduler", tls=tls).start()
     started.append(scheduler)
     mapping = ["--registry", f"{registry.host}={registry.url}"]
 
@@ -37,6 +36,12 @@ def cluster(tmp_path: Path, registry) -> Iterator[Callable[..., Damselfly]]:
     yield add
     for process in reversed(started):
         process.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, registry) -> Iterator[Callable[..., Damselfly]]:
+    """Members over mutual TLS, as a cluster is deployed."""
+    yield from cluster_of(tmp_path, registry, tls=True)
 
 
 def get_blob(node: Damselfly, ns: str, name: str, digest: str, **headers: str) -> bytes:

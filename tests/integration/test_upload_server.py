@@ -23,7 +23,7 @@ from damselfly.p2p.pieces import piece_digest, piece_length_for
 from damselfly.p2p.store import BlobMeta, BlobStore
 from damselfly.p2p.upload import UploadServer
 from damselfly.wire import ORIGIN_HEADER
-from tests.integration.test_p2p_cluster import cluster, get_blob  # noqa: F401 - the fixture, shared
+from tests.integration.test_p2p_cluster import cluster_of, get_blob
 from tests.support.processes import metric
 from tests.support.wait import wait_until
 
@@ -32,14 +32,21 @@ BLOB = os.urandom(40 * MiB + 123)  # 256 KiB pieces, the last one short
 PIECE = piece_length_for(len(BLOB))
 
 
-def seeded(cluster, registry, registry_client):  # noqa: F811 - the fixture
+@pytest.fixture
+def cluster(tmp_path, registry):
+    """Plain HTTP on loopback: these tests speak to the upload port byte by byte (the TLS
+    path, and what it refuses, is tests/integration/test_outsider.py's)."""
+    yield from cluster_of(tmp_path, registry, tls=False)
+
+
+def seeded(cluster, registry, registry_client):
     digest = registry_client.push_blob("upload/runs", BLOB)
     seed = cluster(seed=True)
     assert get_blob(seed, registry.host, "upload/runs", digest) == BLOB
     return seed, digest
 
 
-def test_a_run_of_pieces_comes_in_one_body_with_each_digest(cluster, registry, registry_client):  # noqa: F811
+def test_a_run_of_pieces_comes_in_one_body_with_each_digest(cluster, registry, registry_client):
     seed, digest = seeded(cluster, registry, registry_client)
     count = len(BLOB) // PIECE + 1
     response = httpx.get(f"{seed.upload_url}/pieces/{digest}/3", params={"count": 5}, timeout=30)
@@ -55,7 +62,7 @@ def test_a_run_of_pieces_comes_in_one_body_with_each_digest(cluster, registry, r
         assert refused.status_code == 400 and "count" in refused.text
 
 
-def test_an_asker_that_stops_reading_is_no_error(cluster, registry, registry_client):  # noqa: F811
+def test_an_asker_that_stops_reading_is_no_error(cluster, registry, registry_client):
     seed, digest = seeded(cluster, registry, registry_client)
     address = urlsplit(seed.upload_url)
     with socket.create_connection((address.hostname, address.port), timeout=30) as asker:
@@ -69,7 +76,7 @@ def test_an_asker_that_stops_reading_is_no_error(cluster, registry, registry_cli
     assert httpx.get(f"{seed.upload_url}/pieces/{digest}/0", timeout=30).content == BLOB[:PIECE]  # still serving
 
 
-def test_an_asker_that_freezes_is_cut_off_and_frees_its_slot(cluster, registry, registry_client):  # noqa: F811
+def test_an_asker_that_freezes_is_cut_off_and_frees_its_slot(cluster, registry, registry_client):
     """A peer that accepts no bytes (frozen, or behind a link that drops everything) must not
     hold an upload slot for as long as TCP retries: after --read-timeout it is cut off."""
     digest = registry_client.push_blob("upload/frozen", BLOB)
@@ -86,7 +93,7 @@ def test_an_asker_that_freezes_is_cut_off_and_frees_its_slot(cluster, registry, 
         assert httpx.get(f"{seed.upload_url}/pieces/{digest}/1", timeout=30).content == BLOB[PIECE:2 * PIECE]
 
 
-def test_with_an_upload_rate_a_long_queue_answers_busy_at_once(cluster, registry, registry_client):  # noqa: F811
+def test_with_an_upload_rate_a_long_queue_answers_busy_at_once(cluster, registry, registry_client):
     """Rate-limited uploads wait their turn before their headers. Once the queue is longer
     than an asker could wait (its read timeout), the seed must say busy at once."""
     digest = registry_client.push_blob("upload/rated", BLOB)
