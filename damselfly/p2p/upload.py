@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from damselfly.lib.filesend import sendfile_within
+from damselfly.lib.filesend import copy_within, sendfile_within
 from damselfly.lib.oci import Digest, OCIError
 from damselfly.lib.ratelimit import TokenBucket
 from damselfly.lib.serve import json_object
@@ -158,7 +158,8 @@ class UploadServer:
             with open(task.path, "rb") as f:  # opened now: a later rename or eviction cannot cut it
                 await response.prepare(request)
                 try:
-                    cut = await _send_as_it_lands(request, task, f, run, relay_deadline, self.send_timeout)
+                    cut = await _send_as_it_lands(request, response, task, f, run, relay_deadline,
+                                                  self.send_timeout)
                     if cut is not None:
                         # Headers are out: a short body is how the asker learns. It keeps the
                         # pieces that came and asks the seed for the rest.
@@ -249,13 +250,13 @@ def held_run(task: Task, index: int, wanted: int, on_the_way: bool = False) -> r
     return range(index, end)
 
 
-async def _send_as_it_lands(request: web.Request, task: Task, file: BinaryIO, run: range,
-                            deadline: float, send_timeout: float) -> int | None:
+async def _send_as_it_lands(request: web.Request, response: web.StreamResponse, task: Task, file: BinaryIO,
+                            run: range, deadline: float, send_timeout: float) -> int | None:
     """Send the pieces ``run`` of the task's file, each as soon as it is verified here (held
-    ones together, in one zero-copy send). Return the first piece that stopped being on its
-    way without landing, or had not landed by ``deadline`` (``time.monotonic``; a slow
-    relay must not hold the asker for long): the body is then short and the asker gets the
-    rest elsewhere. None when all went."""
+    ones together, in one zero-copy send; over TLS, in copies: see copy_within). Return the
+    first piece that stopped being on its way without landing, or had not landed by
+    ``deadline`` (``time.monotonic``; a slow relay must not hold the asker for long): the
+    body is then short and the asker gets the rest elsewhere. None when all went."""
     index = run.start
     while index < run.stop:
         if not await task.arrival(index, max(0.0, deadline - time.monotonic())):
@@ -267,7 +268,10 @@ async def _send_as_it_lands(request: web.Request, task: Task, file: BinaryIO, ru
         transport = request.transport
         if transport is None or transport.is_closing():  # the asker went away while this waited
             raise ConnectionResetError("peer went away")
-        await sendfile_within(transport, file, begin, stop - begin, send_timeout)  # type: ignore[arg-type]
+        if transport.get_extra_info("ssl_object") is not None:
+            await copy_within(response.write, file, begin, stop - begin, send_timeout)
+        else:
+            await sendfile_within(transport, file, begin, stop - begin, send_timeout)  # type: ignore[arg-type]
         index = end
     return None
 
