@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 
@@ -360,15 +361,24 @@ def ca() -> None:
               help="Where to write ca.pem and ca-key.pem (created 0700; the key 0600).")
 def ca_init(directory: Path) -> None:
     """Create the cluster CA."""
-    from damselfly.lib.tls import TLSError, init_ca
+    from damselfly.lib.tls import init_ca
+
+    with _ca_errors(directory):
+        init_ca(directory)
+    click.echo(f"wrote {directory / 'ca.pem'} and {directory / 'ca-key.pem'}")
+
+
+@contextlib.contextmanager
+def _ca_errors(written: Path) -> Iterator[None]:
+    """A CA command's failures as one line: the library's reason, or the directory it could not write."""
+    from damselfly.lib.tls import TLSError
 
     try:
-        init_ca(directory)
+        yield
     except TLSError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot write into {directory}: {exc.strerror}") from None
-    click.echo(f"wrote {directory / 'ca.pem'} and {directory / 'ca-key.pem'}")
+        raise click.ClickException(f"cannot write into {written}: {exc.strerror}") from None
 
 
 @ca.command("issue")
@@ -384,14 +394,10 @@ def ca_init(directory: Path) -> None:
 def ca_issue(directory: Path, name: str, roles: tuple[str, ...], ips: tuple[str, ...], dns: tuple[str, ...],
              out: Path) -> None:
     """Issue a certificate for one host, signed by the cluster CA."""
-    from damselfly.lib.tls import TLSError, issue
+    from damselfly.lib.tls import issue
 
-    try:
+    with _ca_errors(out):
         issue(directory, name, roles or ("peer",), out, ips, dns)
-    except TLSError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot write into {out}: {exc.strerror}") from None
     click.echo(f"wrote {out / 'cert.pem'} for {name} ({'+'.join(roles or ('peer',))})")
 
 
