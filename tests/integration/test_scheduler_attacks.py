@@ -147,7 +147,8 @@ def test_one_failure_report_fails_the_task_for_nobody_else(scheduler: SchedulerP
 
 def test_a_digest_mismatch_excludes_the_liar_for_the_reporter_then_for_everyone(
         scheduler: SchedulerProcess) -> None:
-    liar, honest = joined(scheduler, "liar", "seed"), joined(scheduler, "honest", "seed")
+    liar = joined(scheduler, "liar", "seed")
+    joined(scheduler, "honest", "seed")  # the seed the peers are sent to instead
     alice, bob, carol = (joined(scheduler, name) for name in ("alice", "bob", "carol"))
     assert liar.register(seeding=True, pieces=[0, 1, 2, 3]).status_code == 200
     liar.post("pieces", pieces=[[i, digest(i, salt=666), None, None] for i in range(4)], from_origin=True)
