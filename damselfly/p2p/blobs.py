@@ -502,7 +502,7 @@ class BlobService:
                 length = await self.source.blob_length(origin, digest)
                 network = self.network
                 fill = lambda task: network.download(task, origin)  # noqa: E731
-                resumed = await self._resume(digest, length)
+                resumed = await self._resume(digest, length, origin)
             task = self._claim(digest, length, resumed, stream)
         except BaseException as exc:
             del self._starting[key]
@@ -548,14 +548,24 @@ class BlobService:
                 raise NoRoom(f"no room on the store's disk: {exc.strerror}", "disk_full", stream) from None
             raise
 
-    async def _resume(self, digest: Digest, length: int) -> Task | None:
-        """A task with the pieces an earlier run wrote and that still match their digests."""
+    async def _resume(self, digest: Digest, length: int, origin: Origin) -> Task | None:
+        """A task with the pieces an earlier run wrote and that still match their digests.
+
+        A partial of a blob fetched with credentials resumes only for a caller whom the same
+        registry and repository just accepted (``blob_length`` asked them, with the caller's
+        credentials): otherwise its pieces would reach a caller another registry vouched for.
+        """
         found = self.store.partial(digest)
         if found is None:
             return None
         path, partial = found
         if partial.length != length or partial.piece_length != piece_length_for(length):
             self.store.discard(path)  # another blob, or pieces of an earlier rule: start again
+            return None
+        if partial.protected and (origin.authorization is None
+                                  or partial.origin != origin_key(origin.registry, origin.repository)):
+            log.info("not resuming %s: it was fetched with credentials from elsewhere; starting again", digest)
+            self.store.discard(path)
             return None
         task = Task(digest, length, path, piece_length=partial.piece_length)
         digests = {int(i): d for i, d in partial.digests.items()}
@@ -593,7 +603,9 @@ class BlobService:
         self.store.checkpoint(task.path, Partial(
             length=task.length, piece_length=task.piece_length, pieces=pieces,
             digests={str(i): task.digests[i] for i in pieces if i in task.digests},
-            protected=key in self._task_origins and self._task_origins[key].authorization is not None))
+            protected=key in self._task_origins and self._task_origins[key].authorization is not None,
+            origin=origin_key(self._task_origins[key].registry, self._task_origins[key].repository)
+            if key in self._task_origins else ""))
 
     async def _fill_from_origin(self, task: Task, stream: SourceStream) -> str:
         """Copy the origin's stream in order on worker threads; return the digest of what it sent."""

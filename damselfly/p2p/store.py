@@ -58,6 +58,7 @@ class Partial:
     pieces: list[int]
     digests: dict[str, str]
     protected: bool
+    origin: str = ""  # wire.origin_key of where it came from: a protected partial resumes only for a caller there
 
 
 @dataclass

@@ -288,3 +288,28 @@ def test_an_uncached_stream_holds_its_last_bytes_until_the_whole_blob_matched(tm
 
     asyncio.run(scenario())
     assert len(events.failures) == 1 and events.failures[0].startswith("digest mismatch")
+
+
+@pytest.mark.parametrize("caller, resumes", [
+    (("https://private.example", "team/app", "Bearer t"), True),
+    (("https://yes.example", "team/app", None), False),  # another registry vouched for an anonymous caller
+    (("https://private.example", "other/app", "Bearer t"), False),
+    (("https://private.example", "team/app", None), False),
+])
+def test_a_protected_partial_resumes_only_for_a_caller_of_its_own_origin(tmp_path, caller, resumes):
+    from damselfly.p2p.blobs import BlobService, Origin
+    from damselfly.p2p.pieces import piece_digest, piece_length_for
+    from damselfly.p2p.store import Partial
+
+    data = os.urandom(3 * 256 * 1024)
+    digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+    store = BlobStore(tmp_path, quota=10**9)
+    path = store.resumable_path(digest)
+    path.write_bytes(data[: 256 * 1024])
+    store.checkpoint(path, Partial(length=len(data), piece_length=piece_length_for(len(data)), pieces=[0],
+                                   digests={"0": piece_digest(data[: 256 * 1024])}, protected=True,
+                                   origin="private.example/team/app"))
+    service = BlobService(store, source=None, events=_Events())  # type: ignore[arg-type]
+    task = asyncio.run(service._resume(digest, len(data), Origin(*caller)))
+    assert (task is not None and task.bitmap.has(0)) == resumes
+    assert (store.partial(digest) is not None) == resumes, "a partial it does not resume is not kept"
