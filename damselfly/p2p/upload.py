@@ -1,8 +1,9 @@
 """The upload server: pieces to other peers (zero-copy), and seed triggers from peers.
 
-With a cluster identity (TLS) only members connect at all. Without one (a loopback-only
-deployment), a blob fetched with credentials (protected) is served only to askers on this
-machine; anyone else hears about it exactly what it hears about a blob this node does not
+With a cluster identity (TLS) only members connect at all. A blob fetched with credentials
+(protected) goes only to members with a certificate, asking for a caller of the registry
+and repository it came from: without TLS (a loopback-only deployment) it is not shared at
+all. Anyone else hears about it exactly what it hears about a blob this node does not
 hold, so that the upload port does not tell who holds which private blob.
 """
 
@@ -105,7 +106,7 @@ class UploadServer:
         # Only members wait for a task about to start: a stranger must not tell by the time
         # of a 404 whether the blob is here.
         task = await self.blobs.wait_task(digest, min(SEED_START_WAIT, self.piece_wait) if seeding and member else 0)
-        if task is None or not self._may_have(request, digest, member):
+        if task is None or not self._may_have(request, digest):
             self.metrics.upload_refused.labels("unknown_task").inc()  # one label: /metrics is on this port too
             raise web.HTTPNotFound(text=f"no task {digest} here")
         if not 0 <= index < task.piece_count:
@@ -184,13 +185,15 @@ class UploadServer:
             self._active -= 1
             self.metrics.uploads.dec()
 
-    def _may_have(self, request: web.Request, digest: Digest, member: bool) -> bool:
-        """Pieces of a blob fetched with credentials go to members asking for a caller whom
-        the registry and repository it came from accepted; to anyone else it is not here.
-        Without this, a client naming a registry that says yes to everything could read
-        another's private blob through any peer."""
+    def _may_have(self, request: web.Request, digest: Digest) -> bool:
+        """Pieces of a blob fetched with credentials go only to members proven by a cluster
+        certificate, asking for a caller whom the registry and repository it came from
+        accepted; to anyone else it is not here. Without the origin, a client naming a
+        registry that says yes to everything could read another's private blob through any
+        peer; without the certificate, any local process could claim that origin."""
         origin = self.blobs.protected_origin(digest)
-        return origin is None or (member and request.headers.get(ORIGIN_HEADER) == origin)
+        return origin is None or (request_identity(request) is not None
+                                  and request.headers.get(ORIGIN_HEADER) == origin)
 
     async def seed(self, request: web.Request) -> web.Response:
         """A peer asks this seed to fetch a task from the origin, with its caller's credentials."""
