@@ -143,8 +143,11 @@ class BlobReader:
 
     def __init__(self, service: "BlobService", digest: Digest, length: int, origin: Origin, *, protected: bool,
                  started_here: bool, from_cache: bool, task: Task | None = None,
-                 stream: SourceStream | None = None) -> None:
+                 stream: SourceStream | None = None, check_first: bool = False) -> None:
         self._service = service
+        # The caller named another registry than the download's: it gets no byte before the
+        # whole blob matched its digest here (that registry may be lying about the blob).
+        self.check_first = check_first
         self.digest = digest
         self.length = length
         self.origin = origin  # where the blob comes from, with the credentials it is fetched with
@@ -191,6 +194,9 @@ class BlobReader:
         whole = first == 0 and last == task.length - 1
         task.whole_readers += whole
         try:
+            if self.check_first and task.length:
+                await task.readable_end(task.piece_span(task.piece_count - 1)[0], self._service.stall_timeout,
+                                        whole=True)
             position = first
             while position <= last:
                 # A range reader (nydus reads a blob's tail first) may have the last piece once
@@ -260,7 +266,7 @@ class BlobService:
             task = self._tasks.get(key)
             if task is not None:
                 self.events.cache_hit()
-                return self._task_reader(task, started_here=False)
+                return self._task_reader(task, started_here=False, caller=origin)
             starting = self._starting.get(key)
             if starting is None:
                 self.events.cache_miss()
@@ -278,10 +284,12 @@ class BlobService:
         return self._reader(task, stored_origin(stored), protected=stored.meta.protected, started_here=False,
                             from_cache=True)
 
-    def _task_reader(self, task: Task, *, started_here: bool) -> BlobReader:
+    def _task_reader(self, task: Task, *, started_here: bool, caller: Origin | None = None) -> BlobReader:
         origin = self._task_origins[str(task.digest)]
+        # Registries, not repositories: a registry is trusted for its own blobs, under any name.
+        foreign = caller is not None and origin_key(caller.registry, "") != origin_key(origin.registry, "")
         return self._reader(task, origin, protected=origin.authorization is not None, started_here=started_here,
-                            from_cache=False)
+                            from_cache=False, check_first=foreign)
 
     def _reader(self, task: Task, origin: Origin, **kwargs: bool) -> BlobReader:
         reader = BlobReader(self, task.digest, task.length, origin, task=task, **kwargs)

@@ -313,3 +313,36 @@ def test_a_protected_partial_resumes_only_for_a_caller_of_its_own_origin(tmp_pat
     task = asyncio.run(service._resume(digest, len(data), Origin(*caller)))
     assert (task is not None and task.bitmap.has(0)) == resumes
     assert (store.partial(digest) is not None) == resumes, "a partial it does not resume is not kept"
+
+
+def test_a_caller_of_another_registry_gets_no_byte_of_a_download_before_its_check(tmp_path):
+    """A registry that sends other bytes under a digest started the download: a caller naming
+    the right registry must not get a range of them as a complete answer."""
+    from damselfly.p2p.blobs import BlobReader, BlobService, Origin
+
+    data = os.urandom(3 * 256 * 1024)
+    digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+    service = BlobService(BlobStore(tmp_path, quota=10**9), source=None, events=_Events())  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[tuple[int, int], bool, tuple[int, int]]:
+        task = Task(digest, len(data), tmp_path / "blob")
+        (tmp_path / "blob").write_bytes(data)
+        task.piece_done(0)  # the first piece is on disk; the blob is not checked yet
+        origin = Origin("https://liar.example", "x/y")
+        same = BlobReader(service, digest, len(data), origin, protected=False, started_here=False,
+                          from_cache=False, task=task)
+        other = BlobReader(service, digest, len(data), origin, protected=False, started_here=False,
+                           from_cache=False, task=task, check_first=True)
+        got_same = await asyncio.wait_for(anext(same._spans(task, 0, 15)), 1)
+        waiting = asyncio.ensure_future(anext(other._spans(task, 0, 15)))
+        early, _ = await asyncio.wait({waiting}, timeout=0.3)
+        for index in range(1, task.piece_count):
+            task.piece_done(index)
+        task.release_last()  # the whole blob matched its digest
+        after_check = await asyncio.wait_for(waiting, 1)
+        for reader in (same, other):
+            reader.close()
+        return got_same, bool(early), after_check
+
+    got_same, early, after_check = asyncio.run(scenario())
+    assert got_same == (0, 16) and not early and after_check == (0, 16)
