@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import ssl
 from typing import Any, Awaitable, Callable, NamedTuple
@@ -19,6 +20,33 @@ SHUTDOWN_GRACE = 2.5
 # API bodies are a few hundred bytes: a client that takes longer than this to send one has
 # stalled, and aiohttp alone would wait on it for as long as the connection stays open.
 BODY_TIMEOUT = 10.0
+
+
+# A TLS handshake that has not finished by then is dropped (asyncio's default is 60 s): a
+# host that opens connections and never speaks would otherwise hold a descriptor each,
+# and a review exhausted a node's 1024 that way, its mirror port too, before any
+# certificate was asked for.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class _TLSSite(web.TCPSite):
+    """aiohttp's TCPSite with a deadline for the TLS handshake (it offers no such option)."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+
+
+def _raise_open_files_limit() -> None:
+    """Take the hard limit of open files: every connection, piece transfer and cached blob
+    a reader holds is a descriptor, and 1024 (a common soft default) runs out under load."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Site(NamedTuple):
@@ -56,7 +84,8 @@ async def _serve(sites: list[Site], on_started: Callable[[], Awaitable[None]] | 
             runner = web.AppRunner(site.app, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=SHUTDOWN_GRACE)
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, site.host, site.port, ssl_context=site.tls).start()
+            kind = _TLSSite if site.tls else web.TCPSite
+            await kind(runner, site.host, site.port, ssl_context=site.tls).start()
         if on_started is not None:
             await on_started()
         await stop.wait()
@@ -71,4 +100,5 @@ async def _serve(sites: list[Site], on_started: Callable[[], Awaitable[None]] | 
 def serve(sites: list[Site], on_started: Callable[[], Awaitable[None]] | None = None,
           on_stopping: Callable[[], Awaitable[None]] | None = None) -> None:
     """Serve every site until a signal; raises OSError if a port is taken."""
+    _raise_open_files_limit()
     asyncio.run(_serve(sites, on_started, on_stopping))

@@ -259,3 +259,17 @@ def test_a_private_blob_does_not_travel_to_a_caller_another_registry_vouches_for
         yes.stop()
         for process in (*reversed(nodes), scheduler):
             process.stop()
+
+
+def test_a_connection_that_never_says_hello_is_dropped(tls_cluster) -> None:
+    """Silent connections would each hold a descriptor until the node could take no more."""
+    from damselfly.lib.serve import HANDSHAKE_TIMEOUT
+
+    seed: Damselfly = tls_cluster["seed"]
+    host, port = seed.upload_url.split("//")[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=HANDSHAKE_TIMEOUT + 10) as silent:
+        try:
+            closed = silent.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+    assert closed, "the node kept a connection that never started its handshake"
