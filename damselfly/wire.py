@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, cast, get_args
 
-from damselfly.lib.oci import OCIError, validate_repository
+from damselfly.lib.oci import OCIError, registry_name, validate_repository
 
 # Piece API headers and limits, shared by the upload server and the piece fetcher.
 PIECE_DIGEST_HEADER = "X-Piece-Digest"
@@ -46,7 +46,6 @@ MAX_INT = (1 << 63) - 1
 
 _TASK_ID = re.compile(r"sha256:[0-9a-f]{64}")
 _PIECE_DIGEST = re.compile(r"(?:blake3:)?[0-9a-f]{64}")  # no prefix: SHA-256, from earlier versions
-_REGISTRY_NAME = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _INDEX = re.compile(r"[0-9]{1,6}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -504,8 +503,10 @@ class SeedTrigger:
     def from_json(cls, obj: Any) -> "SeedTrigger":
         f = _Fields("SeedTrigger", obj)
         registry = f.text("registry")
-        if not _REGISTRY_NAME.fullmatch(registry):
-            raise f.fail("registry", f"must be a registry name host[:port], not {_show(registry)}")
+        try:
+            registry_name(registry)
+        except ValueError:
+            raise f.fail("registry", f"must be a registry name host[:port], not {_show(registry)}") from None
         repository = f.text("repository")
         try:
             validate_repository(repository)

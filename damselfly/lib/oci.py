@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from dataclasses import dataclass
@@ -107,3 +108,31 @@ def validate_api_tail(kind: str, rest: str) -> None:
         raise OCIError(404, "UNSUPPORTED", f"unknown tags path {rest!r}: want tags/list")
     elif kind == "referrers":
         Digest.parse(rest)
+
+
+_REGISTRY_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # DNS: at most 63 characters a label, 253 a name
+# host, host:port, [v6]:port — no user info, path or query. ASCII only, always fullmatch.
+_REGISTRY_NAME_RE = re.compile(rf"(?:{_REGISTRY_LABEL}(?:\.{_REGISTRY_LABEL})*|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{{1,5}}))?")
+
+
+def registry_name(text: str) -> str:
+    """``host[:port]`` in lower case; ValueError for anything else (user info, path, a bad port)."""
+    match = _REGISTRY_NAME_RE.fullmatch(text)
+    if (match is None or not _valid_port(match["port"]) or not _valid_ipv6(match["ipv6"])
+            or len(text.rpartition(":")[0] if match["port"] else text) > 253):
+        raise ValueError(f"invalid registry name {text!r}: want host[:port]")
+    return text.lower()
+
+
+def _valid_port(port: str | None) -> bool:
+    return port is None or 0 < int(port) < 65536
+
+
+def _valid_ipv6(address: str | None) -> bool:
+    if address is None:
+        return True
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return False
+    return True
