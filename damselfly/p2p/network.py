@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
+import os
 import random
 import ssl
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,7 +40,7 @@ from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.pieces import PieceBitmap
 from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill
 from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import CopySource
+from damselfly.p2p.writer import CopySource, hash_file
 from damselfly.proxy.origin import RegistryClient
 from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 from damselfly.wire import (MAX_RUN_PIECES, DoneReport, PieceNews, PieceReport, Schedule, SeedInfo, SeedTrigger,
@@ -703,27 +702,18 @@ async def whole_blob_digest(task: Task) -> str:
     reader waits for this check before the last piece."""
     hasher = task.digest.hasher()
     done = 0
-    while done < task.length:
-        end = task.verified_end(done, whole=False)
-        if end - done >= HASH_CHUNK or (end > done and end == task.length):  # a thread hop per few MiB
-            done = await asyncio.to_thread(hash_file_span, task.path, hasher, done, end)
-        else:
-            await task.wait_change(1.0)
+    fd = os.open(task.path, os.O_RDONLY)  # held: the file may be renamed, never cut under us
+    try:
+        while done < task.length:
+            end = task.verified_end(done, whole=False)
+            if end - done >= HASH_CHUNK or (end > done and end == task.length):  # a thread hop per few MiB
+                await asyncio.to_thread(hash_file, fd, end, hasher, done)
+                done = end
+            else:
+                await task.wait_change(1.0)
+    finally:
+        os.close(fd)
     return hasher.hexdigest()
-
-
-def hash_file_span(path: Path, hasher: "hashlib._Hash", start: int, end: int) -> int:
-    """Blocking: feed bytes ``start..end`` of the file at ``path`` to ``hasher``; return ``end``."""
-    buffer = bytearray(min(HASH_CHUNK, end - start))
-    with open(path, "rb", buffering=0) as f:
-        f.seek(start)
-        while start < end:
-            count = f.readinto(memoryview(buffer)[: min(len(buffer), end - start)])
-            if not count:
-                raise OSError(f"{path} ends at {start}, before {end}")
-            hasher.update(memoryview(buffer)[:count])
-            start += count
-    return end
 
 
 def registry_name(upstream: str) -> str:

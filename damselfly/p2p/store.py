@@ -198,11 +198,14 @@ class BlobStore:
 
     def landed(self, digest: Digest, written: int) -> None:
         """The download of ``digest`` has ``written`` bytes on disk now (called per piece):
-        above the high watermark, idle blobs are evicted for them."""
+        when they take the cache over the high watermark, idle blobs are evicted for them."""
         key = str(digest)
+        before = self.occupied_bytes
         self._landed_bytes += written - self._landed.get(key, 0)
         self._landed[key] = written
-        if self.occupied_bytes > self.high:
+        # Only when these bytes cross the watermark: above it with every blob in use, each
+        # piece would walk the whole cache for nothing; a reader's release collects then.
+        if before <= self.high < self.occupied_bytes:
             self.collect_garbage()
 
     def unreserve(self, digest: Digest, length: int) -> None:

@@ -159,10 +159,10 @@ def file_digest(path: Path, hasher: "hashlib._Hash") -> str:
     return hasher.hexdigest()
 
 
-def hash_file(fd: int, count: int, hasher: "hashlib._Hash") -> None:
-    """Blocking: feed the first ``count`` bytes of the open file ``fd`` to ``hasher`` (by
+def hash_file(fd: int, count: int, hasher: "hashlib._Hash", start: int = 0) -> None:
+    """Blocking: feed bytes ``start..count`` of the open file ``fd`` to ``hasher`` (by
     offset: whoever else reads the file keeps its position)."""
-    offset = 0
+    offset = start
     while offset < count:
         chunk = os.pread(fd, min(4 << 20, count - offset), offset)
         if not chunk:

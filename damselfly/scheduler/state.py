@@ -18,6 +18,7 @@ nobody holds expire, a failure report ends only its reporter's download, and fai
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections import deque
@@ -139,12 +140,14 @@ class Task:
     def key(self) -> TaskKey:
         return (self.id, self.length)
 
-    @property
+    @functools.cached_property
     def count(self) -> int:
+        """Pieces (a task's length and piece length never change: another length is another task)."""
         return piece_count(self.length, self.piece_length)
 
-    @property
+    @functools.cached_property
     def full(self) -> int:
+        """The bitmap of every piece, read on each join, report and ranking."""
         return (1 << self.count) - 1
 
     def bump(self) -> None:

@@ -79,13 +79,13 @@ def test_a_whole_reader_waits_for_this_nodes_check_and_a_range_reader_does_not(t
 
 def test_the_whole_blob_is_hashed_in_order_as_its_leading_pieces_land(tmp_path, monkeypatch):
     spans: list[tuple[int, int]] = []
-    real = network_module.hash_file_span
+    real = network_module.hash_file
 
-    def recorded(path: Path, hasher: Any, start: int, end: int) -> int:
+    def recorded(fd: int, end: int, hasher: Any, start: int = 0) -> None:
         spans.append((start, end))
-        return real(path, hasher, start, end)
+        real(fd, end, hasher, start)
 
-    monkeypatch.setattr(network_module, "hash_file_span", recorded)
+    monkeypatch.setattr(network_module, "hash_file", recorded)
     monkeypatch.setattr(network_module, "HASH_CHUNK", PIECE)
 
     async def scenario() -> str:
