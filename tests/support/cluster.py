@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 
 from tests.support.daemon import Damselfly
-from tests.support.processes import metric, stop_process, verify_for
+from tests.support.processes import metric, stop_process, verify_for, wait_healthy
 from tests.support.tls import tls_dir
-from tests.support.wait import free_port, wait_until
+from tests.support.wait import free_port
 
 
 @dataclass
@@ -36,17 +36,8 @@ class SchedulerProcess:
         self.process = subprocess.Popen([*self.wrap, sys.executable, "-m", "damselfly", "scheduler", "--listen",
                                          f"{self.host}:{self.port}", *tls, *self.extra],
                                         stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(self._healthy, 20, "the scheduler")
-        except BaseException:
-            self.stop()  # a process that never came up is not left behind
-            raise
+        wait_healthy(self.process, self.url, "the scheduler")
         return self
-
-    def _healthy(self) -> bool:
-        if self.process and self.process.poll() is not None:
-            raise RuntimeError(f"the scheduler exited with {self.process.returncode}")
-        return httpx.get(f"{self.url}/healthy", timeout=1, verify=verify_for(self.url)).status_code == 200
 
     def client(self) -> httpx.Client:
         """A client of the scheduler API, a cluster member when the scheduler speaks TLS."""

@@ -8,11 +8,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 
-from tests.support.processes import metric, stop_process
+from tests.support.processes import metric, stop_process, wait_healthy
 from tests.support.tls import tls_dir
-from tests.support.wait import free_port, wait_until
+from tests.support.wait import free_port
 
 
 @dataclass
@@ -65,17 +64,8 @@ class Damselfly:
              *self._tls_args(),
              *(["--scheduler-listen", f"{self.host}:{self.scheduler_port}"] if self.command == "run" else [])],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
-        try:
-            wait_until(self._healthy, 20, f"damselfly on port {self.port}")
-        except BaseException:
-            self.stop()  # a process that never came up is not left behind
-            raise
+        wait_healthy(self.process, self.url, f"damselfly on port {self.port}", self.log)
         return self
-
-    def _healthy(self) -> bool:
-        if self.process and self.process.poll() is not None:
-            raise RuntimeError(f"damselfly exited with {self.process.returncode}: {self.log()[-3000:]}")
-        return httpx.get(f"{self.url}/healthy", timeout=1).status_code == 200
 
     def stop(self) -> None:
         stop_process(self.process)

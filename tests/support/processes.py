@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 import threading
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -20,6 +21,23 @@ def stop_process(process: subprocess.Popen | None, kill: bool = False, grace: fl
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def wait_healthy(process: subprocess.Popen | None, url: str, what: str, log: Callable[[], str] = lambda: "") -> None:
+    """Until ``url``/healthy answers 200; a process that exits or never answers within 20 s
+    is stopped (not left behind) and its log's end is in the error."""
+    from tests.support.wait import wait_until
+
+    def healthy() -> bool:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}: {log()[-3000:]}")
+        return httpx.get(f"{url}/healthy", timeout=1, verify=verify_for(url)).status_code == 200
+
+    try:
+        wait_until(healthy, 20, what)
+    except BaseException:
+        stop_process(process)
+        raise
 
 
 def verify_for(url: str) -> ssl.SSLContext | bool:
