@@ -9,7 +9,7 @@ import click
 from benchmarks.cluster.command import run
 from benchmarks.mirror import mirror
 from benchmarks.p2p import p2p
-from tests.support.proxy import forget_proxies
+from testkit.proxy import forget_proxies
 
 
 @click.group()

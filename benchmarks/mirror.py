@@ -43,10 +43,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from benchmarks.prerequisites import MIRROR_PACKAGES, require_packages
 from benchmarks.sampling import Sampler
 from damselfly.lib.units import format_size, parse_size
-from tests.support.daemon import Damselfly
-from tests.support.processes import stop_process
-from tests.support.registry import Registry, RegistryClient
-from tests.support.wait import free_port, wait_until
+from testkit.daemon import Damselfly
+from testkit.processes import stop_process
+from testkit.registry import Registry, RegistryClient
+from testkit.wait import free_port, wait_until
 
 RESULTS = Path(__file__).parent / "results"
 console = Console()

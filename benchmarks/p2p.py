@@ -39,8 +39,8 @@ from benchmarks.mirror import (
 )
 from benchmarks.prerequisites import P2P_PACKAGES, require_packages
 from damselfly.lib.units import format_size, parse_size
-from tests.support.cluster import SchedulerProcess, start_peer
-from tests.support.registry import Registry, RegistryClient
+from testkit.cluster import SchedulerProcess, start_peer
+from testkit.registry import Registry, RegistryClient
 
 console = Console()
 

@@ -9,10 +9,10 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.support.containerd import Containerd
-from tests.support.daemon import Damselfly
-from tests.support.proxy import forget_proxies
-from tests.support.registry import Registry, RegistryClient
+from testkit.containerd import Containerd
+from testkit.daemon import Damselfly
+from testkit.proxy import forget_proxies
+from testkit.registry import Registry, RegistryClient
 
 REQUIRED_TOOLS = {
     "docker-registry": "docker-registry",

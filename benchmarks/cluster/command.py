@@ -23,7 +23,7 @@ from benchmarks.cluster.report import charts, distribution_bound, markdown, rate
 from damselfly.lib.units import format_size
 from benchmarks.cluster.images import CACHE, large_image, nginx_image, python_image
 from damselfly.cli import SIZE
-from tests.support.images import Image, build_image
+from testkit.images import Image, build_image
 
 console = Console()
 RESULTS = Path(__file__).parent.parent / "results" / "cluster"

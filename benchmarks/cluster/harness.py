@@ -40,12 +40,12 @@ from benchmarks.cluster.netns import Host, Network, remove_stale
 from benchmarks.sampling import Sampler
 from damselfly.nydus.remote import RegistryClient as PullClient  # the harness's own RegistryClient pushes
 from damselfly.nydus.service import ServiceClient, ServiceError
-from tests.support.cluster import SchedulerProcess, start_peer
-from tests.support.containerd import Containerd
-from tests.support.daemon import Damselfly
-from tests.support.images import Image, push_image
-from tests.support.nydus import MountServiceProcess
-from tests.support.registry import Registry, RegistryClient
+from testkit.cluster import SchedulerProcess, start_peer
+from testkit.containerd import Containerd
+from testkit.daemon import Damselfly
+from testkit.images import Image, push_image
+from testkit.nydus import MountServiceProcess
+from testkit.registry import Registry, RegistryClient
 
 OCI_SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local", "local-registry"]
 NYDUS_SCENARIOS = ["nydus-cold", "nydus-p2p-cold", "nydus-p2p-remote", "nydus-p2p-local", "nydus-cache"]

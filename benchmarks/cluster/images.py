@@ -19,7 +19,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from tests.support.images import LAYER_GZIP, LAYER_TAR, Image, Layer, image_from_layers
+from testkit.images import LAYER_GZIP, LAYER_TAR, Image, Layer, image_from_layers
 
 SUITE = "bookworm"
 CACHE = Path.home() / ".cache" / "damselfly-bench"  # built images, kept between runs

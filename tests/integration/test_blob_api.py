@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.support.fakes import GatedRegistryFake, SilentServerFake
-from tests.support.wait import free_port, wait_until
+from testkit.wait import free_port, wait_until
 
 MiB = 1024 * 1024
 SIZE = 10 * MiB + 12345  # three 4 MiB pieces, the last one short
@@ -246,9 +246,9 @@ def test_a_registry_that_redirects_blobs_to_storage_is_followed_without_the_call
     from functools import partial
     from http.server import SimpleHTTPRequestHandler
 
-    from tests.support.daemon import Damselfly
-    from tests.support.processes import ThreadedHTTPServer
-    from tests.support.registry import Registry, RegistryClient
+    from testkit.daemon import Damselfly
+    from testkit.processes import ThreadedHTTPServer
+    from testkit.registry import Registry, RegistryClient
 
     storage_port = free_port()
     registry = Registry(tmp_path / "registry", extra_config={"middleware": {"storage": [

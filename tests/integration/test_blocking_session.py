@@ -25,7 +25,7 @@ from damselfly.p2p.blobs import Origin, SourceUnavailable
 from damselfly.nydus.remote import RegistryClient, RegistryError
 from damselfly.proxy.origin import RegistryClient as OriginClient
 from damselfly.proxy.origin import RegistryStream
-from tests.support.proxy import Tinyproxy, tinyproxy
+from testkit.proxy import Tinyproxy, tinyproxy
 
 
 BLOB = bytes(range(256)) * 64

@@ -7,7 +7,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.support.images import build_image, push_image
+from testkit.images import build_image, push_image
 
 MiB = 1024 * 1024
 

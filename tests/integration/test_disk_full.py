@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.integration.test_blob_api import corrupt_in_registry
-from tests.support.wait import wait_until
+from testkit.wait import wait_until
 
 MiB = 1024 * 1024
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.cluster import SchedulerProcess, start_peer
-from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer, metric
-from tests.support.wait import free_port, wait_until
+from testkit.cluster import SchedulerProcess, start_peer
+from testkit.processes import QuietRequestHandler, ThreadedHTTPServer, metric
+from testkit.wait import free_port, wait_until
 
 MiB = 1024 * 1024
 ROUNDS = 20

@@ -27,9 +27,9 @@ from damselfly.lib.tls import ClusterTLS, issue, request_identity, role_hostname
 from damselfly.p2p.pieces import piece_digest, piece_span
 from damselfly.wire import (COUNT_HEADER, PIECE_DIGEST_HEADER, DoneReport, HostAnnounce, PieceNews, PieceReport,
                             SeedTrigger, TaskRegister)
-from tests.support.cluster import SchedulerProcess, start_peer
-from tests.support.tls import ca_dir
-from tests.support.wait import free_port, wait_until
+from testkit.cluster import SchedulerProcess, start_peer
+from testkit.tls import ca_dir
+from testkit.wait import free_port, wait_until
 
 MiB = 1024 * 1024
 LIAR = "liar-seed"

@@ -18,7 +18,7 @@ import pytest
 
 from damselfly.proxy.sending import FileSender, SendingThreads
 from tests.support.fakes import GatedRegistryFake, SilentServerFake
-from tests.support.wait import wait_until
+from testkit.wait import wait_until
 
 MiB = 1024 * 1024
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from benchmarks.cluster.netns import Network, remove_stale
-from tests.support.processes import stop_process
-from tests.support.wait import wait_until
+from testkit.processes import stop_process
+from testkit.wait import wait_until
 
 MiB = 1024 * 1024
 

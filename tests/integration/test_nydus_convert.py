@@ -15,8 +15,8 @@ import pytest
 from damselfly.nydus.image import BOOTSTRAP_ANNOTATION, NYDUS_BLOB_TYPE, extract_bootstrap
 from damselfly.nydus.rafs import Bootstrap
 from damselfly.nydus.remote import RegistryClient as NydusRegistry
-from tests.support.images import busybox_layer, image_from_layers, push_image
-from tests.support.nydus import cli, oci_rootfs
+from testkit.images import busybox_layer, image_from_layers, push_image
+from testkit.nydus import cli, oci_rootfs
 from tests.support.trees import diff, snapshot, tar_layer
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "nydus"

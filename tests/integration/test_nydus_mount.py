@@ -17,11 +17,11 @@ import pytest
 from damselfly.nydus.remote import RegistryClient
 from damselfly.nydus.service import ServiceError
 from benchmarks.cluster.images import CACHE as BENCH_CACHE, python_image
-from tests.support.images import busybox_layer, image_from_layers, push_image
-from tests.support.nydus import MountServiceProcess, cli, oci_rootfs
-from tests.support.processes import stop_process
+from testkit.images import busybox_layer, image_from_layers, push_image
+from testkit.nydus import MountServiceProcess, cli, oci_rootfs
+from testkit.processes import stop_process
 from tests.support.trees import diff, snapshot, tar_layer
-from tests.support.wait import wait_until
+from testkit.wait import wait_until
 
 MiB = 1024 * 1024
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import httpx
 
 from tests.integration.test_p2p_cluster import cluster  # noqa: F401 - the fixture, shared
-from tests.support.daemon import Damselfly
-from tests.support.images import build_image, push_image
-from tests.support.wait import wait_until
+from testkit.daemon import Damselfly
+from testkit.images import build_image, push_image
+from testkit.wait import wait_until
 
 MiB = 1024 * 1024
 KiB = 1024

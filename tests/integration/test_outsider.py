@@ -19,13 +19,13 @@ from aiohttp import web
 
 from damselfly.lib.tls import ClusterTLS, init_ca, issue
 from damselfly.p2p.pieces import piece_length_for
-from tests.support.cluster import SchedulerProcess, start_peer
-from tests.support.daemon import Damselfly
-from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer
-from tests.support.registry import Registry, RegistryClient
-from tests.support.tls import tls_dir
+from testkit.cluster import SchedulerProcess, start_peer
+from testkit.daemon import Damselfly
+from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
+from testkit.registry import Registry, RegistryClient
+from testkit.tls import tls_dir
 from tests.support.tokenauth import TokenServer
-from tests.support.wait import free_port, wait_until
+from testkit.wait import free_port, wait_until
 
 MiB = 1024 * 1024
 USERS = {"alice": ("wonderland", {"private/": ["pull", "push"]})}

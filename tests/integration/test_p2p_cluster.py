@@ -11,10 +11,10 @@ from typing import Callable, Iterator
 import httpx
 import pytest
 
-from tests.support.cluster import SchedulerProcess, start_peer
-from tests.support.daemon import Damselfly
-from tests.support.images import build_image, push_image
-from tests.support.wait import wait_until
+from testkit.cluster import SchedulerProcess, start_peer
+from testkit.daemon import Damselfly
+from testkit.images import build_image, push_image
+from testkit.wait import wait_until
 
 MiB = 1024 * 1024
 

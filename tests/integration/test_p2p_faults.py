@@ -15,11 +15,11 @@ import pytest
 
 from damselfly.lib.tls import ClusterTLS
 from damselfly.p2p.pieces import piece_count, piece_length_for
-from tests.support.cluster import SchedulerProcess, start_peer
-from tests.support.daemon import Damselfly
+from testkit.cluster import SchedulerProcess, start_peer
+from testkit.daemon import Damselfly
 from tests.support.fakes import GatedRegistryFake, SilentServerFake
-from tests.support.tls import tls_dir
-from tests.support.wait import free_port, wait_until
+from testkit.tls import tls_dir
+from testkit.wait import free_port, wait_until
 
 MiB = 1024 * 1024
 

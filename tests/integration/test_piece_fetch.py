@@ -9,8 +9,8 @@ import pytest
 
 from damselfly.p2p.fetch import BadParent, PieceCorrupt, PieceFetcher, PieceRefused, PieceRequest, TransferFailed
 from damselfly.p2p.pieces import piece_digest
-from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer
-from tests.support.wait import free_port
+from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
+from testkit.wait import free_port
 
 PIECE = os.urandom(3 * 1024 * 1024 + 17)  # longer than the fetcher's buffer, not a multiple of it
 RUN = [os.urandom(300 * 1024) for _ in range(3)]  # a blob of three small pieces, for runs

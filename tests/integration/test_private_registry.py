@@ -17,10 +17,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.support.images import build_image, push_image
-from tests.support.registry import Registry, RegistryClient
+from testkit.images import build_image, push_image
+from testkit.registry import Registry, RegistryClient
 from tests.support.tokenauth import TokenServer
-from tests.support.wait import free_port
+from testkit.wait import free_port
 
 MiB = 1024 * 1024
 USERS = {

@@ -9,7 +9,7 @@ import httpx
 from damselfly.lib.serve import BODY_TIMEOUT
 from damselfly.p2p.pieces import piece_length_for
 from damselfly.wire import Schedule
-from tests.support.cluster import SchedulerProcess
+from testkit.cluster import SchedulerProcess
 
 TASK = "sha256:" + "a" * 64
 PIECE = piece_length_for(3 * 256 * 1024)

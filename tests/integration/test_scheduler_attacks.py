@@ -17,8 +17,8 @@ from damselfly.lib.tls import ClusterTLS
 from damselfly.p2p.pieces import piece_length_for
 from damselfly.scheduler.app import Scheduler
 from damselfly.wire import Schedule
-from tests.support.cluster import SchedulerProcess
-from tests.support.tls import tls_dir
+from testkit.cluster import SchedulerProcess
+from testkit.tls import tls_dir
 
 TASK = "sha256:" + "c" * 64
 PIECE = piece_length_for(4 * 256 * 1024)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from tests.support.fakes import GatedRegistryFake
-from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer
-from tests.support.wait import free_port, wait_until
+from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
+from testkit.wait import free_port, wait_until
 
 MiB = 1024 * 1024
 

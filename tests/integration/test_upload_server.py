@@ -24,8 +24,8 @@ from damselfly.p2p.store import BlobMeta, BlobStore
 from damselfly.p2p.upload import UploadServer
 from damselfly.wire import ORIGIN_HEADER
 from tests.integration.test_p2p_cluster import cluster_of, get_blob
-from tests.support.processes import metric
-from tests.support.wait import wait_until
+from testkit.processes import metric
+from testkit.wait import wait_until
 
 MiB = 1024 * 1024
 BLOB = os.urandom(40 * MiB + 123)  # 256 KiB pieces, the last one short

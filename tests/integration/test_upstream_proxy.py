@@ -10,8 +10,8 @@ import sys
 import httpx
 
 from tests.integration.test_containerd_pull import write_hosts
-from tests.support.images import build_image, push_image
-from tests.support.proxy import tinyproxy
+from testkit.images import build_image, push_image
+from testkit.proxy import tinyproxy
 
 MiB = 1024 * 1024
 NO_PROXY = {"no_proxy": "", "NO_PROXY": ""}

@@ -1,1 +1,1 @@
-"""Helpers that start real servers (docker-registry, containerd, damselfly) for the tests."""
+"""Helpers only the tests use (fakes, a token-auth server, file-tree snapshots); shared ones are in ``testkit``."""

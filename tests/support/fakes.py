@@ -10,8 +10,8 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer
-from tests.support.wait import free_port
+from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
+from testkit.wait import free_port
 
 
 @dataclass

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.support.processes import QuietRequestHandler, ThreadedHTTPServer
-from tests.support.wait import free_port
+from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
+from testkit.wait import free_port
 
 SERVICE = "damselfly-test-registry"
 ISSUER = "damselfly-test-token-issuer"

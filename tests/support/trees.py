@@ -9,7 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.support.images import LAYER_GZIP, Layer
+from testkit.images import LAYER_GZIP, Layer
 
 
 def snapshot(root: Path, times: bool = True, hard_links: bool = True, xattrs: bool = True,

@@ -24,7 +24,7 @@ from damselfly.p2p.pieces import PieceBitmap, piece_digest
 from damselfly.p2p.task import Task, TaskFailed
 from damselfly.scheduler.client import SchedulerUnavailable
 from damselfly.wire import SeedInfo, SeedTrigger
-from tests.support.wait import free_port
+from testkit.wait import free_port
 
 PIECE = 1024
 BLOB = bytes(range(256)) * 12  # three pieces, the last one short

@@ -18,7 +18,7 @@ from damselfly.nydus.cache import CacheQuota, ChunkCache
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, Digester, FormatError, pack_xattr
 from damselfly.nydus.lazy import ChunkUnavailable, FetchStats, LazyBlob
 from damselfly.nydus.remote import RegistryError
-from tests.support.wait import wait_until
+from testkit.wait import wait_until
 
 KiB = 1024
 

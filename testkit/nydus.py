@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Iterator
 
 from damselfly.nydus.service import ServiceClient
-from tests.support.containerd import Containerd
-from tests.support.processes import stop_process
-from tests.support.wait import wait_until
+from testkit.containerd import Containerd
+from testkit.processes import stop_process
+from testkit.wait import wait_until
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.daemon import Damselfly
-from tests.support.processes import metric, stop_process, verify_for, wait_healthy
-from tests.support.tls import tls_dir
-from tests.support.wait import free_port
+from testkit.daemon import Damselfly
+from testkit.processes import metric, stop_process, verify_for, wait_healthy
+from testkit.tls import tls_dir
+from testkit.wait import free_port
 
 
 @dataclass

@@ -11,7 +11,7 @@ import platform
 import tarfile
 from dataclasses import dataclass
 
-from tests.support.registry import RegistryClient
+from testkit.registry import RegistryClient
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -26,7 +26,7 @@ def stop_process(process: subprocess.Popen | None, kill: bool = False, grace: fl
 def wait_healthy(process: subprocess.Popen | None, url: str, what: str, log: Callable[[], str] = lambda: "") -> None:
     """Until ``url``/healthy answers 200; a process that exits or never answers within 20 s
     is stopped (not left behind) and its log's end is in the error."""
-    from tests.support.wait import wait_until
+    from testkit.wait import wait_until
 
     def healthy() -> bool:
         if process is not None and process.poll() is not None:
@@ -42,7 +42,7 @@ def wait_healthy(process: subprocess.Popen | None, url: str, what: str, log: Cal
 
 def verify_for(url: str) -> ssl.SSLContext | bool:
     """What httpx verifies a test server with: a member's context for the cluster's HTTPS ports."""
-    from tests.support.tls import harness_context
+    from testkit.tls import harness_context
 
     return harness_context() if url.startswith("https:") else True
 

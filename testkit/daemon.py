@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from tests.support.processes import metric, stop_process, wait_healthy
-from tests.support.tls import tls_dir
-from tests.support.wait import free_port
+from testkit.processes import metric, stop_process, wait_healthy
+from testkit.tls import tls_dir
+from testkit.wait import free_port
 
 
 @dataclass

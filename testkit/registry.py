@@ -13,8 +13,8 @@ from typing import Iterator
 
 import httpx
 
-from tests.support.processes import stop_process
-from tests.support.wait import free_port, wait_until
+from testkit.processes import stop_process
+from testkit.wait import free_port, wait_until
 
 ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)')
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from damselfly.lib.blockinghttp import PROXY_VARIABLES
-from tests.support.processes import stop_process
-from tests.support.wait import free_port, wait_until
+from testkit.processes import stop_process
+from testkit.wait import free_port, wait_until
 
 
 def forget_proxies(environ: MutableMapping[str, str]) -> None:

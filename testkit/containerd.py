@@ -9,8 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import stop_process
-from tests.support.wait import wait_until
+from testkit.processes import stop_process
+from testkit.wait import wait_until
 
 
 @dataclass
