@@ -154,18 +154,19 @@ def measure_stampede(work: Path, registry: Registry, size: int, peers: int, roun
             with ThreadPoolExecutor(peers) as pool:
                 before = sum(e.bytes for e in registry.blob_gets(digest))
                 started = time.monotonic()
-                list(pool.map(lambda _: curl(direct_url), range(peers)))
+                list(pool.map(lambda _, url=direct_url: curl(url), range(peers)))
                 direct_seconds = time.monotonic() - started
                 fresh_file_write(work / "write-probe", peers * size)  # as the peers will, follow a deletion
                 started = time.monotonic()
-                list(pool.map(lambda path: curl(direct_url, save_to=path), saved_files))
+                list(pool.map(lambda path, url=direct_url: curl(url, save_to=path), saved_files))
                 saved_seconds = time.monotonic() - started
                 for path in saved_files:
                     discard(path)
                 registry_before = sum(e.bytes for e in registry.blob_gets(digest))
                 started = time.monotonic()
                 transfers = list(pool.map(
-                    lambda node: curl(f"{node.url}/v2/{name}/blobs/{digest}", f"?ns={registry.host}"), nodes[1:]))
+                    lambda node, blob=f"/v2/{name}/blobs/{digest}": curl(node.url + blob, f"?ns={registry.host}"),
+                    nodes[1:]))
                 p2p_seconds = time.monotonic() - started
             assert all(t.bytes == size for t in transfers)
             registry_bytes = sum(e.bytes for e in registry.blob_gets(digest)) - registry_before

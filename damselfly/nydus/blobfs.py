@@ -18,6 +18,11 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from damselfly.nydus.cache import CacheQuota, ChunkCache
+from damselfly.nydus.lazy import FETCH_DEADLINE, ChunkUnavailable, FetchStats, LazyBlob
+from damselfly.nydus.rafs import Bootstrap
+from damselfly.nydus.remote import RegistryClient
+
 
 def _name_libfuse3() -> None:
     """Point mfusepy at libfuse 3 by its soname when the loader has it. Left to itself,
@@ -34,11 +39,6 @@ def _name_libfuse3() -> None:
 
 _name_libfuse3()
 import mfusepy as fuse  # noqa: E402 - after its library is named
-
-from damselfly.nydus.cache import CacheQuota, ChunkCache
-from damselfly.nydus.lazy import FETCH_DEADLINE, ChunkUnavailable, FetchStats, LazyBlob
-from damselfly.nydus.rafs import Bootstrap
-from damselfly.nydus.remote import RegistryClient
 
 log = logging.getLogger("damselfly.nydus.blobfs")
 

@@ -107,7 +107,7 @@ def convert(source: ImageRef, target: ImageRef, source_client: RegistryClient, t
                 def store(node, data: IO[bytes]) -> None:
                     nonlocal files
                     files += 1
-                    writer.add_file(node, data)
+                    writer.add_file(node, data)  # noqa: B023 - store is called only in this iteration
 
                 try:
                     with open_layer(layer_path, layer.get("mediaType", "")) as tar:

@@ -534,7 +534,7 @@ XATTR_PREFIXES: tuple[tuple[int, str], ...] = (
 
 def pack_xattr(name: str, value: bytes) -> bytes:
     """One inline xattr entry, padded to 4 bytes: prefix index, the rest of the name, the value."""
-    for index, prefix in XATTR_PREFIXES:
+    for index, prefix in XATTR_PREFIXES:  # noqa: B007 - index is read after the loop
         if name.startswith(prefix):
             suffix = name[len(prefix):].encode()
             break

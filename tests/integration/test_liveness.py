@@ -165,14 +165,14 @@ def test_a_seed_killed_mid_download_never_stalls_its_peers(tmp_path, cluster):
             origin.blobs[digest] = data
             seed = start_peer(tmp_path / f"seed{round_}/data", [scheduler.url], mapping, seed=True)
             seeds.append(seed)
-            wait_until(lambda: f"host seed-{seed.upload_port} joined" in _log(scheduler), 20,
+            wait_until(lambda seed=seed: f"host seed-{seed.upload_port} joined" in _log(scheduler), 20,
                        "the new seed to announce itself")
             name = f"live/round{round_}"
             for index, peer in enumerate(peers):  # all at about the same moment: a stampede
                 record = Download(round_, index)
                 downloads.append(pool.submit(_fetch, peer.url, origin.host, name, digest, data, record))
             # Killed while it serves: some pieces are out, others never will be.
-            wait_until(lambda: metric(seed.url, "damselfly_upload_bytes_total") >= BLOB_SIZE // 4, 30,
+            wait_until(lambda seed=seed: metric(seed.url, "damselfly_upload_bytes_total") >= BLOB_SIZE // 4, 30,
                        f"round {round_}: the seed to serve a quarter of the blob")
             os.kill(seed.process.pid, signal.SIGKILL)
             seed.process.wait(10)

@@ -101,7 +101,7 @@ def test_nydusd_range_reads_on_every_peer_load_the_registry_once(registry, regis
     assert sizes == [len(blob.data)] * len(readers), "HEAD from the cache"
     # The reads covered part of the blob; each node finishes the whole of it in the background.
     for node in [seed, *peers]:
-        wait_until(lambda: node.metric("damselfly_store_blobs") == 1, 60, f"the blob stored on {node.url}")
+        wait_until(lambda node=node: node.metric("damselfly_store_blobs") == 1, 60, f"the blob stored on {node.url}")
     # The seed fetched it in ranges, the ones readers waited for first: each byte once.
     wait_until(lambda: sum(e.bytes for e in registry.blob_gets(blob.digest, image.name)) >= len(blob.data), 10,
                "the registry's access log")
@@ -135,7 +135,7 @@ def test_a_range_deep_in_a_cold_blob_is_fetched_first(registry, registry_client,
     assert response.status_code == 206 and response.content == blob.data[first:last + 1]
 
     for node in (seed, peer):
-        wait_until(lambda: node.metric("damselfly_store_blobs") == 1, 60, f"the blob stored on {node.url}")
+        wait_until(lambda node=node: node.metric("damselfly_store_blobs") == 1, 60, f"the blob stored on {node.url}")
     gets = registry.blob_gets(blob.digest, image.name)  # in the order they finished
     assert all(e.status == 206 for e in gets), "range requests only"
     assert gets[0].bytes <= 2 * MiB, "the piece the reader waited for (and the next) came first, alone"
@@ -169,5 +169,5 @@ def test_peers_reading_the_same_piece_are_relayed_by_the_seed(registry, registry
     assert relayed >= 3, "the second, third and fourth asker of the piece go to a peer that has or gets it"
     assert sum(p.metric("damselfly_p2p_bytes_total", 'source="peer"') for p in peers) > 0
     for node in [seed, *peers]:
-        wait_until(lambda: node.metric("damselfly_store_blobs") == 1, 90, f"the blob stored on {node.url}")
+        wait_until(lambda node=node: node.metric("damselfly_store_blobs") == 1, 90, f"the blob stored on {node.url}")
     assert sum(e.bytes for e in registry.blob_gets(blob.digest, image.name)) == len(blob.data)

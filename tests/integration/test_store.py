@@ -59,7 +59,7 @@ def test_damaged_entries_are_dropped_at_start(tmp_path, damselfly, registry, reg
     node = damselfly(data_dir=data_dir)
     assert node.metric("damselfly_store_blobs") == 0
     assert "dropping unreadable cache entry" in node.log()
-    for digest, expected in zip(digests, data):
+    for digest, expected in zip(digests, data, strict=True):
         assert fetch(node, registry.host, "damaged/blob", digest) == expected
         assert len(registry.blob_gets(digest)) == 2
 
@@ -222,7 +222,7 @@ def test_a_claimed_length_that_never_arrives_evicts_nothing(damselfly, registry,
     fake = ClaimingRegistryFake(claimed=30 * MiB, sent=1).start()
     try:
         node = damselfly("--cache-quota", "40MiB", "--registry", f"claiming.test=http://{fake.host}")
-        for digest, data in zip(digests, blobs):
+        for digest, data in zip(digests, blobs, strict=True):
             assert fetch(node, registry.host, "claim/kept", digest) == data
         wait_until(lambda: node.metric("damselfly_store_blobs") == 4, 20, "the blobs to be stored")
 
@@ -241,7 +241,7 @@ def test_a_claimed_length_that_never_arrives_evicts_nothing(damselfly, registry,
                 assert answer.status_code != 200 or len(answer.content) < 30 * MiB
         wait_until(lambda: node.metric("damselfly_store_used_bytes") == 16 * MiB, 20, "the claim to be dropped")
         assert node.metric("damselfly_store_evictions_total") == 0
-        for digest, data in zip(digests, blobs):
+        for digest, data in zip(digests, blobs, strict=True):
             assert fetch(node, registry.host, "claim/kept", digest) == data
             assert len(registry.blob_gets(digest)) == 1, "the kept blob was served from the cache"
     finally:

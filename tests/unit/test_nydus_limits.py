@@ -31,8 +31,9 @@ CHUNK_SIZE = 16 * KiB
 
 
 def build_image(files: dict[str, bytes], others: dict[str, Node] | None = None,
-                settings: ChunkSettings = ChunkSettings(chunk_size=CHUNK_SIZE)) -> tuple[bytes, bytes]:
+                settings: ChunkSettings | None = None) -> tuple[bytes, bytes]:
     """A bootstrap and its one data blob: ``files`` (and ``others``, nodes without data) at the root."""
+    settings = settings or ChunkSettings(chunk_size=CHUNK_SIZE)
     root, out = new_root(), io.BytesIO()
     writer = BlobWriter(out, 0, settings, {})
     for name, data in files.items():
@@ -104,7 +105,7 @@ def test_a_zstd_frame_that_inflates_past_its_declared_size_never_allocates_more(
     unsized = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (64 * MiB))
     assert len(bomb) < 4 * KiB
     for frame in (bomb, unsized):
-        peak = _peak_while(lambda: codec.decompress(Compressor.ZSTD, frame, 64 * KiB))
+        peak = _peak_while(lambda frame=frame: codec.decompress(Compressor.ZSTD, frame, 64 * KiB))
         assert peak < 2 * MiB, f"decompressing a 64 KiB chunk allocated {peak} bytes"
     with pytest.raises(FormatError, match="more than the 65536 bytes it claims"):
         codec.decompress(Compressor.ZSTD, bomb, 64 * KiB)
