@@ -17,7 +17,8 @@ def compress(compressor: Compressor, data: bytes) -> bytes:
     if compressor is Compressor.ZSTD:
         return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
     if compressor is Compressor.LZ4_BLOCK:
-        return lz4.block.compress(data, store_size=False)
+        out: bytes = lz4.block.compress(data, store_size=False)  # lz4 ships no type hints
+        return out
     if compressor is Compressor.NONE:
         return data
     raise FormatError(f"compressor {compressor.label} is not supported for writing")

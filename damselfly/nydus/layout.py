@@ -10,6 +10,7 @@ import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from damselfly.lib.units import format_size
 
@@ -156,7 +157,7 @@ def checked_blob_id(raw: bytes, where: str) -> str:
     return text
 
 
-def _unpack(fmt: struct.Struct, data: bytes | memoryview, offset: int, what: str) -> tuple:
+def _unpack(fmt: struct.Struct, data: bytes | memoryview, offset: int, what: str) -> tuple[Any, ...]:
     if offset < 0 or offset + fmt.size > len(data):
         raise FormatError(f"truncated {what} at offset {offset}: file has {len(data)} bytes")
     return fmt.unpack_from(data, offset)

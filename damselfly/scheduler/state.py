@@ -536,9 +536,9 @@ class SchedulerState:
         and every piece report wakes every poller. When nobody can serve it and no seed is
         starting, one peer at a time holds the trigger lease: it asks the seeds itself.
         """
-        common = {"version": task.version, "epoch": self.epoch, "verified": task.verified}
+        version, epoch, verified = task.version, self.epoch, task.verified
         if task.peers[host_id].done:
-            return Schedule("done", **common)
+            return Schedule("done", version=version, epoch=epoch, verified=verified)
         ranking = self.rank(task, host_id)
         now = self.clock()
         action: Action
@@ -559,7 +559,7 @@ class SchedulerState:
         else:
             action, reason = "back_to_source", "no seed peer can take the task"
         return Schedule(
-            action, reason, **common,
+            action, reason, version=version, epoch=epoch, verified=verified,
             # Peers still downloading this task, the asker included: they will trade pieces.
             swarm=sum(1 for p in task.peers.values() if not p.done and not p.seeding),
             digests=self._digests_since(task, since, ranking.shunned),
