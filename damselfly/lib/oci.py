@@ -1,4 +1,8 @@
-"""OCI distribution vocabulary: repository names, digests and error bodies (pure)."""
+"""OCI distribution vocabulary (pure): repository names, digests, registry names and image
+references, where a blob lives, and the errors a registry or other blob source answers with.
+
+The bottom of the dependency order: the registry client, the blob service, the mirror and
+the nydus commands all speak it, so it imports nothing else from Damselfly."""
 
 from __future__ import annotations
 
@@ -136,3 +140,101 @@ def _valid_ipv6(address: str | None) -> bool:
     except ValueError:
         return False
     return True
+
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_UPSTREAM = "https://registry-1.docker.io"
+_SCHEMES = ("http", "https")
+
+
+def split_registry(value: str) -> tuple[str | None, str]:
+    """``[http[s]://]host[:port][/]`` -> (scheme or None, registry name); ValueError otherwise."""
+    scheme, sep, rest = value.strip().partition("://")
+    if not sep:
+        return None, registry_name(scheme.rstrip("/"))
+    if scheme.lower() not in _SCHEMES:
+        raise ValueError(f"invalid registry {value!r}: want [http[s]://]host[:port]")
+    return scheme.lower(), registry_name(rest.rstrip("/"))
+
+
+def normalize_upstream(value: str) -> str:
+    """A registry URL without a trailing slash; ``https://`` when no scheme is given, and
+    Docker Hub's API host for ``docker.io``.
+
+    Raises ValueError for anything that is not ``[scheme://]host[:port]``.
+    """
+    scheme, name = split_registry(value)
+    if scheme is None and name == DOCKER_HUB:
+        return DOCKER_HUB_UPSTREAM
+    return f"{scheme or 'https'}://{name}"
+
+
+def registry_base_url(registry: str, plain_http: bool) -> str:
+    """The URL a registry name is reached at, by the mirror's rule (see normalize_upstream),
+    over plain HTTP when asked (never for Docker Hub, which speaks only https)."""
+    return normalize_upstream(f"http://{registry}" if plain_http and registry != DOCKER_HUB else registry)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """``[registry/]repository[:tag|@digest]``; a name without a registry host means Docker Hub."""
+
+    registry: str
+    repository: str
+    reference: str
+
+    @classmethod
+    def parse(cls, text: str) -> "ImageRef":
+        """ValueError, saying what is wrong, for anything but a valid reference."""
+        name, reference = text, "latest"
+        try:
+            if "@" in name:
+                name, reference = name.split("@", 1)
+                Digest.parse(reference)
+            else:
+                before, _, tag = name.rpartition(":")
+                if before and _TAG_RE.fullmatch(tag):  # not a port: a tag has no "/" after it
+                    name, reference = before, tag
+            first, _, rest = name.partition("/")
+            if rest and ("." in first or ":" in first or first == "localhost"):
+                registry, repository = first, rest
+            else:
+                registry, repository = DOCKER_HUB, name if rest else f"library/{name}"
+            validate_repository(repository)
+        except OCIError as error:
+            raise ValueError(f"invalid image reference {text!r}: {error.message}") from None
+        return cls(registry, repository, reference)
+
+    def __str__(self) -> str:
+        joiner = "@" if is_digest_reference(self.reference) else ":"
+        return f"{self.registry}/{self.repository}{joiner}{self.reference}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a caller says the blob lives (an upstream URL and a repository), and the
+    credentials it presented."""
+
+    registry: str
+    repository: str
+    authorization: str | None = None
+
+
+class SourceRefused(Exception):
+    """The source answered with a client-facing status (401, 403, 404...) to pass back."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        super().__init__(f"source answered {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class SourceUnavailable(Exception):
+    """The source cannot be reached or failed, or the blob cannot be had through this cache:
+    the caller gets this status (502, 504, 507) with the message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Protocol
 
 from damselfly.lib.waiting import within
-from damselfly.lib.oci import Digest
+from damselfly.lib.oci import Digest, Origin, SourceRefused, SourceUnavailable
 from damselfly.lib.units import format_size
 from damselfly.p2p.pieces import SMALL_BLOB, piece_digest, piece_length_for, piece_matches
 from damselfly.p2p.rangefill import RangeFill
@@ -35,38 +35,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints of a resumable download
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where a caller says the blob lives, and the credentials it presented."""
-
-    registry: str
-    repository: str
-    authorization: str | None = None
-
-
 def stored_origin(stored: StoredBlob) -> Origin:
     """Where a stored blob came from (no credentials are stored): what its access is checked against."""
     return Origin(stored.meta.registry, stored.meta.repository)
-
-
-class SourceRefused(Exception):
-    """The source answered with a client-facing status (401, 403, 404...) to pass back."""
-
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        super().__init__(f"source answered {status}")
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-
-class SourceUnavailable(Exception):
-    """The source cannot be reached or failed, or the blob cannot be had through this cache:
-    the caller gets this status (502, 504, 507) with the message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class SourceStream(CopySource, Protocol):

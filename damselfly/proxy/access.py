@@ -6,7 +6,7 @@ import hashlib
 import time
 from typing import Callable
 
-from damselfly.p2p.blobs import Origin
+from damselfly.lib.oci import Origin
 
 
 class AccessCache:

@@ -5,32 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from damselfly.lib.oci import OCIError, registry_name
-
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_UPSTREAM = "https://registry-1.docker.io"
-_SCHEMES = ("http", "https")
-
-
-def split_registry(value: str) -> tuple[str | None, str]:
-    """``[http[s]://]host[:port][/]`` -> (scheme or None, registry name); ValueError otherwise."""
-    scheme, sep, rest = value.strip().partition("://")
-    if not sep:
-        return None, registry_name(scheme.rstrip("/"))
-    if scheme.lower() not in _SCHEMES:
-        raise ValueError(f"invalid registry {value!r}: want [http[s]://]host[:port]")
-    return scheme.lower(), registry_name(rest.rstrip("/"))
-
-
-def normalize_upstream(value: str) -> str:
-    """A registry URL without a trailing slash; ``https://`` when no scheme is given.
-
-    Raises ValueError for anything that is not ``[scheme://]host[:port]``.
-    """
-    scheme, name = split_registry(value)
-    if scheme is None and name == DOCKER_HUB:
-        return DOCKER_HUB_UPSTREAM
-    return f"{scheme or 'https'}://{name}"
+from damselfly.lib.oci import DOCKER_HUB, DOCKER_HUB_UPSTREAM, OCIError, normalize_upstream, registry_name, split_registry
 
 
 def parse_registry_mapping(item: str) -> tuple[str, str]:

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from damselfly.lib.oci import (Digest, OCIError, error_body, is_digest_reference, validate_api_tail, validate_reference,
-                               validate_repository)
+from damselfly.lib.oci import (Digest, ImageRef, OCIError, error_body, is_digest_reference, registry_base_url,
+                               validate_api_tail, validate_reference, validate_repository)
 
 
 @pytest.mark.parametrize("name", ["a", "library/busybox", "a.b-c_d/e__f", "x/y/z/w", "a--b"])
@@ -75,3 +75,40 @@ def test_a_path_passed_upstream_cannot_climb_out_of_the_repository(kind: str, re
 ])
 def test_registry_api_tails_that_pass(kind: str, rest: str) -> None:
     validate_api_tail(kind, rest)
+
+
+DIGEST = "sha256:" + "c" * 64
+
+
+@pytest.mark.parametrize("text, registry, repository, reference", [
+    ("busybox", "docker.io", "library/busybox", "latest"),
+    ("busybox:1.36", "docker.io", "library/busybox", "1.36"),
+    ("user/app:v1", "docker.io", "user/app", "v1"),
+    ("ghcr.io/org/app", "ghcr.io", "org/app", "latest"),
+    ("localhost:5000/app:dev", "localhost:5000", "app", "dev"),
+    ("localhost/app", "localhost", "app", "latest"),
+    ("127.0.0.1:5000/a/b/c:t", "127.0.0.1:5000", "a/b/c", "t"),
+    (f"busybox@{DIGEST}", "docker.io", "library/busybox", DIGEST),
+    (f"r.example/app@{DIGEST}", "r.example", "app", DIGEST),
+])
+def test_image_references(text: str, registry: str, repository: str, reference: str) -> None:
+    ref = ImageRef.parse(text)
+    assert ref == ImageRef(registry, repository, reference)
+    assert ImageRef.parse(str(ref)) == ref
+
+
+@pytest.mark.parametrize("text", ["", "Busybox", "busybox:", "busybox@sha256:abc", "busybox:t\u00e1g",
+                                  "busybox:latest\n", "r.example/app:1@" + DIGEST, "a//b", "r.example/"])
+def test_invalid_image_references_say_so(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid image reference"):
+        ImageRef.parse(text)
+
+
+@pytest.mark.parametrize("registry, plain_http, url", [
+    ("docker.io", False, "https://registry-1.docker.io"),
+    ("docker.io", True, "https://registry-1.docker.io"),  # Docker Hub speaks https only
+    ("r.example:5000", False, "https://r.example:5000"),
+    ("127.0.0.1:5000", True, "http://127.0.0.1:5000"),
+])
+def test_registry_base_url(registry: str, plain_http: bool, url: str) -> None:
+    assert registry_base_url(registry, plain_http) == url

@@ -297,7 +297,8 @@ def test_an_uncached_stream_holds_its_last_bytes_until_the_whole_blob_matched(tm
     (("https://private.example", "team/app", None), False),
 ])
 def test_a_protected_partial_resumes_only_for_a_caller_of_its_own_origin(tmp_path, caller, resumes):
-    from damselfly.p2p.blobs import BlobService, Origin
+    from damselfly.lib.oci import Origin
+    from damselfly.p2p.blobs import BlobService
     from damselfly.p2p.pieces import piece_digest, piece_length_for
     from damselfly.p2p.store import Partial
 
@@ -318,7 +319,8 @@ def test_a_protected_partial_resumes_only_for_a_caller_of_its_own_origin(tmp_pat
 def test_a_caller_of_another_registry_gets_no_byte_of_a_download_before_its_check(tmp_path):
     """A registry that sends other bytes under a digest started the download: a caller naming
     the right registry must not get a range of them as a complete answer."""
-    from damselfly.p2p.blobs import BlobReader, BlobService, Origin
+    from damselfly.lib.oci import Origin
+    from damselfly.p2p.blobs import BlobReader, BlobService
 
     data = os.urandom(3 * 256 * 1024)
     digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())

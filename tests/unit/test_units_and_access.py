@@ -1,8 +1,8 @@
 import pytest
 
 from damselfly.lib.netaddr import parse_listen
+from damselfly.lib.oci import Origin
 from damselfly.lib.units import format_size, parse_size
-from damselfly.p2p.blobs import Origin
 from damselfly.proxy.access import AccessCache
 
 
