@@ -38,8 +38,8 @@ from typing import Callable
 
 from benchmarks.cluster.netns import Host, Network, remove_stale
 from benchmarks.sampling import Sampler
-from damselfly.nydus.remote import RegistryClient as PullClient  # the harness's own RegistryClient pushes
 from damselfly.nydus.service import ServiceClient, ServiceError
+from damselfly.registry.blocking import RegistryClient as PullClient  # the harness's own RegistryClient pushes
 from testkit.cluster import SchedulerProcess, start_peer
 from testkit.containerd import Containerd
 from testkit.daemon import Damselfly

@@ -266,13 +266,45 @@ def next_hop(url: str, location: str) -> tuple[str, bool]:
     return target, origin_of(target) == origin_of(url)
 
 
+# What a request that a redirect turns into a GET no longer sends.
+BODY_HEADERS = ("Content-Length", "Content-Type", "Transfer-Encoding")
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """The request a redirect leads to: ``method`` on ``url``, without the ``dropped``
+    headers, and without the body when ``drops_body``."""
+
+    method: str
+    url: str
+    dropped: tuple[str, ...]
+    drops_body: bool
+
+
+def follow_redirect(method: str, url: str, status: int, location: str | None) -> Redirect | None:
+    """The one redirect policy of every registry request: where an answer of ``status``
+    with ``location`` to ``method`` on ``url`` sends it next, or None when it is the answer.
+
+    The target is next_hop's (RedirectRefused for a downgrade); credentials stay behind on
+    another origin; a 303, or a 301 or 302 to a POST, becomes a GET without the body, as
+    browsers and curl do."""
+    if status not in REDIRECTS or not location:
+        return None
+    target, same_origin = next_hop(url, location)
+    dropped = () if same_origin else ("Authorization",)
+    if method != "HEAD" and (status == 303 or (status in (301, 302) and method == "POST")):
+        return Redirect("GET", target, dropped + BODY_HEADERS, drops_body=True)
+    return Redirect(method, target, dropped, drops_body=False)
+
+
 class Response:
     """An answer whose body is read on demand. Read to its end, its connection goes back to
     the session for the next request; closed before that, the connection is closed."""
 
     def __init__(self, session: "Session", origin: str, connection: http.client.HTTPConnection,
                  raw: http.client.HTTPResponse, url: str) -> None:
-        self._session, self._origin, self._connection = session, origin, connection
+        self._session, self._origin = session, origin
+        self._connection: http.client.HTTPConnection | None = connection
         self.raw, self.url = raw, url
         self._content: bytes | None = None
         self._aborted = False
@@ -368,19 +400,14 @@ class Session:
                 response = self._send(method, url, headers, body)
             except ValueError as error:  # http.client's word for a URL or header it cannot send
                 raise http.client.HTTPException(f"cannot send {method} {url}: {error}") from None
-            location = response.headers.get("Location")
-            if response.status_code not in REDIRECTS or not location:
+            redirect = follow_redirect(method, url, response.status_code, response.headers.get("Location"))
+            if redirect is None:
                 return response
             response.discard()
-            target, same_origin = next_hop(url, location)
-            if not same_origin:
-                headers.pop("Authorization", None)
-            if method != "HEAD" and (response.status_code == 303
-                                     or (response.status_code in (301, 302) and method == "POST")):
-                method, body = "GET", None
-                for name in ("Content-Length", "Content-Type", "Transfer-Encoding"):
-                    headers.pop(name, None)
-            url = target
+            for name in redirect.dropped:
+                headers.pop(name, None)
+            method, url = redirect.method, redirect.url
+            body = None if redirect.drops_body else body
         raise http.client.HTTPException(f"more than {MAX_REDIRECTS} redirects, the last to {url}")
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: Body) -> Response:

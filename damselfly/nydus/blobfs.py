@@ -21,7 +21,7 @@ from typing import Callable
 from damselfly.nydus.cache import CacheQuota, ChunkCache
 from damselfly.nydus.lazy import FETCH_DEADLINE, ChunkUnavailable, FetchStats, LazyBlob
 from damselfly.nydus.rafs import Bootstrap
-from damselfly.nydus.remote import RegistryClient
+from damselfly.registry.blocking import RegistryClient
 
 
 def _name_libfuse3() -> None:

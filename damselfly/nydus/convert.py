@@ -20,12 +20,13 @@ from typing import IO, Callable, Iterator
 
 import zstandard
 
+from damselfly.lib.oci import ImageRef
 from damselfly.nydus.builder import BlobWriter, ChunkSettings, build_bootstrap
 from damselfly.nydus.image import (BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_LAYER_TYPE, FS_VERSION_ANNOTATION,
                                    NYDUS_BLOB_TYPE, OCI_CONFIG_TYPE, OCI_MANIFEST_TYPE, bootstrap_layer)
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, FormatError
-from damselfly.nydus.remote import ImageRef, RegistryClient, RegistryError
 from damselfly.nydus.tree import LayerApplier, LayerError, new_root
+from damselfly.registry.blocking import RegistryClient, RegistryError
 
 log = logging.getLogger("damselfly.nydus")
 

@@ -15,9 +15,10 @@ import tarfile
 import zlib
 from typing import IO
 
+from damselfly.lib.oci import ImageRef
 from damselfly.lib.units import format_size
 from damselfly.nydus.layout import MAX_BOOTSTRAP_SIZE, check_bootstrap_size
-from damselfly.nydus.remote import ImageRef, RegistryClient, RegistryError
+from damselfly.registry.blocking import RegistryClient, RegistryError
 
 NYDUS_BLOB_TYPE = "application/vnd.oci.image.layer.nydus.blob.v1"
 BOOTSTRAP_LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"

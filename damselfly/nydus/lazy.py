@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 from damselfly.nydus import codec
 from damselfly.nydus.cache import ChunkCache, disk_size
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, FormatError
-from damselfly.nydus.remote import TRANSPORT_ERRORS, RegistryClient, RegistryError, read_body
+from damselfly.registry.blocking import TRANSPORT_ERRORS, RegistryClient, RegistryError, read_body
 
 log = logging.getLogger("damselfly.nydus.lazy")
 

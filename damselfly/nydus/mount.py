@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 from damselfly.lib.units import parse_size
 
 if TYPE_CHECKING:
-    from damselfly.nydus.remote import ImageRef
+    from damselfly.lib.oci import ImageRef
 
 log = logging.getLogger("damselfly.nydus.mount")
 
@@ -171,7 +171,7 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
     # Imported here: umount, a process of its own that runs beside starting containers, needs none of it.
     from damselfly.nydus.image import fetch_bootstrap
     from damselfly.nydus.rafs import Bootstrap
-    from damselfly.nydus.remote import RegistryClient
+    from damselfly.registry.blocking import RegistryClient
 
     client = RegistryClient(ref.registry, plain_http, mirror)
     try:

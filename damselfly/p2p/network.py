@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from damselfly.lib.oci import Origin
 from damselfly.lib.tls import ClusterTLS, role_hostname
 from damselfly.lib.waiting import wait_until_set, within
-from damselfly.p2p.blobs import Origin
 from damselfly.p2p.fetch import (PIECE_READ_TIMEOUT, BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused,
                                  PieceRelayed, PieceRequest, PieceWriteFailed, TransferFailed)
 from damselfly.p2p.metrics import PeerMetrics
@@ -41,7 +41,7 @@ from damselfly.p2p.pieces import PieceBitmap
 from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill
 from damselfly.p2p.task import Task, TaskFailed
 from damselfly.p2p.writer import CopySource, hash_file
-from damselfly.proxy.origin import RegistryClient
+from damselfly.registry.client import AsyncRegistryClient
 from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
 from damselfly.wire import (MAX_RUN_PIECES, DoneReport, PieceNews, PieceReport, Schedule, SeedInfo, SeedTrigger,
                             TaskRegister, TriggerFailed, WireError, origin_key)
@@ -157,7 +157,7 @@ class Reporter:
 
 
 class Network:
-    def __init__(self, scheduler: SchedulerClient, registry: RegistryClient, metrics: PeerMetrics, *,
+    def __init__(self, scheduler: SchedulerClient, registry: AsyncRegistryClient, metrics: PeerMetrics, *,
                  is_seed: bool, concurrency: int = 4, scheduler_deadline: float = 10.0,
                  piece_timeout: float = PIECE_READ_TIMEOUT, no_parent_deadline: float = 15.0,
                  tls: ClusterTLS | None = None) -> None:

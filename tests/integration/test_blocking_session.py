@@ -20,11 +20,9 @@ from pathlib import Path
 import pytest
 
 from damselfly.lib.blockinghttp import Session, tls_context
-from damselfly.lib.oci import Digest
-from damselfly.p2p.blobs import Origin, SourceUnavailable
-from damselfly.nydus.remote import RegistryClient, RegistryError
-from damselfly.proxy.origin import RegistryClient as OriginClient
-from damselfly.proxy.origin import RegistryStream
+from damselfly.lib.oci import Digest, Origin, SourceUnavailable
+from damselfly.registry.blocking import RegistryClient, RegistryError
+from damselfly.registry.client import AsyncRegistryClient, RegistryStream
 from testkit.proxy import Tinyproxy, tinyproxy
 
 
@@ -305,7 +303,7 @@ def test_the_daemons_blob_downloads_keep_their_connection(server: _Server) -> No
     digest = Digest.parse("sha256:" + "0" * 64)
 
     async def downloads() -> None:
-        client = OriginClient(connect_timeout=5, read_timeout=5)
+        client = AsyncRegistryClient(connect_timeout=5, read_timeout=5)
         try:
             for start in (0, 1000, 16000):
                 stream = await client.open_blob(origin, digest, (start, 300))
@@ -338,7 +336,7 @@ def test_an_https_registry_behind_a_proxy_that_wants_credentials(tls_server: tup
         monkeypatch.setenv("https_proxy", proxy.url.replace("s3cret", "wrong"))
 
         async def attempts() -> list[SourceUnavailable]:
-            client = OriginClient(connect_timeout=5, read_timeout=5)
+            client = AsyncRegistryClient(connect_timeout=5, read_timeout=5)
             failures = []
             try:
                 for attempt in (client.open_blob(origin, digest, (0, 10)), client.blob_length(origin, digest)):

@@ -14,7 +14,7 @@ import pytest
 
 from damselfly.nydus.image import BOOTSTRAP_ANNOTATION, NYDUS_BLOB_TYPE, extract_bootstrap
 from damselfly.nydus.rafs import Bootstrap
-from damselfly.nydus.remote import RegistryClient as NydusRegistry
+from damselfly.registry.blocking import RegistryClient as NydusRegistry
 from testkit.images import busybox_layer, image_from_layers, push_image
 from testkit.nydus import cli, oci_rootfs
 from tests.support.trees import diff, snapshot, tar_layer

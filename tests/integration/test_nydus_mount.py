@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from damselfly.nydus.remote import RegistryClient
 from damselfly.nydus.service import ServiceError
+from damselfly.registry.blocking import RegistryClient
 from benchmarks.cluster.images import CACHE as BENCH_CACHE, python_image
 from testkit.images import busybox_layer, image_from_layers, push_image
 from testkit.nydus import MountServiceProcess, cli, oci_rootfs

@@ -17,7 +17,7 @@ from damselfly.nydus import codec
 from damselfly.nydus.cache import CacheQuota, ChunkCache
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, Digester, FormatError, pack_xattr
 from damselfly.nydus.lazy import ChunkUnavailable, FetchStats, LazyBlob
-from damselfly.nydus.remote import RegistryError
+from damselfly.registry.blocking import RegistryError
 from testkit.wait import wait_until
 
 KiB = 1024

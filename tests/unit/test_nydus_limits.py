@@ -23,8 +23,8 @@ from damselfly.nydus.cli import nydus
 from damselfly.nydus.image import bootstrap_layer, extract_bootstrap
 from damselfly.nydus.layout import BlobEntry, ChunkRecord, Compressor, FormatError, SuperBlockExt
 from damselfly.nydus.rafs import Bootstrap
-from damselfly.nydus.remote import RegistryError, read_body
 from damselfly.nydus.tree import Node, new_root
+from damselfly.registry.blocking import RegistryError, read_body
 
 KiB, MiB = 1024, 1024 * 1024
 CHUNK_SIZE = 16 * KiB

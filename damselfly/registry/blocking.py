@@ -1,8 +1,11 @@
-"""A small synchronous registry client for the nydus commands: pull manifests and blobs, push images.
+"""The registry client's blocking face, for the nydus commands: pull manifests and blobs,
+push images.
 
 Requests can go through a Damselfly mirror: the mirror becomes the base URL and the real
 registry travels in the ``ns`` query parameter, as containerd sends it. Anonymous Bearer
-tokens are fetched when a registry challenges, as Docker Hub does.
+tokens are fetched when a registry challenges, as Docker Hub does. What is sent and
+accepted is registry/rules.py's, as for the mirror's async face; the connections are
+lib/blockinghttp's session (redirects, proxies, keep-alive).
 """
 
 from __future__ import annotations
@@ -11,17 +14,17 @@ import hashlib
 import http.client
 import json
 import platform
-import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
-from urllib.parse import urlencode, urljoin
+from typing import Any, Iterable, Iterator, NoReturn
+from urllib.parse import urljoin
 
 from damselfly import __version__
 from damselfly.lib.blockinghttp import Body, Response, Session
-from damselfly.lib.oci import Digest, OCIError, validate_repository
-from damselfly.proxy.upstream import DOCKER_HUB, normalize_upstream
+from damselfly.lib.oci import Digest, registry_base_url
+from damselfly.registry.rules import (BearerChallenge, ChallengeInvalid, answers_blob, blob_answer_problem, blob_url,
+                                      manifest_url, parse_bearer_challenge, range_header, token_in_answer,
+                                      token_request_url, uploads_url, with_query)
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -36,61 +39,12 @@ _CHUNK = 1 << 20
 MAX_MANIFEST_BYTES = 4 << 20  # what the reference registry (distribution) accepts
 MAX_SMALL_BLOB_BYTES = 16 << 20  # a blob read whole into memory, such as an image config
 
+# What a request that got no answer raises.
+TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
+
 
 class RegistryError(RuntimeError):
     """A registry answer the command cannot go on from; the message is meant for the user."""
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """``[registry/]repository[:tag|@digest]``; a name without a registry host means Docker Hub."""
-
-    registry: str
-    repository: str
-    reference: str
-
-    @classmethod
-    def parse(cls, text: str) -> "ImageRef":
-        name, reference = text, "latest"
-        try:
-            if "@" in name:
-                name, reference = name.split("@", 1)
-                Digest.parse(reference)
-            else:
-                match = re.match(r"^(.*?)(?::([\w][\w.-]{0,127}))?$", name)
-                if match and match.group(2):
-                    name, reference = match.group(1), match.group(2)
-        except OCIError as error:
-            raise ValueError(f"invalid image reference {text!r}: {error.message}") from None
-        first, _, rest = name.partition("/")
-        if rest and ("." in first or ":" in first or first == "localhost"):
-            registry, repository = first, rest
-        else:
-            registry, repository = DOCKER_HUB, name if rest else f"library/{name}"
-        try:
-            validate_repository(repository)
-        except OCIError as error:
-            raise ValueError(f"invalid image reference {text!r}: {error.message}") from None
-        return cls(registry, repository, reference)
-
-    def __str__(self) -> str:
-        joiner = "@" if self.reference.startswith("sha256:") else ":"
-        return f"{self.registry}/{self.repository}{joiner}{self.reference}"
-
-
-def registry_base_url(registry: str, plain_http: bool) -> str:
-    """The mirror's own rule (docker.io means registry-1.docker.io), plus plain HTTP on request."""
-    return normalize_upstream(f"http://{registry}" if plain_http and registry != DOCKER_HUB else registry)
-
-
-def _with_query(url: str, params: dict[str, str]) -> str:
-    """``url`` with ``params`` added to whatever query it has."""
-    query = urlencode(params)
-    return url + ("&" if "?" in url else "?") + query if query else url
-
-
-# What a request that got no answer raises.
-TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
 def read_body(parts: Iterable[bytes], limit: int, what: str) -> bytes:
@@ -116,66 +70,67 @@ class RegistryClient:
         self.params = {"ns": registry} if mirror else {}
         self.http = Session(connect_timeout=10.0, read_timeout=timeout,
                             headers={"User-Agent": f"damselfly/{__version__}"})
-        self.tokens: dict[str, str] = {}
+        self.tokens: dict[str, str] = {}  # by scope
 
     def close(self) -> None:
         self.http.close()
 
     def _send(self, method: str, url: str, scope: str, headers: dict[str, str] | None = None,
               params: dict[str, str] | None = None, body: Body = None) -> Response:
-        url = _with_query(url, {**self.params, **(params or {})})
-        headers = dict(headers or {})
-        for attempt in range(2):
-            if scope in self.tokens:
-                headers["Authorization"] = f"Bearer {self.tokens[scope]}"
-            try:
-                response = self.http.request(method, url, headers, body)
-            except TRANSPORT_ERRORS as error:
-                raise RegistryError(f"{method} {url}: {error.__class__.__name__}: {error}") from None
-            challenge = response.headers.get("WWW-Authenticate", "")
-            if response.status_code == 401 and attempt == 0 and challenge.lower().startswith("bearer "):
-                response.discard()
-                self.tokens[scope] = self._token(challenge, scope)
-                continue
+        """One request with the token kept for ``scope``, sent once more with a new one if the
+        registry answers with a Bearer challenge; the answer of that second try is the answer."""
+        url = with_query(url, {**self.params, **(params or {})})
+        response = self._request(method, url, self._with_token(headers or {}, scope), body)
+        challenge = self._bearer_challenge(response)
+        if challenge is None:
             return response
-        return response
+        response.discard()
+        self.tokens[scope] = self._token(token_request_url(challenge, scope))
+        return self._request(method, url, self._with_token(headers or {}, scope), body)
 
-    def _token(self, challenge: str, scope: str) -> str:
-        fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        if "realm" not in fields:
-            raise RegistryError(f"{self.registry} asked for a token without naming a realm")
-        realm = fields["realm"]
-        url = _with_query(realm, {"service": fields.get("service", ""), "scope": scope})
+    def _with_token(self, headers: dict[str, str], scope: str) -> dict[str, str]:
+        token = self.tokens.get(scope)
+        return {**headers, "Authorization": f"Bearer {token}"} if token else headers
+
+    def _request(self, method: str, url: str, headers: dict[str, str], body: Body) -> Response:
+        try:
+            return self.http.request(method, url, headers, body)
+        except TRANSPORT_ERRORS as error:
+            raise RegistryError(f"{method} {url}: {error.__class__.__name__}: {error}") from None
+
+    def _bearer_challenge(self, response: Response) -> BearerChallenge | None:
+        """The Bearer challenge of a 401 answer, if it is one."""
+        if response.status_code != 401:
+            return None
+        try:
+            return parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
+        except ChallengeInvalid:
+            response.close()
+            raise RegistryError(f"{self.registry} asked for a token without naming a realm") from None
+
+    def _token(self, url: str) -> str:
+        """An anonymous token from the token service at ``url``."""
         try:
             answer = self.http.request("GET", url)
             if answer.status_code != 200:
                 answer.close()
-                raise RegistryError(f"token service {realm} answered {answer.status_code}")
-            body = answer.json()
+                raise RegistryError(f"token service {url} answered {answer.status_code}")
+            return token_in_answer(answer.json())
         except (*TRANSPORT_ERRORS, ValueError) as error:
-            raise RegistryError(f"token service {realm}: {error}") from None
-        if not isinstance(body, dict):
-            raise RegistryError(f"token service {realm} answered no JSON object")
-        return body.get("token") or body.get("access_token") or ""
+            raise RegistryError(f"token service {url}: {error}") from None
 
     @staticmethod
     def _check(response: Response, what: str, ok: tuple[int, ...] = (200,)) -> Response:
         if response.status_code not in ok:
-            try:
-                detail = response.raw.read(200)  # an error body, not a blob: read its start only
-            except TRANSPORT_ERRORS:
-                detail = b""
-            response.close()
-            raise RegistryError(f"{what}: HTTP {response.status_code} "
-                                f"{' '.join(detail[:200].decode('utf-8', 'replace').split())}")
+            _refuse(response, what)
         return response
 
     # --- pulling -----------------------------------------------------------------------------------------------
 
-    def manifest(self, repository: str, reference: str) -> tuple[dict, bytes, str]:
+    def manifest(self, repository: str, reference: str) -> tuple[dict[str, Any], bytes, str]:
         """The image manifest (an index resolved to this machine's platform), its bytes and media type."""
         accept = ", ".join(MANIFEST_TYPES + INDEX_TYPES)
-        url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
+        url = manifest_url(self.base_url, repository, reference)
         response = self._check(self._send("GET", url, f"repository:{repository}:pull", headers={"Accept": accept}),
                                f"manifest {repository}:{reference}")
         media_type = response.headers.get("Content-Type", "").split(";")[0]
@@ -197,11 +152,21 @@ class RegistryClient:
     @contextmanager
     def open_blob(self, repository: str, digest: str, byte_range: tuple[int, int] | None = None
                   ) -> Iterator[Response]:
-        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
-        response = self._send("GET", f"{self.base_url}/v2/{repository}/blobs/{digest}",
-                              f"repository:{repository}:pull", headers=headers)
+        """The blob, or its bytes ``byte_range`` (first, last) checked by the same rule as the
+        mirror's range requests; a whole blob needs no Content-Length here (its digest is
+        checked as it streams)."""
+        span = (byte_range[0], byte_range[1] - byte_range[0] + 1) if byte_range else None
+        what = f"blob {digest[:19]} of {repository}"
+        response = self._send("GET", blob_url(self.base_url, repository, digest), f"repository:{repository}:pull",
+                              headers={"Range": range_header(span)} if span else {})
         try:
-            self._check(response, f"blob {digest[:19]} of {repository}", (206,) if byte_range else (200,))
+            if not answers_blob(response.status_code, span):
+                _refuse(response, what)
+            if span is not None:
+                problem = blob_answer_problem(response.status_code, response.headers.get("Content-Range"),
+                                              response.raw.length, span)
+                if problem:
+                    raise RegistryError(f"{what}: the registry {problem}")
             yield response
         finally:
             response.close()
@@ -236,11 +201,8 @@ class RegistryClient:
     def blob_bytes(self, repository: str, digest: str, limit: int = MAX_SMALL_BLOB_BYTES) -> bytes:
         """A blob read into memory, at most ``limit`` bytes of it, checked against its digest."""
         expected = Digest.parse(digest)
-        try:
-            with self.open_blob(repository, digest) as response:
-                data = self._read(response, limit, f"blob {digest[:19]} of {repository}")
-        except TRANSPORT_ERRORS as error:
-            raise RegistryError(f"reading blob {digest[:19]} of {repository}: {error}") from None
+        with self.open_blob(repository, digest) as response:
+            data = self._read(response, limit, f"blob {digest[:19]} of {repository}")
         hasher = expected.hasher()
         hasher.update(data)
         if hasher.hexdigest() != expected.hex:
@@ -250,7 +212,7 @@ class RegistryClient:
     # --- pushing -----------------------------------------------------------------------------------------------
 
     def has_blob(self, repository: str, digest: str) -> bool:
-        with self._send("HEAD", f"{self.base_url}/v2/{repository}/blobs/{digest}",
+        with self._send("HEAD", blob_url(self.base_url, repository, digest),
                         f"repository:{repository}:pull,push") as response:
             return response.status_code == 200
 
@@ -259,7 +221,7 @@ class RegistryClient:
         if self.has_blob(repository, digest):
             return
         scope = f"repository:{repository}:pull,push"
-        start = self._check(self._send("POST", f"{self.base_url}/v2/{repository}/blobs/uploads/", scope),
+        start = self._check(self._send("POST", uploads_url(self.base_url, repository), scope),
                             f"starting upload to {repository}", (202,))
         start.read()
         location = urljoin(self.base_url + "/", start.headers.get("Location", ""))
@@ -270,11 +232,21 @@ class RegistryClient:
                     f"uploading {digest[:19]} to {repository}", (201,)).read()
 
     def push_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
-        self._check(self._send("PUT", f"{self.base_url}/v2/{repository}/manifests/{reference}",
+        self._check(self._send("PUT", manifest_url(self.base_url, repository, reference),
                                f"repository:{repository}:pull,push", body=body,
                                headers={"Content-Type": media_type}),
                     f"pushing manifest {repository}:{reference}", (201,)).read()
         return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _refuse(response: Response, what: str) -> NoReturn:
+    """Raise the registry's refusal as a one-line RegistryError, with the start of its body."""
+    try:
+        detail = response.raw.read(200)  # an error body, not a blob: read its start only
+    except TRANSPORT_ERRORS:
+        detail = b""
+    response.close()
+    raise RegistryError(f"{what}: HTTP {response.status_code} {' '.join(detail.decode('utf-8', 'replace').split())}")
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

@@ -1,22 +1,26 @@
-"""HTTP client for upstream registries: blob downloads, access checks and passthrough."""
+"""The registry client's async face, for the mirror and the seed: blob downloads, access
+checks and passthrough, with the caller's credentials.
+
+Passthrough requests go through aiohttp; a blob body is read on a blocking connection of
+lib/blockinghttp's session by a worker thread. Both follow the same redirect policy
+(follow_redirect) and the blob answers meet registry/rules.py's checks, as the nydus
+commands' blocking face does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from damselfly.lib.blockinghttp import (MAX_REDIRECTS, REDIRECTS, ProxyRefused, RedirectRefused, Response, Session,
-                                       next_hop, origin_of, proxy_authorization, proxy_for, without_credentials)
-from damselfly.lib.oci import Digest
-from damselfly.p2p.blobs import Origin, SourceRefused, SourceUnavailable
-
-log = logging.getLogger(__name__)
+from damselfly.lib.blockinghttp import (MAX_REDIRECTS, ProxyRefused, RedirectRefused, Response, Session,
+                                       follow_redirect, origin_of, proxy_authorization, proxy_for, without_credentials)
+from damselfly.lib.oci import Digest, Origin, SourceRefused, SourceUnavailable
+from damselfly.registry.rules import Span, answers_blob, blob_answer_problem, blob_url, range_header
 
 # Response headers a client must see unchanged.
 PASSTHROUGH_RESPONSE_HEADERS = (
@@ -31,6 +35,8 @@ PASSTHROUGH_REQUEST_HEADERS = (
 )
 ERROR_BODY_LIMIT = 64 * 1024
 CHUNK_SIZE = 1024 * 1024
+# A proxy that refuses a CONNECT tunnel for want of credentials: 407, or 401 from some (tinyproxy).
+PROXY_AUTH_STATUSES = (401, 407)
 
 
 def pick_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str], names: tuple[str, ...]) -> CIMultiDict[str]:
@@ -72,20 +78,6 @@ class RegistryStream:
         self._response.close()
 
 
-def _check_span(response: http.client.HTTPResponse, span: tuple[int, int], url: str) -> None:
-    """The answer to a range request holds exactly those bytes: a 206 for them, or a 200 with
-    the whole blob when the range was all of it (some storage answers so)."""
-    start, length = span
-    if response.status == 206:
-        content_range = response.getheader("Content-Range") or ""
-        first = content_range.removeprefix("bytes ").split("-", 1)[0]
-        if not content_range.startswith("bytes ") or first != str(start) or response.length != length:
-            raise SourceUnavailable(502, f"upstream {url} answered bytes {start}+{length} with "
-                                         f"{content_range or 'no Content-Range'}, {response.length} bytes")
-    elif start != 0 or response.length != length:
-        raise SourceUnavailable(502, f"upstream {url} ignored the range request")
-
-
 def _refusal(status: int, headers: CIMultiDictProxy[str] | CIMultiDict[str], body: bytes,
              url: str) -> SourceRefused | SourceUnavailable:
     """A non-success answer: client errors pass back unchanged, server errors become 502."""
@@ -107,10 +99,6 @@ def _proxy_refused(url: str, status: int, proxy: str) -> SourceUnavailable:
                                   "give them in the proxy variable as http://user:password@host:port")
 
 
-# A proxy that refuses a CONNECT tunnel for want of credentials: 407, or 401 from some (tinyproxy).
-PROXY_AUTH_STATUSES = (401, 407)
-
-
 def _close_unread(opened: "asyncio.Future[RegistryStream]") -> None:
     if not opened.cancelled() and opened.exception() is None:
         opened.result().close()
@@ -123,7 +111,7 @@ def _read_error_body(response: http.client.HTTPResponse) -> bytes:
         return b""
 
 
-class RegistryClient:
+class AsyncRegistryClient:
     """Talks to upstream registries with the caller's credentials; every call has a deadline."""
 
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 60.0) -> None:
@@ -151,10 +139,6 @@ class RegistryClient:
         self._blocking.close()
 
     @staticmethod
-    def blob_url(origin: Origin, digest: Digest) -> str:
-        return f"{origin.registry}/v2/{origin.repository}/blobs/{digest}"
-
-    @staticmethod
     def _auth_headers(origin: Origin) -> dict[str, str]:
         headers = {"Accept": "*/*"}
         if origin.authorization:
@@ -163,32 +147,35 @@ class RegistryClient:
 
     async def request(self, method: str, url: str, headers: CIMultiDict[str], data: object = None,
                       follow_redirects: bool = True) -> aiohttp.ClientResponse:
-        """Send one request, following redirects (GET and HEAD only) hop by hop: each hop goes
-        through the proxy the environment names for it, if any, and none carries the
-        caller's credentials to another origin. Connection problems become
-        SourceUnavailable (502/504)."""
+        """Send one request, following redirects (the caller asks only for GET and HEAD: a
+        body could not be sent twice) hop by hop: each hop goes through the proxy the
+        environment names for it, if any. Connection problems become SourceUnavailable
+        (502/504)."""
         headers = CIMultiDict(headers)
         for _ in range(MAX_REDIRECTS + 1):
             response = await self._send(method, url, headers, data)
-            location = response.headers.get("Location")
-            if not follow_redirects or response.status not in REDIRECTS or not location:
+            if not follow_redirects:
+                return response
+            try:
+                redirect = follow_redirect(method, url, response.status, response.headers.get("Location"))
+            except RedirectRefused as exc:
+                response.release()
+                raise SourceUnavailable(502, str(exc)) from None
+            if redirect is None:
                 return response
             response.release()
-            try:
-                target, same_origin = next_hop(url, location)
-            except RedirectRefused as exc:
-                raise SourceUnavailable(502, str(exc)) from None
-            if not same_origin:
-                headers.popall("Authorization", None)
-            url = target
+            for name in redirect.dropped:
+                headers.popall(name, None)
+            method, url = redirect.method, redirect.url
+            data = None if redirect.drops_body else data
         raise SourceUnavailable(502, f"upstream {url} redirected too many times")
 
     async def _send(self, method: str, url: str, headers: CIMultiDict[str], data: object) -> aiohttp.ClientResponse:
-        proxy = proxy_for(url, os.environ)
-        via = {"proxy": without_credentials(proxy), "proxy_headers": proxy_authorization(proxy)} if proxy else {}
+        proxy = proxy_for(url, os.environ) or ""
         try:
             response = await self.session.request(method, url, headers=headers, data=data, allow_redirects=False,
-                                                  **via)
+                                                  proxy=without_credentials(proxy) if proxy else None,
+                                                  proxy_headers=proxy_authorization(proxy) if proxy else None)
         except asyncio.TimeoutError:
             raise SourceUnavailable(504, f"upstream {url} did not answer in time") from None
         except aiohttp.ClientHttpProxyError as exc:  # the tunnel to an https registry was refused
@@ -209,21 +196,21 @@ class RegistryClient:
             response.release()
         return _refusal(response.status, response.headers, body, str(response.url))
 
-    async def open_blob(self, origin: Origin, digest: Digest, span: tuple[int, int] | None = None) -> RegistryStream:
+    async def open_blob(self, origin: Origin, digest: Digest, span: Span | None = None) -> RegistryStream:
         """GET the blob, or ``span`` (start, length) of it, on a blocking connection (redirects
         followed); its body is read on a thread."""
         headers = self._auth_headers(origin)
         if span is not None:
-            headers["Range"] = f"bytes={span[0]}-{span[0] + span[1] - 1}"
+            headers["Range"] = range_header(span)
         opening = asyncio.get_running_loop().run_in_executor(
-            self._openers, self._open_blob, self.blob_url(origin, digest), headers, span)
+            self._openers, self._open_blob, blob_url(origin.registry, origin.repository, str(digest)), headers, span)
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:  # nobody will read it: close the stream once it opens
             opening.add_done_callback(_close_unread)
             raise
 
-    def _open_blob(self, url: str, headers: dict[str, str], span: tuple[int, int] | None) -> RegistryStream:
+    def _open_blob(self, url: str, headers: dict[str, str], span: Span | None) -> RegistryStream:
         try:
             response = self._blocking.request("GET", url, headers)
         except TimeoutError:
@@ -234,20 +221,19 @@ class RegistryClient:
             raise SourceUnavailable(502, f"cannot reach upstream {url}: {exc}") from None
         try:
             raw, answered = response.raw, response.url
-            if raw.status == 200 or (span is not None and raw.status == 206):
-                if raw.length is None:
-                    raise SourceUnavailable(502, f"upstream {answered} sent no Content-Length for a blob")
-                if span is not None:
-                    _check_span(raw, span, answered)
-                return RegistryStream(response)
-            raise _refusal(raw.status, CIMultiDict(raw.getheaders()), _read_error_body(raw), answered)
+            if not answers_blob(raw.status, span):
+                raise _refusal(raw.status, CIMultiDict(raw.getheaders()), _read_error_body(raw), answered)
+            problem = blob_answer_problem(raw.status, raw.getheader("Content-Range"), raw.length, span)
+            if problem:
+                raise SourceUnavailable(502, f"upstream {answered} {problem}")
+            return RegistryStream(response)
         except BaseException:
             response.close()
             raise
 
     async def blob_length(self, origin: Origin, digest: Digest) -> int:
         """HEAD the blob with the caller's credentials: its length, or the registry's refusal."""
-        url = self.blob_url(origin, digest)
+        url = blob_url(origin.registry, origin.repository, str(digest))
         response = await self.request("HEAD", url, CIMultiDict(self._auth_headers(origin)))
         if response.status != 200:
             raise await self._refusal(response)
