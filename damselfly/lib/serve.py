@@ -1,4 +1,5 @@
-"""Run several aiohttp applications in one process until SIGINT or SIGTERM; read their JSON bodies."""
+"""Run several aiohttp applications in one process until SIGINT or SIGTERM; read their JSON bodies;
+answer /healthy and /metrics the same way on each."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import ssl
 from typing import Any, Awaitable, Callable, NamedTuple
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from damselfly.lib.health import HEALTHY_PATH, HEALTHY_TEXT, METRICS_PATH
 
 log = logging.getLogger(__name__)
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf'
@@ -70,6 +74,20 @@ async def json_object(request: web.Request, timeout: float = BODY_TIMEOUT) -> di
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")
     return body
+
+
+def add_health_routes(app: web.Application, registry: CollectorRegistry) -> None:
+    """GET /healthy (200 ``ok``: the process serves) and GET /metrics (``registry`` in the
+    Prometheus text format), answered alike by every server whatever else it routes."""
+
+    async def healthy(_: web.Request) -> web.Response:
+        return web.Response(text=HEALTHY_TEXT)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get(HEALTHY_PATH, healthy)
+    app.router.add_get(METRICS_PATH, metrics)
 
 
 async def _serve(sites: list[Site], on_started: Callable[[], Awaitable[None]] | None,
