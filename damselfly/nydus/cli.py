@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
+from damselfly.lib.logs import configure_logging
 from damselfly.lib.units import parse_size
 
 if TYPE_CHECKING:
-    from damselfly.nydus.remote import ImageRef
+    from damselfly.lib.oci import ImageRef
 
 # Each command imports what it uses when it runs: mount and umount are started once per
 # container, beside others, and the converter's modules would cost each of them CPU.
@@ -26,9 +27,9 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is already meant for the user."""
     from damselfly.nydus.layout import FormatError
     from damselfly.nydus.mount import MountError
-    from damselfly.nydus.remote import RegistryError
     from damselfly.nydus.service import ServiceError
     from damselfly.nydus.tree import LayerError
+    from damselfly.registry.blocking import RegistryError
 
     return RegistryError, FormatError, LayerError, MountError, ServiceError, OSError
 
@@ -93,7 +94,7 @@ def _cache_quota(_ctx: click.Context, _param: click.Parameter, value: str | int)
 
 
 def _image(text: str) -> ImageRef:
-    from damselfly.nydus.remote import ImageRef
+    from damselfly.lib.oci import ImageRef
 
     try:
         return ImageRef.parse(text)
@@ -104,9 +105,7 @@ def _image(text: str) -> ImageRef:
 @click.group()
 def nydus() -> None:
     """nydus images: convert from OCI, inspect, and start containers lazily."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
+    configure_logging()
 
 
 @nydus.command("convert")
@@ -127,7 +126,7 @@ def convert_command(source: str, target: str, plain_http: bool, chunk_size: int,
     from damselfly.nydus.builder import ChunkSettings
     from damselfly.nydus.convert import convert
     from damselfly.nydus.layout import Compressor, Digester
-    from damselfly.nydus.remote import RegistryClient
+    from damselfly.registry.blocking import RegistryClient
 
     source_ref, target_ref = _image(source), _image(target)
     settings = ChunkSettings(Compressor.from_label(compressor), Digester[digester.upper()], chunk_size)
@@ -161,7 +160,7 @@ def inspect_command(target: str, plain_http: bool, mirror: str | None, show_chun
     from damselfly.nydus.image import extract_bootstrap, fetch_bootstrap
     from damselfly.nydus.inspect import describe_blob, describe_bootstrap, is_bootstrap
     from damselfly.nydus.rafs import Bootstrap
-    from damselfly.nydus.remote import RegistryClient
+    from damselfly.registry.blocking import RegistryClient
 
     if os.path.exists(target):
         data = Path(target).read_bytes()

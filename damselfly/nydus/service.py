@@ -37,10 +37,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from damselfly.lib.health import HEALTHY_PATH, HEALTHY_TEXT
+from damselfly.lib.oci import ImageRef
 from damselfly.nydus.layout import FormatError
 from damselfly.nydus.mount import (DEFAULT_CACHE_QUOTA, MountError, default_cache_dir, mount, parse_cache_quota,
                                    state_dir, umount)
-from damselfly.nydus.remote import ImageRef, RegistryError
+from damselfly.registry.blocking import RegistryError
 
 log = logging.getLogger("damselfly.nydus.service")
 
@@ -146,8 +148,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug(format, *args)
 
     def do_GET(self) -> None:
-        if self.path == "/healthy":
-            self._reply(200, "ok")
+        if self.path == HEALTHY_PATH:
+            self._reply(200, HEALTHY_TEXT)
         else:
             self._reply(404, {"error": f"no such endpoint: GET {self.path}"})
 
@@ -290,7 +292,7 @@ class ServiceClient:
 
     def healthy(self) -> bool:
         try:
-            status, _ = self._exchange("GET", "/healthy")
+            status, _ = self._exchange("GET", HEALTHY_PATH)
         except ServiceError:
             return False
         return status == 200
