@@ -6,24 +6,25 @@ import contextlib
 import importlib
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 
 from damselfly import __version__
-from damselfly.config import config_option, default_data_dir
+from damselfly.config import SETTINGS_CONTEXT, config_option
+from damselfly.lib.logs import LOG_LEVELS, configure_logging
 from damselfly.lib.netaddr import parse_listen
+from damselfly.lib.oci import normalize_upstream
 from damselfly.lib.units import parse_size
-from damselfly.proxy.upstream import normalize_upstream, parse_registry_mapping
+from damselfly.proxy.upstream import parse_registry_mapping
+from damselfly.settings import (CACHE_HIGH_WATERMARK, CACHE_LOW_WATERMARK, CACHE_QUOTA, CONNECT_TIMEOUT, MAX_HOSTS,
+                                MAX_TASK_LENGTH, MAX_TASKS, READ_TIMEOUT, UPLOAD_SLOTS, MirrorSettings, PeerSettings,
+                                SchedulerSettings, default_data_dir)
 
 if TYPE_CHECKING:
     from damselfly.lib.serve import Site
     from damselfly.lib.tls import ClusterTLS
-    from damselfly.proxy.app import MirrorSettings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class Parsed(click.ParamType):
@@ -48,46 +49,66 @@ REGISTRY_MAPPING = Parsed("NAME=URL", lambda v: parse_registry_mapping(str(v)))
 UPSTREAM_URL = Parsed("URL", lambda v: normalize_upstream(str(v)))
 
 
-def _env(name: str) -> str:
-    return "DAMSELFLY_" + name.upper()
-
-
-def mirror_options(default_listen: str) -> Callable[[Any], Any]:
-    """The mirror flags shared by every command that serves the mirror."""
-    options = [
-        click.option("--listen", type=LISTEN_ADDRESS, default=default_listen, show_default=True, envvar=_env("listen"),
-                     help="Address of the mirror (containerd and nydus send their requests here)."),
-        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=default_data_dir,
-                     envvar=_env("data_dir"), show_default="/var/lib/damselfly as root, else $XDG_DATA_HOME/damselfly",
-                     help="Where blobs are cached."),
-        click.option("--registry", "registries", type=REGISTRY_MAPPING, multiple=True, envvar=_env("registry"),
-                     help="NAME=URL: the upstream of registry NAME (the ns value or X-Dragonfly-Registry). "
-                          "Repeatable. Unmapped names mean https://NAME."),
-        click.option("--default-registry", type=UPSTREAM_URL, default=None, envvar=_env("default_registry"),
-                     help="Upstream for requests that name no registry."),
-        click.option("--cache-quota", type=SIZE, default="50GiB", show_default=True, envvar=_env("cache_quota"),
-                     help="Disk space the blob cache may use."),
-        click.option("--cache-high-watermark", type=click.FloatRange(0.01, 1.0), default=0.9, show_default=True,
-                     envvar=_env("cache_high_watermark"), help="Fraction of the quota that starts eviction."),
-        click.option("--cache-low-watermark", type=click.FloatRange(0.01, 1.0), default=0.75, show_default=True,
-                     envvar=_env("cache_low_watermark"), help="Fraction of the quota that eviction brings usage down to."),
-        click.option("--connect-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
-                     envvar=_env("connect_timeout"), help="Seconds to connect to an upstream registry."),
-        click.option("--read-timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
-                     envvar=_env("read_timeout"), help="Seconds an upstream or a download may stay silent, a client may pause while sending a "
-                     "request body (or an upstream while taking it), and a client or peer may take to accept "
-                     "one send of 4 MiB (32 KiB for a cached blob), before it is cut off."),
-        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-                     show_default=True, envvar=_env("log_level")),
-        config_option,
-    ]
-
+def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    """Several click options as one decorator, in the order listed."""
     def decorate(f: Any) -> Any:
         for option in reversed(options):
             f = option(f)
         return f
-
     return decorate
+
+
+def _wait_option(flag: str, help: str) -> Callable[[Any], Any]:
+    """One of the waits --read-timeout sets; its own flag overrides it for that wait alone."""
+    return click.option(flag, type=click.FloatRange(0.1), default=None, show_default="--read-timeout", help=help)
+
+
+def _wait(seconds: float | None, read_timeout: float) -> float:
+    """A wait's own flag when given, else --read-timeout."""
+    return read_timeout if seconds is None else seconds
+
+
+log_level_option = click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+
+
+def mirror_options(default_listen: str) -> Callable[[Any], Any]:
+    """The mirror flags shared by every command that serves the mirror."""
+    return _with([
+        click.option("--listen", type=LISTEN_ADDRESS, default=default_listen, show_default=True,
+                     help="Address of the mirror (containerd and nydus send their requests here)."),
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=default_data_dir,
+                     show_default="/var/lib/damselfly as root, else $XDG_DATA_HOME/damselfly",
+                     help="Where blobs are cached."),
+        click.option("--registry", type=REGISTRY_MAPPING, multiple=True,
+                     help="NAME=URL: the upstream of registry NAME (the ns value or X-Dragonfly-Registry). "
+                          "Repeatable. Unmapped names mean https://NAME."),
+        click.option("--default-registry", type=UPSTREAM_URL, default=None,
+                     help="Upstream for requests that name no registry."),
+        click.option("--cache-quota", type=SIZE, default=CACHE_QUOTA, show_default="50GiB",
+                     help="Disk space the blob cache may use."),
+        click.option("--cache-high-watermark", type=click.FloatRange(0.01, 1.0), default=CACHE_HIGH_WATERMARK,
+                     show_default=True, help="Fraction of the quota that starts eviction."),
+        click.option("--cache-low-watermark", type=click.FloatRange(0.01, 1.0), default=CACHE_LOW_WATERMARK,
+                     show_default=True, help="Fraction of the quota that eviction brings usage down to."),
+        click.option("--connect-timeout", type=click.FloatRange(0.1), default=CONNECT_TIMEOUT, show_default=True,
+                     help="Seconds to connect to an upstream registry."),
+        click.option("--read-timeout", type=click.FloatRange(0.1), default=READ_TIMEOUT, show_default=True,
+                     help="Seconds the other side of any wait below may stay silent before it is given up on: "
+                          "the default of --upstream-read-timeout, --download-stall-timeout, --client-body-timeout, "
+                          "--client-send-timeout and --peer-send-timeout."),
+        _wait_option("--upstream-read-timeout",
+                     "Seconds an upstream registry may send nothing of its answer, or take nothing of a pushed body "
+                     "(then 502 or 504)."),
+        _wait_option("--download-stall-timeout",
+                     "Seconds a download, from peers or the registry, may make no progress before the clients "
+                     "waiting on it get an error."),
+        _wait_option("--client-body-timeout", "Seconds a client may pause while sending a request body (then 408)."),
+        _wait_option("--client-send-timeout",
+                     "Seconds a client may take nothing of one send (4 MiB; 32 KiB of a cached blob) before it is "
+                     "cut off."),
+        log_level_option,
+        config_option,
+    ])
 
 
 class LazyGroup(click.Group):
@@ -112,15 +133,11 @@ def main() -> None:
     """Damselfly: a registry mirror with a peer-to-peer backend for containerd and nydus."""
 
 
-def _logging(log_level: str) -> None:
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-
-
-def _mirror_settings(data_dir: Path, registries: tuple[tuple[str, str], ...], default_registry: str | None,
+def _mirror_settings(data_dir: Path, registry: tuple[tuple[str, str], ...], default_registry: str | None,
                      cache_quota: int, cache_high_watermark: float, cache_low_watermark: float,
-                     connect_timeout: float, read_timeout: float) -> "MirrorSettings":
-    from damselfly.proxy.app import MirrorSettings
-
+                     connect_timeout: float, read_timeout: float, upstream_read_timeout: float | None,
+                     download_stall_timeout: float | None, client_body_timeout: float | None,
+                     client_send_timeout: float | None) -> MirrorSettings:
     if cache_low_watermark > cache_high_watermark:
         raise click.BadParameter("must not exceed --cache-high-watermark", param_hint="--cache-low-watermark")
     try:
@@ -129,9 +146,12 @@ def _mirror_settings(data_dir: Path, registries: tuple[tuple[str, str], ...], de
         raise click.BadParameter(f"cannot create {data_dir}: {exc.strerror}", param_hint="--data-dir") from None
     _check_upstream_proxies()
     return MirrorSettings(
-        data_dir=data_dir, registries=dict(registries), default_registry=default_registry, cache_quota=cache_quota,
+        data_dir=data_dir, registries=dict(registry), default_registry=default_registry, cache_quota=cache_quota,
         cache_high_watermark=cache_high_watermark, cache_low_watermark=cache_low_watermark,
-        connect_timeout=connect_timeout, read_timeout=read_timeout)
+        connect_timeout=connect_timeout, upstream_read_timeout=_wait(upstream_read_timeout, read_timeout),
+        download_stall_timeout=_wait(download_stall_timeout, read_timeout),
+        client_body_timeout=_wait(client_body_timeout, read_timeout),
+        client_send_timeout=_wait(client_send_timeout, read_timeout))
 
 
 def _check_upstream_proxies() -> None:
@@ -169,29 +189,28 @@ def _url(address: tuple[str, int], tls: bool = False) -> str:
 
 tls_options = [
     click.option("--tls-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                 envvar=_env("tls_dir"),
                  help="This host's cluster identity (ca.pem, cert.pem, key.pem from `damselfly ca issue`): the "
                       "scheduler API, seed triggers and the upload server speak HTTPS and admit only members."),
-    click.option("--insecure", is_flag=True, envvar=_env("insecure"),
+    click.option("--insecure", is_flag=True,
                  help="Without --tls-dir, listen for peers on a non-loopback address anyway (anyone who reaches "
                       "it can poison the cache and read private blobs)."),
 ]
 
 
 scheduler_limit_options = [
-    click.option("--max-task-length", type=SIZE, default="1TiB", show_default=True, envvar=_env("max_task_length"),
+    click.option("--max-task-length", type=SIZE, default=MAX_TASK_LENGTH, show_default="1TiB",
                  help="The longest blob the scheduler takes a task for (longer registers get 413)."),
-    click.option("--max-hosts", type=click.IntRange(1), default=10000, show_default=True, envvar=_env("max_hosts"),
+    click.option("--max-hosts", type=click.IntRange(1), default=MAX_HOSTS, show_default=True,
                  help="Hosts the scheduler keeps at once; more get 429."),
-    click.option("--max-tasks", type=click.IntRange(1), default=100000, show_default=True, envvar=_env("max_tasks"),
+    click.option("--max-tasks", type=click.IntRange(1), default=MAX_TASKS, show_default=True,
                  help="Tasks the scheduler keeps at once; past it, the oldest without peers is forgotten."),
 ]
 
 
-def _scheduler_app(max_task_length: int, max_hosts: int, max_tasks: int) -> Any:
+def _scheduler_app(settings: SchedulerSettings) -> Any:
     from damselfly.scheduler.app import Scheduler
 
-    return Scheduler(max_length=max_task_length, max_hosts=max_hosts, max_tasks=max_tasks).application()
+    return Scheduler(settings).application()
 
 
 def _cluster_tls(tls_dir: Path | None, *roles: str) -> "ClusterTLS | None":
@@ -237,42 +256,36 @@ def _guard_exposure(what: str, option: str, address: tuple[str, int], tls: "Clus
 
 
 peer_options = [
-    click.option("--upload-listen", type=LISTEN_ADDRESS, envvar=_env("upload_listen"),
+    click.option("--upload-listen", type=LISTEN_ADDRESS,
                  help="Address of the upload server; other peers use it as given (use a routable IP)."),
-    click.option("--idc", default="", envvar=_env("idc"), help="Data centre of this host (scheduling affinity)."),
-    click.option("--location", default="", envvar=_env("location"), help="Location path A|B|C (affinity)."),
-    click.option("--host-id", default="", envvar=_env("host_id"), help="Unique id of this host [hostname:port]."),
-    click.option("--upload-slots", type=click.IntRange(1, 4096), default=16, show_default=True, envvar=_env("upload_slots"),
+    click.option("--idc", default="", help="Data centre of this host (scheduling affinity)."),
+    click.option("--location", default="", help="Location path A|B|C (affinity)."),
+    click.option("--host-id", default="", help="Unique id of this host [hostname:port]."),
+    click.option("--upload-slots", type=click.IntRange(1, 4096), default=UPLOAD_SLOTS, show_default=True,
                  help="Pieces this host uploads at once; the scheduler also caps its children with it."),
-    click.option("--upload-rate", type=SIZE, default=None, envvar=_env("upload_rate"),
+    click.option("--upload-rate", type=SIZE, default=None,
                  help="Upload bandwidth cap in bytes per second (e.g. 100MB); none by default."),
+    _wait_option("--peer-send-timeout",
+                 "Seconds a peer may take nothing of one send of pieces before it is cut off, freeing the slot."),
 ]
 
 
-def _with(options: list) -> Callable[[Any], Any]:
-    def decorate(f: Any) -> Any:
-        for option in reversed(options):
-            f = option(f)
-        return f
-    return decorate
-
-
-@main.command()
+@main.command(context_settings=SETTINGS_CONTEXT)
 @mirror_options(default_listen="127.0.0.1:65001")
 @click.option("--scheduler-listen", type=LISTEN_ADDRESS, default="127.0.0.1:8002", show_default=True,
-              envvar=_env("scheduler_listen"), help="Address of the built-in scheduler (other daemons may join it).")
+              help="Address of the built-in scheduler (other daemons may join it).")
 @_with(peer_options)
 @_with(tls_options)
 @_with(scheduler_limit_options)
 def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, int],
         upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, upload_slots: int,
-        upload_rate: int | None, tls_dir: Path | None, insecure: bool, max_task_length: int, max_hosts: int,
-        max_tasks: int, **mirror: Any) -> None:
+        upload_rate: int | None, peer_send_timeout: float | None, tls_dir: Path | None, insecure: bool,
+        max_task_length: int, max_hosts: int, max_tasks: int, **mirror: Any) -> None:
     """Run an all-in-one node: scheduler, seed peer and mirror in one process."""
     from damselfly.lib.serve import Site
-    from damselfly.p2p.daemon import Daemon, PeerSettings
+    from damselfly.p2p.daemon import Daemon
 
-    _logging(log_level)
+    configure_logging(log_level)
     tls = _cluster_tls(tls_dir, "seed", "scheduler")
     upload_listen = upload_listen or ("127.0.0.1", 65002)
     _guard_exposure("the scheduler", "--scheduler-listen", scheduler_listen, tls, insecure)
@@ -281,8 +294,9 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
     daemon = Daemon(_mirror_settings(**mirror), PeerSettings(
         schedulers=[_url(scheduler_listen, tls is not None)], upload_host=upload_listen[0],
         upload_port=upload_listen[1], seed=True, idc=idc, location=location, host_id=_host_id(host_id, tls),
-        upload_slots=upload_slots, upload_rate=upload_rate, tls=tls))
-    scheduler = Site(_scheduler_app(max_task_length, max_hosts, max_tasks), *scheduler_listen,
+        upload_slots=upload_slots, upload_rate=upload_rate,
+        peer_send_timeout=_wait(peer_send_timeout, mirror["read_timeout"]), tls=tls))
+    scheduler = Site(_scheduler_app(SchedulerSettings(max_task_length, max_hosts, max_tasks)), *scheduler_listen,
                      tls.server_context() if tls else None)
     _serve([scheduler, *daemon.sites(listen)], daemon.started, daemon.stopping)
 
@@ -294,22 +308,23 @@ def _host_id(host_id: str, tls: "ClusterTLS | None") -> str:
     return host_id
 
 
-@main.command()
+@main.command(context_settings=SETTINGS_CONTEXT)
 @mirror_options(default_listen="127.0.0.1:65001")
-@click.option("--scheduler", "schedulers", required=True, envvar=_env("scheduler"),
+@click.option("--scheduler", required=True,
               help="Scheduler URLs, comma-separated; each task goes to one of them on a hash ring.")
-@click.option("--seed", is_flag=True, envvar=_env("seed"), help="Be a seed peer: the only kind that reads the origin.")
+@click.option("--seed", is_flag=True, help="Be a seed peer: the only kind that reads the origin.")
 @_with(peer_options)
 @_with(tls_options)
-def daemon(listen: tuple[str, int], log_level: str, schedulers: str, seed: bool,
+def daemon(listen: tuple[str, int], log_level: str, scheduler: str, seed: bool,
            upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, upload_slots: int,
-           upload_rate: int | None, tls_dir: Path | None, insecure: bool, **mirror: Any) -> None:
+           upload_rate: int | None, peer_send_timeout: float | None, tls_dir: Path | None, insecure: bool,
+           **mirror: Any) -> None:
     """Run a peer (or, with --seed, a seed peer): the mirror plus an upload server."""
-    from damselfly.p2p.daemon import Daemon, PeerSettings
+    from damselfly.p2p.daemon import Daemon
 
-    _logging(log_level)
+    configure_logging(log_level)
     tls = _cluster_tls(tls_dir, "seed" if seed else "peer")
-    urls = [_scheduler_url(url, tls is not None) for url in schedulers.split(",")]
+    urls = [_scheduler_url(url, tls is not None) for url in scheduler.split(",")]
     # Members verify one another, so the upload server may face the network; without
     # certificates it stays on this machine unless told otherwise.
     upload_listen = upload_listen or (("0.0.0.0" if tls else "127.0.0.1"), 65002)
@@ -318,7 +333,7 @@ def daemon(listen: tuple[str, int], log_level: str, schedulers: str, seed: bool,
     node = Daemon(_mirror_settings(**mirror), PeerSettings(
         schedulers=urls, upload_host=upload_listen[0], upload_port=upload_listen[1], seed=seed, idc=idc,
         location=location, host_id=_host_id(host_id, tls), upload_slots=upload_slots, upload_rate=upload_rate,
-        tls=tls))
+        peer_send_timeout=_wait(peer_send_timeout, mirror["read_timeout"]), tls=tls))
     _serve(node.sites(listen), node.started, node.stopping)
 
 
@@ -333,10 +348,9 @@ def _scheduler_url(url: str, tls: bool) -> str:
     return url
 
 
-@main.command()
-@click.option("--listen", type=LISTEN_ADDRESS, default="127.0.0.1:8002", show_default=True, envvar=_env("listen"))
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True, envvar=_env("log_level"))
+@main.command(context_settings=SETTINGS_CONTEXT)
+@click.option("--listen", type=LISTEN_ADDRESS, default="127.0.0.1:8002", show_default=True)
+@log_level_option
 @_with(tls_options)
 @_with(scheduler_limit_options)
 @config_option
@@ -345,10 +359,11 @@ def scheduler(listen: tuple[str, int], log_level: str, tls_dir: Path | None, ins
     """Run a scheduler: hosts, tasks and peers in memory; ranks parents, hands out seed peers."""
     from damselfly.lib.serve import Site
 
-    _logging(log_level)
+    configure_logging(log_level)
     tls = _cluster_tls(tls_dir, "scheduler")
     _guard_exposure("the scheduler", "--listen", listen, tls, insecure)
-    _serve([Site(_scheduler_app(max_task_length, max_hosts, max_tasks), *listen, tls.server_context() if tls else None)])
+    _serve([Site(_scheduler_app(SchedulerSettings(max_task_length, max_hosts, max_tasks)), *listen,
+                 tls.server_context() if tls else None)])
 
 
 @main.group()

@@ -1,23 +1,21 @@
-"""Settings from flags, DAMSELFLY_* variables and a YAML config file, in that order.
+"""Click glue for settings: a flag beats its DAMSELFLY_* variable, which beats the YAML config file.
 
-Each flag ``--some-flag`` has the config key ``some_flag`` and the variable
-``DAMSELFLY_SOME_FLAG``. The config file fills click's ``default_map``, so a flag or a
-variable always wins over the file.
+The naming rule is damselfly.settings's; click applies it. A command made with
+``context_settings=SETTINGS_CONTEXT`` reads the variable of each option by the option's
+name (click's ``auto_envvar_prefix``), and ``--config`` fills click's ``default_map``,
+also by name. So each option's name must be its setting key: ``--registry`` has the name
+``registry``, never ``registries``.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import click
 
+from damselfly.settings import ENV_PREFIX, setting_key
 
-def default_data_dir() -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/damselfly")
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "damselfly"
+SETTINGS_CONTEXT: dict[str, Any] = {"auto_envvar_prefix": ENV_PREFIX}
 
 
 def _file_values(path: str, params: list[click.Parameter]) -> dict[str, Any]:
@@ -32,25 +30,20 @@ def _file_values(path: str, params: list[click.Parameter]) -> dict[str, Any]:
         raise click.BadParameter(f"config file is not valid YAML: {exc}", param_hint="--config") from None
     if not isinstance(data, dict):
         raise click.BadParameter("config file must be a mapping of keys to values", param_hint="--config")
-    known = {_key(p): p for p in params if isinstance(p, click.Option) and p.name != "config"}
+    known = {p.name: p for p in params if isinstance(p, click.Option) and p.name and p.name != "config"}
     values: dict[str, Any] = {}
     for key, value in data.items():
-        param = known.get(str(key).replace("-", "_"))
-        if param is None or param.name is None:
+        name = setting_key(str(key))
+        param = known.get(name)
+        if param is None:
             raise click.BadParameter(f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}",
                                      param_hint="--config")
         if param.multiple and isinstance(value, dict):
             value = [f"{k}={v}" for k, v in value.items()]  # registry: {name: url}
         elif param.multiple and not isinstance(value, list):
             value = [value]
-        values[param.name] = value
+        values[name] = value
     return values
-
-
-def _key(option: click.Option) -> str:
-    """The config key of an option: its long flag without dashes (--data-dir -> data_dir)."""
-    flag = next(o for o in option.opts if o.startswith("--"))
-    return flag[2:].replace("-", "_")
 
 
 def load_config_file(ctx: click.Context, _: click.Parameter, path: str | None) -> str | None:
@@ -61,6 +54,7 @@ def load_config_file(ctx: click.Context, _: click.Parameter, path: str | None) -
 
 
 def config_option(f: Any) -> Any:
-    return click.option("--config", type=click.Path(dir_okay=False), envvar="DAMSELFLY_CONFIG", is_eager=True,
-                        expose_value=False, callback=load_config_file,
+    """``--config FILE`` (or DAMSELFLY_CONFIG, on a command with SETTINGS_CONTEXT)."""
+    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+                        callback=load_config_file,
                         help="YAML file whose keys are the flag names (data_dir, registry, ...).")(f)

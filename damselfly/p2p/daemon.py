@@ -2,50 +2,19 @@
 
 from __future__ import annotations
 
-import socket
-from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
 from damselfly.lib.oci import OCIError
 from damselfly.lib.serve import Site
-from damselfly.lib.tls import ClusterTLS
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.network import Network
 from damselfly.p2p.upload import UploadServer
-from damselfly.proxy.app import Mirror, MirrorSettings
+from damselfly.proxy.app import Mirror
 from damselfly.proxy.upstream import UpstreamResolver
 from damselfly.scheduler.client import SchedulerClient
+from damselfly.settings import MirrorSettings, PeerSettings
 from damselfly.wire import HostAnnounce
-
-
-@dataclass
-class PeerSettings:
-    schedulers: list[str]
-    upload_host: str
-    upload_port: int
-    seed: bool = False
-    idc: str = ""
-    location: str = ""
-    host_id: str = ""
-    upload_slots: int = 16
-    upload_rate: int | None = None  # bytes per second, None for no cap
-    tls: ClusterTLS | None = None  # the cluster identity: upload server and scheduler calls over mutual TLS
-
-    @property
-    def advertised_url(self) -> str:
-        host = self.upload_host
-        if host in ("0.0.0.0", "::", ""):
-            host = socket.gethostbyname(socket.gethostname())
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://[{host}]:{self.upload_port}" if ":" in host else f"{scheme}://{host}:{self.upload_port}"
-
-    @property
-    def resolved_host_id(self) -> str:
-        """With a cluster identity, the name in the certificate: the scheduler admits no other."""
-        if self.tls is not None:
-            return self.tls.identity.name
-        return self.host_id or f"{socket.gethostname()}:{self.upload_port}"
 
 
 class Daemon:
@@ -60,7 +29,7 @@ class Daemon:
                                tls=peer.tls)
         self.mirror.blobs.network = self.network
         self.upload = UploadServer(self.mirror.blobs, self.metrics, self.mirror.metrics.registry, peer.upload_slots,
-                                   rate=peer.upload_rate, send_timeout=self.mirror.settings.read_timeout,
+                                   rate=peer.upload_rate, send_timeout=peer.peer_send_timeout,
                                    resolve_registry=registry_for_peers(self.mirror.resolver))
 
     def sites(self, listen: tuple[str, int]) -> list[Site]:

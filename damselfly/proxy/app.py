@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlencode
 
@@ -15,21 +14,23 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
-from damselfly.lib.oci import Digest, OCIError, error_body, validate_api_tail, validate_repository
-from damselfly.p2p.blobs import (BlobReader, BlobService, FileSpan, Origin, SourceRefused, SourceUnavailable,
-                                 stored_origin)
+from damselfly.lib.oci import (Digest, OCIError, Origin, SourceRefused, SourceUnavailable, error_body, validate_api_tail,
+                               validate_repository)
+from damselfly.lib.serve import add_health_routes
+from damselfly.p2p.blobs import BlobReader, BlobService, FileSpan, stored_origin
 from damselfly.p2p.store import BlobStore
 from damselfly.p2p.task import TaskFailed
 from damselfly.proxy.access import AccessCache
-from damselfly.proxy.metrics import PROMETHEUS_CONTENT_TYPE, MirrorMetrics
-from damselfly.proxy.origin import (
-    PASSTHROUGH_REQUEST_HEADERS,
-    PASSTHROUGH_RESPONSE_HEADERS,
-    RegistryClient,
-    pick_headers,
-)
+from damselfly.proxy.metrics import MirrorMetrics
 from damselfly.proxy.sending import FileSender, SendingThreads
 from damselfly.proxy.upstream import UpstreamResolver
+from damselfly.registry.client import (
+    PASSTHROUGH_REQUEST_HEADERS,
+    PASSTHROUGH_RESPONSE_HEADERS,
+    AsyncRegistryClient,
+    pick_headers,
+)
+from damselfly.settings import MirrorSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +42,6 @@ REGISTRY_HEADER = "X-Dragonfly-Registry"
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 # fullmatch with DOTALL: "$" would let a trailing (percent-encoded) newline through.
 _API_PATH = re.compile(r"(?P<name>.+)/(?P<kind>blobs|manifests|tags|referrers)/(?P<rest>.*)", re.DOTALL)
-
-
-@dataclass
-class MirrorSettings:
-    data_dir: Path
-    registries: dict[str, str] = field(default_factory=dict)
-    default_registry: str | None = None
-    cache_quota: int = 50 * 1024**3
-    cache_high_watermark: float = 0.9
-    cache_low_watermark: float = 0.75
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    access_ttl: float = 60.0
 
 
 def request_kind(path: str) -> str:
@@ -75,16 +63,16 @@ class Mirror:
         self.store = BlobStore(settings.data_dir, settings.cache_quota, settings.cache_high_watermark,
                                settings.cache_low_watermark, on_evict=lambda _: self.metrics.evictions.inc())
         self.metrics.watch_store(self.store)
-        self.registry_client = RegistryClient(settings.connect_timeout, settings.read_timeout)
-        self.blobs = BlobService(self.store, self.registry_client, self.metrics, stall_timeout=settings.read_timeout)
+        self.registry_client = AsyncRegistryClient(settings.connect_timeout, settings.upstream_read_timeout)
+        self.blobs = BlobService(self.store, self.registry_client, self.metrics,
+                                 stall_timeout=settings.download_stall_timeout)
         self.access = AccessCache(settings.access_ttl)
         self.resolver = UpstreamResolver(settings.registries, settings.default_registry)
         self.senders = SendingThreads(SENDING_THREADS)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_and_metrics], client_max_size=1024**2)
-        app.router.add_get("/healthy", self.healthy)
-        app.router.add_get("/metrics", self.metrics_handler)
+        add_health_routes(app, self.metrics.registry)
         app.router.add_route("*", "/v2", self.registry_route)
         app.router.add_route("*", "/v2/{path:.*}", self.registry_route)
         app.on_cleanup.append(self._close)
@@ -132,12 +120,6 @@ class Mirror:
         body = None if request.method == "HEAD" else error_body(code, message)
         return web.Response(status=status, body=body, content_type="application/json")
 
-    async def healthy(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def metrics_handler(self, _: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
-
     # -- registry API --------------------------------------------------------------
 
     async def registry_route(self, request: web.Request) -> web.StreamResponse:
@@ -179,13 +161,14 @@ class Mirror:
                     follow_redirects=redirected)
         except TimeoutError:
             raise SourceUnavailable(504, f"upstream {upstream_base} stopped taking the request body "
-                                         f"for {self.settings.read_timeout:g}s") from None
+                                         f"for {self.settings.upstream_read_timeout:g}s") from None
         except SourceUnavailable:
             if not request.get(BODY_STALLED):
                 raise
             log.info("client %s stopped sending the body of %s %s for %gs: answered 408", request.remote,
-                     request.method, request.path, self.settings.read_timeout)
-            stalled = self._error(request, 408, "UNKNOWN", f"no request body bytes for {self.settings.read_timeout:g}s")
+                     request.method, request.path, self.settings.client_body_timeout)
+            stalled = self._error(request, 408, "UNKNOWN",
+                                  f"no request body bytes for {self.settings.client_body_timeout:g}s")
             stalled.force_close()  # the rest of the body is not worth waiting for
             return stalled
         try:
@@ -206,28 +189,28 @@ class Mirror:
 
     async def _body_within(self, request: web.Request, upload: asyncio.Timeout) -> AsyncIterator[bytes]:
         """The client's request body as it goes upstream (a push through the mirror), with
-        --read-timeout for each read from the client and, through ``upload``, for upstream to
-        take each chunk (and to answer after the last): neither side that stops mid-body may
-        hold this handler and an upstream connection for ever. A client's stall ends the
-        upload, marked on the request."""
+        the client body timeout for each read from the client and, through ``upload``, the
+        upstream read timeout for upstream to take each chunk (and to answer after the
+        last): neither side that stops mid-body may hold this handler and an upstream
+        connection for ever. A client's stall ends the upload, marked on the request."""
         loop = asyncio.get_running_loop()
         while True:
             _reschedule(upload, None)  # the client's turn, timed here
             try:
-                async with asyncio.timeout(self.settings.read_timeout):
+                async with asyncio.timeout(self.settings.client_body_timeout):
                     chunk = await request.content.readany()
             except TimeoutError:
                 request[BODY_STALLED] = True
                 raise
-            _reschedule(upload, loop.time() + self.settings.read_timeout)  # upstream's turn
+            _reschedule(upload, loop.time() + self.settings.upstream_read_timeout)  # upstream's turn
             if not chunk:
                 return
             yield chunk
 
     async def _deliver(self, request: web.Request, write: Awaitable[None]) -> bool:
-        """A write to the client within --read-timeout; past it the client is cut off (False)."""
+        """A write to the client within the client send timeout; past it the client is cut off (False)."""
         try:
-            async with asyncio.timeout(self.settings.read_timeout):
+            async with asyncio.timeout(self.settings.client_send_timeout):
                 await write
             return True
         except TimeoutError:
@@ -314,7 +297,7 @@ class Mirror:
             transport = request.transport
             if transport is None:
                 return response
-            sender = FileSender(transport, reader.file, self.senders, self.settings.read_timeout,  # type: ignore[arg-type]
+            sender = FileSender(transport, reader.file, self.senders, self.settings.client_send_timeout,  # type: ignore[arg-type]
                                 copy=reader.from_cache) if reader.file is not None else None
             self.metrics.active_streams.inc()
             try:

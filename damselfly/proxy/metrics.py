@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE  # noqa: F401 - re-exported
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 from damselfly.p2p.store import BlobStore
 
@@ -42,9 +41,6 @@ class MirrorMetrics:
         self.store_bytes.set_function(lambda: store.used_bytes)
         self.store_blobs.set_function(lambda: store.blob_count)
         self.store_quota.set(store.quota)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
 
     # BlobEvents
     def cache_hit(self) -> None:

@@ -18,15 +18,13 @@ import time
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from damselfly.lib.serve import json_object
+from damselfly.lib.serve import add_health_routes, json_object
 from damselfly.lib.tls import request_identity
 from damselfly.lib.waiting import wait_until_set
 from damselfly.p2p.pieces import piece_length_for
 from damselfly.scheduler.state import (
-    DEFAULT_MAX_HOSTS,
-    DEFAULT_MAX_TASKS,
     KEEPALIVE_INTERVAL,
     Host,
     SchedulerState,
@@ -35,6 +33,7 @@ from damselfly.scheduler.state import (
     TooManyHosts,
     TooManyTasks,
 )
+from damselfly.settings import SchedulerSettings
 from damselfly.wire import (
     AnnounceAnswer,
     BadParentReport,
@@ -51,7 +50,6 @@ from damselfly.wire import (
 
 log = logging.getLogger(__name__)
 LONG_POLL_SECONDS = 5.0
-DEFAULT_MAX_LENGTH = 1 << 40  # 1 TiB: 16384 pieces of 64 MiB
 MEMBER_ROLES = ("peer", "seed")  # the roles that take part in tasks
 RETRY_AFTER = "30"
 
@@ -82,10 +80,10 @@ class SchedulerMetrics:
 
 
 class Scheduler:
-    def __init__(self, max_length: int = DEFAULT_MAX_LENGTH, max_hosts: int = DEFAULT_MAX_HOSTS,
-                 max_tasks: int = DEFAULT_MAX_TASKS, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_length = max_length
-        self.state = SchedulerState(clock=clock, max_hosts=max_hosts, max_tasks=max_tasks)
+    def __init__(self, settings: SchedulerSettings = SchedulerSettings(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_length = settings.max_task_length
+        self.state = SchedulerState(clock=clock, max_hosts=settings.max_hosts, max_tasks=settings.max_tasks)
         self.metrics = SchedulerMetrics()
         self.metrics.hosts.labels("seed").set_function(lambda: len(self.state.seeds()))
         self.metrics.hosts.labels("all").set_function(lambda: len(self.state.hosts))
@@ -93,8 +91,7 @@ class Scheduler:
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
-        app.router.add_get("/healthy", _healthy)
-        app.router.add_get("/metrics", self.metrics_handler)
+        add_health_routes(app, self.metrics.registry)
         app.router.add_post("/api/v1/hosts", self.announce)
         app.router.add_delete("/api/v1/hosts/{host_id}", self.leave)
         app.router.add_post("/api/v1/tasks/{task_id}/register", self.register)
@@ -120,9 +117,6 @@ class Scheduler:
                 log.warning("host %s missed its keepalives: removed with its peers", host_id)
             if gone := self.state.expire_tasks():
                 log.info("forgot %d tasks nobody held any more", len(gone))
-
-    async def metrics_handler(self, _: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain", charset="utf-8")
 
     # -- who is asking -------------------------------------------------------------
 
@@ -317,7 +311,3 @@ class Scheduler:
             self.metrics.refused.labels("full").inc()
             return web.json_response({"error": f"{exc}: try another scheduler, or later"}, status=429,
                                      headers={"Retry-After": RETRY_AFTER})
-
-
-async def _healthy(_: web.Request) -> web.Response:
-    return web.Response(text="ok\n")

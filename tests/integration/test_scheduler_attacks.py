@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from damselfly.lib.tls import ClusterTLS
 from damselfly.p2p.pieces import piece_length_for
 from damselfly.scheduler.app import Scheduler
+from damselfly.settings import SchedulerSettings
 from damselfly.wire import Schedule
 from testkit.cluster import SchedulerProcess
 from testkit.tls import tls_dir
@@ -194,7 +195,7 @@ def test_a_wrong_length_registered_first_keeps_nobody_from_p2p(scheduler: Schedu
 def test_the_host_cap_answers_429() -> None:
     """In process: the cap is a constructor setting (the CLI keeps its default)."""
     async def scenario() -> None:
-        async with TestClient(TestServer(Scheduler(max_hosts=2).application())) as client:
+        async with TestClient(TestServer(Scheduler(SchedulerSettings(max_hosts=2)).application())) as client:
             for name in ("a", "b"):
                 assert (await client.post("/api/v1/hosts", json={"id": name, "upload_url": "http://h:1"})).status == 200
             full = await client.post("/api/v1/hosts", json={"id": "c", "upload_url": "http://h:1"})
