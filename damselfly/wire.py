@@ -17,16 +17,22 @@ import binascii
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, cast, get_args
+from typing import Any, Callable, Literal, Sequence, cast, get_args
 
 from damselfly.lib.oci import OCIError, registry_name, validate_repository
 
 # Piece API headers and limits, shared by the upload server and the piece fetcher.
-PIECE_DIGEST_HEADER = "X-Piece-Digest"
+PIECE_DIGEST_HEADER = "X-Piece-Digest"  # on a seed's relay answer (503): the digests of the pieces it points at
 RECEIVER_HEADER = "X-Piece-Receiver"  # the asker's upload URL: a seed may send later askers there
 RELAY_HEADER = "X-Piece-Relay"  # a seed's answer: get the piece from this peer, which has or is getting it
 COUNT_HEADER = "X-Piece-Count"  # how many consecutive pieces a body carries (absent: one)
 MAX_RUN_PIECES = 64  # the most pieces one request may ask for
+# A piece body is each piece's bytes followed by its digest (a trailer), so that a parent
+# can send a piece while it still arrives (from the origin, or from its own parent) and
+# name its digest once it is whole here: ASCII, space-padded, newline-ended; blank when
+# the sender has no digest to give (the asker must know it already).
+PIECE_TRAILER_SIZE = 72
+_PIECE_DIGEST = re.compile(r"(?:[a-z0-9]{1,16}:)?[0-9a-f]{64}")
 # The registry and repository whose access the asker's caller was confirmed for: pieces of
 # a blob fetched with credentials go only to askers for the origin it was fetched from.
 ORIGIN_HEADER = "X-Piece-Origin"
@@ -70,6 +76,28 @@ def parse_number(text: str, low: int = -1, high: int = MAX_INT) -> int:
     if not re.fullmatch(r"-?[0-9]{1,19}", text) or not low <= int(text) <= high:
         raise WireError(f"want an integer in {low}..{high}, not {_show(text)}")
     return int(text)
+
+
+def piece_trailer(digest: str | None) -> bytes:
+    """The trailer that follows a piece in a body (see PIECE_TRAILER_SIZE)."""
+    text = (digest or "").encode("ascii")
+    if len(text) >= PIECE_TRAILER_SIZE:
+        raise ValueError(f"piece digest {digest!r} is longer than a trailer")
+    return text.ljust(PIECE_TRAILER_SIZE - 1) + b"\n"
+
+
+def parse_piece_trailer(data: bytes) -> str | None:
+    """The digest a trailer names, None for a blank one; WireError for anything else."""
+    text = data[:-1].rstrip(b" ")
+    if len(data) != PIECE_TRAILER_SIZE or not data.endswith(b"\n") or not (
+            text == b"" or _PIECE_DIGEST.fullmatch(text.decode("ascii", "replace"))):
+        raise WireError(f"malformed piece trailer {_show(data.decode('ascii', 'replace'))}")
+    return text.decode("ascii") or None
+
+
+def run_body_length(sizes: Sequence[int]) -> int:
+    """Bytes in a body carrying pieces of these sizes, each with its trailer."""
+    return sum(sizes) + len(sizes) * PIECE_TRAILER_SIZE
 
 
 def parse_task_id(text: str) -> str:

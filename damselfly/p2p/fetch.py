@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from damselfly.lib.blockinghttp import connection_for
-from damselfly.p2p.pieces import PieceCheck
+from damselfly.p2p.pieces import PieceCheck, piece_matches
 from damselfly.p2p.writer import pwrite_all
-from damselfly.wire import COUNT_HEADER, ORIGIN_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER, RELAY_HEADER
+from damselfly.wire import (COUNT_HEADER, ORIGIN_HEADER, PIECE_DIGEST_HEADER, PIECE_TRAILER_SIZE, RECEIVER_HEADER,
+                            RELAY_HEADER, WireError, parse_piece_trailer, run_body_length)
 
 BUFFER_SIZE = 1024 * 1024  # per worker thread, whatever the piece length
 PIECE_READ_TIMEOUT = 30.0  # seconds an asker waits for a parent's answer, and between bytes
@@ -86,7 +87,7 @@ class PieceRequest:
     file: Path  # the task's data file; the first piece goes at ``offset``, the rest right after
     offset: int
     digests: tuple[str | None, ...]  # the trusted digest of each piece, where the scheduler gave one
-    trust_sent_digest: bool  # the parent is a seed: its X-Piece-Digest is trusted
+    trust_sent_digest: bool  # the parent is a seed: the digest it sends after each piece is trusted
     receiver: str | None = None  # this node's upload URL, sent to a seed that may relay the piece
     origin: str | None = None  # wire.origin_key of where this node's caller was confirmed: for protected blobs
 
@@ -193,26 +194,28 @@ class PieceFetcher:
                     raise PieceRelayed(relay, tuple(sent_digests.split(",")[: len(request.sizes)]))
                 refusal = {404: PieceRefused, 503: ParentBusy}.get(response.status, BadParent)
                 raise refusal(f"answered {response.status} for {request.path}")
-            expected = self._expected_digests(response, request)
+            count = self._announced_count(response, request)
             try:
-                fd = os.open(request.file, os.O_WRONLY)
+                fd = os.open(request.file, os.O_RDWR)
             except OSError as exc:
                 raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
             try:
                 offset = request.offset
-                for position, (size, digest) in enumerate(zip(request.sizes, expected, strict=False)):
+                for position, (size, mine) in enumerate(zip(request.sizes[:count], request.digests, strict=False)):
+                    index = request.index + position
                     try:
-                        check = PieceCheck(digest)
+                        check = PieceCheck(mine)
                     except ValueError as exc:
                         raise BadParent(str(exc)) from None
                     self._receive(response, sock, request, fd, offset, size, check)
-                    if not check.matches():
-                        raise PieceCorrupt(f"piece {request.index + position} of {request.task} does not match its digest")
-                    deliver(request.index + position, digest)
+                    digest = self._trusted_digest(mine, _read_trailer(response, request), request, index)
+                    if not check.matches(digest) and not (mine is None and _file_matches(fd, offset, size, digest)):
+                        raise PieceCorrupt(f"piece {index} of {request.task} does not match its digest")
+                    deliver(index, digest)
                     offset += size
             finally:
                 os.close(fd)
-            return len(expected)
+            return count
         except (PieceRefused, BadParent, PieceWriteFailed):
             if response is None or not response.isclosed():
                 self._discard(connection)  # whatever body is left is not worth reading
@@ -222,24 +225,29 @@ class PieceFetcher:
             raise TransferFailed(f"{exc.__class__.__name__}: {exc}") from None
 
     @staticmethod
-    def _expected_digests(response: http.client.HTTPResponse, request: PieceRequest) -> list[str]:
-        """The digest of each piece the body carries; its announced count and length checked."""
+    def _announced_count(response: http.client.HTTPResponse, request: PieceRequest) -> int:
+        """How many pieces the body carries, its length checked against them; PieceRefused
+        before any byte is read when a piece has no digest this node could trust."""
         try:
             count = int(response.getheader(COUNT_HEADER) or 1)
         except ValueError:
             count = 0
         if not 1 <= count <= len(request.sizes):
             raise BadParent(f"announced {response.getheader(COUNT_HEADER)} pieces for {request.path}")
-        if response.length != sum(request.sizes[:count]):
+        if response.length != run_body_length(request.sizes[:count]):
             raise BadParent(f"announced {response.length} bytes for {count} pieces of {request.path}")
-        sent = response.getheader(PIECE_DIGEST_HEADER) if request.trust_sent_digest else None
-        sent_digests = sent.split(",") if sent else [None] * count
-        if len(sent_digests) != count:
-            raise BadParent(f"sent {len(sent_digests)} piece digests for {count} pieces of {request.path}")
-        expected = [mine or theirs for mine, theirs in zip(request.digests, sent_digests, strict=False)]
-        if None in expected:
-            raise PieceRefused(f"no trusted digest for piece {request.index + expected.index(None)} of {request.task} yet")
-        return expected  # type: ignore[return-value]  # no None left
+        if not request.trust_sent_digest and None in request.digests[:count]:
+            raise PieceRefused(f"no trusted digest for piece {request.index + request.digests.index(None)} "
+                               f"of {request.task} yet")
+        return count
+
+    @staticmethod
+    def _trusted_digest(mine: str | None, theirs: str | None, request: PieceRequest, index: int) -> str:
+        """The digest to check a piece against: the scheduler's, else a seed's trailer."""
+        digest = mine or (theirs if request.trust_sent_digest else None)
+        if digest is None:
+            raise BadParent(f"sent no digest for piece {index} of {request.task}")
+        return digest
 
     def _receive(self, response: http.client.HTTPResponse, sock: socket.socket, request: PieceRequest,
                  fd: int, offset: int, size: int, check: PieceCheck) -> None:
@@ -333,6 +341,22 @@ class PieceFetcher:
                     except OSError:
                         pass
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown, True)
+
+
+def _read_trailer(response: http.client.HTTPResponse, request: PieceRequest) -> str | None:
+    """The digest named after a piece (see wire.PIECE_TRAILER_SIZE)."""
+    data = response.read(PIECE_TRAILER_SIZE)
+    try:
+        return parse_piece_trailer(data)
+    except WireError as exc:
+        raise BadParent(f"{exc} in {request.path}") from None
+
+
+def _file_matches(fd: int, offset: int, size: int, digest: str) -> bool:
+    """Whether the piece written at ``offset`` has ``digest``: for a trailer naming an
+    algorithm other than the one the piece was hashed with on the way (a parent's pieces
+    stored by an earlier version)."""
+    return piece_matches(os.pread(fd, size, offset), digest)
 
 
 def _drain(response: http.client.HTTPResponse) -> None:

@@ -75,23 +75,27 @@ def piece_digest(data: bytes | bytearray | memoryview) -> str:
 
 
 class PieceCheck:
-    """Checks a piece against its digest as its bytes go by."""
+    """Checks a piece against its digest as its bytes go by. Without a digest yet (one that
+    comes after the bytes), it hashes them as this version names pieces."""
 
-    def __init__(self, digest: str) -> None:
-        algorithm, _, self.expected = digest.rpartition(":")
-        if algorithm == PIECE_DIGEST_ALGORITHM:
+    def __init__(self, digest: str | None = None) -> None:
+        self.expected = digest
+        self._algorithm = (digest or f"{PIECE_DIGEST_ALGORITHM}:").rpartition(":")[0]
+        if self._algorithm == PIECE_DIGEST_ALGORITHM:
             self._hasher: Hasher = blake3.blake3()
-        elif algorithm == "":
+        elif self._algorithm == "":
             self._hasher = hashlib.sha256()
         else:
-            raise ValueError(f"unknown piece digest algorithm {algorithm!r}")
+            raise ValueError(f"unknown piece digest algorithm {self._algorithm!r}")
 
     def update(self, data: bytes | bytearray | memoryview) -> "PieceCheck":
         self._hasher.update(data)
         return self
 
-    def matches(self) -> bool:
-        return self._hasher.hexdigest() == self.expected
+    def matches(self, digest: str | None = None) -> bool:
+        """Whether the bytes so far have ``digest`` (default: the one given at the start)."""
+        algorithm, _, expected = (digest or self.expected or "").rpartition(":")
+        return algorithm == self._algorithm and self._hasher.hexdigest() == expected
 
 
 def piece_matches(data: bytes | bytearray | memoryview, digest: str) -> bool:

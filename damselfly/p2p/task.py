@@ -40,7 +40,11 @@ class Task:
         self.wanted_until: dict[int, int] = {}  # for each wanted piece, the last piece its readers read up to
         self.on_wanted: Callable[[], None] | None = None  # the downloader, told when a reader starts waiting
         self.whole_readers = 0  # readers streaming the blob from its first byte to its last
-        self.fetching: dict[int, range] = {}  # pieces on their way from a parent now, each with its request's run
+        self.fetching: dict[int, range] = {}  # pieces on their way now (from a parent or the origin), each with its run
+        # How far (an absolute offset) a copy from the origin has written each piece it is in
+        # the middle of, before the piece is whole and hashed: an upload may send those bytes
+        # on at once and the piece's digest after them. Never the last piece's (see piece_done).
+        self.arriving: dict[int, int] = {}
         self.last_wanted = time.monotonic()  # when a reader last started or stopped waiting for a piece
         self._last_held = False
         self._last_released = False
@@ -81,15 +85,36 @@ class Task:
             self.piece_done(self.bitmap.count - 1)
 
     def fetch_started(self, run: range) -> None:
-        """A request for the pieces ``run`` has gone to a parent."""
+        """A request for the pieces ``run`` has gone to a parent or the origin: an upload
+        waiting for one of them may start sending it."""
         self.fetching.update(dict.fromkeys(run, run))
+        self._wake_fetch_waiters()
 
     def fetch_ended(self, run: range) -> None:
         """The request for ``run`` is over (its pieces landed or not): whoever waits in
-        ``arrival`` for one that did not land stops waiting."""
+        ``arrival`` or ``more`` for one that did not land stops waiting."""
         for index in run:
             self.fetching.pop(index, None)
+            self.arriving.pop(index, None)
         self._wake_fetch_waiters()
+
+    def sendable_end(self, index: int) -> int:
+        """End (absolute) of the bytes of piece ``index`` an upload may send now: all of a
+        verified piece, or what a copy from the origin has written of one on its way."""
+        start, size = self.piece_span(index)
+        return start + size if self.bitmap.has(index) else self.arriving.get(index, start)
+
+    async def more(self, index: int, sent: int, timeout: float) -> bool:
+        """Wait until piece ``index`` is verified here or has bytes past ``sent`` (absolute):
+        False as soon as it is neither here nor on its way, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.bitmap.has(index) and self.sendable_end(index) <= sent:
+            remaining = deadline - time.monotonic()
+            coming = index in self.fetching or self.has_or_holds(index)  # held: the whole blob's check is next
+            if self.error is not None or not coming or remaining <= 0:
+                return False
+            await wait_until_set(self._fetches_changed, remaining)
+        return True
 
     async def arrival(self, index: int, timeout: float) -> bool:
         """Wait for piece ``index``: True once it is verified here; False as soon as it is
@@ -110,12 +135,17 @@ class Task:
         return not self.has_or_holds(index) and index not in self.fetching
 
     def pieces_written(self, begin: int, end: int) -> range:
-        """A writer has just filled bytes ``begin..end``: mark the pieces that now end inside
-        them (the one holding ``begin`` included, whose first bytes came earlier); return them."""
+        """A copy from the origin has just filled bytes ``begin..end``: mark the pieces that now
+        end inside them (the one holding ``begin`` included, whose first bytes came earlier)
+        and return them; note how far the piece it is in the middle of has come."""
         first = index = begin // self.piece_length
         while index < self.bitmap.count and sum(piece_span(index, self.length, self.piece_length)) <= end:
+            self.arriving.pop(index, None)
             self.piece_done(index)
             index += 1
+        if index < self.bitmap.count - 1 and end > index * self.piece_length:
+            self.arriving[index] = end
+            self._wake_fetch_waiters()
         return range(first, index)
 
     def rest_may_follow(self, quiet: float) -> bool:
@@ -143,8 +173,9 @@ class Task:
         self._wake_fetch_waiters()
 
     def _wake_fetch_waiters(self) -> None:
-        """Only ``arrival`` looks again: a request that ended without its pieces is no progress
-        for readers, whose stall timeout must keep running."""
+        """Only ``arrival`` and ``more`` look again: a request that ended without its pieces,
+        or bytes not yet verified, are no progress for readers, whose stall timeout must keep
+        running."""
         self._fetches_changed.set()
         self._fetches_changed = asyncio.Event()
 
@@ -166,21 +197,23 @@ class Task:
         await wait_until_set(self._changed, timeout)
 
     async def readable_end(self, offset: int, stall_timeout: float, until: int | None = None,
-                           whole: bool = True) -> int:
+                           whole: bool = True, on_its_way: bool = False) -> int:
         """Wait until verified bytes start at ``offset``; return where they end (exclusive).
 
         ``until`` is the last byte the reader goes on to (its range's end): the download may
         ask for the pieces up to it together. ``whole``: see ``verified_end`` (the safe
-        default holds the last piece). Raises TaskFailed when the download fails or makes no
-        progress for ``stall_timeout``.
+        default holds the last piece). ``on_its_way``: return as soon as the piece holding
+        ``offset`` is being fetched (an upload sends it as it arrives), then ``offset`` when
+        none of it is verified yet; requests starting then count as progress. Raises
+        TaskFailed when the download fails or makes no progress for ``stall_timeout``.
         """
         while True:
             if self.error is not None:
                 raise TaskFailed(self.error)
             end = self.verified_end(offset, whole)
-            if end > offset:
+            if end > offset or (on_its_way and offset // self.piece_length in self.fetching):
                 return end
-            changed = self._changed
+            changed = self._fetches_changed if on_its_way else self._changed  # the first is set with the second
             piece = offset // self.piece_length
             self.wanted[piece] += 1
             reach = piece if until is None else max(piece, until // self.piece_length)

@@ -12,26 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import BinaryIO, Callable
+from typing import Awaitable, BinaryIO, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from damselfly.lib.filesend import copy_within, sendfile_within
-from damselfly.lib.oci import Digest, OCIError
+from damselfly.lib.oci import Digest, OCIError, Origin, SourceRefused, SourceUnavailable, normalize_upstream
 from damselfly.lib.ratelimit import TokenBucket
-from damselfly.lib.serve import json_object
-from damselfly.p2p.blobs import BlobService, Origin, SourceRefused, SourceUnavailable
+from damselfly.lib.serve import add_health_routes, json_object
+from damselfly.p2p.blobs import BlobService
 from damselfly.p2p.metrics import PeerMetrics
 from damselfly.p2p.fetch import PIECE_READ_TIMEOUT
 from damselfly.p2p.network import Network
 from damselfly.p2p.relay import RelayBook
 from damselfly.p2p.task import Task, TaskFailed
 from damselfly.lib.tls import is_loopback, request_identity
-from damselfly.proxy.upstream import normalize_upstream
 from damselfly.wire import (COUNT_HEADER, MAX_RUN_PIECES, ORIGIN_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER,
-                            RELAY_HEADER, SeedTrigger, parse_number)
+                            RELAY_HEADER, SeedTrigger, parse_number, piece_trailer, run_body_length)
 
 log = logging.getLogger(__name__)
 SEED_START_WAIT = 10.0
@@ -74,8 +73,7 @@ class UploadServer:
 
     def application(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/healthy", self.healthy)
-        app.router.add_get("/metrics", self.metrics_handler)
+        add_health_routes(app, self.registry)
         app.router.add_get("/pieces/{digest}/{index}", self.piece)
         app.router.add_post("/api/v1/seed/{digest}", self.seed)
         app.on_cleanup.append(self._close)
@@ -85,12 +83,6 @@ class UploadServer:
         for task in list(self._seeding):
             task.cancel()
         await asyncio.gather(*self._seeding, return_exceptions=True)
-
-    async def healthy(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def metrics_handler(self, _: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
 
     async def piece(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -112,34 +104,34 @@ class UploadServer:
         if not 0 <= index < task.piece_count:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"piece {index} outside 0..{task.piece_count - 1}")
         relay_deadline = time.monotonic() + RELAY_WAIT  # for all a peer sends as it lands, the first piece too
-        if not task.bitmap.has(index):
-            if seeding and not task.complete:  # a seed peer still downloading: serve the piece as soon as it lands
+        if not task.bitmap.has(index) and index not in task.fetching:
+            if seeding and not task.complete:  # a seed peer still downloading: serve the piece as it comes
                 asked_end = sum(task.piece_span(min(index + wanted, task.piece_count) - 1)) - 1
                 left = max(0.0, answer_by - time.monotonic())
                 try:
                     async with asyncio.timeout(left):  # a hard deadline: other pieces do not extend it
                         # The asked run's end goes with the wait: a seed filling by ranges gets it in one.
-                        await task.readable_end(task.piece_span(index)[0], left, until=asked_end)
+                        await task.readable_end(task.piece_span(index)[0], left, until=asked_end, on_its_way=True)
                 except (TaskFailed, TimeoutError) as exc:
                     raise web.HTTPNotFound(text=f"piece {index} will not come: {exc or 'timed out'}") from None
-            elif not await task.arrival(index, RELAY_WAIT):  # a seed may have sent the asker here: this peer is getting it
+                relay_deadline = answer_by  # the origin is slower to start than a peer
+            else:
                 self.metrics.upload_refused.labels("missing_piece").inc()
                 raise web.HTTPNotFound(text=f"piece {index} not here")
         if self._active >= self.slots:
             self.metrics.upload_refused.labels("no_slot").inc()
             raise web.HTTPServiceUnavailable(text="all upload slots are busy")
-        run = held_run(task, index, wanted, on_the_way=not seeding)
+        run = held_run(task, index, wanted)
         if self.limiter is not None:  # a run the rate sends in a few seconds, one piece at least
             run = run[: max(1, int(self.limiter.rate * RATE_RUN_SECONDS) // task.piece_length)]
-        size = sum(task.piece_span(i)[1] for i in run)
-        if isinstance(self.blobs.network, Network):  # a piece goes out only once the scheduler knows its digest
-            await self.blobs.network.reported(str(digest), run)
-        digests = [task.digests[i] for i in run if i in task.digests]
+        sizes = [task.piece_span(i)[1] for i in run]
+        digests = [task.digests[i] for i in run if i in task.digests and task.bitmap.has(i)]
         receiver = request.headers.get(RECEIVER_HEADER)
         if (seeding and receiver and _from_asker(receiver, request.remote) and len(digests) == len(run)
                 and index != task.piece_count - 1):
             relay = self.relays.route(str(digest), run, receiver)
             if relay is not None:
+                await self._reported(task, run)
                 self.metrics.upload_refused.labels("relayed").inc()
                 raise web.HTTPServiceUnavailable(text=f"piece {index} is on its way to {relay}: ask there",
                                                  headers={RELAY_HEADER: relay, PIECE_DIGEST_HEADER: ",".join(digests)})
@@ -149,18 +141,16 @@ class UploadServer:
         self._active += 1
         self.metrics.uploads.inc()
         try:
-            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size),
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(run_body_length(sizes)),
                        COUNT_HEADER: str(len(run))}
-            if len(digests) == len(run):
-                headers[PIECE_DIGEST_HEADER] = ",".join(digests)
             if self.limiter is not None:
-                await self.limiter.acquire(size)
+                await self.limiter.acquire(sum(sizes))
             response = web.StreamResponse(headers=headers)
             with open(task.path, "rb") as f:  # opened now: a later rename or eviction cannot cut it
                 await response.prepare(request)
                 try:
                     cut = await _send_as_it_lands(request, response, task, f, run, relay_deadline,
-                                                  self.send_timeout)
+                                                  self.send_timeout, self._reported)
                     if cut is not None:
                         # Headers are out: a short body is how the asker learns. It keeps the
                         # pieces that came and asks the seed for the rest.
@@ -179,11 +169,16 @@ class UploadServer:
                         request.transport.abort()
                     return response
             await response.write_eof()
-            self.metrics.uploaded.inc(size)
+            self.metrics.uploaded.inc(sum(sizes))
             return response
         finally:
             self._active -= 1
             self.metrics.uploads.dec()
+
+    async def _reported(self, task: Task, pieces: range) -> None:
+        """Pieces' digests go out only once the scheduler knows them (see network.Reporter)."""
+        if isinstance(self.blobs.network, Network):
+            await self.blobs.network.reported(str(task.digest), pieces)
 
     def _may_have(self, request: web.Request, digest: Digest) -> bool:
         """Pieces of a blob fetched with credentials go only to members proven by a cluster
@@ -233,18 +228,17 @@ def is_member(request: web.Request) -> bool:
     return request_identity(request) is not None or (request.remote is not None and is_loopback(request.remote))
 
 
-def held_run(task: Task, index: int, wanted: int, on_the_way: bool = False) -> range:
-    """Piece ``index`` (there by now) and as many of the next ``wanted - 1`` as are verified
-    here, up to the first gap: one body, one zero-copy send.
+def held_run(task: Task, index: int, wanted: int) -> range:
+    """Piece ``index`` (here, or on its way) and as many of the next ``wanted - 1`` as are
+    verified here or still to come in the request that brings piece ``index`` (not the
+    blob's last, which waits for the whole blob's check), up to the first gap: one body.
 
-    ``on_the_way``: also the pieces still to come in the request that brings piece ``index``
-    here (not the blob's last, which waits for the whole blob's check). A seed points later
-    askers of a piece at a peer getting it; that peer sends them what it is getting, each
-    piece as it lands, rather than the first piece alone and the rest from the seed again.
-    Pieces of its other requests are left out: the seed may have pointed one of those at
-    this asker, and the two would wait on each other.
+    A seed filling from the origin sends what a range brings as it arrives, rather than the
+    first piece alone and the rest on another request; a peer that a seed pointed later
+    askers at sends them what it is getting. Pieces of its other requests are left out: the
+    seed may have pointed one of those at this asker, and the two would wait on each other.
     """
-    coming = task.fetching.get(index, range(0)) if on_the_way else range(0)
+    coming = task.fetching.get(index, range(0))
     end = index + 1
     last = task.piece_count - 1
     while end < min(index + wanted, task.piece_count) and (
@@ -254,29 +248,38 @@ def held_run(task: Task, index: int, wanted: int, on_the_way: bool = False) -> r
 
 
 async def _send_as_it_lands(request: web.Request, response: web.StreamResponse, task: Task, file: BinaryIO,
-                            run: range, deadline: float, send_timeout: float) -> int | None:
-    """Send the pieces ``run`` of the task's file, each as soon as it is verified here (held
-    ones together, in one zero-copy send; over TLS, in copies: see copy_within). Return the
-    first piece that stopped being on its way without landing, or had not landed by
-    ``deadline`` (``time.monotonic``; a slow relay must not hold the asker for long): the
-    body is then short and the asker gets the rest elsewhere. None when all went."""
-    index = run.start
-    while index < run.stop:
-        if not await task.arrival(index, max(0.0, deadline - time.monotonic())):
-            return index
-        end = index + 1
-        while end < run.stop and task.bitmap.has(end):
-            end += 1
-        begin, stop = task.piece_span(index)[0], sum(task.piece_span(end - 1))
-        transport = request.transport
-        if transport is None or transport.is_closing():  # the asker went away while this waited
-            raise ConnectionResetError("peer went away")
-        if transport.get_extra_info("ssl_object") is not None:
-            await copy_within(response.write, file, begin, stop - begin, send_timeout)
-        else:
-            await sendfile_within(transport, file, begin, stop - begin, send_timeout)  # type: ignore[arg-type]
-        index = end
+                            run: range, deadline: float, send_timeout: float,
+                            reported: Callable[[Task, range], Awaitable[None]]) -> int | None:
+    """Send the pieces ``run`` of the task's file, each followed by its digest: the bytes as
+    they arrive here (cut-through: a copy from the origin's as it writes them, a parent's
+    once verified), the digest once the piece is verified and ``reported``. Zero-copy
+    sends; over TLS, copies (see copy_within). Return the first piece that stopped being on
+    its way without landing, or had not landed by ``deadline`` (``time.monotonic``; a slow
+    relay must not hold the asker for long): the body is then short, and the asker keeps
+    what was whole and gets the rest elsewhere. None when all went."""
+    for index in run:
+        sent, end = task.piece_span(index)[0], sum(task.piece_span(index))
+        while sent < end:  # all of it only once verified (see Task.sendable_end)
+            ready = task.sendable_end(index)
+            if ready > sent:
+                await _send_span(request, response, file, sent, ready - sent, send_timeout)
+                sent = ready
+            elif not await task.more(index, sent, max(0.0, deadline - time.monotonic())):
+                return index
+        await reported(task, range(index, index + 1))
+        await response.write(piece_trailer(task.digests.get(index)))
     return None
+
+
+async def _send_span(request: web.Request, response: web.StreamResponse, file: BinaryIO, begin: int, size: int,
+                     send_timeout: float) -> None:
+    transport = request.transport
+    if transport is None or transport.is_closing():  # the asker went away while this waited
+        raise ConnectionResetError("peer went away")
+    if transport.get_extra_info("ssl_object") is not None:
+        await copy_within(response.write, file, begin, size, send_timeout)
+    else:
+        await sendfile_within(transport, file, begin, size, send_timeout)  # type: ignore[arg-type]
 
 
 def _from_asker(receiver: str, remote: str | None) -> bool:

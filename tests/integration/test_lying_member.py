@@ -25,8 +25,8 @@ from aiohttp import web
 
 from damselfly.lib.tls import ClusterTLS, issue, request_identity, role_hostname
 from damselfly.p2p.pieces import piece_digest, piece_span
-from damselfly.wire import (COUNT_HEADER, PIECE_DIGEST_HEADER, DoneReport, HostAnnounce, PieceNews, PieceReport,
-                            SeedTrigger, TaskRegister)
+from damselfly.wire import (COUNT_HEADER, DoneReport, HostAnnounce, PieceNews, PieceReport, SeedTrigger, TaskRegister,
+                            piece_trailer)
 from testkit.cluster import SchedulerProcess, start_peer
 from testkit.tls import ca_dir
 from testkit.wait import free_port, wait_until
@@ -114,8 +114,8 @@ class LyingSeedFake:
         first = int(request.match_info["index"])
         last = min(first + int(request.query.get("count", "1")), -(-len(lie) // piece_length)) - 1
         pieces = [lie[s:s + n] for s, n in (piece_span(i, len(lie), piece_length) for i in range(first, last + 1))]
-        return web.Response(body=b"".join(pieces), headers={
-            COUNT_HEADER: str(len(pieces)), PIECE_DIGEST_HEADER: ",".join(piece_digest(p) for p in pieces)})
+        return web.Response(body=b"".join(p + piece_trailer(piece_digest(p)) for p in pieces),
+                            headers={COUNT_HEADER: str(len(pieces))})
 
 
 @pytest.fixture

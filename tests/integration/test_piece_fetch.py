@@ -9,6 +9,7 @@ import pytest
 
 from damselfly.p2p.fetch import BadParent, PieceCorrupt, PieceFetcher, PieceRefused, PieceRequest, TransferFailed
 from damselfly.p2p.pieces import piece_digest
+from damselfly.wire import piece_trailer, run_body_length
 from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
 from testkit.wait import free_port
 
@@ -46,11 +47,11 @@ class Parent:
                 body = bytearray(PIECE)
                 if parent.mode == "corrupt":
                     body[1000] ^= 1
+                body += piece_trailer(piece_digest(PIECE) if parent.mode != "lying-seed" else piece_digest(b"x"))
                 self.send_response(200)
                 if parent.mode == "trickle-close":
                     self.send_header("Connection", "close")  # http.client then lets go of the socket
-                self.send_header("Content-Length", str(len(PIECE)))
-                self.send_header("X-Piece-Digest", piece_digest(PIECE) if parent.mode != "lying-seed" else piece_digest(b"x"))
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if parent.mode == "short":
                     self.wfile.write(body[:1000])
@@ -80,12 +81,11 @@ class Parent:
                     pieces[1][7] ^= 1
                 count = len(pieces) + (1 if parent.mode == "too-many" else 0)
                 self.send_response(200)
-                self.send_header("Content-Length", str(sum(map(len, pieces))))
+                self.send_header("Content-Length", str(run_body_length([len(p) for p in pieces])))
                 self.send_header("X-Piece-Count", str(count))
-                self.send_header("X-Piece-Digest", ",".join(piece_digest(p) for p in RUN[first:first + len(pieces)]))
                 self.end_headers()
-                for piece in pieces:
-                    self.wfile.write(piece)
+                for piece, sent in zip(pieces, RUN[first:], strict=False):
+                    self.wfile.write(piece + piece_trailer(piece_digest(sent)))
 
             def _reply(self, status: int, body: bytes) -> None:
                 self.send_response(status)

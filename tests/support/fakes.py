@@ -16,11 +16,16 @@ from testkit.wait import free_port
 
 @dataclass
 class GatedRegistryFake:
-    """Serves one blob; sends its first ``gate_at`` bytes, then waits for ``gate`` to open."""
+    """Serves one blob; sends its first ``gate_at`` bytes, then waits for ``gate`` to open.
+
+    ``gate_ranges``: a range request stops at byte ``gate_at`` of the blob too. ``cut``:
+    when the gate opens, hang up instead of sending the rest (the origin dies mid-blob)."""
 
     blob: bytes
     gate_at: int
     gate: threading.Event = field(default_factory=threading.Event)
+    gate_ranges: bool = False
+    cut: bool = False
     blob_gets: int = 0
     port: int = field(default_factory=free_port)
 
@@ -41,22 +46,27 @@ class GatedRegistryFake:
 
             def do_GET(self) -> None:  # noqa: N802
                 fake.blob_gets += 1
-                if self.headers.get("Range"):  # bytes=a-b, for peers sent back to the origin: not gated
+                first, last = 0, len(fake.blob) - 1
+                if self.headers.get("Range"):  # bytes=a-b: seeds filling by ranges, peers sent back to the origin
                     first, last = (int(x) for x in self.headers["Range"].removeprefix("bytes=").split("-"))
                     self.send_response(206)
-                    self.send_header("Content-Length", str(last - first + 1))
                     self.send_header("Content-Range", f"bytes {first}-{last}/{len(fake.blob)}")
-                    self.end_headers()
-                    self.wfile.write(fake.blob[first:last + 1])
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(fake.blob)))
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(last - first + 1))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
-                self.wfile.write(fake.blob[: fake.gate_at])
+                gated = first < fake.gate_at <= last and (fake.gate_ranges or not self.headers.get("Range"))
+                if not gated:
+                    self.wfile.write(fake.blob[first:last + 1])
+                    return
+                self.wfile.write(fake.blob[first:fake.gate_at])
                 self.wfile.flush()
                 fake.gate.wait(60)
-                self.wfile.write(fake.blob[fake.gate_at:])
+                if fake.cut:
+                    self.close_connection = True
+                    return
+                self.wfile.write(fake.blob[fake.gate_at:last + 1])
 
         self._server = ThreadedHTTPServer(Handler, self.port)
         return self

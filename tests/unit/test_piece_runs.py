@@ -29,16 +29,16 @@ def test_a_parent_sends_the_asked_piece_and_the_held_ones_after_it_up_to_a_gap(t
     assert held_run(task, 4, 1) == range(4, 5)
 
 
-def test_a_peer_a_seed_points_at_sends_the_rest_of_the_run_it_is_getting_but_never_the_unchecked_last(tmp_path):
+def test_a_parent_sends_the_rest_of_the_run_it_is_getting_but_never_the_unchecked_last(tmp_path):
     task = task_holding(tmp_path, 0)
     task.fetch_started(range(0, 3))
     task.fetch_started(range(3, 6))
-    assert held_run(task, 0, 8) == range(0, 1), "a seed sends only what it holds"
-    assert held_run(task, 0, 8, on_the_way=True) == range(0, 3), "piece 3 comes in another request"
-    assert held_run(task, 1, 1, on_the_way=True) == range(1, 2)
-    assert held_run(task, 4, 8, on_the_way=True) == range(4, 5), "piece 5 is the last: it waits for the blob's check"
+    assert held_run(task, 0, 8) == range(0, 3), "piece 3 comes in another request"
+    assert held_run(task, 1, 1) == range(1, 2)
+    assert held_run(task, 4, 8) == range(4, 5), "piece 5 is the last: it waits for the blob's check"
     task.fetch_ended(range(0, 3))
-    assert held_run(task, 0, 8, on_the_way=True) == range(0, 1)
+    assert held_run(task, 0, 8) == range(0, 1)
+
 
 def test_a_run_stops_at_the_blobs_end(tmp_path):
     task = task_holding(tmp_path, *range(6))

@@ -1,4 +1,5 @@
 import hashlib
+import os
 
 import pytest
 
@@ -94,3 +95,11 @@ def test_a_piece_check_fed_in_parts_equals_one_over_the_whole():
     assert check.matches()
     with pytest.raises(ValueError, match="unknown piece digest algorithm"):
         PieceCheck("crc32:1234")
+
+
+def test_a_piece_check_without_a_digest_yet_checks_the_one_named_after_the_bytes():
+    data = os.urandom(1000)
+    check = PieceCheck().update(data)
+    assert check.matches(piece_digest(data))
+    assert not check.matches(piece_digest(data + b"x"))
+    assert not check.matches(hashlib.sha256(data).hexdigest()), "hashed as this version names pieces, not as sha256"

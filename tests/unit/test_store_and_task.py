@@ -348,3 +348,33 @@ def test_a_caller_of_another_registry_gets_no_byte_of_a_download_before_its_chec
 
     got_same, early, after_check = asyncio.run(scenario())
     assert got_same == (0, 16) and not early and after_check == (0, 16)
+
+
+def test_bytes_a_copy_from_the_origin_wrote_may_be_sent_before_their_piece_is_whole(tmp_path):
+    async def scenario() -> None:
+        task = Task(Digest.parse("sha256:" + "0" * 64), 11, tmp_path / "x", piece_length=4)  # pieces 4, 4, 3
+        task.fetch_started(range(0, 3))
+        assert task.sendable_end(0) == 0
+        waiting = asyncio.create_task(task.more(0, 0, timeout=5))
+        await asyncio.sleep(0)
+        assert task.pieces_written(0, 2) == range(0, 0)
+        assert await asyncio.wait_for(waiting, 1) and task.sendable_end(0) == 2
+        assert task.pieces_written(2, 6) == range(0, 1)
+        assert task.bitmap.has(0) and task.sendable_end(0) == 4 and task.sendable_end(1) == 6
+        task.pieces_written(6, 10)
+        assert task.sendable_end(2) == 8, "the last piece waits for the whole blob's check, every byte of it"
+        assert not await task.more(2, 8, timeout=0.01), "the time ran out"
+        task.pieces_written(10, 11)
+        task.fetch_ended(range(0, 3))
+        held = asyncio.create_task(task.more(2, 8, timeout=5))
+        await asyncio.sleep(0)
+        assert not held.done(), "held for the blob's check: still to come"
+        task.release_last()
+        assert await asyncio.wait_for(held, 1) and task.sendable_end(2) == 11
+        other = Task(Digest.parse("sha256:" + "1" * 64), 11, tmp_path / "y", piece_length=4)
+        other.fetch_started(range(0, 3))
+        other.pieces_written(0, 2)
+        other.fetch_ended(range(0, 3))
+        assert other.sendable_end(0) == 0 and not await other.more(0, 0, timeout=5), "its request ended without it"
+
+    asyncio.run(scenario())

@@ -8,6 +8,10 @@ from typing import Any
 import pytest
 
 from damselfly.wire import (
+    PIECE_TRAILER_SIZE,
+    parse_piece_trailer,
+    piece_trailer,
+    run_body_length,
     MAX_PIECES,
     MAX_REASON,
     AnnounceAnswer,
@@ -149,3 +153,21 @@ def test_path_and_query_numbers_in_range() -> None:
     assert parse_number("-1") == -1 and parse_number("63", 1, 64) == 63
     with pytest.raises(WireError):
         parse_number("65", 1, 64)
+
+
+def test_a_piece_trailer_names_a_digest_or_none_in_a_fixed_width():
+    digest = "blake3:" + "ab" * 32
+    assert len(piece_trailer(digest)) == len(piece_trailer(None)) == PIECE_TRAILER_SIZE
+    assert parse_piece_trailer(piece_trailer(digest)) == digest
+    assert parse_piece_trailer(piece_trailer("cd" * 32)) == "cd" * 32  # sha256, as earlier versions named pieces
+    assert parse_piece_trailer(piece_trailer(None)) is None
+    assert run_body_length([4, 3]) == 7 + 2 * PIECE_TRAILER_SIZE
+
+
+@pytest.mark.parametrize("trailer", [
+    b"", b"\n", piece_trailer(None)[:-1] + b" ", b"blake3:" + b"g" * 64 + b"\n",
+    (b"blake3:" + b"A" * 64).ljust(PIECE_TRAILER_SIZE - 1) + b"\n", b"\xff" * (PIECE_TRAILER_SIZE - 1) + b"\n",
+])
+def test_a_malformed_piece_trailer_is_a_wire_error(trailer):
+    with pytest.raises(WireError, match="malformed piece trailer"):
+        parse_piece_trailer(trailer)
