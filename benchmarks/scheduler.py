@@ -21,7 +21,7 @@ from typing import Callable
 import click
 
 from damselfly.scheduler.state import Host, SchedulerState, Task
-from damselfly.wire import PieceNews
+from damselfly.core.wire import PieceNews
 
 RESULTS = Path(__file__).parent / "results"
 TASK = "sha256:" + "b" * 64

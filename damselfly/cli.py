@@ -15,9 +15,9 @@ from damselfly import __version__
 from damselfly.config import SETTINGS_CONTEXT, config_option
 from damselfly.lib.logs import LOG_LEVELS, configure_logging
 from damselfly.lib.netaddr import parse_listen
-from damselfly.lib.oci import normalize_upstream
+from damselfly.core.oci import normalize_upstream
 from damselfly.lib.units import parse_size
-from damselfly.proxy.upstream import parse_registry_mapping
+from damselfly.mirror.upstream import parse_registry_mapping
 from damselfly.settings import (CACHE_HIGH_WATERMARK, CACHE_LOW_WATERMARK, CACHE_QUOTA, CONNECT_TIMEOUT, MAX_HOSTS,
                                 MAX_TASK_LENGTH, MAX_TASKS, READ_TIMEOUT, UPLOAD_SLOTS, MirrorSettings, PeerSettings,
                                 SchedulerSettings, default_data_dir)
@@ -283,7 +283,7 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
         max_task_length: int, max_hosts: int, max_tasks: int, **mirror: Any) -> None:
     """Run an all-in-one node: scheduler, seed peer and mirror in one process."""
     from damselfly.lib.serve import Site
-    from damselfly.p2p.daemon import Daemon
+    from damselfly.node import Daemon
 
     configure_logging(log_level)
     tls = _cluster_tls(tls_dir, "seed", "scheduler")
@@ -320,7 +320,7 @@ def daemon(listen: tuple[str, int], log_level: str, scheduler: str, seed: bool,
            upload_rate: int | None, peer_send_timeout: float | None, tls_dir: Path | None, insecure: bool,
            **mirror: Any) -> None:
     """Run a peer (or, with --seed, a seed peer): the mirror plus an upload server."""
-    from damselfly.p2p.daemon import Daemon
+    from damselfly.node import Daemon
 
     configure_logging(log_level)
     tls = _cluster_tls(tls_dir, "seed" if seed else "peer")
@@ -425,7 +425,7 @@ def ca_issue(directory: Path, name: str, roles: tuple[str, ...], ips: tuple[str,
 @click.option("--default", "default", is_flag=True, help="Also write _default/hosts.toml for every other registry.")
 def containerd_config(mirror: str, directory: Path, registries: tuple[str, ...], default: bool) -> None:
     """Write hosts.toml files that send containerd's pulls through the mirror."""
-    from damselfly.proxy.containerd import write_hosts_dir
+    from damselfly.mirror.containerd import write_hosts_dir
 
     try:
         normalize_upstream(mirror)

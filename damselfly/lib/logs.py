@@ -1,6 +1,6 @@
 """One logging set-up for every command, servers and nydus alike.
 
-A line reads ``2025-01-31T14:02:03.512+01:00 WARNING damselfly.proxy.app: <message>``:
+A line reads ``2025-01-31T14:02:03.512+01:00 WARNING damselfly.mirror.app: <message>``:
 the time with milliseconds and its UTC offset (lines of several nodes sort and line up),
 the level (what to grep for), and the module that logged (where to look).
 """

@@ -16,7 +16,7 @@ from damselfly.lib.logs import configure_logging
 from damselfly.lib.units import parse_size
 
 if TYPE_CHECKING:
-    from damselfly.lib.oci import ImageRef
+    from damselfly.core.oci import ImageRef
 
 # Each command imports what it uses when it runs: mount and umount are started once per
 # container, beside others, and the converter's modules would cost each of them CPU.
@@ -94,7 +94,7 @@ def _cache_quota(_ctx: click.Context, _param: click.Parameter, value: str | int)
 
 
 def _image(text: str) -> ImageRef:
-    from damselfly.lib.oci import ImageRef
+    from damselfly.core.oci import ImageRef
 
     try:
         return ImageRef.parse(text)

@@ -20,7 +20,7 @@ from typing import IO, Callable, Iterator
 
 import zstandard
 
-from damselfly.lib.oci import ImageRef
+from damselfly.core.oci import ImageRef
 from damselfly.nydus.builder import BlobWriter, ChunkSettings, build_bootstrap
 from damselfly.nydus.image import (BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_LAYER_TYPE, FS_VERSION_ANNOTATION,
                                    NYDUS_BLOB_TYPE, OCI_CONFIG_TYPE, OCI_MANIFEST_TYPE, bootstrap_layer)

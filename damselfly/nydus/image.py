@@ -15,7 +15,7 @@ import tarfile
 import zlib
 from typing import IO
 
-from damselfly.lib.oci import ImageRef
+from damselfly.core.oci import ImageRef
 from damselfly.lib.units import format_size
 from damselfly.nydus.layout import MAX_BOOTSTRAP_SIZE, check_bootstrap_size
 from damselfly.registry.blocking import RegistryClient, RegistryError

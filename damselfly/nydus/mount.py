@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 from damselfly.lib.units import parse_size
 
 if TYPE_CHECKING:
-    from damselfly.lib.oci import ImageRef
+    from damselfly.core.oci import ImageRef
 
 log = logging.getLogger("damselfly.nydus.mount")
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from damselfly.lib.health import HEALTHY_PATH, HEALTHY_TEXT
-from damselfly.lib.oci import ImageRef
+from damselfly.core.oci import ImageRef
 from damselfly.nydus.layout import FormatError
 from damselfly.nydus.mount import (DEFAULT_CACHE_QUOTA, MountError, default_cache_dir, mount, parse_cache_quota,
                                    state_dir, umount)

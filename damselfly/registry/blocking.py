@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 
 from damselfly import __version__
 from damselfly.lib.blockinghttp import Body, Response, Session
-from damselfly.lib.oci import Digest, registry_base_url
+from damselfly.core.oci import Digest, registry_base_url
 from damselfly.registry.rules import (BearerChallenge, ChallengeInvalid, answers_blob, blob_answer_problem, blob_url,
                                       manifest_url, parse_bearer_challenge, range_header, token_in_answer,
                                       token_request_url, uploads_url, with_query)

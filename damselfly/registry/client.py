@@ -19,7 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from damselfly.lib.blockinghttp import (MAX_REDIRECTS, ProxyRefused, RedirectRefused, Response, Session,
                                        follow_redirect, origin_of, proxy_authorization, proxy_for, without_credentials)
-from damselfly.lib.oci import Digest, Origin, SourceRefused, SourceUnavailable
+from damselfly.core.oci import Digest, Origin, SourceRefused, SourceUnavailable
 from damselfly.registry.rules import Span, answers_blob, blob_answer_problem, blob_url, range_header
 
 # Response headers a client must see unchanged.
@@ -52,7 +52,7 @@ class RegistryStream:
 
     A blob body is the hot path of a cold pull: read through the event loop it costs a
     Python callback per socket read; here a worker thread reads it straight into its
-    own buffers (see damselfly.p2p.writer). Read to its end, its connection is kept for
+    own buffers (see damselfly.storage.writer). Read to its end, its connection is kept for
     the next download from that registry (a seed filling nydus ranges makes many).
     """
 

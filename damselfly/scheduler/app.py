@@ -1,4 +1,4 @@
-"""The scheduler's HTTP API (JSON, parsed and built with damselfly.wire), around SchedulerState.
+"""The scheduler's HTTP API (JSON, parsed and built with damselfly.core.wire), around SchedulerState.
 
 With a cluster identity (mutual TLS) a caller speaks only for itself: the host id of every
 announce, report, poll or leave must be its certificate's name, only seed certificates may
@@ -6,7 +6,7 @@ announce a seed, and only peers and seeds may take part at all. On plain HTTP (l
 deployments) callers are trusted as they were.
 
 The scheduler never asks seeds to fetch anything and never sees a caller's credentials:
-a peer that gets the trigger lease asks the seeds itself (see damselfly.wire.Schedule).
+a peer that gets the trigger lease asks the seeds itself (see damselfly.core.wire.Schedule).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from damselfly.lib.serve import add_health_routes, json_object
 from damselfly.lib.tls import request_identity
 from damselfly.lib.waiting import wait_until_set
-from damselfly.p2p.pieces import piece_length_for
+from damselfly.core.pieces import piece_length_for
 from damselfly.scheduler.state import (
     KEEPALIVE_INTERVAL,
     Host,
@@ -34,7 +34,7 @@ from damselfly.scheduler.state import (
     TooManyTasks,
 )
 from damselfly.settings import SchedulerSettings
-from damselfly.wire import (
+from damselfly.core.wire import (
     AnnounceAnswer,
     BadParentReport,
     DoneReport,

@@ -25,9 +25,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple, Sequence
 
-from damselfly.p2p.pieces import piece_count
+from damselfly.core.pieces import piece_count
 from damselfly.scheduler.evaluator import Candidate, Child, rank_parents
-from damselfly.wire import MAX_SEEDS, Action, ParentInfo, PieceNews, Schedule, SeedInfo
+from damselfly.core.wire import MAX_SEEDS, Action, ParentInfo, PieceNews, Schedule, SeedInfo
 
 KEEPALIVE_INTERVAL = 5.0
 HOST_EXPIRY = 3 * KEEPALIVE_INTERVAL

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from damselfly.lib.blockinghttp import Session, tls_context
-from damselfly.lib.oci import Digest, Origin, SourceUnavailable
+from damselfly.core.oci import Digest, Origin, SourceUnavailable
 from damselfly.registry.blocking import RegistryClient, RegistryError
 from damselfly.registry.client import AsyncRegistryClient, RegistryStream
 from testkit.proxy import Tinyproxy, tinyproxy

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from damselfly.p2p.pieces import piece_digest, piece_length_for
-from damselfly.wire import PIECE_TRAILER_SIZE, parse_piece_trailer
+from damselfly.core.pieces import piece_digest, piece_length_for
+from damselfly.core.wire import PIECE_TRAILER_SIZE, parse_piece_trailer
 from testkit.cluster import SchedulerProcess, start_peer
 from testkit.wait import wait_until
 from tests.support.fakes import GatedRegistryFake

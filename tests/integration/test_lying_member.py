@@ -24,8 +24,8 @@ import pytest
 from aiohttp import web
 
 from damselfly.lib.tls import ClusterTLS, issue, request_identity, role_hostname
-from damselfly.p2p.pieces import piece_digest, piece_span
-from damselfly.wire import (COUNT_HEADER, DoneReport, HostAnnounce, PieceNews, PieceReport, SeedTrigger, TaskRegister,
+from damselfly.core.pieces import piece_digest, piece_span
+from damselfly.core.wire import (COUNT_HEADER, DoneReport, HostAnnounce, PieceNews, PieceReport, SeedTrigger, TaskRegister,
                             piece_trailer)
 from testkit.cluster import SchedulerProcess, start_peer
 from testkit.tls import ca_dir

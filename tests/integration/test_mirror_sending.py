@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.proxy.sending import FileSender, SendingThreads
+from damselfly.mirror.sending import FileSender, SendingThreads
 from tests.support.fakes import GatedRegistryFake, SilentServerFake
 from testkit.wait import wait_until
 

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from damselfly.lib.tls import ClusterTLS, init_ca, issue
-from damselfly.p2p.pieces import piece_length_for
+from damselfly.core.pieces import piece_length_for
 from testkit.cluster import SchedulerProcess, start_peer
 from testkit.daemon import Damselfly
 from testkit.processes import QuietRequestHandler, ThreadedHTTPServer

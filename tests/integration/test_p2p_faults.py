@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from damselfly.lib.tls import ClusterTLS
-from damselfly.p2p.pieces import piece_count, piece_length_for
+from damselfly.core.pieces import piece_count, piece_length_for
 from testkit.cluster import SchedulerProcess, start_peer
 from testkit.daemon import Damselfly
 from tests.support.fakes import GatedRegistryFake, SilentServerFake

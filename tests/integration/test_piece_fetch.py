@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from damselfly.p2p.fetch import BadParent, PieceCorrupt, PieceFetcher, PieceRefused, PieceRequest, TransferFailed
-from damselfly.p2p.pieces import piece_digest
-from damselfly.wire import piece_trailer, run_body_length
+from damselfly.network.fetch import BadParent, PieceCorrupt, PieceFetcher, PieceRefused, PieceRequest, TransferFailed
+from damselfly.core.pieces import piece_digest
+from damselfly.core.wire import piece_trailer, run_body_length
 from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
 from testkit.wait import free_port
 
@@ -235,7 +235,7 @@ def test_a_parent_that_trickles_a_piece_is_given_up_on_after_the_piece_deadline(
 
 
 def test_a_worker_keeps_a_bounded_number_of_idle_connections(data_file, monkeypatch):
-    import damselfly.p2p.fetch as fetch
+    import damselfly.network.fetch as fetch
 
     monkeypatch.setattr(fetch, "CONNECTIONS_PER_WORKER", 2)
     parents = [Parent() for _ in range(4)]

@@ -7,8 +7,8 @@ import socket
 import httpx
 
 from damselfly.lib.serve import BODY_TIMEOUT
-from damselfly.p2p.pieces import piece_length_for
-from damselfly.wire import Schedule
+from damselfly.core.pieces import piece_length_for
+from damselfly.core.wire import Schedule
 from testkit.cluster import SchedulerProcess
 
 TASK = "sha256:" + "a" * 64

@@ -14,10 +14,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from damselfly.lib.tls import ClusterTLS
-from damselfly.p2p.pieces import piece_length_for
+from damselfly.core.pieces import piece_length_for
 from damselfly.scheduler.app import Scheduler
 from damselfly.settings import SchedulerSettings
-from damselfly.wire import Schedule
+from damselfly.core.wire import Schedule
 from testkit.cluster import SchedulerProcess
 from testkit.tls import tls_dir
 

@@ -16,13 +16,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from damselfly.lib.oci import Digest, Origin
-from damselfly.p2p.blobs import BlobService
-from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.pieces import piece_digest, piece_length_for
-from damselfly.p2p.store import BlobMeta, BlobStore
-from damselfly.p2p.upload import UploadServer
-from damselfly.wire import ORIGIN_HEADER, PIECE_TRAILER_SIZE, parse_piece_trailer
+from damselfly.core.oci import Digest, Origin
+from damselfly.blobs.service import BlobService
+from damselfly.network.metrics import PeerMetrics
+from damselfly.core.pieces import piece_digest, piece_length_for
+from damselfly.storage.store import BlobMeta, BlobStore
+from damselfly.upload.server import UploadServer
+from damselfly.core.wire import ORIGIN_HEADER, PIECE_TRAILER_SIZE, parse_piece_trailer
 from tests.integration.test_p2p_cluster import cluster_of, get_blob
 from testkit.processes import metric
 from testkit.wait import wait_until

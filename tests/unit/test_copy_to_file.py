@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from damselfly.p2p.pieces import piece_digest
-from damselfly.p2p.writer import copy_to_file
+from damselfly.core.pieces import piece_digest
+from damselfly.storage.writer import copy_to_file
 
 PIECE = 4096
 

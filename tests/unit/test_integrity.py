@@ -15,15 +15,15 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from damselfly.lib.oci import Digest
-from damselfly.p2p import network as network_module
-from damselfly.p2p.fetch import PieceRequest
-from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.network import Network, Parent, PieceDownload, Reporter, registry_name, whole_blob_digest
-from damselfly.p2p.pieces import PieceBitmap, piece_digest
-from damselfly.p2p.task import Task, TaskFailed
-from damselfly.scheduler.client import SchedulerUnavailable
-from damselfly.wire import SeedInfo, SeedTrigger
+from damselfly.core.oci import Digest
+from damselfly.network import swarm as network_module
+from damselfly.network.fetch import PieceRequest
+from damselfly.network.metrics import PeerMetrics
+from damselfly.network.swarm import Network, Parent, PieceDownload, Reporter, registry_name, whole_blob_digest
+from damselfly.core.pieces import PieceBitmap, piece_digest
+from damselfly.storage.task import Task, TaskFailed
+from damselfly.network.scheduler_client import SchedulerUnavailable
+from damselfly.core.wire import SeedInfo, SeedTrigger
 from testkit.wait import free_port
 
 PIECE = 1024

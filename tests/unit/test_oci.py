@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from damselfly.lib.oci import (Digest, ImageRef, OCIError, error_body, is_digest_reference, registry_base_url,
+from damselfly.core.oci import (Digest, ImageRef, OCIError, error_body, is_digest_reference, registry_base_url,
                                validate_api_tail, validate_reference, validate_repository)
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from damselfly.p2p.network import MAX_BUSY_WAIT, RETRY_BUSY_PARENT, Parent
-from damselfly.p2p.pieces import PieceBitmap
+from damselfly.network.swarm import MAX_BUSY_WAIT, RETRY_BUSY_PARENT, Parent
+from damselfly.core.pieces import PieceBitmap
 
 
 def test_a_busy_parent_is_asked_again_after_waits_that_double_up_to_a_cap():

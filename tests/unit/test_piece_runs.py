@@ -4,12 +4,12 @@ partial run, and how far a waiting reader lets a download ask ahead."""
 import asyncio
 from pathlib import Path
 
-from damselfly.lib.oci import Digest
-from damselfly.p2p.fetch import PieceRequest
-from damselfly.wire import MAX_RUN_PIECES
-from damselfly.p2p.network import rest_of_run, run_limit
-from damselfly.p2p.task import Task
-from damselfly.p2p.upload import held_run
+from damselfly.core.oci import Digest
+from damselfly.network.fetch import PieceRequest
+from damselfly.core.wire import MAX_RUN_PIECES
+from damselfly.network.swarm import rest_of_run, run_limit
+from damselfly.storage.task import Task
+from damselfly.upload.server import held_run
 
 DIGEST = Digest.parse("sha256:" + "0" * 64)
 

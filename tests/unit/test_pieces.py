@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from damselfly.p2p.pieces import (
+from damselfly.core.pieces import (
     DEFAULT_PIECE_LENGTH,
     SMALL_PIECE_LENGTH,
     MAX_PIECE_LENGTH,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from damselfly.lib.oci import Digest
-from damselfly.p2p.rangefill import next_run
-from damselfly.p2p.task import Task
+from damselfly.core.oci import Digest
+from damselfly.blobs.rangefill import next_run
+from damselfly.storage.task import Task
 
 DIGEST = Digest.parse("sha256:" + "0" * 64)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from damselfly.p2p.relay import DIRECT, FANOUT, REMEMBER_SECONDS, RelayBook
+from damselfly.network.relay import DIRECT, FANOUT, REMEMBER_SECONDS, RelayBook
 
 
 class Clock:
@@ -59,7 +59,7 @@ def test_an_asker_holds_its_whole_run_so_askers_of_later_pieces_go_to_it_too():
 
 
 def test_a_seed_takes_a_receiver_url_only_on_the_askers_own_address():
-    from damselfly.p2p.upload import _from_asker
+    from damselfly.upload.server import _from_asker
 
     assert _from_asker("http://10.0.0.4:65002", "10.0.0.4")
     assert _from_asker("http://[::1]:65002", "::1")

@@ -10,12 +10,12 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 
-from damselfly.lib.oci import Digest
-from damselfly.p2p.fetch import PieceCorrupt, PieceRelayed, PieceRequest
-from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.network import Network, Parent, PieceDownload, _Arrival
-from damselfly.p2p.pieces import PieceBitmap
-from damselfly.p2p.task import Task
+from damselfly.core.oci import Digest
+from damselfly.network.fetch import PieceCorrupt, PieceRelayed, PieceRequest
+from damselfly.network.metrics import PeerMetrics
+from damselfly.network.swarm import Network, Parent, PieceDownload, _Arrival
+from damselfly.core.pieces import PieceBitmap
+from damselfly.storage.task import Task
 
 SEED, LIAR = "http://127.0.0.1:7001", "http://127.0.0.1:7002"
 PIECE = 256 * 1024

@@ -21,7 +21,7 @@ from damselfly.scheduler.state import (
     bitmap_bytes,
     mask_of,
 )
-from damselfly.wire import PieceNews
+from damselfly.core.wire import PieceNews
 
 TASK = "sha256:" + "a" * 64
 

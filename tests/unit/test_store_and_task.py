@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from damselfly.lib.oci import Digest
-from damselfly.p2p.store import BlobMeta, BlobStore
-from damselfly.p2p.task import Task, TaskFailed
+from damselfly.core.oci import Digest
+from damselfly.storage.store import BlobMeta, BlobStore
+from damselfly.storage.task import Task, TaskFailed
 
 
 def put(store: BlobStore, data: bytes) -> Digest:
@@ -111,7 +111,7 @@ def test_a_piece_on_its_way_is_waited_for_until_it_lands_or_its_request_ends(tmp
     asyncio.run(scenario())
 
 def test_incoming_keeps_only_resumable_downloads_with_a_checkpoint(tmp_path):
-    from damselfly.p2p.store import Partial
+    from damselfly.storage.store import Partial
 
     store = BlobStore(tmp_path, quota=10**6)
     digest = Digest.parse("sha256:" + "ab" * 32)
@@ -130,8 +130,8 @@ def test_incoming_keeps_only_resumable_downloads_with_a_checkpoint(tmp_path):
 
 def test_a_blob_stored_under_an_earlier_piece_rule_is_offered_in_todays_pieces(tmp_path):
     """Before 256 KiB pieces, a 1 MiB blob was one 4 MiB piece: peers now ask for 4 pieces."""
-    from damselfly.p2p.blobs import BlobService
-    from damselfly.p2p.pieces import piece_digest
+    from damselfly.blobs.service import BlobService
+    from damselfly.core.pieces import piece_digest
 
     store = BlobStore(tmp_path, quota=10**9)
     data = os.urandom(1024 * 1024)
@@ -149,7 +149,7 @@ def test_a_blob_stored_under_an_earlier_piece_rule_is_offered_in_todays_pieces(t
 
 
 def test_a_claimed_length_the_cache_cannot_keep_is_refused_without_evicting(tmp_path):
-    from damselfly.p2p.store import BlobTooLarge
+    from damselfly.storage.store import BlobTooLarge
 
     evicted = []
     store = BlobStore(tmp_path, quota=1000, high_watermark=0.8, low_watermark=0.4,
@@ -167,7 +167,7 @@ def test_a_claimed_length_the_cache_cannot_keep_is_refused_without_evicting(tmp_
 
 
 def test_no_room_beside_blobs_in_use_is_store_full_and_evicts_nothing(tmp_path):
-    from damselfly.p2p.store import StoreFull
+    from damselfly.storage.store import StoreFull
 
     in_use: set[str] = set()
     evicted = []
@@ -214,7 +214,7 @@ def test_discard_leaves_nothing_of_a_failed_commit(tmp_path):
 @pytest.mark.parametrize("start,first,last,expected", [
     (0, 0, 9, b"abcdefghij"), (10, 0, 9, b""), (5, 0, 6, b"ab"), (0, 3, 4, b"de"), (4, 0, 100, b"abcdefghij")])
 def test_within_range(start, first, last, expected):
-    from damselfly.p2p.blobs import within_range
+    from damselfly.blobs.service import within_range
 
     assert bytes(within_range(start, bytearray(b"abcdefghij"), first, last)) == expected
 
@@ -253,7 +253,7 @@ class _Events:
 def test_an_uncached_stream_holds_its_last_bytes_until_the_whole_blob_matched(tmp_path, first, last):
     """A right blob is sent whole (or the range of it); a wrong one stops short of its end,
     the part that would complete the response held back, and is reported."""
-    from damselfly.p2p.blobs import BlobService
+    from damselfly.blobs.service import BlobService
 
     data = os.urandom(3 * 1024 * 1024 + 7)
     last = len(data) - 1 if last is None else last
@@ -297,10 +297,10 @@ def test_an_uncached_stream_holds_its_last_bytes_until_the_whole_blob_matched(tm
     (("https://private.example", "team/app", None), False),
 ])
 def test_a_protected_partial_resumes_only_for_a_caller_of_its_own_origin(tmp_path, caller, resumes):
-    from damselfly.lib.oci import Origin
-    from damselfly.p2p.blobs import BlobService
-    from damselfly.p2p.pieces import piece_digest, piece_length_for
-    from damselfly.p2p.store import Partial
+    from damselfly.core.oci import Origin
+    from damselfly.blobs.service import BlobService
+    from damselfly.core.pieces import piece_digest, piece_length_for
+    from damselfly.storage.store import Partial
 
     data = os.urandom(3 * 256 * 1024)
     digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
@@ -319,8 +319,8 @@ def test_a_protected_partial_resumes_only_for_a_caller_of_its_own_origin(tmp_pat
 def test_a_caller_of_another_registry_gets_no_byte_of_a_download_before_its_check(tmp_path):
     """A registry that sends other bytes under a digest started the download: a caller naming
     the right registry must not get a range of them as a complete answer."""
-    from damselfly.lib.oci import Origin
-    from damselfly.p2p.blobs import BlobReader, BlobService
+    from damselfly.core.oci import Origin
+    from damselfly.blobs.service import BlobReader, BlobService
 
     data = os.urandom(3 * 256 * 1024)
     digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())

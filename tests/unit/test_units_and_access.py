@@ -1,9 +1,9 @@
 import pytest
 
 from damselfly.lib.netaddr import parse_listen
-from damselfly.lib.oci import Origin
+from damselfly.core.oci import Origin
 from damselfly.lib.units import format_size, parse_size
-from damselfly.proxy.access import AccessCache
+from damselfly.mirror.access import AccessCache
 
 
 @pytest.mark.parametrize("text,expected", [("1024", 1024), ("1KiB", 1024), ("2MiB", 2 << 20), ("1.5GiB", 3 << 29),

@@ -1,8 +1,8 @@
 import pytest
 
-from damselfly.lib.oci import OCIError, normalize_upstream
-from damselfly.proxy.containerd import hosts_toml, write_hosts_dir
-from damselfly.proxy.upstream import UpstreamResolver, parse_registry_mapping
+from damselfly.core.oci import OCIError, normalize_upstream
+from damselfly.mirror.containerd import hosts_toml, write_hosts_dir
+from damselfly.mirror.upstream import UpstreamResolver, parse_registry_mapping
 
 
 @pytest.mark.parametrize("value,expected", [

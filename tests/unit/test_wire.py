@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from damselfly.wire import (
+from damselfly.core.wire import (
     PIECE_TRAILER_SIZE,
     parse_piece_trailer,
     piece_trailer,

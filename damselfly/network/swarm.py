@@ -31,19 +31,19 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from damselfly.lib.oci import Origin
+from damselfly.core.oci import Origin
 from damselfly.lib.tls import ClusterTLS, role_hostname
 from damselfly.lib.waiting import wait_until_set, within
-from damselfly.p2p.fetch import (PIECE_READ_TIMEOUT, BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused,
+from damselfly.network.fetch import (PIECE_READ_TIMEOUT, BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused,
                                  PieceRelayed, PieceRequest, PieceWriteFailed, TransferFailed)
-from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.pieces import PieceBitmap
-from damselfly.p2p.rangefill import ON_DEMAND_QUIET, RangeFill
-from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import CopySource, hash_file
+from damselfly.network.metrics import PeerMetrics
+from damselfly.core.pieces import PieceBitmap
+from damselfly.blobs.rangefill import ON_DEMAND_QUIET, RangeFill
+from damselfly.storage.task import Task, TaskFailed
+from damselfly.storage.writer import CopySource, hash_file
 from damselfly.registry.client import AsyncRegistryClient
-from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
-from damselfly.wire import (MAX_RUN_PIECES, DoneReport, PieceNews, PieceReport, Schedule, SeedInfo, SeedTrigger,
+from damselfly.network.scheduler_client import SchedulerClient, SchedulerUnavailable
+from damselfly.core.wire import (MAX_RUN_PIECES, DoneReport, PieceNews, PieceReport, Schedule, SeedInfo, SeedTrigger,
                             TaskRegister, TriggerFailed, WireError, origin_key)
 
 log = logging.getLogger(__name__)

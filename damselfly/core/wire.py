@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence, cast, get_args
 
-from damselfly.lib.oci import OCIError, registry_name, validate_repository
+from damselfly.core.oci import OCIError, registry_name, validate_repository
 
 # Piece API headers and limits, shared by the upload server and the piece fetcher.
 PIECE_DIGEST_HEADER = "X-Piece-Digest"  # on a seed's relay answer (503): the digests of the pieces it points at

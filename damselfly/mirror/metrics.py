@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
-from damselfly.p2p.store import BlobStore
+from damselfly.storage.store import BlobStore
 
 disable_created_metrics()  # the *_created series only add noise to every scrape
 

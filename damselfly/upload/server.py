@@ -19,17 +19,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from damselfly.lib.filesend import copy_within, sendfile_within
-from damselfly.lib.oci import Digest, OCIError, Origin, SourceRefused, SourceUnavailable, normalize_upstream
+from damselfly.core.oci import Digest, OCIError, Origin, SourceRefused, SourceUnavailable, normalize_upstream
 from damselfly.lib.ratelimit import TokenBucket
 from damselfly.lib.serve import add_health_routes, json_object
-from damselfly.p2p.blobs import BlobService
-from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.fetch import PIECE_READ_TIMEOUT
-from damselfly.p2p.network import Network
-from damselfly.p2p.relay import RelayBook
-from damselfly.p2p.task import Task, TaskFailed
+from damselfly.blobs.service import BlobService
+from damselfly.network.metrics import PeerMetrics
+from damselfly.network.fetch import PIECE_READ_TIMEOUT
+from damselfly.network.swarm import Network
+from damselfly.network.relay import RelayBook
+from damselfly.storage.task import Task, TaskFailed
 from damselfly.lib.tls import is_loopback, request_identity
-from damselfly.wire import (COUNT_HEADER, MAX_RUN_PIECES, ORIGIN_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER,
+from damselfly.core.wire import (COUNT_HEADER, MAX_RUN_PIECES, ORIGIN_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER,
                             RELAY_HEADER, SeedTrigger, parse_number, piece_trailer, run_body_length)
 
 log = logging.getLogger(__name__)

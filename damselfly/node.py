@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Callable
 from urllib.parse import urlsplit
 
-from damselfly.lib.oci import OCIError
+from damselfly.core.oci import OCIError
 from damselfly.lib.serve import Site
-from damselfly.p2p.metrics import PeerMetrics
-from damselfly.p2p.network import Network
-from damselfly.p2p.upload import UploadServer
-from damselfly.proxy.app import Mirror
-from damselfly.proxy.upstream import UpstreamResolver
-from damselfly.scheduler.client import SchedulerClient
+from damselfly.network.metrics import PeerMetrics
+from damselfly.network.swarm import Network
+from damselfly.upload.server import UploadServer
+from damselfly.mirror.app import Mirror
+from damselfly.mirror.upstream import UpstreamResolver
+from damselfly.network.scheduler_client import SchedulerClient
 from damselfly.settings import MirrorSettings, PeerSettings
-from damselfly.wire import HostAnnounce
+from damselfly.core.wire import HostAnnounce
 
 
 class Daemon:

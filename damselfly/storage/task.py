@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from damselfly.lib.waiting import wait_until_set
-from damselfly.lib.oci import Digest
-from damselfly.p2p.pieces import PieceBitmap, piece_count, piece_length_for, piece_span
+from damselfly.core.oci import Digest
+from damselfly.core.pieces import PieceBitmap, piece_count, piece_length_for, piece_span
 
 
 class TaskFailed(Exception):

@@ -31,8 +31,8 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Protocol
 
-from damselfly.p2p.pieces import PieceHasher
-from damselfly.p2p.task import Task, TaskFailed
+from damselfly.core.pieces import PieceHasher
+from damselfly.storage.task import Task, TaskFailed
 
 BUFFER_SIZE = 1024 * 1024
 BUFFERS = 8

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from damselfly.lib.oci import Digest
+from damselfly.core.oci import Digest
 from damselfly.lib.units import format_size
 
 log = logging.getLogger(__name__)

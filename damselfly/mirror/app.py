@@ -14,16 +14,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
-from damselfly.lib.oci import (Digest, OCIError, Origin, SourceRefused, SourceUnavailable, error_body, validate_api_tail,
+from damselfly.core.oci import (Digest, OCIError, Origin, SourceRefused, SourceUnavailable, error_body, validate_api_tail,
                                validate_repository)
 from damselfly.lib.serve import add_health_routes
-from damselfly.p2p.blobs import BlobReader, BlobService, FileSpan, stored_origin
-from damselfly.p2p.store import BlobStore
-from damselfly.p2p.task import TaskFailed
-from damselfly.proxy.access import AccessCache
-from damselfly.proxy.metrics import MirrorMetrics
-from damselfly.proxy.sending import FileSender, SendingThreads
-from damselfly.proxy.upstream import UpstreamResolver
+from damselfly.blobs.service import BlobReader, BlobService, FileSpan, stored_origin
+from damselfly.storage.store import BlobStore
+from damselfly.storage.task import TaskFailed
+from damselfly.mirror.access import AccessCache
+from damselfly.mirror.metrics import MirrorMetrics
+from damselfly.mirror.sending import FileSender, SendingThreads
+from damselfly.mirror.upstream import UpstreamResolver
 from damselfly.registry.client import (
     PASSTHROUGH_REQUEST_HEADERS,
     PASSTHROUGH_RESPONSE_HEADERS,

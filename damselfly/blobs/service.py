@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Protocol
 
 from damselfly.lib.waiting import within
-from damselfly.lib.oci import Digest, Origin, SourceRefused, SourceUnavailable
+from damselfly.core.oci import Digest, Origin, SourceRefused, SourceUnavailable
 from damselfly.lib.units import format_size
-from damselfly.p2p.pieces import SMALL_BLOB, piece_digest, piece_length_for, piece_matches
-from damselfly.p2p.rangefill import RangeFill
-from damselfly.p2p.store import BlobMeta, BlobStore, BlobTooLarge, Partial, StoredBlob, StoreFull
-from damselfly.p2p.task import Task, TaskFailed
-from damselfly.p2p.writer import BUFFER_SIZE, CopySource, copy_into_task, file_digest, hash_file, read_hashed
-from damselfly.wire import origin_key
+from damselfly.core.pieces import SMALL_BLOB, piece_digest, piece_length_for, piece_matches
+from damselfly.blobs.rangefill import RangeFill
+from damselfly.storage.store import BlobMeta, BlobStore, BlobTooLarge, Partial, StoredBlob, StoreFull
+from damselfly.storage.task import Task, TaskFailed
+from damselfly.storage.writer import BUFFER_SIZE, CopySource, copy_into_task, file_digest, hash_file, read_hashed
+from damselfly.core.wire import origin_key
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints of a resumable download

@@ -16,7 +16,7 @@ import aiohttp
 
 from damselfly.lib.hashring import HashRing
 from damselfly.lib.tls import ClusterTLS, role_hostname
-from damselfly.wire import HostAnnounce
+from damselfly.core.wire import HostAnnounce
 
 log = logging.getLogger(__name__)
 

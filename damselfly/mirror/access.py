@@ -6,7 +6,7 @@ import hashlib
 import time
 from typing import Callable
 
-from damselfly.lib.oci import Origin
+from damselfly.core.oci import Origin
 
 
 class AccessCache:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from damselfly.lib.oci import DOCKER_HUB, DOCKER_HUB_UPSTREAM, OCIError, normalize_upstream, registry_name, split_registry
+from damselfly.core.oci import DOCKER_HUB, DOCKER_HUB_UPSTREAM, OCIError, normalize_upstream, registry_name, split_registry
 
 
 def parse_registry_mapping(item: str) -> tuple[str, str]:

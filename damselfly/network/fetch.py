@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from damselfly.lib.blockinghttp import connection_for
-from damselfly.p2p.pieces import PieceCheck, piece_matches
-from damselfly.p2p.writer import pwrite_all
-from damselfly.wire import (COUNT_HEADER, ORIGIN_HEADER, PIECE_DIGEST_HEADER, PIECE_TRAILER_SIZE, RECEIVER_HEADER,
+from damselfly.core.pieces import PieceCheck, piece_matches
+from damselfly.storage.writer import pwrite_all
+from damselfly.core.wire import (COUNT_HEADER, ORIGIN_HEADER, PIECE_DIGEST_HEADER, PIECE_TRAILER_SIZE, RECEIVER_HEADER,
                             RELAY_HEADER, WireError, parse_piece_trailer, run_body_length)
 
 BUFFER_SIZE = 1024 * 1024  # per worker thread, whatever the piece length

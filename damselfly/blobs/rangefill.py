@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 
 from damselfly.lib.waiting import wait_until_set
-from damselfly.p2p.task import Task
-from damselfly.p2p.writer import CopySource, copy_into_task
+from damselfly.storage.task import Task
+from damselfly.storage.writer import CopySource, copy_into_task
 
 URGENT_RUN = 2  # the fewest pieces in a range for a waiting reader (the one it waits for and the next)
 BACKGROUND_RUN_BYTES = 8 * 1024 * 1024  # at most per range of the rest of the blob

@@ -1,1 +1,0 @@
-"""The peer: tasks, pieces and the piece store behind the mirror."""

@@ -1,1 +1,0 @@
-"""The front door: OCI registry mirror routes, upstream resolution, auth passthrough."""
