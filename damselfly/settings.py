@@ -126,3 +126,30 @@ class SchedulerSettings:
     max_hosts: int = MAX_HOSTS  # more get 429
     max_tasks: int = MAX_TASKS  # past it, the oldest task without peers is forgotten
 
+
+
+MANAGER_LISTEN = ("127.0.0.1", 8080)
+MANAGER_KEEPALIVE_INTERVAL = 5.0
+MANAGER_INACTIVE_AFTER = 15.0
+MANAGER_SESSION_TTL = 12 * 3600.0
+MANAGER_SIGNIN_FAILURES = 5  # a minute, per name and per address, before 429
+MANAGER_MAX_BODY = 1 << 20
+MANAGER_SCHEDULER_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class ManagerSettings:
+    """The manager (`damselfly manager`, and the one `run` embeds): where it keeps its state,
+    how it admits callers, and how fast it declares a component gone."""
+
+    data_dir: Path
+    listen: tuple[str, int] = MANAGER_LISTEN
+    database: str | None = None  # sqlite:///PATH or postgresql://...; None: manager.db in data_dir
+    tls: ClusterTLS | None = None  # HTTPS, and components prove membership with their certificates
+    root_password: str | None = None  # the first start's root password; None: a random one, logged once
+    keepalive_interval: float = MANAGER_KEEPALIVE_INTERVAL  # told to components at registration
+    inactive_after: float = MANAGER_INACTIVE_AFTER  # without a keepalive for this long, a component is inactive
+    session_ttl: float = MANAGER_SESSION_TTL  # how long a sign-in's token lasts
+    signin_failures: int = MANAGER_SIGNIN_FAILURES
+    max_body: int = MANAGER_MAX_BODY  # larger request bodies get 413
+    scheduler_timeout: float = MANAGER_SCHEDULER_TIMEOUT  # a scheduler asked about a task answers within this
