@@ -442,3 +442,6 @@ def containerd_config(mirror: str, directory: Path, registries: tuple[str, ...],
     for path in written:
         click.echo(f"wrote {path}")
 
+
+# The manager's command lives in its role; --config is added here, where the config file's reader is.
+main.add_command(config_option(importlib.import_module("damselfly.manager.command").manager))
