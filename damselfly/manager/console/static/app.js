@@ -774,47 +774,49 @@
     }
     return have !== null ? `${have} pieces` : "\u2014";
   }
+  function peersTable(peers) {
+    const order = (a, b) => Number(!!b.done) - Number(!!a.done) || (b.pieces ?? 0) - (a.pieces ?? 0);
+    return h("div", { class: "table-wrap" }, h(
+      "table",
+      null,
+      h("thead", null, h("tr", null, ["Peer", "Progress", "Upload URL", "Scheduler"].map((c) => h("th", null, c)))),
+      h("tbody", null, [...peers].sort(order).map((p) => h(
+        "tr",
+        null,
+        h("td", null, display(p.host_id)),
+        h("td", null, progress(p)),
+        h("td", null, h("code", null, display(p.upload_url))),
+        h("td", null, h("code", null, display(p.scheduler_url)))
+      )))
+    ));
+  }
   function renderTasks(answer) {
     const holders = answer.blobs.reduce((n, b) => n + b.peers.length, 0);
+    const schedulers = answer.schedulers ?? [];
+    const blobs = answer.blobs.length;
     return h(
       "div",
       { class: "tasks" },
-      answer.image ? h("p", null, "Image ", h("code", null, answer.image), `: ${answer.blobs.length} blob${answer.blobs.length === 1 ? "" : "s"}.`) : null,
-      !answer.blobs.length || !holders ? h("p", { class: "empty" }, "No peer holds it (yet).") : null,
-      answer.blobs.map((blob) => h(
+      answer.image ? h("p", null, "Image ", h("code", null, answer.image), `: ${blobs} blob${blobs === 1 ? "" : "s"}.`) : null,
+      !holders ? h("p", { class: "empty" }, "No peer holds it (yet).") : null,
+      holders ? answer.blobs.map((blob) => h(
         "div",
         { class: "blob", "data-digest": blob.digest },
-        h("h3", null, h("code", null, blob.digest), " ", h(
-          "span",
-          { class: "count" },
-          `${blob.peers.filter((p) => p.done).length} of ${blob.peers.length} peers hold all of it`
-        )),
-        blob.peers.length ? h("div", { class: "table-wrap" }, h(
-          "table",
-          null,
-          h("thead", null, h("tr", null, ["Peer", "Progress", "Upload URL", "Scheduler"].map((c) => h("th", null, c)))),
-          h("tbody", null, [...blob.peers].sort((a, b) => Number(!!b.done) - Number(!!a.done) || (b.pieces ?? 0) - (a.pieces ?? 0)).map((p) => h(
-            "tr",
-            null,
-            h("td", null, display(p.host_id)),
-            h("td", null, progress(p)),
-            h("td", null, h("code", null, display(p.upload_url))),
-            h("td", null, h("code", null, display(p.scheduler_url)))
-          )))
-        )) : null
-      )),
-      answer.schedulers && answer.schedulers.length ? h(
+        h("h3", null, h("code", null, blob.digest), " ", h("span", { class: "count" }, blob.peers.length ? `${blob.peers.filter((p) => p.done).length} of ${blob.peers.length} peers hold all of it` : "no peer holds it yet")),
+        blob.peers.length ? peersTable(blob.peers) : null
+      )) : null,
+      h(
         "div",
         { class: "asked" },
         h("h3", null, "Schedulers asked"),
-        h("ul", null, answer.schedulers.map((s) => h(
+        schedulers.length ? h("ul", null, schedulers.map((s) => h(
           "li",
           null,
           h("code", null, s.url),
           " \u2014 ",
           s.error ? h("span", { class: "error-text" }, `no answer: ${s.error}`) : "answered"
-        )))
-      ) : null
+        ))) : h("p", { class: "muted" }, "None: no scheduler is active in any cluster, so no peer could be asked about.")
+      )
     );
   }
   var DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$/;
@@ -831,29 +833,39 @@
       placeholder: "sha256:\u2026 or registry.example/team/app:1.2",
       "aria-label": "Digest or image reference"
     });
+    const plain = h("input", { type: "checkbox", id: "plain-http", name: "plain_http", checked: query.get("plain") === "1" });
+    const plainLabel = h(
+      "span",
+      { class: "check", title: "Read the image's manifest from its registry over plain HTTP" },
+      plain,
+      h("label", { for: "plain-http" }, "registry over plain HTTP")
+    );
     const kind = h("small", { class: "hint" });
     const result = h("div", { class: "result card" });
     const form = h(
       "form",
       { class: "inline-form search", id: "task-search" },
       input,
+      plainLabel,
       h("button", { type: "submit", class: "primary" }, "Search")
     );
     const describe = () => {
       const q = input.value.trim();
-      kind.textContent = !q ? "A blob digest, or an image reference (name:tag or name@digest)." : isDigest(q) ? "Searching by digest." : "Searching by image reference.";
+      kind.textContent = !q ? "A blob digest, or an image reference (name:tag or name@digest)." : isDigest(q) ? "Searching by digest." : "Searching by image reference: the manager reads its manifest, then asks for each layer.";
+      plainLabel.hidden = !q || isDigest(q);
     };
     input.addEventListener("input", describe);
     describe();
-    let current2 = input.value.trim();
+    let current2 = { q: input.value.trim(), plain: plain.checked, refused: false };
     form.addEventListener("submit", (event) => {
       event.preventDefault();
-      current2 = input.value.trim();
-      const hash = current2 ? `#/tasks?q=${encodeURIComponent(current2)}` : "#/tasks";
-      history.replaceState(null, "", hash);
+      current2 = { q: input.value.trim(), plain: plain.checked, refused: false };
+      const params = new URLSearchParams();
+      if (current2.q) params.set("q", current2.q);
+      if (current2.q && current2.plain && !isDigest(current2.q)) params.set("plain", "1");
+      history.replaceState(null, "", `#/tasks${params.toString() ? `?${params}` : ""}`);
       fill(result, h("p", { class: "muted" }, "Asking the schedulers\u2026"));
       void page.refresh().catch(() => void 0);
-      describe();
     });
     const el = h(
       "div",
@@ -868,23 +880,32 @@
       title: "Tasks",
       el,
       async refresh() {
-        const q = current2;
-        if (!q) {
+        const asked = current2;
+        if (!asked.q) {
           fill(result, h("p", { class: "muted" }, "Search for a digest or an image reference to see where it is."));
           return;
         }
-        const param = isDigest(q) ? "digest" : "image";
+        if (asked.refused) return;
+        const byDigest = isDigest(asked.q);
+        const params = new URLSearchParams({ [byDigest ? "digest" : "image"]: asked.q });
+        if (!byDigest && asked.plain) params.set("plain_http", "true");
         let answer;
         try {
-          answer = await api.get(`/tasks?${param}=${encodeURIComponent(q)}`);
+          answer = await api.get(`/tasks?${params}`);
         } catch (err) {
-          if (q === current2) fill(result, h("p", { class: "error-text" }, err.message));
+          if (asked !== current2) return;
+          if (err instanceof ApiError && err.status >= 400 && err.status < 500 && !err.unauthorized) {
+            asked.refused = true;
+            fill(result, h("p", { class: "error-text" }, err.message));
+            return;
+          }
+          fill(result, h("p", { class: "error-text" }, `${err.message} Asking again in a few seconds.`));
           throw err;
         }
-        if (q !== current2) return;
+        if (asked !== current2) return;
         fill(
           result,
-          h("p", { class: "muted" }, `As of ${(/* @__PURE__ */ new Date()).toLocaleTimeString()}, asked by ${param === "digest" ? "digest" : "image reference"}.`),
+          h("p", { class: "muted" }, `As of ${(/* @__PURE__ */ new Date()).toLocaleTimeString()}, asked by ${byDigest ? "digest" : "image reference"}.`),
           isTasksAnswer(answer) ? renderTasks(answer) : renderAny(answer, {
             preferred: [
               "state",
