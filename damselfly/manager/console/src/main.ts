@@ -37,6 +37,13 @@ function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+/** "wrong name or password" → "Wrong name or password." */
+function sentence(text: string): string {
+  const trimmed = text.trim();
+  if (!trimmed) return trimmed;
+  return trimmed.charAt(0).toUpperCase() + trimmed.slice(1) + (/[.!?]$/.test(trimmed) ? "" : ".");
+}
+
 // ---- sign-in ---------------------------------------------------------------------------
 
 function showSignIn(notice?: string): void {
@@ -69,9 +76,7 @@ function showSignIn(notice?: string): void {
       })
       .catch((err) => {
         setToken(null);
-        say(err instanceof ApiError && err.status === 429
-          ? `Too many attempts: ${err.message}. Wait a minute, then try again.`
-          : message(err), "error");
+        say(sentence(message(err)), "error");
         password.select();
       })
       .finally(() => { button.disabled = false; });

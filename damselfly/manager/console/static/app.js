@@ -1248,6 +1248,11 @@
   function message(err) {
     return err instanceof Error ? err.message : String(err);
   }
+  function sentence(text) {
+    const trimmed = text.trim();
+    if (!trimmed) return trimmed;
+    return trimmed.charAt(0).toUpperCase() + trimmed.slice(1) + (/[.!?]$/.test(trimmed) ? "" : ".");
+  }
   function showSignIn(notice) {
     stopPolling();
     document.title = "Sign in \xB7 Damselfly";
@@ -1280,7 +1285,7 @@
         await start();
       }).catch((err) => {
         setToken(null);
-        say(err instanceof ApiError && err.status === 429 ? `Too many attempts: ${err.message}. Wait a minute, then try again.` : message(err), "error");
+        say(sentence(message(err)), "error");
         password.select();
       }).finally(() => {
         button.disabled = false;
