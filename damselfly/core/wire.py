@@ -32,7 +32,6 @@ MAX_RUN_PIECES = 64  # the most pieces one request may ask for
 # name its digest once it is whole here: ASCII, space-padded, newline-ended; blank when
 # the sender has no digest to give (the asker must know it already).
 PIECE_TRAILER_SIZE = 72
-_PIECE_DIGEST = re.compile(r"(?:[a-z0-9]{1,16}:)?[0-9a-f]{64}")
 # The registry and repository whose access the asker's caller was confirmed for: pieces of
 # a blob fetched with credentials go only to askers for the origin it was fetched from.
 ORIGIN_HEADER = "X-Piece-Origin"

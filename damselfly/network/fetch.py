@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from damselfly.lib.blockinghttp import connection_for
-from damselfly.core.pieces import PieceCheck, piece_matches
+from damselfly.core.pieces import PieceCheck
 from damselfly.storage.writer import pwrite_all
 from damselfly.core.wire import (COUNT_HEADER, ORIGIN_HEADER, PIECE_DIGEST_HEADER, PIECE_TRAILER_SIZE, RECEIVER_HEADER,
                             RELAY_HEADER, WireError, parse_piece_trailer, run_body_length)
@@ -62,6 +62,11 @@ class PieceRelayed(ParentBusy):
 
 class BadParent(Exception):
     """A parent sent bytes that are wrong; it is dropped and reported."""
+
+
+class RunCut(PieceRefused):
+    """The parent ended the body before a piece (or its trailer) was whole: it will not
+    send it after all (a seed's origin stalled or died, a relay's parent did). Not its fault."""
 
 
 class PieceCorrupt(BadParent):
@@ -207,8 +212,8 @@ class PieceFetcher:
                         check = PieceCheck(mine)
                     except ValueError as exc:
                         raise BadParent(str(exc)) from None
-                    self._receive(response, sock, request, fd, offset, size, check)
-                    digest = self._trusted_digest(mine, _read_trailer(response, request), request, index)
+                    trailer = self._receive(response, sock, request, fd, offset, size, check)
+                    digest = self._trusted_digest(mine, trailer, request, index)
                     if not check.matches(digest) and not (mine is None and _file_matches(fd, offset, size, digest)):
                         raise PieceCorrupt(f"piece {index} of {request.task} does not match its digest")
                     deliver(index, digest)
@@ -245,12 +250,14 @@ class PieceFetcher:
     def _trusted_digest(mine: str | None, theirs: str | None, request: PieceRequest, index: int) -> str:
         """The digest to check a piece against: the scheduler's, else a seed's trailer."""
         digest = mine or (theirs if request.trust_sent_digest else None)
+        if digest is None and request.trust_sent_digest:
+            raise PieceRefused(f"has no digest for piece {index} of {request.task}")
         if digest is None:
             raise BadParent(f"sent no digest for piece {index} of {request.task}")
         return digest
 
     def _receive(self, response: http.client.HTTPResponse, sock: socket.socket, request: PieceRequest,
-                 fd: int, offset: int, size: int, check: PieceCheck) -> None:
+                 fd: int, offset: int, size: int, check: PieceCheck) -> str | None:
         """Read one piece of the body through a reusable buffer into the file at ``fd``, hashing it on the way.
 
         The bytes land in the file before the piece is verified; that is safe because
@@ -277,18 +284,25 @@ class PieceFetcher:
                         raise self._late(request)
                     if self._closed:
                         raise TransferFailed("the daemon is shutting down")
-                    raise BadParent(f"sent too few bytes for {request.path}")
+                    raise _short(request)
                 check.update(view[:count])
                 try:
                     pwrite_all(fd, view[:count], offset)
                 except OSError as exc:
                     raise PieceWriteFailed(f"{request.file}: {exc.strerror}") from None
                 offset += count
+            try:
+                trailer = _read_trailer(response, request)  # under the same deadline as the piece
+            except (OSError, RunCut, BadParent):
+                if time.monotonic() > deadline:
+                    raise self._late(request) from None
+                raise
         except BaseException:
             self._deadlines.release(watched)
             raise
         if self._deadlines.release(watched):  # cut off right after the last byte: the connection is gone
             raise self._late(request)
+        return trailer
 
     def _late(self, request: PieceRequest) -> TransferFailed:
         return TransferFailed(f"a piece of {request.path} took over {self._piece_deadline:g}s")
@@ -346,17 +360,32 @@ class PieceFetcher:
 def _read_trailer(response: http.client.HTTPResponse, request: PieceRequest) -> str | None:
     """The digest named after a piece (see wire.PIECE_TRAILER_SIZE)."""
     data = response.read(PIECE_TRAILER_SIZE)
+    if len(data) < PIECE_TRAILER_SIZE:
+        raise _short(request)
     try:
         return parse_piece_trailer(data)
     except WireError as exc:
         raise BadParent(f"{exc} in {request.path}") from None
 
 
+def _short(request: PieceRequest) -> BadParent | RunCut:
+    """A body that ended early: from a seed, its origin stalled or died mid-piece (cut-through
+    cuts the answer short then); from a peer, as before, a bad parent."""
+    message = f"sent too few bytes for {request.path}"
+    return RunCut(message) if request.trust_sent_digest else BadParent(message)
+
+
 def _file_matches(fd: int, offset: int, size: int, digest: str) -> bool:
     """Whether the piece written at ``offset`` has ``digest``: for a trailer naming an
     algorithm other than the one the piece was hashed with on the way (a parent's pieces
-    stored by an earlier version)."""
-    return piece_matches(os.pread(fd, size, offset), digest)
+    stored by an earlier version). Read in buffer-sized steps: a piece may be 64 MiB."""
+    try:
+        check = PieceCheck(digest)
+    except ValueError:
+        return False
+    for start in range(offset, offset + size, BUFFER_SIZE):
+        check.update(os.pread(fd, min(BUFFER_SIZE, offset + size - start), start))
+    return check.matches()
 
 
 def _drain(response: http.client.HTTPResponse) -> None:
