@@ -37,46 +37,23 @@ from damselfly.lib.waiting import wait_until_set, within
 from damselfly.network.fetch import (PIECE_READ_TIMEOUT, BadParent, ParentBusy, PieceCorrupt, PieceFetcher, PieceRefused,
                                  PieceRelayed, PieceRequest, PieceWriteFailed, TransferFailed)
 from damselfly.network.metrics import PeerMetrics
+from damselfly.network.policy import DownloadState, Parent, may_give, next_request
 from damselfly.core.pieces import PieceBitmap
 from damselfly.blobs.rangefill import ON_DEMAND_QUIET, RangeFill
 from damselfly.storage.task import Task, TaskFailed
 from damselfly.storage.writer import CopySource, hash_file
 from damselfly.registry.client import AsyncRegistryClient
 from damselfly.network.scheduler_client import SchedulerClient, SchedulerUnavailable
-from damselfly.core.wire import (MAX_RUN_PIECES, DoneReport, PieceNews, PieceReport, Schedule, SeedInfo, SeedTrigger,
+from damselfly.core.wire import (DoneReport, PieceNews, PieceReport, Schedule, SeedInfo, SeedTrigger,
                             TaskRegister, TriggerFailed, WireError, origin_key)
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL = 0.1
 POLL_SPACING = 0.1  # seconds between a peer's schedule polls while it has parents
-RETRY_BUSY_PARENT = 0.2  # seconds before asking a busy parent again, doubling up to MAX_BUSY_WAIT
-MAX_BUSY_WAIT = 1.0
-SEED_REQUESTS = 1  # requests this peer makes of one seed at once, beyond those for pieces its readers wait for
-RUN_BYTES = 16 * 1024 * 1024  # the most one request asks a parent for (a run of consecutive pieces)
-SMALL_RUN_BYTES = 1024 * 1024  # ... where a long run would be in the way (see PieceDownload._run_limit)
 SEED_TRIGGER_TIMEOUT = 2.0  # per seed: a healthy one answers at once (202); the download comes after
 SEED_TRIGGER_BUDGET = 4.0  # for every seed of one trigger: within the scheduler's trigger lease (5 s)
 CONFIRM_WAIT = 2.0  # the most a piece waits for its report to reach the scheduler before it is served
 HASH_CHUNK = 4 * 1024 * 1024  # bytes read at once by the whole-blob check
-
-
-@dataclass
-class Parent:
-    host_id: str
-    url: str
-    is_seed: bool
-    seeding: bool
-    bitmap: PieceBitmap
-    in_flight: int = 0
-    busy_answers: int = 0  # 503s in a row: the wait before asking again doubles with each
-
-    def busy_wait(self) -> float:
-        """Seconds to wait after another 503: 0.2, 0.4, 0.8, then 1 s."""
-        self.busy_answers += 1
-        return min(RETRY_BUSY_PARENT * 2 ** (self.busy_answers - 1), MAX_BUSY_WAIT)
-
-    def can_give(self, index: int) -> bool:
-        return self.bitmap.has(index) or self.seeding
 
 
 @dataclass
@@ -340,6 +317,7 @@ class PieceDownload:
         self.failure: str | None = None
         self.last_progress = time.monotonic()
         self._triggering: asyncio.Task[None] | None = None  # asking seeds to fetch the task (action "seed")
+        self.rng = random.Random()  # the policy's random choices (which piece, which of equal parents)
 
     def _notify(self) -> None:
         self.changed.set()
@@ -395,16 +373,11 @@ class PieceDownload:
         """No piece for ``no_parent_deadline`` and no parent that can give a missing one: go
         back to the registry (the scheduler's parents, however many, are no use)."""
         idle = time.monotonic() - self.last_progress
-        if idle > self.network.no_parent_deadline and not any(self._may_give(p) for p in self.parents.values()):
+        if idle <= self.network.no_parent_deadline:
+            return
+        lacking = [i for i in range(self.task.piece_count) if not self.task.has_or_holds(i)]
+        if not any(may_give(p, lacking, self.digests, self.refusing) for p in self.parents.values()):
             self.back_to_source = f"no parent could serve for {idle:.0f}s"
-
-    def _may_give(self, parent: Parent) -> bool:
-        """Whether ``parent`` can give a piece this node lacks: a seed that does not refuse, or a
-        peer that holds one whose digest is known (without it, nobody can take that piece)."""
-        if parent.host_id in self.refusing:
-            return False
-        return any(not self.task.has_or_holds(i) and parent.can_give(i) and (parent.is_seed or i in self.digests)
-                   for i in range(self.task.piece_count))
 
     def _apply(self, answer: dict[str, Any]) -> None:
         """Take a schedule: parents with their pieces, digests, and what to do."""
@@ -477,108 +450,49 @@ class PieceDownload:
                     return
                 await asyncio.sleep(0.5)
 
-    def _pick(self) -> tuple[int, int, Parent] | None:
-        """The next run of pieces (first, count) and where to get it.
-
-        A piece a reader waits for comes first, from a peer or else a seed (as soon as the
-        reader starts waiting: the task tells the download), with the pieces up to the end
-        of the reader's range. Then other peers: the rarest piece they hold, and the pieces
-        after it that the same peer holds. Then a seed, which this peer asks at most
-        SEED_REQUESTS times at once when other peers download the task too: a random
-        piece from a window just ahead of the readers, so that peers take different pieces
-        from the seed and trade them, while readers still get theirs soon. Alone with a
-        seed, the peer just streams in order.
-        """
-        missing = [i for i in range(self.task.piece_count) if self.task.needed(i)]
-        if not missing or not self.parents:
-            return None
-        parents = list(self.parents.values())
-        peers = [p for p in parents if not p.is_seed]
-        crowd = max(len(peers) + 1, self.swarm)
-        # A peer's piece is only worth asking for once its digest is known (a seed sends its own).
-        held = {i: [p for p in peers if p.bitmap.has(i)] if i in self.digests else [] for i in missing}
-        for index in sorted(i for i in self.task.wanted if i in held):
-            givers = held[index] or [p for p in parents if p.is_seed and p.can_give(index)]
-            if givers:
-                parent = _least_busy(givers)
-                reach = self.task.wanted_until.get(index, index) - index + 1
-                limit = min(reach, self._run_limit(parent, crowd, waited_for=True))
-                return index, self._run(index, parent, limit), parent
-        if not self.task.rest_may_follow(ON_DEMAND_QUIET):
-            return None
-        from_peers = [i for i in missing if held[i]]
-        if from_peers:
-            random.shuffle(from_peers)
-            index = min(from_peers, key=lambda i: len(held[i]))
-            parent = _least_busy(held[index])
-            return index, self._run(index, parent, self._run_limit(parent, crowd)), parent
-        seeds = [p for p in parents if p.is_seed and p.in_flight < (SEED_REQUESTS if crowd > 1 else self.network.concurrency)]
-        if not seeds:
-            return None
-        start = min(self.task.wanted, default=missing[0])
-        window = [i for i in missing if i >= start][: 2 * crowd] or missing
-        index = random.choice(window) if crowd > 1 else window[0]
-        givers = [p for p in seeds if p.can_give(index)]
-        if not givers:
-            return None
-        parent = _least_busy(givers)
-        return index, self._run(index, parent, self._run_limit(parent, crowd)), parent
-
-    def _run_limit(self, parent: Parent, crowd: int, waited_for: bool = False) -> int:
-        """The most pieces to ask ``parent`` for at once. Small runs where a long one would be
-        in the way: from a seed others need too, and for a range-read blob's pieces that no
-        reader waits for (its next read must not queue behind 16 MiB on the link)."""
-        small = (parent.is_seed and crowd > 1) or (self.task.ranged and not waited_for)
-        return run_limit(self.task.piece_length, small)
-
-    def _run(self, index: int, parent: Parent, limit: int) -> int:
-        """How many pieces from ``index`` on to ask ``parent`` for: those this node still needs
-        that the parent can give, up to ``limit``. From a peer, only pieces with a known digest
-        (a seed sends its own)."""
-        count = 1
-        while count < limit:
-            following = index + count
-            if (following >= self.task.piece_count or not self.task.needed(following)
-                    or not parent.can_give(following) or not (parent.is_seed or following in self.digests)):
-                break
-            count += 1
-        return count
+    def _state(self) -> DownloadState:
+        """What the choice of the next request looks at, as it is now."""
+        task = self.task
+        return DownloadState(
+            needed=frozenset(i for i in range(task.piece_count) if task.needed(i)), waited_for=task.wanted_until,
+            rest_may_follow=task.rest_may_follow(ON_DEMAND_QUIET), parents=list(self.parents.values()),
+            digests=self.digests, swarm=self.swarm, concurrency=self.network.concurrency,
+            piece_length=task.piece_length, ranged=task.ranged)
 
     async def _work(self) -> None:
         while True:
-            picked = self._pick()
-            if picked is None:
+            chosen = next_request(self._state(), self.rng)
+            if chosen is None:
                 changed = self.changed
                 await wait_until_set(changed, 0.5)
                 continue
-            index, count, parent = picked
-            run = range(index, index + count)
-            log.debug("pieces %d..%d of %s from %s", index, run[-1], self.task.digest, parent.host_id)
+            run, parent = chosen.run, chosen.parent
+            log.debug("pieces %d..%d of %s from %s", run[0], run[-1], self.task.digest, parent.host_id)
             self.task.fetch_started(run)
             parent.in_flight += 1
             try:
-                await self._fetch(index, count, parent)
+                await self._fetch(run, parent)
             except BadParent as exc:
                 if isinstance(exc, PieceCorrupt):
                     self.network.metrics.piece_failures.inc()
                 self._drop(parent, str(exc), bad=True)
             except PieceWriteFailed as exc:
-                self.failure = f"cannot write piece {index}: {exc}"
+                self.failure = f"cannot write piece {run[0]}: {exc}"
                 self._notify()
             except (PieceRefused, TransferFailed) as exc:
-                log.debug("pieces %d..%d of %s from %s failed: %s", index, run[-1], self.task.digest, parent.host_id,
-                          exc)
+                log.debug("pieces %d..%d of %s from %s failed: %s", run[0], run[-1], self.task.digest,
+                          parent.host_id, exc)
                 if isinstance(exc, ParentBusy):
-                    # Ask again later. Dropping it would leave peers that all wait on one busy seed
-                    # without a parent until they give up and go to the registry (seen in the harness).
                     await asyncio.sleep(parent.busy_wait())
-                elif isinstance(exc, PieceRefused) and parent.seeding:
+                elif isinstance(exc, PieceRefused):
                     self.refusing.add(parent.host_id)
-                    await asyncio.sleep(RETRY_BUSY_PARENT)  # the seed has not reached this piece yet
+                    wait = parent.refused_wait()
+                    if wait is None:
+                        self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=False)
+                    else:
+                        await asyncio.sleep(wait)
                 else:
-                    if isinstance(exc, PieceRefused):
-                        self.refusing.add(parent.host_id)
-                    self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=not isinstance(exc, PieceRefused))
+                    self._drop(parent, f"{exc.__class__.__name__}: {exc}", bad=True)
             finally:
                 self.task.fetch_ended(run)
                 parent.in_flight -= 1
@@ -602,11 +516,10 @@ class PieceDownload:
             await self.network.scheduler.call(str(self.task.digest), "POST", "bad-parent",
                                               json={"host_id": self.network.host_id, **parent, "reason": reason})
 
-    async def _fetch(self, index: int, count: int, parent: Parent) -> None:
-        pieces = range(index, index + count)
-        request = PieceRequest(parent.url, str(self.task.digest), index,
+    async def _fetch(self, pieces: range, parent: Parent) -> None:
+        request = PieceRequest(parent.url, str(self.task.digest), pieces.start,
                                tuple(self.task.piece_span(i)[1] for i in pieces), self.task.path,
-                               self.task.piece_span(index)[0], tuple(self.digests.get(i) for i in pieces),
+                               self.task.piece_span(pieces.start)[0], tuple(self.digests.get(i) for i in pieces),
                                trust_sent_digest=parent.is_seed,
                                receiver=self.network.upload_url if parent.is_seed else None,
                                origin=origin_key(self.origin.registry, self.origin.repository))
@@ -722,13 +635,6 @@ def registry_name(upstream: str) -> str:
     return urlsplit(upstream).netloc
 
 
-def run_limit(piece_length: int, small: bool) -> int:
-    """Pieces of ``piece_length`` in one request: SMALL_RUN_BYTES or RUN_BYTES of them, at
-    least one, and never more than a parent serves in one body (MAX_RUN_PIECES: asking
-    for more is refused as a bad request, which would drop a good parent)."""
-    return max(1, min((SMALL_RUN_BYTES if small else RUN_BYTES) // piece_length, MAX_RUN_PIECES))
-
-
 def rest_of_run(request: PieceRequest, delivered: int) -> PieceRequest | None:
     """What is left of a run after its first ``delivered`` pieces (None: nothing)."""
     if delivered >= len(request.sizes):
@@ -736,7 +642,3 @@ def rest_of_run(request: PieceRequest, delivered: int) -> PieceRequest | None:
     return replace(request, index=request.index + delivered, sizes=request.sizes[delivered:],
                    offset=request.offset + sum(request.sizes[:delivered]), digests=request.digests[delivered:])
 
-
-def _least_busy(parents: list[Parent]) -> Parent:
-    least = min(p.in_flight for p in parents)
-    return random.choice([p for p in parents if p.in_flight == least])

@@ -1,6 +1,6 @@
 """Every node checks the whole blob itself: pieces that matched a liar's digests are not the
 blob; a whole reader never gets the last byte first; a seed's digests reach the scheduler
-before its pieces reach anyone; a peer whose parents cannot give what it lacks goes on."""
+before its pieces reach anyone."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from damselfly.core.oci import Digest
 from damselfly.network import swarm as network_module
 from damselfly.network.fetch import PieceRequest
 from damselfly.network.metrics import PeerMetrics
-from damselfly.network.swarm import Network, Parent, PieceDownload, Reporter, registry_name, whole_blob_digest
-from damselfly.core.pieces import PieceBitmap, piece_digest
+from damselfly.network.swarm import Network, Reporter, registry_name, whole_blob_digest
+from damselfly.core.pieces import piece_digest
 from damselfly.storage.task import Task, TaskFailed
 from damselfly.network.scheduler_client import SchedulerUnavailable
 from damselfly.core.wire import SeedInfo, SeedTrigger
@@ -178,35 +178,6 @@ def test_a_scheduler_that_cannot_be_reached_does_not_hold_a_seeds_pieces(tmp_pat
         return await reporter.confirm(range(1, 2), 5)
 
     assert asyncio.run(scenario()) is True
-
-
-def stalled_download(tmp_path: Path, parent: Parent, digests: dict[int, str]) -> PieceDownload:
-    download = PieceDownload(network_with(FakeScheduler()), new_task(tmp_path), None, None)  # type: ignore[arg-type]
-    download.parents = {parent.host_id: parent}
-    download.digests = digests
-    download.last_progress = time.monotonic() - download.network.no_parent_deadline - 1
-    return download
-
-
-@pytest.mark.parametrize(("parent", "digests", "refusing", "stuck"), [
-    (Parent("p", "u", is_seed=False, seeding=False, bitmap=PieceBitmap.full(3)), {}, False, True),
-    (Parent("p", "u", is_seed=False, seeding=False, bitmap=PieceBitmap.full(3)), {1: "d"}, False, False),
-    (Parent("s", "u", is_seed=True, seeding=True, bitmap=PieceBitmap(3)), {}, False, False),
-    (Parent("s", "u", is_seed=True, seeding=True, bitmap=PieceBitmap(3)), {}, True, True),
-], ids=["peer-without-digests", "peer-with-a-digest", "busy-or-slow-seed", "seed-that-says-not-here"])
-def test_no_progress_and_no_parent_that_can_give_a_missing_piece_means_the_registry(
-        tmp_path, parent, digests, refusing, stuck):
-    async def scenario() -> str | None:
-        download = stalled_download(tmp_path, parent, digests)
-        if refusing:
-            download.refusing.add(parent.host_id)
-        download._check_stuck()
-        return download.back_to_source
-
-    reason = asyncio.run(scenario())
-    assert (reason is not None) == stuck
-    if stuck:
-        assert reason.startswith("no parent could serve for")
 
 
 def test_the_registry_goes_to_a_seed_by_name_never_as_a_url():

@@ -1,6 +1,6 @@
 import pytest
 
-from damselfly.network.swarm import MAX_BUSY_WAIT, RETRY_BUSY_PARENT, Parent
+from damselfly.network.policy import MAX_BUSY_WAIT, RETRY_BUSY_PARENT, Parent
 from damselfly.core.pieces import PieceBitmap
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from damselfly.core.oci import Digest
 from damselfly.network.fetch import PieceRequest
 from damselfly.core.wire import MAX_RUN_PIECES
-from damselfly.network.swarm import rest_of_run, run_limit
+from damselfly.network.policy import run_limit
+from damselfly.network.swarm import rest_of_run
 from damselfly.storage.task import Task
 from damselfly.upload.server import held_run
 

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from damselfly.core.oci import Digest
 from damselfly.network.fetch import PieceCorrupt, PieceRelayed, PieceRequest
 from damselfly.network.metrics import PeerMetrics
-from damselfly.network.swarm import Network, Parent, PieceDownload, _Arrival
+from damselfly.network.policy import Parent
+from damselfly.network.swarm import Network, PieceDownload, _Arrival
 from damselfly.core.pieces import PieceBitmap
 from damselfly.storage.task import Task
 
