@@ -30,7 +30,7 @@ from damselfly.manager.console import add_console_routes
 from damselfly.manager.database import database_url, migrate, open_engine, redacted_url
 from damselfly.manager.errors import ApiError
 from damselfly.manager.limits import FailureLimiter
-from damselfly.manager.models import (MAX_INT64, AuditEntry, AuditQuery, Cluster, ClusterCreate, ClusterUpdate,
+from damselfly.manager.models import (MAX_ID, AuditEntry, AuditQuery, Cluster, ClusterCreate, ClusterUpdate,
                                       Component, ComponentQuery, ComponentRegistration, CreatedToken, ErrorAnswer,
                                       Keepalive, KeepaliveAnswer, PersonalAccessToken, Registration, SignIn,
                                       SignInAnswer, TaskQuery, TasksAnswer, TokenCreate, User, UserCreate, UserUpdate)
@@ -447,7 +447,7 @@ def _aiohttp_path(path: str) -> str:
 
 def _path_id(text: str, path: str) -> int:
     value = int(text)
-    if not 1 <= value <= MAX_INT64:
+    if not 1 <= value <= MAX_ID:
         raise ApiError(404, f"no such object: {path}")
     return value
 

@@ -19,6 +19,7 @@ from pydantic.json_schema import SkipJsonSchema
 from damselfly.core.oci import Digest, ImageRef, OCIError
 
 MAX_INT64 = (1 << 63) - 1
+MAX_ID = (1 << 31) - 1  # ids are INTEGER columns: 32 bits in PostgreSQL
 MAX_BODY_LIST = 1000  # entries of a block list or of a scope's CIDRs
 PASSWORD_MIN = 12
 PASSWORD_MAX = 1024
@@ -31,7 +32,7 @@ Text = Annotated[str, StringConstraints(max_length=255, pattern=_PRINTABLE)]
 Url = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\x00-\x20\x7f]+$")]
 Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)]
 Count = Annotated[int, Field(ge=0, le=MAX_INT64)]
-Id = Annotated[int, Field(ge=1, le=MAX_INT64)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 Role = Literal["root", "guest"]
 Scope = Literal["cluster", "job"]
@@ -114,8 +115,8 @@ class UserCreate(Request):
 
 
 class UserUpdate(Request):
-    password: Password | None = None
-    role: Role | None = None
+    password: Password | SkipJsonSchema[None] = _omittable()
+    role: Role | SkipJsonSchema[None] = _omittable()
 
 
 class User(Answer):
@@ -201,9 +202,9 @@ class ClusterCreate(Request):
 class ClusterUpdate(Request):
     """Only the fields given change; in ``config`` and ``scopes``, only the keys given."""
 
-    name: Name | None = None
-    config: ClusterConfigPatch | None = None
-    scopes: ClusterScopesPatch | None = None
+    name: Name | SkipJsonSchema[None] = _omittable()
+    config: ClusterConfigPatch | SkipJsonSchema[None] = _omittable()
+    scopes: ClusterScopesPatch | SkipJsonSchema[None] = _omittable()
 
 
 class ClusterConfigView(Answer):

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from damselfly.manager.models import ErrorAnswer
+from damselfly.manager.models import MAX_ID, ErrorAnswer
 
 API_PREFIX = "/api/v1"
 SCHEMA_REF = "#/components/schemas/{model}"
@@ -118,7 +118,7 @@ _REASONS = {400: "The request is malformed; the error says which field and why."
 def _parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
     parameters: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True,
-         "schema": {"type": "integer", "minimum": 1, "maximum": (1 << 63) - 1}}
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
         for name in route.path_parameters]
     if route.query is not None:
         query_schema = route.query.model_json_schema(ref_template=SCHEMA_REF)
