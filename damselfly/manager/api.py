@@ -27,7 +27,7 @@ from damselfly.lib.tls import ClusterTLS, is_loopback, request_identity
 from damselfly.manager import credentials
 from damselfly.manager.access import SESSION, Decision, Principal, admit_component, decide
 from damselfly.manager.console import add_console_routes
-from damselfly.manager.database import database_url, migrate, open_engine, redacted_url
+from damselfly.manager.database import database_url, describe_database_error, migrate, open_engine, redacted_url
 from damselfly.manager.errors import ApiError
 from damselfly.manager.limits import FailureLimiter
 from damselfly.manager.models import (MAX_ID, AuditEntry, AuditQuery, Cluster, ClusterCreate, ClusterUpdate,
@@ -165,7 +165,8 @@ class ManagerService:
             migrate(engine)
         except Exception as error:
             engine.dispose()
-            raise RuntimeError(f"cannot open the database {redacted_url(url)}: {error}") from error
+            raise RuntimeError(f"cannot open the database {redacted_url(url)}: {describe_database_error(error)}"
+                               ) from error
         log.info("database %s is at the newest schema", redacted_url(url))
         store = Store(engine, settings.inactive_after)
         password = settings.root_password or credentials.random_password()

@@ -169,6 +169,12 @@ def redacted_url(url: str) -> str:
     return _redacted(url)
 
 
+def describe_database_error(error: Exception) -> str:
+    """A driver's error in one line, without SQLAlchemy's pointer to its web page."""
+    original = getattr(error, "orig", None) or error
+    return " ".join(str(original).split())
+
+
 def open_engine(url: str) -> Engine:
     """An engine for ``url``. SQLite gets foreign keys (off by default there), WAL (readers do
     not wait for the writer) and a busy timeout (writers from several threads queue instead
@@ -190,6 +196,7 @@ def open_engine(url: str) -> Engine:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration (alembic upgrade head)."""
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at every start
     from alembic import command
     from alembic.config import Config
 

@@ -1,5 +1,7 @@
-"""The first schema: users, tokens (sessions and personal access tokens), clusters,
-components (schedulers, seed peers, peers) and the audit log.
+"""The first schema.
+
+Users, tokens (sessions and personal access tokens), clusters, components (schedulers,
+seed peers, peers) and the audit log.
 
 Revision ID: 0001
 Revises:
