@@ -84,13 +84,13 @@ class RangeFill:
 
     async def run(self) -> None:
         """Return when every piece is held; raise the first failure (the other ranges stop)."""
-        previous, self.task.on_wanted = self.task.on_wanted, self._notify
+        unsubscribe = self.task.reader_waiting.subscribe(self._notify)
         workers = [asyncio.create_task(self._work()) for _ in range(STREAMS)]
         try:
             while self._missing() and self.failure is None:
                 await wait_until_set(self._changed, 1.0)
         finally:
-            self.task.on_wanted = previous
+            unsubscribe()
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

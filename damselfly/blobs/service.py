@@ -492,7 +492,7 @@ class BlobService:
             raise
         if self.network is not None and not self.network.is_seed:
             self._resumable.add(key)
-        task.on_piece = lambda _: self._piece_landed(task)
+        task.piece_landed.subscribe(lambda _: self._piece_landed(task))  # for the task's life
         self.store.landed(digest, _written(task))  # the pieces a resumed download kept
         task.ranged = ranged
         self._tasks[key] = task

@@ -23,7 +23,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -74,6 +74,7 @@ class Reporter:
     from_origin: bool = False
     digest_mismatch: bool = False  # the blob failed its whole check here: the done report says so
     unconfirmed: set[int] = field(default_factory=set)  # pieces reported with a digest, not yet delivered
+    stop_listening: Callable[[], None] = lambda: None  # a seed's reporter hears of each piece the task stores
     _flusher: asyncio.Task[None] | None = None
     _delivered: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -191,15 +192,8 @@ class Network:
         if key in self._reporters:
             return
         reporter = Reporter(self, task, origin, from_origin=True)
+        reporter.stop_listening = task.piece_landed.subscribe(reporter.add)
         self._reporters[key] = reporter
-        landed = task.on_piece  # the blob service's (the store weighs each piece): kept
-
-        def on_piece(index: int) -> None:
-            if landed is not None:
-                landed(index)
-            reporter.add(index)
-
-        task.on_piece = on_piece
 
         async def register() -> None:
             with contextlib.suppress(SchedulerUnavailable):
@@ -217,6 +211,7 @@ class Network:
     def finished(self, task: Task, success: bool, reason: str = "") -> None:
         reporter = self._reporters.pop(str(task.digest), None)
         if reporter is not None:
+            reporter.stop_listening()
             self._report_done(str(task.digest), reporter, success=success, reason=reason,
                               digest_mismatch=not success and reporter.digest_mismatch)
 
@@ -327,7 +322,7 @@ class PieceDownload:
         """Fill the task; return the hex digest of the whole blob as this node read it (the
         caller commits only if it is the task's: no scheduler's or seed's word replaces it)."""
         started = time.monotonic()
-        self.task.on_wanted = self._notify
+        stop_listening = self.task.reader_waiting.subscribe(self._notify)
         checking = self.network.spawn(whole_blob_digest(self.task))
         try:
             try:
@@ -363,7 +358,7 @@ class PieceDownload:
             return actual
         finally:
             checking.cancel()
-            self.task.on_wanted = None
+            stop_listening()
             self.network.metrics.parents.dec(len(self.parents))
 
     def _all_present(self) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generic, ParamSpec
 
 from damselfly.lib.waiting import wait_until_set
 from damselfly.core.oci import Digest
@@ -15,6 +15,34 @@ from damselfly.core.pieces import PieceBitmap, piece_count, piece_length_for, pi
 
 class TaskFailed(Exception):
     """The download behind a task failed; readers stop with this reason."""
+
+
+Args = ParamSpec("Args")
+
+
+class Listeners(Generic[Args]):
+    """The callbacks on one kind of task event. Each module subscribes its own and removes
+    only its own (with what ``subscribe`` returns): none saves and restores another's."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[Args, None]] = []
+
+    def subscribe(self, callback: Callable[Args, None]) -> Callable[[], None]:
+        """Call ``callback`` on every event from now on; return what unsubscribes it."""
+        self._callbacks.append(callback)
+        subscribed = True
+
+        def unsubscribe() -> None:
+            nonlocal subscribed
+            if subscribed:  # once: the same callback may be subscribed again by someone else
+                self._callbacks.remove(callback)
+                subscribed = False
+
+        return unsubscribe
+
+    def emit(self, *args: Args.args, **kwargs: Args.kwargs) -> None:
+        for callback in tuple(self._callbacks):  # one may unsubscribe while they run
+            callback(*args, **kwargs)
 
 
 class Task:
@@ -35,10 +63,10 @@ class Task:
         self.bitmap = PieceBitmap.full(count) if complete else PieceBitmap(count)
         self.digests: dict[int, str] = {}  # sha256 per piece, where known
         self.error: str | None = None
-        self.on_piece: Callable[[int], None] | None = None
+        self.piece_landed = Listeners[[int]]()  # a piece is verified and counted (the store weighs it, a seed reports it)
         self.wanted: Counter[int] = Counter()  # pieces that readers are waiting for right now
         self.wanted_until: dict[int, int] = {}  # for each wanted piece, the last piece its readers read up to
-        self.on_wanted: Callable[[], None] | None = None  # the downloader, told when a reader starts waiting
+        self.reader_waiting = Listeners[[]]()  # a reader starts waiting for a piece: the downloader looks again
         self.whole_readers = 0  # readers streaming the blob from its first byte to its last
         self.fetching: dict[int, range] = {}  # pieces on their way now (from a parent or the origin), each with its run
         # How far (an absolute offset) a copy from the origin has written each piece it is in
@@ -72,8 +100,7 @@ class Task:
             self._wake()  # range readers may read it (see ``readable_end``)
             return
         self.bitmap.add(index)
-        if self.on_piece is not None:
-            self.on_piece(index)
+        self.piece_landed.emit(index)
         self._wake()
 
     def release_last(self) -> None:
@@ -219,8 +246,7 @@ class Task:
             reach = piece if until is None else max(piece, until // self.piece_length)
             self.wanted_until[piece] = max(reach, self.wanted_until.get(piece, piece))
             self.last_wanted = time.monotonic()
-            if self.on_wanted is not None:
-                self.on_wanted()
+            self.reader_waiting.emit()
             try:
                 if not await wait_until_set(changed, stall_timeout):
                     raise TaskFailed(f"no progress on {self.digest} for {stall_timeout:.0f}s")

@@ -80,6 +80,38 @@ def test_task_readers_wait_for_pieces_and_see_failures(tmp_path):
     asyncio.run(scenario())
 
 
+def test_each_listener_of_a_task_comes_and_goes_on_its_own(tmp_path):
+    """The blob service, a seed's reporter, a download and a fill from the origin each
+    subscribe to a task's events and remove only their own."""
+    async def scenario() -> None:
+        task = Task(Digest.parse("sha256:" + "0" * 64), 12, tmp_path / "x", piece_length=4)
+        landed: list[tuple[str, int]] = []
+        task.piece_landed.subscribe(lambda index: landed.append(("store", index)))
+        stop_reporting = task.piece_landed.subscribe(lambda index: landed.append(("reporter", index)))
+        task.piece_done(0)
+        stop_reporting()
+        stop_reporting()  # twice is once
+        task.piece_done(1)
+        task.piece_done(2)  # the last: held until the blob's check
+        assert landed == [("store", 0), ("reporter", 0), ("store", 1)]
+
+        woken: list[str] = []
+        stop_download = task.reader_waiting.subscribe(lambda: woken.append("download"))
+        stop_fill = task.reader_waiting.subscribe(lambda: woken.append("fill"))
+        reader = asyncio.create_task(task.readable_end(8, stall_timeout=5))  # waits for the held last piece
+        await asyncio.sleep(0)
+        stop_fill()
+        task.release_last()
+        assert await asyncio.wait_for(reader, 1) == 12
+        assert woken == ["download", "fill"]
+        assert landed[-1] == ("store", 2)
+        stop_download()
+        await task.readable_end(8, stall_timeout=1)
+        assert woken == ["download", "fill"], "a reader that does not wait tells nobody"
+
+    asyncio.run(scenario())
+
+
 def test_a_piece_on_its_way_is_waited_for_until_it_lands_or_its_request_ends(tmp_path):
     async def scenario() -> None:
         task = Task(Digest.parse("sha256:" + "0" * 64), 16, tmp_path / "x", piece_length=4)
