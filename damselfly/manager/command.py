@@ -24,7 +24,7 @@ log = logging.getLogger("damselfly.manager")
 ROOT_PASSWORD_VARIABLE = f"{ENV_PREFIX}_ROOT_PASSWORD"
 
 
-class ListenAddress(click.ParamType):
+class ListenAddress(click.ParamType):  # type: ignore[type-arg] # generic in newer click only
     name = "HOST:PORT"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:

@@ -76,7 +76,10 @@ BlockedItem = Annotated[str, StringConstraints(max_length=512, pattern=_PRINTABL
 def _omittable() -> Any:
     """A field of a patch that may be left out but not set to null: the schema shows neither
     null nor a default, and an explicit null fails when the patch is applied (a 400)."""
-    return Field(None, json_schema_extra=lambda schema: schema.pop("default", None))  # type: ignore[arg-type,union-attr]
+    def no_default(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)
+
+    return Field(None, json_schema_extra=no_default)
 
 
 class Request(BaseModel):
@@ -195,8 +198,8 @@ class ClusterScopesPatch(Request):
 
 class ClusterCreate(Request):
     name: Name
-    config: ClusterConfig = Field(default_factory=ClusterConfig)
-    scopes: ClusterScopes = Field(default_factory=ClusterScopes)
+    config: ClusterConfig = Field(default_factory=lambda: ClusterConfig.model_validate({}))
+    scopes: ClusterScopes = Field(default_factory=lambda: ClusterScopes.model_validate({}))
 
 
 class ClusterUpdate(Request):

@@ -84,7 +84,8 @@ def _schemas(routes: list[Route]) -> _Schemas:
             wanted.append((route.answer, "serialization"))
     unique = list(dict.fromkeys(wanted))
     refs, top = models_json_schema(unique, ref_template=SCHEMA_REF)
-    return _Schemas(dict(refs), dict(top.get("$defs", {})))
+    return _Schemas({(model, mode): schema for (model, mode), schema in refs.items()},  # type: ignore[misc]
+                    dict(top.get("$defs", {})))
 
 
 def error_statuses(route: Route) -> list[int]:

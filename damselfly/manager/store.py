@@ -149,7 +149,8 @@ class Store:
     def delete_expired_tokens(self, now: datetime) -> int:
         """Forget sessions and tokens past their expiry (they are refused anyway)."""
         with self._write() as session:
-            return session.execute(delete(TokenRow).where(TokenRow.expires_at <= now)).rowcount  # type: ignore[attr-defined]
+            result = session.execute(delete(TokenRow).where(TokenRow.expires_at <= now))
+            return int(result.rowcount)  # type: ignore[attr-defined]
 
     def list_users(self) -> list[User]:
         return self._read(lambda s: [_user(row) for row in s.scalars(select(UserRow).order_by(UserRow.id))])
@@ -329,7 +330,8 @@ class Store:
     def _cluster_named(self, session: Session, name: str, now: datetime) -> ClusterRow:
         row = session.scalar(select(ClusterRow).where(ClusterRow.name == name))
         if row is None:
-            row = ClusterRow(name=name, config=ClusterConfig().model_dump(), scopes=ClusterScopes().model_dump(),
+            row = ClusterRow(name=name, config=ClusterConfig.model_validate({}).model_dump(),
+                             scopes=ClusterScopes.model_validate({}).model_dump(),
                              created_at=now, updated_at=now)
             session.add(row)
             session.flush()
