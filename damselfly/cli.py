@@ -283,7 +283,7 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
         max_task_length: int, max_hosts: int, max_tasks: int, **mirror: Any) -> None:
     """Run an all-in-one node: scheduler, seed peer and mirror in one process."""
     from damselfly.lib.serve import Site
-    from damselfly.node import Daemon
+    from damselfly.node import Node
 
     configure_logging(log_level)
     tls = _cluster_tls(tls_dir, "seed", "scheduler")
@@ -291,14 +291,14 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
     _guard_exposure("the scheduler", "--scheduler-listen", scheduler_listen, tls, insecure)
     _guard_exposure("the upload server", "--upload-listen", upload_listen, tls, insecure)
     _warn_if_mirror_exposed(listen)
-    daemon = Daemon(_mirror_settings(**mirror), PeerSettings(
+    node = Node(_mirror_settings(**mirror), PeerSettings(
         schedulers=[_url(scheduler_listen, tls is not None)], upload_host=upload_listen[0],
         upload_port=upload_listen[1], seed=True, idc=idc, location=location, host_id=_host_id(host_id, tls),
         upload_slots=upload_slots, upload_rate=upload_rate,
         peer_send_timeout=_wait(peer_send_timeout, mirror["read_timeout"]), tls=tls))
     scheduler = Site(_scheduler_app(SchedulerSettings(max_task_length, max_hosts, max_tasks)), *scheduler_listen,
                      tls.server_context() if tls else None)
-    _serve([scheduler, *daemon.sites(listen)], daemon.started, daemon.stopping)
+    _serve([scheduler, *node.sites(listen)], node.started, node.stopping)
 
 
 def _host_id(host_id: str, tls: "ClusterTLS | None") -> str:
@@ -320,7 +320,7 @@ def daemon(listen: tuple[str, int], log_level: str, scheduler: str, seed: bool,
            upload_rate: int | None, peer_send_timeout: float | None, tls_dir: Path | None, insecure: bool,
            **mirror: Any) -> None:
     """Run a peer (or, with --seed, a seed peer): the mirror plus an upload server."""
-    from damselfly.node import Daemon
+    from damselfly.node import Node
 
     configure_logging(log_level)
     tls = _cluster_tls(tls_dir, "seed" if seed else "peer")
@@ -330,7 +330,7 @@ def daemon(listen: tuple[str, int], log_level: str, scheduler: str, seed: bool,
     upload_listen = upload_listen or (("0.0.0.0" if tls else "127.0.0.1"), 65002)
     _guard_exposure("the upload server", "--upload-listen", upload_listen, tls, insecure)
     _warn_if_mirror_exposed(listen)
-    node = Daemon(_mirror_settings(**mirror), PeerSettings(
+    node = Node(_mirror_settings(**mirror), PeerSettings(
         schedulers=urls, upload_host=upload_listen[0], upload_port=upload_listen[1], seed=seed, idc=idc,
         location=location, host_id=_host_id(host_id, tls), upload_slots=upload_slots, upload_rate=upload_rate,
         peer_send_timeout=_wait(peer_send_timeout, mirror["read_timeout"]), tls=tls))

@@ -1,36 +1,62 @@
-"""A daemon: the mirror, the upload server and the scheduler client of one node."""
+"""The composition root: one node, built whole from its typed settings.
+
+Every part gets what it needs when it is made, and the node's role is decided here, once:
+a seed reads the origin (a task its peers read in ranges, by ranges), offers what it
+fetches to the P2P network and takes seed triggers; a peer reads through the network,
+asking the registry only whether a caller may have a blob and how long it is. `damselfly
+daemon` builds a seed or a peer; `damselfly run` a seed.
+"""
 
 from __future__ import annotations
 
 from typing import Callable
 from urllib.parse import urlsplit
 
+from damselfly.blobs.service import BlobService
+from damselfly.blobs.sourcing import NetworkSourcing, SeedSourcing, Sourcing
 from damselfly.core.oci import OCIError
-from damselfly.lib.serve import Site
-from damselfly.network.metrics import PeerMetrics
-from damselfly.network.swarm import Network
-from damselfly.upload.server import UploadServer
-from damselfly.mirror.app import Mirror
-from damselfly.mirror.upstream import UpstreamResolver
-from damselfly.network.scheduler_client import SchedulerClient
-from damselfly.settings import MirrorSettings, PeerSettings
 from damselfly.core.wire import HostAnnounce
+from damselfly.lib.serve import Site
+from damselfly.mirror.app import Mirror
+from damselfly.mirror.metrics import MirrorMetrics
+from damselfly.mirror.upstream import UpstreamResolver
+from damselfly.network.metrics import PeerMetrics
+from damselfly.network.scheduler_client import SchedulerClient
+from damselfly.network.swarm import Network
+from damselfly.registry.client import AsyncRegistryClient
+from damselfly.settings import MirrorSettings, PeerSettings
+from damselfly.storage.store import BlobStore
+from damselfly.upload.server import SeedDuty, UploadServer
 
 
-class Daemon:
+class Node:
+    """The mirror, the upload server and the scheduler client of one host."""
+
     def __init__(self, mirror_settings: MirrorSettings, peer: PeerSettings) -> None:
-        self.mirror = Mirror(mirror_settings)
         self.peer_settings = peer
-        self.metrics = PeerMetrics(self.mirror.metrics.registry)
+        metrics = MirrorMetrics()
+        store = BlobStore(mirror_settings.data_dir, mirror_settings.cache_quota, mirror_settings.cache_high_watermark,
+                          mirror_settings.cache_low_watermark, on_evict=lambda _: metrics.evictions.inc())
+        metrics.watch_store(store)
+        registry_client = AsyncRegistryClient(mirror_settings.connect_timeout, mirror_settings.upstream_read_timeout)
+        resolver = UpstreamResolver(mirror_settings.registries, mirror_settings.default_registry)
+        peer_metrics = PeerMetrics(metrics.registry)
         host = HostAnnounce(id=peer.resolved_host_id, upload_url=peer.advertised_url, idc=peer.idc,
-                        location=peer.location, seed=peer.seed, upload_slots=peer.upload_slots)
+                            location=peer.location, seed=peer.seed, upload_slots=peer.upload_slots)
         self.scheduler = SchedulerClient(peer.schedulers, host, tls=peer.tls)
-        self.network = Network(self.scheduler, self.mirror.registry_client, self.metrics, is_seed=peer.seed,
-                               tls=peer.tls)
-        self.mirror.blobs.network = self.network
-        self.upload = UploadServer(self.mirror.blobs, self.metrics, self.mirror.metrics.registry, peer.upload_slots,
-                                   rate=peer.upload_rate, send_timeout=peer.peer_send_timeout,
-                                   resolve_registry=registry_for_peers(self.mirror.resolver))
+        self.network = Network(self.scheduler, registry_client, peer_metrics, is_seed=peer.seed, tls=peer.tls)
+        sourcing: Sourcing
+        seed_duty: SeedDuty | None
+        if peer.seed:
+            sourcing = SeedSourcing(registry_client, metrics.source_bytes, self.network)
+            seed_duty = SeedDuty(registry_for_peers(resolver), self.network.seed_failed)
+        else:
+            sourcing, seed_duty = NetworkSourcing(registry_client, self.network), None
+        self.blobs = BlobService(store, registry_client, sourcing, metrics,
+                                 stall_timeout=mirror_settings.download_stall_timeout)
+        self.mirror = Mirror(mirror_settings, self.blobs, registry_client, resolver, metrics)
+        self.upload = UploadServer(self.blobs, self.network, seed_duty, peer_metrics, metrics.registry,
+                                   peer.upload_slots, rate=peer.upload_rate, send_timeout=peer.peer_send_timeout)
 
     def sites(self, listen: tuple[str, int]) -> list[Site]:
         tls = self.peer_settings.tls.server_context() if self.peer_settings.tls else None
@@ -41,7 +67,7 @@ class Daemon:
         await self.scheduler.start()
 
     async def stopping(self) -> None:
-        await self.mirror.blobs.close()  # downloads first: they use the network's sessions
+        await self.blobs.close()  # downloads first: they use the network's sessions
         await self.network.close()
         await self.scheduler.close()
 

@@ -1,8 +1,8 @@
 """The blob service: "give me these bytes of this digest".
 
 The mirror asks for a digest; the service answers from the local store, by joining a
-download already in flight, or by starting one from a source. Today the only source is
-the origin registry; the P2P network plugs in as another source behind the same call.
+download already in flight, or by starting one through the node's sourcing (the origin
+registry for a mirror or a seed, the P2P network for a peer: see blobs.sourcing).
 However many callers ask for one digest at once, the source sees one download.
 """
 
@@ -19,16 +19,16 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Protocol
+from typing import AsyncIterator, BinaryIO, Protocol
 
 from damselfly.lib.waiting import within
 from damselfly.core.oci import Digest, Origin, SourceRefused, SourceUnavailable
 from damselfly.lib.units import format_size
 from damselfly.core.pieces import SMALL_BLOB, piece_digest, piece_length_for, piece_matches
-from damselfly.blobs.rangefill import RangeFill
+from damselfly.blobs.sourcing import BlobSource, Download, SourceStream, Sourcing
 from damselfly.storage.store import BlobMeta, BlobStore, BlobTooLarge, Partial, StoredBlob, StoreFull
 from damselfly.storage.task import Task, TaskFailed
-from damselfly.storage.writer import BUFFER_SIZE, CopySource, copy_into_task, file_digest, hash_file, read_hashed
+from damselfly.storage.writer import BUFFER_SIZE, hash_file, read_hashed
 from damselfly.core.wire import origin_key
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,6 @@ CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints of a resumable download
 def stored_origin(stored: StoredBlob) -> Origin:
     """Where a stored blob came from (no credentials are stored): what its access is checked against."""
     return Origin(stored.meta.registry, stored.meta.repository)
-
-
-class SourceStream(CopySource, Protocol):
-    """A download in progress, read by a worker thread (``readinto`` raises SourceUnavailable)."""
-
-    length: int
 
 
 class NoRoom(SourceUnavailable):
@@ -57,32 +51,6 @@ class NoRoom(SourceUnavailable):
         super().__init__(507, message)
         self.reason = reason
         self.stream = stream
-
-
-class BlobSource(Protocol):
-    async def open_blob(self, origin: Origin, digest: Digest, span: tuple[int, int] | None = None) -> SourceStream:
-        """Start a download of the blob or of ``span`` (start, length); raise SourceRefused or SourceUnavailable."""
-
-    async def blob_length(self, origin: Origin, digest: Digest) -> int:
-        """Confirm the caller may fetch the blob, and learn its length (a HEAD)."""
-
-
-class PeerNetwork(Protocol):
-    """The P2P side of a daemon, as the blob service sees it."""
-
-    is_seed: bool
-
-    async def download(self, task: Task, origin: Origin) -> str:
-        """Fill ``task`` from parents (or the origin when told to); return the blob's hex digest."""
-
-    def publish(self, task: Task, origin: Origin) -> None:
-        """Offer a task this node downloads from the origin to the network (seed peers)."""
-
-    def finished(self, task: Task, success: bool, reason: str = "") -> None:
-        """Tell the network how the task ended here."""
-
-    def seed_failed(self, digest: str, reason: str) -> None:
-        """Tell the network this seed could not start a task it accepted."""
 
 
 class BlobEvents(Protocol):
@@ -192,12 +160,12 @@ class BlobReader:
 
 
 class BlobService:
-    def __init__(self, store: BlobStore, source: BlobSource, events: BlobEvents,
-                 stall_timeout: float = 60.0, network: "PeerNetwork | None" = None) -> None:
-        self.network = network
+    def __init__(self, store: BlobStore, source: BlobSource, sourcing: Sourcing, events: BlobEvents,
+                 stall_timeout: float = 60.0) -> None:
         self.store = store
         store.in_use = self.in_use
-        self.source = source
+        self.source = source  # the origin registry: what a reader the store has no room for reads, uncached
+        self.sourcing = sourcing  # how downloads get their bytes: the node's role decided it
         self.events = events
         self.stall_timeout = stall_timeout
         self._tasks: dict[str, Task] = {}
@@ -211,8 +179,8 @@ class BlobService:
         self._resumable: set[str] = set()  # downloads from peers: checkpointed, kept at shutdown
         self._relaid: dict[str, dict[int, str]] = {}  # piece digests of blobs stored under an earlier piece rule
         self._checkpoints: set[str] = set()  # checkpoint writes scheduled
-        # Threads that copy origin downloads: their own pool, so long copies never starve to_thread.
-        self._copiers = ThreadPoolExecutor(32, thread_name_prefix="blob-copy")
+        # Threads that read uncached streams: their own pool, so long reads never starve to_thread.
+        self._uncached_readers = ThreadPoolExecutor(32, thread_name_prefix="blob-uncached")
 
     @contextlib.asynccontextmanager
     async def open(self, digest: Digest, origin: Origin, ranged: bool = False) -> AsyncIterator[BlobReader]:
@@ -312,7 +280,7 @@ class BlobService:
         hasher = reader.digest.hasher()
         if start:
             assert reader.file is not None  # only a task's reader has bytes of the blob already
-            await asyncio.get_running_loop().run_in_executor(self._copiers, hash_file, reader.file.fileno(), start,
+            await asyncio.get_running_loop().run_in_executor(self._uncached_readers, hash_file, reader.file.fileno(), start,
                                                              hasher)
         stream = reader.take_stream()
         if stream is None and start < reader.length:
@@ -339,7 +307,7 @@ class BlobService:
             while offset < length:
                 assert stream is not None  # bytes are left to read, so a stream was opened for them
                 wanted = min(BUFFER_SIZE, length - offset)
-                reading = loop.run_in_executor(self._copiers, read_hashed, stream, wanted, hasher)
+                reading = loop.run_in_executor(self._uncached_readers, read_hashed, stream, wanted, hasher)
                 try:
                     chunk = await reading
                 except SourceUnavailable as exc:
@@ -393,8 +361,7 @@ class BlobService:
         peers read in ranges if ``ranged``)."""
         key = str(digest)
         if self.store.lookup(digest) is not None or key in self._tasks:
-            if self.network is not None:
-                self.network.publish(self._tasks.get(key) or self._stored_task(digest), origin)
+            self.sourcing.offer(self._tasks.get(key) or self._stored_task(digest), origin)
             return
         if key in self._starting:
             await asyncio.shield(self._starting[key])
@@ -452,12 +419,10 @@ class BlobService:
     async def _begin(self, digest: Digest, origin: Origin, ranged: bool, by_ranges: bool = False) -> Task:
         """Start one download of ``digest``; concurrent callers wait on the same start.
 
-        Without a P2P network, or on a seed peer, the bytes come from the origin registry in
-        one GET, in order; with ``by_ranges`` (a seed fetching a task its peers read in
-        ranges), in range requests that put the pieces peers wait for first, each byte still
-        asked for once. On a peer, the registry is only asked (with the caller's credentials)
-        whether the caller may have the blob and how long it is; the bytes come from the
-        network. ``ranged``: the first reader reads a range (the scheduler passes it on).
+        The node's sourcing opens the download (see blobs.sourcing); ``by_ranges``: a seed
+        fetches a task its peers read in ranges, the pieces they wait for first. A resumable
+        download (a peer's) takes up the pieces an earlier run kept. ``ranged``: the first
+        reader reads a range (the scheduler passes it on).
 
         The store is asked for room once the length is known: a blob larger than it keeps
         is refused (507), one it has no room for now raises NoRoom (read uncached).
@@ -467,30 +432,19 @@ class BlobService:
         self._starting[key] = future
         self._task_started.set()
         self._task_started = asyncio.Event()
-        stream: SourceStream | None = None
-        resumed: Task | None = None
+        download: Download | None = None
         try:
-            if self.network is not None and self.network.is_seed and by_ranges:
-                length = await self.source.blob_length(origin, digest)
-                fill = lambda task: self._fill_by_ranges(task, origin)  # noqa: E731
-            elif self.network is None or self.network.is_seed:
-                stream = opened = await self.source.open_blob(origin, digest)
-                length = opened.length
-                fill = lambda task: self._fill_from_origin(task, opened)  # noqa: E731
-            else:
-                length = await self.source.blob_length(origin, digest)
-                network = self.network
-                fill = lambda task: network.download(task, origin)  # noqa: E731
-                resumed = await self._resume(digest, length, origin)
-            task = self._claim(digest, length, resumed, stream)
+            download = await self.sourcing.open(digest, origin, by_ranges)
+            resumed = await self.resume(digest, download.length, origin) if download.resumable else None
+            task = self._claim(digest, download, resumed)
         except BaseException as exc:
             del self._starting[key]
             future.set_exception(_for_joiners(exc))
             future.exception()  # joiners may be none; mark it retrieved
-            if stream is not None and not isinstance(exc, NoRoom):
-                stream.close()
+            if download is not None and download.stream is not None and not isinstance(exc, NoRoom):
+                download.stream.close()
             raise
-        if self.network is not None and not self.network.is_seed:
+        if download.resumable:
             self._resumable.add(key)
         task.piece_landed.subscribe(lambda _: self._piece_landed(task))  # for the task's life
         self.store.landed(digest, _written(task))  # the pieces a resumed download kept
@@ -499,16 +453,16 @@ class BlobService:
         self._task_origins[key] = origin
         del self._starting[key]
         future.set_result(task)
-        if self.network is not None and self.network.is_seed:
-            self.network.publish(task, origin)
-        download = asyncio.create_task(self._download(task, origin, fill), name=f"download {digest}")
-        self._downloads[key] = download
-        download.add_done_callback(lambda _: self._downloads.pop(key, None))
+        self.sourcing.offer(task, origin)
+        running = asyncio.create_task(self._download(task, origin, download), name=f"download {digest}")
+        self._downloads[key] = running
+        running.add_done_callback(lambda _: self._downloads.pop(key, None))
         return task
 
-    def _claim(self, digest: Digest, length: int, resumed: Task | None, stream: SourceStream | None) -> Task:
-        """Reserve room for a download of ``length`` bytes and make its task (``resumed``, or
-        one on a new file). ``stream``: the download already opened, handed on with NoRoom."""
+    def _claim(self, digest: Digest, download: Download, resumed: Task | None) -> Task:
+        """Reserve room for the download and make its task (``resumed``, or one on a new file:
+        kept across restarts if resumable). The stream the download opened goes with NoRoom."""
+        length, stream = download.length, download.stream
         try:
             self.store.reserve(length)
         except BlobTooLarge as exc:
@@ -518,16 +472,15 @@ class BlobService:
         if resumed is not None:
             return resumed
         try:
-            from_origin = self.network is None or self.network.is_seed
-            return Task(digest, length, self.store.new_incoming(digest) if from_origin
-                        else self.store.resumable_path(digest))
+            return Task(digest, length, self.store.resumable_path(digest) if download.resumable
+                        else self.store.new_incoming(digest))
         except OSError as exc:
             self.store.unreserve(digest, length)
             if _out_of_space(exc):
                 raise NoRoom(f"no room on the store's disk: {exc.strerror}", "disk_full", stream) from None
             raise
 
-    async def _resume(self, digest: Digest, length: int, origin: Origin) -> Task | None:
+    async def resume(self, digest: Digest, length: int, origin: Origin) -> Task | None:
         """A task with the pieces an earlier run wrote and that still match their digests.
 
         A partial of a blob fetched with credentials resumes only for a caller whom the same
@@ -586,28 +539,12 @@ class BlobService:
             origin=origin_key(self._task_origins[key].registry, self._task_origins[key].repository)
             if key in self._task_origins else ""))
 
-    async def _fill_from_origin(self, task: Task, stream: SourceStream) -> str:
-        """Copy the origin's stream in order on worker threads; return the digest of what it sent."""
-        digest = await copy_into_task(self._copiers, stream, task, 0, task.length,
-                                      lambda begin, end, _: self.events.source_bytes(end - begin),
-                                      task.digest.hasher())
-        assert digest is not None  # a copy with a blob hasher returns the blob's digest
-        return digest
-
-    async def _fill_by_ranges(self, task: Task, origin: Origin) -> str:
-        """Fill the task with range requests, waited-for pieces first; return the file's digest."""
-        def open_range(start: int, length: int) -> Awaitable[SourceStream]:
-            return self.source.open_blob(origin, task.digest, (start, length))
-
-        await RangeFill(task, open_range, self._copiers, on_bytes=self.events.source_bytes).run()
-        return await asyncio.to_thread(file_digest, task.path, task.digest.hasher())
-
-    async def _download(self, task: Task, origin: Origin, fill: Callable[[Task], Awaitable[str]]) -> None:
+    async def _download(self, task: Task, origin: Origin, download: Download) -> None:
         key = str(task.digest)
         started = time.monotonic()
         committed = kept = False
         try:
-            actual = await fill(task)
+            actual = await download.fill(task)
             if actual != task.digest.hex:
                 raise TaskFailed(f"digest mismatch: source sent {task.digest.algorithm}:{actual}")
             task.release_last()
@@ -620,8 +557,7 @@ class BlobService:
                 if len(task.digests) == task.piece_count else None))
             committed = True
             task.move_to(stored.path)
-            if self.network is not None:
-                self.network.finished(task, success=True)
+            self.sourcing.finished(task, success=True)
             log.info("cached %s (%s) from %s/%s in %.2fs", key, format_size(task.length),
                      origin.registry, origin.repository, time.monotonic() - started)
         except asyncio.CancelledError:
@@ -641,8 +577,7 @@ class BlobService:
                           origin.repository, reason)
                 self.events.download_failed(reason)
             task.fail(reason)
-            if self.network is not None:
-                self.network.finished(task, success=False, reason=reason)
+            self.sourcing.finished(task, success=False, reason=reason)
         finally:
             self._tasks.pop(key, None)
             self._task_origins.pop(key, None)
@@ -659,7 +594,8 @@ class BlobService:
             if key not in self._committing:
                 download.cancel()
         await asyncio.gather(*self._downloads.values(), return_exceptions=True)
-        self._copiers.shutdown(wait=False)
+        self.sourcing.close()
+        self._uncached_readers.shutdown(wait=False)
 
 
 def _for_joiners(exc: BaseException) -> Exception:

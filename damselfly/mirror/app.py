@@ -18,7 +18,6 @@ from damselfly.core.oci import (Digest, OCIError, Origin, SourceRefused, SourceU
                                validate_repository)
 from damselfly.lib.serve import add_health_routes
 from damselfly.blobs.service import BlobReader, BlobService, FileSpan, stored_origin
-from damselfly.storage.store import BlobStore
 from damselfly.storage.task import TaskFailed
 from damselfly.mirror.access import AccessCache
 from damselfly.mirror.metrics import MirrorMetrics
@@ -55,19 +54,21 @@ def request_kind(path: str) -> str:
 
 
 class Mirror:
-    """One node's mirror: resolves the upstream, serves blobs by digest, passes the rest through."""
+    """One node's mirror: resolves the upstream, serves blobs by digest, passes the rest through.
 
-    def __init__(self, settings: MirrorSettings) -> None:
+    It serves through the blob service and registry client it is given (damselfly.node
+    builds them), and closes both once its last request is done: it is their last user.
+    """
+
+    def __init__(self, settings: MirrorSettings, blobs: BlobService, registry_client: AsyncRegistryClient,
+                 resolver: UpstreamResolver, metrics: MirrorMetrics) -> None:
         self.settings = settings
-        self.metrics = MirrorMetrics()
-        self.store = BlobStore(settings.data_dir, settings.cache_quota, settings.cache_high_watermark,
-                               settings.cache_low_watermark, on_evict=lambda _: self.metrics.evictions.inc())
-        self.metrics.watch_store(self.store)
-        self.registry_client = AsyncRegistryClient(settings.connect_timeout, settings.upstream_read_timeout)
-        self.blobs = BlobService(self.store, self.registry_client, self.metrics,
-                                 stall_timeout=settings.download_stall_timeout)
+        self.metrics = metrics
+        self.blobs = blobs
+        self.store = blobs.store
+        self.registry_client = registry_client
         self.access = AccessCache(settings.access_ttl)
-        self.resolver = UpstreamResolver(settings.registries, settings.default_registry)
+        self.resolver = resolver
         self.senders = SendingThreads(SENDING_THREADS)
 
     def application(self) -> web.Application:

@@ -12,20 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, BinaryIO, Callable
+from dataclasses import dataclass
+from typing import Awaitable, BinaryIO, Callable, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from damselfly.lib.filesend import copy_within, sendfile_within
-from damselfly.core.oci import Digest, OCIError, Origin, SourceRefused, SourceUnavailable, normalize_upstream
+from damselfly.core.oci import Digest, OCIError, Origin, SourceRefused, SourceUnavailable
 from damselfly.lib.ratelimit import TokenBucket
 from damselfly.lib.serve import add_health_routes, json_object
 from damselfly.blobs.service import BlobService
 from damselfly.network.metrics import PeerMetrics
 from damselfly.network.fetch import PIECE_READ_TIMEOUT
-from damselfly.network.swarm import Network
 from damselfly.network.relay import RelayBook
 from damselfly.storage.task import Task, TaskFailed
 from damselfly.lib.tls import is_loopback, request_identity
@@ -46,20 +46,31 @@ RATE_RUN_SECONDS = 5.0
 RELAY_WAIT = 5.0  # how long a peer a seed pointed an asker at waits for the piece it is getting
 
 
-def default_upstream(name: str) -> str:
-    """A registry name this seed has no mapping for: ``https://NAME`` (ValueError for anything
-    that is not host[:port], a URL included: a trigger names a registry, it never points at one)."""
-    if "://" in name:
-        raise ValueError(f"invalid registry name {name!r}: want host[:port]")
-    return normalize_upstream(name)
+class PieceReports(Protocol):
+    """The P2P network, as the upload server sees it."""
+
+    async def reported(self, digest: str, indexes: range) -> None:
+        """Return once the pieces' digests have gone to the scheduler (see network.Reporter)."""
+
+
+@dataclass(frozen=True)
+class SeedDuty:
+    """What a seed peer's upload server does beyond a peer's: it takes seed triggers, fetching
+    from the origin what peers ask for, and serves pieces still on their way from it."""
+
+    # A registry name in a trigger -> its upstream URL, by this seed's own map (ValueError: refused).
+    resolve_registry: Callable[[str], str]
+    # (digest, reason): a task this seed accepted could not start; the scheduler stops offering it for the task.
+    could_not_start: Callable[[str, str], None]
 
 
 class UploadServer:
-    def __init__(self, blobs: BlobService, metrics: PeerMetrics, registry: CollectorRegistry, slots: int = 16,
-                 piece_wait: float = SEED_PIECE_WAIT, rate: int | None = None, send_timeout: float = 60.0,
-                 resolve_registry: Callable[[str], str] = default_upstream) -> None:
+    def __init__(self, blobs: BlobService, network: PieceReports, seed_duty: SeedDuty | None, metrics: PeerMetrics,
+                 registry: CollectorRegistry, slots: int = 16, piece_wait: float = SEED_PIECE_WAIT,
+                 rate: int | None = None, send_timeout: float = 60.0) -> None:
         self.blobs = blobs
-        self.resolve_registry = resolve_registry  # a registry name in a seed trigger -> its upstream URL
+        self.network = network
+        self.seed_duty = seed_duty  # None: a peer's, which refuses triggers and serves only the pieces it holds
         # Bandwidth cap for uploads; a burst of one 4 MiB piece.
         self.limiter = TokenBucket(rate, 4 * 1024 * 1024) if rate else None
         self.metrics = metrics
@@ -92,7 +103,7 @@ class UploadServer:
         except (OCIError, ValueError) as exc:
             raise web.HTTPBadRequest(
                 text=f"want /pieces/<digest>/<piece index>[?count=1..{MAX_RUN_PIECES}]: {exc}") from None
-        seeding = self.blobs.network is not None and self.blobs.network.is_seed
+        seeding = self.seed_duty is not None
         member = is_member(request)
         answer_by = time.monotonic() + self.piece_wait  # every wait before the headers, together
         # Only members wait for a task about to start: a stranger must not tell by the time
@@ -177,8 +188,7 @@ class UploadServer:
 
     async def _reported(self, task: Task, pieces: range) -> None:
         """Pieces' digests go out only once the scheduler knows them (see network.Reporter)."""
-        if isinstance(self.blobs.network, Network):
-            await self.blobs.network.reported(str(task.digest), pieces)
+        await self.network.reported(str(task.digest), pieces)
 
     def _may_have(self, request: web.Request, digest: Digest) -> bool:
         """Pieces of a blob fetched with credentials go only to members proven by a cluster
@@ -195,31 +205,31 @@ class UploadServer:
         if request.transport is not None and request.transport.get_extra_info("sslcontext") is not None \
                 and request_identity(request) is None:
             raise web.HTTPForbidden(text="a seed trigger needs a cluster member's certificate")
-        if self.blobs.network is None or not self.blobs.network.is_seed:
+        duty = self.seed_duty
+        if duty is None:
             raise web.HTTPConflict(text="not a seed peer")
         try:
             digest = Digest.parse(request.match_info["digest"])
             trigger = SeedTrigger.from_json(await json_object(request))
-            upstream = self.resolve_registry(trigger.registry)
+            upstream = duty.resolve_registry(trigger.registry)
         except OCIError as exc:
             raise web.HTTPBadRequest(text=f"malformed seed trigger: {exc.message}") from None
         except ValueError as exc:  # WireError included
             raise web.HTTPBadRequest(text=f"malformed seed trigger: {exc}") from None
         origin = Origin(upstream, trigger.repository, trigger.authorization)
-        task = asyncio.create_task(self._prefetch(digest, origin, trigger.ranged))
+        task = asyncio.create_task(self._prefetch(duty, digest, origin, trigger.ranged))
         self._seeding.add(task)
         task.add_done_callback(self._seeding.discard)
         return web.json_response({"accepted": str(digest)}, status=202)
 
-    async def _prefetch(self, digest: Digest, origin: Origin, ranged: bool) -> None:
+    async def _prefetch(self, duty: SeedDuty, digest: Digest, origin: Origin, ranged: bool) -> None:
         try:
             await self.blobs.prefetch(digest, origin, ranged)
         except (SourceRefused, SourceUnavailable) as exc:
             message = getattr(exc, "message", str(exc))
             log.error("seed download of %s from %s/%s could not start: %s", digest, origin.registry,
                       origin.repository, message)
-            if self.blobs.network is not None:
-                self.blobs.network.seed_failed(str(digest), f"seed could not start from the origin: {message}")
+            duty.could_not_start(str(digest), f"seed could not start from the origin: {message}")
 
 
 def is_member(request: web.Request) -> bool:

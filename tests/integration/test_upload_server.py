@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import os
 import socket
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import httpx
@@ -21,7 +20,7 @@ from damselfly.blobs.service import BlobService
 from damselfly.network.metrics import PeerMetrics
 from damselfly.core.pieces import piece_digest, piece_length_for
 from damselfly.storage.store import BlobMeta, BlobStore
-from damselfly.upload.server import UploadServer
+from damselfly.upload.server import SeedDuty, UploadServer
 from damselfly.core.wire import ORIGIN_HEADER, PIECE_TRAILER_SIZE, parse_piece_trailer
 from tests.integration.test_p2p_cluster import cluster_of, get_blob
 from testkit.processes import metric
@@ -154,10 +153,18 @@ async def _from_address(request: web.Request, handler):
     return await handler(request.clone(remote=remote) if remote else request)
 
 
-def _serve(tmp_path, network=None, **kwargs):
-    """An upload server over a real blob store on loopback, with a public and a protected blob."""
+class _Reported:
+    """A network whose scheduler already knows every piece."""
+
+    async def reported(self, digest: str, indexes: range) -> None:
+        pass
+
+
+def _serve(tmp_path, seed_duty: SeedDuty | None = None, **kwargs):
+    """An upload server (a peer's, or a seed's with ``seed_duty``) over a real blob store
+    that starts no download, on loopback, with a public and a protected blob."""
     store = BlobStore(tmp_path / "store", quota=1 << 30)
-    blobs = BlobService(store, None, None, network=network)  # type: ignore[arg-type]
+    blobs = BlobService(store, source=None, sourcing=None, events=None)  # type: ignore[arg-type]
     digests = {}
     for name, protected in (("public", False), ("private", True)):
         data = name.encode() * 100_000
@@ -168,7 +175,7 @@ def _serve(tmp_path, network=None, **kwargs):
         store.commit(incoming, digest, BlobMeta(len(data), protected, "https://r.example", "team/app", 0.0,
                                                 piece_length_for(len(data))))
         digests[name] = (str(digest), data)
-    server = UploadServer(blobs, PeerMetrics(CollectorRegistry()), CollectorRegistry(), **kwargs)
+    server = UploadServer(blobs, _Reported(), seed_duty, PeerMetrics(CollectorRegistry()), CollectorRegistry(), **kwargs)
     app = server.application()
     app.middlewares.append(_from_address)
     return app, blobs, digests
@@ -221,7 +228,7 @@ def test_a_seed_trigger_names_a_registry_the_seed_maps_itself(tmp_path, body, st
             raise ValueError(f"{name} refused")
         return {"127.0.0.1:5000": "http://127.0.0.1:5000"}[name]
 
-    app, blobs, _ = _serve(tmp_path, network=SimpleNamespace(is_seed=True), resolve_registry=resolve)
+    app, blobs, _ = _serve(tmp_path, SeedDuty(resolve, could_not_start=lambda digest, reason: None))
     asked = []
 
     async def prefetch(digest, origin, ranged=False):
@@ -243,7 +250,7 @@ def test_a_seed_trigger_names_a_registry_the_seed_maps_itself(tmp_path, body, st
 
 
 def test_a_peer_that_is_no_seed_refuses_triggers(tmp_path):
-    app, _, _ = _serve(tmp_path, network=SimpleNamespace(is_seed=False))
+    app, _, _ = _serve(tmp_path, seed_duty=None)
 
     async def scenario(client):
         response = await client.post(f"/api/v1/seed/sha256:{'a' * 64}", json={

@@ -173,7 +173,7 @@ def test_a_blob_stored_under_an_earlier_piece_rule_is_offered_in_todays_pieces(t
     store.commit(incoming, digest, BlobMeta(length=len(data), protected=False, registry="r", repository="x",
                                             stored_at=0.0, piece_length=4 * 1024 * 1024,
                                             piece_digests=[piece_digest(data)]))
-    service = BlobService(store, source=None, events=None)  # type: ignore[arg-type]
+    service = BlobService(store, source=None, sourcing=None, events=None)  # type: ignore[arg-type]
     task = service.local_task(digest)
     assert task is not None and task.complete and task.piece_length == 256 * 1024
     quarter = 256 * 1024
@@ -291,7 +291,8 @@ def test_an_uncached_stream_holds_its_last_bytes_until_the_whole_blob_matched(tm
     last = len(data) - 1 if last is None else last
     digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
     events = _Events()
-    service = BlobService(BlobStore(tmp_path, quota=10**9), source=None, events=events)  # type: ignore[arg-type]
+    store = BlobStore(tmp_path, quota=10**9)
+    service = BlobService(store, source=None, sourcing=None, events=events)  # type: ignore[arg-type]
 
     async def read(stream: _ListStream, start: int) -> tuple[bytes, BaseException | None]:
         hasher = digest.hasher()
@@ -342,8 +343,8 @@ def test_a_protected_partial_resumes_only_for_a_caller_of_its_own_origin(tmp_pat
     store.checkpoint(path, Partial(length=len(data), piece_length=piece_length_for(len(data)), pieces=[0],
                                    digests={"0": piece_digest(data[: 256 * 1024])}, protected=True,
                                    origin="private.example/team/app"))
-    service = BlobService(store, source=None, events=_Events())  # type: ignore[arg-type]
-    task = asyncio.run(service._resume(digest, len(data), Origin(*caller)))
+    service = BlobService(store, source=None, sourcing=None, events=_Events())  # type: ignore[arg-type]
+    task = asyncio.run(service.resume(digest, len(data), Origin(*caller)))
     assert (task is not None and task.bitmap.has(0)) == resumes
     assert (store.partial(digest) is not None) == resumes, "a partial it does not resume is not kept"
 
@@ -356,7 +357,8 @@ def test_a_caller_of_another_registry_gets_no_byte_of_a_download_before_its_chec
 
     data = os.urandom(3 * 256 * 1024)
     digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
-    service = BlobService(BlobStore(tmp_path, quota=10**9), source=None, events=_Events())  # type: ignore[arg-type]
+    store = BlobStore(tmp_path, quota=10**9)
+    service = BlobService(store, source=None, sourcing=None, events=_Events())  # type: ignore[arg-type]
 
     async def scenario() -> tuple[tuple[int, int], bool, tuple[int, int]]:
         task = Task(digest, len(data), tmp_path / "blob")

@@ -1,0 +1,27 @@
+"""The composition root: a node's role picks its sourcing and its upload server's seed duty in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from damselfly.blobs.sourcing import NetworkSourcing, SeedSourcing
+from damselfly.node import Node
+from damselfly.settings import MirrorSettings, PeerSettings
+
+LOOPBACK = "127.0.0.1"
+
+
+def _node(tmp_path: Path, seed: bool) -> Node:
+    return Node(MirrorSettings(data_dir=tmp_path), PeerSettings(schedulers=[f"http://{LOOPBACK}:1"],
+                                                                upload_host=LOOPBACK, upload_port=2, seed=seed))
+
+
+def test_a_seed_reads_the_origin_and_takes_triggers(tmp_path: Path) -> None:
+    node = _node(tmp_path, seed=True)
+    assert isinstance(node.blobs.sourcing, SeedSourcing) and node.upload.seed_duty is not None
+    assert node.mirror.blobs is node.upload.blobs is node.blobs
+
+
+def test_a_peer_reads_through_the_network_and_refuses_triggers(tmp_path: Path) -> None:
+    node = _node(tmp_path, seed=False)
+    assert isinstance(node.blobs.sourcing, NetworkSourcing) and node.upload.seed_duty is None
