@@ -282,8 +282,7 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
         upload_rate: int | None, peer_send_timeout: float | None, tls_dir: Path | None, insecure: bool,
         max_task_length: int, max_hosts: int, max_tasks: int, **mirror: Any) -> None:
     """Run an all-in-one node: scheduler, seed peer and mirror in one process."""
-    from damselfly.lib.serve import Site
-    from damselfly.node import Node
+    from damselfly.node import EmbeddedScheduler, Node
 
     configure_logging(log_level)
     tls = _cluster_tls(tls_dir, "seed", "scheduler")
@@ -295,10 +294,9 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
         schedulers=[_url(scheduler_listen, tls is not None)], upload_host=upload_listen[0],
         upload_port=upload_listen[1], seed=True, idc=idc, location=location, host_id=_host_id(host_id, tls),
         upload_slots=upload_slots, upload_rate=upload_rate,
-        peer_send_timeout=_wait(peer_send_timeout, mirror["read_timeout"]), tls=tls))
-    scheduler = Site(_scheduler_app(SchedulerSettings(max_task_length, max_hosts, max_tasks)), *scheduler_listen,
-                     tls.server_context() if tls else None)
-    _serve([scheduler, *node.sites(listen)], node.started, node.stopping)
+        peer_send_timeout=_wait(peer_send_timeout, mirror["read_timeout"]), tls=tls),
+        EmbeddedScheduler(SchedulerSettings(max_task_length, max_hosts, max_tasks), scheduler_listen))
+    _serve(node.sites(listen), node.started, node.stopping)
 
 
 def _host_id(host_id: str, tls: "ClusterTLS | None") -> str:

@@ -4,11 +4,12 @@ Every part gets what it needs when it is made, and the node's role is decided he
 a seed reads the origin (a task its peers read in ranges, by ranges), offers what it
 fetches to the P2P network and takes seed triggers; a peer reads through the network,
 asking the registry only whether a caller may have a blob and how long it is. `damselfly
-daemon` builds a seed or a peer; `damselfly run` a seed.
+daemon` builds a seed or a peer; `damselfly run` a seed with its scheduler beside it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -24,16 +25,27 @@ from damselfly.network.metrics import PeerMetrics
 from damselfly.network.scheduler_client import SchedulerClient
 from damselfly.network.swarm import Network
 from damselfly.registry.client import AsyncRegistryClient
-from damselfly.settings import MirrorSettings, PeerSettings
+from damselfly.scheduler.app import Scheduler
+from damselfly.settings import MirrorSettings, PeerSettings, SchedulerSettings
 from damselfly.storage.store import BlobStore
 from damselfly.upload.server import SeedDuty, UploadServer
 
 
-class Node:
-    """The mirror, the upload server and the scheduler client of one host."""
+@dataclass(frozen=True)
+class EmbeddedScheduler:
+    """The scheduler `damselfly run` serves in the seed's process: its limits and its address."""
 
-    def __init__(self, mirror_settings: MirrorSettings, peer: PeerSettings) -> None:
+    settings: SchedulerSettings
+    listen: tuple[str, int]
+
+
+class Node:
+    """The mirror, the upload server and the scheduler client of one host (and, for `run`, the scheduler)."""
+
+    def __init__(self, mirror_settings: MirrorSettings, peer: PeerSettings,
+                 scheduler: EmbeddedScheduler | None = None) -> None:
         self.peer_settings = peer
+        self.embedded_scheduler = scheduler
         metrics = MirrorMetrics()
         store = BlobStore(mirror_settings.data_dir, mirror_settings.cache_quota, mirror_settings.cache_high_watermark,
                           mirror_settings.cache_low_watermark, on_evict=lambda _: metrics.evictions.inc())
@@ -59,9 +71,15 @@ class Node:
                                    peer.upload_slots, rate=peer.upload_rate, send_timeout=peer.peer_send_timeout)
 
     def sites(self, listen: tuple[str, int]) -> list[Site]:
-        tls = self.peer_settings.tls.server_context() if self.peer_settings.tls else None
-        return [Site(self.mirror.application(), *listen),
-                Site(self.upload.application(), self.peer_settings.upload_host, self.peer_settings.upload_port, tls)]
+        """The node's servers: the scheduler if embedded, the mirror on ``listen``, the upload server."""
+        tls = self.peer_settings.tls
+        sites = [Site(self.mirror.application(), *listen),
+                 Site(self.upload.application(), self.peer_settings.upload_host, self.peer_settings.upload_port,
+                      tls.server_context() if tls else None)]
+        if self.embedded_scheduler is not None:
+            sites.insert(0, Site(Scheduler(self.embedded_scheduler.settings).application(),
+                                 *self.embedded_scheduler.listen, tls.server_context() if tls else None))
+        return sites
 
     async def started(self) -> None:
         await self.scheduler.start()

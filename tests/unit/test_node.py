@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from damselfly.blobs.sourcing import NetworkSourcing, SeedSourcing
-from damselfly.node import Node
-from damselfly.settings import MirrorSettings, PeerSettings
+from damselfly.node import EmbeddedScheduler, Node
+from damselfly.settings import MirrorSettings, PeerSettings, SchedulerSettings
 
 LOOPBACK = "127.0.0.1"
 
 
-def _node(tmp_path: Path, seed: bool) -> Node:
+def _node(tmp_path: Path, seed: bool, scheduler: EmbeddedScheduler | None = None) -> Node:
     return Node(MirrorSettings(data_dir=tmp_path), PeerSettings(schedulers=[f"http://{LOOPBACK}:1"],
-                                                                upload_host=LOOPBACK, upload_port=2, seed=seed))
+                                                                upload_host=LOOPBACK, upload_port=2, seed=seed),
+                scheduler)
 
 
 def test_a_seed_reads_the_origin_and_takes_triggers(tmp_path: Path) -> None:
@@ -25,3 +26,9 @@ def test_a_seed_reads_the_origin_and_takes_triggers(tmp_path: Path) -> None:
 def test_a_peer_reads_through_the_network_and_refuses_triggers(tmp_path: Path) -> None:
     node = _node(tmp_path, seed=False)
     assert isinstance(node.blobs.sourcing, NetworkSourcing) and node.upload.seed_duty is None
+
+
+def test_run_serves_its_scheduler_first_beside_the_mirror_and_the_upload_server(tmp_path: Path) -> None:
+    node = _node(tmp_path, seed=True, scheduler=EmbeddedScheduler(SchedulerSettings(), (LOOPBACK, 3)))
+    assert [site.port for site in node.sites((LOOPBACK, 4))] == [3, 4, 2]
+    assert [site.port for site in _node(tmp_path / "peer", seed=False).sites((LOOPBACK, 4))] == [4, 2]
