@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urlsplit
 
 from damselfly.blobs.service import BlobService
 from damselfly.blobs.sourcing import NetworkSourcing, SeedSourcing, Sourcing
-from damselfly.core.oci import OCIError
+from damselfly.core.oci import OCIError, registry_name, split_registry
 from damselfly.core.wire import HostAnnounce
 from damselfly.lib.serve import Site
 from damselfly.mirror.app import Mirror
@@ -93,14 +92,16 @@ class Node:
 def registry_for_peers(resolver: UpstreamResolver) -> Callable[[str], str]:
     """How a seed reaches the registry a peer names in a trigger: by this node's own map.
 
-    Peers send the host[:port] of the upstream they resolved, which is a mapped name or
-    the host of a mapped URL (``--registry local=http://127.0.0.1:5000`` is reached as
-    ``127.0.0.1:5000``); anything else means ``https://NAME``. Raises ValueError for a
-    name the rule refuses (the trigger gets 400).
+    Peers send the registry name of the upstream they resolved, which is a mapped name or
+    the name of a mapped URL (``--registry local=http://127.0.0.1:5000`` is reached as
+    ``127.0.0.1:5000``); anything else means ``https://NAME``. Raises ValueError for
+    anything but host[:port] (a trigger names a registry, it never points at one) and for
+    a name the rule refuses: the trigger gets 400.
     """
     def resolve(name: str) -> str:
+        name = registry_name(name)
         for url in resolver.registries.values():
-            if urlsplit(url).netloc == name.lower():
+            if split_registry(url)[1] == name:
                 return url
         try:
             return resolver.for_name(name)
