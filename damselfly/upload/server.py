@@ -115,37 +115,38 @@ class UploadServer:
         if not 0 <= index < task.piece_count:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"piece {index} outside 0..{task.piece_count - 1}")
         relay_deadline = time.monotonic() + RELAY_WAIT  # for all a peer sends as it lands, the first piece too
-        if not task.bitmap.has(index) and index not in task.fetching:
+        start = task.piece_span(index)[0]
+        if task.sendable_end(index) <= start:  # nothing of it to send yet: wait here, holding no slot
             if seeding and not task.complete:  # a seed peer still downloading: serve the piece as it comes
+                relay_deadline = answer_by  # the origin is slower to start than a peer
                 asked_end = sum(task.piece_span(min(index + wanted, task.piece_count) - 1)) - 1
                 left = max(0.0, answer_by - time.monotonic())
                 try:
                     async with asyncio.timeout(left):  # a hard deadline: other pieces do not extend it
                         # The asked run's end goes with the wait: a seed filling by ranges gets it in one.
-                        await task.readable_end(task.piece_span(index)[0], left, until=asked_end, on_its_way=True)
+                        await task.readable_end(start, left, until=asked_end, on_its_way=True)
                 except (TaskFailed, TimeoutError) as exc:
                     raise web.HTTPNotFound(text=f"piece {index} will not come: {exc or 'timed out'}") from None
-                relay_deadline = answer_by  # the origin is slower to start than a peer
-            else:
+            elif index not in task.fetching:
                 self.metrics.upload_refused.labels("missing_piece").inc()
                 raise web.HTTPNotFound(text=f"piece {index} not here")
+            # A 404 now is "ask again" to the asker; a body cut short after the headers would
+            # cost it the connection. Its first bytes, then, or its digest check (the last piece).
+            if not await task.more(index, start, max(0.0, relay_deadline - time.monotonic())):
+                self.metrics.upload_refused.labels("missing_piece").inc()
+                raise web.HTTPNotFound(text=f"piece {index} did not come here in time")
         if self._active >= self.slots:
             self.metrics.upload_refused.labels("no_slot").inc()
             raise web.HTTPServiceUnavailable(text="all upload slots are busy")
         run = held_run(task, index, wanted)
         if self.limiter is not None:  # a run the rate sends in a few seconds, one piece at least
             run = run[: max(1, int(self.limiter.rate * RATE_RUN_SECONDS) // task.piece_length)]
-        sizes = [task.piece_span(i)[1] for i in run]
-        digests = [task.digests[i] for i in run if i in task.digests and task.bitmap.has(i)]
         receiver = request.headers.get(RECEIVER_HEADER)
-        if (seeding and receiver and _from_asker(receiver, request.remote) and len(digests) == len(run)
-                and index != task.piece_count - 1):
+        if seeding and receiver and _from_asker(receiver, request.remote) and index != task.piece_count - 1:
             relay = self.relays.route(str(digest), run, receiver)
             if relay is not None:
-                await self._reported(task, run)
-                self.metrics.upload_refused.labels("relayed").inc()
-                raise web.HTTPServiceUnavailable(text=f"piece {index} is on its way to {relay}: ask there",
-                                                 headers={RELAY_HEADER: relay, PIECE_DIGEST_HEADER: ",".join(digests)})
+                await self._relay(task, run, relay, answer_by)
+        sizes = [task.piece_span(i)[1] for i in run]
         if self.limiter is not None and (backlog := self.limiter.backlog()) > answer_by - time.monotonic():
             self.metrics.upload_refused.labels("rate_backlog").inc()
             raise web.HTTPServiceUnavailable(text=f"upload rate limit: {backlog:.0f}s of uploads queued")
@@ -185,6 +186,22 @@ class UploadServer:
         finally:
             self._active -= 1
             self.metrics.uploads.dec()
+
+    async def _relay(self, task: Task, run: range, relay: str, answer_by: float) -> None:
+        """Point the asker at ``relay``, a peer this seed is sending ``run`` to, with the pieces'
+        digests: its link then carries each piece about once. The digests of pieces still
+        arriving come when they are whole here (the relay is getting them meanwhile); if
+        none is by ``answer_by``, return: the asker is served here."""
+        while not task.bitmap.has(run.stop - 1) and task.error is None and time.monotonic() < answer_by:
+            await task.wait_change(answer_by - time.monotonic())
+        verified = next((i for i in run if not task.bitmap.has(i) or i not in task.digests), run.stop)
+        if verified == run.start:
+            return
+        run = range(run.start, verified)
+        await self._reported(task, run)
+        self.metrics.upload_refused.labels("relayed").inc()
+        raise web.HTTPServiceUnavailable(text=f"piece {run.start} is on its way to {relay}: ask there", headers={
+            RELAY_HEADER: relay, PIECE_DIGEST_HEADER: ",".join(task.digests[i] for i in run)})
 
     async def _reported(self, task: Task, pieces: range) -> None:
         """Pieces' digests go out only once the scheduler knows them (see network.Reporter)."""
