@@ -27,8 +27,10 @@ from testkit.tls import tls_dir
 from testkit.wait import free_port, wait_until
 
 BACKENDS = ["sqlite", "postgresql"]
-# Components keep alive every 0.2 s and go inactive after 1 s without one.
-FAST = ["--keepalive-interval", "0.2", "--inactive-after", "1"]
+# Components keep alive every 0.2 s and go inactive after 2 s without one: short for the
+# test that waits for it, long enough that a busy machine never lets a just-registered
+# scheduler go inactive between two calls of a test.
+FAST = ["--keepalive-interval", "0.2", "--inactive-after", "2"]
 
 
 def unique(prefix: str) -> str:
