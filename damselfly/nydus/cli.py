@@ -224,9 +224,9 @@ def export_command(bootstrap: str, blob_dir: str, out_dir: str) -> None:
 def mount_command(ref: str, mountpoint: Path, mirror: str | None, cache_dir: Path, cache_quota: int,
                   plain_http: bool, prefetch: bool) -> None:
     """Mount nydus image REF at MOUNTPOINT; file data is fetched when first read."""
-    from damselfly.nydus.mount import mount
+    from damselfly.nydus.mount import MountOptions, mount
 
-    state = mount(_image(ref), mountpoint, cache_dir, mirror, plain_http, prefetch, cache_quota)
+    state = mount(_image(ref), mountpoint, MountOptions(cache_dir, mirror, plain_http, prefetch, cache_quota))
     click.echo(f"mounted {state.image} at {state.mountpoint} (FUSE server pid {state.pid}, log {state.log_file})")
 
 

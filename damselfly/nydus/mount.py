@@ -63,6 +63,18 @@ def state_path(mountpoint: Path) -> Path:
     return state_dir() / f"{key}.json"
 
 
+@dataclass(frozen=True)
+class MountOptions:
+    """How a mount reads its image: the options of `damselfly nydus mount` and of the mount
+    service's /mount, in one place."""
+
+    cache_dir: Path  # the chunk cache and per-mount state
+    mirror: str | None = None  # a Damselfly mirror the registry is reached through
+    plain_http: bool = False  # plain HTTP to the registry (without a mirror)
+    prefetch: bool = False  # fetch the rest of every blob in the background, as far as the quota allows
+    cache_quota: int = DEFAULT_CACHE_QUOTA  # bytes of chunks kept; past it, the least recently used go
+
+
 @dataclass
 class MountState:
     mountpoint: str
@@ -157,10 +169,11 @@ def _start_server(log_file: Path, run: Callable[[Callable[[], None]], None]) -> 
         os._exit(status)
 
 
-def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, plain_http: bool,
-          prefetch: bool, cache_quota: int) -> MountState:
-    """Mount ``ref`` at ``mountpoint``; its chunk cache, in ``cache_dir``, holds at most ``cache_quota`` bytes."""
-    mountpoint, cache_dir = mountpoint.resolve(), cache_dir.resolve()
+def mount(ref: ImageRef, mountpoint: Path, options: MountOptions) -> MountState:
+    """Mount ``ref`` at ``mountpoint``; its chunk cache, in ``options.cache_dir``, holds at
+    most ``options.cache_quota`` bytes."""
+    mountpoint, cache_dir = mountpoint.resolve(), options.cache_dir.resolve()
+    mirror, plain_http = options.mirror, options.plain_http
     if not mountpoint.is_dir():
         raise MountError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
@@ -190,8 +203,8 @@ def mount(ref: ImageRef, mountpoint: Path, cache_dir: Path, mirror: str | None, 
         from damselfly.nydus.blobfs import serve  # loads libfuse: only where a mount is made, before the fork
 
         def run_server(ready: Callable[[], None]) -> None:
-            serve(bootstrap, fuse_dir, cache_dir / "blobs", cache_quota,
-                  RegistryClient(ref.registry, plain_http, mirror), ref.repository, stats_file, prefetch, ready)
+            serve(bootstrap, fuse_dir, cache_dir / "blobs", options.cache_quota,
+                  RegistryClient(ref.registry, plain_http, mirror), ref.repository, stats_file, options.prefetch, ready)
 
         pid, ready = _start_server(log_file, run_server)
         state = MountState(str(mountpoint), str(ref), pid, _start_time(pid), str(fuse_dir), str(bootstrap_path),

@@ -40,8 +40,8 @@ from typing import Any, Callable
 from damselfly.lib.health import HEALTHY_PATH, HEALTHY_TEXT
 from damselfly.core.oci import ImageRef
 from damselfly.nydus.layout import FormatError
-from damselfly.nydus.mount import (DEFAULT_CACHE_QUOTA, MountError, default_cache_dir, mount, parse_cache_quota,
-                                   state_dir, umount)
+from damselfly.nydus.mount import (DEFAULT_CACHE_QUOTA, MountError, MountOptions, default_cache_dir, mount,
+                                   parse_cache_quota, state_dir, umount)
 from damselfly.registry.blocking import RegistryError
 
 log = logging.getLogger("damselfly.nydus.service")
@@ -122,9 +122,9 @@ def _mount(body: dict[str, Any]) -> dict[str, Any]:
         ref = ImageRef.parse(_field(body, "ref", str))
     except ValueError as error:
         raise BadRequest(str(error)) from None
-    state = mount(ref, _path(body, "mountpoint"), _path(body, "cache_dir", default_cache_dir()),
-                  _field(body, "mirror", str, None), _field(body, "plain_http", bool, False),
-                  _field(body, "prefetch", bool, False), _quota(body))
+    state = mount(ref, _path(body, "mountpoint"), MountOptions(
+        _path(body, "cache_dir", default_cache_dir()), _field(body, "mirror", str, None),
+        _field(body, "plain_http", bool, False), _field(body, "prefetch", bool, False), _quota(body)))
     return asdict(state)
 
 
