@@ -939,7 +939,9 @@
     return select;
   }
   function busy(el) {
-    return el.contains(document.activeElement) || el.querySelector(".editing") !== null;
+    const active = document.activeElement;
+    const typing = active instanceof HTMLInputElement || active instanceof HTMLSelectElement || active instanceof HTMLTextAreaElement;
+    return typing && el.contains(active) || el.querySelector(".editing") !== null;
   }
   function usersPage(ctx) {
     const name = h("input", {

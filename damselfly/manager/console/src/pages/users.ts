@@ -13,9 +13,14 @@ function roleSelect(value: string, attrs: Record<string, unknown> = {}): HTMLSel
   return select;
 }
 
-/** A table is redrawn by polling only while no one is typing or choosing in it. */
+/**
+ * A table is redrawn by polling only while no one is typing or choosing in it (a focused
+ * button does not count: the one just clicked to delete a row keeps the focus).
+ */
 export function busy(el: Element): boolean {
-  return el.contains(document.activeElement) || el.querySelector(".editing") !== null;
+  const active = document.activeElement;
+  const typing = active instanceof HTMLInputElement || active instanceof HTMLSelectElement || active instanceof HTMLTextAreaElement;
+  return (typing && el.contains(active)) || el.querySelector(".editing") !== null;
 }
 
 export function usersPage(ctx: Ctx): Page {
