@@ -20,6 +20,7 @@ from typing import AsyncIterator, Awaitable, Callable, TypeVar
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from damselfly.core.dynconfig import ClusterConfig
 from damselfly.lib.serve import add_health_routes, json_object
 from damselfly.lib.tls import request_identity
 from damselfly.lib.waiting import wait_until_set
@@ -100,6 +101,7 @@ class Scheduler:
         app.router.add_post("/api/v1/tasks/{task_id}/bad-parent", self.bad_parent)
         app.router.add_post("/api/v1/tasks/{task_id}/trigger-failed", self.trigger_failed)
         app.router.add_post("/api/v1/tasks/{task_id}/done", self.done)
+        app.router.add_get("/api/v1/tasks/{task_id}/peers", self.task_peers)
         app.cleanup_ctx.append(self._lifecycle)
         return app
 
@@ -117,6 +119,20 @@ class Scheduler:
                 log.warning("host %s missed its keepalives: removed with its peers", host_id)
             if gone := self.state.expire_tasks():
                 log.info("forgot %d tasks nobody held any more", len(gone))
+
+    # -- the cluster's configuration -----------------------------------------------
+
+    def apply_config(self, config: ClusterConfig) -> None:
+        """The cluster's candidate_parent_limit and back_to_source, from the manager: the
+        next schedule uses them (parents already handed out stay until the peer's next poll)."""
+        state = self.state
+        if (state.parents_per_peer, state.back_to_source_limit) != (config.candidate_parent_limit,
+                                                                    config.back_to_source):
+            log.info("cluster configuration: %d candidate parents per peer, %s peers of a task may read the origin",
+                     config.candidate_parent_limit,
+                     "any number of" if config.back_to_source is None else config.back_to_source)
+        state.parents_per_peer = config.candidate_parent_limit
+        state.back_to_source_limit = config.back_to_source
 
     # -- who is asking -------------------------------------------------------------
 
@@ -137,6 +153,14 @@ class Scheduler:
             raise web.HTTPForbidden(text=f"{identity.name} ({identity.role}) is not a peer or a seed")
         if host_id != identity.name:
             raise web.HTTPForbidden(text=f"{identity.name} may not speak for host {host_id}")
+
+    @staticmethod
+    def _manager_only(request: web.Request) -> None:
+        """With a cluster identity, only the manager asks where blobs are: peers and seeds
+        need not learn which hosts hold what."""
+        identity = request_identity(request)
+        if identity is not None and not identity.has_role("manager"):
+            raise web.HTTPForbidden(text=f"{identity.name} ({identity.role}) is not the manager")
 
     # -- hosts ---------------------------------------------------------------------
 
@@ -282,6 +306,16 @@ class Scheduler:
             log.error("two hosts found the piece digests of %s for %s wrong: excluded from it for everyone",
                       source, task_id)
         return web.json_response({})
+
+    async def task_peers(self, request: web.Request) -> web.Response:
+        """The manager's task search: which peers hold a blob and how far each got
+        (404 when this scheduler has no task of it)."""
+        self._manager_only(request)
+        task_id = self._task_id(request)
+        holders = self.state.holders(task_id)
+        if not holders and task_id not in self.state.tasks:
+            raise web.HTTPNotFound(text=f"no task {task_id} here")
+        return web.json_response([holder._asdict() for holder in holders])
 
     # -- scheduling ----------------------------------------------------------------
 

@@ -108,6 +108,7 @@ class Peer:
     pieces: int = 0  # bitmap of the pieces it holds
     seeding: bool = False  # downloading from the origin: will hold every piece
     done: bool = False
+    sent_to_source: bool = False  # told by this scheduler to read the origin itself
     parents: frozenset[str] = frozenset()
     bad_parents: set[str] = field(default_factory=set)  # reported bad, or unreachable, by this peer
 
@@ -156,6 +157,16 @@ class Task:
         self.changed = asyncio.Event()
 
 
+class Holder(NamedTuple):
+    """A peer of a task as the manager's task search shows it."""
+
+    host_id: str
+    upload_url: str
+    pieces: int  # pieces it holds
+    piece_count: int
+    done: bool
+
+
 class Ranking(NamedTuple):
     parents: list[tuple[Host, Peer]]  # best first
     seed_starting: bool  # a seed the child may wait for is starting the download
@@ -165,9 +176,12 @@ class Ranking(NamedTuple):
 
 class SchedulerState:
     def __init__(self, clock: Callable[[], float] = time.monotonic, parents_per_peer: int = 4,
-                 max_hosts: int = DEFAULT_MAX_HOSTS, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
+                 max_hosts: int = DEFAULT_MAX_HOSTS, max_tasks: int = DEFAULT_MAX_TASKS,
+                 back_to_source_limit: int | None = None) -> None:
         self.clock = clock
+        # Both may change at run time: the cluster's candidate_parent_limit and back_to_source.
         self.parents_per_peer = parents_per_peer
+        self.back_to_source_limit = back_to_source_limit  # None: no limit
         self.max_hosts = max_hosts
         self.max_tasks = max_tasks
         self.hosts: dict[str, Host] = {}
@@ -262,6 +276,16 @@ class SchedulerState:
         if length is not None:
             return [lengths[length]] if length in lengths else []
         return list(lengths.values())
+
+    def holders(self, task_id: str) -> list[Holder]:
+        """Every peer of every length of ``task_id``, with how far it got."""
+        out = []
+        for task in self.tasks.get(task_id, {}).values():
+            for peer in task.peers.values():
+                host = self.hosts.get(peer.host_id)
+                out.append(Holder(peer.host_id, host.upload_url if host is not None else "",
+                                  task.count if peer.done else peer.pieces.bit_count(), task.count, peer.done))
+        return out
 
     def expire_tasks(self) -> list[TaskKey]:
         """Forget the tasks nobody has held for TASK_EXPIRY."""
@@ -510,6 +534,20 @@ class SchedulerState:
         self._set_parents(child_peer, frozenset(c.host_id for c in ranked))
         return Ranking([(self.hosts[c.host_id], peers[c.host_id]) for c in ranked], seed_starting, known, shunned)
 
+    def _to_source(self, task: Task, peer: Peer) -> tuple[Action, str]:
+        """Nobody can serve ``peer`` and no seed can take the task: it reads the origin
+        itself, unless the cluster's back-to-source allowance for the task is used up by
+        its other peers (then it fails: its pieces would be no use to the swarm anyway,
+        since only seeds' piece digests are trusted)."""
+        limit = self.back_to_source_limit
+        if limit is not None and not peer.sent_to_source:
+            sent = sum(1 for p in task.peers.values() if p.sent_to_source)
+            if sent >= limit:
+                return "fail", (f"no peer or seed peer can serve the task, and the cluster lets at most {limit} "
+                                f"peers of a task read the origin ({sent} do)")
+        peer.sent_to_source = True
+        return "back_to_source", "no seed peer can take the task"
+
     def _sources_mask(self, task: Task, hosts: set[str]) -> int:
         mask = 0
         for host_id in hosts:
@@ -557,7 +595,7 @@ class SchedulerState:
             action, reason = "seed", "nobody holds the task: ask these seed peers"
             seeds = tuple(SeedInfo(h.id, h.upload_url) for h in found)
         else:
-            action, reason = "back_to_source", "no seed peer can take the task"
+            action, reason = self._to_source(task, task.peers[host_id])
         return Schedule(
             action, reason, version=version, epoch=epoch, verified=verified,
             # Peers still downloading this task, the asker included: they will trade pieces.
