@@ -42,7 +42,8 @@ def _assets() -> dict[str, Path]:
 
 def _file(path: Path) -> web.FileResponse:
     headers = dict(SECURITY_HEADERS)
-    headers["Content-Type"] = _TYPES[path.suffix] + ("; charset=utf-8" if path.suffix in {".html", ".js", ".css"} else "")
+    text = path.suffix in {".html", ".js", ".css"}
+    headers["Content-Type"] = _TYPES[path.suffix] + ("; charset=utf-8" if text else "")
     return web.FileResponse(path, headers=headers)
 
 
