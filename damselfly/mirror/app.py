@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import CIMultiDict
 
+from damselfly.core.blocklist import BlockList, refusal
 from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
 from damselfly.core.oci import (Digest, OCIError, Origin, SourceRefused, SourceUnavailable, error_body, validate_api_tail,
                                validate_repository)
@@ -70,6 +71,11 @@ class Mirror:
         self.access = AccessCache(settings.access_ttl)
         self.resolver = resolver
         self.senders = SendingThreads(SENDING_THREADS)
+        self.block_list = BlockList()  # the cluster's, from the manager (set_block_list)
+
+    def set_block_list(self, block_list: BlockList) -> None:
+        """Refuse, from the next request on, the manifests and blobs ``block_list`` names."""
+        self.block_list = block_list
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_and_metrics], client_max_size=1024**2)
@@ -137,9 +143,25 @@ class Mirror:
         name, kind, rest = match["name"], match["kind"], match["rest"]
         validate_repository(name)
         validate_api_tail(kind, rest)
+        if self.block_list and request.method in ("GET", "HEAD") and kind in ("blobs", "manifests"):
+            self._refuse_if_blocked(request, name, kind, rest)
         if kind == "blobs" and request.method in ("GET", "HEAD") and not rest.startswith("uploads"):
             return await self.blob(request, name, rest)
         return await self.passthrough(request)
+
+    def _refuse_if_blocked(self, request: web.Request, name: str, kind: str, reference: str) -> None:
+        """403 with the block list's entry for a manifest or blob the cluster refuses."""
+        if reference.startswith("uploads"):
+            return
+        registry = self.resolver.name_of(request.headers.get(REGISTRY_HEADER), request.query.get("ns"))
+        if kind == "blobs":
+            entry, what = self.block_list.blob(registry, name, reference), f"blob {reference}"
+        else:
+            separator = "@" if ":" in reference else ":"
+            entry, what = self.block_list.manifest(registry, name, reference), f"{registry}/{name}{separator}{reference}"
+        if entry is not None:
+            log.info("refused %s %s for %s: on the block list (entry %r)", request.method, what, request.remote, entry)
+            raise OCIError(403, "DENIED", refusal(what, entry))
 
     def _upstream(self, request: web.Request) -> str:
         return self.resolver.resolve(request.headers.get(REGISTRY_HEADER), request.query.get("ns"))

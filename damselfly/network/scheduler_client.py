@@ -3,12 +3,17 @@
 Each task belongs to one scheduler on a consistent hash ring of the configured
 schedulers; when it does not answer, the next one on the ring is tried. Every call has
 a deadline; the caller decides what an unreachable ring means (back to source).
+
+The list may change at run time (``set_schedulers``: a daemon that learns its schedulers
+from the manager), and may be empty until the manager names one: every call then fails
+as if no scheduler answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
@@ -16,9 +21,11 @@ import aiohttp
 
 from damselfly.lib.hashring import HashRing
 from damselfly.lib.tls import ClusterTLS, role_hostname
+from damselfly.lib.waiting import wait_until_set
 from damselfly.core.wire import HostAnnounce
 
 log = logging.getLogger(__name__)
+ANNOUNCE_INTERVAL = 2.0
 
 
 class SchedulerUnavailable(Exception):
@@ -27,7 +34,7 @@ class SchedulerUnavailable(Exception):
 
 class SchedulerClient:
     def __init__(self, urls: list[str], host: HostAnnounce, timeout: float = 5.0, tls: ClusterTLS | None = None) -> None:
-        self.ring = HashRing([u.rstrip("/") for u in urls])
+        self.ring: HashRing | None = HashRing([u.rstrip("/") for u in urls]) if urls else None
         # With a cluster identity, only a certificate of role scheduler may answer: the
         # handshake checks the role before a request (and what it tells) leaves this host.
         self._tls: dict[str, Any] = (
@@ -37,6 +44,29 @@ class SchedulerClient:
         self._session: aiohttp.ClientSession | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._down: set[str] = set()  # schedulers that failed the last call; tried last
+        self._announce_now = asyncio.Event()  # the list or this host's announce changed
+
+    @property
+    def members(self) -> list[str]:
+        """The schedulers on the ring (none until the manager names one)."""
+        return list(self.ring.members) if self.ring is not None else []
+
+    def set_schedulers(self, urls: list[str]) -> None:
+        """Take a new scheduler list (from the manager): tasks move to their owners on the
+        new ring, and this host is announced to the newcomers at once. Schedulers no longer
+        listed forget this host when its keepalives stop."""
+        before = self.members
+        self.ring = HashRing([u.rstrip("/") for u in urls]) if urls else None
+        self._down &= set(self.members)
+        log.info("schedulers from the manager: %s (before: %s)", ", ".join(self.members) or "none",
+                 ", ".join(before) or "none")
+        self._announce_now.set()
+
+    def set_upload_slots(self, slots: int) -> None:
+        """Tell the schedulers this host's new upload slot count (they cap its children by it)."""
+        if slots != self.host.upload_slots:
+            self.host = dataclasses.replace(self.host, upload_slots=slots)
+            self._announce_now.set()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -53,7 +83,7 @@ class SchedulerClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
         if self._session is not None:
-            for url in self.ring.members:
+            for url in self.members:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with self.session.delete(f"{url}/api/v1/hosts/{self.host.id}",
                                                    timeout=aiohttp.ClientTimeout(total=1), **self._tls_for(url)):
@@ -76,17 +106,20 @@ class SchedulerClient:
                     log.warning("scheduler %s unreachable: %s", url, exc)
                 self._down.add(url)
 
-        await asyncio.gather(*(one(url) for url in self.ring.members))
+        await asyncio.gather(*(one(url) for url in self.members))
 
-    async def _announce_forever(self, interval: float = 2.0) -> None:
+    async def _announce_forever(self, interval: float = ANNOUNCE_INTERVAL) -> None:
         while True:
+            self._announce_now.clear()
             await self.announce()
-            await asyncio.sleep(interval)
+            await wait_until_set(self._announce_now, interval)
 
     def _tls_for(self, url: str) -> dict[str, Any]:
         return self._tls if url.startswith("https:") else {}
 
     def order(self, task_id: str) -> list[str]:
+        if self.ring is None:
+            return []
         owners = self.ring.owners(task_id)
         return [u for u in owners if u not in self._down] + [u for u in owners if u in self._down]
 
@@ -99,7 +132,7 @@ class SchedulerClient:
         with ``status`` added; only unreachable schedulers move on to the next.
         """
         candidates = [scheduler] if scheduler else self.order(task_id)
-        last_error = "no scheduler configured"
+        last_error = "no scheduler known yet (the manager has named none)"
         for url in candidates:
             try:
                 async with self.session.request(method, f"{url}/api/v1/tasks/{task_id}/{path}", json=json,

@@ -44,6 +44,7 @@ SEED_PIECE_WAIT = PIECE_READ_TIMEOUT * 2 / 3
 # asker is answered within its read timeout instead of calling this parent bad.
 RATE_RUN_SECONDS = 5.0
 RELAY_WAIT = 5.0  # how long a peer a seed pointed an asker at waits for the piece it is getting
+UPLOAD_BURST = 4 * 1024 * 1024  # what --upload-rate lets go at once: one piece of the largest common length
 
 
 class PieceReports(Protocol):
@@ -71,8 +72,9 @@ class UploadServer:
         self.blobs = blobs
         self.network = network
         self.seed_duty = seed_duty  # None: a peer's, which refuses triggers and serves only the pieces it holds
-        # Bandwidth cap for uploads; a burst of one 4 MiB piece.
-        self.limiter = TokenBucket(rate, 4 * 1024 * 1024) if rate else None
+        # Bandwidth cap for uploads; a burst of one 4 MiB piece. Both it and the slots may
+        # change at run time (set_limits).
+        self.limiter = TokenBucket(rate, UPLOAD_BURST) if rate else None
         self.metrics = metrics
         self.registry = registry
         self.slots = slots
@@ -81,6 +83,17 @@ class UploadServer:
         self._active = 0
         self.relays = RelayBook()
         self._seeding: set[asyncio.Task[None]] = set()
+
+    @property
+    def rate(self) -> int | None:
+        return int(self.limiter.rate) if self.limiter is not None else None
+
+    def set_limits(self, rate: int | None, slots: int) -> None:
+        """A new upload rate (None: no cap) and slot count, from the cluster's configuration:
+        requests that come after use them; uploads in flight finish as they started."""
+        if rate != self.rate:
+            self.limiter = TokenBucket(rate, UPLOAD_BURST) if rate else None
+        self.slots = slots
 
     def application(self) -> web.Application:
         app = web.Application()
@@ -139,15 +152,16 @@ class UploadServer:
             self.metrics.upload_refused.labels("no_slot").inc()
             raise web.HTTPServiceUnavailable(text="all upload slots are busy")
         run = held_run(task, index, wanted)
-        if self.limiter is not None:  # a run the rate sends in a few seconds, one piece at least
-            run = run[: max(1, int(self.limiter.rate * RATE_RUN_SECONDS) // task.piece_length)]
+        limiter = self.limiter  # the one this request started with, if the cluster's rate changes meanwhile
+        if limiter is not None:  # a run the rate sends in a few seconds, one piece at least
+            run = run[: max(1, int(limiter.rate * RATE_RUN_SECONDS) // task.piece_length)]
         receiver = request.headers.get(RECEIVER_HEADER)
         if seeding and receiver and _from_asker(receiver, request.remote) and index != task.piece_count - 1:
             relay = self.relays.route(str(digest), run, receiver)
             if relay is not None:
                 await self._relay(task, run, relay, answer_by)
         sizes = [task.piece_span(i)[1] for i in run]
-        if self.limiter is not None and (backlog := self.limiter.backlog()) > answer_by - time.monotonic():
+        if limiter is not None and (backlog := limiter.backlog()) > answer_by - time.monotonic():
             self.metrics.upload_refused.labels("rate_backlog").inc()
             raise web.HTTPServiceUnavailable(text=f"upload rate limit: {backlog:.0f}s of uploads queued")
         self._active += 1
@@ -155,8 +169,8 @@ class UploadServer:
         try:
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(run_body_length(sizes)),
                        COUNT_HEADER: str(len(run))}
-            if self.limiter is not None:
-                await self.limiter.acquire(sum(sizes))
+            if limiter is not None:
+                await limiter.acquire(sum(sizes))
             response = web.StreamResponse(headers=headers)
             with open(task.path, "rb") as f:  # opened now: a later rename or eviction cannot cut it
                 await response.prepare(request)
