@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -19,8 +20,8 @@ from damselfly.core.oci import normalize_upstream
 from damselfly.lib.units import parse_size
 from damselfly.mirror.upstream import parse_registry_mapping
 from damselfly.settings import (CACHE_HIGH_WATERMARK, CACHE_LOW_WATERMARK, CACHE_QUOTA, CONNECT_TIMEOUT, MAX_HOSTS,
-                                MAX_TASK_LENGTH, MAX_TASKS, READ_TIMEOUT, UPLOAD_SLOTS, MirrorSettings, PeerSettings,
-                                SchedulerSettings, default_data_dir)
+                                MAX_TASK_LENGTH, MAX_TASKS, READ_TIMEOUT, SCHEDULER_REFRESH_INTERVAL, UPLOAD_SLOTS,
+                                ManagerLink, MirrorSettings, PeerSettings, SchedulerSettings, default_data_dir)
 
 if TYPE_CHECKING:
     from damselfly.lib.serve import Site
@@ -44,6 +45,7 @@ class Parsed(click.ParamType):
 
 
 LISTEN_ADDRESS = Parsed("HOST:PORT", lambda v: parse_listen(str(v)))
+LISTEN_OR_OFF = Parsed("HOST:PORT|off", lambda v: None if str(v).strip().lower() == "off" else parse_listen(str(v)))
 SIZE = Parsed("SIZE", parse_size)
 REGISTRY_MAPPING = Parsed("NAME=URL", lambda v: parse_registry_mapping(str(v)))
 UPSTREAM_URL = Parsed("URL", lambda v: normalize_upstream(str(v)))
@@ -207,12 +209,6 @@ scheduler_limit_options = [
 ]
 
 
-def _scheduler_app(settings: SchedulerSettings) -> Any:
-    from damselfly.scheduler.app import Scheduler
-
-    return Scheduler(settings).application()
-
-
 def _cluster_tls(tls_dir: Path | None, *roles: str) -> "ClusterTLS | None":
     """The host's cluster identity, which must hold every one of ``roles``."""
     if tls_dir is None:
@@ -255,6 +251,30 @@ def _guard_exposure(what: str, option: str, address: tuple[str, int], tls: "Clus
                                            address[0])
 
 
+manager_option = click.option(
+    "--manager", default=None, metavar="URL",
+    help="Register with the manager at URL, keep alive, and apply the cluster's configuration. A bare HOST:PORT "
+         "means https:// with --tls-dir, else http://.")
+
+
+def _manager_link(url: str | None, tls: "ClusterTLS | None", cluster: str | None = None,
+                  scheduler_refresh_interval: float = SCHEDULER_REFRESH_INTERVAL) -> ManagerLink | None:
+    """--manager as a link: https with a cluster identity (the manager then admits the
+    certificate); plain http only without one (the manager admits it from loopback)."""
+    if url is None:
+        return None
+    try:
+        url = normalize_upstream(url) if "://" in url else f"{'https' if tls else 'http'}://{url.strip()}"
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--manager") from None
+    if tls and not url.startswith("https://"):
+        raise click.BadParameter(f"{url}: with --tls-dir the manager is reached over https", param_hint="--manager")
+    if cluster and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", cluster):
+        raise click.BadParameter(f"{cluster!r}: letters, digits and . _ @ - (at most 64, the first a letter or "
+                                 "digit)", param_hint="--cluster")
+    return ManagerLink(url, cluster or None, scheduler_refresh_interval)
+
+
 peer_options = [
     click.option("--upload-listen", type=LISTEN_ADDRESS,
                  help="Address of the upload server; other peers use it as given (use a routable IP)."),
@@ -274,14 +294,18 @@ peer_options = [
 @mirror_options(default_listen="127.0.0.1:65001")
 @click.option("--scheduler-listen", type=LISTEN_ADDRESS, default="127.0.0.1:8002", show_default=True,
               help="Address of the built-in scheduler (other daemons may join it).")
+@click.option("--manager-listen", type=LISTEN_OR_OFF, default="127.0.0.1:8080", show_default=True,
+              help="Address of the built-in manager and its console, which the scheduler and the seed register "
+                   "with; off for none. If the address is taken, run goes on without them.")
 @_with(peer_options)
 @_with(tls_options)
 @_with(scheduler_limit_options)
 def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, int],
-        upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, upload_slots: int,
-        upload_rate: int | None, peer_send_timeout: float | None, tls_dir: Path | None, insecure: bool,
-        max_task_length: int, max_hosts: int, max_tasks: int, **mirror: Any) -> None:
-    """Run an all-in-one node: scheduler, seed peer and mirror in one process."""
+        manager_listen: tuple[str, int] | None, upload_listen: tuple[str, int] | None, idc: str, location: str,
+        host_id: str, upload_slots: int, upload_rate: int | None, peer_send_timeout: float | None,
+        tls_dir: Path | None, insecure: bool, max_task_length: int, max_hosts: int, max_tasks: int,
+        **mirror: Any) -> None:
+    """Run an all-in-one node: scheduler, seed peer, mirror and manager in one process."""
     from damselfly.node import EmbeddedScheduler, Node
 
     configure_logging(log_level)
@@ -290,13 +314,42 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
     _guard_exposure("the scheduler", "--scheduler-listen", scheduler_listen, tls, insecure)
     _guard_exposure("the upload server", "--upload-listen", upload_listen, tls, insecure)
     _warn_if_mirror_exposed(listen)
-    node = Node(_mirror_settings(**mirror), PeerSettings(
+    mirror_settings = _mirror_settings(**mirror)
+    node = Node(mirror_settings, PeerSettings(
         schedulers=[_url(scheduler_listen, tls is not None)], upload_host=upload_listen[0],
         upload_port=upload_listen[1], seed=True, idc=idc, location=location, host_id=_host_id(host_id, tls),
         upload_slots=upload_slots, upload_rate=upload_rate,
         peer_send_timeout=_wait(peer_send_timeout, mirror["read_timeout"]), tls=tls),
-        EmbeddedScheduler(SchedulerSettings(max_task_length, max_hosts, max_tasks), scheduler_listen))
+        EmbeddedScheduler(SchedulerSettings(max_task_length, max_hosts, max_tasks), scheduler_listen),
+        _embedded_manager(manager_listen, mirror_settings.data_dir, tls))
     _serve(node.sites(listen), node.started, node.stopping)
+
+
+def _embedded_manager(listen: tuple[str, int] | None, data_dir: Path, tls: "ClusterTLS | None") -> Any:
+    """The manager `run` embeds (SQLite in its data dir), or None: turned off, or a
+    certificate without the role manager (components could not check it is their manager)."""
+    from damselfly.manager.command import ROOT_PASSWORD_VARIABLE
+    from damselfly.node import EmbeddedManager
+    from damselfly.settings import ManagerSettings
+
+    if listen is None:
+        return None
+    log = logging.getLogger("damselfly")
+    if tls is not None and not tls.identity.has_role("manager"):
+        log.warning("the certificate of %s has no role manager: running without the embedded manager and its "
+                    "console (issue it with --role seed --role scheduler --role manager to have them)",
+                    tls.identity.name)
+        return None
+    if tls is None:
+        from damselfly.lib.tls import is_loopback
+
+        if not is_loopback(listen[0]):
+            raise click.BadParameter("without --tls-dir the manager listens on loopback only: passwords and tokens "
+                                     "would cross the network in clear", param_hint="--manager-listen")
+    root_password = os.environ.get(ROOT_PASSWORD_VARIABLE) or None
+    if root_password is not None and len(root_password) < 12:
+        raise click.ClickException(f"{ROOT_PASSWORD_VARIABLE} must be at least 12 characters")
+    return EmbeddedManager(ManagerSettings(data_dir=data_dir, listen=listen, tls=tls, root_password=root_password))
 
 
 def _host_id(host_id: str, tls: "ClusterTLS | None") -> str:
@@ -308,21 +361,30 @@ def _host_id(host_id: str, tls: "ClusterTLS | None") -> str:
 
 @main.command(context_settings=SETTINGS_CONTEXT)
 @mirror_options(default_listen="127.0.0.1:65001")
-@click.option("--scheduler", required=True,
-              help="Scheduler URLs, comma-separated; each task goes to one of them on a hash ring.")
+@click.option("--scheduler", default=None,
+              help="Scheduler URLs, comma-separated; each task goes to one of them on a hash ring. Without it, "
+                   "the schedulers of this host's cluster, from --manager.")
 @click.option("--seed", is_flag=True, help="Be a seed peer: the only kind that reads the origin.")
+@manager_option
+@click.option("--scheduler-refresh-interval", type=click.FloatRange(0.1), default=SCHEDULER_REFRESH_INTERVAL,
+              show_default=True,
+              help="Without --scheduler: seconds before a changed list of schedulers from the manager replaces "
+                   "the one in use.")
 @_with(peer_options)
 @_with(tls_options)
-def daemon(listen: tuple[str, int], log_level: str, scheduler: str, seed: bool,
-           upload_listen: tuple[str, int] | None, idc: str, location: str, host_id: str, upload_slots: int,
-           upload_rate: int | None, peer_send_timeout: float | None, tls_dir: Path | None, insecure: bool,
-           **mirror: Any) -> None:
+def daemon(listen: tuple[str, int], log_level: str, scheduler: str | None, seed: bool, manager: str | None,
+           scheduler_refresh_interval: float, upload_listen: tuple[str, int] | None, idc: str, location: str,
+           host_id: str, upload_slots: int, upload_rate: int | None, peer_send_timeout: float | None,
+           tls_dir: Path | None, insecure: bool, **mirror: Any) -> None:
     """Run a peer (or, with --seed, a seed peer): the mirror plus an upload server."""
     from damselfly.node import Node
 
     configure_logging(log_level)
+    if not scheduler and not manager:
+        raise click.UsageError("give --scheduler, --manager, or both")
     tls = _cluster_tls(tls_dir, "seed" if seed else "peer")
-    urls = [_scheduler_url(url, tls is not None) for url in scheduler.split(",")]
+    link = _manager_link(manager, tls, scheduler_refresh_interval=scheduler_refresh_interval)
+    urls = [_scheduler_url(url, tls is not None) for url in scheduler.split(",")] if scheduler else []
     # Members verify one another, so the upload server may face the network; without
     # certificates it stays on this machine unless told otherwise.
     upload_listen = upload_listen or (("0.0.0.0" if tls else "127.0.0.1"), 65002)
@@ -331,7 +393,7 @@ def daemon(listen: tuple[str, int], log_level: str, scheduler: str, seed: bool,
     node = Node(_mirror_settings(**mirror), PeerSettings(
         schedulers=urls, upload_host=upload_listen[0], upload_port=upload_listen[1], seed=seed, idc=idc,
         location=location, host_id=_host_id(host_id, tls), upload_slots=upload_slots, upload_rate=upload_rate,
-        peer_send_timeout=_wait(peer_send_timeout, mirror["read_timeout"]), tls=tls))
+        peer_send_timeout=_wait(peer_send_timeout, mirror["read_timeout"]), tls=tls), manager=link)
     _serve(node.sites(listen), node.started, node.stopping)
 
 
@@ -351,17 +413,24 @@ def _scheduler_url(url: str, tls: bool) -> str:
 @log_level_option
 @_with(tls_options)
 @_with(scheduler_limit_options)
+@manager_option
+@click.option("--cluster", default=None, metavar="NAME",
+              help="With --manager: the cluster to join (created with defaults if missing). Without it, the "
+                   "manager places the scheduler by its address.")
 @config_option
 def scheduler(listen: tuple[str, int], log_level: str, tls_dir: Path | None, insecure: bool, max_task_length: int,
-              max_hosts: int, max_tasks: int) -> None:
+              max_hosts: int, max_tasks: int, manager: str | None, cluster: str | None) -> None:
     """Run a scheduler: hosts, tasks and peers in memory; ranks parents, hands out seed peers."""
-    from damselfly.lib.serve import Site
+    from damselfly.node import SchedulerNode
 
     configure_logging(log_level)
     tls = _cluster_tls(tls_dir, "scheduler")
     _guard_exposure("the scheduler", "--listen", listen, tls, insecure)
-    _serve([Site(_scheduler_app(SchedulerSettings(max_task_length, max_hosts, max_tasks)), *listen,
-                 tls.server_context() if tls else None)])
+    if cluster and not manager:
+        raise click.BadParameter("a cluster is joined through the manager: give --manager too", param_hint="--cluster")
+    node = SchedulerNode(SchedulerSettings(max_task_length, max_hosts, max_tasks), listen, tls,
+                         _manager_link(manager, tls, cluster))
+    _serve([node.site()], node.started, node.stopping)
 
 
 @main.group()

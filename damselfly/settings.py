@@ -42,6 +42,15 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "damselfly"
 
 
+def advertised_url(host: str, port: int, https: bool) -> str:
+    """The URL other hosts reach a server at that listens on ``host``: for an unspecified
+    address (all interfaces), the address of this host's name."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostbyname(socket.gethostname())
+    scheme = "https" if https else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
 GiB = 1024**3
 CACHE_QUOTA = 50 * GiB
 CACHE_HIGH_WATERMARK = 0.9
@@ -99,11 +108,7 @@ class PeerSettings:
 
     @property
     def advertised_url(self) -> str:
-        host = self.upload_host
-        if host in ("0.0.0.0", "::", ""):
-            host = socket.gethostbyname(socket.gethostname())
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://[{host}]:{self.upload_port}" if ":" in host else f"{scheme}://{host}:{self.upload_port}"
+        return advertised_url(self.upload_host, self.upload_port, self.tls is not None)
 
     @property
     def resolved_host_id(self) -> str:
@@ -126,6 +131,20 @@ class SchedulerSettings:
     max_hosts: int = MAX_HOSTS  # more get 429
     max_tasks: int = MAX_TASKS  # past it, the oldest task without peers is forgotten
 
+
+
+SCHEDULER_REFRESH_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class ManagerLink:
+    """How a scheduler or daemon joins its manager (``--manager``): where it is, which
+    cluster to ask for, and how often a daemon without ``--scheduler`` may change its
+    schedulers to the manager's latest list."""
+
+    url: str
+    cluster: str | None = None
+    scheduler_refresh_interval: float = SCHEDULER_REFRESH_INTERVAL
 
 
 MANAGER_LISTEN = ("127.0.0.1", 8080)

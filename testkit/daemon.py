@@ -28,6 +28,10 @@ class Damselfly:
     scheduler_port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
     tls_name: str | None = None  # with a name: --tls-dir with a certificate of this run's CA for it
+    # `run` embeds a manager on 127.0.0.1:8080 by default. Tests of the mirror and of P2P do
+    # not need it (it costs a second of CPU at each start, and every `run` of the suite would
+    # want that one port); tests of the manager pass a free address.
+    manager_listen: str = "off"
 
     @property
     def _scheme(self) -> str:
@@ -62,7 +66,8 @@ class Damselfly:
             [*self.wrap, sys.executable, "-m", "damselfly", self.command, "--listen", f"{self.host}:{self.port}",
              "--data-dir", str(self.data_dir), "--upload-listen", f"{self.host}:{self.upload_port}", *self.args,
              *self._tls_args(),
-             *(["--scheduler-listen", f"{self.host}:{self.scheduler_port}"] if self.command == "run" else [])],
+             *(["--scheduler-listen", f"{self.host}:{self.scheduler_port}", "--manager-listen", self.manager_listen]
+               if self.command == "run" else [])],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         wait_healthy(self.process, self.url, f"damselfly on port {self.port}", self.log)
         return self
