@@ -204,7 +204,7 @@ class Node:
             manager.url, membership, tls=peer.tls, on_config=self.apply_cluster_config,
             on_schedulers=None if fixed else self.scheduler.set_schedulers,
             current_schedulers=lambda: self.scheduler.members,
-            refresh_interval=manager.scheduler_refresh_interval,
+            refresh_interval=manager.scheduler_refresh_interval, https_only=peer.tls is not None,
             counters=lambda: (_total(self.peer_metrics.uploaded), _total(self.metrics.served_bytes)))
         await self.membership.start()
 

@@ -68,15 +68,16 @@ class ManagerClient:
     ``on_config`` gets the cluster's configuration from the first answer on, and again
     whenever it changes. ``on_schedulers``, for a daemon without ``--scheduler``, gets the
     cluster's active schedulers when they should replace ``current_schedulers()`` (see
-    damselfly.core.dynconfig.schedulers_to_use). ``counters`` gives the bytes uploaded
-    to peers and served to clients, sent with each keepalive.
+    damselfly.core.dynconfig.schedulers_to_use); with ``https_only`` (a member with a
+    cluster identity) it never gets a scheduler reached over plain HTTP. ``counters``
+    gives the bytes uploaded to peers and served to clients, sent with each keepalive.
     """
 
     def __init__(self, manager_url: str, membership: Membership, *, tls: ClusterTLS | None,
                  on_config: Callable[[ClusterConfig], None],
                  on_schedulers: Callable[[list[str]], None] | None = None,
                  current_schedulers: Callable[[], list[str]] = list,
-                 refresh_interval: float = 60.0,
+                 refresh_interval: float = 60.0, https_only: bool = False,
                  counters: Callable[[], tuple[int, int]] = lambda: (0, 0),
                  timeout: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = manager_url.rstrip("/")
@@ -85,6 +86,7 @@ class ManagerClient:
         self.on_schedulers = on_schedulers
         self.current_schedulers = current_schedulers
         self.refresh_interval = refresh_interval
+        self.https_only = https_only
         self.counters = counters
         self.timeout = timeout
         self.clock = clock
@@ -98,6 +100,7 @@ class ManagerClient:
         self._schedulers_changed_at = -math.inf
         self._unreachable: str | None = None  # why the manager did not answer, while it does not
         self._empty_list_told = False
+        self._plain_told: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -199,6 +202,13 @@ class ManagerClient:
 
     def _take_schedulers(self, answered: list[str]) -> None:
         assert self.on_schedulers is not None
+        if self.https_only:  # a member of a TLS cluster talks to no scheduler in clear
+            plain = {url for url in answered if not url.startswith("https://")}
+            if plain - self._plain_told:
+                log.warning("ignoring schedulers the manager lists over plain HTTP (this member speaks TLS): %s",
+                            ", ".join(sorted(plain)))
+            self._plain_told = plain
+            answered = [url for url in answered if url not in plain]
         current = self.current_schedulers()
         if not answered:
             if not self._empty_list_told:

@@ -185,3 +185,26 @@ def test_an_empty_ring_takes_the_managers_first_schedulers_and_changes_wait_for_
             await client.close()
 
     with_manager(test)
+
+
+def test_a_member_with_a_cluster_identity_takes_no_scheduler_over_plain_http(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ring: list[list[str]] = [[]]
+    secure = "https://10.0.0.9:8002"
+
+    async def test(manager: FakeManager, url: str) -> None:
+        manager.schedulers = [A, secure]
+        client = ManagerClient(url, Membership("peer", "p1", "https://127.0.0.1:65002"), tls=None,
+                               on_config=lambda _: None, on_schedulers=ring.append,
+                               current_schedulers=lambda: ring[-1], https_only=True)
+        await client.start()
+        try:
+            await until(lambda: ring[-1] == [secure], "the https scheduler alone")
+            count = len(manager.keepalives)
+            await until(lambda: len(manager.keepalives) >= count + 3, "more keepalives")
+            assert caplog.text.count("over plain HTTP") == 1 and A in caplog.text
+        finally:
+            await client.close()
+
+    with caplog.at_level(logging.WARNING, "damselfly.network.manager_client"):
+        with_manager(test)
