@@ -1,8 +1,9 @@
-"""The manager's console in real Chromium against a real manager process.
+"""The manager's console in real Chromium, served by the manager that `damselfly run` embeds.
 
-A person's path through it: the sign-in form a visitor without a session gets, root
-seeing the cluster with its schedulers, seed peers and peers (kept live without reloading),
-root creating a guest, signing out, and the guest finding every write either absent or
+A person's path through it: the sign-in form a visitor without a session gets; root seeing
+the one-node cluster of `run` (its scheduler and seed peer, active, with the bytes served
+of a blob just pulled through the node), kept live without reloading, and where that blob
+is; root creating a guest and signing out; the guest finding every write either absent or
 refused in words. The screenshot in docs/console.png is retaken when
 DAMSELFLY_UPDATE_SCREENSHOT=1.
 """
@@ -11,8 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +25,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from testkit.processes import stop_process, wait_healthy
+from testkit.daemon import Damselfly
+from testkit.processes import wait_healthy
+from testkit.registry import Registry, RegistryClient
 from testkit.wait import free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -36,20 +38,24 @@ GUEST, GUEST_PASSWORD = "visitor", "visitor-password-12"
 WAIT = 15  # seconds for any one thing to show; the console polls every 3
 
 
+@dataclass
+class Node:
+    url: str  # the mirror
+    console: str  # the embedded manager: its API and console
+
+
 @pytest.fixture
-def manager(tmp_path: Path) -> Iterator[str]:
-    """A real ``damselfly manager`` on a loopback port; its URL."""
-    port = free_port()
-    log_path = tmp_path / "manager.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "damselfly", "manager", "--listen", f"127.0.0.1:{port}",
-             "--data-dir", str(tmp_path / "manager")],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "DAMSELFLY_ROOT_PASSWORD": ROOT_PASSWORD})
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(process, url, "damselfly manager", lambda: log_path.read_text(errors="replace"))
-    yield url
-    stop_process(process)
+def node(tmp_path: Path, registry: Registry) -> Iterator[Node]:
+    """A real `damselfly run` with its manager on a free loopback port."""
+    console = f"127.0.0.1:{free_port()}"
+    run = Damselfly(tmp_path / "node", ["--registry", f"{registry.host}={registry.url}"], manager_listen=console,
+                    env={"DAMSELFLY_ROOT_PASSWORD": ROOT_PASSWORD})
+    run.start()
+    try:
+        wait_healthy(run.process, f"http://{console}", "the manager of damselfly run", run.log)
+        yield Node(run.url, f"http://{console}")
+    finally:
+        run.stop()
 
 
 @pytest.fixture
@@ -95,22 +101,15 @@ def sign_in(driver: WebDriver, name: str, password: str) -> None:
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
-def register(client: httpx.Client, api: str, kind: str, host: str, port: int, **where: str) -> int:
-    """A component's registration, as a scheduler or daemon makes it (allowed on loopback without --tls-dir)."""
-    answer = client.post(f"{api}/components", json={"kind": kind, "host_id": host, "url": f"http://127.0.0.1:{port}",
-                                                     "cluster": "default", **where})
-    assert answer.status_code in (200, 201), answer.text
-    return answer.json()["id"]
-
-
-def test_console_sign_in_live_clusters_and_a_guest_refused(manager: str, browser: WebDriver, tmp_path: Path) -> None:
-    api = f"{manager}/api/v1"
-    with httpx.Client(timeout=10) as client:
-        register(client, api, "scheduler", "node-1", 8002, idc="dc-a", location="eu|paris")
-        peer = register(client, api, "peer", "node-1", 65002, idc="dc-a", location="eu|paris")
-        register(client, api, "seed-peer", "seed-1", 65012, idc="dc-a", location="eu|paris")
-        assert client.post(f"{api}/components/{peer}/keepalive",
-                           json={"uploaded_bytes": 3 * 1024 * 1024, "served_bytes": 5 * 1024 * 1024}).status_code == 200
+def test_console_sign_in_live_cluster_and_a_guest_refused(node: Node, registry: Registry,
+                                                          registry_client: RegistryClient, browser: WebDriver,
+                                                          tmp_path: Path) -> None:
+    manager, api = node.console, f"{node.console}/api/v1"
+    blob = os.urandom(3 * 1024 * 1024)
+    digest = registry_client.push_blob("console/blob", blob)
+    with httpx.Client(timeout=30) as client:
+        pulled = client.get(f"{node.url}/v2/console/blob/blobs/{digest}", params={"ns": registry.host})
+        assert pulled.status_code == 200 and pulled.content == blob
 
         # A visitor without a session: the sign-in form, a real password field, and nothing
         # loaded from anywhere but the manager.
@@ -125,17 +124,19 @@ def test_console_sign_in_live_clusters_and_a_guest_refused(manager: str, browser
         error = wait(browser, lambda d: text_of(d, "#signin-error"), "the sign-in error")
         assert "password" in error.lower(), error
 
-        # Root: the cluster, its configuration and every member with state, IDC, location and bytes.
+        # Root: the one-node cluster of `run`, its configuration, and its members with state,
+        # address, keepalive and, once a keepalive has carried them, the bytes served.
         sign_in(browser, "root", ROOT_PASSWORD)
         cluster = wait(browser, lambda d: shown(d, "section.cluster[data-name=default]"), "the default cluster")
-        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "section.cluster[data-name=default] tbody tr")) == 3,
-             "a scheduler, a seed peer and a peer")
         assert browser.execute_script("return sessionStorage.getItem('damselfly.console.token')")
         assert browser.execute_script("return localStorage.length") == 0
-        peers = cluster.find_element(By.CSS_SELECTOR, "[data-kind=peers] tbody tr").text
-        assert all(word in peers for word in ("active", "node-1", "dc-a", "eu|paris", "3.00 MiB", "5.00 MiB")), peers
-        assert "active" in cluster.find_element(By.CSS_SELECTOR, "[data-kind=schedulers] tbody tr").text
-        assert "seed-1" in cluster.find_element(By.CSS_SELECTOR, "[data-kind=seed-peers] tbody tr").text
+        members = "section.cluster[data-name=default] [data-kind={}] tbody tr"
+        scheduler = wait(browser, lambda d: shown(d, members.format("schedulers")), "the scheduler")
+        assert "active" in scheduler.text and "127.0.0.1" in scheduler.text, scheduler.text
+        seed = wait(browser, lambda d: "3.00 MiB" in text_of(d, members.format("seed-peers"))
+                    and shown(d, members.format("seed-peers")),
+                    "the seed peer with the 3 MiB it served", timeout=WAIT + 10)  # a keepalive every 5 s
+        assert "active" in seed.text, seed.text
         assert "Candidate parents" in cluster.find_element(By.CSS_SELECTOR, ".config").text
 
         # Live without reloading: a cluster created behind the page's back shows up in it.
@@ -145,12 +146,19 @@ def test_console_sign_in_live_clusters_and_a_guest_refused(manager: str, browser
         assert created.status_code == 201, created.text
         wait(browser, lambda d: shown(d, "section.cluster[data-name=edge]"), "a cluster created elsewhere")
         assert browser.execute_script("return window.stillTheSamePage === true")
+        browser.execute_script("window.scrollTo(0, 0)")
 
         if os.environ.get("DAMSELFLY_UPDATE_SCREENSHOT") == "1":
-            browser.execute_script("window.scrollTo(0, 0)")
             assert browser.save_screenshot(str(SCREENSHOT))
         else:
             assert browser.save_screenshot(str(tmp_path / "console.png"))
+
+        # Where the blob is: the seed peer of `run` holds all of it, as its scheduler says.
+        browser.get(f"{manager}/#/tasks?q={digest}")
+        holder = wait(browser, lambda d: shown(d, f".blob[data-digest='{digest}'] tbody tr"),
+                      "the peers holding the blob")
+        assert "whole blob" in holder.text, holder.text
+        assert "answered" in text_of(browser, ".asked")
 
         # Root creates a guest through the users page.
         browser.get(manager + "/#/users")
@@ -169,8 +177,7 @@ def test_console_sign_in_live_clusters_and_a_guest_refused(manager: str, browser
 
         # The guest: sees the clusters, is told it is read only, and finds no write action.
         sign_in(browser, GUEST, GUEST_PASSWORD)
-        wait(browser, lambda d: shown(d, "section.cluster[data-name=default] [data-kind=peers] tbody tr"),
-             "the clusters for the guest")
+        wait(browser, lambda d: shown(d, members.format("schedulers")), "the clusters for the guest")
         assert "guest" in text_of(browser, "#role")
         assert "only root can change" in text_of(browser, "#readonly-note")
         assert not browser.find_elements(By.CSS_SELECTOR, "#create-cluster, section.cluster .actions button")
