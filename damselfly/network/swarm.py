@@ -238,10 +238,10 @@ class Network:
             log.warning("pieces %d..%d of %s served before their report reached the scheduler (%.0fs)",
                         indexes.start, indexes.stop - 1, digest, timeout)
 
-    async def trigger_seeds(self, task: Task, origin: Origin, seeds: tuple[SeedInfo, ...]) -> bool:
+    async def trigger_seeds(self, task: Task, origin: Origin, seeds: tuple[SeedInfo, ...]) -> SeedInfo | None:
         """Ask ``seeds``, in order, to fetch the task with the caller's credentials, until one
-        answers 202; report each that did not. With a cluster identity only a host with a seed
-        certificate can receive the trigger (and the credentials in it)."""
+        answers 202 (returned); report each that did not. With a cluster identity only a host
+        with a seed certificate can receive the trigger (and the credentials in it)."""
         trigger = SeedTrigger(task.length, task.piece_length, registry_name(origin.registry), origin.repository,
                               task.ranged, origin.authorization).to_json()
         deadline = time.monotonic() + SEED_TRIGGER_BUDGET
@@ -252,11 +252,11 @@ class Network:
             reason = await self._trigger(seed, str(task.digest), trigger, min(SEED_TRIGGER_TIMEOUT, left))
             if reason is None:
                 log.info("seed %s fetches %s from the origin", seed.host_id, task.digest)
-                return True
+                return seed
             log.warning("seed %s did not take %s: %s", seed.host_id, task.digest, reason)
             self.metrics.seed_triggers_failed.inc()
             self.spawn(self._report_trigger_failed(str(task.digest), seed.host_id, reason))
-        return False
+        return None
 
     async def _trigger(self, seed: SeedInfo, digest: str, trigger: dict[str, Any], timeout: float) -> str | None:
         """One SeedTrigger; None when the seed accepted, else why not."""
@@ -301,6 +301,7 @@ class PieceDownload:
         self.reporter = reporter
         self.parents: dict[str, Parent] = {}
         self.dropped: set[str] = set()
+        self.triggered: Parent | None = None  # the seed that took this peer's trigger, until a schedule lists it
         self.refusing: set[str] = set()  # parents whose last answer was "not here" (404)
         self.bad_relays: set[str] = set()  # upload URLs of peers a seed pointed at that sent wrong bytes
         self.digests: dict[int, str] = {}
@@ -408,14 +409,31 @@ class PieceDownload:
             else:
                 parent.bitmap, parent.seeding = bitmap, p.seeding
             fresh[parent.host_id] = parent
+        triggered = self.triggered
+        if triggered is not None and triggered.host_id not in self.dropped:
+            if triggered.host_id in fresh:
+                self.triggered = None
+            else:
+                fresh[triggered.host_id] = triggered
         self.parents = fresh
         self.network.metrics.parents.inc(len(self.parents) - before)
         self._notify()
 
     async def _trigger(self, seeds: tuple[SeedInfo, ...]) -> None:
-        """This peer holds the task's trigger lease: a seed fetches it, or this peer does."""
-        if not await self.network.trigger_seeds(self.task, self.origin, seeds):
+        """This peer holds the task's trigger lease: a seed fetches it, or this peer does.
+
+        The seed that takes it is a parent at once: it holds this peer's first requests until
+        the pieces start to arrive, where waiting for the scheduler to list it would cost a
+        registration and a poll (about 35 ms here) before the first byte of every cold blob."""
+        seed = await self.network.trigger_seeds(self.task, self.origin, seeds)
+        if seed is None:
             self.back_to_source = f"no seed: none of {len(seeds)} seed peers took the task"
+            self._notify()
+        elif seed.host_id not in self.parents and seed.host_id not in self.dropped:
+            self.triggered = Parent(seed.host_id, seed.upload_url, is_seed=True, seeding=True,
+                                    bitmap=PieceBitmap(self.task.piece_count))
+            self.parents[seed.host_id] = self.triggered
+            self.network.metrics.parents.inc()
             self._notify()
         self._triggering = None  # a later "seed" answer (the seed failed to start) asks again
 

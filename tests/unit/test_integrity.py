@@ -211,7 +211,7 @@ async def _seeds(answers: list[int]) -> tuple[list[str], list[dict[str, Any]], w
 def test_a_peer_asks_the_listed_seeds_in_order_with_its_callers_credentials(tmp_path, answers, accepted):
     scheduler = FakeScheduler()
 
-    async def scenario() -> tuple[bool, list[dict[str, Any]]]:
+    async def scenario() -> tuple[SeedInfo | None, list[dict[str, Any]]]:
         urls, got, runner = await _seeds(answers)
         try:
             network = network_with(scheduler)
@@ -227,7 +227,7 @@ def test_a_peer_asks_the_listed_seeds_in_order_with_its_callers_credentials(tmp_
             await runner.cleanup()
 
     result, got = asyncio.run(scenario())
-    assert result is accepted
+    assert (result is not None and result.host_id == "seed-1") is accepted, "the seed that took it, or None"
     assert [g["seed"] for g in got] == ["0", "1"]
     trigger = SeedTrigger.from_json(got[0])
     assert (trigger.registry, trigger.repository, trigger.authorization) == ("127.0.0.1:5000", "team/app",
@@ -239,7 +239,7 @@ def test_a_peer_asks_the_listed_seeds_in_order_with_its_callers_credentials(tmp_
 def test_with_a_cluster_identity_credentials_never_go_to_a_plain_http_seed(tmp_path):
     scheduler = FakeScheduler()
 
-    async def scenario() -> tuple[bool, list[dict[str, Any]]]:
+    async def scenario() -> tuple[SeedInfo | None, list[dict[str, Any]]]:
         urls, got, runner = await _seeds([202])
         try:
             network = network_with(scheduler)
@@ -254,5 +254,5 @@ def test_with_a_cluster_identity_credentials_never_go_to_a_plain_http_seed(tmp_p
             await runner.cleanup()
 
     result, got = asyncio.run(scenario())
-    assert result is False and got == []
+    assert result is None and got == []
     assert [body["reason"] for path, body in scheduler.calls if path == "trigger-failed"][0].endswith("in clear")
