@@ -216,15 +216,9 @@ def _cluster_tls(tls_dir: Path | None, *roles: str) -> "ClusterTLS | None":
     from damselfly.lib.tls import ClusterTLS, TLSError
 
     try:
-        tls = ClusterTLS.load(tls_dir)
+        return ClusterTLS.load(tls_dir, *roles)
     except TLSError as exc:
         raise click.BadParameter(str(exc), param_hint="--tls-dir") from None
-    missing = [role for role in roles if not tls.identity.has_role(role)]
-    if missing:
-        raise click.BadParameter(f"the certificate of {tls.identity.name} has role {'+'.join(sorted(tls.identity.roles))};"
-                                 f" this command needs {'+'.join(roles)} (damselfly ca issue --role ...)",
-                                 param_hint="--tls-dir")
-    return tls
 
 
 def _warn_if_mirror_exposed(listen: tuple[str, int]) -> None:
@@ -263,12 +257,7 @@ def _manager_link(url: str | None, tls: "ClusterTLS | None", cluster: str | None
     certificate); plain http only without one (the manager admits it from loopback)."""
     if url is None:
         return None
-    try:
-        url = normalize_upstream(url) if "://" in url else f"{'https' if tls else 'http'}://{url.strip()}"
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--manager") from None
-    if tls and not url.startswith("https://"):
-        raise click.BadParameter(f"{url}: with --tls-dir the manager is reached over https", param_hint="--manager")
+    url = _member_url(url, tls is not None, "--manager")
     if cluster and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", cluster):
         raise click.BadParameter(f"{cluster!r}: letters, digits and . _ @ - (at most 64, the first a letter or "
                                  "digit)", param_hint="--cluster")
@@ -384,7 +373,7 @@ def daemon(listen: tuple[str, int], log_level: str, scheduler: str | None, seed:
         raise click.UsageError("give --scheduler, --manager, or both")
     tls = _cluster_tls(tls_dir, "seed" if seed else "peer")
     link = _manager_link(manager, tls, scheduler_refresh_interval=scheduler_refresh_interval)
-    urls = [_scheduler_url(url, tls is not None) for url in scheduler.split(",")] if scheduler else []
+    urls = [_member_url(url, tls is not None, "--scheduler") for url in scheduler.split(",")] if scheduler else []
     # Members verify one another, so the upload server may face the network; without
     # certificates it stays on this machine unless told otherwise.
     upload_listen = upload_listen or (("0.0.0.0" if tls else "127.0.0.1"), 65002)
@@ -397,14 +386,15 @@ def daemon(listen: tuple[str, int], log_level: str, scheduler: str | None, seed:
     _serve(node.sites(listen), node.started, node.stopping)
 
 
-def _scheduler_url(url: str, tls: bool) -> str:
-    """A --scheduler entry as a URL: https with a cluster identity, which never talks plain HTTP."""
+def _member_url(url: str, tls: bool, flag: str) -> str:
+    """A cluster member's address given to ``flag`` as a URL: a bare HOST:PORT is https with a
+    cluster identity, which never talks plain HTTP, and http without one."""
     try:
         url = normalize_upstream(url) if "://" in url else f"{'https' if tls else 'http'}://{url.strip()}"
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--scheduler") from None
+        raise click.BadParameter(str(exc), param_hint=flag) from None
     if tls and not url.startswith("https://"):
-        raise click.BadParameter(f"{url}: with --tls-dir schedulers are reached over https", param_hint="--scheduler")
+        raise click.BadParameter(f"{url}: with --tls-dir, {flag} is reached over https", param_hint=flag)
     return url
 
 

@@ -147,7 +147,9 @@ class ClusterTLS:
     identity: Identity
 
     @classmethod
-    def load(cls, directory: Path) -> "ClusterTLS":
+    def load(cls, directory: Path, *roles: str) -> "ClusterTLS":
+        """The identity in ``directory``; TLSError unless its certificate holds every one of
+        ``roles`` (what the command that loads it serves as)."""
         from cryptography import x509
 
         try:
@@ -161,6 +163,10 @@ class ClusterTLS:
         identity = _identity_of_subject(cert.subject)
         if identity is None:
             raise TLSError(f"--tls-dir {directory}: {CERT_FILE} was not issued by `damselfly ca issue` (no role)")
+        missing = [role for role in roles if not identity.has_role(role)]
+        if missing:
+            raise TLSError(f"the certificate of {identity.name} has role {'+'.join(sorted(identity.roles))}; this "
+                           f"command needs {'+'.join(roles)} (damselfly ca issue --role ...)")
         tls = cls(directory, identity)
         tls.server_context()  # a key that does not match, a CA that cannot be read: fail at start, not per request
         return tls

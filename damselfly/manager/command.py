@@ -100,11 +100,6 @@ def _manager_tls(tls_dir: Path | None) -> Any:
     from damselfly.lib.tls import ClusterTLS, TLSError
 
     try:
-        tls = ClusterTLS.load(tls_dir)
+        return ClusterTLS.load(tls_dir, "manager")
     except TLSError as error:
         raise click.BadParameter(str(error), param_hint="--tls-dir") from None
-    if not tls.identity.has_role("manager"):
-        raise click.BadParameter(f"the certificate of {tls.identity.name} has role "
-                                 f"{'+'.join(sorted(tls.identity.roles))}; the manager needs role manager "
-                                 "(damselfly ca issue --role manager)", param_hint="--tls-dir")
-    return tls
