@@ -14,11 +14,12 @@ import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from damselfly.core.oci import Digest, ImageRef, OCIError
-from damselfly.lib.tls import ClusterTLS, role_hostname
+from damselfly.lib.tls import ClusterTLS, is_loopback, role_hostname
 from damselfly.manager.errors import ApiError
 from damselfly.manager.models import BlobLocation, SchedulerReport, TaskPeer, TasksAnswer
 
@@ -134,6 +135,10 @@ def image_digests(image: str, plain_http: bool, timeout: float = REGISTRY_TIMEOU
         ref = ImageRef.parse(image)
     except ValueError as error:
         raise ApiError(400, f"image: {error}") from None
+    if plain_http and not is_loopback(urlsplit(f"//{ref.registry}").hostname or ""):
+        # Any reader may search: plain HTTP to an address of its choosing would let a guest
+        # make the manager talk cleartext to any host its network reaches.
+        raise ApiError(400, f"image: plain HTTP only to a registry on this machine, not {ref.registry}")
     client = RegistryClient(ref.registry, plain_http=plain_http, timeout=timeout)
     try:
         manifest, _, _ = client.manifest(ref.repository, ref.reference)

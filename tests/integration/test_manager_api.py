@@ -381,6 +381,8 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(manager: Manager, root: 
         (root.get("/tasks"), 400, "digest"),
         (root.get("/tasks", params={"digest": "sha256:short"}), 400, "digest"),
         (root.get("/tasks", params={"image": "UPPER/Case:tag"}), 400, "image"),
+        # A reader may not make the manager talk cleartext to a host of its choosing.
+        (root.get("/tasks", params={"image": "192.0.2.7:5000/app:1", "plain_http": "true"}), 400, "plain HTTP"),
         (root.put("/clusters"), 405, "PUT"),
         (root.get("/nothing-here"), 404, "no such endpoint"),
         (httpx.post(f"{manager.api}/components", content=b"\xff\xfe"), 400, "JSON"),
