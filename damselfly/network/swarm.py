@@ -171,6 +171,11 @@ class Network:
         task.add_done_callback(self._finished_background)
         return task
 
+    async def settled(self) -> None:
+        """Wait for the background work started so far (reports to the scheduler, seed
+        triggers' failure reports) to end: a caller that must know its reports went out."""
+        await asyncio.gather(*list(self._background), return_exceptions=True)
+
     def _finished_background(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:

@@ -283,12 +283,12 @@ class ServiceClient:
 
     def mount(self, ref: str, mountpoint: Path, cache_dir: Path, mirror: str | None = None, plain_http: bool = False,
               prefetch: bool = False, cache_quota: int | str | None = None) -> dict[str, Any]:
-        return self._call("/mount", {"ref": ref, "mountpoint": str(mountpoint), "cache_dir": str(cache_dir),
+        return self.call("/mount", {"ref": ref, "mountpoint": str(mountpoint), "cache_dir": str(cache_dir),
                                      "cache_quota": cache_quota, "mirror": mirror, "plain_http": plain_http,
                                      "prefetch": prefetch})
 
     def umount(self, mountpoint: Path) -> dict[str, Any]:
-        return self._call("/umount", {"mountpoint": str(mountpoint)})
+        return self.call("/umount", {"mountpoint": str(mountpoint)})
 
     def healthy(self) -> bool:
         try:
@@ -309,7 +309,8 @@ class ServiceClient:
         finally:
             connection.close()
 
-    def _call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``endpoint``; the answer, or ServiceError with the service's words."""
         status, data = self._exchange("POST", endpoint, body)
         try:
             answer = json.loads(data)

@@ -354,7 +354,7 @@ def test_the_mount_service_mounts_for_its_clients_and_its_mounts_outlive_it(
                 (lambda: client.mount(target, Path("relative"), cache), "'mountpoint' must be an absolute path"),
                 (lambda: client.mount(target, point, cache, plain_http=True), "already a mount point"),
                 (lambda: client.umount(tmp_path), "not a damselfly nydus mount"),
-                (lambda: client._call("/mount", {"ref": target, "mountpoint": str(point), "plainHttp": True}),
+                (lambda: client.call("/mount", {"ref": target, "mountpoint": str(point), "plainHttp": True}),
                  "unknown field 'plainHttp'")]
     for request, message in refusals:
         with pytest.raises(ServiceError, match=message) as refusal:

@@ -61,7 +61,7 @@ def test_requests_it_cannot_use_get_a_status_and_one_line(served: MountService, 
     ]
     for body, message in cases:
         with pytest.raises(ServiceError, match=message):
-            client._call("/mount", body)
+            client.call("/mount", body)
     assert _exchange(served.path, b"POST /mount HTTP/1.1\r\nContent-Length: 5\r\n\r\n[1,2]")[0] == 400
     nested = b"[" * 50000
     assert _exchange(served.path, b"POST /mount HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(nested), nested))[0] == 400

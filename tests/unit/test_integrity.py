@@ -135,7 +135,7 @@ def test_pieces_that_matched_a_liars_digests_are_not_committed_and_the_liar_is_r
         origin = SimpleNamespace(registry="http://127.0.0.1:5000", repository="r", authorization=None)
         actual = await asyncio.wait_for(network.download(task, origin), 10)  # type: ignore[arg-type]
         network.finished(task, success=False, reason="digest mismatch")
-        await asyncio.gather(*list(network._background), return_exceptions=True)
+        await network.settled()
         network.origin_copiers.shutdown()
         return actual, network, task
 
@@ -220,7 +220,7 @@ def test_a_peer_asks_the_listed_seeds_in_order_with_its_callers_credentials(tmp_
                                      authorization="Bearer secret")
             seeds = tuple(SeedInfo(f"seed-{i}", url) for i, url in enumerate(urls))
             result = await network.trigger_seeds(task, origin, seeds)  # type: ignore[arg-type]
-            await asyncio.gather(*list(network._background))
+            await network.settled()
             await network.close()
             return result, got
         finally:
@@ -247,7 +247,7 @@ def test_with_a_cluster_identity_credentials_never_go_to_a_plain_http_seed(tmp_p
             origin = SimpleNamespace(registry="https://r.example", repository="a", authorization="Bearer x")
             seeds = (SeedInfo("seed-0", urls[0]),)
             result = await network.trigger_seeds(new_task(tmp_path), origin, seeds)  # type: ignore[arg-type]
-            await asyncio.gather(*list(network._background))
+            await network.settled()
             await network.close()
             return result, got
         finally:

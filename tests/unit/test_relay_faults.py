@@ -69,7 +69,7 @@ def _relay_corrupt(tmp_path: Path, liar_is_a_parent: bool, times: int = 1
         relay = PieceRelayed(LIAR, ("sha256:" + "0" * 64,) * 3)
         for _ in range(times):  # the seed may point this peer at the liar again
             await download._fetch_relayed(request, relay, _Arrival(download, "seed", "seed-1"))
-        await asyncio.gather(*list(network._background))  # the report, sent in the background
+        await network.settled()  # the report, sent in the background
         network.origin_copiers.shutdown()
         return download, scheduler, fetcher
 
