@@ -415,10 +415,11 @@ class ManagerService:
     async def keepalive(self, call: Call) -> KeepaliveAnswer:
         component_id = call.ids["id"]
         if self.settings.tls is not None:
-            host_id = await asyncio.to_thread(self.store.component_host, component_id)
-            if host_id is None:
+            known = await asyncio.to_thread(self.store.component_host, component_id)
+            if known is None:
                 raise ApiError(404, f"no component with id {component_id}: register again")
-            self._admit_component(call.request, None, host_id)
+            host_id, kind = known
+            self._admit_component(call.request, kind, host_id)  # a peer's certificate keeps no scheduler alive
         return await asyncio.to_thread(self.store.keepalive, component_id, call.body, call.now)
 
     # --- tasks and audit -----------------------------------------------------------------------------------

@@ -184,11 +184,19 @@ def open_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection: Any, _: Any) -> None:
+            connection.isolation_level = None  # the driver's own BEGIN is deferred: "begin" below says when
             cursor = connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _write_lock_first(connection: Any) -> None:
+            # SQLite ignores SELECT ... FOR UPDATE: two transactions could each count the other's
+            # root as left and both demote theirs. Taking the write lock at BEGIN serialises
+            # them (readers under WAL still read).
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)

@@ -282,6 +282,9 @@ class Store:
                     if patch.name is None:
                         raise ApiError(400, "name: a cluster keeps a name")
                     row.name = patch.name
+                for field in ("config", "scopes"):
+                    if field in patch.model_fields_set and getattr(patch, field) is None:
+                        raise ApiError(400, f"{field}: give the keys to change, not null")
                 if patch.config is not None:
                     row.config = _merged(ClusterConfig, row.config, patch.config.model_dump(
                         include=patch.config.model_fields_set), "config")
@@ -327,8 +330,10 @@ class Store:
             return [self._component(row, now) for row in session.scalars(statement.order_by(ComponentRow.id))]
         return self._read(work)
 
-    def _cluster_named(self, session: Session, name: str, now: datetime) -> ClusterRow:
+    def _cluster_named(self, session: Session, name: str, now: datetime, create: bool = True) -> ClusterRow:
         row = session.scalar(select(ClusterRow).where(ClusterRow.name == name))
+        if row is None and not create:
+            raise ApiError(404, f"no cluster named {name}: a scheduler's registration or root creates it")
         if row is None:
             row = ClusterRow(name=name, config=ClusterConfig.model_validate({}).model_dump(),
                              scopes=ClusterScopes.model_validate({}).model_dump(),
@@ -338,12 +343,13 @@ class Store:
             log.info("created cluster %s (id %d) for a component that asked for it", name, row.id)
         return row
 
-    def _place(self, session: Session, requested: str | None, scheduler_url: str | None, host: HostFacts,
-               now: datetime) -> ClusterRow:
-        """The cluster a component joins: the one it names; else its scheduler's; else the
-        best match of its scopes; else ``default``."""
+    def _place(self, session: Session, kind: str, requested: str | None, scheduler_url: str | None,
+               host: HostFacts, now: datetime) -> ClusterRow:
+        """The cluster a component joins: the one it names (a scheduler's creates it: a peer's
+        certificate is no licence to make clusters); else its scheduler's; else the best
+        match of its scopes; else ``default``."""
         if requested:
-            return self._cluster_named(session, requested, now)
+            return self._cluster_named(session, requested, now, create=kind == "scheduler")
         if scheduler_url:
             cluster_id = session.scalar(select(ComponentRow.cluster_id).where(
                 ComponentRow.kind == "scheduler", ComponentRow.url == _normalize_url(scheduler_url),
@@ -377,8 +383,8 @@ class Store:
                   keepalive_interval: float) -> Registration:
         with self._write() as session:
             ip = body.ip or address or None
-            cluster = self._place(session, body.cluster, body.scheduler_url, HostFacts(body.idc, body.location, ip),
-                                  now)
+            cluster = self._place(session, body.kind, body.cluster, body.scheduler_url,
+                                  HostFacts(body.idc, body.location, ip), now)
             row = session.scalar(select(ComponentRow).where(ComponentRow.kind == body.kind,
                                                             ComponentRow.host_id == body.host_id))
             again = row is not None
@@ -406,7 +412,7 @@ class Store:
             row.uploaded_bytes, row.served_bytes = body.uploaded_bytes, body.served_bytes
             cluster = session.get(ClusterRow, row.cluster_id) if row.cluster_id is not None else None
             if cluster is None:  # its cluster was deleted: place it again, as at registration
-                cluster = self._place(session, row.requested_cluster, row.scheduler_url,
+                cluster = self._place(session, row.kind, row.requested_cluster, row.scheduler_url,
                                       HostFacts(row.idc, row.location, row.ip), now)
                 row.cluster_id = cluster.id
                 log.info("%s %s placed in cluster %s (id %d): its cluster was deleted", row.kind, row.host_id,
@@ -414,8 +420,11 @@ class Store:
             return KeepaliveAnswer(config=config_view(cluster.config),
                                    schedulers=self._active_schedulers(session, cluster.id, now))
 
-    def component_host(self, component_id: int) -> str | None:
-        return self._read(lambda s: s.scalar(select(ComponentRow.host_id).where(ComponentRow.id == component_id)))
+    def component_host(self, component_id: int) -> tuple[str, str] | None:
+        """(host id, kind) of a component: who may keep it alive."""
+        row = self._read(lambda s: s.execute(select(ComponentRow.host_id, ComponentRow.kind).where(
+            ComponentRow.id == component_id)).first())
+        return (row[0], row[1]) if row is not None else None
 
     def schedulers_to_ask(self, cluster_id: int | None, now: datetime) -> list[tuple[str, int | None]]:
         """(url, cluster id) of every active scheduler, or of one cluster's."""

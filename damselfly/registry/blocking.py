@@ -23,7 +23,7 @@ from damselfly import __version__
 from damselfly.lib.blockinghttp import Body, Response, Session
 from damselfly.core.oci import Digest, registry_base_url
 from damselfly.registry.rules import (BearerChallenge, ChallengeInvalid, answers_blob, blob_answer_problem, blob_url,
-                                      manifest_url, parse_bearer_challenge, range_header, token_in_answer,
+                                      manifest_url, parse_bearer_challenge, range_header, realm_problem, token_in_answer,
                                       token_request_url, uploads_url, with_query)
 
 MANIFEST_TYPES = (
@@ -85,6 +85,8 @@ class RegistryClient:
         if challenge is None:
             return response
         response.discard()
+        if (problem := realm_problem(url, challenge.realm)) is not None:
+            raise RegistryError(problem)
         self.tokens[scope] = self._token(token_request_url(challenge, scope))
         return self._request(method, url, self._with_token(headers or {}, scope), body)
 

@@ -149,6 +149,18 @@ def _outside_quotes(text: str) -> Iterator[str]:
     yield text[start:]
 
 
+def realm_problem(registry_url: str, realm: str) -> str | None:
+    """Why a registry's token service may not be asked, or None. A registry reached over
+    https may not send its client to plain HTTP for a token (the redirect rule, which a
+    challenge would otherwise get around); a realm is an absolute http(s) URL."""
+    scheme = realm.split("://", 1)[0].lower() if "://" in realm else ""
+    if scheme not in ("http", "https"):
+        return f"token service {realm!r} is not an http(s) URL"
+    if scheme == "http" and registry_url.lower().startswith("https://"):
+        return f"refused token service {realm}: plain HTTP from a registry reached over https"
+    return None
+
+
 def token_request_url(challenge: BearerChallenge, scope: str) -> str:
     """Where to ask for a token for ``scope``: the client's own scope, under which it keeps
     the token for its next requests."""

@@ -5,6 +5,8 @@ audit log, where a blob is, and bad input that must change nothing."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import json
 import re
 import subprocess
@@ -121,6 +123,27 @@ def test_the_last_root_user_stays(fresh_manager: Callable[..., Manager]) -> None
         for refused in (root.delete(f"/users/{me['id']}"), root.patch(f"/users/{me['id']}", json={"role": "guest"})):
             assert refused.status_code == 409 and "last root" in refused.json()["error"]
         assert root.get("/users/me").json()["role"] == "root"
+
+
+def test_roots_demoted_all_at_once_leave_one(fresh_manager: Callable[..., Manager]) -> None:
+    """Three roots demote each other at the same moment: each demotion counts the roots that
+    stay, and none may count on one that another demotion takes away."""
+    manager = fresh_manager()
+    password = "three-roots-pw"
+    with manager.root() as root:
+        for name in ("root-a", "root-b"):
+            assert root.post("/users", json={"name": name, "password": password, "role": "root"}).status_code == 201
+        ids = {user["name"]: user["id"] for user in root.get("/users").json()}
+    targets = {"root": "root-a", "root-a": "root-b", "root-b": "root"}
+    clients = {name: manager.client(manager.sign_in(name, ROOT_PASSWORD if name == "root" else password))
+               for name in targets}
+    with ThreadPoolExecutor(len(targets)) as pool:
+        codes = list(pool.map(lambda who: clients[who].patch(f"/users/{ids[targets[who]]}",
+                                                              json={"role": "guest"}).status_code, targets))
+    roles = [client.get("/users/me").json()["role"] for client in clients.values()]
+    for client in clients.values():
+        client.close()
+    assert roles.count("root") >= 1, (codes, roles)
 
 
 def test_a_random_root_password_is_logged_once_and_there_is_no_default(fresh_manager: Callable[..., Manager]
@@ -306,7 +329,7 @@ def test_components_go_inactive_without_keepalives_and_come_back(manager: Manage
 
 
 def test_keepalives_report_bytes_and_unknown_ids_register_again(manager: Manager, root: httpx.Client) -> None:
-    peer = manager.register("peer", unique("p"), "http://127.0.0.1:1", cluster=unique("bytes"))
+    peer = manager.register("peer", unique("p"), "http://127.0.0.1:1")
     assert _keepalive(manager, peer["id"], uploaded_bytes=123, served_bytes=456).status_code == 200
     shown = _component(root, "/peers", peer["id"])
     assert (shown["uploaded_bytes"], shown["served_bytes"]) == (123, 456)
@@ -316,9 +339,13 @@ def test_keepalives_report_bytes_and_unknown_ids_register_again(manager: Manager
 
 def test_a_deleted_clusters_members_are_placed_again(manager: Manager, root: httpx.Client) -> None:
     cluster = unique("doomed")
+    scheduler = manager.register("scheduler", unique("s"), f"http://127.0.0.1:{free_port()}", cluster=cluster)
     peer = manager.register("peer", unique("p"), "http://127.0.0.1:1", cluster=cluster)
     assert root.delete(f"/clusters/{peer['cluster_id']}").status_code == 204
     assert _component(root, "/peers", peer["id"])["cluster_id"] is None
+    refused = _keepalive(manager, peer["id"])  # a peer's keepalive does not make the cluster again
+    assert refused.status_code == 404 and "no cluster named" in refused.json()["error"]
+    assert _keepalive(manager, scheduler["id"]).status_code == 200  # its scheduler's does
     assert _keepalive(manager, peer["id"]).status_code == 200
     rejoined = _component(root, "/peers", peer["id"])["cluster_id"]
     assert rejoined is not None and root.get(f"/clusters/{rejoined}").json()["name"] == cluster
@@ -483,6 +510,11 @@ def test_with_tls_components_prove_who_they_are(tmp_path: Path) -> None:
             theirs = scheduler.post("/components", json={**body, "kind": "scheduler", "host_id": "tls-scheduler"})
             assert theirs.status_code == 200
             assert peer.post(f"/components/{theirs.json()['id']}/keepalive", json={}).status_code == 403
+            # A peer's certificate in the scheduler's name keeps no scheduler alive, and makes no cluster.
+            with member("tls-scheduler", "peer") as namesake:
+                assert namesake.post(f"/components/{theirs.json()['id']}/keepalive", json={}).status_code == 403
+            made = peer.post("/components", json={**body, "cluster": "made-by-a-peer"})
+            assert made.status_code == 404 and "no cluster named" in made.json()["error"]
             assert person.post(f"/components/{theirs.json()['id']}/keepalive", json={}).status_code == 403
     finally:
         manager.stop()

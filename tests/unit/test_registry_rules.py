@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from damselfly.lib.blockinghttp import Redirect, RedirectRefused, follow_redirect
 from damselfly.registry.rules import (BearerChallenge, ChallengeInvalid, answers_blob, blob_answer_problem,
-                                      parse_bearer_challenge, range_header, token_in_answer, token_request_url,
+                                      parse_bearer_challenge, range_header, realm_problem, token_in_answer, token_request_url,
                                       with_query)
 
 # --- Bearer challenges ---------------------------------------------------------------------------------------------
@@ -162,3 +162,13 @@ def test_an_answer_that_redirects_nowhere_is_the_answer(status: int, location: s
 def test_a_redirect_down_to_plain_http_is_refused() -> None:
     with pytest.raises(RedirectRefused):
         follow_redirect("GET", "https://r.example/v2/a", 302, "http://r.example/v2/a")
+
+
+def test_a_registry_over_https_cannot_send_its_client_to_plain_http_for_a_token():
+    """A challenge is a redirect by other means: a guest of the manager naming a registry
+    that answers realm="http://any-host/..." must not get a cleartext request sent there."""
+    assert realm_problem("https://r.example/v2/a/manifests/1", "http://10.0.0.9:8080/steal") is not None
+    assert realm_problem("https://r.example/v2/", "https://auth.r.example/token") is None
+    assert realm_problem("http://127.0.0.1:5000/v2/", "http://127.0.0.1:5001/token") is None
+    assert realm_problem("https://r.example/v2/", "file:///etc/passwd") is not None
+    assert realm_problem("https://r.example/v2/", "/token") is not None
