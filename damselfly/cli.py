@@ -20,8 +20,8 @@ from damselfly.core.oci import normalize_upstream
 from damselfly.lib.units import parse_size
 from damselfly.mirror.upstream import parse_registry_mapping
 from damselfly.settings import (CACHE_HIGH_WATERMARK, CACHE_LOW_WATERMARK, CACHE_QUOTA, CONNECT_TIMEOUT, MAX_HOSTS,
-                                MAX_TASK_LENGTH, MAX_TASKS, READ_TIMEOUT, SCHEDULER_REFRESH_INTERVAL, UPLOAD_SLOTS,
-                                ManagerLink, MirrorSettings, PeerSettings, SchedulerSettings, default_data_dir)
+                                MAX_TASK_LENGTH, MAX_TASKS, READ_TIMEOUT, SCHEDULER_REFRESH_INTERVAL, STALE_TAG_TTL,
+                                UPLOAD_SLOTS, ManagerLink, MirrorSettings, PeerSettings, SchedulerSettings, default_data_dir)
 
 if TYPE_CHECKING:
     from damselfly.lib.serve import Site
@@ -108,6 +108,9 @@ def mirror_options(default_listen: str) -> Callable[[Any], Any]:
         _wait_option("--client-send-timeout",
                      "Seconds a client may take nothing of one send (4 MiB; 32 KiB of a cached blob) before it is "
                      "cut off."),
+        click.option("--stale-tag-ttl", type=click.FloatRange(0), default=STALE_TAG_TTL, show_default="86400 (24 h)",
+                     help="Seconds a tag's last resolution is served while its registry fails (connection error, "
+                          "timeout, 5xx, 429); 0 never serves a stale tag."),
         log_level_option,
         config_option,
     ])
@@ -139,7 +142,7 @@ def _mirror_settings(data_dir: Path, registry: tuple[tuple[str, str], ...], defa
                      cache_quota: int, cache_high_watermark: float, cache_low_watermark: float,
                      connect_timeout: float, read_timeout: float, upstream_read_timeout: float | None,
                      download_stall_timeout: float | None, client_body_timeout: float | None,
-                     client_send_timeout: float | None) -> MirrorSettings:
+                     client_send_timeout: float | None, stale_tag_ttl: float) -> MirrorSettings:
     if cache_low_watermark > cache_high_watermark:
         raise click.BadParameter("must not exceed --cache-high-watermark", param_hint="--cache-low-watermark")
     try:
@@ -153,7 +156,7 @@ def _mirror_settings(data_dir: Path, registry: tuple[tuple[str, str], ...], defa
         connect_timeout=connect_timeout, upstream_read_timeout=_wait(upstream_read_timeout, read_timeout),
         download_stall_timeout=_wait(download_stall_timeout, read_timeout),
         client_body_timeout=_wait(client_body_timeout, read_timeout),
-        client_send_timeout=_wait(client_send_timeout, read_timeout))
+        client_send_timeout=_wait(client_send_timeout, read_timeout), stale_tag_ttl=stale_tag_ttl)
 
 
 def _check_upstream_proxies() -> None:

@@ -60,6 +60,8 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 # How long the registry's yes to a caller's credentials for a protected blob is trusted.
 ACCESS_TTL = 60.0
+# How long a tag's last resolution may stand in for a registry that fails (--stale-tag-ttl).
+STALE_TAG_TTL = 24 * 3600.0
 
 
 @dataclass
@@ -84,6 +86,7 @@ class MirrorSettings:
     # A client that accepts nothing of one send (4 MiB, 32 KiB of a cached blob) for this long is cut off.
     client_send_timeout: float = READ_TIMEOUT
     access_ttl: float = ACCESS_TTL
+    stale_tag_ttl: float = STALE_TAG_TTL
 
 
 UPLOAD_SLOTS = 16

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 from dataclasses import replace
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Mapping
 from urllib.parse import urlencode
 
+import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from damselfly.core.blocklist import BlockList, refusal
 from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
-from damselfly.core.oci import (Digest, OCIError, Origin, SourceRefused, SourceUnavailable, error_body, validate_api_tail,
-                               validate_repository)
+from damselfly.core.oci import (Digest, OCIError, Origin, SourceRefused, SourceUnavailable, error_body,
+                               is_digest_reference, validate_api_tail, validate_repository)
 from damselfly.lib.serve import add_health_routes
 from damselfly.blobs.service import BlobReader, BlobService, FileSpan, stored_origin
 from damselfly.storage.task import TaskFailed
 from damselfly.mirror.access import AccessCache
+from damselfly.mirror.manifests import MAX_MANIFEST_BYTES, KeptManifest, ManifestStore, accepts, is_outage
 from damselfly.mirror.metrics import MirrorMetrics
 from damselfly.mirror.sending import FileSender, SendingThreads
 from damselfly.mirror.upstream import UpstreamResolver
@@ -72,6 +75,7 @@ class Mirror:
         self.resolver = resolver
         self.senders = SendingThreads(SENDING_THREADS)
         self.block_list = BlockList()  # the cluster's, from the manager (set_block_list)
+        self.manifests = ManifestStore(settings.data_dir / "manifests")
 
     def set_block_list(self, block_list: BlockList) -> None:
         """Refuse, from the next request on, the manifests and blobs ``block_list`` names."""
@@ -147,6 +151,8 @@ class Mirror:
             self._refuse_if_blocked(request, name, kind, rest)
         if kind == "blobs" and request.method in ("GET", "HEAD") and not rest.startswith("uploads"):
             return await self.blob(request, name, rest)
+        if kind == "manifests" and request.method in ("GET", "HEAD"):
+            return await self.manifest(request, name, rest)
         return await self.passthrough(request)
 
     def _refuse_if_blocked(self, request: web.Request, name: str, kind: str, reference: str) -> None:
@@ -168,18 +174,32 @@ class Mirror:
 
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
         """Send the request upstream as it is and stream the answer back unchanged."""
+        upstream = await self._ask_upstream(request)
+        if isinstance(upstream, web.Response):
+            return upstream
+        try:
+            if upstream.status >= 500:
+                raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {upstream.status}")
+            return await self._relay(request, upstream)
+        finally:
+            upstream.release()
+
+    async def _ask_upstream(self, request: web.Request,
+                            dropped: tuple[str, ...] = ()) -> aiohttp.ClientResponse | web.Response:
+        """Upstream's answer to the request (its headers but ``dropped``), or the 408 for a
+        client that stopped sending the body of a push."""
         query = [(k, v) for k, v in request.query.items() if k != "ns"]
         upstream_base = self._upstream(request)
         url = upstream_base + request.rel_url.raw_path
         headers = pick_headers(request.headers, PASSTHROUGH_REQUEST_HEADERS)
         redirected = request.method in ("GET", "HEAD")  # followed here: a body could not be sent twice
-        if redirected:
-            headers.popall("Content-Length", None)
+        for name in (*dropped, *(("Content-Length",) if redirected else ())):
+            headers.popall(name, None)
         upload = asyncio.timeout(None)  # upstream's time to take each piece of the body: see _body_within
         data = self._body_within(request, upload) if request.body_exists and not redirected else None
         try:
             async with upload:
-                upstream = await self.registry_client.request(
+                return await self.registry_client.request(
                     request.method, url if not query else f"{url}?{urlencode(query)}", headers, data,
                     follow_redirects=redirected)
         except TimeoutError:
@@ -194,21 +214,126 @@ class Mirror:
                                   f"no request body bytes for {self.settings.client_body_timeout:g}s")
             stalled.force_close()  # the rest of the body is not worth waiting for
             return stalled
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse,
+                     start: bytes = b"") -> web.StreamResponse:
+        """Upstream's answer, sent on as it came: ``start`` (what was already read of its body), then the rest."""
+        response = web.StreamResponse(status=upstream.status,
+                                      headers=pick_headers(upstream.headers, PASSTHROUGH_RESPONSE_HEADERS))
+        await response.prepare(request)
+        request[RESPONSE_STARTED] = True
+        if request.method != "HEAD":
+            if start and not await self._deliver(request, response.write(start)):
+                return response
+            async for chunk in upstream.content.iter_chunked(64 * 1024):  # its own timeout: upstream's
+                if not await self._deliver(request, response.write(chunk)):
+                    return response
+        await self._deliver(request, response.write_eof())
+        return response
+
+    # -- manifests -------------------------------------------------------------------
+
+    async def manifest(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
+        """A manifest by digest from what this node keeps, if the caller may see it; else
+        upstream's answer, kept when whole and true to its digest. When the registry fails,
+        what is kept answers instead: see damselfly.mirror.manifests."""
+        origin = Origin(self._upstream(request), name, request.headers.get("Authorization"))
+        digest = Digest.parse(reference) if is_digest_reference(reference) else None
+        if digest is not None:
+            kept = self.manifests.get(digest)
+            if kept is not None and self._may_see(kept, origin):
+                self.metrics.manifests.labels("kept").inc()
+                return self._kept_response(request, kept)
         try:
-            if upstream.status >= 500:
-                raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {upstream.status}")
-            response = web.StreamResponse(status=upstream.status,
-                                          headers=pick_headers(upstream.headers, PASSTHROUGH_RESPONSE_HEADERS))
-            await response.prepare(request)
-            request[RESPONSE_STARTED] = True
-            if request.method != "HEAD":
-                async for chunk in upstream.content.iter_chunked(64 * 1024):  # its own timeout: upstream's
-                    if not await self._deliver(request, response.write(chunk)):
-                        return response
-            await self._deliver(request, response.write_eof())
-            return response
+            upstream = await self._ask_upstream(request, dropped=("Accept-Encoding", "Range"))
+        except SourceUnavailable as outage:
+            fallback = self._stale(request, origin, reference, digest, outage.message)
+            if fallback is None:
+                raise
+            return fallback
+        if isinstance(upstream, web.Response):
+            return upstream
+        try:
+            if is_outage(upstream.status):
+                fallback = self._stale(request, origin, reference, digest,
+                                       f"upstream {upstream.url.origin()} answered {upstream.status}")
+                if fallback is not None:
+                    return fallback
+                if upstream.status >= 500:
+                    raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {upstream.status}")
+            if upstream.status != 200 or "Content-Encoding" in upstream.headers:
+                return await self._relay(request, upstream)
+            if request.method == "HEAD":
+                self._remember(origin, reference, digest, upstream.headers, None)
+                return await self._relay(request, upstream)
+            body = await _read_up_to(upstream, MAX_MANIFEST_BYTES + 1)
+            if len(body) > MAX_MANIFEST_BYTES:
+                return await self._relay(request, upstream, start=body)  # too large to keep: sent on as it is
+            self._remember(origin, reference, digest, upstream.headers, body)
+            return web.Response(status=200, body=body,
+                                headers=pick_headers(upstream.headers, PASSTHROUGH_RESPONSE_HEADERS))
         finally:
             upstream.release()
+
+    def _remember(self, origin: Origin, reference: str, digest: Digest | None, headers: Mapping[str, str],
+                  body: bytes | None) -> None:
+        """Keep a 200 manifest (``body``; None for a HEAD's headers alone) and the tag's
+        resolution. A manifest whose bytes do not hash to the digest asked for is a 502:
+        the registry (or the path to it) lied."""
+        content_type = headers.get("Content-Type", "")
+        stated = _stated_digest(headers.get("Docker-Content-Digest"))
+        if body is not None:
+            expected = digest or stated or Digest("sha256", hashlib.sha256(body).hexdigest())
+            if not self.manifests.put(expected, body, content_type, origin.registry, origin.repository,
+                                      protected=origin.authorization is not None):
+                if digest is not None:
+                    log.error("upstream %s sent a manifest for %s@%s whose bytes do not match the digest: refused",
+                              origin.registry, origin.repository, digest)
+                    raise SourceUnavailable(502, f"upstream sent a manifest that does not match {digest}")
+                log.warning("upstream %s sent %s:%s with Docker-Content-Digest %s that its bytes do not match: "
+                            "not kept", origin.registry, origin.repository, reference, stated)
+                return
+            stated = expected
+        if origin.authorization:
+            self.access.grant(origin)  # the registry just accepted these credentials
+        if digest is None and stated is not None and content_type:
+            self.manifests.remember_tag(origin.registry, origin.repository, reference, stated, content_type)
+
+    def _stale(self, request: web.Request, origin: Origin, reference: str, digest: Digest | None,
+               failure: str) -> web.Response | None:
+        """With the registry failing: the kept manifest (by digest, or by the tag's last
+        resolution within the stale-tag TTL), None if there is none. One fetched with
+        credentials goes only to a caller the registry confirmed recently: 503 otherwise."""
+        resolution = None
+        if digest is None:
+            resolution = self.manifests.tag(origin.registry, origin.repository, reference)
+            if (resolution is None or self.manifests.age(resolution) > self.settings.stale_tag_ttl
+                    or not accepts(request.headers.getall("Accept", []), resolution.content_type)):
+                return None
+            digest = resolution.digest
+        kept = self.manifests.get(digest)
+        if kept is None:
+            return None
+        if not self._may_see(kept, origin):
+            self.metrics.manifests.labels("refused").inc()
+            raise SourceUnavailable(503, f"{failure}; {origin.repository} needs credentials that the registry has "
+                                         "not confirmed recently for this caller: not served unchecked")
+        if resolution is not None:
+            log.warning("%s: served %s:%s as %s, its resolution %.0f s ago", failure, origin.repository, reference,
+                        kept.digest, self.manifests.age(resolution))
+        self.metrics.manifests.labels("kept" if resolution is None else "stale").inc()
+        return self._kept_response(request, kept)
+
+    def _may_see(self, kept: KeptManifest, origin: Origin) -> bool:
+        """Public, or the registry it came from recently accepted the caller's credentials there."""
+        return not kept.protected or (origin.authorization is not None and self.access.allowed(
+            Origin(kept.registry, kept.repository, origin.authorization)))
+
+    @staticmethod
+    def _kept_response(request: web.Request, kept: KeptManifest) -> web.Response:
+        headers = {"Content-Type": kept.content_type, "Docker-Content-Digest": str(kept.digest),
+                   "ETag": f'"{kept.digest}"', "Content-Length": str(len(kept.body)), **API_VERSION}
+        return web.Response(status=200, headers=headers, body=None if request.method == "HEAD" else kept.body)
 
     async def _body_within(self, request: web.Request, upload: asyncio.Timeout) -> AsyncIterator[bytes]:
         """The client's request body as it goes upstream (a push through the mirror), with
@@ -354,6 +479,28 @@ class Mirror:
         if not await self._deliver(request, response.write(part)):
             raise ConnectionAbortedError("the client stopped reading")
         self.metrics.served_bytes.labels("uncached").inc(len(part))
+
+
+async def _read_up_to(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Upstream's body until its end or ``limit`` bytes; a registry that breaks off is a 502."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < limit and (chunk := await upstream.content.readany()):
+            chunks.append(chunk)
+            size += len(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise SourceUnavailable(502, f"upstream {upstream.url.origin()} broke off a manifest: "
+                                     f"{exc or type(exc).__name__}") from None
+    return b"".join(chunks)
+
+
+def _stated_digest(value: str | None) -> Digest | None:
+    """A Docker-Content-Digest header's digest; None if missing or malformed."""
+    try:
+        return Digest.parse(value) if value else None
+    except OCIError:
+        return None
 
 
 def _reschedule(timeout: asyncio.Timeout, when: float | None) -> None:

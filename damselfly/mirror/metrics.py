@@ -31,6 +31,10 @@ class MirrorMetrics:
                                         "under the quota beside blobs in use)", ["reason"], registry=r)
         self.access_checks = Counter("damselfly_access_checks", "Upstream confirmations of a caller's access to a "
                                      "protected cached blob", ["result"], registry=r)
+        self.manifests = Counter("damselfly_manifests_kept_served", "Manifests answered from what this node keeps: "
+                                 "kept (by digest, the registry not asked), stale (a tag's last resolution while its "
+                                 "registry fails), refused (registry failing, caller not confirmed for a private one)",
+                                 ["answer"], registry=r)
         self.active_streams = Gauge("damselfly_proxy_active_streams", "Blob responses being sent", registry=r)
         self.evictions = Counter("damselfly_store_evictions", "Blobs evicted to keep the cache under quota", registry=r)
         self.store_bytes = Gauge("damselfly_store_used_bytes", "Bytes stored or reserved in the blob store", registry=r)

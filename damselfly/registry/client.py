@@ -26,7 +26,7 @@ from damselfly.registry.rules import Span, answers_blob, blob_answer_problem, bl
 PASSTHROUGH_RESPONSE_HEADERS = (
     "Content-Type", "Content-Length", "Content-Range", "Docker-Content-Digest", "WWW-Authenticate",
     "Docker-Distribution-API-Version", "Location", "Range", "Link", "ETag", "Content-Encoding",
-    "OCI-Subject", "OCI-Filters-Applied", "Docker-Upload-UUID", "Last-Modified", "Cache-Control",
+    "OCI-Subject", "OCI-Filters-Applied", "Docker-Upload-UUID", "Last-Modified", "Cache-Control", "Retry-After",
 )
 # Request headers passed upstream (credentials, content negotiation, uploads).
 PASSTHROUGH_REQUEST_HEADERS = (

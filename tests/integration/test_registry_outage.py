@@ -1,0 +1,219 @@
+"""Pulls that survive the registry going down: manifests by digest are kept and served
+again, a tag's last resolution stands in while the registry fails, and neither a lying
+registry nor a caller without confirmed credentials gets anything it should not."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from testkit.images import build_image, push_image
+from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
+from testkit.registry import Registry, RegistryClient
+from testkit.wait import free_port
+from tests.support.tokenauth import TokenServer
+
+MiB = 1024 * 1024
+OCI_ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A registry of this test alone: the test stops it."""
+    registry = Registry(tmp_path / "own-registry").start()
+    yield registry
+    registry.stop()
+
+
+def _hosts(tmp_path: Path, mirror_url: str, registry: Registry) -> Path:
+    hosts = tmp_path / "hosts"
+    subprocess.run([sys.executable, "-m", "damselfly", "containerd-config", "--mirror", mirror_url, "--dir", str(hosts),
+                    "--registry", f"{registry.host}={registry.url}"], check=True, capture_output=True)
+    return hosts
+
+
+def test_an_image_pulled_once_pulls_and_runs_with_the_registry_down(tmp_path, own_registry, damselfly, containerd):
+    image = build_image("outage/app", [2 * MiB, 3 * MiB])
+    push_image(RegistryClient(own_registry.url), image)
+    node = damselfly("--registry", f"{own_registry.host}={own_registry.url}")
+    hosts = _hosts(tmp_path, node.url, own_registry)
+    reference = image.reference(own_registry.host)
+    containerd().ctr("images", "pull", "--hosts-dir", str(hosts), reference)
+    own_registry.stop()
+
+    fresh = containerd()  # knows nothing of the image: it resolves the tag through the mirror
+    fresh.ctr("images", "pull", "--hosts-dir", str(hosts), reference)
+    assert fresh.ctr("run", "--rm", reference, "outage-run", "/bin/echo", "ok").stdout.strip() == "ok"
+    assert node.metric("damselfly_manifests_kept_served_total", 'answer="stale"') >= 1
+    assert "served outage/app:latest as sha256:" in node.log()
+
+    with httpx.Client(timeout=30) as client:
+        never = client.get(f"{node.url}/v2/outage/app/manifests/never-seen", params={"ns": own_registry.host},
+                           headers={"Accept": OCI_ACCEPT})
+        assert never.status_code == 502 and "cannot reach upstream" in never.json()["errors"][0]["message"]
+        by_digest = client.get(f"{node.url}/v2/outage/app/manifests/{image.manifest_digest}",
+                               params={"ns": own_registry.host})
+        assert by_digest.status_code == 200
+        assert hashlib.sha256(by_digest.content).hexdigest() == image.manifest_digest.split(":")[1]
+        assert by_digest.headers["Docker-Content-Digest"] == image.manifest_digest
+
+
+def test_a_stale_tag_is_served_no_longer_than_its_ttl(tmp_path, own_registry, damselfly):
+    image = build_image("outage/ttl", [1 * MiB])
+    push_image(RegistryClient(own_registry.url), image)
+    node = damselfly("--registry", f"{own_registry.host}={own_registry.url}", "--stale-tag-ttl", "0")
+    url = f"{node.url}/v2/outage/ttl/manifests/latest"
+    params = {"ns": own_registry.host}
+    with httpx.Client(timeout=30) as client:
+        assert client.get(url, params=params, headers={"Accept": OCI_ACCEPT}).status_code == 200
+        own_registry.stop()
+        assert client.get(url, params=params, headers={"Accept": OCI_ACCEPT}).status_code == 502
+        # The manifest by digest never goes stale: it cannot change.
+        assert client.get(f"{node.url}/v2/outage/ttl/manifests/{image.manifest_digest}",
+                          params=params).status_code == 200
+
+
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": {}, "layers": []}).encode()
+MANIFEST_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+
+
+class FakeRegistry:
+    """A registry answering every manifest request by its ``mode``: honest (one manifest
+    for every tag), lying (bytes that are not what the digest names, as a compromised
+    registry or a bad proxy on the way could send), busy (429) or broken (500)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests = 0
+        self.mode = "honest"
+        fake = self
+
+        class Handler(QuietRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                fake.requests += 1
+                if fake.mode in ("busy", "broken"):
+                    self.send_response(429 if fake.mode == "busy" else 500)
+                    self.send_header("Retry-After", "7")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = MANIFEST if fake.mode == "honest" else MANIFEST.replace(b"[]", b'["not what you asked for"]')
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Docker-Content-Digest", MANIFEST_DIGEST)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadedHTTPServer(Handler, self.port)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def fake_registry() -> Iterator[FakeRegistry]:
+    fake = FakeRegistry()
+    yield fake
+    fake.stop()
+
+
+def test_a_manifest_that_does_not_match_its_digest_is_refused_and_not_kept(damselfly, fake_registry):
+    fake_registry.mode = "lying"
+    node = damselfly("--registry", f"{fake_registry.host}=http://{fake_registry.host}")
+    url = f"{node.url}/v2/victim/app/manifests/{MANIFEST_DIGEST}"
+    with httpx.Client(timeout=30) as client:
+        for attempt in (1, 2):  # nothing was kept: the second request asks the registry again
+            answer = client.get(url, params={"ns": fake_registry.host})
+            assert answer.status_code == 502 and b"not what you asked for" not in answer.content
+            assert "does not match" in answer.json()["errors"][0]["message"]
+            assert fake_registry.requests == attempt
+        # By tag, the stated digest is not what the bytes hash to: passed on (the client
+        # checks), but neither kept nor remembered for an outage.
+        tag_url = f"{node.url}/v2/victim/app/manifests/v1"
+        assert client.get(tag_url, params={"ns": fake_registry.host}).status_code == 200
+        fake_registry.mode = "broken"
+        assert client.get(tag_url, params={"ns": fake_registry.host}).status_code == 502
+    assert "whose bytes do not match the digest" in node.log()
+
+
+@pytest.mark.parametrize(("mode", "unseen_status"), [("busy", 429), ("broken", 502)])
+def test_a_busy_or_broken_registry_is_an_outage(damselfly, fake_registry, mode, unseen_status):
+    node = damselfly("--registry", f"{fake_registry.host}=http://{fake_registry.host}")
+    params = {"ns": fake_registry.host}
+    with httpx.Client(timeout=30) as client:
+        assert client.get(f"{node.url}/v2/app/manifests/v1", params=params).content == MANIFEST
+        fake_registry.mode = mode
+        stale = client.get(f"{node.url}/v2/app/manifests/v1", params=params)
+        assert stale.status_code == 200 and stale.content == MANIFEST
+        assert stale.headers["Docker-Content-Digest"] == MANIFEST_DIGEST
+        unseen = client.get(f"{node.url}/v2/app/manifests/v2", params=params)
+        assert unseen.status_code == unseen_status  # a 429 goes back as it came, Retry-After and all
+        if mode == "busy":
+            assert unseen.headers["Retry-After"] == "7"
+        assert client.head(f"{node.url}/v2/app/manifests/v1", params=params).headers["Content-Length"] == str(
+            len(MANIFEST))
+
+
+# --- a private image ------------------------------------------------------------------------------------------------
+
+USERS = {"alice": ("wonderland", {"private/": ["pull", "push"]})}
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[TokenServer]:
+    server = TokenServer(tmp_path / "tokens", users=USERS).start()
+    yield server
+    server.stop()
+
+
+def _bearer(client: httpx.Client, challenge: str, credentials: tuple[str, str] | None) -> str:
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    response = client.get(params["realm"], params={"service": params["service"], "scope": params["scope"]},
+                          auth=httpx.BasicAuth(*credentials) if credentials else None)
+    response.raise_for_status()
+    return "Bearer " + response.json()["token"]
+
+
+def test_a_private_manifest_goes_only_to_a_caller_confirmed_recently(tmp_path, token_server, damselfly):
+    registry = Registry(tmp_path / "private-registry", auth=token_server.registry_auth_config()).start()
+    try:
+        image = build_image("private/outage", [1 * MiB])
+        push_image(RegistryClient(registry.url, credentials=("alice", "wonderland")), image)
+        node = damselfly("--registry", f"{registry.host}={registry.url}")
+        params = {"ns": registry.host}
+        tag_url = f"{node.url}/v2/private/outage/manifests/latest"
+        digest_url = f"{node.url}/v2/private/outage/manifests/{image.manifest_digest}"
+        with httpx.Client(timeout=30) as client:
+            challenge = client.get(tag_url, params=params).headers["WWW-Authenticate"]
+            alice = {"Authorization": _bearer(client, challenge, ("alice", "wonderland")), "Accept": OCI_ACCEPT}
+            anonymous = {"Authorization": _bearer(client, challenge, None), "Accept": OCI_ACCEPT}
+            first = client.get(tag_url, params=params, headers=alice)
+            assert first.status_code == 200
+            # A kept private manifest does not pass the registry's check by being kept.
+            assert client.get(digest_url, params=params, headers=anonymous).status_code == 401
+            assert client.get(digest_url, params=params, headers=alice).status_code == 200
+            registry.stop()
+
+            for url in (tag_url, digest_url):
+                assert client.get(url, params=params, headers=alice).content == first.content
+                for caller in (anonymous, {"Accept": OCI_ACCEPT}):
+                    refused = client.get(url, params=params, headers=caller)
+                    assert refused.status_code == 503 and first.content not in refused.content
+                    assert "not served unchecked" in refused.json()["errors"][0]["message"]
+        assert node.metric("damselfly_manifests_kept_served_total", 'answer="refused"') == 4
+    finally:
+        registry.stop()

@@ -1,0 +1,118 @@
+"""The mirror's kept manifests and tag resolutions: nothing is kept or served that does not
+hash to its digest, and the rules for when the registry is failing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from damselfly.core.oci import Digest
+from damselfly.mirror.manifests import MAX_MANIFEST_BYTES, ManifestStore, accepts, is_outage
+
+INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+BODY = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
+DIGEST = Digest("sha256", hashlib.sha256(BODY).hexdigest())
+REGISTRY = "http://127.0.0.1:5000"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(("status", "outage"), [(500, True), (503, True), (429, True), (404, False), (401, False),
+                                                (200, False), (403, False)])
+def test_outage_is_a_failing_registry_not_a_no(status: int, outage: bool) -> None:
+    assert is_outage(status) is outage
+
+
+@pytest.mark.parametrize(("accept", "taken"), [
+    ([], True),
+    ([f"{INDEX}, {MANIFEST}"], True),
+    ([INDEX, MANIFEST], True),
+    ([f"{MANIFEST};q=0.9"], True),
+    (["application/*"], True),
+    (["*/*"], True),
+    ([INDEX], False),
+    (["application/vnd.docker.distribution.manifest.v2+json"], False),
+])
+def test_accepts(accept: list[str], taken: bool) -> None:
+    assert accepts(accept, MANIFEST) is taken
+
+
+def test_a_manifest_is_kept_only_when_it_hashes_to_its_digest(tmp_path: Path) -> None:
+    store = ManifestStore(tmp_path)
+    liar = Digest("sha256", "0" * 64)
+    assert not store.put(liar, BODY, MANIFEST, REGISTRY, "app", protected=False)
+    assert store.get(liar) is None
+    assert store.put(DIGEST, BODY, MANIFEST, REGISTRY, "app", protected=False)
+    kept = store.get(DIGEST)
+    assert kept is not None and (kept.body, kept.content_type, kept.repository, kept.protected) == (
+        BODY, MANIFEST, "app", False)
+    assert ManifestStore(tmp_path).get(DIGEST) == kept  # it outlives the process
+
+
+def test_a_kept_manifest_altered_on_disk_is_dropped_not_served(tmp_path: Path) -> None:
+    store = ManifestStore(tmp_path)
+    store.put(DIGEST, BODY, MANIFEST, REGISTRY, "app", protected=False)
+    (path,) = (tmp_path / "by-digest").iterdir()
+    path.write_bytes(path.read_bytes().replace(b"schemaVersion", b"schemaVersioN"))
+    assert store.get(DIGEST) is None and not path.exists()
+    store.put(DIGEST, BODY, MANIFEST, REGISTRY, "app", protected=False)
+    path.write_bytes(b"not json\n" + BODY)
+    assert store.get(DIGEST) is None and not path.exists()
+
+
+def test_a_public_copy_replaces_a_protected_one_never_the_reverse(tmp_path: Path) -> None:
+    store = ManifestStore(tmp_path)
+    store.put(DIGEST, BODY, MANIFEST, REGISTRY, "private/app", protected=True)
+    store.put(DIGEST, BODY, MANIFEST, REGISTRY, "public/app", protected=False)
+    assert store.get(DIGEST).protected is False  # type: ignore[union-attr]
+    store.put(DIGEST, BODY, MANIFEST, REGISTRY, "private/app", protected=True)
+    kept = store.get(DIGEST)
+    assert kept is not None and (kept.protected, kept.repository) == (False, "public/app")
+
+
+def test_oversized_manifests_are_not_kept(tmp_path: Path) -> None:
+    body = b" " * (MAX_MANIFEST_BYTES + 1)
+    digest = Digest("sha256", hashlib.sha256(body).hexdigest())
+    assert not ManifestStore(tmp_path).put(digest, body, MANIFEST, REGISTRY, "app", protected=False)
+
+
+def test_tag_resolutions_age_and_are_per_registry_and_repository(tmp_path: Path) -> None:
+    clock = Clock()
+    store = ManifestStore(tmp_path, clock=clock)
+    store.remember_tag(REGISTRY, "app", "v1", DIGEST, MANIFEST)
+    clock.now += 90
+    resolution = store.tag(REGISTRY, "app", "v1")
+    assert resolution is not None and resolution.digest == DIGEST and store.age(resolution) == 90
+    assert store.tag(REGISTRY, "other", "v1") is None
+    assert store.tag("http://127.0.0.1:5001", "app", "v1") is None
+    assert store.tag(REGISTRY, "app", "v2") is None
+
+
+def test_an_unreadable_tag_resolution_is_dropped(tmp_path: Path) -> None:
+    store = ManifestStore(tmp_path)
+    store.remember_tag(REGISTRY, "app", "v1", DIGEST, MANIFEST)
+    (path,) = (tmp_path / "tags").iterdir()
+    path.write_text('{"digest": "sha256:nothex", "content_type": "x", "resolved_at": 1}')
+    assert store.tag(REGISTRY, "app", "v1") is None and not path.exists()
+
+
+def test_the_oldest_tenth_goes_past_the_limit(tmp_path: Path) -> None:
+    store = ManifestStore(tmp_path, max_kept=20)
+    for index in range(20):
+        store.remember_tag(REGISTRY, "app", f"v{index}", DIGEST, MANIFEST)
+        (path,) = [p for p in (tmp_path / "tags").iterdir() if p.stat().st_mtime > 10_000]
+        os.utime(path, (1000 + index, 1000 + index))  # written in this order, whatever the clock's grain
+    store.remember_tag(REGISTRY, "app", "v20", DIGEST, MANIFEST)
+    assert sum(1 for _ in (tmp_path / "tags").iterdir()) == 19
+    assert store.tag(REGISTRY, "app", "v0") is None and store.tag(REGISTRY, "app", "v1") is None
+    assert store.tag(REGISTRY, "app", "v2") is not None and store.tag(REGISTRY, "app", "v20") is not None
