@@ -23,7 +23,7 @@ from damselfly.lib.serve import add_health_routes
 from damselfly.blobs.service import BlobReader, BlobService, FileSpan, stored_origin
 from damselfly.storage.task import TaskFailed
 from damselfly.mirror.access import AccessCache
-from damselfly.mirror.manifests import MAX_MANIFEST_BYTES, KeptManifest, ManifestStore, accepts, is_outage
+from damselfly.mirror.manifests import MAX_KEPT_BYTES, MAX_MANIFEST_BYTES, KeptManifest, ManifestStore, accepts, is_outage
 from damselfly.mirror.metrics import MirrorMetrics
 from damselfly.mirror.sending import FileSender, SendingThreads
 from damselfly.mirror.upstream import UpstreamResolver
@@ -75,7 +75,8 @@ class Mirror:
         self.resolver = resolver
         self.senders = SendingThreads(SENDING_THREADS)
         self.block_list = BlockList()  # the cluster's, from the manager (set_block_list)
-        self.manifests = ManifestStore(settings.data_dir / "manifests")
+        self.manifests = ManifestStore(settings.data_dir / "manifests",
+                                       max_bytes=min(MAX_KEPT_BYTES, settings.cache_quota // 10))
 
     def set_block_list(self, block_list: BlockList) -> None:
         """Refuse, from the next request on, the manifests and blobs ``block_list`` names."""
@@ -215,11 +216,14 @@ class Mirror:
             stalled.force_close()  # the rest of the body is not worth waiting for
             return stalled
 
-    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse,
-                     start: bytes = b"") -> web.StreamResponse:
-        """Upstream's answer, sent on as it came: ``start`` (what was already read of its body), then the rest."""
-        response = web.StreamResponse(status=upstream.status,
-                                      headers=pick_headers(upstream.headers, PASSTHROUGH_RESPONSE_HEADERS))
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, start: bytes = b"",
+                     digest: Digest | None = None) -> web.StreamResponse:
+        """Upstream's answer, sent on as it came: ``start`` (what was already read of its
+        body), then the rest; with the ``digest`` asked for as its Docker-Content-Digest."""
+        headers = pick_headers(upstream.headers, PASSTHROUGH_RESPONSE_HEADERS)
+        if digest is not None:
+            headers["Docker-Content-Digest"] = str(digest)
+        response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
         request[RESPONSE_STARTED] = True
         if request.method != "HEAD":
@@ -240,7 +244,7 @@ class Mirror:
         origin = Origin(self._upstream(request), name, request.headers.get("Authorization"))
         digest = Digest.parse(reference) if is_digest_reference(reference) else None
         if digest is not None:
-            kept = self.manifests.get(digest)
+            kept = self.manifests.get(digest, origin.registry)
             if kept is not None and self._may_see(kept, origin):
                 self.metrics.manifests.labels("kept").inc()
                 return self._kept_response(request, kept)
@@ -261,17 +265,26 @@ class Mirror:
                     return fallback
                 if upstream.status >= 500:
                     raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {upstream.status}")
-            if upstream.status != 200 or "Content-Encoding" in upstream.headers:
+            encoded = "Content-Encoding" in upstream.headers  # asked for none: its bytes could not be checked
+            if digest is not None and 200 <= upstream.status < 300 and (upstream.status != 200 or encoded):
+                raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {digest} with "
+                                             f"{upstream.status}{' encoded' if encoded else ''}: not checkable")
+            if upstream.status != 200 or encoded:
                 return await self._relay(request, upstream)
             if request.method == "HEAD":
                 self._remember(origin, reference, digest, upstream.headers, None)
-                return await self._relay(request, upstream)
+                return await self._relay(request, upstream, digest=digest)
             body = await _read_up_to(upstream, MAX_MANIFEST_BYTES + 1)
             if len(body) > MAX_MANIFEST_BYTES:
-                return await self._relay(request, upstream, start=body)  # too large to keep: sent on as it is
+                if digest is not None:  # registries take none this large (distribution's limit)
+                    raise SourceUnavailable(502, f"upstream sent more than {MAX_MANIFEST_BYTES} bytes for "
+                                                 f"manifest {digest}: not checked, not sent")
+                return await self._relay(request, upstream, start=body)  # a tag's: the client checks it
             self._remember(origin, reference, digest, upstream.headers, body)
-            return web.Response(status=200, body=body,
-                                headers=pick_headers(upstream.headers, PASSTHROUGH_RESPONSE_HEADERS))
+            headers = pick_headers(upstream.headers, PASSTHROUGH_RESPONSE_HEADERS)
+            if digest is not None:
+                headers["Docker-Content-Digest"] = str(digest)  # what was checked, whatever upstream said
+            return web.Response(status=200, body=body, headers=headers)
         finally:
             upstream.release()
 
@@ -311,7 +324,7 @@ class Mirror:
                     or not accepts(request.headers.getall("Accept", []), resolution.content_type)):
                 return None
             digest = resolution.digest
-        kept = self.manifests.get(digest)
+        kept = self.manifests.get(digest, origin.registry)
         if kept is None:
             return None
         if not self._may_see(kept, origin):

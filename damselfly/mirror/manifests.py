@@ -25,7 +25,8 @@ from damselfly.core.oci import Digest, OCIError
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what registries must accept (distribution spec); larger ones pass uncached
-MAX_KEPT = 20000  # manifests and tag resolutions each; the oldest tenth goes past it
+MAX_KEPT = 20000  # files of manifests, and of tag resolutions
+MAX_KEPT_BYTES = 256 * 1024 * 1024  # of each, and at most a tenth of the blob cache's quota
 
 
 def is_outage(status: int) -> bool:
@@ -34,13 +35,27 @@ def is_outage(status: int) -> bool:
 
 
 def accepts(accept_headers: list[str], content_type: str) -> bool:
-    """Whether a client's Accept headers take ``content_type`` (no Accept takes anything)."""
-    ranges = [part.split(";")[0].strip().lower() for header in accept_headers for part in header.split(",")]
-    ranges = [r for r in ranges if r]
-    if not ranges:
+    """Whether a client's Accept headers take ``content_type`` (no Accept takes anything;
+    a range with q=0 takes nothing)."""
+    parts = [part for header in accept_headers for part in header.split(",") if part.strip()]
+    if not parts:
         return True
     kind = content_type.split(";")[0].strip().lower()
-    return any(r in ("*/*", kind) or (r.endswith("/*") and kind.startswith(r[:-1])) for r in ranges)
+    for part in parts:
+        media_range, *parameters = (item.strip().lower() for item in part.split(";"))
+        if any(_is_zero_q(parameter) for parameter in parameters):
+            continue
+        if media_range in ("*/*", kind) or (media_range.endswith("/*") and kind.startswith(media_range[:-1])):
+            return True
+    return False
+
+
+def _is_zero_q(parameter: str) -> bool:
+    name, _, value = parameter.partition("=")
+    try:
+        return name.strip() == "q" and float(value) == 0
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -61,19 +76,30 @@ class TagResolution:
 
 
 class ManifestStore:
-    """Manifests by digest and tags' last resolutions, one file each under ``directory``.
+    """Manifests by (registry, digest) and tags' last resolutions, one file each under ``directory``.
 
     Every file is written whole (rename) and every manifest is hashed again when read: a
-    torn or altered file is dropped, never served."""
+    torn or altered file is dropped, never served. A manifest is kept per registry: one
+    registry's copy (and the media type it gave) never answers for another's. Past
+    ``max_kept`` files or ``max_bytes`` of either kind, the least recently written go."""
 
-    def __init__(self, directory: Path, max_kept: int = MAX_KEPT, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, directory: Path, max_bytes: int, max_kept: int = MAX_KEPT,
+                 clock: Callable[[], float] = time.time) -> None:
         self.directory = directory
         self._clock = clock
         self._max_kept = max_kept
-        self._counts: dict[str, int] = {}
+        self._max_bytes = max_bytes
+        self._sizes: dict[str, dict[str, int]] = {}  # kind -> file name -> bytes
         for kind in ("by-digest", "tags"):
-            (directory / kind).mkdir(parents=True, exist_ok=True)
-            self._counts[kind] = sum(1 for _ in (directory / kind).iterdir())
+            folder = directory / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            self._sizes[kind] = {}
+            for path in folder.iterdir():
+                if path.name.startswith(".tmp-"):  # a write a crash cut short
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                else:
+                    self._sizes[kind][path.name] = _size(path)
 
     # -- manifests by digest -------------------------------------------------------
 
@@ -83,16 +109,17 @@ class ManifestStore:
         copy replaces a protected one: the registry served it without credentials."""
         if len(body) > MAX_MANIFEST_BYTES or not _matches(digest, body):
             return False
-        kept = self.get(digest)
+        kept = self.get(digest, registry)
         if kept is not None and (protected or not kept.protected):
             return True
         header = {"content_type": content_type, "registry": registry, "repository": repository,
                   "protected": protected}
-        self._write("by-digest", _digest_file(digest), json.dumps(header).encode() + b"\n" + body)
+        self._write("by-digest", _digest_file(registry, digest), json.dumps(header).encode() + b"\n" + body)
         return True
 
-    def get(self, digest: Digest) -> KeptManifest | None:
-        path = self.directory / "by-digest" / _digest_file(digest)
+    def get(self, digest: Digest, registry: str) -> KeptManifest | None:
+        """The manifest ``registry`` served for ``digest``, if kept and still true to it."""
+        path = self.directory / "by-digest" / _digest_file(registry, digest)
         try:
             header_line, _, body = path.read_bytes().partition(b"\n")
             header = json.loads(header_line)
@@ -102,11 +129,11 @@ class ManifestStore:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("dropped kept manifest %s: unreadable (%s)", digest, exc)
-            self._drop(path, "by-digest")
+            self._drop("by-digest", path.name)
             return None
         if not _matches(digest, body):
             log.warning("dropped kept manifest %s: its bytes no longer match the digest", digest)
-            self._drop(path, "by-digest")
+            self._drop("by-digest", path.name)
             return None
         return kept
 
@@ -117,16 +144,16 @@ class ManifestStore:
         self._write("tags", _tag_file(registry, repository, tag), json.dumps(record).encode())
 
     def tag(self, registry: str, repository: str, tag: str) -> TagResolution | None:
-        path = self.directory / "tags" / _tag_file(registry, repository, tag)
+        name = _tag_file(registry, repository, tag)
         try:
-            record = json.loads(path.read_bytes())
+            record = json.loads((self.directory / "tags" / name).read_bytes())
             return TagResolution(Digest.parse(record["digest"]), str(record["content_type"]),
                                  float(record["resolved_at"]))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, OCIError) as exc:
             log.warning("dropped the remembered resolution of %s:%s: unreadable (%s)", repository, tag, exc)
-            self._drop(path, "tags")
+            self._drop("tags", name)
             return None
 
     def age(self, resolution: TagResolution) -> float:
@@ -136,7 +163,6 @@ class ManifestStore:
 
     def _write(self, kind: str, name: str, content: bytes) -> None:
         folder = self.directory / kind
-        new = not (folder / name).exists()
         temporary = ""
         try:
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", delete=False) as file:
@@ -149,23 +175,26 @@ class ManifestStore:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary)
             return
-        if new:
-            self._counts[kind] += 1
-            if self._counts[kind] > self._max_kept:
-                self._trim(kind)
+        sizes = self._sizes[kind]
+        sizes[name] = len(content)
+        if len(sizes) > self._max_kept or sum(sizes.values()) > self._max_bytes:
+            self._trim(kind)
 
     def _trim(self, kind: str) -> None:
-        """Drop the tenth least recently written files of ``kind``."""
-        files = sorted((p for p in (self.directory / kind).iterdir() if not p.name.startswith(".tmp-")),
-                       key=_mtime)
-        for path in files[: max(1, len(files) // 10)]:
-            self._drop(path, kind)
-        self._counts[kind] = sum(1 for _ in (self.directory / kind).iterdir())
+        """Drop the least recently written files of ``kind`` until it holds at most nine
+        tenths of the files and bytes it may."""
+        sizes = self._sizes[kind]
+        total = sum(sizes.values())
+        for name in sorted(sizes, key=lambda name: _mtime(self.directory / kind / name)):
+            if len(sizes) <= self._max_kept * 0.9 and total <= self._max_bytes * 0.9:
+                break
+            total -= sizes[name]
+            self._drop(kind, name)
 
-    def _drop(self, path: Path, kind: str) -> None:
+    def _drop(self, kind: str, name: str) -> None:
         with contextlib.suppress(OSError):
-            path.unlink()
-            self._counts[kind] = max(0, self._counts[kind] - 1)
+            (self.directory / kind / name).unlink()
+        self._sizes[kind].pop(name, None)
 
 
 def _matches(digest: Digest, body: bytes) -> bool:
@@ -174,8 +203,8 @@ def _matches(digest: Digest, body: bytes) -> bool:
     return hasher.hexdigest() == digest.hex
 
 
-def _digest_file(digest: Digest) -> str:
-    return f"{digest.algorithm}-{digest.hex}"
+def _digest_file(registry: str, digest: Digest) -> str:
+    return f"{hashlib.sha256(registry.encode()).hexdigest()[:32]}-{digest.algorithm}-{digest.hex}"
 
 
 def _tag_file(registry: str, repository: str, tag: str) -> str:
@@ -187,3 +216,10 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

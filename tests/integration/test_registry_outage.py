@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -87,30 +87,27 @@ MANIFEST_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 
 
 class FakeRegistry:
-    """A registry answering every manifest request by its ``mode``: honest (one manifest
-    for every tag), lying (bytes that are not what the digest names, as a compromised
-    registry or a bad proxy on the way could send), busy (429) or broken (500)."""
+    """A registry answering every manifest GET with ``status``, ``headers`` and
+    ``body(path)``, which the tests set: honest by default (one manifest for every tag), or
+    busy, broken, or lying as a compromised registry or a bad proxy on the way could."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.requests = 0
-        self.mode = "honest"
+        self.status = 200
+        self.headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json",
+                        "Docker-Content-Digest": MANIFEST_DIGEST}
+        self.body: Callable[[str], bytes] = lambda path: MANIFEST
         fake = self
 
         class Handler(QuietRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 fake.requests += 1
-                if fake.mode in ("busy", "broken"):
-                    self.send_response(429 if fake.mode == "busy" else 500)
-                    self.send_header("Retry-After", "7")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = MANIFEST if fake.mode == "honest" else MANIFEST.replace(b"[]", b'["not what you asked for"]')
-                self.send_response(200)
-                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                body = fake.body(self.path) if fake.status < 300 else b""
+                self.send_response(fake.status)
+                for key, value in fake.headers.items():
+                    self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
-                self.send_header("Docker-Content-Digest", MANIFEST_DIGEST)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -119,6 +116,9 @@ class FakeRegistry:
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def fail(self, status: int) -> None:
+        self.status, self.headers = status, {"Retry-After": "7"}
 
     def stop(self) -> None:
         self.server.stop()
@@ -131,9 +131,17 @@ def fake_registry() -> Iterator[FakeRegistry]:
     fake.stop()
 
 
+def _node_for(damselfly, *registries: FakeRegistry | Registry, more: tuple[str, ...] = ()):
+    mapped = [f"{r.host}=http://{r.host}" for r in registries]
+    return damselfly(*(arg for mapping in mapped for arg in ("--registry", mapping)), *more)
+
+
+LIE = MANIFEST.replace(b"[]", b'["not what you asked for"]')
+
+
 def test_a_manifest_that_does_not_match_its_digest_is_refused_and_not_kept(damselfly, fake_registry):
-    fake_registry.mode = "lying"
-    node = damselfly("--registry", f"{fake_registry.host}=http://{fake_registry.host}")
+    fake_registry.body = lambda path: LIE
+    node = _node_for(damselfly, fake_registry)
     url = f"{node.url}/v2/victim/app/manifests/{MANIFEST_DIGEST}"
     with httpx.Client(timeout=30) as client:
         for attempt in (1, 2):  # nothing was kept: the second request asks the registry again
@@ -145,24 +153,77 @@ def test_a_manifest_that_does_not_match_its_digest_is_refused_and_not_kept(damse
         # checks), but neither kept nor remembered for an outage.
         tag_url = f"{node.url}/v2/victim/app/manifests/v1"
         assert client.get(tag_url, params={"ns": fake_registry.host}).status_code == 200
-        fake_registry.mode = "broken"
+        fake_registry.fail(500)
         assert client.get(tag_url, params={"ns": fake_registry.host}).status_code == 502
     assert "whose bytes do not match the digest" in node.log()
 
 
-@pytest.mark.parametrize(("mode", "unseen_status"), [("busy", 429), ("broken", 502)])
-def test_a_busy_or_broken_registry_is_an_outage(damselfly, fake_registry, mode, unseen_status):
-    node = damselfly("--registry", f"{fake_registry.host}=http://{fake_registry.host}")
+@pytest.mark.parametrize("trick", ["over-4-MiB", "content-encoding", "status-203", "header-lies"])
+def test_no_answer_by_digest_dodges_the_check(damselfly, fake_registry, trick):
+    if trick == "over-4-MiB":
+        fake_registry.body = lambda path: LIE + b" " * (4 * MiB + 1)  # JSON whitespace: a manifest still
+    elif trick == "content-encoding":
+        fake_registry.body = lambda path: LIE
+        fake_registry.headers["Content-Encoding"] = "identity"
+    elif trick == "status-203":
+        fake_registry.body = lambda path: LIE
+        fake_registry.status = 203
+    else:  # the right bytes, but the header names another digest
+        fake_registry.headers["Docker-Content-Digest"] = "sha256:" + "0" * 64
+    node = _node_for(damselfly, fake_registry)
+    with httpx.Client(timeout=30) as client:
+        for method in ("GET", "HEAD"):
+            answer = client.request(method, f"{node.url}/v2/victim/app/manifests/{MANIFEST_DIGEST}",
+                                    params={"ns": fake_registry.host})
+            if trick == "header-lies":
+                assert answer.status_code == 200 and answer.headers["Docker-Content-Digest"] == MANIFEST_DIGEST
+            elif method == "GET":
+                assert answer.status_code == 502, f"{answer.status_code}: wrong bytes went out for {MANIFEST_DIGEST}"
+
+
+def test_one_registry_cannot_set_what_another_registrys_manifest_is(tmp_path, damselfly, own_registry, fake_registry):
+    image = build_image("poison/app", [1 * MiB])
+    push_image(RegistryClient(own_registry.url), image)
+    node = _node_for(damselfly, own_registry, fake_registry)
+    with httpx.Client(timeout=30) as client:
+        honest = client.get(f"{own_registry.url}/v2/poison/app/manifests/{image.manifest_digest}",
+                            headers={"Accept": OCI_ACCEPT})
+        fake_registry.body = lambda path: image.manifest  # the same bytes, called an index
+        fake_registry.headers = {"Content-Type": "application/vnd.oci.image.index.v1+json"}
+        seeded = client.get(f"{node.url}/v2/anything/manifests/{image.manifest_digest}",
+                            params={"ns": fake_registry.host})
+        assert seeded.status_code == 200
+        victim = client.get(f"{node.url}/v2/poison/app/manifests/{image.manifest_digest}",
+                            params={"ns": own_registry.host}, headers={"Accept": OCI_ACCEPT})
+    assert victim.status_code == 200 and victim.headers["Content-Type"] == honest.headers["Content-Type"]
+
+
+def test_kept_manifests_stay_within_a_tenth_of_the_cache_quota(damselfly, fake_registry):
+    fake_registry.headers.pop("Docker-Content-Digest")
+    fake_registry.body = lambda path: hashlib.sha256(path.encode()).digest() * (MiB // 32)  # 1 MiB, one per tag
+    node = _node_for(damselfly, fake_registry, more=("--cache-quota", "32MiB"))
+    with httpx.Client(timeout=30) as client:
+        for n in range(12):  # bounded: 12 MiB offered to a budget of 3.2
+            assert client.get(f"{node.url}/v2/fill/disk/manifests/t{n}",
+                              params={"ns": fake_registry.host}).status_code == 200
+    used = sum(p.stat().st_size for p in (node.data_dir / "manifests").rglob("*") if p.is_file())
+    assert used <= 3.2 * MiB + 4096, f"{used / MiB:.1f} MiB of kept manifests under a 32 MiB cache quota"
+    assert used >= 2 * MiB  # the newest are kept
+
+
+@pytest.mark.parametrize(("status", "unseen_status"), [(429, 429), (500, 502)])
+def test_a_busy_or_broken_registry_is_an_outage(damselfly, fake_registry, status, unseen_status):
+    node = _node_for(damselfly, fake_registry)
     params = {"ns": fake_registry.host}
     with httpx.Client(timeout=30) as client:
         assert client.get(f"{node.url}/v2/app/manifests/v1", params=params).content == MANIFEST
-        fake_registry.mode = mode
+        fake_registry.fail(status)
         stale = client.get(f"{node.url}/v2/app/manifests/v1", params=params)
         assert stale.status_code == 200 and stale.content == MANIFEST
         assert stale.headers["Docker-Content-Digest"] == MANIFEST_DIGEST
         unseen = client.get(f"{node.url}/v2/app/manifests/v2", params=params)
         assert unseen.status_code == unseen_status  # a 429 goes back as it came, Retry-After and all
-        if mode == "busy":
+        if status == 429:
             assert unseen.headers["Retry-After"] == "7"
         assert client.head(f"{node.url}/v2/app/manifests/v1", params=params).headers["Content-Length"] == str(
             len(MANIFEST))

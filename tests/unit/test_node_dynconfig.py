@@ -39,6 +39,7 @@ def _refused(node: Node, path: str, method: str = "GET") -> str | None:
     request = make_mocked_request(method, f"/v2/{path}?ns={REGISTRY}", app=app, match_info={"path": path})
     node.mirror.passthrough = _not_called  # type: ignore[method-assign]
     node.mirror.blob = _not_called  # type: ignore[method-assign]
+    node.mirror.manifest = _not_called  # type: ignore[method-assign]
     try:
         asyncio.run(node.mirror.registry_route(request))
     except OCIError as error:
