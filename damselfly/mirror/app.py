@@ -258,35 +258,41 @@ class Mirror:
         if isinstance(upstream, web.Response):
             return upstream
         try:
-            if is_outage(upstream.status):
-                fallback = self._stale(request, origin, reference, digest,
-                                       f"upstream {upstream.url.origin()} answered {upstream.status}")
-                if fallback is not None:
-                    return fallback
-                if upstream.status >= 500:
-                    raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {upstream.status}")
-            encoded = "Content-Encoding" in upstream.headers  # asked for none: its bytes could not be checked
-            if digest is not None and 200 <= upstream.status < 300 and (upstream.status != 200 or encoded):
-                raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {digest} with "
-                                             f"{upstream.status}{' encoded' if encoded else ''}: not checkable")
-            if upstream.status != 200 or encoded:
-                return await self._relay(request, upstream)
-            if request.method == "HEAD":
-                self._remember(origin, reference, digest, upstream.headers, None)
-                return await self._relay(request, upstream, digest=digest)
-            body = await _read_up_to(upstream, MAX_MANIFEST_BYTES + 1)
-            if len(body) > MAX_MANIFEST_BYTES:
-                if digest is not None:  # registries take none this large (distribution's limit)
-                    raise SourceUnavailable(502, f"upstream sent more than {MAX_MANIFEST_BYTES} bytes for "
-                                                 f"manifest {digest}: not checked, not sent")
-                return await self._relay(request, upstream, start=body)  # a tag's: the client checks it
-            self._remember(origin, reference, digest, upstream.headers, body)
-            headers = pick_headers(upstream.headers, PASSTHROUGH_RESPONSE_HEADERS)
-            if digest is not None:
-                headers["Docker-Content-Digest"] = str(digest)  # what was checked, whatever upstream said
-            return web.Response(status=200, body=body, headers=headers)
+            return await self._manifest_from(upstream, request, origin, reference, digest)
         finally:
             upstream.release()
+
+    async def _manifest_from(self, upstream: aiohttp.ClientResponse, request: web.Request, origin: Origin,
+                             reference: str, digest: Digest | None) -> web.StreamResponse:
+        """Upstream's answer for a manifest: what is kept if upstream is failing; a whole
+        200 body checked, kept and sent; anything else sent on as it came."""
+        if is_outage(upstream.status):
+            fallback = self._stale(request, origin, reference, digest,
+                                   f"upstream {upstream.url.origin()} answered {upstream.status}")
+            if fallback is not None:
+                return fallback
+            if upstream.status >= 500:
+                raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {upstream.status}")
+        encoded = "Content-Encoding" in upstream.headers  # asked for none: its bytes could not be checked
+        if digest is not None and 200 <= upstream.status < 300 and (upstream.status != 200 or encoded):
+            raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {digest} with "
+                                         f"{upstream.status}{' encoded' if encoded else ''}: not checkable")
+        if upstream.status != 200 or encoded:
+            return await self._relay(request, upstream)
+        if request.method == "HEAD":
+            self._remember(origin, reference, digest, upstream.headers, None)
+            return await self._relay(request, upstream, digest=digest)
+        body = await _read_up_to(upstream, MAX_MANIFEST_BYTES + 1)
+        if len(body) > MAX_MANIFEST_BYTES:
+            if digest is not None:  # registries take none this large (distribution's limit)
+                raise SourceUnavailable(502, f"upstream sent more than {MAX_MANIFEST_BYTES} bytes for "
+                                             f"manifest {digest}: not checked, not sent")
+            return await self._relay(request, upstream, start=body)  # a tag's: the client checks it
+        self._remember(origin, reference, digest, upstream.headers, body)
+        headers = pick_headers(upstream.headers, PASSTHROUGH_RESPONSE_HEADERS)
+        if digest is not None:
+            headers["Docker-Content-Digest"] = str(digest)  # what was checked, whatever upstream said
+        return web.Response(status=200, body=body, headers=headers)
 
     def _remember(self, origin: Origin, reference: str, digest: Digest | None, headers: Mapping[str, str],
                   body: bytes | None) -> None:

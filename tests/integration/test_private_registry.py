@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from testkit.images import build_image, push_image
 from testkit.registry import Registry, RegistryClient
-from tests.support.tokenauth import TokenServer
+from tests.support.tokenauth import TokenServer, bearer
 from testkit.wait import free_port
 
 MiB = 1024 * 1024
@@ -41,14 +40,6 @@ def private_registry(tmp_path_factory: pytest.TempPathFactory, token_server: Tok
     reg = Registry(tmp_path_factory.mktemp("private-registry"), auth=token_server.registry_auth_config()).start()
     yield reg
     reg.stop()
-
-
-def bearer(client: httpx.Client, challenge: str, credentials: tuple[str, str] | None) -> str:
-    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-    response = client.get(params["realm"], params={"service": params["service"], "scope": params["scope"]},
-                          auth=httpx.BasicAuth(*credentials) if credentials else None)
-    response.raise_for_status()
-    return "Bearer " + response.json()["token"]
 
 
 def test_private_pull_through_mirror_and_refusals(tmp_path: Path, private_registry, damselfly, containerd):

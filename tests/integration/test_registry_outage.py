@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from testkit.images import build_image, push_image
 from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
 from testkit.registry import Registry, RegistryClient
 from testkit.wait import free_port
-from tests.support.tokenauth import TokenServer
+from tests.support.tokenauth import TokenServer, bearer
 
 MiB = 1024 * 1024
 OCI_ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
@@ -241,14 +240,6 @@ def token_server(tmp_path: Path) -> Iterator[TokenServer]:
     server.stop()
 
 
-def _bearer(client: httpx.Client, challenge: str, credentials: tuple[str, str] | None) -> str:
-    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-    response = client.get(params["realm"], params={"service": params["service"], "scope": params["scope"]},
-                          auth=httpx.BasicAuth(*credentials) if credentials else None)
-    response.raise_for_status()
-    return "Bearer " + response.json()["token"]
-
-
 def test_a_private_manifest_goes_only_to_a_caller_confirmed_recently(tmp_path, token_server, damselfly):
     registry = Registry(tmp_path / "private-registry", auth=token_server.registry_auth_config()).start()
     try:
@@ -260,8 +251,8 @@ def test_a_private_manifest_goes_only_to_a_caller_confirmed_recently(tmp_path, t
         digest_url = f"{node.url}/v2/private/outage/manifests/{image.manifest_digest}"
         with httpx.Client(timeout=30) as client:
             challenge = client.get(tag_url, params=params).headers["WWW-Authenticate"]
-            alice = {"Authorization": _bearer(client, challenge, ("alice", "wonderland")), "Accept": OCI_ACCEPT}
-            anonymous = {"Authorization": _bearer(client, challenge, None), "Accept": OCI_ACCEPT}
+            alice = {"Authorization": bearer(client, challenge, ("alice", "wonderland")), "Accept": OCI_ACCEPT}
+            anonymous = {"Authorization": bearer(client, challenge, None), "Accept": OCI_ACCEPT}
             first = client.get(tag_url, params=params, headers=alice)
             assert first.status_code == 200
             # A kept private manifest does not pass the registry's check by being kept.

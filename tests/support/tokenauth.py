@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -127,3 +129,12 @@ class TokenServer:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+def bearer(client: httpx.Client, challenge: str, credentials: tuple[str, str] | None) -> str:
+    """The Authorization value a client gets from the token server a 401 ``challenge`` names."""
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    response = client.get(params["realm"], params={"service": params["service"], "scope": params["scope"]},
+                          auth=httpx.BasicAuth(*credentials) if credentials else None)
+    response.raise_for_status()
+    return "Bearer " + response.json()["token"]
