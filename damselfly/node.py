@@ -31,7 +31,7 @@ from damselfly.core.blocklist import BlockList
 from damselfly.core.dynconfig import ClusterConfig, upload_limits
 from damselfly.core.oci import OCIError, registry_name, split_registry
 from damselfly.core.wire import HostAnnounce
-from damselfly.lib.serve import ACCESS_LOG_FORMAT, SHUTDOWN_GRACE, Site
+from damselfly.lib.serve import ACCESS_LOG_FORMAT, SHUTDOWN_GRACE, Site, SocketSite
 from damselfly.lib.tls import ClusterTLS
 from damselfly.mirror.app import Mirror
 from damselfly.mirror.metrics import MirrorMetrics
@@ -239,7 +239,7 @@ class Node:
         await runner.setup()
         self._manager_runner = runner
         context: ssl.SSLContext | None = server_context(settings.tls) if settings.tls is not None else None
-        await web.SockSite(runner, sock, ssl_context=context).start()
+        await SocketSite(runner, sock, ssl_context=context).start()  # a TLS handshake has a deadline
         link = ManagerLink(local_url(settings.listen, settings.tls is not None))
         log.info("manager and console at %s", link.url)
         if self.scheduler_node is not None:

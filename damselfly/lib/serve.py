@@ -45,6 +45,19 @@ class _TLSSite(web.TCPSite):
             reuse_address=self._reuse_address, reuse_port=self._reuse_port, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
 
 
+class SocketSite(web.SockSite):
+    """aiohttp's SockSite (serving a socket bound beforehand) with the same TLS handshake
+    deadline as every other port of a node, when it serves TLS."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self._ssl_context is not None else None)
+
+
 def _raise_open_files_limit() -> None:
     """Take the hard limit of open files: every connection, piece transfer and cached blob
     a reader holds is a descriptor, and 1024 (a common soft default) runs out under load."""
