@@ -175,6 +175,9 @@ def describe_database_error(error: Exception) -> str:
     return " ".join(str(original).split())
 
 
+WRITE_LOCK = "damselfly_write_lock"  # execution option of a session that will write (see open_engine)
+
+
 def open_engine(url: str) -> Engine:
     """An engine for ``url``. SQLite gets foreign keys (off by default there), WAL (readers do
     not wait for the writer) and a busy timeout (writers from several threads queue instead
@@ -194,9 +197,10 @@ def open_engine(url: str) -> Engine:
         @event.listens_for(engine, "begin")
         def _write_lock_first(connection: Any) -> None:
             # SQLite ignores SELECT ... FOR UPDATE: two transactions could each count the other's
-            # root as left and both demote theirs. Taking the write lock at BEGIN serialises
-            # them (readers under WAL still read).
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # root as left and both demote theirs. A writing transaction takes the write lock
+            # at BEGIN, which serialises them; readers under WAL still read without waiting.
+            writes = connection.get_execution_options().get(WRITE_LOCK, False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)

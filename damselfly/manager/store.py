@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from damselfly.manager.access import PERSONAL, SESSION, Principal
-from damselfly.manager.database import AuditRow, ClusterRow, ComponentRow, TokenRow, UserRow
+from damselfly.manager.database import AuditRow, ClusterRow, ComponentRow, TokenRow, UserRow, WRITE_LOCK
 from damselfly.manager.errors import ApiError, not_found
 from damselfly.manager.matching import (DEFAULT_CLUSTER, Candidate, HostFacts, Scopes, active_since, choose_cluster,
                                         component_state)
@@ -86,6 +86,7 @@ class Store:
         """One transaction; a unique constraint it breaks is the caller's conflict (409)."""
         with self._sessions() as session:
             with session.begin():
+                session.connection(execution_options={WRITE_LOCK: True})  # SQLite: the write lock at BEGIN
                 yield session
 
     def _read(self, work: Callable[[Session], T]) -> T:

@@ -267,12 +267,24 @@ class Mirror:
         """Upstream's answer for a manifest: what is kept if upstream is failing; a whole
         200 body checked, kept and sent; anything else sent on as it came."""
         if is_outage(upstream.status):
-            fallback = self._stale(request, origin, reference, digest,
-                                   f"upstream {upstream.url.origin()} answered {upstream.status}")
+            try:
+                fallback = self._stale(request, origin, reference, digest,
+                                       f"upstream {upstream.url.origin()} answered {upstream.status}")
+            except SourceUnavailable:
+                if upstream.status != 429:
+                    raise
+                fallback = None  # a caller it cannot serve hears "too many requests", Retry-After and all
             if fallback is not None:
                 return fallback
             if upstream.status >= 500:
                 raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {upstream.status}")
+        if digest is None and upstream.status == 404:
+            self.manifests.forget_tag(origin.registry, origin.repository, reference)  # never served stale again
+        if _is_schema1(upstream.headers.get("Content-Type", "")) and upstream.status == 200:
+            if digest is not None:  # signed: its digest is of a payload inside, not of these bytes
+                raise SourceUnavailable(502, f"upstream answered {digest} with a Docker schema 1 manifest, "
+                                             "whose digest this mirror cannot check: not sent")
+            return await self._relay(request, upstream)  # by tag: passed on unkept, the client checks it
         encoded = "Content-Encoding" in upstream.headers  # asked for none: its bytes could not be checked
         if digest is not None and 200 <= upstream.status < 300 and (upstream.status != 200 or encoded):
             raise SourceUnavailable(502, f"upstream {upstream.url.origin()} answered {digest} with "
@@ -512,6 +524,12 @@ async def _read_up_to(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
         raise SourceUnavailable(502, f"upstream {upstream.url.origin()} broke off a manifest: "
                                      f"{exc or type(exc).__name__}") from None
     return b"".join(chunks)
+
+
+def _is_schema1(content_type: str) -> bool:
+    """Docker's schema 1 manifests (deprecated; containerd 2 pulls none): never kept."""
+    return content_type.split(";")[0].strip().lower() in (
+        "application/vnd.docker.distribution.manifest.v1+prettyjws", "application/vnd.docker.distribution.manifest.v1+json")
 
 
 def _stated_digest(value: str | None) -> Digest | None:

@@ -156,6 +156,10 @@ class ManifestStore:
             self._drop("tags", name)
             return None
 
+    def forget_tag(self, registry: str, repository: str, tag: str) -> None:
+        """The registry says the tag is gone: it must not come back in an outage."""
+        self._drop("tags", _tag_file(registry, repository, tag))
+
     def age(self, resolution: TagResolution) -> float:
         return max(0.0, self._clock() - resolution.resolved_at)
 

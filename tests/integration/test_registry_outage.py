@@ -269,3 +269,39 @@ def test_a_private_manifest_goes_only_to_a_caller_confirmed_recently(tmp_path, t
         assert node.metric("damselfly_manifests_kept_served_total", 'answer="refused"') == 4
     finally:
         registry.stop()
+
+
+def test_a_tag_the_registry_deleted_is_not_served_in_an_outage(damselfly, fake_registry):
+    node = _node_for(damselfly, fake_registry)
+    url, params = f"{node.url}/v2/app/manifests/v1", {"ns": fake_registry.host}
+    with httpx.Client(timeout=30) as client:
+        assert client.get(url, params=params).status_code == 200
+        fake_registry.fail(404)
+        assert client.get(url, params=params).status_code == 404
+        fake_registry.fail(500)
+        assert client.get(url, params=params).status_code == 502  # not the manifest it named before
+
+
+def test_schema1_manifests_are_never_kept_nor_sent_unchecked_by_digest(damselfly, fake_registry):
+    fake_registry.headers["Content-Type"] = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+    node = _node_for(damselfly, fake_registry)
+    params = {"ns": fake_registry.host}
+    with httpx.Client(timeout=30) as client:
+        by_digest = client.get(f"{node.url}/v2/app/manifests/{MANIFEST_DIGEST}", params=params)
+        assert by_digest.status_code == 502 and "schema 1" in by_digest.json()["errors"][0]["message"]
+        assert client.get(f"{node.url}/v2/app/manifests/v1", params=params).content == MANIFEST  # by tag: passed on
+        fake_registry.fail(500)
+        assert client.get(f"{node.url}/v2/app/manifests/v1", params=params).status_code == 502  # nothing kept
+
+
+def test_a_rate_limited_caller_without_a_confirmation_hears_the_429(damselfly, fake_registry):
+    node = _node_for(damselfly, fake_registry)
+    url, params = f"{node.url}/v2/private/app/manifests/v1", {"ns": fake_registry.host}
+    with httpx.Client(timeout=30) as client:
+        assert client.get(url, params=params, headers={"Authorization": "Bearer alice"}).status_code == 200
+        fake_registry.fail(429)
+        assert client.get(url, params=params, headers={"Authorization": "Bearer alice"}).content == MANIFEST
+        other = client.get(url, params=params, headers={"Authorization": "Bearer mallory"})
+        assert other.status_code == 429 and other.headers["Retry-After"] == "7" and MANIFEST not in other.content
+        fake_registry.fail(503)
+        assert client.get(url, params=params, headers={"Authorization": "Bearer mallory"}).status_code == 503
