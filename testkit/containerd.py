@@ -6,11 +6,20 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from testkit.processes import stop_process
 from testkit.wait import wait_until
+
+
+def write_hosts(hosts: Path, mirror_url: str, registry_host: str, registry_url: str) -> Path:
+    """containerd's hosts directory ``hosts`` for pulls of ``registry_host`` through the
+    mirror at ``mirror_url``, written by `damselfly containerd-config` as a user would."""
+    subprocess.run([sys.executable, "-m", "damselfly", "containerd-config", "--mirror", mirror_url, "--dir", str(hosts),
+                    "--registry", f"{registry_host}={registry_url}"], check=True, capture_output=True)
+    return hosts
 
 
 @dataclass

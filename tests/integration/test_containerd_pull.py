@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+from testkit.containerd import write_hosts
 from testkit.images import build_image, push_image
 
 MiB = 1024 * 1024
-
-
-def write_hosts(tmp_path: Path, mirror_url: str, registry_host: str, registry_url: str) -> Path:
-    hosts = tmp_path / "hosts"
-    subprocess.run([sys.executable, "-m", "damselfly", "containerd-config", "--mirror", mirror_url, "--dir", str(hosts),
-                    "--registry", f"{registry_host}={registry_url}"], check=True, capture_output=True)
-    return hosts
 
 
 def test_three_containerds_pull_one_image_at_once(tmp_path, registry, registry_client, damselfly, containerd):
     image = build_image("pull/three", [3 * MiB, 9 * MiB, 5 * MiB])
     push_image(registry_client, image)
     node = damselfly()
-    hosts = write_hosts(tmp_path, node.url, registry.host, registry.url)
+    hosts = write_hosts(tmp_path / "hosts", node.url, registry.host, registry.url)
     instances = [containerd() for _ in range(3)]
     reference = image.reference(registry.host)
 

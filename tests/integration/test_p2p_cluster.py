@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
@@ -12,6 +10,7 @@ import httpx
 import pytest
 
 from testkit.cluster import SchedulerProcess, start_peer
+from testkit.containerd import write_hosts
 from testkit.daemon import Damselfly
 from testkit.images import build_image, push_image
 from testkit.wait import wait_until
@@ -60,9 +59,7 @@ def test_cold_image_stampede_loads_the_registry_once(tmp_path, registry, registr
     instances = [containerd() for _ in range(2)]
 
     def containerd_pull(index: int) -> str:
-        hosts = tmp_path / f"hosts{index}"
-        subprocess.run([sys.executable, "-m", "damselfly", "containerd-config", "--mirror", peers[index].url,
-                        "--dir", str(hosts), "--registry", f"{registry.host}={registry.url}"], check=True)
+        hosts = write_hosts(tmp_path / f"hosts{index}", peers[index].url, registry.host, registry.url)
         instances[index].ctr("images", "pull", "--hosts-dir", str(hosts), reference)
         return instances[index].ctr("run", "--rm", reference, f"p2p-{index}", "/bin/echo", "ok").stdout.strip()
 

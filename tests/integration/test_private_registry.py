@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
@@ -16,6 +14,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from testkit.containerd import write_hosts
 from testkit.images import build_image, push_image
 from testkit.registry import Registry, RegistryClient
 from tests.support.tokenauth import TokenServer, bearer
@@ -46,9 +45,7 @@ def test_private_pull_through_mirror_and_refusals(tmp_path: Path, private_regist
     image = build_image("private/app", [2 * MiB, 6 * MiB])
     push_image(RegistryClient(private_registry.url, credentials=("alice", "wonderland")), image)
     node = damselfly("--registry", f"{private_registry.host}={private_registry.url}")
-    hosts = tmp_path / "hosts"
-    subprocess.run([sys.executable, "-m", "damselfly", "containerd-config", "--mirror", node.url, "--dir", str(hosts),
-                    "--registry", f"{private_registry.host}={private_registry.url}"], check=True, capture_output=True)
+    hosts = write_hosts(tmp_path / "hosts", node.url, private_registry.host, private_registry.url)
 
     ctd = containerd()
     reference = image.reference(private_registry.host)

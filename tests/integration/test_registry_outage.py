@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
 import pytest
 
+from testkit.containerd import write_hosts
 from testkit.images import build_image, push_image
 from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
 from testkit.registry import Registry, RegistryClient
@@ -32,18 +31,11 @@ def own_registry(tmp_path: Path) -> Iterator[Registry]:
     registry.stop()
 
 
-def _hosts(tmp_path: Path, mirror_url: str, registry: Registry) -> Path:
-    hosts = tmp_path / "hosts"
-    subprocess.run([sys.executable, "-m", "damselfly", "containerd-config", "--mirror", mirror_url, "--dir", str(hosts),
-                    "--registry", f"{registry.host}={registry.url}"], check=True, capture_output=True)
-    return hosts
-
-
 def test_an_image_pulled_once_pulls_and_runs_with_the_registry_down(tmp_path, own_registry, damselfly, containerd):
     image = build_image("outage/app", [2 * MiB, 3 * MiB])
     push_image(RegistryClient(own_registry.url), image)
     node = damselfly("--registry", f"{own_registry.host}={own_registry.url}")
-    hosts = _hosts(tmp_path, node.url, own_registry)
+    hosts = write_hosts(tmp_path / "hosts", node.url, own_registry.host, own_registry.url)
     reference = image.reference(own_registry.host)
     containerd().ctr("images", "pull", "--hosts-dir", str(hosts), reference)
     own_registry.stop()

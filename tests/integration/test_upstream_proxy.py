@@ -9,7 +9,7 @@ import sys
 
 import httpx
 
-from tests.integration.test_containerd_pull import write_hosts
+from testkit.containerd import write_hosts
 from testkit.images import build_image, push_image
 from testkit.proxy import tinyproxy
 
@@ -25,7 +25,7 @@ def test_containerd_pulls_through_the_mirror_and_the_proxy(tmp_path, registry, r
         node = damselfly(env={"http_proxy": proxy.url, **NO_PROXY})
         ctd = containerd()
         reference = image.reference(registry.host)
-        ctd.ctr("images", "pull", "--hosts-dir", str(write_hosts(tmp_path, node.url, registry.host, registry.url)),
+        ctd.ctr("images", "pull", "--hosts-dir", str(write_hosts(tmp_path / "hosts", node.url, registry.host, registry.url)),
                 reference)
         assert ctd.ctr("run", "--rm", reference, "proxied", "/bin/echo", "ok").stdout.strip() == "ok"
         requests = proxy.requests()
