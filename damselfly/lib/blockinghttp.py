@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Union
 from urllib.parse import unquote, urljoin, urlsplit
 
+from damselfly.lib.netaddr import may_lead_to
+
 REDIRECTS = (301, 302, 303, 307, 308)
 IDEMPOTENT = ("GET", "HEAD")  # sent again on a new connection when a kept-alive one was dead
 MAX_REDIRECTS = 10
@@ -260,8 +262,7 @@ def next_hop(url: str, location: str) -> tuple[str, bool]:
     a client may name could otherwise make the mirror fetch, and pass back, any service
     that plain HTTP reaches (RedirectRefused)."""
     target = urljoin(url, location)
-    scheme = urlsplit(target).scheme
-    if scheme not in ("http", "https") or (scheme == "http" and urlsplit(url).scheme == "https"):
+    if not may_lead_to(url, target):
         raise RedirectRefused(f"{url} redirected to {without_credentials(target)}: refused, not https")
     return target, origin_of(target) == origin_of(url)
 

@@ -1,6 +1,8 @@
-"""Listen addresses given as HOST:PORT (pure)."""
+"""Listen addresses given as HOST:PORT, and where a URL may lead (pure)."""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -13,3 +15,11 @@ def parse_listen(text: str) -> tuple[str, int]:
     elif ":" in host:
         raise ValueError(f"invalid listen address {text!r}: put IPv6 hosts in brackets, [::1]:PORT")
     return host or "0.0.0.0", int(port_text)
+
+
+def may_lead_to(url: str, target: str) -> bool:
+    """Whether a request to ``url`` may lead to the absolute ``target`` (a redirect, a token
+    service): over http(s) only, and never from https down to plain http, where whoever
+    names a registry could make this host fetch, in clear, any service plain HTTP reaches."""
+    scheme = urlsplit(target).scheme.lower()
+    return scheme == "https" or (scheme == "http" and urlsplit(url).scheme.lower() != "https")

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from damselfly.lib.netaddr import may_lead_to
+
 # (start, length) of the bytes a ranged blob request asks for.
 Span = tuple[int, int]
 
@@ -153,11 +155,8 @@ def realm_problem(registry_url: str, realm: str) -> str | None:
     """Why a registry's token service may not be asked, or None. A registry reached over
     https may not send its client to plain HTTP for a token (the redirect rule, which a
     challenge would otherwise get around); a realm is an absolute http(s) URL."""
-    scheme = realm.split("://", 1)[0].lower() if "://" in realm else ""
-    if scheme not in ("http", "https"):
-        return f"token service {realm!r} is not an http(s) URL"
-    if scheme == "http" and registry_url.lower().startswith("https://"):
-        return f"refused token service {realm}: plain HTTP from a registry reached over https"
+    if not may_lead_to(registry_url, realm):
+        return f"refused token service {realm!r}: not https, or plain HTTP from a registry reached over https"
     return None
 
 
