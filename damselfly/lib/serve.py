@@ -33,16 +33,23 @@ BODY_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 
 
+async def _listen(site: web.BaseSite, **where: Any) -> None:
+    """Start ``site`` as aiohttp would, where ``where`` says (host and port, or a socket),
+    with a deadline for the TLS handshake (aiohttp offers no such option)."""
+    await web.BaseSite.start(site)
+    server = site._runner.server
+    assert server is not None
+    tls = site._ssl_context
+    site._server = await asyncio.get_running_loop().create_server(
+        server, ssl=tls, backlog=site._backlog, ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None, **where)
+
+
 class _TLSSite(web.TCPSite):
-    """aiohttp's TCPSite with a deadline for the TLS handshake (it offers no such option)."""
+    """aiohttp's TCPSite with the TLS handshake deadline."""
 
     async def start(self) -> None:
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
-            reuse_address=self._reuse_address, reuse_port=self._reuse_port, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        await _listen(self, host=self._host, port=self._port, reuse_address=self._reuse_address,
+                      reuse_port=self._reuse_port)
 
 
 class SocketSite(web.SockSite):
@@ -50,12 +57,7 @@ class SocketSite(web.SockSite):
     deadline as every other port of a node, when it serves TLS."""
 
     async def start(self) -> None:
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self._ssl_context is not None else None)
+        await _listen(self, sock=self._sock)
 
 
 def _raise_open_files_limit() -> None:
