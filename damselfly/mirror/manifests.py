@@ -94,12 +94,14 @@ class ManifestStore:
             folder = directory / kind
             folder.mkdir(parents=True, exist_ok=True)
             self._sizes[kind] = {}
-            for path in folder.iterdir():
-                if path.name.startswith(".tmp-"):  # a write a crash cut short
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-                else:
-                    self._sizes[kind][path.name] = _size(path)
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".tmp-"):  # a write a crash cut short
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+                    else:
+                        with contextlib.suppress(OSError):
+                            self._sizes[kind][entry.name] = entry.stat().st_size
 
     # -- manifests by digest -------------------------------------------------------
 
@@ -109,13 +111,25 @@ class ManifestStore:
         copy replaces a protected one: the registry served it without credentials."""
         if len(body) > MAX_MANIFEST_BYTES or not _matches(digest, body):
             return False
-        kept = self.get(digest, registry)
-        if kept is not None and (protected or not kept.protected):
-            return True
+        name = _digest_file(registry, digest)
+        kept_protected = self._protected(name)
+        if kept_protected is not None and (protected or not kept_protected):
+            return True  # kept already (get re-checks its bytes when it serves them)
         header = {"content_type": content_type, "registry": registry, "repository": repository,
                   "protected": protected}
-        self._write("by-digest", _digest_file(registry, digest), json.dumps(header).encode() + b"\n" + body)
+        self._write("by-digest", name, json.dumps(header).encode() + b"\n" + body)
         return True
+
+    def _protected(self, name: str) -> bool | None:
+        """Whether the kept manifest ``name`` came with credentials; None if none is kept
+        (or its header cannot be read: the next write replaces it). Reads the header alone."""
+        if name not in self._sizes["by-digest"]:
+            return None
+        try:
+            with open(self.directory / "by-digest" / name, "rb") as file:
+                return bool(json.loads(file.readline())["protected"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def get(self, digest: Digest, registry: str) -> KeptManifest | None:
         """The manifest ``registry`` served for ``digest``, if kept and still true to it."""
@@ -221,9 +235,3 @@ def _mtime(path: Path) -> float:
     except OSError:
         return 0.0
 
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
