@@ -3,6 +3,7 @@ hash to its digest, and the rules for when the registry is failing."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -152,3 +153,19 @@ def test_writes_a_crash_cut_short_are_cleared_at_start(tmp_path: Path) -> None:
     leftover.write_bytes(b"half a manifest")
     ManifestStore(tmp_path, max_bytes=BUDGET)
     assert not leftover.exists()
+
+
+def test_a_full_disk_costs_the_keeping_never_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ManifestStore(tmp_path, max_bytes=BUDGET)
+
+    def disk_full(source: str, target: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    assert store.put(DIGEST, BODY, MANIFEST, REGISTRY, "app", protected=False)  # no error reaches the pull
+    store.remember_tag(REGISTRY, "app", "v1", DIGEST, MANIFEST)
+    assert store.get(DIGEST, REGISTRY) is None and store.tag(REGISTRY, "app", "v1") is None
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nor a half-written file left behind
+    monkeypatch.undo()
+    store.put(DIGEST, BODY, MANIFEST, REGISTRY, "app", protected=False)  # room again: kept
+    assert store.get(DIGEST, REGISTRY) is not None
