@@ -18,7 +18,7 @@ from damselfly.lib.logs import LOG_LEVELS, configure_logging
 from damselfly.lib.netaddr import parse_listen
 from damselfly.core.oci import normalize_upstream
 from damselfly.lib.units import parse_size
-from damselfly.mirror.upstream import parse_registry_mapping
+from damselfly.core.oci import parse_registry_mapping
 from damselfly.settings import (CACHE_HIGH_WATERMARK, CACHE_LOW_WATERMARK, CACHE_QUOTA, CONNECT_TIMEOUT, MAX_HOSTS,
                                 MAX_TASK_LENGTH, MAX_TASKS, READ_TIMEOUT, SCHEDULER_REFRESH_INTERVAL, STALE_TAG_TTL,
                                 UPLOAD_SLOTS, ManagerLink, MirrorSettings, PeerSettings, SchedulerSettings, default_data_dir)
@@ -313,11 +313,12 @@ def run(listen: tuple[str, int], log_level: str, scheduler_listen: tuple[str, in
         upload_slots=upload_slots, upload_rate=upload_rate,
         peer_send_timeout=_wait(peer_send_timeout, mirror["read_timeout"]), tls=tls),
         EmbeddedScheduler(SchedulerSettings(max_task_length, max_hosts, max_tasks), scheduler_listen),
-        _embedded_manager(manager_listen, mirror_settings.data_dir, tls))
+        _embedded_manager(manager_listen, mirror_settings.data_dir, tls, mirror_settings.registries))
     _serve(node.sites(listen), node.started, node.stopping)
 
 
-def _embedded_manager(listen: tuple[str, int] | None, data_dir: Path, tls: "ClusterTLS | None") -> Any:
+def _embedded_manager(listen: tuple[str, int] | None, data_dir: Path, tls: "ClusterTLS | None",
+                      registries: dict[str, str]) -> Any:
     """The manager `run` embeds (SQLite in its data dir), or None: turned off, or a
     certificate without the role manager (components could not check it is their manager)."""
     from damselfly.manager.command import ROOT_PASSWORD_VARIABLE
@@ -341,7 +342,8 @@ def _embedded_manager(listen: tuple[str, int] | None, data_dir: Path, tls: "Clus
     root_password = os.environ.get(ROOT_PASSWORD_VARIABLE) or None
     if root_password is not None and len(root_password) < 12:
         raise click.ClickException(f"{ROOT_PASSWORD_VARIABLE} must be at least 12 characters")
-    return EmbeddedManager(ManagerSettings(data_dir=data_dir, listen=listen, tls=tls, root_password=root_password))
+    return EmbeddedManager(ManagerSettings(data_dir=data_dir, listen=listen, tls=tls, root_password=root_password,
+                                           registries=registries))
 
 
 def _host_id(host_id: str, tls: "ClusterTLS | None") -> str:
@@ -401,6 +403,15 @@ def _member_url(url: str, tls: bool, flag: str) -> str:
     return url
 
 
+def _redis_url(_: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from damselfly.lib.kv import check_url
+
+    try:
+        return check_url(value) if value else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+
+
 @main.command(context_settings=SETTINGS_CONTEXT)
 @click.option("--listen", type=LISTEN_ADDRESS, default="127.0.0.1:8002", show_default=True)
 @log_level_option
@@ -410,9 +421,12 @@ def _member_url(url: str, tls: bool, flag: str) -> str:
 @click.option("--cluster", default=None, metavar="NAME",
               help="With --manager: the cluster to join (created with defaults if missing). Without it, the "
                    "manager places the scheduler by its address.")
+@click.option("--redis", default=None, metavar="URL", callback=_redis_url,
+              help="redis://HOST:PORT/DB shared with the manager and the cluster's other schedulers: preheat jobs, "
+                   "and which hosts hold which blobs, kept across restarts. Without it, both live in this process.")
 @config_option
 def scheduler(listen: tuple[str, int], log_level: str, tls_dir: Path | None, insecure: bool, max_task_length: int,
-              max_hosts: int, max_tasks: int, manager: str | None, cluster: str | None) -> None:
+              max_hosts: int, max_tasks: int, manager: str | None, cluster: str | None, redis: str | None) -> None:
     """Run a scheduler: hosts, tasks and peers in memory; ranks parents, hands out seed peers."""
     from damselfly.node import SchedulerNode
 
@@ -421,7 +435,7 @@ def scheduler(listen: tuple[str, int], log_level: str, tls_dir: Path | None, ins
     _guard_exposure("the scheduler", "--listen", listen, tls, insecure)
     if cluster and not manager:
         raise click.BadParameter("a cluster is joined through the manager: give --manager too", param_hint="--cluster")
-    node = SchedulerNode(SchedulerSettings(max_task_length, max_hosts, max_tasks), listen, tls,
+    node = SchedulerNode(SchedulerSettings(max_task_length, max_hosts, max_tasks, redis), listen, tls,
                          _manager_link(manager, tls, cluster))
     _serve([node.site()], node.started, node.stopping)
 

@@ -31,6 +31,7 @@ from damselfly.core.blocklist import BlockList
 from damselfly.core.dynconfig import ClusterConfig, upload_limits
 from damselfly.core.oci import OCIError, registry_name, split_registry
 from damselfly.core.wire import HostAnnounce
+from damselfly.lib.kv import connect
 from damselfly.lib.serve import ACCESS_LOG_FORMAT, SHUTDOWN_GRACE, Site, SocketSite
 from damselfly.lib.tls import ClusterTLS
 from damselfly.mirror.app import Mirror
@@ -85,7 +86,8 @@ class SchedulerNode:
 
     def __init__(self, settings: SchedulerSettings, listen: tuple[str, int], tls: ClusterTLS | None,
                  manager: ManagerLink | None = None) -> None:
-        self.scheduler = Scheduler(settings)
+        self.kv = connect(settings.redis) if settings.redis else None
+        self.scheduler = Scheduler(settings, kv=self.kv)
         self.listen = listen
         self.tls = tls
         self.manager = manager
@@ -116,6 +118,8 @@ class SchedulerNode:
     async def stopping(self) -> None:
         if self.membership is not None:
             await self.membership.close()
+        if self.kv is not None:
+            await self.kv.aclose()
 
 
 def _total(counter: Counter) -> int:

@@ -133,6 +133,9 @@ class SchedulerSettings:
     max_task_length: int = MAX_TASK_LENGTH  # longer registers get 413
     max_hosts: int = MAX_HOSTS  # more get 429
     max_tasks: int = MAX_TASKS  # past it, the oldest task without peers is forgotten
+    # redis://HOST:PORT/DB shared with the manager and the other schedulers: preheat jobs, and
+    # which hosts hold which blobs, across restarts. None: in this process only.
+    redis: str | None = None
 
 
 
@@ -175,3 +178,7 @@ class ManagerSettings:
     signin_failures: int = MANAGER_SIGNIN_FAILURES
     max_body: int = MANAGER_MAX_BODY  # larger request bodies get 413
     scheduler_timeout: float = MANAGER_SCHEDULER_TIMEOUT  # a scheduler asked about a task answers within this
+    redis: str | None = None  # where preheat jobs are queued for the schedulers; None: in this process only
+    # registry name -> upstream URL: how the manager reaches a registry it resolves an image at
+    # (plain http only to these and to loopback)
+    registries: dict[str, str] = field(default_factory=dict)

@@ -169,6 +169,14 @@ def normalize_upstream(value: str) -> str:
     return f"{scheme or 'https'}://{name}"
 
 
+
+def parse_registry_mapping(item: str) -> tuple[str, str]:
+    """``NAME=URL`` (or bare ``NAME``) -> (name, upstream URL)."""
+    name, sep, url = item.partition("=")
+    name = registry_name(name.strip())
+    return name, normalize_upstream(url if sep else name)
+
+
 def registry_base_url(registry: str, plain_http: bool) -> str:
     """The URL a registry name is reached at, by the mirror's rule (see normalize_upstream),
     over plain HTTP when asked (never for Docker Hub, which speaks only https)."""

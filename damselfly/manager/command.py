@@ -51,9 +51,15 @@ class ListenAddress(click.ParamType):  # type: ignore[type-arg] # generic in new
               show_default=True, help="Seconds between a component's keepalives, told to it at registration.")
 @click.option("--inactive-after", type=click.FloatRange(0.1), default=MANAGER_INACTIVE_AFTER, show_default=True,
               help="Seconds without a keepalive after which a component shows inactive.")
+@click.option("--redis", default=None, metavar="URL",
+              help="redis://HOST:PORT/DB shared with the schedulers (started with the same --redis): where preheat "
+                   "jobs are queued. Without it, jobs reach only a scheduler in this process (`damselfly run`).")
+@click.option("--registry", "registries", multiple=True, metavar="NAME=URL",
+              help="The upstream of registry NAME, for resolving images to preheat (repeatable). Unmapped names "
+                   "mean https://NAME; plain http is used only for these and for registries on loopback.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def manager(listen: tuple[str, int], data_dir: Path, database: str | None, tls_dir: Path | None,
-            keepalive_interval: float, inactive_after: float, log_level: str) -> None:
+            keepalive_interval: float, inactive_after: float, redis: str | None, registries: tuple[str, ...], log_level: str) -> None:
     """Run the manager: clusters, their configuration and members, users and tokens, the console."""
     from damselfly.lib.serve import Site, serve
     from damselfly.lib.tls import is_loopback
@@ -75,13 +81,27 @@ def manager(listen: tuple[str, int], data_dir: Path, database: str | None, tls_d
         database_url(database, data_dir)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--database") from None
+    if redis:
+        from damselfly.lib.kv import check_url
+
+        try:
+            check_url(redis)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--redis") from None
+    from damselfly.core.oci import parse_registry_mapping
+
+    try:
+        registry_map = dict(parse_registry_mapping(item) for item in registries)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--registry") from None
     tls = _manager_tls(tls_dir)
     if tls is None and not is_loopback(listen[0]):
         log.warning("the manager listens on %s without --tls-dir: passwords and tokens cross the network in clear, "
                     "and components can register only from this machine", listen[0])
     settings = ManagerSettings(data_dir=data_dir, listen=listen, database=database, tls=tls,
                                root_password=root_password, keepalive_interval=keepalive_interval,
-                               inactive_after=inactive_after)
+                               inactive_after=inactive_after, redis=redis or None,
+                               registries=registry_map)
     try:
         service = ManagerService.open(settings)
     except RuntimeError as error:

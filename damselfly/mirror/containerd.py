@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from damselfly.mirror.upstream import parse_registry_mapping
+from damselfly.core.oci import parse_registry_mapping
 
 
 def _quote(value: str) -> str:

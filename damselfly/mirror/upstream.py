@@ -5,14 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from damselfly.core.oci import DOCKER_HUB, DOCKER_HUB_UPSTREAM, OCIError, normalize_upstream, registry_name, split_registry
-
-
-def parse_registry_mapping(item: str) -> tuple[str, str]:
-    """``NAME=URL`` (or bare ``NAME``) -> (name, upstream URL)."""
-    name, sep, url = item.partition("=")
-    name = registry_name(name.strip())
-    return name, normalize_upstream(url if sep else name)
+from damselfly.core.oci import DOCKER_HUB, DOCKER_HUB_UPSTREAM, OCIError, split_registry
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.asyncio import Redis
 
 from damselfly.core.dynconfig import ClusterConfig
 from damselfly.lib.serve import add_health_routes, json_object
@@ -82,7 +83,8 @@ class SchedulerMetrics:
 
 class Scheduler:
     def __init__(self, settings: SchedulerSettings = SchedulerSettings(),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, kv: Redis | None = None) -> None:
+        self.kv = kv  # Redis shared with the cluster's other schedulers and the manager (None: this process only)
         self.max_length = settings.max_task_length
         self.state = SchedulerState(clock=clock, max_hosts=settings.max_hosts, max_tasks=settings.max_tasks)
         self.metrics = SchedulerMetrics()

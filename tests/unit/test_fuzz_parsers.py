@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
 from damselfly.core.oci import Digest, OCIError, validate_reference, validate_repository
 from damselfly.core.oci import DOCKER_HUB_UPSTREAM, normalize_upstream, split_registry
-from damselfly.mirror.upstream import UpstreamResolver, parse_registry_mapping
+from damselfly.core.oci import parse_registry_mapping
+from damselfly.mirror.upstream import UpstreamResolver
 from damselfly.registry.rules import ChallengeInvalid, parse_bearer_challenge
 
 FUZZ = settings(max_examples=300, deadline=None)

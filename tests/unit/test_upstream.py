@@ -2,7 +2,8 @@ import pytest
 
 from damselfly.core.oci import OCIError, normalize_upstream
 from damselfly.mirror.containerd import hosts_toml, write_hosts_dir
-from damselfly.mirror.upstream import UpstreamResolver, parse_registry_mapping
+from damselfly.core.oci import parse_registry_mapping
+from damselfly.mirror.upstream import UpstreamResolver
 
 
 @pytest.mark.parametrize("value,expected", [
