@@ -1,0 +1,318 @@
+"""Preheat jobs as the manager, the schedulers and the hosts exchange them (pure: no I/O).
+
+A job is resolved by the manager into what a pull needs (manifests with their bytes,
+the tag's resolution, the config and layer blobs) and handed to a scheduler of each
+cluster it names. The scheduler picks the hosts its scope names (``choose_hosts``) and
+asks each for each blob; every host checks what it gets against its digest, so a
+scheduler or a queue that lies can make a preheat fail, never place wrong bytes.
+Credentials travel only sealed for one seed peer (see damselfly.lib.sealed).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Literal, Sequence
+from urllib.parse import urlsplit
+
+from damselfly.core.oci import Digest, OCIError, validate_repository
+
+JobState = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
+JOB_STATES: tuple[JobState, ...] = ("PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED")
+FINAL_STATES: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "CANCELLED"})
+Scope = Literal["single_seed_peer", "all_seed_peers", "all_peers"]
+SCOPES: tuple[Scope, ...] = ("single_seed_peer", "all_seed_peers", "all_peers")
+HostState = Literal["pending", "fetching", "done", "failed"]
+MAX_MANIFEST_BYTES = 4 << 20  # as the mirror keeps them
+MAX_JOB_MANIFESTS = 256
+MAX_JOB_BLOBS = 10_000
+
+
+class JobError(ValueError):
+    """A job document that is not one; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A blob a pull needs: config, layer, nydus bootstrap or data blob."""
+
+    digest: str
+    size: int
+    media_type: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest or index a pull needs, with its bytes (which hash to ``digest``)."""
+
+    digest: str
+    media_type: str
+    body: bytes
+
+    def check(self) -> None:
+        if len(self.body) > MAX_MANIFEST_BYTES:
+            raise JobError(f"manifest {self.digest} is over {MAX_MANIFEST_BYTES} bytes")
+        if "sha256:" + hashlib.sha256(self.body).hexdigest() != self.digest:
+            raise JobError(f"manifest {self.digest}: its bytes do not hash to its digest")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which hosts a job goes to: ``scope``, narrowed for all_peers by ``ips`` (hosts whose
+    upload address is one of them), then ``count`` or ``percentage`` of the peers."""
+
+    scope: Scope = "single_seed_peer"
+    count: int | None = None
+    percentage: int | None = None
+    ips: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PreheatJob:
+    """What a scheduler's worker gets: everything to place, where, until when.
+
+    ``tags`` maps a tag of ``repository`` to the digest it resolved to when the manager
+    asked. ``sealed`` maps a seed peer's host id to the credentials sealed for it alone.
+    """
+
+    id: int
+    cluster_id: int
+    registry: str  # the registry's name, as peers name it in seed triggers
+    repository: str
+    private: bool
+    manifests: tuple[Manifest, ...]
+    tags: dict[str, str]
+    blobs: tuple[Blob, ...]
+    selection: Selection
+    deadline: float  # seconds since the epoch
+    sealed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(blob.size for blob in self.blobs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "cluster_id": self.cluster_id, "registry": self.registry, "repository": self.repository,
+            "private": self.private,
+            "manifests": [{"digest": m.digest, "media_type": m.media_type,
+                           "body": base64.b64encode(m.body).decode()} for m in self.manifests],
+            "tags": dict(self.tags),
+            "blobs": [{"digest": b.digest, "size": b.size, "media_type": b.media_type} for b in self.blobs],
+            "selection": {"scope": self.selection.scope, "count": self.selection.count,
+                          "percentage": self.selection.percentage, "ips": list(self.selection.ips)},
+            "deadline": self.deadline, "sealed": dict(self.sealed),
+        }
+
+    @classmethod
+    def from_json(cls, document: Any) -> "PreheatJob":
+        """JobError for anything but a job this module wrote (a queue is not trusted to be sane)."""
+        try:
+            doc = _object(document, "job")
+            selection = _object(doc["selection"], "selection")
+            scope = selection["scope"]
+            if scope not in SCOPES:
+                raise JobError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
+            job = cls(
+                id=_int(doc["id"], "id"), cluster_id=_int(doc["cluster_id"], "cluster_id"),
+                registry=_str(doc["registry"], "registry"), repository=_str(doc["repository"], "repository"),
+                private=bool(doc["private"]),
+                manifests=tuple(_manifest(m) for m in _list(doc["manifests"], "manifests", MAX_JOB_MANIFESTS)),
+                tags={_str(t, "tag"): _digest(d) for t, d in _object(doc["tags"], "tags").items()},
+                blobs=tuple(Blob(_digest(b["digest"]), _int(b["size"], "size"), _str(b.get("media_type", ""), "media_type"))
+                            for b in (_object(x, "blob") for x in _list(doc["blobs"], "blobs", MAX_JOB_BLOBS))),
+                selection=Selection(scope, _optional_int(selection.get("count"), "count"),
+                                    _optional_int(selection.get("percentage"), "percentage"),
+                                    tuple(_str(ip, "ip") for ip in _list(selection.get("ips", []), "ips", 10_000))),
+                deadline=float(doc["deadline"]),
+                sealed={_str(k, "host id"): _str(v, "sealed") for k, v in _object(doc.get("sealed", {}), "sealed").items()},
+            )
+            validate_repository(job.repository)
+        except KeyError as missing:
+            raise JobError(f"job: {missing.args[0]} is missing") from None
+        except (TypeError, ValueError) as error:
+            if isinstance(error, JobError):
+                raise
+            raise JobError(f"job: {error}") from None
+        except OCIError as error:
+            raise JobError(f"job: {error.message}") from None
+        return job
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise JobError(f"{what}: not an object")
+    return value
+
+
+def _list(value: Any, what: str, limit: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise JobError(f"{what}: not a list")
+    if len(value) > limit:
+        raise JobError(f"{what}: more than {limit}")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise JobError(f"{what}: not a string")
+    return value
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise JobError(f"{what}: not a count")
+    return value
+
+
+def _optional_int(value: Any, what: str) -> int | None:
+    return None if value is None else _int(value, what)
+
+
+def _digest(value: Any) -> str:
+    try:
+        return str(Digest.parse(_str(value, "digest")))
+    except OCIError as error:
+        raise JobError(f"digest: {error.message}") from None
+
+
+def _manifest(value: Any) -> Manifest:
+    doc = _object(value, "manifest")
+    manifest = Manifest(_digest(doc["digest"]), _str(doc["media_type"], "media_type"),
+                        base64.b64decode(_str(doc["body"], "body"), validate=True))
+    manifest.check()
+    return manifest
+
+
+# -- where a job goes ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Member:
+    """A live host as the scheduler knows it."""
+
+    host_id: str
+    upload_url: str
+    is_seed: bool
+    load: int = 0  # uploads in flight: the least loaded seed is picked first
+
+    @property
+    def ip(self) -> str:
+        return urlsplit(self.upload_url).hostname or ""
+
+
+def choose_hosts(selection: Selection, members: Iterable[Member]) -> tuple[list[Member], list[Member]]:
+    """(seeds, peers) a job goes to. Every scope fills seeds first: with all_peers the
+    peers then get each blob from them, never from the registry.
+
+    single_seed_peer: the least loaded seed; all_seed_peers: every seed; all_peers: every
+    seed, and the peers that ``ips`` names (all if none), then the first ``count`` or
+    ``percentage`` of them (rounded up) by host id, so that a retry picks the same hosts.
+    """
+    hosts = sorted(members, key=lambda m: m.host_id)
+    seeds = [m for m in hosts if m.is_seed]
+    if selection.scope == "single_seed_peer":
+        return sorted(seeds, key=lambda m: (m.load, m.host_id))[:1], []
+    if selection.scope == "all_seed_peers":
+        return seeds, []
+    peers = [m for m in hosts if not m.is_seed]
+    if selection.ips:
+        wanted = {_normal_ip(ip) for ip in selection.ips}
+        peers = [m for m in peers if _normal_ip(m.ip) in wanted]
+    if selection.count is not None:
+        peers = peers[:selection.count]
+    elif selection.percentage is not None:
+        peers = peers[:math.ceil(len(peers) * selection.percentage / 100)]
+    return seeds, peers
+
+
+def _normal_ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        return text
+
+
+# -- progress ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HostProgress:
+    host_id: str
+    state: HostState
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BlobProgress:
+    digest: str
+    size: int
+    kind: Literal["manifest", "blob"] = "blob"
+    hosts: tuple[HostProgress, ...] = ()
+
+    def with_host(self, host: HostProgress) -> "BlobProgress":
+        others = tuple(h for h in self.hosts if h.host_id != host.host_id)
+        return replace(self, hosts=(*others, host))
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """What a worker reports about one cluster's part of a job."""
+
+    state: JobState
+    blobs: tuple[BlobProgress, ...] = ()
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "error": self.error,
+                "blobs": [{"digest": b.digest, "size": b.size, "kind": b.kind,
+                           "hosts": [{"host_id": h.host_id, "state": h.state, "error": h.error} for h in b.hosts]}
+                          for b in self.blobs]}
+
+    @classmethod
+    def from_json(cls, document: Any) -> "JobProgress":
+        try:
+            doc = _object(document, "progress")
+            state = doc["state"]
+            if state not in JOB_STATES:
+                raise JobError(f"state: {state!r}")
+            blobs = []
+            for entry in _list(doc.get("blobs", []), "blobs", MAX_JOB_BLOBS + MAX_JOB_MANIFESTS):
+                entry = _object(entry, "blob")
+                kind = entry.get("kind", "blob")
+                hosts = tuple(HostProgress(_str(h["host_id"], "host_id"), h["state"], h.get("error"))
+                              for h in (_object(x, "host") for x in _list(entry.get("hosts", []), "hosts", 100_000))
+                              if h.get("state") in ("pending", "fetching", "done", "failed"))
+                blobs.append(BlobProgress(_digest(entry["digest"]), _int(entry["size"], "size"),
+                                          "manifest" if kind == "manifest" else "blob", hosts))
+            error = doc.get("error")
+            return cls(state, tuple(blobs), error if isinstance(error, str) else None)
+        except KeyError as missing:
+            raise JobError(f"progress: {missing.args[0]} is missing") from None
+
+
+def overall_state(parts: Sequence[JobState]) -> JobState:
+    """A job's state from its clusters' parts: FAILURE or CANCELLED if any part ended so,
+    SUCCESS once every part did, RUNNING once any started, else PENDING."""
+    if not parts:
+        return "PENDING"
+    for final in ("CANCELLED", "FAILURE"):
+        if final in parts and all(p in FINAL_STATES for p in parts):
+            return final
+    if all(p == "SUCCESS" for p in parts):
+        return "SUCCESS"
+    if any(p != "PENDING" for p in parts):
+        return "RUNNING"
+    return "PENDING"
+
+
+def missing_summary(progress: JobProgress) -> str:
+    """One line: which blobs no host in scope holds yet, for a job that ran out of time."""
+    missing = [b for b in progress.blobs if not b.hosts or any(h.state != "done" for h in b.hosts)]
+    if not missing:
+        return "nothing missing"
+    shown = ", ".join(f"{b.digest[:19]}… on {sum(h.state != 'done' for h in b.hosts) or 'no'} hosts"
+                      for b in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return f"{len(missing)} of {len(progress.blobs)} not placed: {shown}{more}"
