@@ -316,3 +316,84 @@ def missing_summary(progress: JobProgress) -> str:
                       for b in missing[:5])
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
     return f"{len(missing)} of {len(progress.blobs)} not placed: {shown}{more}"
+
+
+# -- what a scheduler asks of a host ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Placement:
+    """POST {upload_url}/api/v1/preheat/blobs/{digest} (scheduler certificates only): hold
+    this blob, answering once it is stored. ``credentials``: for a seed of a private image,
+    the job's credentials sealed for this host; ``job_bytes``: every blob of the job, so
+    that a host whose cache cannot hold the image says so at once."""
+
+    job_id: int
+    registry: str
+    repository: str
+    private: bool
+    size: int
+    job_bytes: int
+    credentials: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "registry": self.registry, "repository": self.repository,
+                "private": self.private, "size": self.size, "job_bytes": self.job_bytes,
+                "credentials": self.credentials}
+
+    @classmethod
+    def from_json(cls, document: Any) -> "Placement":
+        try:
+            doc = _object(document, "placement")
+            credentials = doc.get("credentials")
+            placement = cls(_int(doc["job_id"], "job_id"), _str(doc["registry"], "registry"),
+                            _str(doc["repository"], "repository"), bool(doc["private"]), _int(doc["size"], "size"),
+                            _int(doc["job_bytes"], "job_bytes"),
+                            None if credentials is None else _str(credentials, "credentials"))
+            validate_repository(placement.repository)
+        except KeyError as missing:
+            raise JobError(f"placement: {missing.args[0]} is missing") from None
+        except OCIError as error:
+            raise JobError(f"placement: {error.message}") from None
+        return placement
+
+
+@dataclass(frozen=True)
+class ManifestPlacement:
+    """POST {upload_url}/api/v1/preheat/manifests: keep these manifests, and these tags'
+    resolutions, for a pull while the registry is down. The host checks each body against
+    its digest and that every tag points at one of them."""
+
+    registry: str
+    repository: str
+    private: bool
+    manifests: tuple[Manifest, ...]
+    tags: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"registry": self.registry, "repository": self.repository, "private": self.private,
+                "manifests": [{"digest": m.digest, "media_type": m.media_type,
+                               "body": base64.b64encode(m.body).decode()} for m in self.manifests],
+                "tags": dict(self.tags)}
+
+    @classmethod
+    def from_json(cls, document: Any) -> "ManifestPlacement":
+        try:
+            doc = _object(document, "manifests")
+            placement = cls(_str(doc["registry"], "registry"), _str(doc["repository"], "repository"),
+                            bool(doc["private"]),
+                            tuple(_manifest(m) for m in _list(doc["manifests"], "manifests", MAX_JOB_MANIFESTS)),
+                            {_str(t, "tag"): _digest(d) for t, d in _object(doc["tags"], "tags").items()})
+            validate_repository(placement.repository)
+        except KeyError as missing:
+            raise JobError(f"manifests: {missing.args[0]} is missing") from None
+        except ValueError as error:  # binascii.Error included
+            if isinstance(error, JobError):
+                raise
+            raise JobError(f"manifests: {error}") from None
+        except OCIError as error:
+            raise JobError(f"manifests: {error.message}") from None
+        held = {m.digest for m in placement.manifests}
+        for tag, digest in placement.tags.items():
+            if digest not in held:
+                raise JobError(f"tag {tag} points at {digest}, which is not among the manifests")
+        return placement

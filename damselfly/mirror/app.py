@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from damselfly.core.blocklist import BlockList, refusal
+from damselfly.core.jobs import ManifestPlacement
 from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
 from damselfly.core.oci import (Digest, OCIError, Origin, SourceRefused, SourceUnavailable, error_body,
                                is_digest_reference, validate_api_tail, validate_repository)
@@ -81,6 +82,18 @@ class Mirror:
     def set_block_list(self, block_list: BlockList) -> None:
         """Refuse, from the next request on, the manifests and blobs ``block_list`` names."""
         self.block_list = block_list
+
+    def keep_preheated(self, placement: ManifestPlacement, upstream: str) -> None:
+        """A preheat's manifests and tag resolutions, kept as if a pull had fetched them (a
+        private image's stay behind the same access check)."""
+        types = {m.digest: m.media_type for m in placement.manifests}
+        for manifest in placement.manifests:
+            self.manifests.put(Digest.parse(manifest.digest), manifest.body, manifest.media_type, upstream,
+                               placement.repository, protected=placement.private)
+        for tag, digest in placement.tags.items():
+            self.manifests.remember_tag(upstream, placement.repository, tag, Digest.parse(digest), types[digest])
+        log.info("preheat: kept %d manifests and %d tags of %s/%s", len(placement.manifests), len(placement.tags),
+                 upstream, placement.repository)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_and_metrics], client_max_size=1024**2)

@@ -19,7 +19,10 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from damselfly.core.jobs import ManifestPlacement, Placement
 from damselfly.lib.filesend import copy_within, sendfile_within
+from damselfly.lib.sealed import SealError
+from damselfly.lib.units import format_size
 from damselfly.core.oci import Digest, OCIError, Origin, SourceRefused, SourceUnavailable
 from damselfly.lib.ratelimit import TokenBucket
 from damselfly.lib.serve import add_health_routes, json_object
@@ -65,13 +68,28 @@ class SeedDuty:
     could_not_start: Callable[[str, str], None]
 
 
+@dataclass(frozen=True)
+class PreheatDuty:
+    """What a host does when its scheduler places a preheat job's parts on it."""
+
+    # A registry name in a placement -> its upstream URL, by this host's own map (ValueError: refused).
+    resolve_registry: Callable[[str], str]
+    # Keep manifests and tags' resolutions (already checked against their digests) for pulls
+    # while the registry is down, under the upstream URL.
+    keep_manifests: Callable[[ManifestPlacement, str], None]
+    # (sealed credentials, job id) -> the Authorization value they hold (SealError if they do not open here).
+    open_credentials: Callable[[str, int], str]
+    cache_quota: int
+
+
 class UploadServer:
     def __init__(self, blobs: BlobService, network: PieceReports, seed_duty: SeedDuty | None, metrics: PeerMetrics,
                  registry: CollectorRegistry, slots: int = 16, piece_wait: float = SEED_PIECE_WAIT,
-                 rate: int | None = None, send_timeout: float = 60.0) -> None:
+                 rate: int | None = None, send_timeout: float = 60.0, preheat: PreheatDuty | None = None) -> None:
         self.blobs = blobs
         self.network = network
         self.seed_duty = seed_duty  # None: a peer's, which refuses triggers and serves only the pieces it holds
+        self.preheat = preheat  # None: placements are refused
         # Bandwidth cap for uploads; a burst of one 4 MiB piece. Both it and the slots may
         # change at run time (set_limits).
         self.limiter = TokenBucket(rate, UPLOAD_BURST) if rate else None
@@ -100,6 +118,8 @@ class UploadServer:
         add_health_routes(app, self.registry)
         app.router.add_get("/pieces/{digest}/{index}", self.piece)
         app.router.add_post("/api/v1/seed/{digest}", self.seed)
+        app.router.add_post("/api/v1/preheat/blobs/{digest}", self.place_blob)
+        app.router.add_post("/api/v1/preheat/manifests", self.place_manifests)
         app.on_cleanup.append(self._close)
         return app
 
@@ -261,6 +281,64 @@ class UploadServer:
             log.error("seed download of %s from %s/%s could not start: %s", digest, origin.registry,
                       origin.repository, message)
             duty.could_not_start(str(digest), f"seed could not start from the origin: {message}")
+
+
+    def _preheat_duty(self, request: web.Request) -> PreheatDuty:
+        """Placements come from the cluster's schedulers only: a scheduler certificate with
+        TLS, this machine without (loopback deployments)."""
+        identity = request_identity(request)
+        if identity is not None:
+            if not identity.has_role("scheduler"):
+                raise web.HTTPForbidden(text=f"{identity.name} ({identity.role}) is not a scheduler")
+        elif request.transport is not None and request.transport.get_extra_info("sslcontext") is not None:
+            raise web.HTTPForbidden(text="a placement needs a scheduler's certificate")
+        elif request.remote is None or not is_loopback(request.remote):
+            raise web.HTTPForbidden(text="a placement comes from a scheduler on this machine only (no TLS)")
+        if self.preheat is None:
+            raise web.HTTPConflict(text="this host takes no preheat placements")
+        return self.preheat
+
+    async def place_blob(self, request: web.Request) -> web.Response:
+        """Hold a blob of a preheat job: answers once it is stored (200), or why not."""
+        duty = self._preheat_duty(request)
+        try:
+            digest = Digest.parse(request.match_info["digest"])
+            placement = Placement.from_json(await json_object(request))
+            upstream = duty.resolve_registry(placement.registry)
+        except OCIError as exc:
+            raise web.HTTPBadRequest(text=f"malformed placement: {exc.message}") from None
+        except ValueError as exc:  # JobError included
+            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
+        if placement.job_bytes > duty.cache_quota:
+            raise web.HTTPInsufficientStorage(
+                text=f"the preheat needs {format_size(placement.job_bytes)}, more than this host's cache quota of "
+                     f"{format_size(duty.cache_quota)}")
+        authorization = None
+        if placement.credentials is not None:
+            if self.seed_duty is None:
+                raise web.HTTPBadRequest(text="credentials go to seed peers only")
+            try:
+                authorization = duty.open_credentials(placement.credentials, placement.job_id)
+            except SealError as exc:
+                raise web.HTTPBadRequest(text=str(exc)) from None
+        origin = Origin(upstream, placement.repository, authorization, private=placement.private)
+        try:
+            await self.blobs.place(digest, origin, length=placement.size)
+        except SourceRefused as exc:
+            raise web.HTTPBadGateway(text=f"the registry answered {exc.status}") from None
+        except SourceUnavailable as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        return web.json_response({"digest": str(digest), "state": "done"})
+
+    async def place_manifests(self, request: web.Request) -> web.Response:
+        duty = self._preheat_duty(request)
+        try:
+            placement = ManifestPlacement.from_json(await json_object(request))
+            upstream = duty.resolve_registry(placement.registry)
+        except ValueError as exc:  # JobError included
+            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
+        duty.keep_manifests(placement, upstream)
+        return web.json_response({"manifests": len(placement.manifests), "tags": len(placement.tags)})
 
 
 def is_member(request: web.Request) -> bool:
