@@ -86,8 +86,9 @@ def build_image(name: str, layer_sizes: list[int], tag: str = "latest") -> Image
 
 
 def image_from_layers(name: str, layers: list[Layer], command: list[str], tag: str = "latest",
-                      path: str = "/usr/local/bin:/usr/bin:/bin") -> Image:
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+                      path: str = "/usr/local/bin:/usr/bin:/bin", arch: str | None = None) -> Image:
+    """An image of ``layers`` for linux on ``arch`` (default: this machine's)."""
+    arch = arch or {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     config = json.dumps({
         "architecture": arch, "os": "linux",
         "config": {"Cmd": command, "Env": [f"PATH={path}"]},

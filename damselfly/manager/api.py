@@ -432,7 +432,8 @@ class ManagerService:
             digests = [parse_digest(query.digest)]
         else:
             assert query.image is not None
-            digests = await asyncio.to_thread(image_digests, query.image, query.plain_http)
+            digests = await asyncio.to_thread(image_digests, query.image, query.plain_http,
+                                              self.settings.registries)
         schedulers = await asyncio.to_thread(self.store.schedulers_to_ask, query.cluster_id, call.now)
         return await locate(digests, schedulers, self.asker, query.image)
 
