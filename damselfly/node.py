@@ -211,6 +211,8 @@ class Node:
         return sites
 
     async def started(self) -> None:
+        if self.scheduler_node is not None:
+            await self.scheduler_node.started()  # its preheat worker; it joins run's manager below
         await self.scheduler.start()
         if self._manager_socket is not None:
             self._manager_start = asyncio.create_task(self._serve_embedded_manager(self._manager_socket),
@@ -255,7 +257,7 @@ class Node:
         assert isinstance(self.manager, EmbeddedManager)
         settings = self.manager.settings
         try:
-            service = await start_manager(settings)
+            service = await start_manager(settings, JobBoard(self.local_kv))
         except RuntimeError as error:
             sock.close()
             log.error("the embedded manager cannot start (%s): running without it and its console", error)
