@@ -41,16 +41,19 @@ FAST = ["--keepalive-interval", "0.2", "--inactive-after", "2"]
 FINAL = ("SUCCESS", "FAILURE", "CANCELLED")
 USER, PASSWORD = "alice", "preheat-secret-password"
 SEED_QUOTA = 48 * MiB
+TRICKLE = 128 * 1024
 WAIT = 60
 
 
 class SlowRegistry:
     """A registry that serves manifests and small blobs, and sends each large blob's first
-    half, then nothing: a registry that dies in the middle of a preheat."""
+    half, then nothing: a registry that dies in the middle of a preheat. Blobs added with
+    ``trickle`` come whole, slowly (TRICKLE bytes a tenth of a second)."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.blobs: dict[str, bytes] = {}
+        self.trickled: set[str] = set()
         self.manifests: dict[str, tuple[bytes, str]] = {}
         self.stalled = threading.Event()
         self.release = threading.Event()
@@ -81,6 +84,13 @@ class SlowRegistry:
                 if len(body) < MiB:
                     self.wfile.write(body)
                     return
+                if name in fake.trickled:
+                    fake.stalled.set()
+                    for start in range(0, len(body), TRICKLE):
+                        self.wfile.write(body[start:start + TRICKLE])
+                        self.wfile.flush()
+                        time.sleep(0.1)  # the registry's pace, not a wait on anything
+                    return
                 self.wfile.write(body[:len(body) // 2])
                 self.wfile.flush()
                 fake.stalled.set()
@@ -98,7 +108,7 @@ class SlowRegistry:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def add_image(self, name: str, tag: str, layer: bytes) -> str:
+    def add_image(self, name: str, tag: str, layer: bytes, trickle: bool = False) -> str:
         config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
                             ).encode()
         digest_of = lambda data: "sha256:" + hashlib.sha256(data).hexdigest()  # noqa: E731
@@ -108,6 +118,8 @@ class SlowRegistry:
                                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
                                            "digest": digest_of(layer), "size": len(layer)}]}).encode()
         self.blobs[digest_of(config)], self.blobs[digest_of(layer)] = config, layer
+        if trickle:
+            self.trickled.add(digest_of(layer))
         self.manifests[tag] = self.manifests[digest_of(manifest)] = (manifest, OCI_MANIFEST)
         return f"{self.host}/{name}:{tag}"
 
@@ -342,6 +354,20 @@ def test_jobs_wait_for_redis_and_go_on_when_it_returns(cluster: Cluster) -> None
         cluster.redis.start()
     with cluster.root() as root:
         assert ended(root, job)["state"] == "SUCCESS"
+
+
+def test_a_preheat_survives_redis_restarting_empty_midway(cluster: Cluster) -> None:
+    reference = cluster.slow.add_image("trickle/app", "v1", os.urandom(3 * MiB), trickle=True)
+    cluster.slow.stalled.clear()
+    with cluster.root() as root:
+        job = preheat(root, url=reference, scope="all_peers")
+        wait_until(cluster.slow.stalled.is_set, WAIT, "the seed fetching the layer")
+        cluster.redis.restart()  # everything on the board is gone
+        done = ended(root, job)
+    assert done["state"] == "SUCCESS", done["error"]
+    everyone = {cluster.seed.tls_name, *(p.tls_name for p in cluster.peers)}
+    assert all(hosts == everyone for hosts in holders(done).values()), holders(done)
+    assert cluster.manager.process.poll() is None and cluster.scheduler.process.poll() is None
 
 
 def test_a_hundred_jobs_and_fifty_pulls_at_once_fetch_each_blob_once(cluster: Cluster) -> None:
