@@ -174,7 +174,7 @@ class JobDispatcher:
                               "one --redis?)" if all(p == "PENDING" for p in parts) else "timed out")
         if state in FINAL_STATES:
             await self._end(job, state, error, blobs)
-        elif state != job.state or blobs:
+        elif (state, error, blobs) != (job.state, job.error, job.blobs):  # a write only when something changed
             await asyncio.to_thread(self.store.update_job, job.id, state, error, blobs, datetime.now(timezone.utc))
 
     async def _end(self, job: Job, state: JobState, error: str | None, blobs: list[JobBlob]) -> None:

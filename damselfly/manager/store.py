@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -142,11 +142,12 @@ class Store:
                     f"token {token.name} expired at {token.expires_at.isoformat()}"
             principal = Principal(user_id=user.id, user_name=user.name, role=user.role, token_kind=token.kind,
                                   token_id=token.id, token_name=token.name, scopes=frozenset(token.scopes))
-            if token.kind == PERSONAL and (token.last_used_at is None
-                                           or now - token.last_used_at >= LAST_USED_PRECISION):
-                token.last_used_at = now
-                session.commit()
-            return principal
+            stale = token.kind == PERSONAL and (token.last_used_at is None
+                                                or now - token.last_used_at >= LAST_USED_PRECISION)
+        if stale:  # a writing transaction of its own: upgrading this read one could meet another writer (SQLite)
+            with self._write() as session:
+                session.execute(update(TokenRow).where(TokenRow.id == principal.token_id).values(last_used_at=now))
+        return principal
 
     def delete_expired_tokens(self, now: datetime) -> int:
         """Forget sessions and tokens past their expiry (they are refused anyway)."""

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +394,45 @@ def test_a_hundred_jobs_and_fifty_pulls_at_once_fetch_each_blob_once(cluster: Cl
     client = cluster.redis.client()
     assert not list(client.scan_iter("damselfly:jobs:*:job")), "ended jobs leave the board"
     assert all(client.ttl(key) > 0 for key in client.scan_iter("damselfly:*")), "every key expires"
+
+
+def test_who_may_preheat_and_what_is_refused_with_a_clear_error(cluster: Cluster) -> None:
+    reference = f"{cluster.registry.host}/preheat/app:v1"
+    with cluster.root() as root:
+        expires = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+        tokens = {scope: root.post("/personal-access-tokens", json={"name": f"preheat-{scope}", "scopes": [scope],
+                                                                    "expires_at": expires}).json()["token"]
+                  for scope in ("job", "cluster")}
+        for args, status, words in [
+                ({"type": "image", "url": "not a reference"}, 400, "url"),
+                ({"type": "image", "url": reference, "platform": "linux"}, 400, "platform"),
+                ({"type": "image", "url": reference, "scope": "everyone"}, 400, "scope"),
+                ({"type": "file", "url": f"http://{cluster.registry.host}/v2/a/blobs/sha256:{'0' * 64}"}, 400,
+                 "digest"),
+                ({"type": "image", "url": reference, "timeout": 0}, 400, "timeout"),
+                ({"type": "image", "url": reference, "password": "x", "surprise": 1}, 400, "surprise")]:
+            answer = root.post("/jobs", json={"type": "preheat", "args": args})
+            assert answer.status_code == status and words in answer.json()["error"], (args, answer.text)
+        assert root.post("/jobs", json={"type": "preheat", "cluster_ids": [999], "args": {
+            "type": "image", "url": reference}}).status_code == 404
+    with cluster.manager.client(tokens["job"]) as client:
+        assert client.post("/jobs", json={"type": "preheat", "args": {"type": "image", "url": reference}}
+                           ).status_code == 201
+    with cluster.manager.client(tokens["cluster"]) as client:
+        assert client.post("/jobs", json={"type": "preheat", "args": {"type": "image", "url": reference}}
+                           ).status_code == 403
+    with cluster.manager.guest("preheat-guest") as guest:
+        assert guest.get("/jobs").status_code == 200
+        assert guest.post("/jobs", json={"type": "preheat", "args": {"type": "image", "url": reference}}
+                          ).status_code == 403
+        assert guest.delete(f"/jobs/{guest.get('/jobs').json()[0]['id']}").status_code == 403
+
+
+def test_a_manager_without_a_job_board_refuses_jobs(tmp_path: Path) -> None:
+    manager = Manager(tmp_path / "manager").start()
+    try:
+        with manager.root() as root:
+            answer = root.post("/jobs", json={"type": "preheat", "args": {"type": "image", "url": "example.com/a:b"}})
+        assert answer.status_code == 409 and "--redis" in answer.json()["error"]
+    finally:
+        manager.stop()
