@@ -9,7 +9,6 @@ import json
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
