@@ -44,6 +44,7 @@ from damselfly.network.manager_client import ManagerClient, Membership
 from damselfly.network.metrics import PeerMetrics
 from damselfly.network.scheduler_client import SchedulerClient
 from damselfly.network.swarm import Network
+from damselfly.network.tags import ClusterTags
 from damselfly.registry.client import AsyncRegistryClient
 from damselfly.scheduler.app import Scheduler
 from damselfly.scheduler.preheat import PreheatWorker
@@ -180,16 +181,20 @@ class Node:
                             location=peer.location, seed=peer.seed, upload_slots=peer.upload_slots)
         self.scheduler = SchedulerClient(peer.schedulers, host, tls=peer.tls)
         self.network = Network(self.scheduler, registry_client, peer_metrics, is_seed=peer.seed, tls=peer.tls)
+        cluster = ClusterTags(self.network)
         sourcing: Sourcing
         seed_duty: SeedDuty | None
         if peer.seed:
             sourcing = SeedSourcing(registry_client, metrics.source_bytes, self.network)
-            seed_duty = SeedDuty(registry_for_peers(resolver), self.network.seed_failed)
+            seed_duty = SeedDuty(registry_for_peers(resolver), self.network.seed_failed, cluster.confirm)
         else:
             sourcing, seed_duty = NetworkSourcing(registry_client, self.network), None
         self.blobs = BlobService(store, registry_client, sourcing, metrics,
                                  stall_timeout=mirror_settings.download_stall_timeout)
-        self.mirror = Mirror(mirror_settings, self.blobs, registry_client, resolver, metrics)
+        self.mirror = mirror = Mirror(mirror_settings, self.blobs, registry_client, resolver, metrics, cluster)
+        if peer.seed:  # a seed confirms tags itself, at the registry its own map names
+            upstream_of = registry_for_peers(resolver)
+            cluster.resolve_here = lambda confirm: mirror.confirm_tag(confirm, upstream_of(confirm.registry))
         preheat = PreheatDuty(registry_for_peers(resolver), self.mirror.keep_preheated,
                               credentials_opener(peer.tls, peer.resolved_host_id), mirror_settings.cache_quota)
         self.upload = UploadServer(self.blobs, self.network, seed_duty, peer_metrics, metrics.registry,

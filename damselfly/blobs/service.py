@@ -183,19 +183,21 @@ class BlobService:
         self._uncached_readers = ThreadPoolExecutor(32, thread_name_prefix="blob-uncached")
 
     @contextlib.asynccontextmanager
-    async def open(self, digest: Digest, origin: Origin, ranged: bool = False) -> AsyncIterator[BlobReader]:
+    async def open(self, digest: Digest, origin: Origin, ranged: bool = False,
+                   length: int | None = None) -> AsyncIterator[BlobReader]:
         """A reader for ``digest``: from the store, a download in flight, or a new download.
 
         ``ranged``: the caller reads a range; a download it starts is marked as read in ranges.
+        ``length``: known already (from a checked manifest), for a download the registry cannot size now.
         """
-        reader = await self._open(digest, origin, ranged)
+        reader = await self._open(digest, origin, ranged, length)
         try:
             yield reader
         finally:
             reader.close()
             self._release(reader)
 
-    async def _open(self, digest: Digest, origin: Origin, ranged: bool) -> BlobReader:
+    async def _open(self, digest: Digest, origin: Origin, ranged: bool, length: int | None) -> BlobReader:
         key = str(digest)
         for _ in range(3):  # a refused start by another caller's credentials: try with ours
             stored = self.store.lookup(digest)
@@ -209,7 +211,7 @@ class BlobService:
             starting = self._starting.get(key)
             if starting is None:
                 self.events.cache_miss()
-                return await self._start(digest, origin, ranged)
+                return await self._start(digest, origin, ranged, length)
             try:
                 await asyncio.shield(starting)
             except SourceRefused:
@@ -349,9 +351,9 @@ class BlobService:
             del self._readers[key]
             self.store.collect_garbage()
 
-    async def _start(self, digest: Digest, origin: Origin, ranged: bool) -> BlobReader:
+    async def _start(self, digest: Digest, origin: Origin, ranged: bool, length: int | None) -> BlobReader:
         try:
-            task = await self._begin(digest, origin, ranged)
+            task = await self._begin(digest, origin, ranged, length=length)
         except NoRoom as full:
             return await self._uncached_reader(digest, origin, full)
         return self._task_reader(task, started_here=True)
@@ -386,6 +388,33 @@ class BlobService:
         if self.store.lookup(digest) is None:
             reason = task.error if task is not None and task.error else "the download ended without the blob"
             raise SourceUnavailable(502, reason)
+
+    async def keep(self, digest: Digest, body: bytes, origin: Origin) -> None:
+        """Hold ``body``, already checked against ``digest``, as that blob, offered to the
+        network like a download's: a seed's copy of a manifest, which nodes then fetch
+        through P2P while the registry is down. A store without room keeps nothing."""
+        if self.store.lookup(digest) is None and str(digest) not in self._tasks:
+            try:
+                self.store.reserve(len(body))
+            except (BlobTooLarge, StoreFull) as exc:
+                log.warning("%s not held for the cluster: %s", digest, exc)
+                return
+            path = self.store.new_incoming(digest)
+            try:
+                await asyncio.to_thread(_write_synced, path, body)
+                task = Task(digest, len(body), path, complete=True)
+                self.store.commit(path, digest, BlobMeta(
+                    length=len(body), protected=origin.protected, registry=origin.registry,
+                    repository=origin.repository, stored_at=time.time(), piece_length=task.piece_length,
+                    piece_digests=list(_piece_digests(task).values())))
+            except OSError as exc:
+                self.store.unreserve(digest, len(body))
+                self.store.discard(path)
+                log.warning("%s not held for the cluster: %s", digest, exc)
+                return
+        task = self.local_task(digest)
+        if task is not None:
+            self.sourcing.offer(task, origin)
 
     def local_task(self, digest: Digest) -> Task | None:
         """The task as this node holds it: downloading, or complete in the store."""
@@ -659,6 +688,13 @@ def _verified_pieces(task: Task, pieces: list[int], digests: dict[int, str]) -> 
             if piece_matches(f.read(size), digests[index]):
                 good.append(index)
     return good
+
+
+def _write_synced(path: Path, body: bytes) -> None:
+    with open(path, "wb") as file:
+        file.write(body)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def _fsync(path: Path) -> None:

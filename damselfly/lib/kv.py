@@ -78,10 +78,12 @@ class RedisKV:
 
 
 class MemoryKV:
-    """KV in this process, with the same expiry (``clock`` is injected for tests)."""
+    """KV in this process, with the same expiry (``clock`` is injected for tests). With
+    ``max_values``, past that many values the least recently written go."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_values: int | None = None) -> None:
         self.clock = clock
+        self.max_values = max_values
         self._values: dict[str, tuple[bytes, float]] = {}
         self._groups: dict[str, set[str]] = {}
 
@@ -97,7 +99,10 @@ class MemoryKV:
     async def put(self, key: str, value: bytes, ttl: float, only_if_absent: bool = False) -> bool:
         if only_if_absent and await self.get(key) is not None:
             return False
+        self._values.pop(key, None)  # written again: the most recent
         self._values[key] = (value, self.clock() + ttl)
+        if self.max_values is not None and len(self._values) > self.max_values:
+            del self._values[next(iter(self._values))]
         return True
 
     async def delete(self, *keys: str) -> None:

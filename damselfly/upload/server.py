@@ -33,7 +33,7 @@ from damselfly.network.relay import RelayBook
 from damselfly.storage.task import Task, TaskFailed
 from damselfly.lib.tls import is_loopback, request_identity
 from damselfly.core.wire import (COUNT_HEADER, MAX_RUN_PIECES, ORIGIN_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER,
-                            RELAY_HEADER, SeedTrigger, parse_number, piece_trailer, run_body_length)
+                            RELAY_HEADER, SeedTrigger, TagConfirm, parse_number, piece_trailer, run_body_length)
 
 log = logging.getLogger(__name__)
 SEED_START_WAIT = 10.0
@@ -66,6 +66,8 @@ class SeedDuty:
     resolve_registry: Callable[[str], str]
     # (digest, reason): a task this seed accepted could not start; the scheduler stops offering it for the task.
     could_not_start: Callable[[str, str], None]
+    # Resolve a tag at the registry and publish it for the cluster, in the background (see network.tags).
+    confirm_tag: Callable[[TagConfirm], None]
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class UploadServer:
         app = web.Application()
         add_health_routes(app, self.registry)
         app.router.add_get("/pieces/{digest}/{index}", self.piece)
+        app.router.add_post("/api/v1/seed/tags", self.confirm_tag)  # before {digest}, which "tags" is not
         app.router.add_post("/api/v1/seed/{digest}", self.seed)
         app.router.add_post("/api/v1/preheat/blobs/{digest}", self.place_blob)
         app.router.add_post("/api/v1/preheat/manifests", self.place_manifests)
@@ -251,14 +254,18 @@ class UploadServer:
         return origin is None or (request_identity(request) is not None
                                   and request.headers.get(ORIGIN_HEADER) == origin)
 
-    async def seed(self, request: web.Request) -> web.Response:
-        """A peer asks this seed to fetch a task from the origin, with its caller's credentials."""
+    def _seed_duty(self, request: web.Request) -> SeedDuty:
+        """A seed's duty, for a member (with TLS, a certificate of the cluster's CA)."""
         if request.transport is not None and request.transport.get_extra_info("sslcontext") is not None \
                 and request_identity(request) is None:
             raise web.HTTPForbidden(text="a seed trigger needs a cluster member's certificate")
-        duty = self.seed_duty
-        if duty is None:
+        if self.seed_duty is None:
             raise web.HTTPConflict(text="not a seed peer")
+        return self.seed_duty
+
+    async def seed(self, request: web.Request) -> web.Response:
+        """A peer asks this seed to fetch a task from the origin, with its caller's credentials."""
+        duty = self._seed_duty(request)
         try:
             digest = Digest.parse(request.match_info["digest"])
             trigger = SeedTrigger.from_json(await json_object(request))
@@ -282,6 +289,17 @@ class UploadServer:
                       origin.repository, message)
             duty.could_not_start(str(digest), f"seed could not start from the origin: {message}")
 
+    async def confirm_tag(self, request: web.Request) -> web.Response:
+        """A node asks this seed to resolve a tag at the registry (with its caller's
+        credentials) and publish what the registry answers: 202 at once, the work goes on."""
+        duty = self._seed_duty(request)
+        try:
+            confirm = TagConfirm.from_json(await json_object(request))
+            duty.resolve_registry(confirm.registry)
+        except ValueError as exc:  # WireError included
+            raise web.HTTPBadRequest(text=f"malformed tag confirmation: {exc}") from None
+        duty.confirm_tag(confirm)
+        return web.json_response({"accepted": f"{confirm.repository}:{confirm.tag}"}, status=202)
 
     def _preheat_duty(self, request: web.Request) -> PreheatDuty:
         """Placements come from the cluster's schedulers only: a scheduler certificate with
