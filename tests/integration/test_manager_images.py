@@ -21,12 +21,11 @@ from damselfly.nydus.builder import ChunkSettings
 from damselfly.nydus.convert import convert
 from damselfly.nydus.image import BOOTSTRAP_ANNOTATION, NYDUS_BLOB_TYPE
 from damselfly.registry.blocking import RegistryClient as BlockingRegistryClient
-from testkit.images import OCI_MANIFEST, Image, image_from_layers, push_image, random_layer
+from testkit.images import OCI_INDEX, OCI_MANIFEST, Image, image_from_layers, push_image, push_index, random_layer
 from testkit.registry import Registry, RegistryClient, basic_auth, htpasswd_auth
 from tests.support.fakes import ManifestRegistryFake
 from tests.support.tokenauth import TokenServer
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 NYDUS_FEATURE = "nydus.remoteimage.v1"
 USERS = {"alice": "wonderland"}
 ANONYMOUS = Credentials()
@@ -46,18 +45,6 @@ def blobs_of(image: Image) -> list[Blob]:
     config = json.loads(image.manifest)["config"]
     return [Blob(config["digest"], config["size"], config["mediaType"]),
             *(Blob(layer.digest, len(layer.data), layer.media_type) for layer in image.layers)]
-
-
-def push_index(client: RegistryClient, name: str, tag: str, entries: list[tuple[Image | bytes, dict]]) -> bytes:
-    """An OCI index of already pushed manifests (an Image's, or the bytes of one), each with its platform."""
-    manifests = []
-    for source, platform in entries:
-        body = source.manifest if isinstance(source, Image) else source
-        manifests.append({"mediaType": OCI_MANIFEST, "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
-                          "size": len(body), "platform": platform})
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}).encode()
-    client.push_manifest(name, tag, index, OCI_INDEX)
-    return index
 
 
 def digest_of(body: bytes) -> str:

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import platform
 import threading
 import time
 from collections.abc import Iterator
@@ -29,8 +30,10 @@ import pytest
 from testkit.cluster import SchedulerProcess, start_peer
 from testkit.containerd import write_hosts
 from testkit.daemon import Damselfly
-from testkit.images import OCI_MANIFEST, build_image, push_image
+from testkit.images import (OCI_MANIFEST, build_image, busybox_layer, image_from_layers, push_image, push_index,
+                            random_layer)
 from testkit.manager import ROOT_PASSWORD, Manager
+from testkit.nydus import cli as nydus_cli
 from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
 from testkit.redis import RedisServer
 from testkit.registry import Registry, RegistryClient, htpasswd_auth
@@ -436,3 +439,70 @@ def test_a_manager_without_a_job_board_refuses_jobs(tmp_path: Path) -> None:
         assert answer.status_code == 409 and "--redis" in answer.json()["error"]
     finally:
         manager.stop()
+
+
+def test_a_preheated_nydus_image_mounts_lazily_on_a_peer_with_the_registry_down(
+        cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = build_image("preheat/nydus", [MiB], tag="oci")
+    push_image(RegistryClient(cluster.registry.url), image)
+    target = f"{cluster.registry.host}/preheat/nydus:nydus"
+    nydus_cli("nydus", "convert", "--plain-http", image.reference(cluster.registry.host), target)
+    with cluster.root() as root:
+        job = ended(root, preheat(root, url=target, scope="all_peers"))
+    assert job["state"] == "SUCCESS", job["error"]
+    assert len(job["blobs"]) >= 3  # the manifest, the config, the data blob and the bootstrap
+
+    monkeypatch.setenv("DAMSELFLY_RUN_DIR", str(tmp_path / "run"))
+    point = tmp_path / "mnt"
+    point.mkdir()
+    cluster.registry.stop()
+    try:
+        nydus_cli("nydus", "mount", target, str(point), "--mirror", cluster.peers[1].url,
+                  "--cache-dir", str(tmp_path / "cache"))
+        assert (point / "data" / "blob-0.bin").stat().st_size == MiB
+        assert (point / "bin" / "busybox").read_bytes()[:4] == b"\x7fELF"
+    finally:
+        if os.path.ismount(point):
+            nydus_cli("nydus", "umount", str(point), check=False)
+        cluster.registry.start()
+
+
+def test_a_two_platform_index_preheated_pulls_and_runs_on_every_peer_with_the_registry_down(
+        cluster: Cluster, containerd) -> None:
+    busybox = busybox_layer()
+    name = "preheat/multi"
+    here = image_from_layers(name, [busybox, random_layer(MiB, 0)], ["/bin/echo", "ok"], path="/bin")
+    other_arch = "arm64" if here_arch() == "amd64" else "amd64"
+    other = image_from_layers(name, [busybox, random_layer(MiB, 1)], ["/bin/echo", "ok"], path="/bin",
+                              arch=other_arch)
+    client = RegistryClient(cluster.registry.url)
+    for image in (here, other):
+        push_image(client, image)
+    push_index(client, name, "multi", [(here, {"os": "linux", "architecture": here_arch()}),
+                                       (other, {"os": "linux", "architecture": other_arch})])
+    reference = f"{cluster.registry.host}/{name}:multi"
+    with cluster.root() as root:
+        only = ended(root, preheat(root, url=reference, platform=f"linux/{other_arch}"))
+        assert only["state"] == "SUCCESS", only["error"]
+        assert other.manifest_digest in holders(only) and here.manifest_digest not in holders(only)
+        job = ended(root, preheat(root, url=reference, scope="all_peers"))
+    assert job["state"] == "SUCCESS", job["error"]
+    placed = holders(job)
+    assert {here.manifest_digest, other.manifest_digest, here.layers[1].digest, other.layers[1].digest} <= set(placed)
+    everyone = {cluster.seed.tls_name, *(p.tls_name for p in cluster.peers)}
+    assert all(hosts == everyone for hosts in placed.values()), placed
+
+    cluster.registry.stop()
+    try:
+        for index, peer in enumerate(cluster.peers):
+            hosts = write_hosts(cluster.tmp / f"multi-hosts{index}", peer.url, cluster.registry.host,
+                                cluster.registry.url)
+            fresh = containerd()
+            fresh.ctr("images", "pull", "--hosts-dir", str(hosts), reference)
+            assert fresh.ctr("run", "--rm", reference, f"multi-{index}", "/bin/echo", "ok").stdout.strip() == "ok"
+    finally:
+        cluster.registry.start()
+
+
+def here_arch() -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
