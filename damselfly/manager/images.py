@@ -21,7 +21,7 @@ import hashlib
 import json
 import platform as host
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -56,8 +56,9 @@ class Credentials:
 
     @property
     def given(self) -> bool:
-        """Whether there are any: a user or password, or an Authorization header."""
-        return bool(self.username or self.password or any(name.lower() == "authorization" for name in self.headers))
+        """Whether there are any: a user or password, or any header (a header may carry a
+        secret under any name: what it opens is private)."""
+        return bool(self.username or self.password or self.headers)
 
     def secrets(self) -> list[str]:
         """What no message may show: the password, every header value, the Basic form of both."""
@@ -288,14 +289,26 @@ def manifest_blobs(manifest: dict[str, Any]) -> list[Blob]:
     return blobs
 
 
-def redact(message: str, credentials: Credentials) -> str:
-    """``message`` on one line, without any secret of ``credentials`` in it."""
-    for secret in sorted(credentials.secrets(), key=len, reverse=True):
+def redact(message: str, credentials: Credentials, tokens: Iterable[str] = ()) -> str:
+    """``message`` on one line, without any secret of ``credentials`` in it, nor any of the
+    ``tokens`` they earned (a registry's error may echo what it was sent)."""
+    for secret in sorted([*credentials.secrets(), *(t for t in tokens if t)], key=len, reverse=True):
         message = message.replace(secret, "***")
     return " ".join(message.split())
 
 
 # --- resolving, with the registry -----------------------------------------------------------------------------------
+
+def check_url(kind: str, url: str, registries: Mapping[str, str]) -> None:
+    """ApiError 400 unless ``url`` is one a job of ``kind`` (image or file) can take: checked
+    before the job is stored, logged or shown, so that nothing unusable, such as a password
+    written into the URL, gets that far. The message never repeats the URL."""
+    try:
+        image_target(url, registries) if kind == "image" else blob_target(url, registries)
+    except ValueError as error:
+        raise ApiError(400, f"url: {' '.join(str(error).replace(url, 'the URL').split())}"
+                            + ("" if kind == "image" else f" ({FILE_URL})")) from None
+
 
 def resolve_image(url: str, platform: str, credentials: Credentials, registries: Mapping[str, str],
                   timeout: float = 15.0) -> ResolvedImage:
@@ -395,8 +408,10 @@ def _registry(target: Target, credentials: Credentials, timeout: float) -> Itera
         yield client
     except RegistryRefused as error:
         refused = "the credentials" if credentials.given else "anonymous access"
-        raise ApiError(502, f"registry {target.registry} refused {refused}: {redact(str(error), credentials)}") from None
+        raise ApiError(502, f"registry {target.registry} refused {refused}: "
+                            f"{redact(str(error), credentials, client.tokens.values())}") from None
     except (RegistryError, BadAnswer, *TRANSPORT_ERRORS) as error:
-        raise ApiError(502, f"registry {target.registry}: {redact(str(error), credentials)}") from None
+        raise ApiError(502, f"registry {target.registry}: "
+                            f"{redact(str(error), credentials, client.tokens.values())}") from None
     finally:
         client.close()

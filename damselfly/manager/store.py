@@ -443,16 +443,20 @@ class Store:
     # --- jobs ------------------------------------------------------------------------------------------------
 
     def create_job(self, body: JobCreate, creator: str, audit: Audit, now: datetime) -> Job:
-        """A PENDING job in the clusters it names (every cluster if none): 404 for a cluster
-        that does not exist, 409 when there is none at all."""
+        """A PENDING job in the clusters it names, or else in every cluster with an active
+        scheduler (one without would keep the job waiting to its timeout): 404 for a cluster
+        that does not exist, 409 when none has an active scheduler."""
         with self._write() as session:
             known = set(session.scalars(select(ClusterRow.id)))
-            wanted = list(dict.fromkeys(body.cluster_ids)) or sorted(known)
+            served = {cluster_id for cluster_id in session.scalars(select(ComponentRow.cluster_id).where(
+                ComponentRow.kind == "scheduler", ComponentRow.last_keepalive_at >= active_since(
+                    now, self.inactive_after))) if cluster_id is not None}
+            wanted = list(dict.fromkeys(body.cluster_ids)) or sorted(served & known)
             missing = [cid for cid in wanted if cid not in known]
             if missing:
                 raise not_found("cluster", missing[0])
             if not wanted:
-                raise ApiError(409, "there is no cluster to preheat in: start a scheduler with --manager first")
+                raise ApiError(409, "no cluster has an active scheduler to preheat in: start one with --manager")
             args = JobArgsView(private=body.args.private, **body.args.model_dump(
                 include={"type", "url", "platform", "scope", "count", "percentage", "ips", "timeout", "digest"}))
             row = JobRow(type=body.type, state="PENDING", cluster_ids=wanted, args=args.model_dump(),

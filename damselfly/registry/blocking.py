@@ -261,7 +261,7 @@ class RegistryClient:
                 _refuse(response, what)
             length = response.headers.get("Content-Length", "")
             claimed = response.headers.get("Docker-Content-Digest")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise RegistryError(f"{what}: the registry sent no Content-Length")
         if claimed is not None and claimed != digest:
             raise RegistryError(f"{what}: the registry says it is {claimed}")
