@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 import ssl
 from dataclasses import dataclass
@@ -31,10 +32,11 @@ from damselfly.core.blocklist import BlockList
 from damselfly.core.dynconfig import ClusterConfig, upload_limits
 from damselfly.core.oci import OCIError, registry_name, split_registry
 from damselfly.core.wire import HostAnnounce
-from damselfly.core.jobs import Member
+from damselfly.core.jobs import Member, Statement
 from damselfly.lib.kv import KV, MemoryKV, RedisKV, connect
 from damselfly.lib.serve import ACCESS_LOG_FORMAT, SHUTDOWN_GRACE, Site, SocketSite
 from damselfly.lib.sealed import load_private_key, open_on_host
+from damselfly.lib.signed import Signer, Verifier
 from damselfly.lib.tls import KEY_FILE, ClusterTLS
 from damselfly.mirror.app import Mirror
 from damselfly.mirror.metrics import MirrorMetrics
@@ -195,8 +197,14 @@ class Node:
         if peer.seed:  # a seed confirms tags itself, at the registry its own map names
             upstream_of = registry_for_peers(resolver)
             cluster.resolve_here = lambda confirm: mirror.confirm_tag(confirm, upstream_of(confirm.registry))
+        # `run` without a cluster identity: its manager signs preheat statements with a key
+        # only this process holds; with one, the manager's certificate signs them.
+        self.statement_key = secrets.token_bytes(32) if scheduler is not None and peer.tls is None else None
+        verifier = (Verifier.of_tls_dir(peer.tls.directory) if peer.tls is not None
+                    else Verifier(shared_key=self.statement_key))
         preheat = PreheatDuty(registry_for_peers(resolver), self.mirror.keep_preheated,
-                              credentials_opener(peer.tls, peer.resolved_host_id), mirror_settings.cache_quota)
+                              credentials_opener(peer.tls, peer.resolved_host_id), verifier.verify,
+                              mirror_settings.cache_quota)
         self.upload = UploadServer(self.blobs, self.network, seed_duty, peer_metrics, metrics.registry,
                                    peer.upload_slots, rate=peer.upload_rate, send_timeout=peer.peer_send_timeout,
                                    preheat=preheat)
@@ -262,7 +270,8 @@ class Node:
         assert isinstance(self.manager, EmbeddedManager)
         settings = self.manager.settings
         try:
-            service = await start_manager(settings, JobBoard(self.local_kv))
+            signer = Signer.with_shared_key(self.statement_key) if self.statement_key is not None else None
+            service = await start_manager(settings, JobBoard(self.local_kv), signer)
         except RuntimeError as error:
             sock.close()
             log.error("the embedded manager cannot start (%s): running without it and its console", error)
@@ -316,10 +325,10 @@ def _bind_or_warn(listen: tuple[str, int]) -> socket.socket | None:
         return None
 
 
-def credentials_opener(tls: ClusterTLS | None, host_id: str) -> Callable[[str, int], str]:
+def credentials_opener(tls: ClusterTLS | None, host_id: str) -> Callable[[str, Statement], str]:
     """How this host opens a preheat job's credentials sealed for it (with its cluster key)."""
     key = load_private_key((tls.directory / KEY_FILE).read_bytes()) if tls is not None else None
-    return lambda value, job_id: open_on_host(value, key, job_id, host_id)
+    return lambda value, statement: open_on_host(value, key, statement.credentials_context(host_id))
 
 
 def registry_for_peers(resolver: UpstreamResolver) -> Callable[[str], str]:

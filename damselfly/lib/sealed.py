@@ -68,24 +68,22 @@ def unseal(private_key: ec.EllipticCurvePrivateKey, sealed: str, context: bytes)
         raise SealError("the sealed value does not open with this host's key for this job") from None
 
 
-def _job_context(job_id: int, host_id: str) -> bytes:
-    return f"preheat job {job_id} for {host_id}".encode()
-
-
-def seal_for_host(authorization: str, public_key: ec.EllipticCurvePublicKey | None, job_id: int, host_id: str) -> str:
-    """A job's Authorization value as it travels to one seed: sealed for its key, or, in a
-    deployment with no cluster identity (loopback only), in clear."""
+def seal_for_host(authorization: str, public_key: ec.EllipticCurvePublicKey | None, context: str) -> str:
+    """A job's Authorization value as it travels to one seed: sealed for its key, bound to
+    ``context`` (the job, the host, the registry and repository it is for, until when), or,
+    in a deployment with no cluster identity (one process: `run`), in clear."""
     if public_key is None:
         return "clear:" + base64.b64encode(authorization.encode()).decode()
-    return "sealed:" + seal(public_key, authorization.encode(), _job_context(job_id, host_id))
+    return "sealed:" + seal(public_key, authorization.encode(), context.encode())
 
 
-def open_on_host(value: str, private_key: ec.EllipticCurvePrivateKey | None, job_id: int, host_id: str) -> str:
-    """What ``seal_for_host`` made, opened by the host it is for. A host with a key takes
-    sealed values only: clear ones would have crossed the network readable."""
+def open_on_host(value: str, private_key: ec.EllipticCurvePrivateKey | None, context: str) -> str:
+    """What ``seal_for_host`` made, opened by the host it is for, for the ``context`` it was
+    sealed for. A host with a key takes sealed values only: clear ones would have crossed
+    the network readable."""
     kind, _, body = value.partition(":")
     if private_key is not None and kind == "sealed":
-        return unseal(private_key, body, _job_context(job_id, host_id)).decode()
+        return unseal(private_key, body, context.encode()).decode()
     if private_key is None and kind == "clear":
         try:
             return base64.b64decode(body, validate=True).decode()

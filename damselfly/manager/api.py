@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from damselfly import __version__
 from damselfly.lib.kv import KV_ERRORS, RedisKV, connect
 from damselfly.lib.sealed import SealError, public_key_of_certificate
+from damselfly.lib.signed import Signer
 from damselfly.lib.serve import add_health_routes
 from damselfly.lib.tls import ClusterTLS, is_loopback, request_identity
 from damselfly.manager import credentials
@@ -33,6 +34,7 @@ from damselfly.manager.access import SESSION, Decision, Principal, admit_compone
 from damselfly.manager.console import add_console_routes
 from damselfly.manager.database import database_url, describe_database_error, migrate, open_engine, redacted_url
 from damselfly.manager.errors import ApiError
+from damselfly.manager.images import check_url
 from damselfly.manager.jobs import JobDispatcher
 from damselfly.manager.limits import FailureLimiter
 from damselfly.manager.models import (MAX_ID, AuditEntry, AuditQuery, Cluster, ClusterCreate, ClusterUpdate,
@@ -161,13 +163,21 @@ Handler = Callable[[Call], Awaitable[Any]]
 
 
 class ManagerService:
-    def __init__(self, settings: ManagerSettings, store: Store, board: JobBoard | None = None) -> None:
-        """``board``: where jobs go to schedulers (Redis, or `run`'s own process); None: jobs are refused."""
+    def __init__(self, settings: ManagerSettings, store: Store, board: JobBoard | None = None,
+                 signer: Signer | None = None) -> None:
+        """``board``: where jobs go to schedulers (Redis, or `run`'s own process); ``signer``:
+        how hosts know a job's statement is this manager's (its certificate, or `run`'s
+        shared key). Without both, jobs are refused."""
         self.settings = settings
         self.store = store
         self.seed_keys: dict[str, ec.EllipticCurvePublicKey] = {}  # seed peer host id: its certificate's key
-        self.jobs = (JobDispatcher(store, board, settings.registries, settings.tls is not None, self.seed_keys)
-                     if board is not None else None)
+        if signer is None and settings.tls is not None:
+            signer = Signer.of_tls_dir(settings.tls.directory)
+        self.jobs = (JobDispatcher(store, board, signer, settings.registries, settings.tls is not None,
+                                   self.seed_keys) if board is not None and signer is not None else None)
+        self.jobs_refused = ("this manager has no job board: start it and the schedulers with one --redis"
+                             if board is None else "without --tls-dir the manager cannot sign jobs for the hosts: "
+                             "preheat needs the cluster's certificates, or `damselfly run`")
         self.signin_failures = FailureLimiter(settings.signin_failures)
         self.asker = SchedulerAsker(settings.scheduler_timeout, settings.tls)
         self.metrics = CollectorRegistry()
@@ -178,7 +188,8 @@ class ManagerService:
         self.openapi = openapi_document(ROUTES, "Damselfly manager", __version__, DESCRIPTION)
 
     @classmethod
-    def open(cls, settings: ManagerSettings, board: JobBoard | None = None) -> "ManagerService":
+    def open(cls, settings: ManagerSettings, board: JobBoard | None = None,
+             signer: Signer | None = None) -> "ManagerService":
         """Open the database, apply migrations and create ``root`` on the first start (blocking)."""
         url = database_url(settings.database, settings.data_dir)
         engine = open_engine(url)
@@ -200,7 +211,7 @@ class ManagerService:
             log.info("users exist: DAMSELFLY_ROOT_PASSWORD is used only on the first start, and is ignored")
         if board is None and settings.redis:
             board = JobBoard(RedisKV(connect(settings.redis)))
-        return cls(settings, store, board)
+        return cls(settings, store, board, signer)
 
     async def close(self) -> None:
         await self.asker.close()
@@ -483,10 +494,8 @@ class ManagerService:
     async def create_job(self, call: Call) -> Job:
         body: JobCreate = call.body
         if self.jobs is None:
-            raise ApiError(409, "this manager has no job board: start it and the schedulers with one --redis")
-        if body.args.private and self.settings.tls is None and self.settings.redis:
-            raise ApiError(400, "credentials would cross Redis in clear: a private preheat through Redis needs the "
-                                "cluster's certificates (--tls-dir)")
+            raise ApiError(409, self.jobs_refused)
+        check_url(body.args.type, body.args.url, self.settings.registries)
         if body.args.type == "file" and body.args.digest is None:
             raise ApiError(400, "args.digest: a file preheat needs the file's digest")
         if body.args.digest is not None:
@@ -545,7 +554,8 @@ def _enforce(decision: Decision) -> None:
         raise ApiError(decision.verdict.value, decision.reason)
 
 
-async def start_manager(settings: ManagerSettings, board: JobBoard | None = None) -> ManagerService:
+async def start_manager(settings: ManagerSettings, board: JobBoard | None = None,
+                        signer: Signer | None = None) -> ManagerService:
     """Open the manager's database (migrations, first ``root``) off the event loop; serve
     ``service.application()`` and ``await service.close()`` when done."""
-    return await asyncio.to_thread(ManagerService.open, settings, board)
+    return await asyncio.to_thread(ManagerService.open, settings, board, signer)

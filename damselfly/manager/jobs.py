@@ -21,9 +21,11 @@ from typing import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from damselfly.core.jobs import FINAL_STATES, JobProgress, JobState, PreheatJob, Selection, overall_state
+from damselfly.core.jobs import (FINAL_STATES, JobProgress, JobState, PreheatJob, Selection, SignedStatement,
+                                 Statement, overall_state)
 from damselfly.lib.kv import KV_ERRORS
 from damselfly.lib.sealed import seal_for_host
+from damselfly.lib.signed import Signer
 from damselfly.manager.errors import ApiError
 from damselfly.manager.images import Credentials, ResolvedImage, resolve_file, resolve_image
 from damselfly.manager.models import Job, JobBlob, JobHost, PreheatArgs
@@ -42,14 +44,16 @@ class _Dispatch:
     credentials: Credentials
     args: PreheatArgs
     resolved: ResolvedImage | None = None
+    signed: SignedStatement | None = None
     posted: dict[int, PreheatJob] | None = None  # cluster id: the job posted there
 
 
 class JobDispatcher:
-    def __init__(self, store: Store, board: JobBoard, registries: dict[str, str], tls: bool,
+    def __init__(self, store: Store, board: JobBoard, signer: Signer, registries: dict[str, str], tls: bool,
                  seed_keys: dict[str, ec.EllipticCurvePublicKey], clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.board = board
+        self.signer = signer  # the hosts act only on what it signed
         self.registries = registries
         self.tls = tls  # credentials travel sealed (False: in clear, loopback deployments only)
         self.seed_keys = seed_keys  # seed peer host id: the public key of its certificate
@@ -74,7 +78,12 @@ class JobDispatcher:
         for job_id in set(self._dispatches) - {job.id for job in active}:
             del self._dispatches[job_id]  # ended (cancelled, or by another manager): credentials dropped
         for job in active:
-            await self._advance(job)
+            try:
+                await self._advance(job)
+            except Exception:  # noqa: BLE001 - one job's surprise must not stall the others
+                log.exception("preheat job %d could not be advanced", job.id)
+                if self.clock() > self._deadline(job) + CLAIM_GRACE:
+                    await self._end(job, "FAILURE", "the manager could not advance the job before its timeout", [])
 
     def _deadline(self, job: Job) -> float:
         return job.created_at.timestamp() + job.args.timeout
@@ -113,15 +122,22 @@ class JobDispatcher:
                 await self._end(job, "FAILURE", error.message, [])
                 return
         resolved = dispatch.resolved
+        if dispatch.signed is None:
+            statement = Statement(job.id, resolved.registry, resolved.repository, resolved.private,
+                                  self._deadline(job), dict(resolved.tags), tuple(m.digest for m in resolved.manifests),
+                                  {blob.digest: blob.size for blob in resolved.blobs})
+            dispatch.signed = SignedStatement(statement, self.signer.sign(statement.canonical()))
         posted = {}
         for cluster_id in job.cluster_ids:
-            sealed = await self._sealed(job, cluster_id, resolved)
+            sealed = await self._sealed(cluster_id, resolved, dispatch.signed.statement)
             if sealed is None:
                 if self.clock() > self._deadline(job):
                     await self._end(job, "FAILURE", f"no seed peer of cluster {cluster_id} could be given the "
                                                     f"credentials before the timeout", [])
                 return  # a seed's key comes with its next keepalive: try again then
-            posted[cluster_id] = _preheat_job(job, cluster_id, resolved, dispatch.args, self._deadline(job), sealed)
+            posted[cluster_id] = PreheatJob(job.id, cluster_id, dispatch.signed, resolved.manifests,
+                                            Selection(dispatch.args.scope, dispatch.args.count,
+                                                      dispatch.args.percentage, tuple(dispatch.args.ips)), sealed)
         for preheat in posted.values():
             await self.board.post(preheat)
         dispatch.posted = posted
@@ -129,21 +145,30 @@ class JobDispatcher:
                  resolved.repository, ", ".join(map(str, posted)), len(resolved.manifests), len(resolved.blobs))
 
     def _resolve(self, args: PreheatArgs, credentials: Credentials) -> ResolvedImage:
-        if args.type == "file":
-            if args.digest is None:
-                raise ApiError(400, "a file preheat needs args.digest")
-            return resolve_file(args.url, args.digest, self.registries, credentials)
-        return resolve_image(args.url, args.platform, credentials, self.registries)
+        """ApiError for anything that goes wrong: a registry's odd answer fails its job only."""
+        try:
+            if args.type == "file":
+                if args.digest is None:
+                    raise ApiError(400, "a file preheat needs args.digest")
+                return resolve_file(args.url, args.digest, self.registries, credentials)
+            return resolve_image(args.url, args.platform, credentials, self.registries)
+        except ApiError:
+            raise
+        except Exception as error:  # noqa: BLE001 - one line for the job, the details for the log
+            log.exception("resolving %s failed unexpectedly", args.url)  # checked at creation: no userinfo
+            raise ApiError(502, f"the image could not be resolved ({type(error).__name__})") from None
 
-    async def _sealed(self, job: Job, cluster_id: int, resolved: ResolvedImage) -> dict[str, str] | None:
-        """The credentials sealed for each seed peer of the cluster ({} for a public image);
-        None while no seed's key is known."""
+    async def _sealed(self, cluster_id: int, resolved: ResolvedImage, statement: Statement
+                      ) -> dict[str, str] | None:
+        """The credentials sealed for each seed peer of the cluster, bound to the statement
+        ({} for a public image); None while no seed's key is known."""
         if resolved.authorization is None:
             return {}
         if not self.tls:
-            return {"*": seal_for_host(resolved.authorization, None, job.id, "*")}
+            return {"*": seal_for_host(resolved.authorization, None, "")}
         seeds = await asyncio.to_thread(self.store.active_seed_peers, cluster_id, datetime.now(timezone.utc))
-        sealed = {host: seal_for_host(resolved.authorization, self.seed_keys[host], job.id, host)
+        sealed = {host: seal_for_host(resolved.authorization, self.seed_keys[host],
+                                      statement.credentials_context(host))
                   for host in seeds if host in self.seed_keys}
         return sealed or None
 
@@ -195,11 +220,3 @@ class JobDispatcher:
         for cluster_id in job.cluster_ids:
             await self.board.cancel(cluster_id, job.id, self._deadline(job))
 
-
-def _preheat_job(job: Job, cluster_id: int, resolved: ResolvedImage, args: PreheatArgs, deadline: float,
-                 sealed: dict[str, str]) -> PreheatJob:
-    return PreheatJob(id=job.id, cluster_id=cluster_id, registry=resolved.registry,
-                      repository=resolved.repository, private=resolved.private, manifests=resolved.manifests,
-                      tags=resolved.tags, blobs=resolved.blobs,
-                      selection=Selection(args.scope, args.count, args.percentage, tuple(args.ips)),
-                      deadline=deadline, sealed=sealed)

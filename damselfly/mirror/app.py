@@ -100,16 +100,19 @@ class Mirror:
         self.block_list = block_list
 
     def keep_preheated(self, placement: ManifestPlacement, upstream: str) -> None:
-        """A preheat's manifests and tag resolutions, kept as if a pull had fetched them (a
-        private image's stay behind the same access check)."""
+        """A preheat's manifests and the tags its signed statement resolved, kept as if a pull
+        had fetched them: a private image's stay behind the same access check, and a
+        preheat never makes a protected copy public."""
+        statement = placement.signed.statement
         types = {m.digest: m.media_type for m in placement.manifests}
         for manifest in placement.manifests:
             self.manifests.put(Digest.parse(manifest.digest), manifest.body, manifest.media_type, upstream,
-                               placement.repository, protected=placement.private)
-        for tag, digest in placement.tags.items():
-            self.manifests.remember_tag(upstream, placement.repository, tag, Digest.parse(digest), types[digest])
-        log.info("preheat: kept %d manifests and %d tags of %s/%s", len(placement.manifests), len(placement.tags),
-                 upstream, placement.repository)
+                               statement.repository, protected=statement.private, unprotects=False)
+        tags = {tag: digest for tag, digest in statement.tags.items() if digest in types}
+        for tag, digest in tags.items():
+            self.manifests.remember_tag(upstream, statement.repository, tag, Digest.parse(digest), types[digest])
+        log.info("preheat: kept %d manifests and %d tags of %s/%s", len(placement.manifests), len(tags),
+                 upstream, statement.repository)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_and_metrics], client_max_size=1024**2)

@@ -147,14 +147,15 @@ class ManifestStore:
     # -- manifests by digest -------------------------------------------------------
 
     def put(self, digest: Digest, body: bytes, content_type: str, registry: str, repository: str,
-            protected: bool) -> bool:
+            protected: bool, unprotects: bool = True) -> bool:
         """Keep ``body`` if it hashes to ``digest`` (False, nothing kept, if not). A public
-        copy replaces a protected one: the registry served it without credentials."""
+        copy replaces a protected one (the registry served it without credentials) unless
+        not ``unprotects`` (a preheat's: it only ever adds)."""
         if len(body) > MAX_MANIFEST_BYTES or not _matches(digest, body):
             return False
         name = _digest_file(registry, digest)
         kept_protected = self._protected(name)
-        if kept_protected is not None and (protected or not kept_protected):
+        if kept_protected is not None and (protected or not kept_protected or not unprotects):
             return True  # kept already (get re-checks its bytes when it serves them)
         header = {"content_type": content_type, "registry": registry, "repository": repository,
                   "protected": protected}

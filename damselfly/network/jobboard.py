@@ -43,7 +43,7 @@ class JobBoard:
     async def post(self, job: PreheatJob) -> None:
         """Make ``job`` available to its cluster's workers (again: posting twice is harmless)."""
         await self.kv.put(self._key(job.cluster_id, job.id, "job"), json.dumps(job.to_json()).encode(),
-                          self._ttl(job.deadline))
+                          self._ttl(job.statement.deadline))
         await self.kv.add(self._queue(job.cluster_id), str(job.id))
 
     async def posted(self, cluster_id: int, job_id: int) -> bool:
@@ -96,7 +96,7 @@ class JobBoard:
 
     async def report(self, job: PreheatJob, progress: JobProgress) -> None:
         await self.kv.put(self._key(job.cluster_id, job.id, "progress"), json.dumps(progress.to_json()).encode(),
-                          self._ttl(job.deadline))
+                          self._ttl(job.statement.deadline))
 
     async def progress(self, cluster_id: int, job_id: int) -> JobProgress | None:
         raw = await self.kv.get(self._key(cluster_id, job_id, "progress"))

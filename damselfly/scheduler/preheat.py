@@ -87,9 +87,10 @@ class PreheatWorker:
                     continue
                 job = await self.board.claim(cluster_id, job_id, self.worker_id)
                 if job is not None:
+                    statement = job.statement
                     log.info("preheat job %d: %d manifests and %d blobs (%d bytes) of %s/%s, scope %s", job.id,
-                             len(job.manifests), len(job.blobs), job.total_bytes, job.registry, job.repository,
-                             job.selection.scope)
+                             len(job.manifests), len(statement.blobs), statement.total_bytes, statement.registry,
+                             statement.repository, job.selection.scope)
                     self._running[job_id] = asyncio.create_task(self._run_and_forget(job), name=f"preheat job {job.id}")
             if self._board_down:
                 log.info("the job board answers again")
@@ -118,13 +119,13 @@ class PreheatWorker:
         parts = {m.digest: BlobProgress(m.digest, len(m.body), "manifest",
                                         tuple(HostProgress(h.host_id, "pending") for h in hosts))
                  for m in job.manifests}
-        parts.update({b.digest: BlobProgress(b.digest, b.size, "blob",
-                                             tuple(HostProgress(h.host_id, "pending") for h in hosts))
-                      for b in job.blobs})
+        parts.update({digest: BlobProgress(digest, size, "blob",
+                                           tuple(HostProgress(h.host_id, "pending") for h in hosts))
+                      for digest, size in job.statement.blobs.items()})
         run = _Run(job, parts)
         if not seeds:
             run.state, run.error = "FAILURE", "no live seed peer in this cluster to fetch from the registry"
-        elif job.private and not (job.sealed.keys() & ({s.host_id for s in seeds} | {"*"})):
+        elif job.statement.private and not (job.sealed.keys() & ({s.host_id for s in seeds} | {"*"})):
             run.state, run.error = "FAILURE", "no seed peer in scope has the job's credentials (sealed for it)"
         elif not await self._watch(run, asyncio.create_task(self._place(run, seeds, peers))):
             log.warning("preheat job %d went to another worker: left to it", job.id)
@@ -139,10 +140,11 @@ class PreheatWorker:
         job = run.job
         while not work.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(work), min(POLL_INTERVAL, max(0.01, job.deadline - self.clock())))
+                await asyncio.wait_for(asyncio.shield(work),
+                                       min(POLL_INTERVAL, max(0.01, job.statement.deadline - self.clock())))
             if work.done():
                 break
-            if self.clock() >= job.deadline:
+            if self.clock() >= job.statement.deadline:
                 run.state, run.error = "FAILURE", f"timed out: {missing_summary(run.progress())}"
                 break
             try:
@@ -192,12 +194,12 @@ class PreheatWorker:
     async def _place(self, run: _Run, seeds: list[Member], peers: list[Member]) -> None:
         job = run.job
         gate = asyncio.Semaphore(PLACEMENTS_PER_JOB)
-        manifests = ManifestPlacement(job.registry, job.repository, job.private, job.manifests, job.tags)
+        manifests = ManifestPlacement(job.signed, job.manifests)
         if job.manifests:
             await asyncio.gather(*(self._place_manifests(run, host, manifests, gate) for host in [*seeds, *peers]))
 
-        async def one_blob(digest: str, size: int) -> None:
-            placement = Placement(job.id, job.registry, job.repository, job.private, size, job.total_bytes)
+        async def one_blob(digest: str) -> None:
+            placement = Placement(job.signed)
             await asyncio.gather(*(self._place_blob(run, host, digest, placement, gate) for host in seeds))
             if peers and any(h.state == "done" for h in run.parts[digest].hosts):
                 await asyncio.gather(*(self._place_blob(run, host, digest, placement, gate) for host in peers))
@@ -205,30 +207,29 @@ class PreheatWorker:
                 if _state_of(run.parts[digest], host.host_id) == "pending":
                     run.mark(digest, host.host_id, "failed", "no seed peer could fetch it")
 
-        await asyncio.gather(*(one_blob(blob.digest, blob.size) for blob in job.blobs))
+        await asyncio.gather(*(one_blob(digest) for digest in job.statement.blobs))
 
     async def _place_manifests(self, run: _Run, host: Member, placement: ManifestPlacement,
                                gate: asyncio.Semaphore) -> None:
         async with gate:
             error = await self._post(f"{host.upload_url}/api/v1/preheat/manifests", placement.to_json(),
-                                     run.job.deadline)
+                                     run.job.statement.deadline)
         for manifest in placement.manifests:
             run.mark(manifest.digest, host.host_id, "failed" if error else "done", error)
 
     async def _place_blob(self, run: _Run, host: Member, digest: str, placement: Placement,
                           gate: asyncio.Semaphore) -> None:
         job = run.job
-        if host.is_seed and job.private:
+        if host.is_seed and job.statement.private:
             sealed = job.sealed.get(host.host_id) or job.sealed.get("*")
             if sealed is None:
                 run.mark(digest, host.host_id, "failed", "the job's credentials were not sealed for this seed peer")
                 return
-            placement = Placement(job.id, job.registry, job.repository, job.private, placement.size,
-                                  placement.job_bytes, sealed)
+            placement = Placement(job.signed, sealed)
         async with gate:
             run.mark(digest, host.host_id, "fetching")
             error = await self._post(f"{host.upload_url}/api/v1/preheat/blobs/{digest}", placement.to_json(),
-                                     job.deadline)
+                                     job.statement.deadline)
         run.mark(digest, host.host_id, "failed" if error else "done", error)
 
     async def _post(self, url: str, body: dict[str, Any], deadline: float) -> str | None:

@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from damselfly.core.jobs import ManifestPlacement, Placement
+from damselfly.core.jobs import ManifestPlacement, Placement, SignedStatement, Statement
 from damselfly.lib.filesend import copy_within, sendfile_within
 from damselfly.lib.sealed import SealError
+from damselfly.lib.signed import Signature
 from damselfly.lib.units import format_size
 from damselfly.core.oci import Digest, OCIError, Origin, SourceRefused, SourceUnavailable
 from damselfly.lib.ratelimit import TokenBucket
@@ -79,9 +80,12 @@ class PreheatDuty:
     # Keep manifests and tags' resolutions (already checked against their digests) for pulls
     # while the registry is down, under the upstream URL.
     keep_manifests: Callable[[ManifestPlacement, str], None]
-    # (sealed credentials, job id) -> the Authorization value they hold (SealError if they do not open here).
-    open_credentials: Callable[[str, int], str]
+    # (sealed credentials, statement) -> the Authorization value they hold (SealError if they do not open here).
+    open_credentials: Callable[[str, Statement], str]
+    # (signed bytes, signature): SealError unless the manager signed them.
+    verify: Callable[[bytes, Signature], None]
     cache_quota: int
+    clock: Callable[[], float] = time.time
 
 
 class UploadServer:
@@ -316,32 +320,50 @@ class UploadServer:
             raise web.HTTPConflict(text="this host takes no preheat placements")
         return self.preheat
 
+    def _statement(self, duty: PreheatDuty, signed: SignedStatement) -> Statement:
+        """The statement, if the manager signed it and its deadline has not passed: a
+        scheduler or a queue on the way can change nothing a host acts on."""
+        try:
+            duty.verify(signed.statement.canonical(), signed.signature)
+        except SealError as exc:
+            raise web.HTTPForbidden(text=f"placement refused: {exc}") from None
+        if duty.clock() > signed.statement.deadline:
+            raise web.HTTPGone(text=f"preheat job {signed.statement.job_id} is past its deadline")
+        return signed.statement
+
     async def place_blob(self, request: web.Request) -> web.Response:
         """Hold a blob of a preheat job: answers once it is stored (200), or why not."""
         duty = self._preheat_duty(request)
         try:
             digest = Digest.parse(request.match_info["digest"])
             placement = Placement.from_json(await json_object(request))
-            upstream = duty.resolve_registry(placement.registry)
         except OCIError as exc:
             raise web.HTTPBadRequest(text=f"malformed placement: {exc.message}") from None
         except ValueError as exc:  # JobError included
             raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
-        if placement.job_bytes > duty.cache_quota:
+        statement = self._statement(duty, placement.signed)
+        size = statement.blobs.get(str(digest))
+        if size is None:
+            raise web.HTTPBadRequest(text=f"{digest} is not a blob of preheat job {statement.job_id}")
+        try:
+            upstream = duty.resolve_registry(statement.registry)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
+        if statement.total_bytes > duty.cache_quota:
             raise web.HTTPInsufficientStorage(
-                text=f"the preheat needs {format_size(placement.job_bytes)}, more than this host's cache quota of "
+                text=f"the preheat needs {format_size(statement.total_bytes)}, more than this host's cache quota of "
                      f"{format_size(duty.cache_quota)}")
         authorization = None
         if placement.credentials is not None:
             if self.seed_duty is None:
                 raise web.HTTPBadRequest(text="credentials go to seed peers only")
             try:
-                authorization = duty.open_credentials(placement.credentials, placement.job_id)
+                authorization = duty.open_credentials(placement.credentials, statement)
             except SealError as exc:
                 raise web.HTTPBadRequest(text=str(exc)) from None
-        origin = Origin(upstream, placement.repository, authorization, private=placement.private)
+        origin = Origin(upstream, statement.repository, authorization, private=statement.private)
         try:
-            await self.blobs.place(digest, origin, length=placement.size)
+            await self.blobs.place(digest, origin, length=size)
         except SourceRefused as exc:
             raise web.HTTPBadGateway(text=f"the registry answered {exc.status}") from None
         except SourceUnavailable as exc:
@@ -352,11 +374,15 @@ class UploadServer:
         duty = self._preheat_duty(request)
         try:
             placement = ManifestPlacement.from_json(await json_object(request))
-            upstream = duty.resolve_registry(placement.registry)
         except ValueError as exc:  # JobError included
             raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
+        statement = self._statement(duty, placement.signed)
+        try:
+            upstream = duty.resolve_registry(statement.registry)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
         duty.keep_manifests(placement, upstream)
-        return web.json_response({"manifests": len(placement.manifests), "tags": len(placement.tags)})
+        return web.json_response({"manifests": len(placement.manifests), "tags": len(statement.tags)})
 
 
 def is_member(request: web.Request) -> bool:

@@ -8,15 +8,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from damselfly.core.jobs import Blob, JobProgress, Manifest, PreheatJob, Selection
+from damselfly.core.jobs import JobProgress, Manifest, PreheatJob, Selection, SignedStatement, Statement
 from damselfly.lib.kv import MemoryKV, RedisKV, connect
+from damselfly.lib.signed import Signature
 from damselfly.network.jobboard import LEASE, JobBoard
 from testkit.redis import RedisServer
 
 BODY = b"{}"
-JOB = PreheatJob(id=3, cluster_id=2, registry="127.0.0.1:5000", repository="app", private=False,
-                 manifests=(Manifest("sha256:" + hashlib.sha256(BODY).hexdigest(), "x", BODY),), tags={},
-                 blobs=(Blob("sha256:" + "b" * 64, 10),), selection=Selection(), deadline=10_000.0)
+MANIFEST = Manifest("sha256:" + hashlib.sha256(BODY).hexdigest(), "x", BODY)
+STATEMENT = Statement(3, "127.0.0.1:5000", "app", False, 10_000.0, {}, (MANIFEST.digest,), {"sha256:" + "b" * 64: 10})
+JOB = PreheatJob(id=3, cluster_id=2, signed=SignedStatement(STATEMENT, Signature("hmac", "c2ln")),
+                 manifests=(MANIFEST,), selection=Selection())
 
 
 class Clock:
@@ -59,7 +61,7 @@ def test_a_job_is_taken_by_one_worker_reported_and_withdrawn(store: str, redis_s
             await board.report(JOB, JobProgress("RUNNING"))
             assert (await board.progress(2, 3)) == JobProgress("RUNNING")
             assert not await board.cancelled(2, 3)
-            await board.cancel(2, 3, JOB.deadline)
+            await board.cancel(2, 3, JOB.statement.deadline)
             assert await board.cancelled(2, 3)
             await board.done(JOB)
             assert await board.pending(2) == [] and await board.claim(2, 3, "worker-b") is None
@@ -91,7 +93,7 @@ def test_expired_jobs_leave_the_queue() -> None:
         kv = MemoryKV(clock)
         board = JobBoard(kv, clock)
         await board.post(JOB)
-        clock.now = JOB.deadline + 10_000
+        clock.now = JOB.statement.deadline + 10_000
         assert await board.pending(2) == []
         assert await kv.members("damselfly:jobs:2") == set()
     run(work)

@@ -10,11 +10,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from damselfly.core.jobs import (Blob, BlobProgress, HostProgress, JobError, JobProgress, Manifest, ManifestPlacement,
-                                 Member, Placement, PreheatJob, Selection, choose_hosts, missing_summary,
-                                 overall_state)
+from damselfly.core.jobs import (BlobProgress, HostProgress, JobError, JobProgress, Manifest, ManifestPlacement,
+                                 Member, PreheatJob, Selection, SignedStatement, Statement, choose_hosts,
+                                 missing_summary, overall_state)
 from damselfly.lib.sealed import (SealError, load_private_key, open_on_host, public_key_of_certificate,
                                   seal_for_host)
+from damselfly.lib.signed import Signer, Verifier
 from testkit.tls import tls_dir
 
 BODY = b'{"schemaVersion":2}'
@@ -50,31 +51,46 @@ def test_all_peers_fills_the_seeds_first_then_the_peers_the_narrowing_names() ->
     assert choose_hosts(Selection("all_peers"), [m for m in MEMBERS if not m.is_seed])[0] == []
 
 
-def job(**changes: object) -> PreheatJob:
-    fields: dict[str, object] = dict(
-        id=7, cluster_id=1, registry="127.0.0.1:5000", repository="team/app", private=True,
-        manifests=(Manifest(DIGEST, "application/vnd.oci.image.manifest.v1+json", BODY),), tags={"v1": DIGEST},
-        blobs=(Blob(BLOB, 123, "application/vnd.oci.image.layer.v1.tar+gzip"),),
-        selection=Selection("all_peers", count=2, ips=("10.0.0.1",)), deadline=1e9, sealed={"seed-a": "sealed:x"})
+def statement(**changes: object) -> Statement:
+    fields: dict[str, object] = dict(job_id=7, registry="127.0.0.1:5000", repository="team/app", private=True,
+                                     deadline=1e9, tags={"v1": DIGEST}, manifests=(DIGEST,), blobs={BLOB: 123})
     fields.update(changes)
-    return PreheatJob(**fields)  # type: ignore[arg-type]
+    return Statement(**fields)  # type: ignore[arg-type]
+
+
+SIGNER = Signer.with_shared_key(b"k" * 32)
+
+
+def signed(**changes: object) -> SignedStatement:
+    said = statement(**changes)
+    return SignedStatement(said, SIGNER.sign(said.canonical()))
+
+
+def job(**changes: object) -> PreheatJob:
+    return PreheatJob(id=7, cluster_id=1, signed=signed(**changes),
+                      manifests=(Manifest(DIGEST, "application/vnd.oci.image.manifest.v1+json", BODY),),
+                      selection=Selection("all_peers", count=2, ips=("10.0.0.1",)), sealed={"seed-a": "sealed:x"})
 
 
 def test_a_job_crosses_the_board_unchanged() -> None:
     original = job()
     assert PreheatJob.from_json(original.to_json()) == original
-    assert original.total_bytes == 123
+    assert original.statement.total_bytes == 123
 
 
 @pytest.mark.parametrize("damage", [
-    lambda d: d.pop("blobs"),
+    lambda d: d.pop("signed"),
     lambda d: d.update(id=-1),
-    lambda d: d.update(repository="../etc"),
+    lambda d: d["signed"]["statement"].update(repository="../etc"),
+    lambda d: d["signed"]["statement"].update(registry="http://evil.example"),
+    lambda d: d["signed"]["statement"].update(private="no"),
     lambda d: d["selection"].update(scope="everyone"),
-    lambda d: d["blobs"][0].update(digest="sha256:short"),
+    lambda d: d["signed"]["statement"]["blobs"].update({"sha256:short": 1}),
     lambda d: d["manifests"][0].update(body=base64.b64encode(b"other bytes").decode()),
     lambda d: d["manifests"][0].update(body="not base64!"),
-    lambda d: d.update(tags=["v1"]),
+    lambda d: d["signed"]["statement"].update(tags=["v1"]),
+    lambda d: d["signed"]["statement"].update(job_id=8),
+    lambda d: d.update(manifests=[]),
 ])
 def test_a_board_that_hands_over_garbage_gets_a_job_error_not_a_crash(damage) -> None:
     document = job().to_json()
@@ -83,16 +99,41 @@ def test_a_board_that_hands_over_garbage_gets_a_job_error_not_a_crash(damage) ->
         PreheatJob.from_json(document)
 
 
-def test_a_host_refuses_a_tag_that_points_outside_the_manifests_it_is_given() -> None:
-    placement = ManifestPlacement("r:5000", "team/app", False, (Manifest(DIGEST, "x", BODY),), {"v1": DIGEST})
+def test_only_what_the_manager_signed_is_taken() -> None:
+    verifier = Verifier(shared_key=b"k" * 32)
+    good = signed()
+    verifier.verify(good.statement.canonical(), good.signature)
+    for changed in [statement(registry="capture.example"), statement(private=False),
+                    statement(tags={"v1": BLOB}, manifests=(DIGEST, BLOB)), statement(deadline=2e9)]:
+        with pytest.raises(SealError):
+            verifier.verify(changed.canonical(), good.signature)
+    with pytest.raises(SealError):
+        Verifier(shared_key=b"other key" * 4).verify(good.statement.canonical(), good.signature)
+    with pytest.raises(SealError, match="no 'hmac' signatures"):
+        Verifier().verify(good.statement.canonical(), good.signature)  # a daemon without identity takes none
+
+
+def test_a_manager_certificate_signs_and_any_other_member_certificate_does_not() -> None:
+    manager, peer = tls_dir("sign-manager", "manager"), tls_dir("sign-peer", "peer")
+    verifier = Verifier.of_tls_dir(peer)
+    said = statement()
+    verifier.verify(said.canonical(), Signer.of_tls_dir(manager).sign(said.canonical()))
+    with pytest.raises(SealError, match="not a manager"):
+        verifier.verify(said.canonical(), Signer.of_tls_dir(peer).sign(said.canonical()))
+    forged = Signer.of_tls_dir(manager).sign(statement(private=False).canonical())
+    with pytest.raises(SealError, match="does not match"):
+        verifier.verify(said.canonical(), forged)
+
+
+def test_a_host_refuses_manifests_the_statement_does_not_name() -> None:
+    placement = ManifestPlacement(signed(), (Manifest(DIGEST, "x", BODY),))
     assert ManifestPlacement.from_json(placement.to_json()) == placement
-    document = placement.to_json()
-    document["tags"] = {"v1": BLOB}
+    other = b'{"schemaVersion":2,"other":1}'
+    stranger = ManifestPlacement(signed(), (Manifest("sha256:" + hashlib.sha256(other).hexdigest(), "x", other),))
+    with pytest.raises(JobError, match="not one the statement names"):
+        ManifestPlacement.from_json(stranger.to_json())
     with pytest.raises(JobError, match="not among the manifests"):
-        ManifestPlacement.from_json(document)
-    with pytest.raises(JobError):
-        Placement.from_json({"job_id": 1, "registry": "r", "repository": "a", "private": False, "size": -5,
-                             "job_bytes": 1})
+        Statement.from_json(dict(statement().to_json(), tags={"v1": BLOB}))
 
 
 def test_a_job_ends_as_its_clusters_did() -> None:
@@ -122,22 +163,27 @@ def seed_identity(name: str):
 def test_credentials_sealed_for_one_seed_open_only_there_and_only_for_that_job() -> None:
     public_a, private_a = seed_identity("seal-a")
     _, private_b = seed_identity("seal-b")
-    sealed = seal_for_host("Basic c2VjcmV0", public_a, 7, "seal-a")
+    context = statement().credentials_context("seal-a")
+    sealed = seal_for_host("Basic c2VjcmV0", public_a, context)
     assert "c2VjcmV0" not in sealed
-    assert open_on_host(sealed, private_a, 7, "seal-a") == "Basic c2VjcmV0"
-    for key, job_id, host in [(private_b, 7, "seal-a"), (private_a, 8, "seal-a"), (private_a, 7, "seal-b")]:
+    assert open_on_host(sealed, private_a, context) == "Basic c2VjcmV0"
+    for key, other in [(private_b, context), (private_a, statement(job_id=8).credentials_context("seal-a")),
+                       (private_a, statement().credentials_context("seal-b")),
+                       (private_a, statement(registry="capture.example").credentials_context("seal-a")),
+                       (private_a, statement(repository="other/app").credentials_context("seal-a")),
+                       (private_a, statement(deadline=2e9).credentials_context("seal-a"))]:
         with pytest.raises(SealError):
-            open_on_host(sealed, key, job_id, host)
+            open_on_host(sealed, key, other)
     tampered = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
     with pytest.raises(SealError):
-        open_on_host(tampered, private_a, 7, "seal-a")
+        open_on_host(tampered, private_a, context)
 
 
 def test_clear_credentials_open_only_where_there_is_no_cluster_identity() -> None:
     public_a, private_a = seed_identity("seal-a")
-    clear = seal_for_host("Basic c2VjcmV0", None, 7, "*")
-    assert open_on_host(clear, None, 7, "seed") == "Basic c2VjcmV0"
+    clear = seal_for_host("Basic c2VjcmV0", None, "")
+    assert open_on_host(clear, None, "any") == "Basic c2VjcmV0"
     with pytest.raises(SealError, match="with a cluster identity"):
-        open_on_host(clear, private_a, 7, "seal-a")  # a keyed host takes nothing that crossed in clear
+        open_on_host(clear, private_a, "any")  # a keyed host takes nothing that crossed in clear
     with pytest.raises(SealError):
-        open_on_host(seal_for_host("x", public_a, 7, "seal-a"), None, 7, "seal-a")
+        open_on_host(seal_for_host("x", public_a, "c"), None, "c")
