@@ -1100,7 +1100,7 @@
       platformField.hidden = type.value !== "image";
       digestField.hidden = type.value !== "file";
       peersField.hidden = scope.value !== "all_peers";
-      url.placeholder = type.value === "file" ? "registry.example/team/files@sha256:\u2026 or https://\u2026" : "registry.example/team/app:1.2";
+      url.placeholder = type.value === "file" ? "https://registry.example/v2/team/files/blobs/sha256:\u2026" : "registry.example/team/app:1.2";
     };
     type.addEventListener("change", kind);
     scope.addEventListener("change", kind);
@@ -1122,7 +1122,7 @@
         labelled(
           "Image or file",
           url,
-          "What to place: an image reference (registry/repository:tag or @digest) or a file.",
+          "An image reference (registry/repository:tag or @digest), or a file's blob URL (https://registry/v2/repository/blobs/sha256:\u2026).",
           { class: "field wide" }
         ),
         labelled("Type", type),

@@ -197,7 +197,8 @@ function newJobForm(ctx: Ctx, started: (job: Job) => void): NewJobForm {
     platformField.hidden = type.value !== "image";
     digestField.hidden = type.value !== "file";
     peersField.hidden = scope.value !== "all_peers";
-    url.placeholder = type.value === "file" ? "registry.example/team/files@sha256:… or https://…" : "registry.example/team/app:1.2";
+    url.placeholder = type.value === "file" ? "https://registry.example/v2/team/files/blobs/sha256:…"
+      : "registry.example/team/app:1.2";
   };
   type.addEventListener("change", kind);
   scope.addEventListener("change", kind);
@@ -214,7 +215,8 @@ function newJobForm(ctx: Ctx, started: (job: Job) => void): NewJobForm {
 
   const form = h("form", { id: "new-preheat", class: "preheat-form", method: "post", autocomplete: "off" },
     h("div", { class: "grid" },
-      labelled("Image or file", url, "What to place: an image reference (registry/repository:tag or @digest) or a file.",
+      labelled("Image or file", url, "An image reference (registry/repository:tag or @digest), or a file's blob URL "
+        + "(https://registry/v2/repository/blobs/sha256:…).",
         { class: "field wide" }),
       labelled("Type", type),
       platformField,
