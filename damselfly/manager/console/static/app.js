@@ -913,7 +913,7 @@
   // src/pages/preheat.ts
   var ACTIVE = /* @__PURE__ */ new Set(["PENDING", "RUNNING"]);
   var IDLE_MS = 3e4;
-  var SHOWN2 = 200;
+  var SHOWN2 = 100;
   var SCOPES2 = {
     single_seed_peer: "One seed peer",
     all_seed_peers: "All seed peers",
@@ -993,11 +993,13 @@
     constructor() {
       this.list = null;
       this.problem = null;
+      this.readAt = 0;
     }
     async load() {
-      if (this.list) return;
+      if (this.list && Date.now() - this.readAt < IDLE_MS) return;
       try {
         this.list = asList(await api.get("/clusters"));
+        this.readAt = Date.now();
         this.problem = null;
       } catch (err) {
         if (err instanceof ApiError && err.unauthorized) throw err;
@@ -1082,8 +1084,12 @@
     const clusterHint = h("small", { class: "hint", id: "preheat-cluster-hint" }, "Empty: every cluster.");
     cluster.id = "preheat-cluster";
     cluster.setAttribute("aria-describedby", clusterHint.id);
-    const platformField = labelled("Platform", platform, "all, or os/arch such as linux/amd64: which manifests of an index.");
-    const digestField = labelled("Digest", digest, "Optional: the digest the file must have; peers check it.");
+    const platformField = labelled(
+      "Platform",
+      platform,
+      "all (every platform an index lists), or os/arch[/variant] such as linux/amd64."
+    );
+    const digestField = labelled("Digest", digest, "The file's digest: every host checks the bytes against it.");
     const peersField = h(
       "fieldset",
       { class: "peers" },
@@ -1099,6 +1105,7 @@
     const kind = () => {
       platformField.hidden = type.value !== "image";
       digestField.hidden = type.value !== "file";
+      digest.required = type.value === "file";
       peersField.hidden = scope.value !== "all_peers";
       url.placeholder = type.value === "file" ? "https://registry.example/v2/team/files/blobs/sha256:\u2026" : "registry.example/team/app:1.2";
     };
@@ -1128,7 +1135,11 @@
         labelled("Type", type),
         platformField,
         digestField,
-        labelled("Where", scope, "One seed peer: the least busy. All peers: every seed peer, then peers, which get each blob from the seeds."),
+        labelled(
+          "Where",
+          scope,
+          "One seed peer: the least busy. All peers: every seed peer, then peers, which get each blob from the seeds."
+        ),
         h("div", { class: "field" }, h("label", { for: cluster.id }, "Cluster"), cluster, clusterHint),
         labelled("Timeout (seconds)", timeout, "The job fails if it has not placed everything by then.")
       ),
@@ -1142,7 +1153,12 @@
           { class: "grid" },
           labelled("Username", username),
           labelled("Password", password, "Sent once; the manager never shows it, and this page forgets it once sent."),
-          labelled("Headers", headers, "Name: value, one a line; their values are never shown either.", { class: "field wide" })
+          labelled(
+            "Headers",
+            headers,
+            "Name: value, one a line; their values are never shown either.",
+            { class: "field wide" }
+          )
         )
       ),
       platforms,
@@ -1226,7 +1242,7 @@
         "table",
         { id: "jobs-table", class: "jobs" },
         h("thead", null, h("tr", null, head.map((c) => h("th", null, c)))),
-        h("tbody", null, jobs.slice(0, SHOWN2).map((job) => h(
+        h("tbody", null, jobs.map((job) => h(
           "tr",
           { "data-job-id": String(job.id), "data-state": job.state },
           h("td", null, h("a", { href: jobHref(job.id), "aria-label": `Preheat job ${job.id}` }, `#${job.id}`)),
@@ -1237,14 +1253,19 @@
             arg(job, "type") === "file" ? h("span", { class: "badge tag" }, "file") : null
           ),
           h("td", null, scopeText2(job)),
-          h("td", null, stateBadge(job.state), job.error ? h("div", { class: "job-error error-text", title: job.error }, job.error) : null),
+          h(
+            "td",
+            null,
+            stateBadge(job.state),
+            job.error ? h("div", { class: "job-error error-text", title: job.error }, job.error) : null
+          ),
           h("td", null, jobProgress(job)),
           h("td", null, display(job.created_by)),
           h("td", null, dateCell(job.created_at ?? null)),
           h("td", { class: "actions" }, ctx.isRoot && isActive(job) ? cancelButton(ctx, job, onCancel) : null)
         )))
       ),
-      jobs.length > SHOWN2 ? h("p", { class: "muted" }, `The newest ${SHOWN2} of ${jobs.length} jobs.`) : null
+      jobs.length >= SHOWN2 ? h("p", { class: "muted" }, `The newest ${SHOWN2} jobs.`) : null
     );
   }
   function listPage(ctx) {
@@ -1277,7 +1298,7 @@
         form.showClusters(clusters);
       }
       if (!stale && !active && Date.now() - readAt < IDLE_MS) return;
-      const jobs = asList(await api.get("/jobs"));
+      const jobs = asList(await api.get(`/jobs?limit=${SHOWN2}`));
       stale = false;
       readAt = Date.now();
       active = jobs.some(isActive);
@@ -1297,7 +1318,6 @@
   function facts(job, clusters) {
     const a = (key) => arg(job, key);
     const ids = job.cluster_ids ?? [];
-    const headerNames = a("headers") && typeof a("headers") === "object" ? Object.keys(a("headers")) : [];
     return h(
       "dl",
       { class: "facts job-facts" },
@@ -1309,7 +1329,7 @@
       Array.isArray(a("ips")) && a("ips").length ? fact("IP addresses", display(a("ips")), "ips") : null,
       fact("Clusters", ids.length ? ids.map((id) => clusters.name(id)).join(", ") : "every cluster", "clusters"),
       fact("Timeout", typeof a("timeout") === "number" ? `${a("timeout")} s` : "\u2014", "timeout"),
-      fact("Credentials", a("private") ? `given${headerNames.length ? ` (headers ${headerNames.join(", ")})` : ""}, never shown` : "none", "private"),
+      fact("Credentials", a("private") ? "given, never shown" : "none", "private"),
       fact("Created by", display(job.created_by), "created_by"),
       fact("Created", dateCell(job.created_at ?? null), "created_at"),
       fact("Updated", dateCell(job.updated_at ?? null), "updated_at"),
@@ -1369,7 +1389,7 @@
         h("td", null, h("code", { title: blob.digest }, shortDigest(blob.digest))),
         h("td", null, display(blob.kind ?? "blob")),
         h("td", { class: "num" }, typeof blob.size === "number" ? h("span", { title: `${blob.size} bytes` }, formatBytes(blob.size)) : "\u2014"),
-        multiCluster ? h("td", null, blob.cluster_id !== void 0 && blob.cluster_id !== null ? clusters.name(blob.cluster_id) : "\u2014") : null,
+        multiCluster ? h("td", null, blob.cluster_id === void 0 || blob.cluster_id === null ? "\u2014" : clusters.name(blob.cluster_id)) : null,
         h("td", { class: "hosts-done" }, p.total ? progressText(p, "hosts done") : h("span", { class: "muted" }, "no host yet")),
         h("td", { class: "actions" }, toggle)
       ),
@@ -1428,7 +1448,7 @@
       try {
         answer = await api.get(`/jobs/${encodeURIComponent(id)}`);
       } catch (err) {
-        if (err instanceof ApiError && err.status === 404) {
+        if (err instanceof ApiError && err.status >= 400 && err.status < 500 && !err.unauthorized && !err.forbidden) {
           gone = true;
           fill(about, h("p", { class: "error-text" }, `No preheat job #${id}: ${err.message}`));
           blobsCard.hidden = true;

@@ -12,7 +12,8 @@ import { busy } from "./users";
 const ACTIVE = new Set(["PENDING", "RUNNING"]);
 /** With no job running the list is read this often, for jobs started elsewhere; the shell polls every 3 s. */
 const IDLE_MS = 30_000;
-const SHOWN = 200;
+/** Jobs the list asks for: the newest this many. */
+const SHOWN = 100;
 
 export const SCOPES: Record<string, string> = {
   single_seed_peer: "One seed peer",
@@ -100,15 +101,17 @@ function cancelButton(ctx: Ctx, job: Job, onCancel: () => void): HTMLButtonEleme
   return button;
 }
 
-/** The clusters by id, for names and the form's choice; read once, again only after a failure. */
+/** The clusters by id, for names and the form's choice; read again after IDLE_MS, or at once after a failure. */
 class Clusters {
   list: Cluster[] | null = null;
   problem: string | null = null;
+  private readAt = 0;
 
   async load(): Promise<void> {
-    if (this.list) return;
+    if (this.list && Date.now() - this.readAt < IDLE_MS) return;
     try {
       this.list = asList<Cluster>(await api.get<unknown>("/clusters"));
+      this.readAt = Date.now();
       this.problem = null;
     } catch (err) {
       if (err instanceof ApiError && err.unauthorized) throw err;
@@ -186,8 +189,9 @@ function newJobForm(ctx: Ctx, started: (job: Job) => void): NewJobForm {
   cluster.id = "preheat-cluster";
   cluster.setAttribute("aria-describedby", clusterHint.id);
 
-  const platformField = labelled("Platform", platform, "all, or os/arch such as linux/amd64: which manifests of an index.");
-  const digestField = labelled("Digest", digest, "Optional: the digest the file must have; peers check it.");
+  const platformField = labelled("Platform", platform,
+    "all (every platform an index lists), or os/arch[/variant] such as linux/amd64.");
+  const digestField = labelled("Digest", digest, "The file's digest: every host checks the bytes against it.");
   const peersField = h("fieldset", { class: "peers" }, h("legend", null, "Which peers (optional)"),
     h("div", { class: "grid" },
       labelled("Count", count, "At most this many peers."),
@@ -196,6 +200,7 @@ function newJobForm(ctx: Ctx, started: (job: Job) => void): NewJobForm {
   const kind = () => {
     platformField.hidden = type.value !== "image";
     digestField.hidden = type.value !== "file";
+    digest.required = type.value === "file";
     peersField.hidden = scope.value !== "all_peers";
     url.placeholder = type.value === "file" ? "https://registry.example/v2/team/files/blobs/sha256:…"
       : "registry.example/team/app:1.2";
@@ -221,7 +226,8 @@ function newJobForm(ctx: Ctx, started: (job: Job) => void): NewJobForm {
       labelled("Type", type),
       platformField,
       digestField,
-      labelled("Where", scope, "One seed peer: the least busy. All peers: every seed peer, then peers, which get each blob from the seeds."),
+      labelled("Where", scope,
+        "One seed peer: the least busy. All peers: every seed peer, then peers, which get each blob from the seeds."),
       h("div", { class: "field" }, h("label", { for: cluster.id }, "Cluster"), cluster, clusterHint),
       labelled("Timeout (seconds)", timeout, "The job fails if it has not placed everything by then.")),
     peersField,
@@ -229,7 +235,8 @@ function newJobForm(ctx: Ctx, started: (job: Job) => void): NewJobForm {
       h("div", { class: "grid" },
         labelled("Username", username),
         labelled("Password", password, "Sent once; the manager never shows it, and this page forgets it once sent."),
-        labelled("Headers", headers, "Name: value, one a line; their values are never shown either.", { class: "field wide" }))),
+        labelled("Headers", headers, "Name: value, one a line; their values are never shown either.",
+          { class: "field wide" }))),
     platforms, error,
     h("div", { class: "buttons" }, submit));
 
@@ -307,17 +314,18 @@ function jobsTable(ctx: Ctx, jobs: Job[], onCancel: () => void): HTMLElement {
   const head = ["Job", "Image or file", "Where", "State", "Progress", "By", "Created", ""];
   return h("div", { class: "table-wrap" }, h("table", { id: "jobs-table", class: "jobs" },
     h("thead", null, h("tr", null, head.map((c) => h("th", null, c)))),
-    h("tbody", null, jobs.slice(0, SHOWN).map((job) => h("tr", { "data-job-id": String(job.id), "data-state": job.state },
+    h("tbody", null, jobs.map((job) => h("tr", { "data-job-id": String(job.id), "data-state": job.state },
       h("td", null, h("a", { href: jobHref(job.id), "aria-label": `Preheat job ${job.id}` }, `#${job.id}`)),
       h("td", { class: "url" }, h("code", null, display(arg(job, "url"))),
         arg(job, "type") === "file" ? h("span", { class: "badge tag" }, "file") : null),
       h("td", null, scopeText(job)),
-      h("td", null, stateBadge(job.state), job.error ? h("div", { class: "job-error error-text", title: job.error }, job.error) : null),
+      h("td", null, stateBadge(job.state),
+        job.error ? h("div", { class: "job-error error-text", title: job.error }, job.error) : null),
       h("td", null, jobProgress(job)),
       h("td", null, display(job.created_by)),
       h("td", null, dateCell(job.created_at ?? null)),
       h("td", { class: "actions" }, ctx.isRoot && isActive(job) ? cancelButton(ctx, job, onCancel) : null))))),
-  jobs.length > SHOWN ? h("p", { class: "muted" }, `The newest ${SHOWN} of ${jobs.length} jobs.`) : null);
+  jobs.length >= SHOWN ? h("p", { class: "muted" }, `The newest ${SHOWN} jobs.`) : null);
 }
 
 function listPage(ctx: Ctx): Page {
@@ -345,7 +353,7 @@ function listPage(ctx: Ctx): Page {
       form.showClusters(clusters);
     }
     if (!stale && !active && Date.now() - readAt < IDLE_MS) return;
-    const jobs = asList<Job>(await api.get<unknown>("/jobs"));
+    const jobs = asList<Job>(await api.get<unknown>(`/jobs?limit=${SHOWN}`));
     stale = false;
     readAt = Date.now();
     active = jobs.some(isActive);
@@ -371,7 +379,6 @@ function fact(label: string, value: Child, key: string): HTMLElement {
 function facts(job: Job, clusters: Clusters): HTMLElement {
   const a = (key: string) => arg(job, key);
   const ids = job.cluster_ids ?? [];
-  const headerNames = a("headers") && typeof a("headers") === "object" ? Object.keys(a("headers") as object) : [];
   return h("dl", { class: "facts job-facts" },
     fact("Image or file", h("code", null, display(a("url"))), "url"),
     fact("Type", display(a("type")), "type"),
@@ -381,8 +388,7 @@ function facts(job: Job, clusters: Clusters): HTMLElement {
     Array.isArray(a("ips")) && (a("ips") as unknown[]).length ? fact("IP addresses", display(a("ips")), "ips") : null,
     fact("Clusters", ids.length ? ids.map((id) => clusters.name(id)).join(", ") : "every cluster", "clusters"),
     fact("Timeout", typeof a("timeout") === "number" ? `${a("timeout")} s` : "—", "timeout"),
-    fact("Credentials", a("private") ? `given${headerNames.length ? ` (headers ${headerNames.join(", ")})` : ""}, never shown`
-      : "none", "private"),
+    fact("Credentials", a("private") ? "given, never shown" : "none", "private"),
     fact("Created by", display(job.created_by), "created_by"),
     fact("Created", dateCell(job.created_at ?? null), "created_at"),
     fact("Updated", dateCell(job.updated_at ?? null), "updated_at"),
@@ -426,7 +432,8 @@ function blobRows(blob: JobBlob, clusters: Clusters, open: Set<string>, multiClu
       h("td", null, display(blob.kind ?? "blob")),
       h("td", { class: "num" }, typeof blob.size === "number"
         ? h("span", { title: `${blob.size} bytes` }, formatBytes(blob.size)) : "—"),
-      multiCluster ? h("td", null, blob.cluster_id !== undefined && blob.cluster_id !== null ? clusters.name(blob.cluster_id) : "—") : null,
+      multiCluster ? h("td", null, blob.cluster_id === undefined || blob.cluster_id === null ? "—"
+        : clusters.name(blob.cluster_id)) : null,
       h("td", { class: "hosts-done" }, p.total ? progressText(p, "hosts done") : h("span", { class: "muted" }, "no host yet")),
       h("td", { class: "actions" }, toggle)),
     hostsRow);
@@ -477,7 +484,8 @@ function jobPage(ctx: Ctx, id: string): Page {
     try {
       answer = await api.get<Job>(`/jobs/${encodeURIComponent(id)}`);
     } catch (err) {
-      if (err instanceof ApiError && err.status === 404) {
+      // No such job (or no job id at all): asking again will not change that.
+      if (err instanceof ApiError && err.status >= 400 && err.status < 500 && !err.unauthorized && !err.forbidden) {
         gone = true;
         fill(about, h("p", { class: "error-text" }, `No preheat job #${id}: ${err.message}`));
         blobsCard.hidden = true;
