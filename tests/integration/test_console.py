@@ -5,7 +5,9 @@ the one-node cluster of `run` (its scheduler and seed peer, active, with the byt
 of a blob just pulled through the node), kept live without reloading, and where that blob
 is; root creating a guest and signing out; the guest finding every write either absent or
 refused in words. The screenshot in docs/console.png is retaken when
-DAMSELFLY_UPDATE_SCREENSHOT=1.
+DAMSELFLY_UPDATE_SCREENSHOT=1. And the preheat page: root starting a job from its form and
+watching it end, its parts and their hosts, a cancel, a refusal in the manager's words, and
+a guest who reads the jobs but cannot start or cancel one.
 """
 
 from __future__ import annotations
