@@ -22,6 +22,7 @@ from typing import Iterator
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -83,7 +84,9 @@ def browser() -> Iterator[WebDriver]:
 
 
 def wait(driver: WebDriver, condition, what: str, timeout: float = WAIT):
-    return WebDriverWait(driver, timeout).until(condition, f"the console did not show {what} within {timeout} s")
+    # A page redrawn by polling between finding an element and reading it: look again.
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        condition, f"the console did not show {what} within {timeout} s")
 
 
 def shown(driver: WebDriver, css: str) -> WebElement | None:
@@ -214,14 +217,28 @@ def submit_preheat(driver: WebDriver, url: str, cluster: str = "") -> None:
     field.clear()
     field.send_keys(url)
     if cluster:
-        option = wait(driver, lambda d: [o for o in form.find_elements(By.CSS_SELECTOR, "#preheat-cluster option")
+        option = wait(driver, lambda d: [o.text for o in form.find_elements(By.CSS_SELECTOR, "#preheat-cluster option")
                                          if o.text.startswith(cluster + " ")], f"cluster {cluster} in the form")
-        Select(form.find_element(By.NAME, "cluster")).select_by_visible_text(option[0].text)
+        Select(form.find_element(By.NAME, "cluster")).select_by_visible_text(option[0])
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
-def job_row(driver: WebDriver, job_id: str) -> WebElement | None:
-    return shown(driver, f"#jobs-table tr[data-job-id='{job_id}']")
+def click(driver: WebDriver, css: str, what: str) -> None:
+    """Click what ``css`` finds once it shows, again if polling redrew it in between."""
+    def clicked(d: WebDriver) -> bool:
+        element = shown(d, css)
+        if element is None:
+            return False
+        element.click()
+        return True
+    wait(driver, clicked, what)
+
+
+def listed(driver: WebDriver) -> dict[str, dict[str, str]]:
+    """The preheat list's jobs by id, their state and text, read at once (a poll may redraw it)."""
+    rows = driver.execute_script("return [...document.querySelectorAll('#jobs-table tr[data-job-id]')]"
+                                 ".map(r => [r.dataset.jobId, r.dataset.state, r.innerText])")
+    return {job_id: {"state": state, "text": text} for job_id, state, text in rows}
 
 
 def test_console_preheat_start_watch_cancel_and_a_guest_reads(node: Node, registry: Registry,
@@ -281,24 +298,21 @@ def test_console_preheat_start_watch_cancel_and_a_guest_reads(node: Node, regist
         # The image onto the seed of `run` (in its cluster: every cluster would include the
         # empty one): listed at once, then SUCCESS with every copy placed.
         submit_preheat(browser, reference, cluster="default")
-        row = wait(browser, lambda d: shown(d, "#jobs-table tr[data-job-id]"), "the new job in the list")
-        job_id = row.get_attribute("data-job-id")
-        assert reference in row.text and "single seed peer" in row.text, row.text
+        [(job_id, job)] = wait(browser, listed, "the new job in the list").items()
+        assert reference in job["text"] and "single seed peer" in job["text"], job
         assert not text_of(browser, "#preheat-error")
         assert f"Preheat job #{job_id} started" in text_of(browser, ".notice.ok")
         browser.execute_script("window.stillTheSamePage = true")
-        wait(browser, lambda d: (job_row(d, job_id) or row).get_attribute("data-state") in FINAL_STATES,
-             "the job ending", timeout=PREHEAT_WAIT)
-        row = job_row(browser, job_id)
-        assert row is not None and row.get_attribute("data-state") == "SUCCESS", row and row.text
-        placed = [int(n) for n in row.find_element(By.CSS_SELECTOR, "td .progress").text.split()[0].split("/")]
+        wait(browser, lambda d: listed(d)[job_id]["state"] in FINAL_STATES, "the job ending", timeout=PREHEAT_WAIT)
+        job = listed(browser)[job_id]
+        assert job["state"] == "SUCCESS", job
         blobs = 2 + len(image.layers)  # the manifest, the config and each layer, on one seed
-        assert placed == [blobs, blobs], row.text
-        assert not row.find_elements(By.CSS_SELECTOR, "button.cancel-job")  # it ended
+        assert f"{blobs}/{blobs} placed" in job["text"], job
+        assert not browser.find_elements(By.CSS_SELECTOR, "#jobs-table button.cancel-job")  # it ended
         assert browser.execute_script("return window.stillTheSamePage === true")  # polled, not reloaded
 
         # Its page: each part on the seed peer, its hosts opening below it.
-        row.find_element(By.CSS_SELECTOR, f"a[href='#/preheat?job={job_id}']").click()
+        click(browser, f"#jobs-table a[href='#/preheat?job={job_id}']", "the job's link")
         wait(browser, lambda d: shown(d, "#job-blobs tbody[data-digest]"), "the job's blobs")
         assert "SUCCESS" in text_of(browser, "#job-state")
         assert reference in text_of(browser, ".job-facts")
@@ -327,11 +341,10 @@ def test_console_preheat_start_watch_cancel_and_a_guest_reads(node: Node, regist
         # A job in a cluster no scheduler serves stays PENDING; root cancels it from its page.
         browser.find_element(By.CSS_SELECTOR, ".back a").click()
         submit_preheat(browser, reference, cluster="empty")
-        pending = wait(browser, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#jobs-table tr[data-job-id]")
-                                           if r.get_attribute("data-job-id") != job_id], "the second job")[0]
-        stuck = pending.get_attribute("data-job-id")
-        assert pending.get_attribute("data-state") in ("PENDING", "RUNNING"), pending.text
-        pending.find_element(By.CSS_SELECTOR, f"a[href='#/preheat?job={stuck}']").click()
+        [(stuck, pending)] = wait(browser, lambda d: {k: v for k, v in listed(d).items() if k != job_id},
+                                  "the second job").items()
+        assert pending["state"] in ("PENDING", "RUNNING"), pending
+        click(browser, f"#jobs-table a[href='#/preheat?job={stuck}']", "the second job's link")
         cancel = wait(browser, lambda d: shown(d, "button.cancel-job"), "the Cancel button of a pending job")
         assert "empty" in text_of(browser, ".job-facts [data-key=clusters]")
         cancel.click()
@@ -350,10 +363,8 @@ def test_console_preheat_start_watch_cancel_and_a_guest_reads(node: Node, regist
         sign_in(browser, GUEST, GUEST_PASSWORD)
         wait(browser, lambda d: shown(d, "#readonly-note"), "the guest's read-only note")
         browser.get(manager + "/#/preheat")
-        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#jobs-table tr[data-job-id]")) == 3,
-             "the three jobs for the guest")
-        states = {r.get_attribute("data-job-id"): r.get_attribute("data-state")
-                  for r in browser.find_elements(By.CSS_SELECTOR, "#jobs-table tr[data-job-id]")}
+        jobs = wait(browser, lambda d: len(listed(d)) == 3 and listed(d), "the three jobs for the guest")
+        states = {key: job["state"] for key, job in jobs.items()}
         assert states[job_id] == "SUCCESS" and states[stuck] == "CANCELLED", states
         assert states[str(active.json()["id"])] in ("PENDING", "RUNNING"), states
         assert not browser.find_elements(By.CSS_SELECTOR, "#new-preheat, button.cancel-job")

@@ -1081,6 +1081,7 @@
     const error = h("p", { class: "error-text", id: "preheat-error", role: "alert", hidden: true });
     const submit = h("button", { type: "submit", class: "primary" }, "Start preheat");
     const clusterIds = /* @__PURE__ */ new Map();
+    let shownClusters = "";
     const clusterHint = h("small", { class: "hint", id: "preheat-cluster-hint" }, "Empty: every cluster.");
     cluster.id = "preheat-cluster";
     cluster.setAttribute("aria-describedby", clusterHint.id);
@@ -1222,7 +1223,9 @@
       el: form,
       showClusters(clusters) {
         clusterHint.textContent = clusters.problem ? `Could not list the clusters (${clusters.problem}); every cluster, or try later.` : "Every cluster, or only one.";
-        if (!clusters.list || document.activeElement === cluster) return;
+        const key = JSON.stringify(clusters.list?.map((c) => [c.id, c.name]) ?? null);
+        if (!clusters.list || key === shownClusters || document.activeElement === cluster) return;
+        shownClusters = key;
         const value = cluster.value;
         clusterIds.clear();
         fill(cluster, h("option", { value: "" }, "Every cluster"), clusters.list.map((c) => {
