@@ -1108,7 +1108,7 @@
       digestField.hidden = type.value !== "file";
       digest.required = type.value === "file";
       peersField.hidden = scope.value !== "all_peers";
-      url.placeholder = type.value === "file" ? "https://registry.example/v2/team/files/blobs/sha256:\u2026" : "registry.example/team/app:1.2";
+      url.placeholder = type.value === "file" ? "http(s)://registry.example/v2/team/files/blobs/sha256:\u2026" : "registry.example/team/app:1.2";
     };
     type.addEventListener("change", kind);
     scope.addEventListener("change", kind);
@@ -1130,7 +1130,7 @@
         labelled(
           "Image or file",
           url,
-          "An image reference (registry/repository:tag or @digest), or a file's blob URL (https://registry/v2/repository/blobs/sha256:\u2026).",
+          "An image reference (registry/repository:tag or @digest), or a file's blob URL (http(s)://registry/v2/repository/blobs/sha256:\u2026).",
           { class: "field wide" }
         ),
         labelled("Type", type),

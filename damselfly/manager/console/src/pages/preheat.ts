@@ -203,7 +203,7 @@ function newJobForm(ctx: Ctx, started: (job: Job) => void): NewJobForm {
     digestField.hidden = type.value !== "file";
     digest.required = type.value === "file";
     peersField.hidden = scope.value !== "all_peers";
-    url.placeholder = type.value === "file" ? "https://registry.example/v2/team/files/blobs/sha256:…"
+    url.placeholder = type.value === "file" ? "http(s)://registry.example/v2/team/files/blobs/sha256:…"
       : "registry.example/team/app:1.2";
   };
   type.addEventListener("change", kind);
@@ -222,7 +222,7 @@ function newJobForm(ctx: Ctx, started: (job: Job) => void): NewJobForm {
   const form = h("form", { id: "new-preheat", class: "preheat-form", method: "post", autocomplete: "off" },
     h("div", { class: "grid" },
       labelled("Image or file", url, "An image reference (registry/repository:tag or @digest), or a file's blob URL "
-        + "(https://registry/v2/repository/blobs/sha256:…).",
+        + "(http(s)://registry/v2/repository/blobs/sha256:…).",
         { class: "field wide" }),
       labelled("Type", type),
       platformField,
