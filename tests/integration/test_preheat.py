@@ -46,6 +46,7 @@ FINAL = ("SUCCESS", "FAILURE", "CANCELLED")
 USER, PASSWORD = "alice", "preheat-secret-password"
 SEED_QUOTA = 48 * MiB
 TRICKLE = 128 * 1024
+PEERS = 4  # the load test: a 4-peer cluster
 WAIT = 60
 
 
@@ -170,14 +171,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         seed = start_peer(tmp / "seed" / "data", [scheduler.url], mapping, seed=True,
                           extra=[*member, "--cache-quota", str(SEED_QUOTA)])
         started.append(seed)
-        peers = [start_peer(tmp / f"peer{i}" / "data", [scheduler.url], mapping, extra=member) for i in range(2)]
+        peers = [start_peer(tmp / f"peer{i}" / "data", [scheduler.url], mapping, extra=member) for i in range(PEERS)]
         started += peers
         found = Cluster(tmp, redis, registry, private, slow, manager, scheduler, seed, peers)
         with found.root() as root:
             wait_until(lambda: len(root.get("/seed-peers", params={"state": "active"}).json()) == 1
-                       and len(root.get("/peers", params={"state": "active"}).json()) == 2, WAIT, "the members")
-        wait_until(lambda: scheduler.metric("damselfly_scheduler_hosts", 'kind="all"') == 3, WAIT,
-                   "the scheduler knowing the seed and both peers")
+                       and len(root.get("/peers", params={"state": "active"}).json()) == PEERS, WAIT, "the members")
+        wait_until(lambda: scheduler.metric("damselfly_scheduler_hosts", 'kind="all"') == PEERS + 1, WAIT,
+                   "the scheduler knowing the seed and every peer")
         yield found
     finally:
         for thing in reversed(started):
@@ -384,7 +385,7 @@ def test_a_hundred_jobs_and_fifty_pulls_at_once_fetch_each_blob_once(cluster: Cl
                 for i in range(100)]
 
         def pull(index: int) -> bytes:
-            image, node = images[index % 4], cluster.peers[index % 2]
+            image, node = images[index % 4], cluster.peers[index % PEERS]
             return httpx.get(f"{node.url}/v2/{image.name}/blobs/{image.layers[1].digest}",
                              params={"ns": cluster.registry.host}, timeout=WAIT).content
 
