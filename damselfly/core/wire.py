@@ -529,16 +529,7 @@ class SeedTrigger:
     @classmethod
     def from_json(cls, obj: Any) -> "SeedTrigger":
         f = _Fields("SeedTrigger", obj)
-        registry = f.text("registry")
-        try:
-            registry_name(registry)
-        except ValueError:
-            raise f.fail("registry", f"must be a registry name host[:port], not {_show(registry)}") from None
-        repository = f.text("repository")
-        try:
-            validate_repository(repository)
-        except OCIError as exc:
-            raise f.fail("repository", exc.message) from None
+        registry, repository = _registry_and_repository(f)
         return cls(length=f.integer("length"), piece_length=f.integer("piece_length", low=1), registry=registry,
                    repository=repository, ranged=f.boolean("ranged", False),
                    authorization=f.optional_text("authorization", MAX_AUTHORIZATION))

@@ -32,6 +32,7 @@ from damselfly.manager.models import (AuditEntry, AuditQuery, Cluster, ClusterCo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 LAST_USED_PRECISION = timedelta(minutes=1)  # a token's last use is written at most this often
 ROOT = "root"
 
@@ -158,13 +159,17 @@ class Store:
     def list_users(self) -> list[User]:
         return self._read(lambda s: [_user(row) for row in s.scalars(select(UserRow).order_by(UserRow.id))])
 
-    def get_user(self, user_id: int) -> User:
-        def work(session: Session) -> User:
-            row = session.get(UserRow, user_id)
+    def _one(self, row_type: type[R], object_id: int, what: str, convert: Callable[[R], T]) -> T:
+        """The object ``object_id`` as ``convert`` makes it; 404 naming ``what`` if there is none."""
+        def work(session: Session) -> T:
+            row = session.get(row_type, object_id)
             if row is None:
-                raise not_found("user", user_id)
-            return _user(row)
+                raise not_found(what, object_id)
+            return convert(row)
         return self._read(work)
+
+    def get_user(self, user_id: int) -> User:
+        return self._one(UserRow, user_id, "user", _user)
 
     def create_user(self, body: UserCreate, password_hash: str, audit: Audit, now: datetime) -> User:
         try:
@@ -255,12 +260,7 @@ class Store:
         return self._read(lambda s: [_cluster(row) for row in s.scalars(select(ClusterRow).order_by(ClusterRow.id))])
 
     def get_cluster(self, cluster_id: int) -> Cluster:
-        def work(session: Session) -> Cluster:
-            row = session.get(ClusterRow, cluster_id)
-            if row is None:
-                raise not_found("cluster", cluster_id)
-            return _cluster(row)
-        return self._read(work)
+        return self._one(ClusterRow, cluster_id, "cluster", _cluster)
 
     def create_cluster(self, body: ClusterCreate, audit: Audit, now: datetime) -> Cluster:
         try:
@@ -475,12 +475,7 @@ class Store:
         return self._read(work)
 
     def get_job(self, job_id: int) -> Job:
-        def work(session: Session) -> Job:
-            row = session.get(JobRow, job_id)
-            if row is None:
-                raise not_found("job", job_id)
-            return _job(row)
-        return self._read(work)
+        return self._one(JobRow, job_id, "job", _job)
 
     def active_jobs(self) -> list[Job]:
         return self._read(lambda s: [_job(row) for row in s.scalars(
