@@ -5,7 +5,7 @@ pulls and runs the image with the registry stopped; a private image's credential
 show in the API, the logs or Redis; a preheat too large, a registry that dies midway, a
 cancel and a Redis outage each end the way they should.
 
-The manager tells members to keep alive every 0.2 s (default 5 s), so that joins show fast.
+The cluster is tests.support.preheat's.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 import httpx
 import pytest
 
-from testkit.cluster import SchedulerProcess, start_peer
 from testkit.containerd import write_hosts
 from testkit.daemon import Damselfly
 from testkit.images import (OCI_MANIFEST, build_image, busybox_layer, image_from_layers, push_image, push_index,
@@ -35,19 +34,15 @@ from testkit.images import (OCI_MANIFEST, build_image, busybox_layer, image_from
 from testkit.manager import ROOT_PASSWORD, Manager
 from testkit.nydus import cli as nydus_cli
 from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
-from testkit.redis import RedisServer
 from testkit.registry import Registry, RegistryClient, htpasswd_auth
-from testkit.tls import tls_dir
 from testkit.wait import free_port, wait_until
+from tests.support.preheat import WAIT, Members, ended, preheat, preheat_members
 
 MiB = 1024 * 1024
-FAST = ["--keepalive-interval", "0.2", "--inactive-after", "2"]
-FINAL = ("SUCCESS", "FAILURE", "CANCELLED")
 USER, PASSWORD = "alice", "preheat-secret-password"
 SEED_QUOTA = 48 * MiB
 TRICKLE = 128 * 1024
 PEERS = 4  # the issue's load test: a 4-peer cluster
-WAIT = 60
 
 
 class SlowRegistry:
@@ -135,66 +130,30 @@ class SlowRegistry:
 
 @dataclass
 class Cluster:
-    tmp: Path
-    redis: RedisServer
+    """The module's registries beside the preheat cluster's members."""
+
     registry: Registry
     private: Registry
     slow: SlowRegistry
-    manager: Manager
-    scheduler: SchedulerProcess
-    seed: Damselfly
-    peers: list[Damselfly]
+    members: Members
 
-    def root(self) -> httpx.Client:
-        return self.manager.root()
+    def __getattr__(self, name: str) -> Any:  # tmp, redis, manager, scheduler, seed, peers, root
+        return getattr(self.members, name)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("preheat")
-    started: list[Any] = []
+    registry = Registry(tmp / "registry").start()
+    private = Registry(tmp / "private", auth=htpasswd_auth(tmp / "private", {USER: PASSWORD})).start()
+    slow = SlowRegistry()
     try:
-        redis = RedisServer().start()
-        started.append(redis)
-        registry = Registry(tmp / "registry").start()
-        private = Registry(tmp / "private", auth=htpasswd_auth(tmp / "private", {USER: PASSWORD})).start()
-        slow = SlowRegistry()
-        started += [registry, private, slow]
-        mapping = [arg for reg in (registry, private, slow) for arg in ("--registry", f"{reg.host}=http://{reg.host}")]
-        manager = Manager(tmp / "manager", args=[*FAST, "--redis", redis.url, *mapping],
-                          tls_dir=tls_dir("preheat-manager", "manager")).start()
-        started.append(manager)
-        scheduler = SchedulerProcess(tmp / "scheduler", tls=True,
-                                     extra=["--manager", manager.url, "--redis", redis.url]).start()
-        started.append(scheduler)
-        member = ["--manager", manager.url]
-        seed = start_peer(tmp / "seed" / "data", [scheduler.url], mapping, seed=True,
-                          extra=[*member, "--cache-quota", str(SEED_QUOTA)])
-        started.append(seed)
-        peers = [start_peer(tmp / f"peer{i}" / "data", [scheduler.url], mapping, extra=member) for i in range(PEERS)]
-        started += peers
-        found = Cluster(tmp, redis, registry, private, slow, manager, scheduler, seed, peers)
-        with found.root() as root:
-            wait_until(lambda: len(root.get("/seed-peers", params={"state": "active"}).json()) == 1
-                       and len(root.get("/peers", params={"state": "active"}).json()) == PEERS, WAIT, "the members")
-        wait_until(lambda: scheduler.metric("damselfly_scheduler_hosts", 'kind="all"') == PEERS + 1, WAIT,
-                   "the scheduler knowing the seed and every peer")
-        yield found
+        with preheat_members(tmp, [registry.host, private.host, slow.host], PEERS,
+                             ("--cache-quota", str(SEED_QUOTA))) as members:
+            yield Cluster(registry, private, slow, members)
     finally:
-        for thing in reversed(started):
-            thing.stop() if not isinstance(thing, RedisServer) else thing.close()
-
-
-def preheat(root: httpx.Client, **args: Any) -> dict[str, Any]:
-    answer = root.post("/jobs", json={"type": "preheat", "args": {"type": "image", **args}})
-    assert answer.status_code == 201, answer.text
-    assert answer.json()["state"] == "PENDING"
-    return answer.json()
-
-
-def ended(root: httpx.Client, job: dict[str, Any], timeout: float = WAIT) -> dict[str, Any]:
-    return wait_until(lambda: (found := root.get(f"/jobs/{job['id']}").json())["state"] in FINAL and found,
-                      timeout, f"job {job['id']} to end")
+        for stop in (slow.stop, private.stop, registry.stop):
+            stop()
 
 
 def holders(job: dict[str, Any]) -> dict[str, set[str]]:
@@ -272,7 +231,7 @@ def test_a_private_image_is_preheated_with_credentials_nobody_else_sees(cluster:
     for value in snapshots:
         assert PASSWORD.encode() not in value and basic.encode() not in value
     for log in [cluster.manager.log(), cluster.seed.log(), *(p.log() for p in cluster.peers),
-                (cluster.scheduler.workdir / f"scheduler-{cluster.scheduler.port}.log").read_text()]:
+                cluster.scheduler_log()]:
         assert PASSWORD not in log and basic not in log
 
     # The registry down, a caller with no confirmation gets a clear 503 for the kept manifest, never the image.
@@ -337,9 +296,8 @@ def test_cancelling_a_job_stops_it(cluster: Cluster) -> None:
         cancelled = root.delete(f"/jobs/{job['id']}")
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "CANCELLED"
         assert root.delete(f"/jobs/{job['id']}").status_code == 409
-        wait_until(lambda: f"preheat job {job['id']}: CANCELLED" in
-                   (cluster.scheduler.workdir / f"scheduler-{cluster.scheduler.port}.log").read_text(),
-                   WAIT, "the worker to stop")
+        wait_until(lambda: f"preheat job {job['id']}: CANCELLED" in cluster.scheduler_log(), WAIT,
+                   "the worker to stop")
         assert root.get(f"/jobs/{job['id']}").json()["state"] == "CANCELLED"
     client = cluster.redis.client()
     assert not [key for key in client.scan_iter(f"damselfly:jobs:*:{job['id']}:job")]

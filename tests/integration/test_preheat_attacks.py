@@ -22,22 +22,16 @@ from typing import Any
 import httpx
 import pytest
 
-from testkit.cluster import SchedulerProcess, start_peer
 from testkit.daemon import Damselfly
 from testkit.images import OCI_MANIFEST, build_image, push_image
-from testkit.manager import Manager
 from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
-from testkit.redis import RedisServer
 from testkit.registry import Registry, RegistryClient, htpasswd_auth
-from testkit.tls import tls_dir
 from testkit.wait import free_port, wait_until
+from tests.support.preheat import FINAL, WAIT, Members, ended, preheat, preheat_members
 
 MiB = 1024 * 1024
-FAST = ["--keepalive-interval", "0.2", "--inactive-after", "2"]
-FINAL = ("SUCCESS", "FAILURE", "CANCELLED")
 USER, PASSWORD = "mallory-victim", "attack-preheat-secret"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-WAIT = 60
 PREFIX = "damselfly:jobs"
 
 
@@ -75,67 +69,32 @@ class CaptureRegistry:
 
 @dataclass
 class Cluster:
-    tmp: Path
-    redis: RedisServer
+    """The module's registries beside the preheat cluster's members."""
+
     registry: Registry
     private: Registry
     capture: CaptureRegistry
-    manager: Manager
-    scheduler: SchedulerProcess
-    seed: Damselfly
-    peers: list[Damselfly]
+    members: Members
 
-    def root(self) -> httpx.Client:
-        return self.manager.root()
+    def __getattr__(self, name: str) -> Any:  # tmp, redis, manager, scheduler, seed, peers, root
+        return getattr(self.members, name)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("preheat-attacks")
-    started: list[Any] = []
+    registry = Registry(tmp / "registry").start()
+    private = Registry(tmp / "private", auth=htpasswd_auth(tmp / "private", {USER: PASSWORD})).start()
+    capture = CaptureRegistry()
     try:
-        redis = RedisServer().start()
-        started.append(redis)
-        registry = Registry(tmp / "registry").start()
-        private = Registry(tmp / "private", auth=htpasswd_auth(tmp / "private", {USER: PASSWORD})).start()
-        capture = CaptureRegistry()
-        started += [registry, private, capture]
-        mapping = [arg for reg in (registry, private, capture) for arg in ("--registry", f"{reg.host}=http://{reg.host}")]
-        manager = Manager(tmp / "manager", args=[*FAST, "--redis", redis.url, *mapping],
-                          tls_dir=tls_dir("attack-manager", "manager")).start()
-        started.append(manager)
-        scheduler = SchedulerProcess(tmp / "scheduler", tls=True,
-                                     extra=["--manager", manager.url, "--redis", redis.url]).start()
-        started.append(scheduler)
-        member = ["--manager", manager.url]
-        seed = start_peer(tmp / "seed" / "data", [scheduler.url], mapping, seed=True, extra=member)
-        started.append(seed)
-        peers = [start_peer(tmp / f"peer{i}" / "data", [scheduler.url], mapping, extra=member) for i in range(2)]
-        started += peers
-        found = Cluster(tmp, redis, registry, private, capture, manager, scheduler, seed, peers)
-        with found.root() as root:
-            wait_until(lambda: len(root.get("/seed-peers", params={"state": "active"}).json()) == 1
-                       and len(root.get("/peers", params={"state": "active"}).json()) == 2, WAIT, "the members")
-        wait_until(lambda: scheduler.metric("damselfly_scheduler_hosts", 'kind="all"') == 3, WAIT,
-                   "the scheduler knowing the seed and both peers")
-        yield found
+        with preheat_members(tmp, [registry.host, private.host, capture.host], 2) as members:
+            yield Cluster(registry, private, capture, members)
     finally:
-        for thing in reversed(started):
-            thing.stop() if not isinstance(thing, RedisServer) else thing.close()
+        for stop in (capture.stop, private.stop, registry.stop):
+            stop()
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
-
-def preheat(root: httpx.Client, **args: Any) -> dict[str, Any]:
-    answer = root.post("/jobs", json={"type": "preheat", "args": {"type": "image", **args}})
-    assert answer.status_code == 201, answer.text
-    return answer.json()
-
-
-def ended(root: httpx.Client, job: dict[str, Any], timeout: float = WAIT) -> dict[str, Any]:
-    return wait_until(lambda: (found := root.get(f"/jobs/{job['id']}").json())["state"] in FINAL and found,
-                      timeout, f"job {job['id']} to end")
-
 
 def captured_payload(cluster: Cluster, job_id: int) -> dict[str, Any]:
     """What anyone reading Redis sees of a job while it is on the board."""
