@@ -1,8 +1,10 @@
 """What a scheduler keeps beyond its life, without Redis: the changes the state collects for
-it, and a task restored from a record (pure, with an injected clock)."""
+it, a task restored from a record (pure, with an injected clock), and records read back
+from whatever Redis holds."""
 
 from __future__ import annotations
 
+from damselfly.scheduler.holdings import parse_host, parse_task
 from damselfly.scheduler.state import HOST_EXPIRY, Changes, Host, SchedulerState, TaskRecord
 from tests.unit.test_scheduler_state import TASK, Clock, make_state, news
 
@@ -120,3 +122,24 @@ def test_a_record_of_another_piece_length_or_past_the_task_cap_restores_nothing(
     state.join(task, "p1", [])
     assert state.restore(TASK, TaskRecord(LENGTH, 2, {}, False, frozenset({"p1"}))) is None
     assert state.restore("sha256:" + "e" * 64, record()) is None
+
+
+def test_records_read_back_skip_whatever_is_out_of_shape() -> None:
+    piece = 262144
+    good = f"blake3:{'a' * 64}"
+    fields = {b"1048576/pl": str(piece).encode(), b"1048576/v": b"1", b"1048576/0": f"{good} seed".encode(),
+              b"1048576/3": f"{good} seed".encode(),
+              b"1048576/1": b"not-a-digest seed", b"1048576/2": f"{good}".encode(),  # no source
+              b"1048576/x": b"junk", b"junk": b"1", b"99/pl": b"7",  # not the piece length nodes use
+              b"0/pl": b"262144", b"99999999999999999999/pl": b"1"}
+    members = [b"1048576 p1", b"1048576 ", b"x p2", b"1048576 p3", b"77 p4"]
+    records = parse_task(fields, members)
+    assert list(records) == [1048576]
+    kept = records[1048576]
+    assert kept.piece_length == piece and kept.verified
+    assert kept.digests == {0: (good, "seed"), 3: (good, "seed")}
+    assert kept.holders == frozenset({"p1", "p3"})
+    assert parse_host(b'{"id": "p1", "upload_url": "http://p1:65002", "seed": true}') == Host(
+        "p1", "http://p1:65002")
+    for junk in (None, b"{", b"[]", b'{"id": "p1"}', b"\xff"):
+        assert parse_host(junk) is None
