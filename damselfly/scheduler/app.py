@@ -337,7 +337,7 @@ class Scheduler:
         for source in excluded:
             self.metrics.excluded_sources.inc()
             log.error("two hosts found the piece digests of %s for %s wrong: excluded from it for everyone",
-                      source, task_id)
+                      source or "the record restored from Redis", task_id)
         return web.json_response({})
 
     async def task_peers(self, request: web.Request) -> web.Response:

@@ -25,11 +25,15 @@ poisoned Redis can make downloads fail, never give a wrong byte.
 
 Layout (``{d}`` a blob's digest, ``{L}`` a length it was registered with)::
 
-    damselfly:holdings:task:{d}       hash  {L}/pl: piece length, {L}/v: "1" once verified,
-                                            {L}/{index}: "<piece digest> <seed that reported it>"
-    damselfly:holdings:holders:{d}    set   "{L} <host id>" for each host holding it whole
-    damselfly:holdings:host:{id}      JSON  the host's announce (damselfly.core.wire.HostAnnounce)
-    damselfly:holdings:scheduler:{epoch}    this run's marker
+    damselfly:holdings:task:{d}           hash    {L}: piece length, {L}/v: "1" once verified
+    damselfly:holdings:digests:{d}:{L}    string  piece i's BLAKE3 digest at bytes 32i..32i+31
+                                                  (zeros: unknown), written a run at a time
+    damselfly:holdings:holders:{d}        set     "{L} <host id>" for each host holding it whole
+    damselfly:holdings:host:{id}          JSON    the host's announce (damselfly.core.wire.HostAnnounce)
+    damselfly:holdings:scheduler:{epoch}          this run's marker
+
+Digests are packed (32 bytes a piece, 5 times less than a hash field each) and carry no
+source: a restored task trusts them as one (see SchedulerState.restore).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterable
 
 from redis.asyncio import Redis
@@ -46,7 +51,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from damselfly.core.pieces import piece_count, piece_length_for
-from damselfly.core.wire import MAX_ID, MAX_PIECES, HostAnnounce, PieceNews, WireError
+from damselfly.core.wire import MAX_ID, MAX_PIECES, HostAnnounce
 from damselfly.lib.kv import KV_ERRORS
 from damselfly.lib.waiting import wait_until_set
 from damselfly.scheduler.state import (HOST_EXPIRY, KEEPALIVE_INTERVAL, Changes, Holder, Host, SchedulerState, Task,
@@ -66,6 +71,12 @@ TASK_REFRESH = TASK_TTL / 6  # how often a scheduler renews the TTL of every tas
 HOST_REFRESH = KEEPALIVE_INTERVAL  # how often it writes the announce of every live host again
 MARKER_TTL = 60.0
 CHUNK = 500  # tasks or hosts per pipeline in a catch-up or a refresh
+# Holders read back at once, a random sample of them when there are more: enough parents
+# for thousands of children, and a read that stays within RESTORE_WAIT (1000 took 0.2 s).
+MAX_READ_HOLDERS = 256
+BLAKE3 = "blake3:"
+DIGEST_SIZE = 32
+UNKNOWN = bytes(DIGEST_SIZE)
 # Redis down, hanging, or refusing a command (out of memory, a key of another type): the
 # writes wait for the next catch-up, a read is skipped.
 FAILURES = (*KV_ERRORS, RedisError)
@@ -73,6 +84,10 @@ FAILURES = (*KV_ERRORS, RedisError)
 
 def task_key(task_id: str) -> str:
     return f"{PREFIX}task:{task_id}"
+
+
+def digests_key(task_id: str, length: int) -> str:
+    return f"{PREFIX}digests:{task_id}:{length}"
 
 
 def holders_key(task_id: str) -> str:
@@ -87,40 +102,49 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def pack_digest(digest: str) -> bytes | None:
+    """A piece digest as stored (None: not a BLAKE3 digest, not kept)."""
+    if not digest.startswith(BLAKE3):
+        return None
+    try:
+        packed = bytes.fromhex(digest[len(BLAKE3):])
+    except ValueError:
+        return None
+    return packed if len(packed) == DIGEST_SIZE and packed != UNKNOWN else None
+
+
+def parse_digests(value: bytes | None, count: int) -> dict[int, str]:
+    """The digests packed in ``value``, by piece index (the first ``count`` at most)."""
+    if not value:
+        return {}
+    return {i: BLAKE3 + packed.hex() for i in range(min(count, len(value) // DIGEST_SIZE))
+            if (packed := value[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]) != UNKNOWN}
+
+
 def parse_task(fields: dict[Any, Any], members: Iterable[Any]) -> dict[int, TaskRecord]:
-    """The records of a task hash and its holder set, by length. What does not parse (a
-    length whose piece length is not the one every node uses, a digest or index out of
-    shape) is left out, never raised."""
+    """The records of a task hash and its holder set, by length, without digests (see
+    ``parse_digests``). What does not parse (a length whose piece length is not the one every
+    node uses, a holder id out of shape) is left out, never raised."""
     piece_lengths: dict[int, int] = {}
     verified: set[int] = set()
-    digests: dict[int, dict[int, tuple[str, str]]] = {}
     for raw_field, raw_value in fields.items():
-        length_text, _, name = _text(raw_field).partition("/")
+        length_text, slash, name = _text(raw_field).partition("/")
         value = _text(raw_value)
         if not length_text.isdigit() or not 0 < len(length_text) < 20:
             continue
         length = int(length_text)
-        if name == "pl":
+        if not slash:
             if (length > 0 and value.isdigit() and int(value) == piece_length_for(length)
                     and piece_count(length, int(value)) <= MAX_PIECES):
                 piece_lengths[length] = int(value)
         elif name == "v":
             verified.add(length)
-        elif name.isdigit() and len(name) < 7:
-            digest, _, source = value.partition(" ")
-            try:
-                news = PieceNews.from_json([int(name), digest])
-            except WireError:
-                continue
-            if 0 < len(source) <= MAX_ID and source.isprintable():
-                digests.setdefault(length, {})[news.index] = (digest, source)
     holders: dict[int, set[str]] = {}
     for member in members:
         length_text, _, host_id = _text(member).partition(" ")
         if length_text.isdigit() and 0 < len(host_id) <= MAX_ID and host_id.isprintable():
             holders.setdefault(int(length_text), set()).add(host_id)
-    return {length: TaskRecord(length, piece_length, digests.get(length, {}), length in verified,
-                               frozenset(holders.get(length, ())))
+    return {length: TaskRecord(length, piece_length, {}, length in verified, frozenset(holders.get(length, ())))
             for length, piece_length in piece_lengths.items()}
 
 
@@ -255,10 +279,9 @@ class Holdings:
         async with self.kv.pipeline(transaction=False) as pipe:
             pipe.set(self.marker, b"1", ex=int(MARKER_TTL), get=True)
             for key in changes.withdrawn:
-                task = self._task(key)
-                if task is not None:
-                    pipe.hdel(task_key(key[0]), *(f"{key[1]}/{i}" for i in range(task.count)), f"{key[1]}/v")
-                    self.written[key] = -1
+                pipe.delete(digests_key(*key))
+                pipe.hdel(task_key(key[0]), f"{key[1]}/v")
+                self.written[key] = -1
             for key in changes.digests | changes.withdrawn:
                 task = self._task(key)
                 if task is not None:
@@ -285,17 +308,30 @@ class Holdings:
         return self.state.tasks.get(key[0], {}).get(key[1])
 
     def _write_task(self, pipe: Pipeline, task: Task) -> None:
-        """The task's digests that came since the last write, its piece length and verification."""
+        """The task's digests that came since the last write (a SETRANGE per run of
+        consecutive pieces), its piece length and verification."""
         since = self.written.get(task.key, -1)
-        fields: dict[str, str | int] = {f"{task.length}/{i}": f"{task.digests[i]} {task.digest_source[i]}"
-                                        for i in task.digests if task.digests_at[i] > since}
-        fields[f"{task.length}/pl"] = task.piece_length
-        if task.verified:
+        run: list[bytes] = []
+        start = previous = -2
+        for index in sorted(i for i in task.digests if task.digests_at[i] > since):
+            packed = pack_digest(task.digests[index])
+            if packed is None:
+                continue
+            if index != previous + 1 and run:
+                pipe.setrange(digests_key(*task.key), start * DIGEST_SIZE, b"".join(run))
+                run = []
+            if not run:
+                start = index
+            run.append(packed)
+            previous = index
+        if run:
+            pipe.setrange(digests_key(*task.key), start * DIGEST_SIZE, b"".join(run))
+        fields = {f"{task.length}": task.piece_length}
+        if task.verified:  # only a withdrawal unverifies a task, and it deletes the flag
             fields[f"{task.length}/v"] = 1
-        else:
-            pipe.hdel(task_key(task.id), f"{task.length}/v")
         pipe.hset(task_key(task.id), mapping=fields)
         pipe.expire(task_key(task.id), int(TASK_TTL))
+        pipe.expire(digests_key(*task.key), int(TASK_TTL))
         self.written[task.key] = task.version
 
     def _write_host(self, pipe: Pipeline, host: Host) -> None:
@@ -334,24 +370,31 @@ class Holdings:
     async def _refresh_tasks(self) -> None:
         """Renew the TTL of every task held here, and forget what is written of tasks gone."""
         self.written = {key: version for key, version in self.written.items() if self._task(key) is not None}
-        ids = list(self.state.tasks)
-        for start in range(0, len(ids), CHUNK):
+        keys = [key for task_id, lengths in self.state.tasks.items() for key in
+                (task_key(task_id), holders_key(task_id), *(digests_key(task_id, length) for length in lengths))]
+        for start in range(0, len(keys), CHUNK):
             async with self.kv.pipeline(transaction=False) as pipe:
-                for task_id in ids[start:start + CHUNK]:
-                    pipe.expire(task_key(task_id), int(TASK_TTL))
-                    pipe.expire(holders_key(task_id), int(TASK_TTL))
+                for key in keys[start:start + CHUNK]:
+                    pipe.expire(key, int(TASK_TTL))
                 await pipe.execute()
 
     # -- reading -------------------------------------------------------------------
 
-    async def _load(self, task_id: str) -> tuple[dict[int, TaskRecord], dict[str, tuple[Host, float]]]:
-        """The records of ``task_id`` by length, and the recorded announces of their holders
-        with their age (two round trips)."""
+    async def _load(self, task_id: str, length: int | None = None
+                    ) -> tuple[dict[int, TaskRecord], dict[str, tuple[Host, float]]]:
+        """The records of ``task_id`` by length (with its digests for ``length``), and the
+        recorded announces of their holders with their age (two round trips)."""
         async with self.kv.pipeline(transaction=False) as pipe:
             pipe.hgetall(task_key(task_id))
-            pipe.smembers(holders_key(task_id))
-            fields, members = await pipe.execute()
+            pipe.srandmember(holders_key(task_id), MAX_READ_HOLDERS)
+            if length is not None:
+                pipe.get(digests_key(task_id, length))
+            fields, members, *packed = await pipe.execute()
         records = parse_task(fields, members)
+        record = records.get(length) if length is not None else None
+        if record is not None:
+            records[record.length] = replace(record, digests=parse_digests(
+                packed[0], piece_count(record.length, record.piece_length)))
         holders = sorted({host_id for record in records.values() for host_id in record.holders})
         hosts: dict[str, tuple[Host, float]] = {}
         if holders:
@@ -366,13 +409,13 @@ class Holdings:
                     hosts[host_id] = (host, max(0.0, HOST_EXPIRY - ttl / 1000))
         return records, hosts
 
-    async def _load_in_time(self, task_id: str
+    async def _load_in_time(self, task_id: str, length: int | None = None
                             ) -> tuple[dict[int, TaskRecord], dict[str, tuple[Host, float]]] | None:
         if not self.up:
             return None
         try:
             async with asyncio.timeout(RESTORE_WAIT):
-                return await self._load(task_id)
+                return await self._load(task_id, length)
         except FAILURES as exc:  # TimeoutError included: a Redis that hangs is down too
             if self.up:
                 log.warning("Redis did not answer about %s: the task starts afresh (%s)", task_id,
@@ -391,7 +434,7 @@ class Holdings:
         await asyncio.shield(pending)
 
     async def _restore(self, task_id: str, length: int) -> None:
-        loaded = await self._load_in_time(task_id)
+        loaded = await self._load_in_time(task_id, length)
         if loaded is None:
             self.metrics.holdings_restores.labels("unavailable").inc()
             return

@@ -47,6 +47,9 @@ DEFAULT_MAX_TASKS = 100_000
 # A child keeps about one request at a time on each parent of a task, and a host serves
 # several tasks: it may have this many children per upload slot.
 CHILDREN_PER_SLOT = 4
+# The source of digests restored from a record (no host has an empty id): the record is
+# trusted as one source, so that two hosts whose blob mismatched drop all of it at once.
+RESTORED = ""
 
 
 class Refused(Exception):
@@ -173,7 +176,7 @@ class TaskRecord:
 
     length: int
     piece_length: int
-    digests: dict[int, tuple[str, str]]  # piece index: (its digest, the seed that reported it)
+    digests: dict[int, str]  # piece index: its digest, as seeds reported it
     verified: bool
     holders: frozenset[str]  # hosts that hold the whole blob
 
@@ -349,8 +352,10 @@ class SchedulerState:
         Nothing here is trusted more than a piece report: a host restored is never a seed
         (only its own announce, and with TLS its certificate, makes one), and digests only
         check pieces; every node still checks the whole blob's SHA-256 before it keeps or
-        serves it. A wrong record costs downloads that fail, never a wrong byte. Holders whose
-        host is not alive are waited for until HOST_EXPIRY: they join when they announce.
+        serves it. A wrong record costs downloads that fail, never a wrong byte: its digests
+        are one source (RESTORED), excluded like a lying seed once two hosts' blobs mismatch.
+        Holders whose host is not alive are waited for until HOST_EXPIRY: they join when they
+        announce.
         """
         try:
             task = self.task(task_id, record.length, record.piece_length)
@@ -363,14 +368,16 @@ class SchedulerState:
                 self.hosts[host.id] = restored
                 self._by_url.setdefault(host.upload_url, host.id)
         added = []
-        for index, (digest, source) in sorted(record.digests.items()):
-            if (0 <= index < task.count and index not in task.digests
-                    and not self._within(task.excluded.get(source), FAILURE_MEMORY)):
-                task.digests[index] = digest
-                task.digest_source[index] = source
-                task.sources[source] = task.sources.get(source, 0) | (1 << index)
-                added.append(index)
-        task.known |= mask_of(added, task.count)
+        if not self._within(task.excluded.get(RESTORED), FAILURE_MEMORY):
+            for index, digest in sorted(record.digests.items()):
+                if 0 <= index < task.count and index not in task.digests:
+                    task.digests[index] = digest
+                    task.digest_source[index] = RESTORED
+                    added.append(index)
+        fresh = mask_of(added, task.count)
+        task.known |= fresh
+        if fresh:
+            task.sources[RESTORED] = task.sources.get(RESTORED, 0) | fresh
         for host_id in record.holders:
             if self.alive(host_id):
                 self._hold(task, host_id)
@@ -385,7 +392,7 @@ class SchedulerState:
         """Make ``host_id`` a done peer of ``task``, unless it takes part in the digest already
         (a register of its own says more than a record)."""
         if task.id not in self.host_tasks.get(host_id, {}):
-            self.join(task, host_id, range(task.count))
+            self._join(task, host_id, task.full)
 
     def _hold_awaited(self, host_id: str) -> None:
         now = self.clock()
@@ -430,8 +437,10 @@ class SchedulerState:
     def join(self, task: Task, host_id: str, pieces: Iterable[int], seeding: bool = False) -> Peer:
         """Make ``host_id`` a peer of ``task``; a host that said another length for the digest
         before (one download per digest) leaves that task."""
+        return self._join(task, host_id, mask_of(pieces, task.count), seeding)
+
+    def _join(self, task: Task, host_id: str, held: int, seeding: bool = False) -> Peer:
         peer = task.peers.get(host_id)
-        held = mask_of(pieces, task.count)
         if peer is not None and peer.done and held != task.full:
             # It registers again without the whole blob: it lost it (evicted), whatever a
             # record restored from Redis says. It downloads like any newcomer.

@@ -16,7 +16,7 @@ from damselfly.core.pieces import piece_length_for
 from damselfly.core.wire import Schedule
 from damselfly.lib.kv import connect
 from damselfly.scheduler.app import Scheduler
-from damselfly.scheduler.holdings import holders_key, task_key
+from damselfly.scheduler.holdings import digests_key, holders_key, task_key
 from damselfly.settings import SchedulerSettings
 from testkit.redis import RedisServer
 
@@ -28,7 +28,7 @@ PEERS = ("p1", "p2", "p3")
 
 
 def digest(index: int) -> str:
-    return f"blake3:{index:064x}"
+    return f"blake3:{index + 1:064x}"  # never all zeros: Redis keeps those for "unknown"
 
 
 @pytest.fixture
@@ -144,9 +144,9 @@ def test_a_trusted_digest_is_in_redis_when_its_report_is_answered(redis_server: 
             await api.announce("seed", seed=True)
             await api.register("seed", seeding=True)
             await api.pieces("seed", range(2), from_origin=True)  # before the first write is due
-            fields = redis_server.client().hgetall(task_key(TASK))
-            assert {k.decode(): v.decode() for k, v in fields.items()} == {
-                f"{LENGTH}/pl": str(PIECE), f"{LENGTH}/0": f"{digest(0)} seed", f"{LENGTH}/1": f"{digest(1)} seed"}
+            packed = redis_server.client().get(digests_key(TASK, LENGTH))
+            assert packed == bytes.fromhex(digest(0)[7:] + digest(1)[7:])
+            assert redis_server.client().hgetall(task_key(TASK)) == {str(LENGTH).encode(): str(PIECE).encode()}
         finally:
             await client.close()
 
@@ -176,7 +176,8 @@ def test_with_redis_down_nothing_waits_and_it_catches_up_when_it_is_back_empty(r
             assert api.metric("damselfly_scheduler_holdings_catch_ups_total") == 2
             members = {m.decode() for m in redis_server.client().smembers(holders_key(TASK))}
             assert members == {f"{LENGTH} {h}" for h in ("seed", *PEERS)}
-            assert len(redis_server.client().hgetall(task_key(TASK))) == 4 + 2  # digests, piece length, verified
+            assert len(redis_server.client().hgetall(task_key(TASK))) == 2  # piece length, verified
+            assert len(redis_server.client().get(digests_key(TASK, LENGTH)) or b"") == 4 * 32
 
             redis_server.client().flushall()  # emptied without a connection lost: the marker tells
             await api.announce("p4")

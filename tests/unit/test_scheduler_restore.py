@@ -4,15 +4,15 @@ from whatever Redis holds."""
 
 from __future__ import annotations
 
-from damselfly.scheduler.holdings import parse_host, parse_task
-from damselfly.scheduler.state import HOST_EXPIRY, Changes, Host, SchedulerState, TaskRecord
+from damselfly.scheduler.holdings import pack_digest, parse_digests, parse_host, parse_task
+from damselfly.scheduler.state import HOST_EXPIRY, RESTORED, Changes, Host, SchedulerState, TaskRecord
 from tests.unit.test_scheduler_state import TASK, Clock, make_state, news
 
 LENGTH, PIECE = 8, 4  # two pieces
 
 
-def record(holders: tuple[str, ...] = ("p1", "p2"), verified: bool = True, source: str = "seed") -> TaskRecord:
-    return TaskRecord(LENGTH, PIECE, {0: ("d0", source), 1: ("d1", source)}, verified, frozenset(holders))
+def record(holders: tuple[str, ...] = ("p1", "p2"), verified: bool = True) -> TaskRecord:
+    return TaskRecord(LENGTH, PIECE, {0: "d0", 1: "d1"}, verified, frozenset(holders))
 
 
 def restored_state(*hosts: str) -> tuple[SchedulerState, Clock]:
@@ -54,7 +54,7 @@ def test_a_restored_task_hands_out_its_holders_with_the_seeds_digests() -> None:
     state, _ = restored_state("p1", "p2", "p3")
     task = state.restore(TASK, record())
     assert task is not None and task.verified
-    assert task.digests == {0: "d0", 1: "d1"} and task.digest_source == {0: "seed", 1: "seed"}
+    assert task.digests == {0: "d0", 1: "d1"} and task.digest_source == {0: RESTORED, 1: RESTORED}
     state.join(task, "p3", [])
     answer = state.schedule(task, "p3")
     assert answer.action == "download" and {p.host_id for p in answer.parents} == {"p1", "p2"}
@@ -69,7 +69,7 @@ def test_a_restored_digest_that_proves_wrong_excludes_its_source_as_any_other() 
     for reporter in ("p3", "p4"):
         state.join(task, reporter, [])
         state.finish(task, reporter, success=False, digest_mismatch=True)
-    assert task.digests == {} and not task.verified and "seed" in task.excluded
+    assert task.digests == {} and not task.verified and RESTORED in task.excluded
     assert state.restore(TASK, record()) is task and task.digests == {}  # not taken back while excluded
 
 
@@ -125,21 +125,28 @@ def test_a_record_of_another_piece_length_or_past_the_task_cap_restores_nothing(
 
 
 def test_records_read_back_skip_whatever_is_out_of_shape() -> None:
-    piece = 262144
-    good = f"blake3:{'a' * 64}"
-    fields = {b"1048576/pl": str(piece).encode(), b"1048576/v": b"1", b"1048576/0": f"{good} seed".encode(),
-              b"1048576/3": f"{good} seed".encode(),
-              b"1048576/1": b"not-a-digest seed", b"1048576/2": f"{good}".encode(),  # no source
-              b"1048576/x": b"junk", b"junk": b"1", b"99/pl": b"7",  # not the piece length nodes use
-              b"0/pl": b"262144", b"99999999999999999999/pl": b"1"}
-    members = [b"1048576 p1", b"1048576 ", b"x p2", b"1048576 p3", b"77 p4"]
+    fields = {b"1048576": b"262144", b"1048576/v": b"1",
+              b"junk": b"1", b"99": b"7",  # not the piece length nodes use
+              b"0": b"262144", b"99999999999999999999": b"1", b"\xff": b"\xff"}
+    members = [b"1048576 p1", b"1048576 ", b"x p2", b"1048576 p3", b"77 p4", b"1048576 \x01"]
     records = parse_task(fields, members)
     assert list(records) == [1048576]
     kept = records[1048576]
-    assert kept.piece_length == piece and kept.verified
-    assert kept.digests == {0: (good, "seed"), 3: (good, "seed")}
+    assert kept.piece_length == 262144 and kept.verified and kept.digests == {}
     assert kept.holders == frozenset({"p1", "p3"})
     assert parse_host(b'{"id": "p1", "upload_url": "http://p1:65002", "seed": true}') == Host(
         "p1", "http://p1:65002")
     for junk in (None, b"{", b"[]", b'{"id": "p1"}', b"\xff"):
         assert parse_host(junk) is None
+
+
+def test_digests_are_packed_32_bytes_a_piece_zeros_for_unknown() -> None:
+    first, third = f"blake3:{'a' * 64}", f"blake3:{'0' * 63}1"
+    packed = pack_digest(first)
+    assert packed == bytes.fromhex("a" * 64)
+    for unkept in (f"{'a' * 64}", "blake3:" + "0" * 64, "blake3:xyz", "blake3:" + "a" * 62):
+        assert pack_digest(unkept) is None  # SHA-256 of earlier versions, the unknown marker, junk
+    value = packed + bytes(32) + pack_digest(third) + b"trailing"  # type: ignore[operator]
+    assert parse_digests(value, count=4) == {0: first, 2: third}
+    assert parse_digests(value, count=1) == {0: first}  # never past the task's pieces
+    assert parse_digests(None, count=4) == {}
