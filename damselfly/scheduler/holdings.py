@@ -32,7 +32,7 @@ Layout (``{d}`` a blob's digest, ``{L}`` a length it was registered with)::
     damselfly:holdings:host:{id}          JSON    the host's announce (damselfly.core.wire.HostAnnounce)
     damselfly:holdings:scheduler:{epoch}          this run's marker
 
-Digests are packed (32 bytes a piece, 5 times less than a hash field each) and carry no
+Digests are packed (32 bytes a piece, where a hash field took about 150) and carry no
 source: a restored task trusts them as one (see SchedulerState.restore).
 """
 
@@ -232,7 +232,8 @@ class Holdings:
             changes = self.state.take_changes()
             was_up = self.up
             if self.behind:
-                if await self._guarded(self._catch_up()) and not was_up:
+                await self._guarded(self._catch_up())
+                if not self.behind and not was_up:
                     log.info("Redis answers again: everything this scheduler holds was written anew")
             elif await self._guarded(self._write(changes)) is False:  # the marker was gone: Redis lost its data
                 log.warning("Redis lost what this scheduler wrote (restarted without persistence?): writing "
