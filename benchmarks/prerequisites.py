@@ -19,9 +19,10 @@ P2P_PACKAGES = ("docker-registry", "curl")
 # The cluster harness: containerd and runc run the containers; ip and tc (iproute2) build the
 # namespaces and shape the links; nsenter and mount (util-linux) run the nydus mounts, which
 # need fuse3 (libfuse and fusermount3) and erofs-utils; the small image is busybox-static, the
-# python, nginx and large images are built with debootstrap and tar.
+# python, nginx and large images are built with debootstrap and tar; the preheat scenario's
+# manager and scheduler share a redis-server.
 CLUSTER_PACKAGES = ("containerd", "runc", "docker-registry", "curl", "iproute2", "util-linux", "fuse3", "erofs-utils",
-                    "busybox-static", "debootstrap", "tar")
+                    "busybox-static", "debootstrap", "tar", "redis-server")
 
 console = Console()
 

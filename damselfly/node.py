@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 import ssl
 from dataclasses import dataclass
@@ -31,22 +32,28 @@ from damselfly.core.blocklist import BlockList
 from damselfly.core.dynconfig import ClusterConfig, upload_limits
 from damselfly.core.oci import OCIError, registry_name, split_registry
 from damselfly.core.wire import HostAnnounce
-from damselfly.lib.kv import connect
+from damselfly.core.jobs import Member, Statement
+from damselfly.lib.kv import KV, MemoryKV, RedisKV, connect
 from damselfly.lib.serve import ACCESS_LOG_FORMAT, SHUTDOWN_GRACE, Site, SocketSite
-from damselfly.lib.tls import ClusterTLS
+from damselfly.lib.sealed import load_private_key, open_on_host
+from damselfly.lib.signed import Signer, Verifier
+from damselfly.lib.tls import KEY_FILE, ClusterTLS
 from damselfly.mirror.app import Mirror
 from damselfly.mirror.metrics import MirrorMetrics
 from damselfly.mirror.upstream import UpstreamResolver
+from damselfly.network.jobboard import JobBoard
 from damselfly.network.manager_client import ManagerClient, Membership
 from damselfly.network.metrics import PeerMetrics
 from damselfly.network.scheduler_client import SchedulerClient
 from damselfly.network.swarm import Network
+from damselfly.network.tags import ClusterTags
 from damselfly.registry.client import AsyncRegistryClient
 from damselfly.scheduler.app import Scheduler
+from damselfly.scheduler.preheat import PreheatWorker
 from damselfly.settings import (ManagerLink, ManagerSettings, MirrorSettings, PeerSettings, SchedulerSettings,
                                 advertised_url)
 from damselfly.storage.store import BlobStore
-from damselfly.upload.server import SeedDuty, UploadServer
+from damselfly.upload.server import PreheatDuty, SeedDuty, UploadServer
 
 if TYPE_CHECKING:
     from damselfly.manager.api import ManagerService
@@ -85,7 +92,8 @@ class SchedulerNode:
     scheduler inside `damselfly run`."""
 
     def __init__(self, settings: SchedulerSettings, listen: tuple[str, int], tls: ClusterTLS | None,
-                 manager: ManagerLink | None = None) -> None:
+                 manager: ManagerLink | None = None, local_kv: KV | None = None) -> None:
+        """``local_kv``: shared state in this process (`run`: with its manager), used without --redis."""
         self.kv = connect(settings.redis) if settings.redis else None
         self.scheduler = Scheduler(settings, kv=self.kv)
         self.listen = listen
@@ -95,6 +103,16 @@ class SchedulerNode:
         # host and port, the same after a restart (so the record comes back active).
         self.host_id = tls.identity.name if tls is not None else f"{socket.gethostname()}:{listen[1]}"
         self.membership: ManagerClient | None = None
+        board = JobBoard(RedisKV(self.kv) if self.kv is not None else local_kv or MemoryKV())
+        self.preheat = PreheatWorker(board, self._members, lambda: self.membership.cluster_id if self.membership
+                                     else None, self.host_id, tls)
+        self._preheat_run: asyncio.Task[None] | None = None
+
+    def _members(self) -> list[Member]:
+        """The live hosts a preheat may go to."""
+        state = self.scheduler.state
+        return [Member(host.id, host.upload_url, host.is_seed, state.uploads.get(host.id, 0))
+                for host in state.hosts.values() if host.upload_url and state.fresh(host)]
 
     @property
     def url(self) -> str:
@@ -105,6 +123,7 @@ class SchedulerNode:
         return Site(self.scheduler.application(), *self.listen, self.tls.server_context() if self.tls else None)
 
     async def started(self) -> None:
+        self._preheat_run = asyncio.create_task(self.preheat.run(), name="preheat worker")
         if self.manager is not None:
             await self.join(self.manager)
 
@@ -116,6 +135,9 @@ class SchedulerNode:
         await self.membership.start()
 
     async def stopping(self) -> None:
+        if self._preheat_run is not None:
+            self._preheat_run.cancel()
+            await asyncio.gather(self._preheat_run, return_exceptions=True)
         if self.membership is not None:
             await self.membership.close()
         if self.kv is not None:
@@ -141,7 +163,8 @@ class Node:
                  manager: ManagerLink | EmbeddedManager | None = None) -> None:
         self.peer_settings = peer
         self.embedded_scheduler = scheduler
-        self.scheduler_node = (SchedulerNode(scheduler.settings, scheduler.listen, peer.tls)
+        self.local_kv = MemoryKV()  # `run`: its manager's jobs reach its scheduler here
+        self.scheduler_node = (SchedulerNode(scheduler.settings, scheduler.listen, peer.tls, local_kv=self.local_kv)
                                if scheduler is not None else None)
         self.manager = manager
         self.membership: ManagerClient | None = None
@@ -160,18 +183,31 @@ class Node:
                             location=peer.location, seed=peer.seed, upload_slots=peer.upload_slots)
         self.scheduler = SchedulerClient(peer.schedulers, host, tls=peer.tls)
         self.network = Network(self.scheduler, registry_client, peer_metrics, is_seed=peer.seed, tls=peer.tls)
+        cluster = ClusterTags(self.network)
         sourcing: Sourcing
         seed_duty: SeedDuty | None
         if peer.seed:
             sourcing = SeedSourcing(registry_client, metrics.source_bytes, self.network)
-            seed_duty = SeedDuty(registry_for_peers(resolver), self.network.seed_failed)
+            seed_duty = SeedDuty(registry_for_peers(resolver), self.network.seed_failed, cluster.confirm)
         else:
             sourcing, seed_duty = NetworkSourcing(registry_client, self.network), None
         self.blobs = BlobService(store, registry_client, sourcing, metrics,
                                  stall_timeout=mirror_settings.download_stall_timeout)
-        self.mirror = Mirror(mirror_settings, self.blobs, registry_client, resolver, metrics)
+        self.mirror = mirror = Mirror(mirror_settings, self.blobs, registry_client, resolver, metrics, cluster)
+        if peer.seed:  # a seed confirms tags itself, at the registry its own map names
+            upstream_of = registry_for_peers(resolver)
+            cluster.resolve_here = lambda confirm: mirror.confirm_tag(confirm, upstream_of(confirm.registry))
+        # `run` without a cluster identity: its manager signs preheat statements with a key
+        # only this process holds; with one, the manager's certificate signs them.
+        self.statement_key = secrets.token_bytes(32) if scheduler is not None and peer.tls is None else None
+        verifier = (Verifier.of_tls_dir(peer.tls.directory) if peer.tls is not None
+                    else Verifier(shared_key=self.statement_key))
+        preheat = PreheatDuty(registry_for_peers(resolver), self.mirror.keep_preheated,
+                              credentials_opener(peer.tls, peer.resolved_host_id), verifier.verify,
+                              mirror_settings.cache_quota)
         self.upload = UploadServer(self.blobs, self.network, seed_duty, peer_metrics, metrics.registry,
-                                   peer.upload_slots, rate=peer.upload_rate, send_timeout=peer.peer_send_timeout)
+                                   peer.upload_slots, rate=peer.upload_rate, send_timeout=peer.peer_send_timeout,
+                                   preheat=preheat)
 
     def sites(self, listen: tuple[str, int]) -> list[Site]:
         """The node's servers: the scheduler if embedded, the mirror on ``listen``, the
@@ -188,6 +224,8 @@ class Node:
         return sites
 
     async def started(self) -> None:
+        if self.scheduler_node is not None:
+            await self.scheduler_node.started()  # its preheat worker; it joins run's manager below
         await self.scheduler.start()
         if self._manager_socket is not None:
             self._manager_start = asyncio.create_task(self._serve_embedded_manager(self._manager_socket),
@@ -232,7 +270,8 @@ class Node:
         assert isinstance(self.manager, EmbeddedManager)
         settings = self.manager.settings
         try:
-            service = await start_manager(settings)
+            signer = Signer.with_shared_key(self.statement_key) if self.statement_key is not None else None
+            service = await start_manager(settings, JobBoard(self.local_kv), signer)
         except RuntimeError as error:
             sock.close()
             log.error("the embedded manager cannot start (%s): running without it and its console", error)
@@ -284,6 +323,12 @@ def _bind_or_warn(listen: tuple[str, int]) -> socket.socket | None:
                     "console; give --manager-listen another address to have them", host, port,
                     error.strerror or error)
         return None
+
+
+def credentials_opener(tls: ClusterTLS | None, host_id: str) -> Callable[[str, Statement], str]:
+    """How this host opens a preheat job's credentials sealed for it (with its cluster key)."""
+    key = load_private_key((tls.directory / KEY_FILE).read_bytes()) if tls is not None else None
+    return lambda value, statement: open_on_host(value, key, statement.credentials_context(host_id))
 
 
 def registry_for_peers(resolver: UpstreamResolver) -> Callable[[str], str]:

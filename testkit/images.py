@@ -15,6 +15,7 @@ from testkit.registry import RegistryClient
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 BUSYBOX = "/bin/busybox"
@@ -86,8 +87,9 @@ def build_image(name: str, layer_sizes: list[int], tag: str = "latest") -> Image
 
 
 def image_from_layers(name: str, layers: list[Layer], command: list[str], tag: str = "latest",
-                      path: str = "/usr/local/bin:/usr/bin:/bin") -> Image:
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+                      path: str = "/usr/local/bin:/usr/bin:/bin", arch: str | None = None) -> Image:
+    """An image of ``layers`` for linux on ``arch`` (default: this machine's)."""
+    arch = arch or {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     config = json.dumps({
         "architecture": arch, "os": "linux",
         "config": {"Cmd": command, "Env": [f"PATH={path}"]},
@@ -106,3 +108,15 @@ def push_image(client: RegistryClient, image: Image) -> None:
         client.push_blob(image.name, layer.data)
     client.push_blob(image.name, image.config)
     client.push_manifest(image.name, image.tag, image.manifest, OCI_MANIFEST)
+
+
+def push_index(client: RegistryClient, name: str, tag: str, entries: list[tuple[Image | bytes, dict]]) -> bytes:
+    """An OCI index of already pushed manifests (an Image's, or the bytes of one), each with its platform."""
+    manifests = []
+    for source, described in entries:
+        body = source.manifest if isinstance(source, Image) else source
+        manifests.append({"mediaType": OCI_MANIFEST, "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
+                          "size": len(body), "platform": described})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}).encode()
+    client.push_manifest(name, tag, index, OCI_INDEX)
+    return index

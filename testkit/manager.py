@@ -32,7 +32,8 @@ class Manager:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls_dir else 'http'}://127.0.0.1:{self.port}"
+        host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "::") else self.listen_host
+        return f"{'https' if self.tls_dir else 'http'}://{host}:{self.port}"
 
     @property
     def verify(self) -> ssl.SSLContext | bool:

@@ -28,18 +28,22 @@ def redis_server_path() -> str:
 @dataclass
 class RedisServer:
     port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"  # the address it binds (a bridge's, to be reached from network namespaces)
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="damselfly-redis-")))
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> "RedisServer":
         log = open(self.workdir / "redis.log", "ab")
+        # Protected mode admits loopback clients only; bound to another address (a benchmark's
+        # bridge, which only its network namespaces reach), that bind is the limit instead.
+        protected = "yes" if self.host in ("127.0.0.1", "::1") else "no"
         self.process = subprocess.Popen(
-            [redis_server_path(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes", "--daemonize", "no"],
+            [redis_server_path(), "--bind", self.host, "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", protected, "--daemonize", "no"],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         wait_until(self.ping, 15, f"redis-server on port {self.port} (log: {self.workdir / 'redis.log'})")
@@ -50,12 +54,12 @@ class RedisServer:
             raise RuntimeError(f"redis-server exited with {self.process.returncode}: "
                                f"{(self.workdir / 'redis.log').read_text()[-2000:]}")
         try:
-            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+            return bool(redis.Redis(host=self.host, port=self.port, socket_timeout=1).ping())
         except redis.exceptions.ConnectionError:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return redis.Redis(host=self.host, port=self.port, socket_timeout=5)
 
     def stop(self) -> None:
         stop_process(self.process, kill=True)

@@ -92,23 +92,40 @@ class Registry:
         return [e for e in self.access_log() if e.method == "GET" and e.path.split("?")[0].endswith(suffix)]
 
 
+def htpasswd_auth(workdir: Path, users: dict[str, str]) -> dict:
+    """The ``auth:`` section of a registry that wants Basic credentials of ``users`` (name ->
+    password), with its htpasswd file (bcrypt, the only hash docker-registry reads) in ``workdir``."""
+    import bcrypt  # a test dependency only: the benchmarks import this module too
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "htpasswd"
+    path.write_text("".join(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()}\n"
+                            for user, password in users.items()))
+    return {"htpasswd": {"realm": "damselfly-test", "path": str(path)}}
+
+
 class RegistryClient:
-    """Pushes blobs and manifests, doing the Bearer token dance when the registry asks."""
+    """Pushes blobs and manifests, doing the Bearer token dance when the registry asks, or
+    sending Basic credentials when it asks for them."""
 
     def __init__(self, base_url: str, credentials: tuple[str, str] | None = None) -> None:
         self.base_url = base_url
         self.credentials = credentials
         self.http = httpx.Client(timeout=120)
-        self._tokens: dict[str, str] = {}
+        self._authorizations: dict[str, str] = {}  # by scope
 
     def _request(self, method: str, url: str, scope: str, **kwargs) -> httpx.Response:
         headers = dict(kwargs.pop("headers", {}))
-        if scope in self._tokens:
-            headers["Authorization"] = f"Bearer {self._tokens[scope]}"
+        if scope in self._authorizations:
+            headers["Authorization"] = self._authorizations[scope]
         response = self.http.request(method, url, headers=headers, **kwargs)
         if response.status_code == 401 and "content" not in kwargs:
-            self._tokens[scope] = self._fetch_token(response.headers["WWW-Authenticate"], scope)
-            headers["Authorization"] = f"Bearer {self._tokens[scope]}"
+            challenge = response.headers["WWW-Authenticate"]
+            if challenge.startswith("Basic") and self.credentials:
+                self._authorizations[scope] = basic_auth(*self.credentials)
+            else:
+                self._authorizations[scope] = f"Bearer {self._fetch_token(challenge, scope)}"
+            headers["Authorization"] = self._authorizations[scope]
             response = self.http.request(method, url, headers=headers, **kwargs)
         return response
 

@@ -81,7 +81,8 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
     for count in counts:
         with tempfile.TemporaryDirectory(prefix="dfly-") as scratch:
             try:
-                cluster = Cluster(Path(scratch), count, registry_rate, node_rate, delay, log=console.print)
+                cluster = Cluster(Path(scratch), count, registry_rate, node_rate, delay, log=console.print,
+                                  preheat="preheat" in chosen)
             except NetnsError as exc:
                 raise click.ClickException(f"cannot build the cluster network: {exc}") from None
             try:
@@ -94,12 +95,16 @@ def run(nodes: str, image: str, large_size: int, scenarios: str, registry_rate: 
                         console.print(f"round {round_index + 1}/{rounds}")
                     for scenario in chosen:
                         result = cluster.run_scenario(scenario, built, command)
+                        node = rate_bytes_per_second(node_rate)
                         if scenario == "p2p-cold" and result.start_seconds:
-                            node = rate_bytes_per_second(node_rate)
                             result.bound_seconds = distribution_bound(result.image_bytes, count, node, node, node)
                             # distribution time: until the last node had the image (its unpack and run are not distribution)
                             distributed = max(result.download_seconds or result.start_seconds)
                             result.bound_ratio = distributed / result.bound_seconds
+                        if scenario == "preheat" and result.preheat_seconds:
+                            # the same bound: the seed and every node hold the image when the job succeeds
+                            result.bound_seconds = distribution_bound(result.image_bytes, count, node, node, node)
+                            result.bound_ratio = result.preheat_seconds[0] / result.bound_seconds
                         runs[scenario].append(result)
                 results.extend(merge_rounds(runs[scenario]) for scenario in chosen)
             finally:

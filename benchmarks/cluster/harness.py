@@ -18,6 +18,13 @@ an overlay on it; `ctr run --rootfs`):
 - nydus-p2p-remote: the blobs on the seed peer, not on the node;
 - nydus-p2p-local:  the blobs whole in the node's own daemon, the chunk cache empty;
 - nydus-cache:      the chunks the command reads already in the node's chunk cache.
+And a preheat through the manager:
+- preheat:          every daemon emptied, then a preheat job with scope all_peers (POST
+                    /api/v1/jobs on a manager sharing a Redis with the scheduler), timed
+                    from the POST until the job reads SUCCESS; then every node starts the
+                    image through its daemon as in p2p-local, from what the preheat placed.
+                    The manager and Redis run (in the root namespace, on the bridge's
+                    address) only when this scenario is chosen.
 A node's start time runs from the pull's (or the mount's) start to the container command's exit.
 """
 
@@ -36,24 +43,34 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import httpx
 from benchmarks.cluster.netns import Host, Network, remove_stale
 from benchmarks.sampling import Sampler
+from damselfly.lib.tls import issue
 from damselfly.nydus.service import ServiceClient, ServiceError
 from damselfly.registry.blocking import RegistryClient as PullClient  # the harness's own RegistryClient pushes
 from testkit.cluster import SchedulerProcess, start_peer
 from testkit.containerd import Containerd
 from testkit.daemon import Damselfly
 from testkit.images import Image, push_image
+from testkit.manager import Manager
 from testkit.nydus import MountServiceProcess
+from testkit.redis import RedisServer
 from testkit.registry import Registry, RegistryClient
+from testkit.tls import ca_dir
+from testkit.wait import wait_until
 
 OCI_SCENARIOS = ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local", "local-registry"]
 NYDUS_SCENARIOS = ["nydus-cold", "nydus-p2p-cold", "nydus-p2p-remote", "nydus-p2p-local", "nydus-cache"]
-SCENARIOS = OCI_SCENARIOS + NYDUS_SCENARIOS
+PREHEAT_SCENARIOS = ["preheat"]
+SCENARIOS = OCI_SCENARIOS + NYDUS_SCENARIOS + PREHEAT_SCENARIOS
 NYDUS_TAG = "nydus"
 REGISTRY_PORT = 5000
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines while nodes pull
 DOWNLOAD_SAMPLE = 0.1  # seconds between reads of a node's link counter
+PREHEAT_POLL = 0.1  # seconds between the harness's looks at a preheat job
+PREHEAT_TIMEOUT = 1800  # the job's own timeout, in seconds
+FIRST_BLOB_BYTES = 64 * 1024  # what the registry's link must have sent for a preheat's blobs to have begun
 
 
 def p95(values: list[float]) -> float:
@@ -106,6 +123,11 @@ class ScenarioResult:
     download_seconds: list[float] = field(default_factory=list)
     seed_bytes: int = 0  # what the seed peer's host sent (pieces, and the scheduler's answers beside them)
     rounds: int = 1
+    # preheat: seconds from the POST until the job read SUCCESS (one per round), and until the
+    # registry's link had begun sending the blobs (the manager's and the scheduler's dispatch);
+    # download_seconds then count from the POST too
+    preheat_seconds: list[float] = field(default_factory=list)
+    preheat_dispatch_seconds: list[float] = field(default_factory=list)
 
     @property
     def p50(self) -> float:
@@ -135,6 +157,8 @@ def merge_rounds(rounds: list[ScenarioResult]) -> ScenarioResult:
         download_seconds=[s for r in rounds for s in r.download_seconds],
         seed_bytes=statistics.median_low(r.seed_bytes for r in rounds),
         rounds=len(rounds),
+        preheat_seconds=[s for r in rounds for s in r.preheat_seconds],
+        preheat_dispatch_seconds=[s for r in rounds for s in r.preheat_dispatch_seconds],
     )
 
 
@@ -142,9 +166,10 @@ class Cluster:
     """Everything one run creates; ``close()`` removes it, whatever state it is in."""
 
     def __init__(self, workdir: Path, nodes: int, registry_rate: str, node_rate: str, delay: str | None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, preheat: bool = False) -> None:
         self.workdir = workdir
         self.log = log
+        self.with_manager = preheat  # a manager and Redis beside the scheduler, for the preheat scenario
         remove_stale()
         self.network = Network()
         try:
@@ -163,19 +188,46 @@ class Cluster:
                               extra_config={"proxy": {"remoteurl": f"http://{self.registry_host.address}:{REGISTRY_PORT}"}})
         self.scheduler: SchedulerProcess | None = None
         self.seed: Damselfly | None = None
+        self.redis: RedisServer | None = None
+        self.manager: Manager | None = None
 
     def start(self) -> None:
         self.log("starting docker-registry, the pull-through cache, the scheduler and the seed peer")
         self.registry.start()
         self.proxy.start()
+        joins: list[str] = []
+        if self.with_manager:
+            self._start_manager()
+            assert self.manager is not None and self.redis is not None
+            joins = ["--manager", self.manager.url, "--redis", self.redis.url]
         # Members on a network: mutual TLS with certificates from this run's CA, as deployed.
         self.scheduler = SchedulerProcess(self.workdir / "scheduler", port=8002, host=self.seed_host.address,
-                                          wrap=self.seed_host.command(), tls=True).start()
+                                          wrap=self.seed_host.command(), tls=True, extra=joins).start()
+        if self.manager is not None:
+            with self.manager.root() as root:
+                wait_until(lambda: any(s["state"] == "active" for s in root.get("/schedulers").json()), 60,
+                           "the scheduler joining the manager")
         self.seed = self._daemon(self.seed_host, self.workdir / "seed", seed=True)
         for node in self.nodes:
             self.log(f"starting containerd and damselfly on {node.host.name} ({node.host.address})")
             node.containerd = self._containerd(node)
             node.daemon = self._daemon(node.host, node.workdir / "damselfly")
+
+    def _start_manager(self) -> None:
+        """Redis and a manager in the root namespace, on the bridge's address: the scheduler (on
+        the seed host) reaches both over its link, the harness and the manager reach the
+        registry over the bridge. The manager's certificate names that address, for the
+        harness's HTTPS client; members check its role, as deployed."""
+        gateway = self.network.gateway
+        self.log(f"starting Redis and the manager on {gateway}")
+        self.redis = RedisServer(host=gateway)  # close() stops it, however far start() got
+        self.redis.start()
+        tls = self.workdir / "manager-tls"
+        issue(ca_dir(), "bench-manager", ("manager",), tls, ips=(gateway,))
+        registry = f"{self.registry_host.address}:{REGISTRY_PORT}"
+        self.manager = Manager(self.workdir / "manager", listen_host=gateway, tls_dir=tls,
+                               args=["--redis", self.redis.url, "--registry", f"{registry}=http://{registry}"])
+        self.manager.start()
 
     def _daemon(self, host: Host, workdir: Path, seed: bool = False) -> Damselfly:
         assert self.scheduler is not None
@@ -220,6 +272,38 @@ class Cluster:
             node.daemon.stop()
             shutil.rmtree(node.workdir / "damselfly", ignore_errors=True)
             node.daemon = self._daemon(node.host, node.workdir / "damselfly")
+
+    def await_members(self) -> None:
+        """The scheduler knowing the seed and every node's daemon, and none that left: a
+        preheat goes to the live hosts the scheduler knows."""
+        scheduler = self.scheduler
+        assert scheduler is not None
+        wanted = len(self.nodes) + 1
+        wait_until(lambda: scheduler.metric("damselfly_scheduler_hosts", 'kind="all"') == wanted, 60,
+                   f"the scheduler knowing {wanted} hosts")
+
+    def preheat(self, image: Image, root: httpx.Client) -> tuple[float, float | None]:
+        """A preheat of the image to every peer, asked with ``root`` (the manager's API, signed
+        in as root): (seconds from the POST until the job read SUCCESS, seconds until the
+        registry's link had begun sending its blobs, if seen)."""
+        registry_sent = link_sampler(self.registry_host.link, DOWNLOAD_SAMPLE)
+        body = {"type": "preheat", "args": {"type": "image", "url": image.reference(self.registry.host),
+                                            "scope": "all_peers", "timeout": PREHEAT_TIMEOUT}}
+        with registry_sent:
+            started = time.monotonic()
+            answer = root.post("/jobs", json=body)
+            if answer.status_code != 201:
+                raise RuntimeError(f"POST /jobs: {answer.status_code} {answer.text.strip()}")
+            job = answer.json()
+            while job["state"] not in ("SUCCESS", "FAILURE", "CANCELLED"):
+                if time.monotonic() - started > PREHEAT_TIMEOUT + 60:
+                    raise RuntimeError(f"preheat job {job['id']} still {job['state']} after {PREHEAT_TIMEOUT + 60}s")
+                time.sleep(PREHEAT_POLL)
+                job = root.get(f"/jobs/{job['id']}").json()
+            seconds = time.monotonic() - started
+        if job["state"] != "SUCCESS":
+            raise RuntimeError(f"preheat job {job['id']} ended {job['state']}: {job.get('error')}")
+        return seconds, _reached(registry_sent.samples, FIRST_BLOB_BYTES)
 
     def _fill(self, daemons: list[Damselfly], image: Image, nydus: bool) -> None:
         """Every blob of the image (or of its nydus form), its config included, fetched whole
@@ -317,8 +401,10 @@ class Cluster:
 
     def run_scenario(self, scenario: str, image: Image, command: list[str]) -> ScenarioResult:
         self.log(f"scenario {scenario}: {len(self.nodes)} nodes")
-        if scenario in ("p2p-cold", "p2p-remote", "nydus-p2p-cold", "nydus-p2p-remote"):
+        if scenario in ("p2p-cold", "p2p-remote", "nydus-p2p-cold", "nydus-p2p-remote", "preheat"):
             self.empty_daemons()  # cold whatever ran before, in any order
+        if scenario == "preheat":
+            self.await_members()
         if scenario in ("p2p-remote", "nydus-p2p-remote"):
             assert self.seed is not None
             self._fill([self.seed], image, scenario.startswith("nydus"))
@@ -359,7 +445,7 @@ class Cluster:
             if scenario == "local-registry":
                 assert node.registry is not None
                 pull = ["images", "pull", "--plain-http", image.reference(node.registry.host)]
-            if scenario.startswith("p2p"):
+            if scenario.startswith("p2p") or scenario == "preheat":
                 pull = ["images", "pull", "--hosts-dir", str(self._hosts_dir(node, node.daemon.url)), reference]
             node.containerd.ctr(*pull, timeout=1800, via=tuple(node.host.command()))
             # ctr fails on a non-zero exit. Its copy of a short-lived task's output is racy under load,
@@ -369,10 +455,25 @@ class Cluster:
 
         errors: list[str] = []
         seconds: list[float] = []
+        preheated: list[float] = []
+        dispatched: list[float] = []
         with contextlib.ExitStack() as samplers, ThreadPoolExecutor(len(self.nodes)) as pool:
+            if scenario == "preheat":
+                assert self.manager is not None, "the preheat scenario needs Cluster(preheat=True)"
+                root = samplers.enter_context(self.manager.root())  # signed in before the samplers start
             for counter in (sampler, seed_sent, *arrivals):
                 samplers.enter_context(counter)
-            futures = {pool.submit(one, n): n for n in self.nodes}
+            if scenario == "preheat":  # placed everywhere before any start's clock runs
+                try:
+                    took, began = self.preheat(image, root)
+                    preheated.append(took)
+                    dispatched.extend([began] if began is not None else [])
+                    self.log(f"  preheat: SUCCESS in {took:.2f}s (registry sending blobs after "
+                             f"{'?' if began is None else f'{began:.2f}'}s)")
+                except Exception as exc:  # noqa: BLE001 - reported in the results, the run goes on
+                    errors.append(f"preheat: {exc}")
+                    self.log(f"  preheat: FAILED {exc}")
+            futures = {pool.submit(one, n): n for n in self.nodes} if not errors else {}
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=PROGRESS_INTERVAL, return_when=FIRST_COMPLETED)
@@ -396,7 +497,8 @@ class Cluster:
                               sum(e.bytes for e in blob_entries), len(after), not errors, errors, sampler.samples,
                               fetched_bytes=fetched,
                               download_seconds=[] if None in downloads else downloads,
-                              seed_bytes=seed_sent.peak)
+                              seed_bytes=seed_sent.peak, preheat_seconds=preheated,
+                              preheat_dispatch_seconds=dispatched)
 
     def _local_registries(self, image: Image) -> None:
         """A docker-registry on every node, holding the image (pushed before the clock starts)."""
@@ -416,7 +518,9 @@ class Cluster:
             for process in (node.mount_service, node.daemon, node.containerd, node.registry):
                 if process is not None:
                     process.stop()
-        for process in (self.seed, self.scheduler, self.proxy, self.registry):
+        for process in (self.seed, self.scheduler, self.manager, self.proxy, self.registry):
             if process is not None:
                 process.stop()
+        if self.redis is not None:
+            self.redis.close()
         self.network.close()

@@ -183,19 +183,21 @@ class BlobService:
         self._uncached_readers = ThreadPoolExecutor(32, thread_name_prefix="blob-uncached")
 
     @contextlib.asynccontextmanager
-    async def open(self, digest: Digest, origin: Origin, ranged: bool = False) -> AsyncIterator[BlobReader]:
+    async def open(self, digest: Digest, origin: Origin, ranged: bool = False,
+                   length: int | None = None) -> AsyncIterator[BlobReader]:
         """A reader for ``digest``: from the store, a download in flight, or a new download.
 
         ``ranged``: the caller reads a range; a download it starts is marked as read in ranges.
+        ``length``: known already (from a checked manifest), for a download the registry cannot size now.
         """
-        reader = await self._open(digest, origin, ranged)
+        reader = await self._open(digest, origin, ranged, length)
         try:
             yield reader
         finally:
             reader.close()
             self._release(reader)
 
-    async def _open(self, digest: Digest, origin: Origin, ranged: bool) -> BlobReader:
+    async def _open(self, digest: Digest, origin: Origin, ranged: bool, length: int | None) -> BlobReader:
         key = str(digest)
         for _ in range(3):  # a refused start by another caller's credentials: try with ours
             stored = self.store.lookup(digest)
@@ -209,7 +211,7 @@ class BlobService:
             starting = self._starting.get(key)
             if starting is None:
                 self.events.cache_miss()
-                return await self._start(digest, origin, ranged)
+                return await self._start(digest, origin, ranged, length)
             try:
                 await asyncio.shield(starting)
             except SourceRefused:
@@ -227,7 +229,7 @@ class BlobService:
         origin = self._task_origins[str(task.digest)]
         # Registries, not repositories: a registry is trusted for its own blobs, under any name.
         foreign = caller is not None and origin_key(caller.registry, "") != origin_key(origin.registry, "")
-        return self._reader(task, origin, protected=origin.authorization is not None, started_here=started_here,
+        return self._reader(task, origin, protected=origin.protected, started_here=started_here,
                             from_cache=False, check_first=foreign)
 
     def _reader(self, task: Task, origin: Origin, **kwargs: bool) -> BlobReader:
@@ -243,14 +245,14 @@ class BlobService:
         self.events.uncached_stream(full.reason)
         log.warning("%s goes to a caller uncached from %s/%s: %s", digest, origin.registry, origin.repository,
                     full.message)
-        return BlobReader(self, digest, stream.length, origin, protected=origin.authorization is not None,
+        return BlobReader(self, digest, stream.length, origin, protected=origin.protected,
                           started_here=True, from_cache=False, stream=stream)
 
     def protected_download(self, digest: Digest) -> tuple[Task, Origin] | None:
         """A download in flight of a blob fetched with credentials, with where it comes from."""
         key = str(digest)
         origin, task = self._task_origins.get(key), self._tasks.get(key)
-        if origin is None or task is None or origin.authorization is None:
+        if origin is None or task is None or not origin.protected:
             return None
         return task, origin
 
@@ -261,7 +263,7 @@ class BlobService:
         if stored is not None:
             return origin_key(stored.meta.registry, stored.meta.repository) if stored.meta.protected else None
         origin = self._task_origins.get(str(digest))
-        if origin is None or origin.authorization is None:
+        if origin is None or not origin.protected:
             return None
         return origin_key(origin.registry, origin.repository)
 
@@ -349,16 +351,17 @@ class BlobService:
             del self._readers[key]
             self.store.collect_garbage()
 
-    async def _start(self, digest: Digest, origin: Origin, ranged: bool) -> BlobReader:
+    async def _start(self, digest: Digest, origin: Origin, ranged: bool, length: int | None) -> BlobReader:
         try:
-            task = await self._begin(digest, origin, ranged)
+            task = await self._begin(digest, origin, ranged, length=length)
         except NoRoom as full:
             return await self._uncached_reader(digest, origin, full)
         return self._task_reader(task, started_here=True)
 
-    async def prefetch(self, digest: Digest, origin: Origin, ranged: bool = False) -> None:
+    async def prefetch(self, digest: Digest, origin: Origin, ranged: bool = False, length: int | None = None) -> None:
         """Make sure a download of ``digest`` runs (a seed peer told to fetch a task, which
-        peers read in ranges if ``ranged``)."""
+        peers read in ranges if ``ranged``; a preheat, which knows the ``length`` from the
+        manifest: a peer then need not ask the registry)."""
         key = str(digest)
         if self.store.lookup(digest) is not None or key in self._tasks:
             self.sourcing.offer(self._tasks.get(key) or self._stored_task(digest), origin)
@@ -367,11 +370,51 @@ class BlobService:
             await asyncio.shield(self._starting[key])
             return
         try:
-            await self._begin(digest, origin, ranged, by_ranges=ranged)
+            await self._begin(digest, origin, ranged, by_ranges=ranged, length=length)
         except NoRoom as full:
             if full.stream is not None:  # nobody here to read it uncached
                 full.stream.close()
             raise
+
+    async def place(self, digest: Digest, origin: Origin, length: int | None = None) -> None:
+        """Hold ``digest`` in the store (a preheat): start or join its download, and return
+        once it is stored. SourceRefused or SourceUnavailable (with the download's reason) if
+        it is not."""
+        await self.prefetch(digest, origin, length=length)
+        task = self.local_task(digest)
+        download = self._downloads.get(str(digest))
+        if download is not None:
+            await asyncio.shield(download)
+        if self.store.lookup(digest) is None:
+            reason = task.error if task is not None and task.error else "the download ended without the blob"
+            raise SourceUnavailable(502, reason)
+
+    async def keep(self, digest: Digest, body: bytes, origin: Origin) -> None:
+        """Hold ``body``, already checked against ``digest``, as that blob, offered to the
+        network like a download's: a seed's copy of a manifest, which nodes then fetch
+        through P2P while the registry is down. A store without room keeps nothing."""
+        if self.store.lookup(digest) is None and str(digest) not in self._tasks:
+            try:
+                self.store.reserve(len(body))
+            except (BlobTooLarge, StoreFull) as exc:
+                log.warning("%s not held for the cluster: %s", digest, exc)
+                return
+            path = self.store.new_incoming(digest)
+            try:
+                await asyncio.to_thread(_write_synced, path, body)
+                task = Task(digest, len(body), path, complete=True)
+                self.store.commit(path, digest, BlobMeta(
+                    length=len(body), protected=origin.protected, registry=origin.registry,
+                    repository=origin.repository, stored_at=time.time(), piece_length=task.piece_length,
+                    piece_digests=list(_piece_digests(task).values())))
+            except OSError as exc:
+                self.store.unreserve(digest, len(body))
+                self.store.discard(path)
+                log.warning("%s not held for the cluster: %s", digest, exc)
+                return
+        task = self.local_task(digest)
+        if task is not None:
+            self.sourcing.offer(task, origin)
 
     def local_task(self, digest: Digest) -> Task | None:
         """The task as this node holds it: downloading, or complete in the store."""
@@ -416,7 +459,8 @@ class BlobService:
             task.digests = dict(self._relaid[key])
         return task
 
-    async def _begin(self, digest: Digest, origin: Origin, ranged: bool, by_ranges: bool = False) -> Task:
+    async def _begin(self, digest: Digest, origin: Origin, ranged: bool, by_ranges: bool = False,
+                     length: int | None = None) -> Task:
         """Start one download of ``digest``; concurrent callers wait on the same start.
 
         The node's sourcing opens the download (see blobs.sourcing); ``by_ranges``: a seed
@@ -434,7 +478,7 @@ class BlobService:
         self._task_started = asyncio.Event()
         download: Download | None = None
         try:
-            download = await self.sourcing.open(digest, origin, by_ranges)
+            download = await self.sourcing.open(digest, origin, by_ranges, length)
             resumed = await self.resume(digest, download.length, origin) if download.resumable else None
             task = self._claim(digest, download, resumed)
         except BaseException as exc:
@@ -494,7 +538,7 @@ class BlobService:
         if partial.length != length or partial.piece_length != piece_length_for(length):
             self.store.discard(path)  # another blob, or pieces of an earlier rule: start again
             return None
-        if partial.protected and (origin.authorization is None
+        if partial.protected and (not origin.protected
                                   or partial.origin != origin_key(origin.registry, origin.repository)):
             log.info("not resuming %s: it was fetched with credentials from elsewhere; starting again", digest)
             self.store.discard(path)
@@ -535,7 +579,7 @@ class BlobService:
         self.store.checkpoint(task.path, Partial(
             length=task.length, piece_length=task.piece_length, pieces=pieces,
             digests={str(i): task.digests[i] for i in pieces if i in task.digests},
-            protected=key in self._task_origins and self._task_origins[key].authorization is not None,
+            protected=key in self._task_origins and self._task_origins[key].protected,
             origin=origin_key(self._task_origins[key].registry, self._task_origins[key].repository)
             if key in self._task_origins else ""))
 
@@ -551,7 +595,7 @@ class BlobService:
             self._committing.add(key)  # verified: shutdown lets it reach the store
             await asyncio.to_thread(_fsync, task.path)  # before it counts as stored; readers need not wait
             stored = self.store.commit(task.path, task.digest, BlobMeta(
-                length=task.length, protected=origin.authorization is not None, registry=origin.registry,
+                length=task.length, protected=origin.protected, registry=origin.registry,
                 repository=origin.repository, stored_at=time.time(), piece_length=task.piece_length,
                 piece_digests=[task.digests[i] for i in range(task.piece_count)]
                 if len(task.digests) == task.piece_count else None))
@@ -644,6 +688,13 @@ def _verified_pieces(task: Task, pieces: list[int], digests: dict[int, str]) -> 
             if piece_matches(f.read(size), digests[index]):
                 good.append(index)
     return good
+
+
+def _write_synced(path: Path, body: bytes) -> None:
+    with open(path, "wb") as file:
+        file.write(body)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def _fsync(path: Path) -> None:

@@ -56,9 +56,10 @@ class Download:
 class Sourcing(Protocol):
     """How this node's downloads get their bytes, and what the P2P network hears of them."""
 
-    async def open(self, digest: Digest, origin: Origin, by_ranges: bool) -> Download:
+    async def open(self, digest: Digest, origin: Origin, by_ranges: bool, length: int | None = None) -> Download:
         """Ask the source for the blob; raise SourceRefused or SourceUnavailable. ``by_ranges``:
-        a seed told to fetch a task that its peers read in ranges."""
+        a seed told to fetch a task that its peers read in ranges. ``length``: known already
+        (a preheat's manifest said it); a source that reads the registry learns it there anyway."""
 
     def offer(self, task: Task, origin: Origin) -> None:
         """A task this node downloads or holds, offered to the P2P network (a seed's part)."""
@@ -99,7 +100,7 @@ class OriginSourcing:
         # Threads that copy origin downloads: their own pool, so long copies never starve to_thread.
         self._copiers = ThreadPoolExecutor(32, thread_name_prefix="blob-copy")
 
-    async def open(self, digest: Digest, origin: Origin, by_ranges: bool) -> Download:
+    async def open(self, digest: Digest, origin: Origin, by_ranges: bool, length: int | None = None) -> Download:
         if by_ranges:
             length = await self.source.blob_length(origin, digest)
             return Download(length, lambda task: self._fill_by_ranges(task, origin))
@@ -152,8 +153,9 @@ class NetworkSourcing:
         self.registry = registry
         self.network = network
 
-    async def open(self, digest: Digest, origin: Origin, by_ranges: bool) -> Download:
-        length = await self.registry.blob_length(origin, digest)  # with the caller's credentials
+    async def open(self, digest: Digest, origin: Origin, by_ranges: bool, length: int | None = None) -> Download:
+        if length is None:
+            length = await self.registry.blob_length(origin, digest)  # with the caller's credentials
         return Download(length, lambda task: self.network.download(task, origin), resumable=True)
 
     def offer(self, task: Task, origin: Origin) -> None:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import json
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Literal, Sequence
 from urllib.parse import urlsplit
 
-from damselfly.core.oci import Digest, OCIError, validate_repository
+from damselfly.core.oci import Digest, OCIError, registry_name, validate_repository
+from damselfly.lib.signed import Signature
 
 JobState = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
 JOB_STATES: tuple[JobState, ...] = ("PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED")
@@ -28,7 +30,8 @@ SCOPES: tuple[Scope, ...] = ("single_seed_peer", "all_seed_peers", "all_peers")
 HostState = Literal["pending", "fetching", "done", "failed"]
 MAX_MANIFEST_BYTES = 4 << 20  # as the mirror keeps them
 MAX_JOB_MANIFESTS = 256
-MAX_JOB_BLOBS = 10_000
+MAX_ERROR = 1000  # characters of a reported error or host id
+MAX_JOB_BLOBS = 1000  # an image has far fewer layers; the statement travels with every placement
 
 
 class JobError(ValueError):
@@ -71,45 +74,121 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class PreheatJob:
-    """What a scheduler's worker gets: everything to place, where, until when.
+class Statement:
+    """What the manager resolved and signs: the only source a host takes a preheat's
+    registry, repository, privacy, tags and digests from (see damselfly.lib.signed)."""
 
-    ``tags`` maps a tag of ``repository`` to the digest it resolved to when the manager
-    asked. ``sealed`` maps a seed peer's host id to the credentials sealed for it alone.
-    """
-
-    id: int
-    cluster_id: int
+    job_id: int
     registry: str  # the registry's name, as peers name it in seed triggers
     repository: str
     private: bool
-    manifests: tuple[Manifest, ...]
-    tags: dict[str, str]
-    blobs: tuple[Blob, ...]
-    selection: Selection
-    deadline: float  # seconds since the epoch
-    sealed: dict[str, str] = field(default_factory=dict)
+    deadline: float  # seconds since the epoch: a host refuses the statement after it
+    tags: dict[str, str]  # tag of ``repository``: the digest it resolved to
+    manifests: tuple[str, ...]  # digests
+    blobs: dict[str, int]  # digest: size
 
     @property
     def total_bytes(self) -> int:
-        return sum(blob.size for blob in self.blobs)
+        return sum(self.blobs.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "registry": self.registry, "repository": self.repository,
+                "private": self.private, "deadline": self.deadline, "tags": dict(self.tags),
+                "manifests": list(self.manifests), "blobs": dict(self.blobs)}
+
+    def credentials_context(self, host_id: str) -> str:
+        """What a seed's sealed credentials are bound to: they open for this job, this host,
+        this registry and repository, and this deadline only."""
+        return f"preheat job {self.job_id} for {host_id} at {self.registry}/{self.repository} until {self.deadline!r}"
+
+    def canonical(self) -> bytes:
+        """The bytes that are signed: one encoding whoever computes them."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, document: Any) -> "Statement":
+        try:
+            doc = _object(document, "statement")
+            private = doc["private"]
+            if not isinstance(private, bool):
+                raise JobError("private: not a boolean")
+            deadline = doc["deadline"]
+            if not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
+                raise JobError("deadline: not a number")
+            statement = cls(
+                _int(doc["job_id"], "job_id"), _str(doc["registry"], "registry"),
+                _str(doc["repository"], "repository"), private, float(deadline),
+                {_str(t, "tag"): _digest(d) for t, d in _object(doc["tags"], "tags").items()},
+                tuple(_digest(d) for d in _list(doc["manifests"], "manifests", MAX_JOB_MANIFESTS)),
+                {_digest(d): _int(n, "size") for d, n in _object(doc["blobs"], "blobs").items()})
+            if len(statement.blobs) > MAX_JOB_BLOBS:
+                raise JobError(f"blobs: more than {MAX_JOB_BLOBS}")
+            if len(statement.tags) > MAX_JOB_MANIFESTS:
+                raise JobError(f"tags: more than {MAX_JOB_MANIFESTS}")
+            validate_repository(statement.repository)
+            registry_name(statement.registry)
+        except KeyError as missing:
+            raise JobError(f"statement: {missing.args[0]} is missing") from None
+        except OCIError as error:
+            raise JobError(f"statement: {error.message}") from None
+        for tag, digest in statement.tags.items():
+            if digest not in statement.manifests:
+                raise JobError(f"tag {tag} points at {digest}, which is not among the manifests")
+        return statement
+
+
+@dataclass(frozen=True)
+class SignedStatement:
+    statement: Statement
+    signature: Signature
+
+    def to_json(self) -> dict[str, Any]:
+        return {"statement": self.statement.to_json(),
+                "signature": {"kind": self.signature.kind, "value": self.signature.value,
+                              "certificate": self.signature.certificate}}
+
+    @classmethod
+    def from_json(cls, document: Any) -> "SignedStatement":
+        doc = _object(document, "signed statement")
+        try:
+            signature = _object(doc["signature"], "signature")
+            return cls(Statement.from_json(doc["statement"]),
+                       Signature(_str(signature["kind"], "kind"), _str(signature["value"], "signature"),
+                                 _str(signature.get("certificate", ""), "certificate")))
+        except KeyError as missing:
+            raise JobError(f"signed statement: {missing.args[0]} is missing") from None
+
+
+@dataclass(frozen=True)
+class PreheatJob:
+    """What a scheduler's worker gets: the signed statement, the manifests' bytes, where
+    to place them, and ``sealed``: a seed peer's host id -> the credentials sealed for it."""
+
+    id: int
+    cluster_id: int
+    signed: SignedStatement
+    manifests: tuple[Manifest, ...]
+    selection: Selection
+    sealed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def statement(self) -> Statement:
+        return self.signed.statement
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "cluster_id": self.cluster_id, "registry": self.registry, "repository": self.repository,
-            "private": self.private,
+            "id": self.id, "cluster_id": self.cluster_id, "signed": self.signed.to_json(),
             "manifests": [{"digest": m.digest, "media_type": m.media_type,
                            "body": base64.b64encode(m.body).decode()} for m in self.manifests],
-            "tags": dict(self.tags),
-            "blobs": [{"digest": b.digest, "size": b.size, "media_type": b.media_type} for b in self.blobs],
             "selection": {"scope": self.selection.scope, "count": self.selection.count,
                           "percentage": self.selection.percentage, "ips": list(self.selection.ips)},
-            "deadline": self.deadline, "sealed": dict(self.sealed),
+            "sealed": dict(self.sealed),
         }
 
     @classmethod
     def from_json(cls, document: Any) -> "PreheatJob":
-        """JobError for anything but a job this module wrote (a queue is not trusted to be sane)."""
+        """JobError for anything but a job this module wrote (a queue is not trusted to be sane;
+        the hosts check the signature)."""
         try:
             doc = _object(document, "job")
             selection = _object(doc["selection"], "selection")
@@ -118,27 +197,23 @@ class PreheatJob:
                 raise JobError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
             job = cls(
                 id=_int(doc["id"], "id"), cluster_id=_int(doc["cluster_id"], "cluster_id"),
-                registry=_str(doc["registry"], "registry"), repository=_str(doc["repository"], "repository"),
-                private=bool(doc["private"]),
+                signed=SignedStatement.from_json(doc["signed"]),
                 manifests=tuple(_manifest(m) for m in _list(doc["manifests"], "manifests", MAX_JOB_MANIFESTS)),
-                tags={_str(t, "tag"): _digest(d) for t, d in _object(doc["tags"], "tags").items()},
-                blobs=tuple(Blob(_digest(b["digest"]), _int(b["size"], "size"), _str(b.get("media_type", ""), "media_type"))
-                            for b in (_object(x, "blob") for x in _list(doc["blobs"], "blobs", MAX_JOB_BLOBS))),
                 selection=Selection(scope, _optional_int(selection.get("count"), "count"),
                                     _optional_int(selection.get("percentage"), "percentage"),
                                     tuple(_str(ip, "ip") for ip in _list(selection.get("ips", []), "ips", 10_000))),
-                deadline=float(doc["deadline"]),
                 sealed={_str(k, "host id"): _str(v, "sealed") for k, v in _object(doc.get("sealed", {}), "sealed").items()},
             )
-            validate_repository(job.repository)
         except KeyError as missing:
             raise JobError(f"job: {missing.args[0]} is missing") from None
         except (TypeError, ValueError) as error:
             if isinstance(error, JobError):
                 raise
             raise JobError(f"job: {error}") from None
-        except OCIError as error:
-            raise JobError(f"job: {error.message}") from None
+        if job.statement.job_id != job.id:
+            raise JobError(f"job {job.id} carries the statement of job {job.statement.job_id}")
+        if {m.digest for m in job.manifests} != set(job.statement.manifests):
+            raise JobError("the job's manifests are not the ones its statement names")
         return job
 
 
@@ -281,15 +356,20 @@ class JobProgress:
             for entry in _list(doc.get("blobs", []), "blobs", MAX_JOB_BLOBS + MAX_JOB_MANIFESTS):
                 entry = _object(entry, "blob")
                 kind = entry.get("kind", "blob")
-                hosts = tuple(HostProgress(_str(h["host_id"], "host_id"), h["state"], h.get("error"))
+                hosts = tuple(HostProgress(_str(h["host_id"], "host_id")[:MAX_ERROR], h["state"],
+                                           _short_text(h.get("error")))
                               for h in (_object(x, "host") for x in _list(entry.get("hosts", []), "hosts", 100_000))
                               if h.get("state") in ("pending", "fetching", "done", "failed"))
                 blobs.append(BlobProgress(_digest(entry["digest"]), _int(entry["size"], "size"),
                                           "manifest" if kind == "manifest" else "blob", hosts))
-            error = doc.get("error")
-            return cls(state, tuple(blobs), error if isinstance(error, str) else None)
+            return cls(state, tuple(blobs), _short_text(doc.get("error")))
         except KeyError as missing:
             raise JobError(f"progress: {missing.args[0]} is missing") from None
+
+
+def _short_text(value: Any) -> str | None:
+    """A reported error as one bounded line of text (None for anything that is not text)."""
+    return " ".join(value.split())[:MAX_ERROR] if isinstance(value, str) else None
 
 
 def overall_state(parts: Sequence[JobState]) -> JobState:
@@ -316,3 +396,60 @@ def missing_summary(progress: JobProgress) -> str:
                       for b in missing[:5])
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
     return f"{len(missing)} of {len(progress.blobs)} not placed: {shown}{more}"
+
+
+# -- what a scheduler asks of a host ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Placement:
+    """POST {upload_url}/api/v1/preheat/blobs/{digest} (scheduler certificates only): hold
+    this blob of the signed statement, answering once it is stored. ``credentials``: for a
+    seed of a private image, the job's credentials sealed for this host."""
+
+    signed: SignedStatement
+    credentials: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"signed": self.signed.to_json(), "credentials": self.credentials}
+
+    @classmethod
+    def from_json(cls, document: Any) -> "Placement":
+        doc = _object(document, "placement")
+        credentials = doc.get("credentials")
+        if "signed" not in doc:
+            raise JobError("placement: signed is missing")
+        return cls(SignedStatement.from_json(doc["signed"]),
+                   None if credentials is None else _str(credentials, "credentials"))
+
+
+@dataclass(frozen=True)
+class ManifestPlacement:
+    """POST {upload_url}/api/v1/preheat/manifests: keep the statement's manifests, and its
+    tags' resolutions, for a pull while the registry is down. The host checks each body
+    against its digest, and that the signed statement names it."""
+
+    signed: SignedStatement
+    manifests: tuple[Manifest, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"signed": self.signed.to_json(),
+                "manifests": [{"digest": m.digest, "media_type": m.media_type,
+                               "body": base64.b64encode(m.body).decode()} for m in self.manifests]}
+
+    @classmethod
+    def from_json(cls, document: Any) -> "ManifestPlacement":
+        try:
+            doc = _object(document, "manifests")
+            placement = cls(SignedStatement.from_json(doc["signed"]),
+                            tuple(_manifest(m) for m in _list(doc["manifests"], "manifests", MAX_JOB_MANIFESTS)))
+        except KeyError as missing:
+            raise JobError(f"manifests: {missing.args[0]} is missing") from None
+        except ValueError as error:  # binascii.Error included
+            if isinstance(error, JobError):
+                raise
+            raise JobError(f"manifests: {error}") from None
+        named = set(placement.signed.statement.manifests)
+        for manifest in placement.manifests:
+            if manifest.digest not in named:
+                raise JobError(f"manifest {manifest.digest} is not one the statement names")
+        return placement

@@ -226,6 +226,14 @@ class Origin:
     registry: str
     repository: str
     authorization: str | None = None
+    # Private although no credentials come with it: a preheat of a private image tells a
+    # peer so (its bytes come from seeds, which had the credentials).
+    private: bool = False
+
+    @property
+    def protected(self) -> bool:
+        """Fetched with credentials: served only to callers the registry confirms."""
+        return self.authorization is not None or self.private
 
 
 class SourceRefused(Exception):

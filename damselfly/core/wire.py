@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence, cast, get_args
 
-from damselfly.core.oci import OCIError, registry_name, validate_repository
+from damselfly.core.oci import OCIError, is_digest_reference, registry_name, validate_reference, validate_repository
 
 # Piece API headers and limits, shared by the upload server and the piece fetcher.
 PIECE_DIGEST_HEADER = "X-Piece-Digest"  # on a seed's relay answer (503): the digests of the pieces it points at
@@ -557,3 +557,119 @@ class SeedAccepted:
     def from_json(cls, obj: Any) -> "SeedAccepted":
         return cls(parse_task_id(_Fields("SeedAccepted", obj).text("accepted")))
 
+
+
+# -- the cluster's tags and manifests ------------------------------------------------
+
+MAX_MEDIA_TYPE = 255
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what registries take (distribution spec); none larger is recorded
+MAX_INDEX_CHILDREN = 64  # an index's child manifests a seed keeps and records with it
+
+
+def _registry_and_repository(f: _Fields) -> tuple[str, str]:
+    registry = f.text("registry")
+    try:
+        registry_name(registry)
+    except ValueError:
+        raise f.fail("registry", f"must be a registry name host[:port], not {_show(registry)}") from None
+    repository = f.text("repository")
+    try:
+        validate_repository(repository)
+    except OCIError as exc:
+        raise f.fail("repository", exc.message) from None
+    return registry, repository
+
+
+def _tag(f: _Fields) -> str:
+    tag = f.text("tag")
+    try:
+        validate_reference(tag)
+    except OCIError as exc:
+        raise f.fail("tag", exc.message) from None
+    if is_digest_reference(tag):
+        raise f.fail("tag", "must be a tag, not a digest")
+    return tag
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """A manifest a seed fetched from its registry and holds as a blob of the manifest's
+    digest: a node without it fetches ``size`` bytes through P2P and checks them against
+    ``digest``. ``private``: fetched with credentials, shown only to confirmed callers."""
+
+    registry: str  # a name, host[:port]
+    repository: str  # where it came from: where a caller's access is confirmed
+    digest: str
+    size: int
+    media_type: str
+    private: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"registry": self.registry, "repository": self.repository, "digest": self.digest, "size": self.size,
+                "media_type": self.media_type, "private": self.private}
+
+    @classmethod
+    def from_json(cls, obj: Any, message: str = "ManifestRecord") -> "ManifestRecord":
+        f = _Fields(message, obj)
+        registry, repository = _registry_and_repository(f)
+        return cls(registry, repository, parse_task_id(f.text("digest")), f.integer("size", low=1,
+                   high=MAX_MANIFEST_BYTES), f.text("media_type", limit=MAX_MEDIA_TYPE), f.boolean("private"))
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    """A tag's resolution by a seed at its registry: the manifest it named then, and when."""
+
+    tag: str
+    manifest: ManifestRecord
+    resolved_at: float  # seconds since the epoch
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.manifest.to_json(), "tag": self.tag, "resolved_at": self.resolved_at}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "TagRecord":
+        f = _Fields("TagRecord", obj)
+        return cls(_tag(f), ManifestRecord.from_json(obj, "TagRecord"), f.number("resolved_at"))
+
+
+@dataclass(frozen=True)
+class TagPublication:
+    """POST {scheduler}/api/v1/tags: a seed publishes a tag it resolved at its registry, with
+    the manifests it keeps for it (the tag's, and an index's children). Seeds only."""
+
+    host_id: str
+    tag: TagRecord
+    manifests: tuple[ManifestRecord, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host_id": self.host_id, "tag": self.tag.to_json(),
+                "manifests": [manifest.to_json() for manifest in self.manifests]}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "TagPublication":
+        f = _Fields("TagPublication", obj)
+        return cls(f.text("host_id"), TagRecord.from_json(f.obj.get("tag")),
+                   tuple(ManifestRecord.from_json(m) for m in f.array("manifests", MAX_INDEX_CHILDREN + 1)))
+
+
+@dataclass(frozen=True)
+class TagConfirm:
+    """POST {seed upload_url}/api/v1/seed/tags: a node that resolved a tag at the registry
+    asks a seed to resolve it too, with the caller's credentials, and to publish what it
+    found. The seed trusts nothing of the node's answer: it asks the registry itself."""
+
+    registry: str
+    repository: str
+    tag: str
+    authorization: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"registry": self.registry, "repository": self.repository, "tag": self.tag,
+                "authorization": self.authorization}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "TagConfirm":
+        f = _Fields("TagConfirm", obj)
+        registry, repository = _registry_and_repository(f)
+        return cls(registry, repository, _tag(f), f.optional_text("authorization", MAX_AUTHORIZATION))

@@ -303,9 +303,10 @@ class Response:
     the session for the next request; closed before that, the connection is closed."""
 
     def __init__(self, session: "Session", origin: str, connection: http.client.HTTPConnection,
-                 raw: http.client.HTTPResponse, url: str) -> None:
+                 raw: http.client.HTTPResponse, url: str, sock: socket.socket | None = None) -> None:
         self._session, self._origin = session, origin
         self._connection: http.client.HTTPConnection | None = connection
+        self._sock = sock
         self.raw, self.url = raw, url
         self._content: bytes | None = None
         self._aborted = False
@@ -352,9 +353,12 @@ class Response:
         then not kept)."""
         self._aborted = True
         connection = self._connection
-        if connection is not None and connection.sock is not None:
+        # The connection's socket, or, once it handed the socket to this answer alone (a
+        # server that closes after it), the one it had: a read blocked on it must end.
+        sock = connection.sock if connection is not None and connection.sock is not None else self._sock
+        if sock is not None:
             with contextlib.suppress(OSError):
-                connection.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -430,7 +434,8 @@ class Session:
                   headers: dict[str, str], body: Body) -> Response:
         try:
             connection.request(method, target, body=body() if callable(body) else body, headers=headers)
-            return Response(self, origin, connection, connection.getresponse(), route.url)
+            sock = connection.sock  # the answer's socket: getresponse forgets it when the server will close
+            return Response(self, origin, connection, connection.getresponse(), route.url, sock)
         except BaseException as error:
             connection.close()
             refused = tunnel_refusal(error, route)

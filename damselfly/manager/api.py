@@ -9,6 +9,7 @@ app, so that `damselfly manager` serves it alone and `damselfly run` can embed i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import ssl
@@ -18,10 +19,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pydantic_core
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ValidationError
 
 from damselfly import __version__
+from damselfly.lib.kv import KV_ERRORS, RedisKV, connect
+from damselfly.lib.sealed import SealError, public_key_of_certificate
+from damselfly.lib.signed import Signer
 from damselfly.lib.serve import add_health_routes
 from damselfly.lib.tls import ClusterTLS, is_loopback, request_identity
 from damselfly.manager import credentials
@@ -29,14 +34,18 @@ from damselfly.manager.access import SESSION, Decision, Principal, admit_compone
 from damselfly.manager.console import add_console_routes
 from damselfly.manager.database import database_url, describe_database_error, migrate, open_engine, redacted_url
 from damselfly.manager.errors import ApiError
+from damselfly.manager.images import check_url
+from damselfly.manager.jobs import JobDispatcher
 from damselfly.manager.limits import FailureLimiter
 from damselfly.manager.models import (MAX_ID, AuditEntry, AuditQuery, Cluster, ClusterCreate, ClusterUpdate,
                                       Component, ComponentQuery, ComponentRegistration, CreatedToken, ErrorAnswer,
-                                      Keepalive, KeepaliveAnswer, PersonalAccessToken, Registration, SignIn,
+                                      Job, JobCreate, JobQuery, Keepalive, KeepaliveAnswer, PersonalAccessToken,
+                                      Registration, SignIn,
                                       SignInAnswer, TaskQuery, TasksAnswer, TokenCreate, User, UserCreate, UserUpdate)
 from damselfly.manager.routes import API_PREFIX, Access, Route, openapi_document
 from damselfly.manager.store import Audit, Store
 from damselfly.manager.tasks import SchedulerAsker, image_digests, locate, parse_digest
+from damselfly.network.jobboard import JobBoard
 from damselfly.settings import ManagerSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,7 @@ OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
 BODY_TIMEOUT = 10.0  # seconds a client may take to send a body (a few hundred bytes)
 TOKEN_SWEEP_INTERVAL = 3600.0  # expired sessions and tokens are deleted this often
 CLUSTER_SCOPE = "cluster"
+JOB_SCOPE = "job"
 
 ROUTES: list[Route] = [
     Route("POST", "/users/signin", "sign_in", "Sign in: a token for Authorization: Bearer.", Access.PUBLIC,
@@ -78,6 +88,15 @@ ROUTES: list[Route] = [
           query=ComponentQuery, tag="components"),
     Route("GET", "/tasks", "find_task", "Which peers hold a blob (digest=) or each blob of an image (image=), as "
           "the active schedulers tell.", Access.READ, TasksAnswer, query=TaskQuery, errors=(502,), tag="tasks"),
+    Route("POST", "/jobs", "create_job", "Preheat an image or a file onto the seed peers or peers of clusters. "
+          "Credentials in args serve this job only and are never shown.", Access.ROOT, Job, status=201,
+          body=JobCreate, scope=JOB_SCOPE, errors=(409,), tag="jobs"),
+    Route("GET", "/jobs", "list_jobs", "Jobs, newest first.", Access.READ, Job, many=True, query=JobQuery,
+          tag="jobs"),
+    Route("GET", "/jobs/{id}", "get_job", "One job, with each part and the hosts that hold it, fetch it or failed.",
+          Access.READ, Job, tag="jobs"),
+    Route("DELETE", "/jobs/{id}", "cancel_job", "Cancel a job: nothing more is placed.", Access.ROOT, Job,
+          scope=JOB_SCOPE, errors=(409,), tag="jobs"),
     Route("GET", "/audit", "list_audit", "Every write, newest first: who, when, from where.", Access.ROOT,
           AuditEntry, many=True, query=AuditQuery, tag="audit"),
     Route("POST", "/components", "register_component", "A scheduler, seed peer or peer registers (again).",
@@ -144,9 +163,21 @@ Handler = Callable[[Call], Awaitable[Any]]
 
 
 class ManagerService:
-    def __init__(self, settings: ManagerSettings, store: Store) -> None:
+    def __init__(self, settings: ManagerSettings, store: Store, board: JobBoard | None = None,
+                 signer: Signer | None = None) -> None:
+        """``board``: where jobs go to schedulers (Redis, or `run`'s own process); ``signer``:
+        how hosts know a job's statement is this manager's (its certificate, or `run`'s
+        shared key). Without both, jobs are refused."""
         self.settings = settings
         self.store = store
+        self.seed_keys: dict[str, ec.EllipticCurvePublicKey] = {}  # seed peer host id: its certificate's key
+        if signer is None and settings.tls is not None:
+            signer = Signer.of_tls_dir(settings.tls.directory)
+        self.jobs = (JobDispatcher(store, board, signer, settings.registries, settings.tls is not None,
+                                   self.seed_keys) if board is not None and signer is not None else None)
+        self.jobs_refused = ("this manager has no job board: start it and the schedulers with one --redis"
+                             if board is None else "without --tls-dir the manager cannot sign jobs for the hosts: "
+                             "preheat needs the cluster's certificates, or `damselfly run`")
         self.signin_failures = FailureLimiter(settings.signin_failures)
         self.asker = SchedulerAsker(settings.scheduler_timeout, settings.tls)
         self.metrics = CollectorRegistry()
@@ -157,7 +188,8 @@ class ManagerService:
         self.openapi = openapi_document(ROUTES, "Damselfly manager", __version__, DESCRIPTION)
 
     @classmethod
-    def open(cls, settings: ManagerSettings) -> "ManagerService":
+    def open(cls, settings: ManagerSettings, board: JobBoard | None = None,
+             signer: Signer | None = None) -> "ManagerService":
         """Open the database, apply migrations and create ``root`` on the first start (blocking)."""
         url = database_url(settings.database, settings.data_dir)
         engine = open_engine(url)
@@ -177,7 +209,9 @@ class ManagerService:
                 log.warning("created user root with password %s (shown this once: sign in and change it)", password)
         elif settings.root_password:
             log.info("users exist: DAMSELFLY_ROOT_PASSWORD is used only on the first start, and is ignored")
-        return cls(settings, store)
+        if board is None and settings.redis:
+            board = JobBoard(RedisKV(connect(settings.redis)))
+        return cls(settings, store, board, signer)
 
     async def close(self) -> None:
         await self.asker.close()
@@ -207,10 +241,13 @@ class ManagerService:
                     log.exception("could not delete expired tokens; trying again in %.0f s", TOKEN_SWEEP_INTERVAL)
                 await asyncio.sleep(TOKEN_SWEEP_INTERVAL)
 
-        task = asyncio.create_task(sweep(), name="manager token sweep")
+        tasks = [asyncio.create_task(sweep(), name="manager token sweep")]
+        if self.jobs is not None:
+            tasks.append(asyncio.create_task(self.jobs.run(), name="preheat jobs"))
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.asker.close()
 
     async def _openapi(self, _: web.Request) -> web.Response:
@@ -410,7 +447,21 @@ class ManagerService:
                                                self.settings.keepalive_interval)
         log.info("%s %s (%s) registered as component %d in cluster %d", body.kind, body.host_id, body.url,
                  registration.id, registration.cluster_id)
+        self._remember_seed_key(call.request, body.kind, body.host_id)
         return registration
+
+    def _remember_seed_key(self, request: web.Request, kind: str, host_id: str) -> None:
+        """A seed peer's key, from the certificate it proved membership with: what a private
+        preheat's credentials are sealed for."""
+        if kind != "seed-peer" or self.settings.tls is None or request.transport is None:
+            return
+        ssl_object = request.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der:
+            try:
+                self.seed_keys[host_id] = public_key_of_certificate(der)
+            except SealError as error:
+                log.warning("seed peer %s: %s; private preheats cannot use it", host_id, error)
 
     async def keepalive(self, call: Call) -> KeepaliveAnswer:
         component_id = call.ids["id"]
@@ -420,6 +471,7 @@ class ManagerService:
                 raise ApiError(404, f"no component with id {component_id}: register again")
             host_id, kind = known
             self._admit_component(call.request, kind, host_id)  # a peer's certificate keeps no scheduler alive
+            self._remember_seed_key(call.request, kind, host_id)
         return await asyncio.to_thread(self.store.keepalive, component_id, call.body, call.now)
 
     # --- tasks and audit -----------------------------------------------------------------------------------
@@ -432,9 +484,40 @@ class ManagerService:
             digests = [parse_digest(query.digest)]
         else:
             assert query.image is not None
-            digests = await asyncio.to_thread(image_digests, query.image, query.plain_http)
+            digests = await asyncio.to_thread(image_digests, query.image, query.plain_http,
+                                              self.settings.registries)
         schedulers = await asyncio.to_thread(self.store.schedulers_to_ask, query.cluster_id, call.now)
         return await locate(digests, schedulers, self.asker, query.image)
+
+    # --- jobs -----------------------------------------------------------------------------------------------
+
+    async def create_job(self, call: Call) -> Job:
+        body: JobCreate = call.body
+        if self.jobs is None:
+            raise ApiError(409, self.jobs_refused)
+        check_url(body.args.type, body.args.url, self.settings.registries)
+        if body.args.type == "file" and body.args.digest is None:
+            raise ApiError(400, "args.digest: a file preheat needs the file's digest")
+        if body.args.digest is not None:
+            parse_digest(body.args.digest)
+        job = await asyncio.to_thread(self.store.create_job, body, call.audit().actor, call.audit(), call.now)
+        self.jobs.accept(job, body.args)
+        log.info("job %d: preheat %s (%s) in clusters %s for %s", job.id, body.args.url, body.args.scope,
+                 job.cluster_ids, job.created_by)
+        return job
+
+    async def list_jobs(self, call: Call) -> list[Job]:
+        return await asyncio.to_thread(self.store.list_jobs, call.query)
+
+    async def get_job(self, call: Call) -> Job:
+        return await asyncio.to_thread(self.store.get_job, call.ids["id"])
+
+    async def cancel_job(self, call: Call) -> Job:
+        job = await asyncio.to_thread(self.store.cancel_job, call.ids["id"], call.audit(), call.now)
+        if self.jobs is not None:
+            with contextlib.suppress(*KV_ERRORS):  # the board down: workers stop at the deadline
+                await self.jobs.cancel(job)
+        return job
 
     async def list_audit(self, call: Call) -> list[AuditEntry]:
         query: AuditQuery = call.query
@@ -471,7 +554,8 @@ def _enforce(decision: Decision) -> None:
         raise ApiError(decision.verdict.value, decision.reason)
 
 
-async def start_manager(settings: ManagerSettings) -> ManagerService:
+async def start_manager(settings: ManagerSettings, board: JobBoard | None = None,
+                        signer: Signer | None = None) -> ManagerService:
     """Open the manager's database (migrations, first ``root``) off the event loop; serve
     ``service.application()`` and ``await service.close()`` when done."""
-    return await asyncio.to_thread(ManagerService.open, settings)
+    return await asyncio.to_thread(ManagerService.open, settings, board, signer)

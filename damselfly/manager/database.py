@@ -117,6 +117,25 @@ class ComponentRow(Base):
     last_keepalive_at: Mapped[datetime]
 
 
+class JobRow(Base):
+    """A preheat job: its arguments without credentials, how it stands, and where each
+    part is (as the schedulers last reported)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    cluster_ids: Mapped[list[int]] = mapped_column(JSON)
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    error: Mapped[str | None] = mapped_column(String(1024))
+    blobs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
 class AuditRow(Base):
     __tablename__ = "audit"
     __table_args__ = {"sqlite_autoincrement": True}

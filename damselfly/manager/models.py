@@ -340,3 +340,88 @@ class AuditEntry(Answer):
     status: int
     address: str
     summary: str
+
+
+# --- jobs ----------------------------------------------------------------------------------------------------------
+
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")]
+HeaderValue = Annotated[str, StringConstraints(max_length=8192, pattern=_PRINTABLE)]
+Platform = Annotated[str, StringConstraints(pattern=r"^(all|[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?)$")]
+
+
+class PreheatArgs(Request):
+    """What to preheat and where. Credentials (username and password, or headers) serve the
+    manager and the seed peers for this job only: never stored, returned or logged."""
+
+    type: Literal["image", "file"]
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048, pattern=r"^[^\x00-\x20\x7f]+$")]
+    platform: Platform = Field("all", description="os/arch[/variant] of an index, or all (every platform it lists).")
+    scope: Literal["single_seed_peer", "all_seed_peers", "all_peers"] = "single_seed_peer"
+    count: Annotated[int, Field(ge=1, le=MAX_ID)] | None = Field(None, description="all_peers: at most this many peers.")
+    percentage: Annotated[int, Field(ge=1, le=100)] | None = Field(None, description="all_peers: this share of peers.")
+    ips: list[IpAddress] = Field(default_factory=list, max_length=MAX_BODY_LIST,
+                                 description="all_peers: only peers at these addresses.")
+    headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict, max_length=32)
+    username: Annotated[str, StringConstraints(max_length=255, pattern=_PRINTABLE)] = ""
+    password: Annotated[str, StringConstraints(max_length=PASSWORD_MAX, pattern=_PRINTABLE)] = ""
+    timeout: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = Field(3600, description="Seconds until it fails.")
+    digest: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        None, description="A file preheat's digest (task ids are digests).")
+
+    @property
+    def private(self) -> bool:
+        return bool(self.username or self.password or self.headers)
+
+
+class JobCreate(Request):
+    type: Literal["preheat"]
+    cluster_ids: list[Id] = Field(default_factory=list, max_length=MAX_BODY_LIST,
+                                  description="The clusters to preheat in; empty: every cluster.")
+    args: PreheatArgs
+
+
+class JobArgsView(Answer):
+    """A job's arguments as the API shows them: without credentials."""
+
+    type: str
+    url: str
+    platform: str
+    scope: str
+    count: int | None
+    percentage: int | None
+    ips: list[str]
+    timeout: int
+    digest: str | None
+    private: bool = Field(description="Credentials were given (they are never shown).")
+
+
+class JobHost(Answer):
+    host_id: str
+    state: Literal["pending", "fetching", "done", "failed"]
+    error: str | None
+
+
+class JobBlob(Answer):
+    digest: str
+    size: int
+    kind: Literal["manifest", "blob"]
+    cluster_id: int
+    hosts: list[JobHost]
+
+
+class Job(Answer):
+    id: int
+    type: str
+    state: Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
+    cluster_ids: list[int]
+    args: JobArgsView
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    error: str | None
+    blobs: list[JobBlob]
+
+
+class JobQuery(Request):
+    state: Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"] | None = None
+    limit: int = Field(100, ge=1, le=1000)

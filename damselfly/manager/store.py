@@ -15,19 +15,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from damselfly.manager.access import PERSONAL, SESSION, Principal
-from damselfly.manager.database import AuditRow, ClusterRow, ComponentRow, TokenRow, UserRow, WRITE_LOCK
+from damselfly.manager.database import AuditRow, ClusterRow, ComponentRow, JobRow, TokenRow, UserRow, WRITE_LOCK
 from damselfly.manager.errors import ApiError, not_found
 from damselfly.manager.matching import (DEFAULT_CLUSTER, Candidate, HostFacts, Scopes, active_since, choose_cluster,
                                         component_state)
 from damselfly.manager.models import (AuditEntry, AuditQuery, Cluster, ClusterConfig, ClusterConfigView, ClusterCreate,
                                       ClusterScopes, ClusterScopesView, ClusterUpdate, Component, ComponentQuery,
-                                      ComponentRegistration, CreatedToken, Keepalive, KeepaliveAnswer,
-                                      PersonalAccessToken, Registration, TokenCreate, User, UserCreate)
+                                      ComponentRegistration, CreatedToken, Job, JobArgsView, JobBlob, JobCreate,
+                                      JobQuery, Keepalive, KeepaliveAnswer, PersonalAccessToken, Registration,
+                                      TokenCreate, User, UserCreate)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -141,11 +142,12 @@ class Store:
                     f"token {token.name} expired at {token.expires_at.isoformat()}"
             principal = Principal(user_id=user.id, user_name=user.name, role=user.role, token_kind=token.kind,
                                   token_id=token.id, token_name=token.name, scopes=frozenset(token.scopes))
-            if token.kind == PERSONAL and (token.last_used_at is None
-                                           or now - token.last_used_at >= LAST_USED_PRECISION):
-                token.last_used_at = now
-                session.commit()
-            return principal
+            stale = token.kind == PERSONAL and (token.last_used_at is None
+                                                or now - token.last_used_at >= LAST_USED_PRECISION)
+        if stale:  # a writing transaction of its own: upgrading this read one could meet another writer (SQLite)
+            with self._write() as session:
+                session.execute(update(TokenRow).where(TokenRow.id == principal.token_id).values(last_used_at=now))
+        return principal
 
     def delete_expired_tokens(self, now: datetime) -> int:
         """Forget sessions and tokens past their expiry (they are refused anyway)."""
@@ -438,6 +440,79 @@ class Store:
             return [(url, cid) for url, cid in session.execute(statement.order_by(ComponentRow.id))]
         return self._read(work)
 
+    # --- jobs ------------------------------------------------------------------------------------------------
+
+    def create_job(self, body: JobCreate, creator: str, audit: Audit, now: datetime) -> Job:
+        """A PENDING job in the clusters it names, or else in every cluster with an active
+        scheduler (one without would keep the job waiting to its timeout): 404 for a cluster
+        that does not exist, 409 when none has an active scheduler."""
+        with self._write() as session:
+            known = set(session.scalars(select(ClusterRow.id)))
+            served = {cluster_id for cluster_id in session.scalars(select(ComponentRow.cluster_id).where(
+                ComponentRow.kind == "scheduler", ComponentRow.last_keepalive_at >= active_since(
+                    now, self.inactive_after))) if cluster_id is not None}
+            wanted = list(dict.fromkeys(body.cluster_ids)) or sorted(served & known)
+            missing = [cid for cid in wanted if cid not in known]
+            if missing:
+                raise not_found("cluster", missing[0])
+            if not wanted:
+                raise ApiError(409, "no cluster has an active scheduler to preheat in: start one with --manager")
+            args = JobArgsView(private=body.args.private, **body.args.model_dump(
+                include={"type", "url", "platform", "scope", "count", "percentage", "ips", "timeout", "digest"}))
+            row = JobRow(type=body.type, state="PENDING", cluster_ids=wanted, args=args.model_dump(),
+                         created_by=creator[:255], created_at=now, updated_at=now, error=None, blobs=[])
+            session.add(row)
+            session.flush()
+            self._audit(session, audit, 201, f"created {body.type} job {row.id} of {body.args.url[:200]}", now)
+            return _job(row)
+
+    def list_jobs(self, query: JobQuery) -> list[Job]:
+        def work(session: Session) -> list[Job]:
+            statement = select(JobRow)
+            if query.state is not None:
+                statement = statement.where(JobRow.state == query.state)
+            return [_job(row) for row in session.scalars(statement.order_by(JobRow.id.desc()).limit(query.limit))]
+        return self._read(work)
+
+    def get_job(self, job_id: int) -> Job:
+        def work(session: Session) -> Job:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise not_found("job", job_id)
+            return _job(row)
+        return self._read(work)
+
+    def active_jobs(self) -> list[Job]:
+        return self._read(lambda s: [_job(row) for row in s.scalars(
+            select(JobRow).where(JobRow.state.in_(("PENDING", "RUNNING"))).order_by(JobRow.id))])
+
+    def update_job(self, job_id: int, state: str, error: str | None, blobs: list[JobBlob], now: datetime) -> bool:
+        """Record a job's progress, unless it ended meanwhile (a cancel wins over a late report)."""
+        with self._write() as session:
+            row = session.get(JobRow, job_id)
+            if row is None or row.state not in ("PENDING", "RUNNING"):
+                return False
+            row.state, row.error, row.updated_at = state, error[:1024] if error else None, now
+            row.blobs = [blob.model_dump() for blob in blobs]
+            return True
+
+    def cancel_job(self, job_id: int, audit: Audit, now: datetime) -> Job:
+        with self._write() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise not_found("job", job_id)
+            if row.state not in ("PENDING", "RUNNING"):
+                raise ApiError(409, f"job {job_id} already ended: {row.state}")
+            row.state, row.error, row.updated_at = "CANCELLED", "cancelled", now
+            self._audit(session, audit, 200, f"cancelled job {job_id}", now)
+            return _job(row)
+
+    def active_seed_peers(self, cluster_id: int, now: datetime) -> list[str]:
+        """Host ids of a cluster's active seed peers: whom a job's credentials are sealed for."""
+        return self._read(lambda s: list(s.scalars(select(ComponentRow.host_id).where(
+            ComponentRow.kind == "seed-peer", ComponentRow.cluster_id == cluster_id,
+            ComponentRow.last_keepalive_at >= active_since(now, self.inactive_after)))))
+
     # --- audit -----------------------------------------------------------------------------------------------
 
     def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
@@ -449,6 +524,12 @@ class Store:
             return [AuditEntry(id=r.id, at=r.at, actor=r.actor, credential=r.credential, method=r.method,
                                path=r.path, status=r.status, address=r.address, summary=r.summary) for r in rows]
         return self._read(work)
+
+
+def _job(row: JobRow) -> Job:
+    return Job(id=row.id, type=row.type, state=row.state, cluster_ids=row.cluster_ids,  # type: ignore[arg-type]
+               args=JobArgsView.model_validate(row.args), created_by=row.created_by, created_at=row.created_at,
+               updated_at=row.updated_at, error=row.error, blobs=[JobBlob.model_validate(b) for b in row.blobs])
 
 
 def _merged(model: type[ClusterConfig] | type[ClusterScopes], stored: dict[str, Any], changes: dict[str, Any],

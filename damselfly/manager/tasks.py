@@ -1,5 +1,5 @@
 """Where a blob is: the manager asks the active schedulers which peers hold it and how far
-each got, and resolves an image reference to its blobs through the registry client.
+each got, and resolves an image reference to its blobs as a preheat does (images.py).
 
 The scheduler answers ``GET /api/v1/tasks/{digest}/peers`` with
 ``[{host_id, upload_url, pieces, piece_count, done}]`` (404: it has no such task). A
@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
-from urllib.parse import urlsplit
 
 import aiohttp
 
-from damselfly.core.oci import Digest, ImageRef, OCIError
-from damselfly.lib.tls import ClusterTLS, is_loopback, role_hostname
+from damselfly.core.oci import Digest, OCIError
+from damselfly.lib.tls import ClusterTLS, role_hostname
 from damselfly.manager.errors import ApiError
+from damselfly.manager.images import Credentials, host_platform, image_target, resolve_target
 from damselfly.manager.models import BlobLocation, SchedulerReport, TaskPeer, TasksAnswer
 
 log = logging.getLogger(__name__)
@@ -125,33 +126,16 @@ class SchedulerAsker:
         return peers_of_answer(document, url)
 
 
-def image_digests(image: str, plain_http: bool, timeout: float = REGISTRY_TIMEOUT) -> list[str]:
+def image_digests(image: str, plain_http: bool, registries: Mapping[str, str], timeout: float = REGISTRY_TIMEOUT
+                  ) -> list[str]:
     """The config and layer digests of ``image``'s manifest (an index resolved to this
-    machine's platform). Blocking: run it in a thread. ApiError 400 for a bad reference,
-    502 when the registry cannot tell."""
-    from damselfly.registry.blocking import RegistryClient, RegistryError
-
+    machine's platform), read as a preheat reads it (damselfly.manager.images): a bare
+    reference at its registry's mapped URL, else over https, or over plain HTTP with
+    ``plain_http``, which only a mapped or loopback registry allows. Blocking: run it in a
+    thread. ApiError 400 for a bad reference, 502 when the registry cannot tell."""
     try:
-        ref = ImageRef.parse(image)
+        target = image_target(image, registries, "http" if plain_http else "https")
     except ValueError as error:
         raise ApiError(400, f"image: {error}") from None
-    if plain_http and not is_loopback(urlsplit(f"//{ref.registry}").hostname or ""):
-        # Any reader may search: plain HTTP to an address of its choosing would let a guest
-        # make the manager talk cleartext to any host its network reaches.
-        raise ApiError(400, f"image: plain HTTP only to a registry on this machine, not {ref.registry}")
-    client = RegistryClient(ref.registry, plain_http=plain_http, timeout=timeout)
-    try:
-        manifest, _, _ = client.manifest(ref.repository, ref.reference)
-    except (RegistryError, OSError, ValueError, KeyError, TypeError) as error:
-        raise ApiError(502, f"registry {ref.registry}: {error}") from None
-    finally:
-        client.close()
-    digests = []
-    for entry in [manifest.get("config") or {}, *(manifest.get("layers") or [])]:
-        digest = entry.get("digest") if isinstance(entry, dict) else None
-        if isinstance(digest, str):
-            try:
-                digests.append(str(Digest.parse(digest)))
-            except OCIError:
-                raise ApiError(502, f"registry {ref.registry}: the manifest names an invalid digest") from None
-    return list(dict.fromkeys(digests))
+    resolved = resolve_target(target, host_platform(), Credentials(), timeout)
+    return [blob.digest for blob in resolved.blobs]

@@ -7,6 +7,8 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
+from collections import OrderedDict
 from dataclasses import replace
 from typing import AsyncIterator, Awaitable, Callable, Mapping
 from urllib.parse import urlencode
@@ -16,17 +18,22 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from damselfly.core.blocklist import BlockList, refusal
+from damselfly.core.jobs import ManifestPlacement
 from damselfly.lib.httprange import ByteRange, RangeInvalid, RangeNotSatisfiable, parse_range
 from damselfly.core.oci import (Digest, OCIError, Origin, SourceRefused, SourceUnavailable, error_body,
-                               is_digest_reference, validate_api_tail, validate_repository)
+                               is_digest_reference, split_registry, validate_api_tail, validate_repository)
+from damselfly.core.wire import MAX_INDEX_CHILDREN, ManifestRecord, TagConfirm, TagRecord
 from damselfly.lib.serve import add_health_routes
 from damselfly.blobs.service import BlobReader, BlobService, FileSpan, stored_origin
 from damselfly.storage.task import TaskFailed
 from damselfly.mirror.access import AccessCache
-from damselfly.mirror.manifests import MAX_KEPT_BYTES, MAX_MANIFEST_BYTES, KeptManifest, ManifestStore, accepts, is_outage
+from damselfly.mirror.manifests import (MAX_KEPT_BYTES, MAX_MANIFEST_BYTES, KeptManifest, ManifestStore, TagResolution,
+                                        accepts, child_manifests, descriptor_sizes, is_outage)
 from damselfly.mirror.metrics import MirrorMetrics
 from damselfly.mirror.sending import FileSender, SendingThreads
 from damselfly.mirror.upstream import UpstreamResolver
+from damselfly.network.scheduler_client import SchedulerUnavailable
+from damselfly.network.tags import ClusterTags
 from damselfly.registry.client import (
     PASSTHROUGH_REQUEST_HEADERS,
     PASSTHROUGH_RESPONSE_HEADERS,
@@ -40,6 +47,12 @@ log = logging.getLogger(__name__)
 RESPONSE_STARTED = web.RequestKey("response_started", bool)
 BODY_STALLED = web.RequestKey("body_stalled", bool)  # the client stopped sending its request body
 SENDING_THREADS = 64  # cached-blob copies at once; past that, responses use sendfile
+CLUSTER_FETCH_TIMEOUT = 20.0  # seconds for a manifest's bytes from the cluster, in an outage
+MAX_SIZES = 20_000  # blob sizes remembered from manifests served from what is kept
+MANIFEST_ACCEPT = ", ".join((
+    "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json"))
 
 REGISTRY_HEADER = "X-Dragonfly-Registry"
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -65,7 +78,7 @@ class Mirror:
     """
 
     def __init__(self, settings: MirrorSettings, blobs: BlobService, registry_client: AsyncRegistryClient,
-                 resolver: UpstreamResolver, metrics: MirrorMetrics) -> None:
+                 resolver: UpstreamResolver, metrics: MirrorMetrics, cluster: ClusterTags | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.blobs = blobs
@@ -77,10 +90,29 @@ class Mirror:
         self.block_list = BlockList()  # the cluster's, from the manager (set_block_list)
         self.manifests = ManifestStore(settings.data_dir / "manifests",
                                        max_bytes=min(MAX_KEPT_BYTES, settings.cache_quota // 10))
+        self.cluster = cluster  # the cluster's tag records (None: this node's own only)
+        # Blob digest -> (size, private) from manifests served from what is kept: in an outage
+        # the registry cannot say a blob's length, which a download through P2P needs.
+        self.sizes: OrderedDict[str, tuple[int, bool]] = OrderedDict()
 
     def set_block_list(self, block_list: BlockList) -> None:
         """Refuse, from the next request on, the manifests and blobs ``block_list`` names."""
         self.block_list = block_list
+
+    def keep_preheated(self, placement: ManifestPlacement, upstream: str) -> None:
+        """A preheat's manifests and the tags its signed statement resolved, kept as if a pull
+        had fetched them: a private image's stay behind the same access check, and a
+        preheat never makes a protected copy public."""
+        statement = placement.signed.statement
+        types = {m.digest: m.media_type for m in placement.manifests}
+        for manifest in placement.manifests:
+            self.manifests.put(Digest.parse(manifest.digest), manifest.body, manifest.media_type, upstream,
+                               statement.repository, protected=statement.private, unprotects=False)
+        tags = {tag: digest for tag, digest in statement.tags.items() if digest in types}
+        for tag, digest in tags.items():
+            self.manifests.remember_tag(upstream, statement.repository, tag, Digest.parse(digest), types[digest])
+        log.info("preheat: kept %d manifests and %d tags of %s/%s", len(placement.manifests), len(tags),
+                 upstream, statement.repository)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_and_metrics], client_max_size=1024**2)
@@ -245,13 +277,13 @@ class Mirror:
         digest = Digest.parse(reference) if is_digest_reference(reference) else None
         if digest is not None:
             kept = self.manifests.get(digest, origin.registry)
-            if kept is not None and self._may_see(kept, origin):
+            if kept is not None and self._may_see(kept.protected, Origin(kept.registry, kept.repository), origin):
                 self.metrics.manifests.labels("kept").inc()
                 return self._kept_response(request, kept)
         try:
             upstream = await self._ask_upstream(request, dropped=("Accept-Encoding", "Range"))
         except SourceUnavailable as outage:
-            fallback = self._stale(request, origin, reference, digest, outage.message)
+            fallback = await self._stale(request, origin, reference, digest, outage.message)
             if fallback is None:
                 raise
             return fallback
@@ -268,8 +300,8 @@ class Mirror:
         200 body checked, kept and sent; anything else sent on as it came."""
         if is_outage(upstream.status):
             try:
-                fallback = self._stale(request, origin, reference, digest,
-                                       f"upstream {upstream.url.origin()} answered {upstream.status}")
+                fallback = await self._stale(request, origin, reference, digest,
+                                             f"upstream {upstream.url.origin()} answered {upstream.status}")
             except SourceUnavailable:
                 if upstream.status != 429:
                     raise
@@ -307,10 +339,12 @@ class Mirror:
         return web.Response(status=200, body=body, headers=headers)
 
     def _remember(self, origin: Origin, reference: str, digest: Digest | None, headers: Mapping[str, str],
-                  body: bytes | None) -> None:
+                  body: bytes | None) -> Digest | None:
         """Keep a 200 manifest (``body``; None for a HEAD's headers alone) and the tag's
-        resolution. A manifest whose bytes do not hash to the digest asked for is a 502:
-        the registry (or the path to it) lied."""
+        resolution, which a seed is asked to confirm for the cluster; return the manifest's
+        digest (None if its bytes do not match the one the registry stated). A manifest
+        whose bytes do not hash to the digest asked for is a 502: the registry (or the path
+        to it) lied."""
         content_type = headers.get("Content-Type", "")
         stated = _stated_digest(headers.get("Docker-Content-Digest"))
         if body is not None:
@@ -323,45 +357,159 @@ class Mirror:
                     raise SourceUnavailable(502, f"upstream sent a manifest that does not match {digest}")
                 log.warning("upstream %s sent %s:%s with Docker-Content-Digest %s that its bytes do not match: "
                             "not kept", origin.registry, origin.repository, reference, stated)
-                return
+                return None
             stated = expected
         if origin.authorization:
             self.access.grant(origin)  # the registry just accepted these credentials
         if digest is None and stated is not None and content_type:
             self.manifests.remember_tag(origin.registry, origin.repository, reference, stated, content_type)
+            if self.cluster is not None:
+                self.cluster.confirm(TagConfirm(split_registry(origin.registry)[1], origin.repository, reference,
+                                                origin.authorization))
+        return stated
 
-    def _stale(self, request: web.Request, origin: Origin, reference: str, digest: Digest | None,
-               failure: str) -> web.Response | None:
+    async def _stale(self, request: web.Request, origin: Origin, reference: str, digest: Digest | None,
+                     failure: str) -> web.Response | None:
         """With the registry failing: the kept manifest (by digest, or by the tag's last
-        resolution within the stale-tag TTL), None if there is none. One fetched with
-        credentials goes only to a caller the registry confirmed recently: 503 otherwise."""
-        resolution = None
+        resolution within the stale-tag TTL, this node's or else a seed's), None if there is
+        none; one this node does not keep comes through P2P from a seed (see _from_cluster).
+        One fetched with credentials goes only to a caller the registry confirmed recently:
+        503 otherwise."""
+        resolution, by = None, "stale"
         if digest is None:
             resolution = self.manifests.tag(origin.registry, origin.repository, reference)
+            if resolution is None or self.manifests.age(resolution) > self.settings.stale_tag_ttl:
+                resolution, by = await self._cluster_tag(origin, reference), "cluster"
             if (resolution is None or self.manifests.age(resolution) > self.settings.stale_tag_ttl
                     or not accepts(request.headers.getall("Accept", []), resolution.content_type)):
                 return None
             digest = resolution.digest
-        kept = self.manifests.get(digest, origin.registry)
+        kept = self.manifests.get(digest, origin.registry) or await self._from_cluster(origin, digest, failure)
         if kept is None:
             return None
-        if not self._may_see(kept, origin):
-            self.metrics.manifests.labels("refused").inc()
-            raise SourceUnavailable(503, f"{failure}; {origin.repository} needs credentials that the registry has "
-                                         "not confirmed recently for this caller: not served unchecked")
+        if not self._may_see(kept.protected, Origin(kept.registry, kept.repository), origin):
+            self._refuse_unconfirmed(origin, failure)
         if resolution is not None:
-            log.warning("%s: served %s:%s as %s, its resolution %.0f s ago", failure, origin.repository, reference,
-                        kept.digest, self.manifests.age(resolution))
-        self.metrics.manifests.labels("kept" if resolution is None else "stale").inc()
+            log.warning("%s: served %s:%s as %s, its resolution %.0f s ago%s", failure, origin.repository, reference,
+                        kept.digest, self.manifests.age(resolution), " by a seed (cluster)" if by == "cluster" else "")
+        self.metrics.manifests.labels("kept" if resolution is None else by).inc()
         return self._kept_response(request, kept)
 
-    def _may_see(self, kept: KeptManifest, origin: Origin) -> bool:
-        """Public, or the registry it came from recently accepted the caller's credentials there."""
-        return not kept.protected or (origin.authorization is not None and self.access.allowed(
-            Origin(kept.registry, kept.repository, origin.authorization)))
+    def _refuse_unconfirmed(self, origin: Origin, failure: str) -> None:
+        self.metrics.manifests.labels("refused").inc()
+        raise SourceUnavailable(503, f"{failure}; {origin.repository} needs credentials that the registry has "
+                                     "not confirmed recently for this caller: not served unchecked")
 
-    @staticmethod
-    def _kept_response(request: web.Request, kept: KeptManifest) -> web.Response:
+    async def _cluster_tag(self, origin: Origin, tag: str) -> TagResolution | None:
+        """The tag as a seed last resolved it at the registry, if one did."""
+        if self.cluster is None:
+            return None
+        try:
+            record = await self.cluster.tag(split_registry(origin.registry)[1], origin.repository, tag)
+        except SchedulerUnavailable as exc:
+            log.warning("the cluster's resolution of %s:%s could not be read: %s", origin.repository, tag, exc)
+            return None
+        if record is None:
+            return None
+        manifest = record.manifest
+        return TagResolution(Digest.parse(manifest.digest), manifest.media_type, record.resolved_at)
+
+    async def _from_cluster(self, origin: Origin, digest: Digest, failure: str) -> KeptManifest | None:
+        """A manifest a seed keeps, by its record: its bytes through P2P (as a blob of its
+        digest), checked against the digest, then kept here. A record whose bytes no seed
+        sends in time is a 502; a private one, for a caller not confirmed here, a 503."""
+        if self.cluster is None:
+            return None
+        try:
+            record = await self.cluster.manifest(split_registry(origin.registry)[1], origin.repository, str(digest))
+        except SchedulerUnavailable as exc:
+            log.warning("the cluster's record of %s could not be read: %s", digest, exc)
+            return None
+        if record is None:
+            return None
+        source = Origin(origin.registry, record.repository, private=record.private)
+        if not self._may_see(record.private, source, origin):
+            self._refuse_unconfirmed(origin, failure)
+        try:
+            async with asyncio.timeout(CLUSTER_FETCH_TIMEOUT):
+                await self.blobs.place(digest, source, length=record.size)
+        except TimeoutError:
+            raise SourceUnavailable(502, f"{failure}; no seed sent manifest {digest} within "
+                                         f"{CLUSTER_FETCH_TIMEOUT:g}s") from None
+        except (SourceRefused, SourceUnavailable) as exc:
+            raise SourceUnavailable(502, f"{failure}; manifest {digest} could not be had from the cluster: "
+                                         f"{getattr(exc, 'message', exc)}") from None
+        stored = self.store.lookup(digest)
+        body = stored.path.read_bytes() if stored is not None else b""
+        if not self.manifests.put(digest, body, record.media_type, origin.registry, record.repository,
+                                  protected=record.private):
+            raise SourceUnavailable(502, f"{failure}; the cluster's copy of {digest} does not match it: not served")
+        log.info("manifest %s of %s came from the cluster", digest, origin.repository)
+        return KeptManifest(digest, record.media_type, body, origin.registry, record.repository, record.private)
+
+    def _may_see(self, protected: bool, source: Origin, origin: Origin) -> bool:
+        """Public, or the registry it came from (``source``) recently accepted the caller's credentials there."""
+        return not protected or (origin.authorization is not None and self.access.allowed(
+            Origin(source.registry, source.repository, origin.authorization)))
+
+    async def confirm_tag(self, confirm: TagConfirm, upstream: str) -> None:
+        """A seed's part: resolve the tag at ``upstream`` (the registry ``confirm`` names) with
+        the caller's credentials; keep its manifest and an index's children (checked as a
+        pull's are), hold each as a blob of its digest for P2P, and publish the tag and the
+        manifests to the cluster. Nothing a node said is taken: only what the registry sent."""
+        assert self.cluster is not None  # a seed's mirror has the cluster
+        origin = Origin(upstream, confirm.repository, confirm.authorization)
+        what = f"{confirm.registry}/{confirm.repository}:{confirm.tag}"
+        try:
+            kept = [await self._fetch_manifest(origin, confirm.tag)]
+            kept += [await self._fetch_manifest(origin, str(child))
+                     for child in child_manifests(kept[0].body)[:MAX_INDEX_CHILDREN]]
+        except (SourceRefused, SourceUnavailable) as exc:
+            log.warning("could not confirm %s: %s", what, getattr(exc, "message", exc))
+            return
+        records = []
+        for manifest in kept:
+            await self.blobs.keep(manifest.digest, manifest.body, origin)
+            records.append(ManifestRecord(confirm.registry, confirm.repository, str(manifest.digest),
+                                          len(manifest.body), manifest.content_type, origin.protected))
+        try:
+            await self.cluster.publish(TagRecord(confirm.tag, records[0], time.time()), tuple(records[1:]))
+        except (SchedulerUnavailable, ValueError) as exc:
+            log.warning("could not publish %s: %s", what, exc)
+            return
+        log.info("confirmed %s as %s for the cluster (%d manifests)", what, records[0].digest, len(records))
+
+    async def _fetch_manifest(self, origin: Origin, reference: str) -> KeptManifest:
+        """A manifest GET at the registry, checked and kept as a pull's (_remember);
+        SourceUnavailable if it is not one this mirror would keep."""
+        headers = CIMultiDict({"Accept": MANIFEST_ACCEPT})
+        if origin.authorization:
+            headers["Authorization"] = origin.authorization
+        upstream = await self.registry_client.request(
+            "GET", f"{origin.registry}/v2/{origin.repository}/manifests/{reference}", headers, None,
+            follow_redirects=True)
+        try:
+            content_type = upstream.headers.get("Content-Type", "")
+            if upstream.status != 200 or "Content-Encoding" in upstream.headers or _is_schema1(content_type):
+                raise SourceUnavailable(502, f"the registry answered {upstream.status} {content_type}: not kept")
+            body = await _read_up_to(upstream, MAX_MANIFEST_BYTES + 1)
+            if len(body) > MAX_MANIFEST_BYTES:
+                raise SourceUnavailable(502, f"more than {MAX_MANIFEST_BYTES} bytes: not kept")
+            digest = Digest.parse(reference) if is_digest_reference(reference) else None
+            checked = self._remember(origin, reference, digest, upstream.headers, body)
+        finally:
+            upstream.release()
+        if checked is None:
+            raise SourceUnavailable(502, "its bytes do not match the registry's Docker-Content-Digest")
+        return KeptManifest(checked, content_type, body, origin.registry, origin.repository, origin.protected)
+
+    def _kept_response(self, request: web.Request, kept: KeptManifest) -> web.Response:
+        """A kept manifest; the sizes of the blobs it lists are remembered (see _blob_in_outage)."""
+        for blob, size in descriptor_sizes(kept.body).items():
+            self.sizes[blob] = (size, kept.protected)
+            self.sizes.move_to_end(blob)
+        while len(self.sizes) > MAX_SIZES:
+            self.sizes.popitem(last=False)
         headers = {"Content-Type": kept.content_type, "Docker-Content-Digest": str(kept.digest),
                    "ETag": f'"{kept.digest}"', "Content-Length": str(len(kept.body)), **API_VERSION}
         return web.Response(status=200, headers=headers, body=None if request.method == "HEAD" else kept.body)
@@ -414,12 +562,32 @@ class Mirror:
                 await self._confirm_access(source, origin.authorization, digest)
                 return self._blob_head(task.length, digest)
             return await self.passthrough(request)
-        async with self.blobs.open(digest, origin, ranged="Range" in request.headers) as reader:
+        ranged = "Range" in request.headers
+        async with contextlib.AsyncExitStack() as stack:
+            asked_registry = True
+            try:
+                reader = await stack.enter_async_context(self.blobs.open(digest, origin, ranged))
+            except SourceUnavailable as outage:
+                reader = await stack.enter_async_context(self._blob_in_outage(digest, origin, ranged, outage))
+                asked_registry = False
             if reader.protected and not reader.started_here:
                 await self._confirm_access(reader.origin, origin.authorization, digest)
-            elif reader.started_here and origin.authorization:
+            elif reader.started_here and origin.authorization and asked_registry:
                 self.access.grant(origin)  # the registry just accepted these credentials
             return await self._send_blob(request, reader)
+
+    def _blob_in_outage(self, digest: Digest, origin: Origin, ranged: bool,
+                        outage: SourceUnavailable) -> contextlib.AbstractAsyncContextManager[BlobReader]:
+        """The registry cannot say the blob's length (a peer's download needs it): the size a
+        manifest served from what is kept gave, if there is one, and the caller may see the
+        blob (a private manifest's blobs only to a caller the registry confirmed recently)."""
+        size, private = self.sizes.get(str(digest), (None, False))
+        if size is None or outage.status == 507:
+            raise outage
+        if not self._may_see(private, origin, origin):
+            self._refuse_unconfirmed(origin, outage.message)
+        log.info("%s: %s sized %d bytes by a kept manifest, fetched through the cluster", outage.message, digest, size)
+        return self.blobs.open(digest, replace(origin, private=private), ranged, length=size)
 
     async def _confirm_access(self, source: Origin, authorization: str | None, digest: Digest) -> None:
         """A protected blob goes only to callers whom the registry it came from (``source``)

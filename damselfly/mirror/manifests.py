@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from damselfly.core.oci import Digest, OCIError
+from damselfly.core.wire import MAX_MANIFEST_BYTES
 
 log = logging.getLogger(__name__)
 
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what registries must accept (distribution spec); larger ones pass uncached
 MAX_KEPT = 20000  # files of manifests, and of tag resolutions
 MAX_KEPT_BYTES = 256 * 1024 * 1024  # of each, and at most a tenth of the blob cache's quota
 
@@ -56,6 +56,47 @@ def _is_zero_q(parameter: str) -> bool:
         return name.strip() == "q" and float(value) == 0
     except ValueError:
         return False
+
+
+def _descriptors(body: bytes, *fields: str) -> list[dict[str, object]]:
+    """The descriptors a manifest's JSON lists under ``fields`` (an object or a list of
+    them each); none for anything malformed."""
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(manifest, dict):
+        return []
+    found = []
+    for name in fields:
+        value = manifest.get(name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                found.append(item)
+    return found
+
+
+def _digest_of(descriptor: dict[str, object]) -> Digest | None:
+    try:
+        return Digest.parse(str(descriptor.get("digest")))
+    except OCIError:
+        return None
+
+
+def descriptor_sizes(body: bytes) -> dict[str, int]:
+    """An image manifest's blobs (config and layers): digest -> size."""
+    sizes = {}
+    for descriptor in _descriptors(body, "config", "layers"):
+        digest, size = _digest_of(descriptor), descriptor.get("size")
+        if digest is not None and isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            sizes[str(digest)] = size
+    return sizes
+
+
+def child_manifests(body: bytes) -> list[Digest]:
+    """An index's (or manifest list's) manifests, in its order."""
+    return [digest for descriptor in _descriptors(body, "manifests")
+            if (digest := _digest_of(descriptor)) is not None]
 
 
 @dataclass(frozen=True)
@@ -106,14 +147,15 @@ class ManifestStore:
     # -- manifests by digest -------------------------------------------------------
 
     def put(self, digest: Digest, body: bytes, content_type: str, registry: str, repository: str,
-            protected: bool) -> bool:
+            protected: bool, unprotects: bool = True) -> bool:
         """Keep ``body`` if it hashes to ``digest`` (False, nothing kept, if not). A public
-        copy replaces a protected one: the registry served it without credentials."""
+        copy replaces a protected one (the registry served it without credentials) unless
+        not ``unprotects`` (a preheat's: it only ever adds)."""
         if len(body) > MAX_MANIFEST_BYTES or not _matches(digest, body):
             return False
         name = _digest_file(registry, digest)
         kept_protected = self._protected(name)
-        if kept_protected is not None and (protected or not kept_protected):
+        if kept_protected is not None and (protected or not kept_protected or not unprotects):
             return True  # kept already (get re-checks its bytes when it serves them)
         header = {"content_type": content_type, "registry": registry, "repository": repository,
                   "protected": protected}

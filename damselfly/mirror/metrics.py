@@ -33,7 +33,8 @@ class MirrorMetrics:
                                      "protected cached blob", ["result"], registry=r)
         self.manifests = Counter("damselfly_manifests_kept_served", "Manifests answered from what this node keeps: "
                                  "kept (by digest, the registry not asked), stale (a tag's last resolution while its "
-                                 "registry fails), refused (registry failing, caller not confirmed for a private one)",
+                                 "registry fails), cluster (a tag as a seed last resolved it, while its registry fails), "
+                                 "refused (registry failing, caller not confirmed for a private one)",
                                  ["answer"], registry=r)
         self.active_streams = Gauge("damselfly_proxy_active_streams", "Blob responses being sent", registry=r)
         self.evictions = Counter("damselfly_store_evictions", "Blobs evicted to keep the cache under quota", registry=r)

@@ -131,19 +131,29 @@ class SchedulerClient:
         Returns (the scheduler that answered, its JSON). A 4xx answer is returned as is,
         with ``status`` added; only unreachable schedulers move on to the next.
         """
-        candidates = [scheduler] if scheduler else self.order(task_id)
+        url, status, body = await self.request(task_id, method, f"tasks/{task_id}/{path}", json=json, params=params,
+                                               timeout=timeout, scheduler=scheduler)
+        body["status"] = status
+        return url, body
+
+    async def request(self, key: str, method: str, path: str, *, json: Any = None,
+                      params: dict[str, str] | None = None, timeout: float | None = None,
+                      scheduler: str | None = None) -> tuple[str, int, Any]:
+        """One request to ``/api/v1/<path>`` of the scheduler that owns ``key`` on the ring,
+        failing over along it: (the scheduler that answered, the status, its JSON). Only a
+        scheduler that is unreachable or answers 5xx moves on to the next."""
+        candidates = [scheduler] if scheduler else self.order(key)
         last_error = "no scheduler known yet (the manager has named none)"
         for url in candidates:
             try:
-                async with self.session.request(method, f"{url}/api/v1/tasks/{task_id}/{path}", json=json,
+                async with self.session.request(method, f"{url}/api/v1/{path}", json=json,
                                                 params=params, timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
                                                 **self._tls_for(url)) as response:
                     body = await response.json(content_type=None)
                     if response.status >= 500:
                         raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
                     self._down.discard(url)
-                    body["status"] = response.status
-                    return url, body
+                    return url, response.status, body
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 last_error = f"{url}: {exc or exc.__class__.__name__}"
                 self._down.add(url)

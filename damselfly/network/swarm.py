@@ -254,7 +254,7 @@ class Network:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            reason = await self._trigger(seed, str(task.digest), trigger, min(SEED_TRIGGER_TIMEOUT, left))
+            reason = await self.ask_seed(seed, str(task.digest), trigger, min(SEED_TRIGGER_TIMEOUT, left))
             if reason is None:
                 log.info("seed %s fetches %s from the origin", seed.host_id, task.digest)
                 return seed
@@ -263,8 +263,9 @@ class Network:
             self.spawn(self._report_trigger_failed(str(task.digest), seed.host_id, reason))
         return None
 
-    async def _trigger(self, seed: SeedInfo, digest: str, trigger: dict[str, Any], timeout: float) -> str | None:
-        """One SeedTrigger; None when the seed accepted, else why not."""
+    async def ask_seed(self, seed: SeedInfo, what: str, body: dict[str, Any], timeout: float) -> str | None:
+        """POST ``body`` (it may carry a caller's credentials) to the seed's ``/api/v1/seed/<what>``;
+        None when it answered 202, else why not. With a cluster identity, only to a seed certificate."""
         tls: dict[str, Any] = {}
         if self.tls is not None:
             if not seed.upload_url.startswith("https://"):
@@ -275,7 +276,7 @@ class Network:
         if self._triggers is None:
             self._triggers = aiohttp.ClientSession()
         try:
-            async with self._triggers.post(f"{seed.upload_url}/api/v1/seed/{digest}", json=trigger,
+            async with self._triggers.post(f"{seed.upload_url}/api/v1/seed/{what}", json=body,
                                            timeout=aiohttp.ClientTimeout(total=timeout), **tls) as response:
                 if response.status == 202:
                     return None

@@ -1,11 +1,12 @@
-"""The registry client's blocking face, for the nydus commands: pull manifests and blobs,
-push images.
+"""The registry client's blocking face, for the nydus commands and the manager: pull
+manifests and blobs, push images.
 
 Requests can go through a Damselfly mirror: the mirror becomes the base URL and the real
-registry travels in the ``ns`` query parameter, as containerd sends it. Anonymous Bearer
-tokens are fetched when a registry challenges, as Docker Hub does. What is sent and
-accepted is registry/rules.py's, as for the mirror's async face; the connections are
-lib/blockinghttp's session (redirects, proxies, keep-alive).
+registry travels in the ``ns`` query parameter, as containerd sends it. Bearer tokens are
+fetched when a registry challenges, as Docker Hub does: anonymous ones, or with the
+caller's Basic credentials when it has some (which also answer an htpasswd registry's
+Basic challenge). What is sent and accepted is registry/rules.py's, as for the mirror's
+async face; the connections are lib/blockinghttp's session (redirects, proxies, keep-alive).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from urllib.parse import urljoin
 
 from damselfly import __version__
 from damselfly.lib.blockinghttp import Body, Response, Session
-from damselfly.core.oci import Digest, registry_base_url
-from damselfly.registry.rules import (BearerChallenge, ChallengeInvalid, answers_blob, blob_answer_problem, blob_url,
-                                      manifest_url, parse_bearer_challenge, range_header, realm_problem, token_in_answer,
-                                      token_request_url, uploads_url, with_query)
+from damselfly.core.oci import Digest, is_digest_reference, registry_base_url
+from damselfly.registry.rules import (BearerChallenge, ChallengeInvalid, answers_blob, basic_authorization,
+                                      blob_answer_problem, blob_url, manifest_url, offers_basic, parse_bearer_challenge,
+                                      range_header, realm_problem, token_in_answer, token_request_url, uploads_url,
+                                      with_query)
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -47,6 +49,11 @@ class RegistryError(RuntimeError):
     """A registry answer the command cannot go on from; the message is meant for the user."""
 
 
+class RegistryRefused(RegistryError):
+    """The registry, or its token service, answered 401 or 403: it refused the credentials
+    sent, or their absence."""
+
+
 def read_body(parts: Iterable[bytes], limit: int, what: str) -> bytes:
     """The parts joined, refused as soon as they run past ``limit`` bytes: a body is never
     buffered beyond what the caller can use, whatever the registry sends."""
@@ -61,16 +68,29 @@ def read_body(parts: Iterable[bytes], limit: int, what: str) -> bytes:
 
 
 class RegistryClient:
-    """One registry, reached directly or through a mirror (``mirror`` base URL plus ``ns``)."""
+    """One registry, reached directly, at ``upstream`` (a URL its name is mapped to), or
+    through a mirror (``mirror`` base URL plus ``ns``).
+
+    ``credentials`` (user, password) and ``headers`` (sent with every request to the
+    registry, not to its token service) are the caller's; an ``Authorization`` among the
+    headers is sent until the registry asks for something else, and a Basic one serves as
+    the credentials when no user and password are given."""
 
     def __init__(self, registry: str, plain_http: bool = False, mirror: str | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, upstream: str | None = None, credentials: tuple[str, str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.registry = registry
-        self.base_url = (mirror or registry_base_url(registry, plain_http)).rstrip("/")
+        self.base_url = (mirror or upstream or registry_base_url(registry, plain_http)).rstrip("/")
         self.params = {"ns": registry} if mirror else {}
-        self.http = Session(connect_timeout=10.0, read_timeout=timeout,
+        self.http = Session(connect_timeout=min(10.0, timeout), read_timeout=timeout,
                             headers={"User-Agent": f"damselfly/{__version__}"})
         self.tokens: dict[str, str] = {}  # by scope
+        self.headers = {name: value for name, value in (headers or {}).items() if name.lower() != "authorization"}
+        given = next((value for name, value in (headers or {}).items() if name.lower() == "authorization"), None)
+        self.given_authorization = given
+        self.basic = (basic_authorization(*credentials) if credentials
+                      else given if given and given.lower().startswith("basic ") else None)
+        self.basic_asked = False  # the registry answered a Basic challenge: send self.basic from now on
 
     def close(self) -> None:
         self.http.close()
@@ -78,21 +98,35 @@ class RegistryClient:
     def _send(self, method: str, url: str, scope: str, headers: dict[str, str] | None = None,
               params: dict[str, str] | None = None, body: Body = None) -> Response:
         """One request with the token kept for ``scope``, sent once more with a new one if the
-        registry answers with a Bearer challenge; the answer of that second try is the answer."""
+        registry answers with a Bearer challenge, or with the Basic credentials if it asks for
+        them (once); the answer of that second try is the answer."""
         url = with_query(url, {**self.params, **(params or {})})
-        response = self._request(method, url, self._with_token(headers or {}, scope), body)
+        response = self._request(method, url, self._authorized(headers or {}, scope), body)
         challenge = self._bearer_challenge(response)
-        if challenge is None:
+        if challenge is not None:
+            response.discard()
+            if (problem := realm_problem(url, challenge.realm)) is not None:
+                raise RegistryError(problem)
+            self.tokens[scope] = self._token(token_request_url(challenge, scope))
+        elif (response.status_code == 401 and self.basic and not self.basic_asked
+              and offers_basic(response.headers.get("WWW-Authenticate", ""))):
+            response.discard()
+            self.basic_asked = True
+        else:
             return response
-        response.discard()
-        if (problem := realm_problem(url, challenge.realm)) is not None:
-            raise RegistryError(problem)
-        self.tokens[scope] = self._token(token_request_url(challenge, scope))
-        return self._request(method, url, self._with_token(headers or {}, scope), body)
+        return self._request(method, url, self._authorized(headers or {}, scope), body)
 
-    def _with_token(self, headers: dict[str, str], scope: str) -> dict[str, str]:
+    def authorization(self, scope: str) -> str | None:
+        """The ``Authorization`` this client sends for ``scope``: its token for it, else the
+        Basic credentials once the registry asked for them, else the one the caller gave."""
         token = self.tokens.get(scope)
-        return {**headers, "Authorization": f"Bearer {token}"} if token else headers
+        if token:
+            return f"Bearer {token}"
+        return self.basic if self.basic_asked else self.given_authorization
+
+    def _authorized(self, headers: dict[str, str], scope: str) -> dict[str, str]:
+        authorization = self.authorization(scope)
+        return {**self.headers, **headers, **({"Authorization": authorization} if authorization else {})}
 
     def _request(self, method: str, url: str, headers: dict[str, str], body: Body) -> Response:
         try:
@@ -111,12 +145,14 @@ class RegistryClient:
             raise RegistryError(f"{self.registry} asked for a token without naming a realm") from None
 
     def _token(self, url: str) -> str:
-        """An anonymous token from the token service at ``url``."""
+        """A token from the token service at ``url``, for the Basic credentials if there are
+        some, else anonymous."""
         try:
-            answer = self.http.request("GET", url)
+            answer = self.http.request("GET", url, {"Authorization": self.basic} if self.basic else {})
             if answer.status_code != 200:
                 answer.close()
-                raise RegistryError(f"token service {url} answered {answer.status_code}")
+                refusal = RegistryRefused if answer.status_code in (401, 403) else RegistryError
+                raise refusal(f"token service {url} answered {answer.status_code}")
             return token_in_answer(answer.json())
         except (*TRANSPORT_ERRORS, ValueError) as error:
             raise RegistryError(f"token service {url}: {error}") from None
@@ -129,14 +165,20 @@ class RegistryClient:
 
     # --- pulling -----------------------------------------------------------------------------------------------
 
-    def manifest(self, repository: str, reference: str) -> tuple[dict[str, Any], bytes, str]:
-        """The image manifest (an index resolved to this machine's platform), its bytes and media type."""
+    def manifest_bytes(self, repository: str, reference: str) -> tuple[bytes, str, str | None]:
+        """A manifest or an index as the registry sent it: its bytes (at most
+        MAX_MANIFEST_BYTES), its Content-Type, and the Docker-Content-Digest it claimed."""
         accept = ", ".join(MANIFEST_TYPES + INDEX_TYPES)
         url = manifest_url(self.base_url, repository, reference)
-        response = self._check(self._send("GET", url, f"repository:{repository}:pull", headers={"Accept": accept}),
-                               f"manifest {repository}:{reference}")
-        media_type = response.headers.get("Content-Type", "").split(";")[0]
-        body = self._read(response, MAX_MANIFEST_BYTES, f"manifest {repository}:{reference}")
+        what = f"manifest {repository}{'@' if is_digest_reference(reference) else ':'}{reference}"
+        response = self._check(self._send("GET", url, pull_scope(repository), headers={"Accept": accept}), what)
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        claimed = response.headers.get("Docker-Content-Digest")
+        return self._read(response, MAX_MANIFEST_BYTES, what), media_type, claimed
+
+    def manifest(self, repository: str, reference: str) -> tuple[dict[str, Any], bytes, str]:
+        """The image manifest (an index resolved to this machine's platform), its bytes and media type."""
+        body, media_type, _ = self.manifest_bytes(repository, reference)
         try:
             document = json.loads(body)
         except ValueError:
@@ -159,7 +201,7 @@ class RegistryClient:
         checked as it streams)."""
         span = (byte_range[0], byte_range[1] - byte_range[0] + 1) if byte_range else None
         what = f"blob {digest[:19]} of {repository}"
-        response = self._send("GET", blob_url(self.base_url, repository, digest), f"repository:{repository}:pull",
+        response = self._send("GET", blob_url(self.base_url, repository, digest), pull_scope(repository),
                               headers={"Range": range_header(span)} if span else {})
         try:
             if not answers_blob(response.status_code, span):
@@ -211,6 +253,20 @@ class RegistryClient:
             raise RegistryError(f"blob {digest[:19]} of {repository} does not match its digest")
         return data
 
+    def blob_length(self, repository: str, digest: str) -> int:
+        """A blob's length, as the registry answers a HEAD for it."""
+        what = f"blob {digest[:19]} of {repository}"
+        with self._send("HEAD", blob_url(self.base_url, repository, digest), pull_scope(repository)) as response:
+            if response.status_code != 200:
+                _refuse(response, what)
+            length = response.headers.get("Content-Length", "")
+            claimed = response.headers.get("Docker-Content-Digest")
+        if not (length.isascii() and length.isdigit()):
+            raise RegistryError(f"{what}: the registry sent no Content-Length")
+        if claimed is not None and claimed != digest:
+            raise RegistryError(f"{what}: the registry says it is {claimed}")
+        return int(length)
+
     # --- pushing -----------------------------------------------------------------------------------------------
 
     def has_blob(self, repository: str, digest: str) -> bool:
@@ -241,14 +297,21 @@ class RegistryClient:
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
+def pull_scope(repository: str) -> str:
+    """The token scope of reading ``repository``'s manifests and blobs."""
+    return f"repository:{repository}:pull"
+
+
 def _refuse(response: Response, what: str) -> NoReturn:
-    """Raise the registry's refusal as a one-line RegistryError, with the start of its body."""
+    """Raise the registry's refusal as a one-line RegistryError (RegistryRefused for 401 and
+    403), with the start of its body."""
     try:
         detail = response.raw.read(200)  # an error body, not a blob: read its start only
     except TRANSPORT_ERRORS:
         detail = b""
     response.close()
-    raise RegistryError(f"{what}: HTTP {response.status_code} {' '.join(detail.decode('utf-8', 'replace').split())}")
+    refusal = RegistryRefused if response.status_code in (401, 403) else RegistryError
+    raise refusal(f"{what}: HTTP {response.status_code} {' '.join(detail.decode('utf-8', 'replace').split())}")
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

@@ -1,6 +1,6 @@
 """What the registry client sends and what it accepts, as pure functions: the API's URLs,
 a ranged blob request and the check of its answer, Bearer token challenges and the token
-service's answer.
+service's answer, Basic challenges and credentials.
 
 Both faces (blocking.py for the nydus commands, client.py for the mirror and the seed)
 go through these, so the two cannot drift apart; tests read them without a socket. The
@@ -10,6 +10,7 @@ session below every client uses too.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,6 +111,16 @@ def parse_bearer_challenge(header: str) -> BearerChallenge | None:
                 raise ChallengeInvalid("a Bearer challenge without a realm")
             return BearerChallenge(parameters["realm"], parameters.get("service", ""), parameters.get("scope", ""))
     return None
+
+
+def offers_basic(header: str) -> bool:
+    """Whether a ``WWW-Authenticate`` value offers Basic authentication (an htpasswd registry's)."""
+    return any(scheme == "basic" for scheme, _ in _challenges(header))
+
+
+def basic_authorization(username: str, password: str) -> str:
+    """The ``Authorization`` value of RFC 7617 for a user and password."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
 def _challenges(header: str) -> list[tuple[str, dict[str, str]]]:

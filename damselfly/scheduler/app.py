@@ -29,7 +29,9 @@ from damselfly.lib.serve import add_health_routes, json_object
 from damselfly.lib.tls import request_identity
 from damselfly.lib.waiting import wait_until_set
 from damselfly.core.pieces import piece_length_for
+from damselfly.lib.kv import MemoryKV, RedisKV
 from damselfly.scheduler.holdings import Holdings
+from damselfly.scheduler.tags import MAX_RECORDS, TagBook
 from damselfly.scheduler.state import (
     KEEPALIVE_INTERVAL,
     Host,
@@ -125,6 +127,7 @@ class Scheduler:
         app.router.add_post("/api/v1/tasks/{task_id}/trigger-failed", self.trigger_failed)
         app.router.add_post("/api/v1/tasks/{task_id}/done", self.done)
         app.router.add_get("/api/v1/tasks/{task_id}/peers", self.task_peers)
+        TagBook(self.state, RedisKV(self.kv) if self.kv is not None else MemoryKV(max_values=MAX_RECORDS)).add_routes(app)
         app.cleanup_ctx.append(self._lifecycle)
         return app
 

@@ -19,7 +19,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from damselfly.core.jobs import ManifestPlacement, Placement, SignedStatement, Statement
 from damselfly.lib.filesend import copy_within, sendfile_within
+from damselfly.lib.sealed import SealError
+from damselfly.lib.signed import Signature
+from damselfly.lib.units import format_size
 from damselfly.core.oci import Digest, OCIError, Origin, SourceRefused, SourceUnavailable
 from damselfly.lib.ratelimit import TokenBucket
 from damselfly.lib.serve import add_health_routes, json_object
@@ -30,7 +34,7 @@ from damselfly.network.relay import RelayBook
 from damselfly.storage.task import Task, TaskFailed
 from damselfly.lib.tls import is_loopback, request_identity
 from damselfly.core.wire import (COUNT_HEADER, MAX_RUN_PIECES, ORIGIN_HEADER, PIECE_DIGEST_HEADER, RECEIVER_HEADER,
-                            RELAY_HEADER, SeedTrigger, parse_number, piece_trailer, run_body_length)
+                            RELAY_HEADER, SeedTrigger, TagConfirm, parse_number, piece_trailer, run_body_length)
 
 log = logging.getLogger(__name__)
 SEED_START_WAIT = 10.0
@@ -63,15 +67,35 @@ class SeedDuty:
     resolve_registry: Callable[[str], str]
     # (digest, reason): a task this seed accepted could not start; the scheduler stops offering it for the task.
     could_not_start: Callable[[str, str], None]
+    # Resolve a tag at the registry and publish it for the cluster, in the background (see network.tags).
+    confirm_tag: Callable[[TagConfirm], None]
+
+
+@dataclass(frozen=True)
+class PreheatDuty:
+    """What a host does when its scheduler places a preheat job's parts on it."""
+
+    # A registry name in a placement -> its upstream URL, by this host's own map (ValueError: refused).
+    resolve_registry: Callable[[str], str]
+    # Keep manifests and tags' resolutions (already checked against their digests) for pulls
+    # while the registry is down, under the upstream URL.
+    keep_manifests: Callable[[ManifestPlacement, str], None]
+    # (sealed credentials, statement) -> the Authorization value they hold (SealError if they do not open here).
+    open_credentials: Callable[[str, Statement], str]
+    # (signed bytes, signature): SealError unless the manager signed them.
+    verify: Callable[[bytes, Signature], None]
+    cache_quota: int
+    clock: Callable[[], float] = time.time
 
 
 class UploadServer:
     def __init__(self, blobs: BlobService, network: PieceReports, seed_duty: SeedDuty | None, metrics: PeerMetrics,
                  registry: CollectorRegistry, slots: int = 16, piece_wait: float = SEED_PIECE_WAIT,
-                 rate: int | None = None, send_timeout: float = 60.0) -> None:
+                 rate: int | None = None, send_timeout: float = 60.0, preheat: PreheatDuty | None = None) -> None:
         self.blobs = blobs
         self.network = network
         self.seed_duty = seed_duty  # None: a peer's, which refuses triggers and serves only the pieces it holds
+        self.preheat = preheat  # None: placements are refused
         # Bandwidth cap for uploads; a burst of one 4 MiB piece. Both it and the slots may
         # change at run time (set_limits).
         self.limiter = TokenBucket(rate, UPLOAD_BURST) if rate else None
@@ -99,7 +123,10 @@ class UploadServer:
         app = web.Application()
         add_health_routes(app, self.registry)
         app.router.add_get("/pieces/{digest}/{index}", self.piece)
+        app.router.add_post("/api/v1/seed/tags", self.confirm_tag)  # before {digest}, which "tags" is not
         app.router.add_post("/api/v1/seed/{digest}", self.seed)
+        app.router.add_post("/api/v1/preheat/blobs/{digest}", self.place_blob)
+        app.router.add_post("/api/v1/preheat/manifests", self.place_manifests)
         app.on_cleanup.append(self._close)
         return app
 
@@ -231,14 +258,18 @@ class UploadServer:
         return origin is None or (request_identity(request) is not None
                                   and request.headers.get(ORIGIN_HEADER) == origin)
 
-    async def seed(self, request: web.Request) -> web.Response:
-        """A peer asks this seed to fetch a task from the origin, with its caller's credentials."""
+    def _seed_duty(self, request: web.Request) -> SeedDuty:
+        """A seed's duty, for a member (with TLS, a certificate of the cluster's CA)."""
         if request.transport is not None and request.transport.get_extra_info("sslcontext") is not None \
                 and request_identity(request) is None:
             raise web.HTTPForbidden(text="a seed trigger needs a cluster member's certificate")
-        duty = self.seed_duty
-        if duty is None:
+        if self.seed_duty is None:
             raise web.HTTPConflict(text="not a seed peer")
+        return self.seed_duty
+
+    async def seed(self, request: web.Request) -> web.Response:
+        """A peer asks this seed to fetch a task from the origin, with its caller's credentials."""
+        duty = self._seed_duty(request)
         try:
             digest = Digest.parse(request.match_info["digest"])
             trigger = SeedTrigger.from_json(await json_object(request))
@@ -261,6 +292,97 @@ class UploadServer:
             log.error("seed download of %s from %s/%s could not start: %s", digest, origin.registry,
                       origin.repository, message)
             duty.could_not_start(str(digest), f"seed could not start from the origin: {message}")
+
+    async def confirm_tag(self, request: web.Request) -> web.Response:
+        """A node asks this seed to resolve a tag at the registry (with its caller's
+        credentials) and publish what the registry answers: 202 at once, the work goes on."""
+        duty = self._seed_duty(request)
+        try:
+            confirm = TagConfirm.from_json(await json_object(request))
+            duty.resolve_registry(confirm.registry)
+        except ValueError as exc:  # WireError included
+            raise web.HTTPBadRequest(text=f"malformed tag confirmation: {exc}") from None
+        duty.confirm_tag(confirm)
+        return web.json_response({"accepted": f"{confirm.repository}:{confirm.tag}"}, status=202)
+
+    def _preheat_duty(self, request: web.Request) -> PreheatDuty:
+        """Placements come from the cluster's schedulers only: a scheduler certificate with
+        TLS, this machine without (loopback deployments)."""
+        identity = request_identity(request)
+        if identity is not None:
+            if not identity.has_role("scheduler"):
+                raise web.HTTPForbidden(text=f"{identity.name} ({identity.role}) is not a scheduler")
+        elif request.transport is not None and request.transport.get_extra_info("sslcontext") is not None:
+            raise web.HTTPForbidden(text="a placement needs a scheduler's certificate")
+        elif request.remote is None or not is_loopback(request.remote):
+            raise web.HTTPForbidden(text="a placement comes from a scheduler on this machine only (no TLS)")
+        if self.preheat is None:
+            raise web.HTTPConflict(text="this host takes no preheat placements")
+        return self.preheat
+
+    def _statement(self, duty: PreheatDuty, signed: SignedStatement) -> Statement:
+        """The statement, if the manager signed it and its deadline has not passed: a
+        scheduler or a queue on the way can change nothing a host acts on."""
+        try:
+            duty.verify(signed.statement.canonical(), signed.signature)
+        except SealError as exc:
+            raise web.HTTPForbidden(text=f"placement refused: {exc}") from None
+        if duty.clock() > signed.statement.deadline:
+            raise web.HTTPGone(text=f"preheat job {signed.statement.job_id} is past its deadline")
+        return signed.statement
+
+    async def place_blob(self, request: web.Request) -> web.Response:
+        """Hold a blob of a preheat job: answers once it is stored (200), or why not."""
+        duty = self._preheat_duty(request)
+        try:
+            digest = Digest.parse(request.match_info["digest"])
+            placement = Placement.from_json(await json_object(request))
+        except OCIError as exc:
+            raise web.HTTPBadRequest(text=f"malformed placement: {exc.message}") from None
+        except ValueError as exc:  # JobError included
+            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
+        statement = self._statement(duty, placement.signed)
+        size = statement.blobs.get(str(digest))
+        if size is None:
+            raise web.HTTPBadRequest(text=f"{digest} is not a blob of preheat job {statement.job_id}")
+        try:
+            upstream = duty.resolve_registry(statement.registry)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
+        if statement.total_bytes > duty.cache_quota:
+            raise web.HTTPInsufficientStorage(
+                text=f"the preheat needs {format_size(statement.total_bytes)}, more than this host's cache quota of "
+                     f"{format_size(duty.cache_quota)}")
+        authorization = None
+        if placement.credentials is not None:
+            if self.seed_duty is None:
+                raise web.HTTPBadRequest(text="credentials go to seed peers only")
+            try:
+                authorization = duty.open_credentials(placement.credentials, statement)
+            except SealError as exc:
+                raise web.HTTPBadRequest(text=str(exc)) from None
+        origin = Origin(upstream, statement.repository, authorization, private=statement.private)
+        try:
+            await self.blobs.place(digest, origin, length=size)
+        except SourceRefused as exc:
+            raise web.HTTPBadGateway(text=f"the registry answered {exc.status}") from None
+        except SourceUnavailable as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        return web.json_response({"digest": str(digest), "state": "done"})
+
+    async def place_manifests(self, request: web.Request) -> web.Response:
+        duty = self._preheat_duty(request)
+        try:
+            placement = ManifestPlacement.from_json(await json_object(request))
+        except ValueError as exc:  # JobError included
+            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
+        statement = self._statement(duty, placement.signed)
+        try:
+            upstream = duty.resolve_registry(statement.registry)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
+        duty.keep_manifests(placement, upstream)
+        return web.json_response({"manifests": len(placement.manifests), "tags": len(statement.tags)})
 
 
 def is_member(request: web.Request) -> bool:

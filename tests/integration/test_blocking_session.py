@@ -353,3 +353,40 @@ def test_an_https_registry_behind_a_proxy_that_wants_credentials(tls_server: tup
         assert "wants credentials (401)" in failure.message  # tinyproxy's answer to a CONNECT (others: 407)
         assert proxy.url.split("@")[1] in failure.message
         assert "wrong" not in failure.message and "s3cret" not in failure.message
+
+
+def test_abort_ends_a_read_blocked_on_a_server_that_closes_after_its_answer() -> None:
+    """An HTTP/1.0 server (or Connection: close) leaves the socket to the answer alone: an
+    abort from another thread must still end a read that waits for bytes that never come
+    (a daemon stopping with a download stuck on such a registry did not exit)."""
+    release = threading.Event()
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.wfile.flush()
+            release.wait(30)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    stalling = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=stalling.serve_forever, daemon=True).start()
+    session = Session(read_timeout=60)
+    try:
+        response = session.request("GET", f"http://127.0.0.1:{stalling.server_address[1]}/blob")
+        assert response.raw.read(10) == b"x" * 10
+        reader = threading.Thread(target=lambda: response.raw.read(1), daemon=True)
+        reader.start()
+        response.abort()
+        reader.join(5)
+        assert not reader.is_alive(), "the read stayed blocked after abort()"
+    finally:
+        release.set()
+        stalling.shutdown()
+        session.close()

@@ -16,7 +16,7 @@ def test_quick_run_completes_every_scenario_and_leaves_nothing(tmp_path):
     records = json.loads((tmp_path / "results.json").read_text())
     assert [r["scenario"] for r in records] == ["ociv1", "pull-through", "p2p-cold", "p2p-remote", "p2p-local",
                                                 "local-registry", "nydus-cold", "nydus-p2p-cold", "nydus-p2p-remote",
-                                                "nydus-p2p-local", "nydus-cache"]
+                                                "nydus-p2p-local", "nydus-cache", "preheat"]
     for record in records:
         assert record["ok"] and record["nodes"] == 3 and len(record["start_seconds"]) == 3, record
     by_name = {r["scenario"]: r for r in records}
@@ -41,5 +41,11 @@ def test_quick_run_completes_every_scenario_and_leaves_nothing(tmp_path):
         assert all(d <= s + 1.0 for d, s in pairs), name  # a link counter read a little late
     assert by_name["p2p-local"]["download_seconds"] == []  # nothing came over the link
     assert by_name["p2p-remote"]["seed_bytes"] >= image  # the seed sent every blob at least once
+    # The preheat read the image from the registry once (the seed), reached every node, and
+    # the starts after it read nothing more.
+    preheat = by_name["preheat"]
+    assert image <= preheat["registry_bytes"] <= 1.05 * image
+    assert len(preheat["preheat_seconds"]) == 1 and preheat["bound_ratio"] > 0
+    assert len(preheat["download_seconds"]) == 3 and max(preheat["download_seconds"]) <= preheat["preheat_seconds"][0] + 1.0
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert PREFIX not in namespaces

@@ -5,11 +5,14 @@ the one-node cluster of `run` (its scheduler and seed peer, active, with the byt
 of a blob just pulled through the node), kept live without reloading, and where that blob
 is; root creating a guest and signing out; the guest finding every write either absent or
 refused in words. The screenshot in docs/console.png is retaken when
-DAMSELFLY_UPDATE_SCREENSHOT=1.
+DAMSELFLY_UPDATE_SCREENSHOT=1. And the preheat page: root starting a job from its form and
+watching it end, its parts and their hosts, a cancel, a refusal in the manager's words, and
+a guest who reads the jobs but cannot start or cancel one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,16 +22,18 @@ from typing import Iterator
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from testkit.daemon import Damselfly
+from testkit.images import build_image, push_image
 from testkit.processes import wait_healthy
 from testkit.registry import Registry, RegistryClient
-from testkit.wait import free_port
+from testkit.wait import free_port, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -36,6 +41,8 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "console.png"
 ROOT_PASSWORD = "console-test-root-password"
 GUEST, GUEST_PASSWORD = "visitor", "visitor-password-12"
 WAIT = 15  # seconds for any one thing to show; the console polls every 3
+PREHEAT_WAIT = 90  # seconds for a preheat to end: the seed of `run` reads the image from the registry
+FINAL_STATES = ("SUCCESS", "FAILURE", "CANCELLED")
 
 
 @dataclass
@@ -77,7 +84,9 @@ def browser() -> Iterator[WebDriver]:
 
 
 def wait(driver: WebDriver, condition, what: str, timeout: float = WAIT):
-    return WebDriverWait(driver, timeout).until(condition, f"the console did not show {what} within {timeout} s")
+    # A page redrawn by polling between finding an element and reading it: look again.
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        condition, f"the console did not show {what} within {timeout} s")
 
 
 def shown(driver: WebDriver, css: str) -> WebElement | None:
@@ -200,3 +209,165 @@ def test_console_sign_in_live_cluster_and_a_guest_refused(node: Node, registry: 
               .then(async r => done([r.status, await r.json()]), e => done([0, String(e)]));
         """)
         assert answer[0] == 403 and answer[1]["error"], answer
+
+
+def submit_preheat(driver: WebDriver, url: str, cluster: str = "") -> None:
+    form = wait(driver, lambda d: shown(d, "#new-preheat"), "the new-preheat form")
+    field = form.find_element(By.NAME, "url")
+    field.clear()
+    field.send_keys(url)
+    if cluster:
+        option = wait(driver, lambda d: [o.text for o in form.find_elements(By.CSS_SELECTOR, "#preheat-cluster option")
+                                         if o.text.startswith(cluster + " ")], f"cluster {cluster} in the form")
+        Select(form.find_element(By.NAME, "cluster")).select_by_visible_text(option[0])
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def click(driver: WebDriver, css: str, what: str) -> None:
+    """Click what ``css`` finds once it shows, again if polling redrew it in between."""
+    def clicked(d: WebDriver) -> bool:
+        element = shown(d, css)
+        if element is None:
+            return False
+        element.click()
+        return True
+    wait(driver, clicked, what)
+
+
+def listed(driver: WebDriver) -> dict[str, dict[str, str]]:
+    """The preheat list's jobs by id, their state and text, read at once (a poll may redraw it)."""
+    rows = driver.execute_script("return [...document.querySelectorAll('#jobs-table tr[data-job-id]')]"
+                                 ".map(r => [r.dataset.jobId, r.dataset.state, r.innerText])")
+    return {job_id: {"state": state, "text": text} for job_id, state, text in rows}
+
+
+def test_console_preheat_start_watch_cancel_and_a_guest_reads(node: Node, registry: Registry,
+                                                              registry_client: RegistryClient,
+                                                              browser: WebDriver) -> None:
+    """Root starts a preheat of an image in the test's registry from the form and watches it
+    reach SUCCESS in the list, then finds each of its manifests and blobs on the seed of
+    `run`; a malformed reference is refused under the form in the manager's words, and the
+    registry password typed with it is gone; a job no scheduler can take (its cluster has no
+    member) is cancelled from its page; a guest sees the jobs but no form and no Cancel."""
+    manager, api = node.console, f"{node.console}/api/v1"
+    image = build_image("console/preheat", [512 * 1024])
+    push_image(registry_client, image)
+    reference = image.reference(registry.host)
+    with httpx.Client(timeout=30) as client:
+        token = client.post(f"{api}/users/signin", json={"name": "root", "password": ROOT_PASSWORD}).json()["token"]
+        root = {"Authorization": f"Bearer {token}"}
+        # A cluster no host joins (its one network is TEST-NET-1): a job there stays PENDING.
+        created = client.post(f"{api}/clusters", json={"name": "empty", "scopes": {"cidrs": ["192.0.2.0/24"]}},
+                              headers=root)
+        assert created.status_code == 201, created.text
+        empty = created.json()["id"]
+        created = client.post(f"{api}/users", json={"name": GUEST, "password": GUEST_PASSWORD, "role": "guest"},
+                              headers=root)
+        assert created.status_code == 201, created.text
+        wait_until(lambda: client.get(f"{api}/seed-peers", params={"state": "active"}, headers=root).json(),
+                   WAIT * 2, "the seed peer of run registering")
+
+        browser.get(manager + "/")
+        sign_in(browser, "root", ROOT_PASSWORD)
+        wait(browser, lambda d: shown(d, "header nav"), "the navigation")
+        browser.find_element(By.CSS_SELECTOR, "header nav a[data-route=preheat]").click()
+        wait(browser, lambda d: "No preheat jobs yet" in text_of(d, ".jobs-list"), "the empty list of jobs")
+        form = wait(browser, lambda d: shown(d, "#new-preheat"), "the new-preheat form")
+        assert form.find_element(By.NAME, "scope").get_attribute("value") == "single_seed_peer"
+        assert not shown(browser, "#new-preheat [name=digest]")  # a file's only
+        kind = Select(form.find_element(By.NAME, "type"))
+        kind.select_by_value("file")
+        assert shown(browser, "#new-preheat [name=digest]") and not shown(browser, "#new-preheat [name=platform]")
+        kind.select_by_value("image")
+
+        # A malformed reference: the manager's one-line refusal under the form; the password
+        # typed with it is gone from the form and was never stored or put in the address.
+        form.find_element(By.CSS_SELECTOR, "#preheat-credentials summary").click()
+        form.find_element(By.NAME, "username").send_keys("someone")
+        form.find_element(By.NAME, "password").send_keys("registry-secret-password")
+        submit_preheat(browser, "not a reference")
+        error = wait(browser, lambda d: text_of(d, "#preheat-error"), "the manager's refusal under the form")
+        assert "url" in error and "\n" not in error, error
+        assert form.find_element(By.NAME, "password").get_attribute("value") == ""
+        assert "registry-secret-password" not in browser.current_url
+        assert browser.execute_script("return localStorage.length") == 0
+        assert browser.execute_script("return Object.keys(sessionStorage)") == ["damselfly.console.token"]
+        assert client.get(f"{api}/jobs", headers=root).json() == []
+        form.find_element(By.NAME, "username").clear()
+
+        # The image onto the seed of `run` (in its cluster: every cluster would include the
+        # empty one): listed at once, then SUCCESS with every copy placed.
+        submit_preheat(browser, reference, cluster="default")
+        [(job_id, job)] = wait(browser, listed, "the new job in the list").items()
+        assert reference in job["text"] and "single seed peer" in job["text"], job
+        assert not text_of(browser, "#preheat-error")
+        assert f"Preheat job #{job_id} started" in text_of(browser, ".notice.ok")
+        browser.execute_script("window.stillTheSamePage = true")
+        wait(browser, lambda d: listed(d)[job_id]["state"] in FINAL_STATES, "the job ending", timeout=PREHEAT_WAIT)
+        job = listed(browser)[job_id]
+        assert job["state"] == "SUCCESS", job
+        blobs = 2 + len(image.layers)  # the manifest, the config and each layer, on one seed
+        assert f"{blobs}/{blobs} placed" in job["text"], job
+        assert not browser.find_elements(By.CSS_SELECTOR, "#jobs-table button.cancel-job")  # it ended
+        assert browser.execute_script("return window.stillTheSamePage === true")  # polled, not reloaded
+
+        # Its page: each part on the seed peer, its hosts opening below it.
+        click(browser, f"#jobs-table a[href='#/preheat?job={job_id}']", "the job's link")
+        wait(browser, lambda d: shown(d, "#job-blobs tbody[data-digest]"), "the job's blobs")
+        assert "SUCCESS" in text_of(browser, "#job-state")
+        assert reference in text_of(browser, ".job-facts")
+        parts = {b.get_attribute("data-digest"): b
+                 for b in browser.find_elements(By.CSS_SELECTOR, "#job-blobs > tbody")}
+        wanted = {image.manifest_digest, "sha256:" + hashlib.sha256(image.config).hexdigest(),
+                  *(layer.digest for layer in image.layers)}
+        assert set(parts) == wanted, parts.keys()
+        manifest = parts[image.manifest_digest]
+        assert "manifest" in manifest.text and "1/1 hosts done" in manifest.text, manifest.text
+        biggest = max(image.layers, key=lambda layer: len(layer.data))
+        layer = parts[biggest.digest]
+        assert "KiB" in layer.text and "1/1 hosts done" in layer.text, layer.text
+        assert not layer.find_element(By.CSS_SELECTOR, "tr.hosts-row").is_displayed()
+        toggle = layer.find_element(By.CSS_SELECTOR, "button.toggle")
+        assert toggle.get_attribute("aria-expanded") == "false"
+        toggle.click()
+        host = wait(browser, lambda d: shown(d, f"#job-blobs tbody[data-digest='{biggest.digest}'] tr[data-host-id]"),
+                    "the hosts of a layer")
+        assert toggle.get_attribute("aria-expanded") == "true"
+        seeds = client.get(f"{api}/seed-peers", headers=root).json()
+        assert host.get_attribute("data-host-id") in {seed["host_id"] for seed in seeds}, host.text
+        assert "done" in host.text, host.text
+        assert not shown(browser, "button.cancel-job")
+
+        # A job in a cluster no scheduler serves stays PENDING; root cancels it from its page.
+        browser.find_element(By.CSS_SELECTOR, ".back a").click()
+        submit_preheat(browser, reference, cluster="empty")
+        [(stuck, pending)] = wait(browser, lambda d: {k: v for k, v in listed(d).items() if k != job_id},
+                                  "the second job").items()
+        assert pending["state"] in ("PENDING", "RUNNING"), pending
+        click(browser, f"#jobs-table a[href='#/preheat?job={stuck}']", "the second job's link")
+        cancel = wait(browser, lambda d: shown(d, "button.cancel-job"), "the Cancel button of a pending job")
+        assert "empty" in text_of(browser, ".job-facts [data-key=clusters]")
+        cancel.click()
+        assert cancel.text == "Really cancel?"
+        cancel.click()
+        wait(browser, lambda d: "CANCELLED" in text_of(d, "#job-state"), "the job cancelled")
+        assert f"Preheat job #{stuck} cancelled" in text_of(browser, ".notice.ok")
+        assert not shown(browser, "button.cancel-job")
+        assert client.get(f"{api}/jobs/{stuck}", headers=root).json()["state"] == "CANCELLED"
+
+        # A guest: both jobs, in their states, but no form and no Cancel.
+        active = client.post(f"{api}/jobs", headers=root, json={"type": "preheat", "cluster_ids": [empty],
+                                                                 "args": {"type": "image", "url": reference}})
+        assert active.status_code == 201, active.text
+        browser.find_element(By.ID, "signout").click()
+        sign_in(browser, GUEST, GUEST_PASSWORD)
+        wait(browser, lambda d: shown(d, "#readonly-note"), "the guest's read-only note")
+        browser.get(manager + "/#/preheat")
+        jobs = wait(browser, lambda d: len(listed(d)) == 3 and listed(d), "the three jobs for the guest")
+        states = {key: job["state"] for key, job in jobs.items()}
+        assert states[job_id] == "SUCCESS" and states[stuck] == "CANCELLED", states
+        assert states[str(active.json()["id"])] in ("PENDING", "RUNNING"), states
+        assert not browser.find_elements(By.CSS_SELECTOR, "#new-preheat, button.cancel-job")
+        browser.get(f"{manager}/#/preheat?job={active.json()['id']}")
+        wait(browser, lambda d: shown(d, ".job-facts"), "a job's page for the guest")
+        assert not browser.find_elements(By.CSS_SELECTOR, "button.cancel-job")

@@ -228,7 +228,8 @@ def test_a_seed_trigger_names_a_registry_the_seed_maps_itself(tmp_path, body, st
             raise ValueError(f"{name} refused")
         return {"127.0.0.1:5000": "http://127.0.0.1:5000"}[name]
 
-    app, blobs, _ = _serve(tmp_path, SeedDuty(resolve, could_not_start=lambda digest, reason: None))
+    app, blobs, _ = _serve(tmp_path, SeedDuty(resolve, could_not_start=lambda digest, reason: None,
+                                                     confirm_tag=lambda confirm: None))
     asked = []
 
     async def prefetch(digest, origin, ranged=False):

@@ -1,8 +1,8 @@
 """Upstreams that misbehave on purpose, for what a real docker-registry cannot be made to do.
 
 The names say they are fakes: a registry that pauses mid-blob until the test lets it go
-on, one that sends at a fixed rate and counts what it sent, and a server that accepts
-connections and never answers.
+on, one that sends at a fixed rate and counts what it sent, one that sends the manifests
+it is told to, true or not, and a server that accepts connections and never answers.
 """
 
 from __future__ import annotations
@@ -141,6 +141,49 @@ class ThrottledRegistryFake:
                     self.wfile.write(chunk)
                     with fake._lock:
                         fake.sent += len(chunk)
+
+        self._server = ThreadedHTTPServer(Handler, self.port)
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@dataclass
+class ManifestRegistryFake:
+    """Answers ``GET /v2/<name>/manifests/<reference>`` with what ``manifests`` holds for the
+    reference: (body, Content-Type, Docker-Content-Digest or None), whatever the body hashes
+    to; 404 for any other request."""
+
+    manifests: dict[str, tuple[bytes, str, str | None]] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "ManifestRegistryFake":
+        fake = self
+
+        class Handler(QuietRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                _, _, reference = self.path.partition("/manifests/")
+                if reference not in fake.manifests:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body, media_type, digest = fake.manifests[reference]
+                self.send_response(200)
+                self.send_header("Content-Type", media_type)
+                self.send_header("Content-Length", str(len(body)))
+                if digest is not None:
+                    self.send_header("Docker-Content-Digest", digest)
+                self.end_headers()
+                with contextlib.suppress(ConnectionError):  # a client that stops reading a body too large
+                    self.wfile.write(body)
 
         self._server = ThreadedHTTPServer(Handler, self.port)
         return self

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from damselfly.lib.blockinghttp import Redirect, RedirectRefused, follow_redirect
-from damselfly.registry.rules import (BearerChallenge, ChallengeInvalid, answers_blob, blob_answer_problem,
-                                      parse_bearer_challenge, range_header, realm_problem, token_in_answer, token_request_url,
-                                      with_query)
+from damselfly.registry.rules import (BearerChallenge, ChallengeInvalid, answers_blob, basic_authorization,
+                                      blob_answer_problem, offers_basic, parse_bearer_challenge, range_header, realm_problem,
+                                      token_in_answer, token_request_url, with_query)
 
 # --- Bearer challenges ---------------------------------------------------------------------------------------------
 
@@ -88,6 +88,21 @@ def test_query_parameters_join_any_query_the_url_has() -> None:
     assert with_query("https://r/x", {"ns": "docker.io"}) == "https://r/x?ns=docker.io"
     assert with_query("https://r/x?a=1", {"digest": "sha256:0"}) == "https://r/x?a=1&digest=sha256%3A0"
     assert with_query("https://r/x", {}) == "https://r/x"
+
+
+@pytest.mark.parametrize("header, basic", [
+    ('Basic realm="htpasswd"', True),
+    ('basic realm=x', True),
+    ('Bearer realm="https://r.example/t", Basic realm="r"', True),
+    ('Bearer realm="https://r.example/t",service="Basic"', False),  # a parameter's value is no scheme
+    ("", False),
+])
+def test_a_basic_challenge_is_seen_among_others(header: str, basic: bool) -> None:
+    assert offers_basic(header) is basic
+
+
+def test_basic_credentials_are_rfc_7617s() -> None:
+    assert basic_authorization("Aladdin", "open sesame") == "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
 
 
 # --- ranged blob answers -------------------------------------------------------------------------------------------

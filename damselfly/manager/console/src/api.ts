@@ -58,6 +58,37 @@ export interface AccessToken {
   [key: string]: unknown;
 }
 
+/** A host's part of placing one blob of a job. */
+export interface JobHost {
+  host_id: string;
+  state: string; // pending, fetching, done, failed
+  error?: string | null;
+}
+
+/** A manifest or blob a job places, in one cluster, and how far each host got. */
+export interface JobBlob {
+  digest: string;
+  size?: number | null;
+  kind?: string | null; // manifest or blob
+  cluster_id?: Id | null;
+  hosts?: JobHost[] | null;
+}
+
+/** A job as the manager answers it: never the credentials it was given, only whether it had any. */
+export interface Job {
+  id: Id;
+  type: string;
+  state: string; // PENDING, RUNNING, SUCCESS, FAILURE, CANCELLED
+  cluster_ids?: Id[] | null;
+  args?: Record<string, unknown> | null;
+  created_by?: string | null;
+  created_at?: string | null;
+  updated_at?: string | null;
+  error?: string | null;
+  blobs?: JobBlob[] | null;
+  [key: string]: unknown;
+}
+
 export class ApiError extends Error {
   constructor(readonly status: number, message: string) {
     super(message);

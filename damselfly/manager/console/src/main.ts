@@ -6,6 +6,7 @@ import type { Ctx, Page, PageFactory } from "./context";
 import { fill, h } from "./dom";
 import { auditPage } from "./pages/audit";
 import { clustersPage } from "./pages/clusters";
+import { preheatPage } from "./pages/preheat";
 import { tasksPage } from "./pages/tasks";
 import { tokensPage } from "./pages/tokens";
 import { usersPage } from "./pages/users";
@@ -22,6 +23,7 @@ interface Route {
 const ROUTES: Record<string, Route> = {
   clusters: { label: "Clusters", factory: clustersPage },
   tasks: { label: "Tasks", factory: tasksPage },
+  preheat: { label: "Preheat", factory: preheatPage },
   users: { label: "Users", factory: usersPage, rootOnly: { path: "/users", what: "users and their roles" } },
   tokens: { label: "Tokens", factory: tokensPage, rootOnly: { path: "/personal-access-tokens", what: "access tokens" } },
   audit: { label: "Audit log", factory: auditPage, rootOnly: { path: "/audit", what: "the audit log" } },

@@ -760,6 +760,724 @@
     return { title: "Clusters", el, refresh };
   }
 
+  // src/pages/users.ts
+  var ROLES = ["guest", "root"];
+  var MIN_PASSWORD = 12;
+  function roleSelect(value, attrs = {}) {
+    const select2 = h("select", attrs, ROLES.map((r) => h("option", { value: r }, r)));
+    select2.value = value;
+    return select2;
+  }
+  function busy(el) {
+    const active = document.activeElement;
+    const typing = active instanceof HTMLInputElement || active instanceof HTMLSelectElement || active instanceof HTMLTextAreaElement;
+    return typing && el.contains(active) || el.querySelector(".editing") !== null;
+  }
+  function usersPage(ctx) {
+    const name = h("input", {
+      type: "text",
+      name: "name",
+      required: true,
+      autocomplete: "off",
+      "aria-label": "Name",
+      placeholder: "name"
+    });
+    const password = h("input", {
+      type: "password",
+      name: "password",
+      required: true,
+      minlength: MIN_PASSWORD,
+      autocomplete: "new-password",
+      placeholder: `password, ${MIN_PASSWORD}+ characters`,
+      "aria-label": "Password"
+    });
+    const role = roleSelect("guest", { name: "role", "aria-label": "Role" });
+    const submit = h("button", { type: "submit", class: "primary" }, "Create user");
+    const form = h("form", { class: "inline-form", id: "create-user" }, name, password, role, submit);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const body = { name: name.value.trim(), password: password.value, role: role.value };
+      void ctx.act(
+        submit,
+        `create user \u201C${body.name}\u201D`,
+        () => api.post("/users", body),
+        `User \u201C${body.name}\u201D created with role ${body.role}.`
+      ).then((ok) => {
+        if (ok) {
+          name.value = "";
+          password.value = "";
+        }
+      });
+    });
+    const table = h("div", { class: "users" });
+    const el = h(
+      "div",
+      { class: "page users-page" },
+      h("div", { class: "page-head" }, h("h1", null, "Users")),
+      h(
+        "p",
+        { class: "lede" },
+        "Root may change anything; a guest may look at clusters and tasks but change nothing. ",
+        `Passwords need at least ${MIN_PASSWORD} characters.`
+      ),
+      h("section", { class: "card" }, h("h2", null, "New user"), form),
+      h("section", { class: "card" }, h("h2", null, "All users"), table)
+    );
+    let last = "";
+    function row(user) {
+      const self = String(user.id) === String(ctx.me.id);
+      const select2 = roleSelect(user.role, { "aria-label": `Role of ${user.name}` });
+      select2.addEventListener("change", () => {
+        const to = select2.value;
+        void ctx.act(
+          null,
+          `change the role of \u201C${user.name}\u201D`,
+          () => api.patch(`/users/${idPath(user.id)}`, { role: to }),
+          `\u201C${user.name}\u201D is now ${to}.`
+        ).then((ok) => {
+          if (!ok) select2.value = user.role;
+        });
+      });
+      const actions = h("td", { class: "actions" });
+      const setPassword = h("button", { type: "button" }, "Set password");
+      setPassword.addEventListener("click", () => {
+        const input = h("input", {
+          type: "password",
+          minlength: MIN_PASSWORD,
+          autocomplete: "new-password",
+          placeholder: "new password",
+          "aria-label": `New password for ${user.name}`
+        });
+        const save = h("button", { type: "submit", class: "primary" }, "Save");
+        const edit = h(
+          "form",
+          { class: "inline-form editing" },
+          input,
+          save,
+          h("button", { type: "button", onclick: () => {
+            fill(actions, ...buttons);
+            last = "";
+          } }, "Cancel")
+        );
+        edit.addEventListener("submit", (event) => {
+          event.preventDefault();
+          void ctx.act(
+            save,
+            `set the password of \u201C${user.name}\u201D`,
+            () => api.patch(`/users/${idPath(user.id)}`, { password: input.value }),
+            `Password of \u201C${user.name}\u201D changed.`
+          ).then((ok) => {
+            if (ok) {
+              fill(actions, ...buttons);
+              last = "";
+            }
+          });
+        });
+        fill(actions, edit);
+        input.focus();
+      });
+      const buttons = [setPassword, self ? null : confirmButton("Delete", "Really delete?", () => {
+        void ctx.act(
+          null,
+          `delete user \u201C${user.name}\u201D`,
+          () => api.del(`/users/${idPath(user.id)}`),
+          `User \u201C${user.name}\u201D deleted.`
+        );
+      })].filter((b) => b !== null);
+      fill(actions, ...buttons);
+      return h(
+        "tr",
+        { "data-name": user.name },
+        h("td", null, user.name, self ? h("span", { class: "you" }, " (you)") : null),
+        h("td", null, select2),
+        h("td", null, h("span", { class: "id" }, display(user.id))),
+        h("td", null, dateCell(user.created_at ?? null)),
+        actions
+      );
+    }
+    async function refresh() {
+      const users = asList(await api.get("/users"));
+      const key = JSON.stringify(users);
+      if (key === last || busy(table)) return;
+      last = key;
+      fill(table, users.length ? h("div", { class: "table-wrap" }, h(
+        "table",
+        { id: "users-table" },
+        h("thead", null, h("tr", null, ["Name", "Role", "ID", "Created", ""].map((c) => h("th", null, c)))),
+        h("tbody", null, users.map(row))
+      )) : h("p", { class: "empty" }, "No users."));
+    }
+    return { title: "Users", el, refresh };
+  }
+
+  // src/pages/preheat.ts
+  var ACTIVE = /* @__PURE__ */ new Set(["PENDING", "RUNNING"]);
+  var IDLE_MS = 3e4;
+  var SHOWN2 = 100;
+  var SCOPES2 = {
+    single_seed_peer: "One seed peer",
+    all_seed_peers: "All seed peers",
+    all_peers: "All peers"
+  };
+  var PLATFORMS = ["all", "linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc64le", "linux/s390x", "windows/amd64"];
+  var DEFAULT_TIMEOUT = 3600;
+  function isActive(job) {
+    return ACTIVE.has(job.state);
+  }
+  function arg(job, key) {
+    return job.args ? job.args[key] : void 0;
+  }
+  function jobHref(id) {
+    return `#/preheat?job=${encodeURIComponent(String(id))}`;
+  }
+  function shortDigest(digest) {
+    const colon = digest.indexOf(":");
+    const hex = colon < 0 ? digest : digest.slice(colon + 1);
+    return hex.length > 12 ? `${digest.slice(0, colon + 1)}${hex.slice(0, 12)}\u2026` : digest;
+  }
+  function scopeText2(job) {
+    const scope = typeof arg(job, "scope") === "string" ? String(arg(job, "scope")) : "single_seed_peer";
+    const count = arg(job, "count");
+    const percentage = arg(job, "percentage");
+    const ips = arg(job, "ips");
+    const narrowed = [
+      typeof count === "number" ? `${count} peer${count === 1 ? "" : "s"}` : null,
+      typeof percentage === "number" ? `${percentage}% of peers` : null,
+      Array.isArray(ips) && ips.length ? `${ips.length} address${ips.length === 1 ? "" : "es"}` : null
+    ].filter(Boolean);
+    return [scope.replace(/_/g, " "), ...narrowed].join(" \xB7 ");
+  }
+  function placement(hosts) {
+    return {
+      done: hosts.filter((x) => x.state === "done").length,
+      failed: hosts.filter((x) => x.state === "failed").length,
+      total: hosts.length
+    };
+  }
+  function allHosts(blobs) {
+    return blobs.flatMap((b) => b.hosts ?? []);
+  }
+  function progressText(p, noun) {
+    return [
+      h("span", { class: "progress" }, h("progress", { max: p.total, value: p.done }), ` ${p.done}/${p.total} ${noun}`),
+      p.failed ? h("span", { class: "error-text" }, `, ${p.failed} failed`) : null
+    ];
+  }
+  function jobProgress(job) {
+    const blobs = job.blobs ?? [];
+    const p = placement(allHosts(blobs));
+    if (!p.total) {
+      return h("span", { class: "muted" }, !blobs.length ? isActive(job) ? "resolving\u2026" : "\u2014" : "no host chosen yet");
+    }
+    const hosts = new Set(allHosts(blobs).map((x) => x.host_id)).size;
+    return h(
+      "span",
+      { title: `${blobs.length} blob${blobs.length === 1 ? "" : "s"} on ${hosts} host${hosts === 1 ? "" : "s"}` },
+      progressText(p, "placed")
+    );
+  }
+  function cancelButton(ctx, job, onCancel) {
+    const button = confirmButton("Cancel job", "Really cancel?", () => {
+      onCancel();
+      void ctx.act(
+        button,
+        `cancel preheat job #${job.id}`,
+        () => api.del(`/jobs/${idPath(job.id)}`),
+        `Preheat job #${job.id} cancelled.`
+      );
+    });
+    button.classList.add("cancel-job");
+    return button;
+  }
+  var Clusters = class {
+    constructor() {
+      this.list = null;
+      this.problem = null;
+      this.readAt = 0;
+    }
+    async load() {
+      if (this.list && Date.now() - this.readAt < IDLE_MS) return;
+      try {
+        this.list = asList(await api.get("/clusters"));
+        this.readAt = Date.now();
+        this.problem = null;
+      } catch (err) {
+        if (err instanceof ApiError && err.unauthorized) throw err;
+        this.problem = err.message;
+      }
+    }
+    name(id) {
+      const cluster = this.list?.find((c) => String(c.id) === String(id));
+      return cluster ? `${cluster.name} (#${cluster.id})` : `#${id}`;
+    }
+  };
+  var fieldCount2 = 0;
+  function labelled(label, input, hint, attrs = {}) {
+    const id = input.id || `preheat-${++fieldCount2}`;
+    input.id = id;
+    if (hint) input.setAttribute("aria-describedby", `${id}-hint`);
+    return h(
+      "div",
+      { class: "field", ...attrs },
+      h("label", { for: id }, label),
+      input,
+      hint ? h("small", { class: "hint", id: `${id}-hint` }, hint) : null
+    );
+  }
+  function select(name, options, value) {
+    const el = h("select", { name }, options.map(([v, text]) => h("option", { value: v }, text)));
+    el.value = value;
+    return el;
+  }
+  function parseHeaders(text) {
+    const headers = {};
+    const lines = text.split("\n");
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i].trim();
+      if (!line) continue;
+      const colon = line.indexOf(":");
+      const name = colon > 0 ? line.slice(0, colon).trim() : "";
+      if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) return `Header line ${i + 1}: write it as Name: value.`;
+      headers[name] = line.slice(colon + 1).trim();
+    }
+    return headers;
+  }
+  function newJobForm(ctx, started) {
+    const url = h("input", {
+      type: "text",
+      name: "url",
+      id: "preheat-url",
+      required: true,
+      autocomplete: "off",
+      spellcheck: "false",
+      placeholder: "registry.example/team/app:1.2"
+    });
+    const type = select("type", [["image", "Image"], ["file", "File"]], "image");
+    const platform = h("input", {
+      type: "text",
+      name: "platform",
+      value: "all",
+      list: "preheat-platforms",
+      autocomplete: "off",
+      spellcheck: "false"
+    });
+    const platforms = h("datalist", { id: "preheat-platforms" }, PLATFORMS.map((p) => h("option", { value: p })));
+    const digest = h("input", { type: "text", name: "digest", autocomplete: "off", spellcheck: "false", placeholder: "sha256:\u2026" });
+    const scope = select("scope", Object.entries(SCOPES2), "single_seed_peer");
+    const count = h("input", { type: "number", name: "count", min: 1, step: 1, placeholder: "all" });
+    const percentage = h("input", { type: "number", name: "percentage", min: 1, max: 100, step: 1, placeholder: "all" });
+    const ips = h("input", { type: "text", name: "ips", autocomplete: "off", spellcheck: "false", placeholder: "any" });
+    const cluster = select("cluster", [["", "Every cluster"]], "");
+    const timeout = h("input", { type: "number", name: "timeout", min: 1, step: 1, value: DEFAULT_TIMEOUT, required: true });
+    const username = h("input", { type: "text", name: "username", autocomplete: "off", spellcheck: "false" });
+    const password = h("input", { type: "password", name: "password", autocomplete: "new-password" });
+    const headers = h("textarea", {
+      name: "headers",
+      rows: 2,
+      spellcheck: "false",
+      autocomplete: "off",
+      placeholder: "X-Registry-Token: \u2026"
+    });
+    const error = h("p", { class: "error-text", id: "preheat-error", role: "alert", hidden: true });
+    const submit = h("button", { type: "submit", class: "primary" }, "Start preheat");
+    const clusterIds = /* @__PURE__ */ new Map();
+    let shownClusters = "";
+    const clusterHint = h("small", { class: "hint", id: "preheat-cluster-hint" }, "Empty: every cluster.");
+    cluster.id = "preheat-cluster";
+    cluster.setAttribute("aria-describedby", clusterHint.id);
+    const platformField = labelled(
+      "Platform",
+      platform,
+      "all (every platform an index lists), or os/arch[/variant] such as linux/amd64."
+    );
+    const digestField = labelled("Digest", digest, "The file's digest: every host checks the bytes against it.");
+    const peersField = h(
+      "fieldset",
+      { class: "peers" },
+      h("legend", null, "Which peers (optional)"),
+      h(
+        "div",
+        { class: "grid" },
+        labelled("Count", count, "At most this many peers."),
+        labelled("Percentage", percentage, "Or this share of them, 1\u2013100."),
+        labelled("IP addresses", ips, "Only peers at these addresses, separated by spaces or commas.")
+      )
+    );
+    const kind = () => {
+      platformField.hidden = type.value !== "image";
+      digestField.hidden = type.value !== "file";
+      digest.required = type.value === "file";
+      peersField.hidden = scope.value !== "all_peers";
+      url.placeholder = type.value === "file" ? "http(s)://registry.example/v2/team/files/blobs/sha256:\u2026" : "registry.example/team/app:1.2";
+    };
+    type.addEventListener("change", kind);
+    scope.addEventListener("change", kind);
+    kind();
+    const say = (text) => {
+      error.textContent = text;
+      error.hidden = !text;
+    };
+    const forgetSecrets = () => {
+      password.value = "";
+      headers.value = "";
+    };
+    const form = h(
+      "form",
+      { id: "new-preheat", class: "preheat-form", method: "post", autocomplete: "off" },
+      h(
+        "div",
+        { class: "grid" },
+        labelled(
+          "Image or file",
+          url,
+          "An image reference (registry/repository:tag or @digest), or a file's blob URL (http(s)://registry/v2/repository/blobs/sha256:\u2026).",
+          { class: "field wide" }
+        ),
+        labelled("Type", type),
+        platformField,
+        digestField,
+        labelled(
+          "Where",
+          scope,
+          "One seed peer: the least busy. All peers: every seed peer, then peers, which get each blob from the seeds."
+        ),
+        h("div", { class: "field" }, h("label", { for: cluster.id }, "Cluster"), cluster, clusterHint),
+        labelled("Timeout (seconds)", timeout, "The job fails if it has not placed everything by then.")
+      ),
+      peersField,
+      h(
+        "details",
+        { class: "credentials", id: "preheat-credentials" },
+        h("summary", null, "Private registry (optional)"),
+        h(
+          "div",
+          { class: "grid" },
+          labelled("Username", username),
+          labelled("Password", password, "Sent once; the manager never shows it, and this page forgets it once sent."),
+          labelled(
+            "Headers",
+            headers,
+            "Name: value, one a line; their values are never shown either.",
+            { class: "field wide" }
+          )
+        )
+      ),
+      platforms,
+      error,
+      h("div", { class: "buttons" }, submit)
+    );
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      say("");
+      const args = {
+        type: type.value,
+        url: url.value.trim(),
+        scope: scope.value,
+        timeout: timeout.value === "" ? DEFAULT_TIMEOUT : Number(timeout.value)
+      };
+      if (type.value === "image") args.platform = platform.value.trim() || "all";
+      if (type.value === "file" && digest.value.trim()) args.digest = digest.value.trim();
+      if (scope.value === "all_peers") {
+        if (count.value !== "") args.count = Number(count.value);
+        if (percentage.value !== "") args.percentage = Number(percentage.value);
+        const addresses = ips.value.split(/[\s,]+/).filter(Boolean);
+        if (addresses.length) args.ips = addresses;
+      }
+      if (username.value.trim()) args.username = username.value.trim();
+      if (password.value) args.password = password.value;
+      const parsed = parseHeaders(headers.value);
+      if (typeof parsed === "string") {
+        say(parsed);
+        headers.focus();
+        return;
+      }
+      if (Object.keys(parsed).length) args.headers = parsed;
+      const chosen = clusterIds.get(cluster.value);
+      const body = { type: "preheat", args, ...chosen !== void 0 ? { cluster_ids: [chosen] } : {} };
+      let created = null;
+      let refused = null;
+      void ctx.act(submit, "start the preheat", async () => {
+        try {
+          created = await api.post("/jobs", body);
+        } catch (err) {
+          if (err instanceof ApiError && !err.unauthorized) refused = err.message;
+          else throw err;
+        } finally {
+          forgetSecrets();
+        }
+      }).then(() => {
+        if (refused !== null) {
+          say(refused);
+          url.focus();
+          return;
+        }
+        const job = created;
+        if (!job) return;
+        ctx.notify(`Preheat job #${job.id} started for ${display(arg(job, "url") ?? args.url)}.`);
+        url.value = "";
+        digest.value = "";
+        started(job);
+      });
+    });
+    return {
+      el: form,
+      showClusters(clusters) {
+        clusterHint.textContent = clusters.problem ? `Could not list the clusters (${clusters.problem}); every cluster, or try later.` : "Every cluster, or only one.";
+        const key = JSON.stringify(clusters.list?.map((c) => [c.id, c.name]) ?? null);
+        if (!clusters.list || key === shownClusters || document.activeElement === cluster) return;
+        shownClusters = key;
+        const value = cluster.value;
+        clusterIds.clear();
+        fill(cluster, h("option", { value: "" }, "Every cluster"), clusters.list.map((c) => {
+          clusterIds.set(String(c.id), c.id);
+          return h("option", { value: String(c.id) }, `${c.name} (#${c.id})`);
+        }));
+        cluster.value = clusterIds.has(value) ? value : "";
+      }
+    };
+  }
+  function jobsTable(ctx, jobs, onCancel) {
+    const head = ["Job", "Image or file", "Where", "State", "Progress", "By", "Created", ""];
+    return h(
+      "div",
+      { class: "table-wrap" },
+      h(
+        "table",
+        { id: "jobs-table", class: "jobs" },
+        h("thead", null, h("tr", null, head.map((c) => h("th", null, c)))),
+        h("tbody", null, jobs.map((job) => h(
+          "tr",
+          { "data-job-id": String(job.id), "data-state": job.state },
+          h("td", null, h("a", { href: jobHref(job.id), "aria-label": `Preheat job ${job.id}` }, `#${job.id}`)),
+          h(
+            "td",
+            { class: "url" },
+            h("code", null, display(arg(job, "url"))),
+            arg(job, "type") === "file" ? h("span", { class: "badge tag" }, "file") : null
+          ),
+          h("td", null, scopeText2(job)),
+          h(
+            "td",
+            null,
+            stateBadge(job.state),
+            job.error ? h("div", { class: "job-error error-text", title: job.error }, job.error) : null
+          ),
+          h("td", null, jobProgress(job)),
+          h("td", null, display(job.created_by)),
+          h("td", null, dateCell(job.created_at ?? null)),
+          h("td", { class: "actions" }, ctx.isRoot && isActive(job) ? cancelButton(ctx, job, onCancel) : null)
+        )))
+      ),
+      jobs.length >= SHOWN2 ? h("p", { class: "muted" }, `The newest ${SHOWN2} jobs.`) : null
+    );
+  }
+  function listPage(ctx) {
+    const clusters = new Clusters();
+    const table = h("div", { class: "jobs-list" }, h("p", { class: "muted" }, "Loading the jobs\u2026"));
+    const checked = h("p", { class: "muted checked", id: "jobs-checked" });
+    let stale = true;
+    const form = ctx.isRoot ? newJobForm(ctx, () => {
+      stale = true;
+    }) : null;
+    const el = h(
+      "div",
+      { class: "page preheat-page" },
+      h("div", { class: "page-head" }, h("h1", null, "Preheat")),
+      h(
+        "p",
+        { class: "lede" },
+        "Place an image's blobs (or a file) on seed peers or peers before anyone pulls it, ",
+        "so the first pull is served from the cluster instead of the registry."
+      ),
+      form ? h("section", { class: "card", id: "new-preheat-card" }, h("h2", null, "New preheat"), form.el) : null,
+      h("section", { class: "card" }, h("h2", null, "Jobs"), table, checked)
+    );
+    let last = "";
+    let active = false;
+    let readAt = 0;
+    async function refresh() {
+      if (form) {
+        await clusters.load();
+        form.showClusters(clusters);
+      }
+      if (!stale && !active && Date.now() - readAt < IDLE_MS) return;
+      const jobs = asList(await api.get(`/jobs?limit=${SHOWN2}`));
+      stale = false;
+      readAt = Date.now();
+      active = jobs.some(isActive);
+      checked.textContent = `Read at ${new Date(readAt).toLocaleTimeString()}; again every 3 s while a job is pending or running, every ${IDLE_MS / 1e3} s otherwise.`;
+      const key = JSON.stringify(jobs);
+      if (key === last || busy(table) || table.querySelector(".armed")) return;
+      last = key;
+      fill(table, jobs.length ? jobsTable(ctx, jobs, () => {
+        stale = true;
+      }) : h("p", { class: "empty" }, ctx.isRoot ? "No preheat jobs yet. Start one above." : "No preheat jobs yet."));
+    }
+    return { title: "Preheat", el, refresh };
+  }
+  function fact(label, value, key) {
+    return h("div", { "data-key": key }, h("dt", null, label), h("dd", null, value));
+  }
+  function facts(job, clusters) {
+    const a = (key) => arg(job, key);
+    const ids = job.cluster_ids ?? [];
+    return h(
+      "dl",
+      { class: "facts job-facts" },
+      fact("Image or file", h("code", null, display(a("url"))), "url"),
+      fact("Type", display(a("type")), "type"),
+      a("type") !== "file" ? fact("Platform", display(a("platform") ?? "all"), "platform") : null,
+      a("digest") ? fact("Digest", h("code", null, display(a("digest"))), "digest") : null,
+      fact("Where", scopeText2(job), "scope"),
+      Array.isArray(a("ips")) && a("ips").length ? fact("IP addresses", display(a("ips")), "ips") : null,
+      fact("Clusters", ids.length ? ids.map((id) => clusters.name(id)).join(", ") : "every cluster", "clusters"),
+      fact("Timeout", typeof a("timeout") === "number" ? `${a("timeout")} s` : "\u2014", "timeout"),
+      fact("Credentials", a("private") ? "given, never shown" : "none", "private"),
+      fact("Created by", display(job.created_by), "created_by"),
+      fact("Created", dateCell(job.created_at ?? null), "created_at"),
+      fact("Updated", dateCell(job.updated_at ?? null), "updated_at"),
+      job.error ? fact("Error", h("span", { class: "error-text", id: "job-error" }, job.error), "error") : null
+    );
+  }
+  function hostsTable(hosts) {
+    const order = (a, b) => a.host_id.localeCompare(b.host_id);
+    return h(
+      "table",
+      { class: "hosts" },
+      h("thead", null, h("tr", null, ["Host", "State", "Error"].map((c) => h("th", null, c)))),
+      h("tbody", null, [...hosts].sort(order).map((x) => h(
+        "tr",
+        { "data-host-id": x.host_id },
+        h("td", null, x.host_id),
+        h("td", null, stateBadge(x.state)),
+        h("td", null, x.error ? h("span", { class: "error-text" }, x.error) : "\u2014")
+      )))
+    );
+  }
+  var blobCount = 0;
+  function blobRows(blob, clusters, open, multiCluster) {
+    const key = `${blob.cluster_id ?? ""}|${blob.digest}`;
+    const hosts = blob.hosts ?? [];
+    const p = placement(hosts);
+    const id = `blob-hosts-${++blobCount}`;
+    const hostsRow = h(
+      "tr",
+      { class: "hosts-row", id, hidden: !open.has(key) },
+      h(
+        "td",
+        { colspan: multiCluster ? 6 : 5 },
+        hosts.length ? hostsTable(hosts) : h("p", { class: "empty" }, "No host has been asked for it yet.")
+      )
+    );
+    const toggle = h("button", {
+      type: "button",
+      class: "link toggle",
+      "aria-controls": id,
+      "aria-expanded": String(open.has(key))
+    }, open.has(key) ? "Hide hosts" : "Show hosts");
+    toggle.addEventListener("click", () => {
+      const show = hostsRow.hidden;
+      hostsRow.hidden = !show;
+      toggle.setAttribute("aria-expanded", String(show));
+      toggle.textContent = show ? "Hide hosts" : "Show hosts";
+      if (show) open.add(key);
+      else open.delete(key);
+    });
+    return h(
+      "tbody",
+      { "data-digest": blob.digest, "data-cluster-id": String(blob.cluster_id ?? "") },
+      h(
+        "tr",
+        { class: "blob-row" },
+        h("td", null, h("code", { title: blob.digest }, shortDigest(blob.digest))),
+        h("td", null, display(blob.kind ?? "blob")),
+        h("td", { class: "num" }, typeof blob.size === "number" ? h("span", { title: `${blob.size} bytes` }, formatBytes(blob.size)) : "\u2014"),
+        multiCluster ? h("td", null, blob.cluster_id === void 0 || blob.cluster_id === null ? "\u2014" : clusters.name(blob.cluster_id)) : null,
+        h("td", { class: "hosts-done" }, p.total ? progressText(p, "hosts done") : h("span", { class: "muted" }, "no host yet")),
+        h("td", { class: "actions" }, toggle)
+      ),
+      hostsRow
+    );
+  }
+  function blobsTable(job, clusters, open) {
+    const blobs = job.blobs ?? [];
+    if (!blobs.length) {
+      return h("p", { class: "empty" }, isActive(job) ? "The manager is still reading what the image is made of." : "The job placed nothing.");
+    }
+    const multi = new Set(blobs.map((b) => String(b.cluster_id ?? ""))).size > 1;
+    const whole = blobs.filter((b) => (b.hosts ?? []).length > 0 && (b.hosts ?? []).every((x) => x.state === "done")).length;
+    const size = blobs.reduce((n, b) => n + (typeof b.size === "number" ? b.size : 0), 0);
+    return h(
+      "div",
+      null,
+      h(
+        "p",
+        { class: "muted", id: "blobs-summary" },
+        `${whole} of ${blobs.length} on every host meant to hold them; `,
+        `${formatBytes(size)} in all.`
+      ),
+      h("div", { class: "table-wrap" }, h(
+        "table",
+        { class: "job-blobs", id: "job-blobs" },
+        h("thead", null, h("tr", null, ["Digest", "Kind", "Size", multi ? "Cluster" : null, "Hosts", ""].filter((c) => c !== null).map((c) => h("th", c === "Size" ? { class: "num" } : null, c)))),
+        blobs.map((b) => blobRows(b, clusters, open, multi))
+      ))
+    );
+  }
+  function jobPage(ctx, id) {
+    const clusters = new Clusters();
+    const badge = h("span", { class: "job-state", id: "job-state" });
+    const actions = h("div", { class: "actions" });
+    const about = h("div", { class: "job-about" }, h("p", { class: "muted" }, "Loading the job\u2026"));
+    const blobs = h("div", { class: "job-blobs-wrap" });
+    const blobsCard = h("section", { class: "card" }, h("h2", null, "Blobs"), blobs);
+    const open = /* @__PURE__ */ new Set();
+    const el = h(
+      "div",
+      { class: "page preheat-page job-page", "data-job-id": id },
+      h("p", { class: "back" }, h("a", { href: "#/preheat" }, "\u2190 All preheat jobs")),
+      h("div", { class: "page-head" }, h("h1", null, `Preheat job #${id} `, badge), actions),
+      h("section", { class: "card" }, about),
+      blobsCard
+    );
+    let job = null;
+    let gone = false;
+    let stale = false;
+    let last = "";
+    async function refresh() {
+      if (gone || job && !isActive(job) && !stale) return;
+      await clusters.load();
+      let answer;
+      try {
+        answer = await api.get(`/jobs/${encodeURIComponent(id)}`);
+      } catch (err) {
+        if (err instanceof ApiError && err.status >= 400 && err.status < 500 && !err.unauthorized && !err.forbidden) {
+          gone = true;
+          fill(about, h("p", { class: "error-text" }, `No preheat job #${id}: ${err.message}`));
+          blobsCard.hidden = true;
+          return;
+        }
+        throw err;
+      }
+      job = answer;
+      stale = false;
+      const key = JSON.stringify(answer);
+      if (key === last || actions.querySelector(".armed")) return;
+      last = key;
+      fill(badge, stateBadge(answer.state));
+      fill(actions, ctx.isRoot && isActive(answer) ? cancelButton(ctx, answer, () => {
+        stale = true;
+      }) : null);
+      fill(about, facts(answer, clusters));
+      fill(blobs, blobsTable(answer, clusters, open));
+    }
+    return { title: `Preheat job #${id}`, el, refresh };
+  }
+  function preheatPage(ctx, query) {
+    const id = query.get("job");
+    return id ? jobPage(ctx, id) : listPage(ctx);
+  }
+
   // src/pages/tasks.ts
   function isTasksAnswer(value) {
     const v = value;
@@ -930,158 +1648,8 @@
     return page;
   }
 
-  // src/pages/users.ts
-  var ROLES = ["guest", "root"];
-  var MIN_PASSWORD = 12;
-  function roleSelect(value, attrs = {}) {
-    const select = h("select", attrs, ROLES.map((r) => h("option", { value: r }, r)));
-    select.value = value;
-    return select;
-  }
-  function busy(el) {
-    const active = document.activeElement;
-    const typing = active instanceof HTMLInputElement || active instanceof HTMLSelectElement || active instanceof HTMLTextAreaElement;
-    return typing && el.contains(active) || el.querySelector(".editing") !== null;
-  }
-  function usersPage(ctx) {
-    const name = h("input", {
-      type: "text",
-      name: "name",
-      required: true,
-      autocomplete: "off",
-      "aria-label": "Name",
-      placeholder: "name"
-    });
-    const password = h("input", {
-      type: "password",
-      name: "password",
-      required: true,
-      minlength: MIN_PASSWORD,
-      autocomplete: "new-password",
-      placeholder: `password, ${MIN_PASSWORD}+ characters`,
-      "aria-label": "Password"
-    });
-    const role = roleSelect("guest", { name: "role", "aria-label": "Role" });
-    const submit = h("button", { type: "submit", class: "primary" }, "Create user");
-    const form = h("form", { class: "inline-form", id: "create-user" }, name, password, role, submit);
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      const body = { name: name.value.trim(), password: password.value, role: role.value };
-      void ctx.act(
-        submit,
-        `create user \u201C${body.name}\u201D`,
-        () => api.post("/users", body),
-        `User \u201C${body.name}\u201D created with role ${body.role}.`
-      ).then((ok) => {
-        if (ok) {
-          name.value = "";
-          password.value = "";
-        }
-      });
-    });
-    const table = h("div", { class: "users" });
-    const el = h(
-      "div",
-      { class: "page users-page" },
-      h("div", { class: "page-head" }, h("h1", null, "Users")),
-      h(
-        "p",
-        { class: "lede" },
-        "Root may change anything; a guest may look at clusters and tasks but change nothing. ",
-        `Passwords need at least ${MIN_PASSWORD} characters.`
-      ),
-      h("section", { class: "card" }, h("h2", null, "New user"), form),
-      h("section", { class: "card" }, h("h2", null, "All users"), table)
-    );
-    let last = "";
-    function row(user) {
-      const self = String(user.id) === String(ctx.me.id);
-      const select = roleSelect(user.role, { "aria-label": `Role of ${user.name}` });
-      select.addEventListener("change", () => {
-        const to = select.value;
-        void ctx.act(
-          null,
-          `change the role of \u201C${user.name}\u201D`,
-          () => api.patch(`/users/${idPath(user.id)}`, { role: to }),
-          `\u201C${user.name}\u201D is now ${to}.`
-        ).then((ok) => {
-          if (!ok) select.value = user.role;
-        });
-      });
-      const actions = h("td", { class: "actions" });
-      const setPassword = h("button", { type: "button" }, "Set password");
-      setPassword.addEventListener("click", () => {
-        const input = h("input", {
-          type: "password",
-          minlength: MIN_PASSWORD,
-          autocomplete: "new-password",
-          placeholder: "new password",
-          "aria-label": `New password for ${user.name}`
-        });
-        const save = h("button", { type: "submit", class: "primary" }, "Save");
-        const edit = h(
-          "form",
-          { class: "inline-form editing" },
-          input,
-          save,
-          h("button", { type: "button", onclick: () => {
-            fill(actions, ...buttons);
-            last = "";
-          } }, "Cancel")
-        );
-        edit.addEventListener("submit", (event) => {
-          event.preventDefault();
-          void ctx.act(
-            save,
-            `set the password of \u201C${user.name}\u201D`,
-            () => api.patch(`/users/${idPath(user.id)}`, { password: input.value }),
-            `Password of \u201C${user.name}\u201D changed.`
-          ).then((ok) => {
-            if (ok) {
-              fill(actions, ...buttons);
-              last = "";
-            }
-          });
-        });
-        fill(actions, edit);
-        input.focus();
-      });
-      const buttons = [setPassword, self ? null : confirmButton("Delete", "Really delete?", () => {
-        void ctx.act(
-          null,
-          `delete user \u201C${user.name}\u201D`,
-          () => api.del(`/users/${idPath(user.id)}`),
-          `User \u201C${user.name}\u201D deleted.`
-        );
-      })].filter((b) => b !== null);
-      fill(actions, ...buttons);
-      return h(
-        "tr",
-        { "data-name": user.name },
-        h("td", null, user.name, self ? h("span", { class: "you" }, " (you)") : null),
-        h("td", null, select),
-        h("td", null, h("span", { class: "id" }, display(user.id))),
-        h("td", null, dateCell(user.created_at ?? null)),
-        actions
-      );
-    }
-    async function refresh() {
-      const users = asList(await api.get("/users"));
-      const key = JSON.stringify(users);
-      if (key === last || busy(table)) return;
-      last = key;
-      fill(table, users.length ? h("div", { class: "table-wrap" }, h(
-        "table",
-        { id: "users-table" },
-        h("thead", null, h("tr", null, ["Name", "Role", "ID", "Created", ""].map((c) => h("th", null, c)))),
-        h("tbody", null, users.map(row))
-      )) : h("p", { class: "empty" }, "No users."));
-    }
-    return { title: "Users", el, refresh };
-  }
-
   // src/pages/tokens.ts
-  var SCOPES2 = {
+  var SCOPES3 = {
     cluster: "clusters, their configuration and members",
     job: "jobs such as preheat"
   };
@@ -1107,7 +1675,7 @@
       placeholder: "ci-preheat",
       "aria-label": "Token name"
     });
-    const scopeBoxes = Object.entries(SCOPES2).map(([scope, what]) => {
+    const scopeBoxes = Object.entries(SCOPES3).map(([scope, what]) => {
       const id = `scope-${scope}`;
       const box = h("input", { type: "checkbox", id, name: "scopes", value: scope, checked: scope === "cluster" });
       return { scope, box, el: h("span", { class: "check", title: what }, box, h("label", { for: id }, scope)) };
@@ -1191,7 +1759,7 @@
         "p",
         { class: "lede" },
         "Tokens let scripts use the API without a password. A token works only within its scopes: ",
-        Object.entries(SCOPES2).map(([s, what], i) => [i ? "; " : "", h("code", null, s), ` for ${what}`]),
+        Object.entries(SCOPES3).map(([s, what], i) => [i ? "; " : "", h("code", null, s), ` for ${what}`]),
         "."
       ),
       h("section", { class: "card" }, h("h2", null, "New token"), form, reveal),
@@ -1240,6 +1808,7 @@
   var ROUTES = {
     clusters: { label: "Clusters", factory: clustersPage },
     tasks: { label: "Tasks", factory: tasksPage },
+    preheat: { label: "Preheat", factory: preheatPage },
     users: { label: "Users", factory: usersPage, rootOnly: { path: "/users", what: "users and their roles" } },
     tokens: { label: "Tokens", factory: tokensPage, rootOnly: { path: "/personal-access-tokens", what: "access tokens" } },
     audit: { label: "Audit log", factory: auditPage, rootOnly: { path: "/audit", what: "the audit log" } }
