@@ -7,6 +7,9 @@ deployments) callers are trusted as they were.
 
 The scheduler never asks seeds to fetch anything and never sees a caller's credentials:
 a peer that gets the trigger lease asks the seeds itself (see damselfly.core.wire.Schedule).
+
+With Redis, which hosts hold which blobs outlives the process (damselfly.scheduler.holdings):
+a register or the manager's task search for a task not held here reads it back.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from damselfly.lib.tls import request_identity
 from damselfly.lib.waiting import wait_until_set
 from damselfly.core.pieces import piece_length_for
 from damselfly.lib.kv import MemoryKV, RedisKV
+from damselfly.scheduler.holdings import Holdings
 from damselfly.scheduler.tags import MAX_RECORDS, TagBook
 from damselfly.scheduler.state import (
     KEEPALIVE_INTERVAL,
@@ -81,6 +85,21 @@ class SchedulerMetrics:
         self.refused = Counter("damselfly_scheduler_refused", "Requests refused", ["reason"], registry=r)
         self.latency = Histogram("damselfly_scheduler_schedule_seconds", "Time to compute a schedule", registry=r,
                                  buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5))
+        # With Redis (--redis): see damselfly.scheduler.holdings.
+        self.holdings_restores = Counter("damselfly_scheduler_holdings_restores",
+                                         "Tasks not held here looked up in Redis at a register: restored, absent "
+                                         "there, or unavailable (Redis down or slow)", ["result"], registry=r)
+        self.holdings_write_failures = Counter("damselfly_scheduler_holdings_write_failures",
+                                               "Writes to Redis that failed (written anew once it answers)",
+                                               registry=r)
+        self.holdings_catch_ups = Counter("damselfly_scheduler_holdings_catch_ups",
+                                          "Times everything held here was written to Redis anew (first contact, "
+                                          "after an outage, or after Redis lost its data)", registry=r)
+        self.holdings_pending = Gauge("damselfly_scheduler_holdings_pending", "Changes not yet written to Redis",
+                                      registry=r)
+        self.holdings_behind = Gauge("damselfly_scheduler_holdings_behind",
+                                     "1 while Redis misses writes: everything is written anew once it answers",
+                                     registry=r)
 
 
 class Scheduler:
@@ -88,8 +107,10 @@ class Scheduler:
                  clock: Callable[[], float] = time.monotonic, kv: Redis | None = None) -> None:
         self.kv = kv  # Redis shared with the cluster's other schedulers and the manager (None: this process only)
         self.max_length = settings.max_task_length
-        self.state = SchedulerState(clock=clock, max_hosts=settings.max_hosts, max_tasks=settings.max_tasks)
+        self.state = SchedulerState(clock=clock, max_hosts=settings.max_hosts, max_tasks=settings.max_tasks,
+                                    track_changes=kv is not None)
         self.metrics = SchedulerMetrics()
+        self.holdings = Holdings(kv, self.state, self.metrics) if kv is not None else None
         self.metrics.hosts.labels("seed").set_function(lambda: len(self.state.seeds()))
         self.metrics.hosts.labels("all").set_function(lambda: len(self.state.hosts))
         self.metrics.tasks.set_function(lambda: self.state.task_count)
@@ -112,10 +133,14 @@ class Scheduler:
 
     async def _lifecycle(self, _: web.Application) -> AsyncIterator[None]:
         expiry = asyncio.create_task(self._expire())
+        if self.holdings is not None:
+            self.holdings.start()
         yield
         expiry.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await expiry
+        if self.holdings is not None:
+            await self.holdings.close()
 
     async def _expire(self) -> None:
         while True:
@@ -224,6 +249,8 @@ class Scheduler:
         if message.piece_length != expected:
             raise web.HTTPBadRequest(text=f"piece_length of a {message.length}-byte task must be {expected}, "
                                           f"not {message.piece_length}")
+        if self.holdings is not None and message.length not in self.state.tasks.get(task_id, {}):
+            await self.holdings.restore(task_id, message.length)
         task = self.state.task(task_id, message.length, message.piece_length, ranged=message.ranged)
         host = self.state.hosts.get(message.host_id)
         if message.seeding and host is not None and host.is_seed and message.host_id not in task.peers:
@@ -258,7 +285,11 @@ class Scheduler:
         host = self.state.hosts.get(message.host_id)
         # Digests are taken only from seeds that read the origin (with TLS, a seed certificate).
         trusted = message.from_origin and host is not None and host.is_seed
+        known = task.known
         rejected = self.state.report_pieces(task, message.host_id, message.pieces, trusted)
+        if self.holdings is not None and task.known != known:
+            # The seed serves these pieces once answered: their digests must outlive this process.
+            await self.holdings.saved()
         if rejected:
             self.metrics.rejected_pieces.inc(len(rejected))
             log.warning("host %s reported %d pieces of %s with digests that disagree (first %s)", message.host_id,
@@ -309,7 +340,7 @@ class Scheduler:
         for source in excluded:
             self.metrics.excluded_sources.inc()
             log.error("two hosts found the piece digests of %s for %s wrong: excluded from it for everyone",
-                      source, task_id)
+                      source or "the record restored from Redis", task_id)
         return web.json_response({})
 
     async def task_peers(self, request: web.Request) -> web.Response:
@@ -318,6 +349,8 @@ class Scheduler:
         self._manager_only(request)
         task_id = self._task_id(request)
         holders = self.state.holders(task_id)
+        if not holders and task_id not in self.state.tasks and self.holdings is not None:
+            holders = await self.holdings.holders(task_id)  # read only: the manager's question loads nothing here
         if not holders and task_id not in self.state.tasks:
             raise web.HTTPNotFound(text=f"no task {task_id} here")
         return web.json_response([holder._asdict() for holder in holders])

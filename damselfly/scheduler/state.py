@@ -13,6 +13,10 @@ The blob's own digest check still decides which of them gets a blob.
 Everything that comes from one host is bounded and forgotten: hosts are capped, tasks
 nobody holds expire, a failure report ends only its reporter's download, and failures
 (a seed that could not start, a digest mismatch) are remembered for a while only.
+
+With Redis (damselfly.scheduler.holdings), what outlives this process is what ``changes``
+collects (which hosts hold which tasks whole, the seeds' piece digests, the hosts'
+announces), and ``restore`` takes a task back from such a record.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import functools
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 from damselfly.core.pieces import piece_count
@@ -43,6 +47,9 @@ DEFAULT_MAX_TASKS = 100_000
 # A child keeps about one request at a time on each parent of a task, and a host serves
 # several tasks: it may have this many children per upload slot.
 CHILDREN_PER_SLOT = 4
+# The source of digests restored from a record (no host has an empty id): the record is
+# trusted as one source, so that two hosts whose blob mismatched drop all of it at once.
+RESTORED = ""
 
 
 class Refused(Exception):
@@ -75,6 +82,11 @@ def mask_of(indexes: Iterable[int], count: int) -> int:
 
 def bitmap_bytes(mask: int, count: int) -> bytes:
     return mask.to_bytes((count + 7) // 8, "little")
+
+
+def _announced(host: "Host") -> tuple[str, str, str, bool, int]:
+    """What a host says of itself in its announce (what a restored host is rebuilt from)."""
+    return host.upload_url, host.idc, host.location, host.is_seed, host.upload_slots
 
 
 def bit_indexes(mask: int) -> list[int]:
@@ -157,6 +169,28 @@ class Task:
         self.changed = asyncio.Event()
 
 
+@dataclass(frozen=True)
+class TaskRecord:
+    """What a scheduler keeps of a task beyond its own life (in Redis): enough for another
+    to hand out the task's holders as parents, with the digests their pieces are checked by."""
+
+    length: int
+    piece_length: int
+    digests: dict[int, str]  # piece index: its digest, as seeds reported it
+    verified: bool
+    holders: frozenset[str]  # hosts that hold the whole blob
+
+
+@dataclass
+class Changes:
+    """What changed since the holdings last took it: what they must write to Redis."""
+
+    digests: set[TaskKey] = field(default_factory=set)  # trusted digests came, or the task's verification changed
+    withdrawn: set[TaskKey] = field(default_factory=set)  # digests were dropped (a source excluded): write them anew
+    holding: dict[tuple[TaskKey, str], bool] = field(default_factory=dict)  # (task, host): holds it whole now, or not
+    hosts: set[str] = field(default_factory=set)  # hosts that came, changed their announce, or went
+
+
 class Holder(NamedTuple):
     """A peer of a task as the manager's task search shows it."""
 
@@ -177,7 +211,7 @@ class Ranking(NamedTuple):
 class SchedulerState:
     def __init__(self, clock: Callable[[], float] = time.monotonic, parents_per_peer: int = 4,
                  max_hosts: int = DEFAULT_MAX_HOSTS, max_tasks: int = DEFAULT_MAX_TASKS,
-                 back_to_source_limit: int | None = None) -> None:
+                 back_to_source_limit: int | None = None, track_changes: bool = False) -> None:
         self.clock = clock
         # Both may change at run time: the cluster's candidate_parent_limit and back_to_source.
         self.parents_per_peer = parents_per_peer
@@ -192,6 +226,11 @@ class SchedulerState:
         self.uploads: dict[str, int] = {}  # host id: children that count it among their parents
         self.empty_since: dict[TaskKey, float] = {}  # when each task's last peer left (oldest first)
         self._by_url: dict[str, str] = {}
+        # Kept only for holdings that take them (with Redis): nothing grows without a reader.
+        self.changes: Changes | None = Changes() if track_changes else None
+        # host id: tasks a restored record says it holds whole, and until when it is waited
+        # for: it joins them as a done peer when it announces (a restart outlived its host record).
+        self.awaited: dict[str, dict[TaskKey, float]] = {}
         # Versions count within one scheduler's life: a peer's ``since`` means something only
         # to the scheduler (and run) that gave it.
         self.epoch = secrets.token_hex(4)
@@ -209,14 +248,20 @@ class SchedulerState:
             host.trigger_failed_at = known.trigger_failed_at
             if self._by_url.get(known.upload_url) == host.id:
                 del self._by_url[known.upload_url]
+        if self.changes is not None and (known is None or _announced(known) != _announced(host)):
+            self.changes.hosts.add(host.id)
         host.last_seen = self.clock()
         self.hosts[host.id] = host
         self._by_url[host.upload_url] = host.id
+        self._hold_awaited(host.id)
 
     def leave(self, host_id: str) -> None:
         host = self.hosts.pop(host_id, None)
         if host is not None and self._by_url.get(host.upload_url) == host_id:
             del self._by_url[host.upload_url]
+        if host is not None and self.changes is not None:
+            self.changes.hosts.add(host_id)
+        self.awaited.pop(host_id, None)
         for task_id, length in self.host_tasks.pop(host_id, {}).items():
             self._drop_peer(self.tasks[task_id][length], host_id)
 
@@ -228,10 +273,14 @@ class SchedulerState:
         return self.clock() - host.last_seen <= STALE_AFTER
 
     def expire_hosts(self) -> list[str]:
-        """Hosts that missed their keepalives, and peers of hosts that never announced."""
+        """Hosts that missed their keepalives, and peers of hosts that never announced;
+        restored holders waited for in vain are forgotten too."""
         gone = [h for h in [*self.hosts, *(h for h in self.host_tasks if h not in self.hosts)] if not self.alive(h)]
         for host_id in gone:
             self.leave(host_id)
+        now = self.clock()
+        for host_id in [h for h, keys in self.awaited.items() if all(until < now for until in keys.values())]:
+            del self.awaited[host_id]
         return gone
 
     def seeds(self) -> list[Host]:
@@ -287,6 +336,83 @@ class SchedulerState:
                                   task.count if peer.done else peer.pieces.bit_count(), task.count, peer.done))
         return out
 
+    def take_changes(self) -> Changes:
+        """What changed since the last call (the holdings write it); nothing without tracking."""
+        taken = self.changes or Changes()
+        if self.changes is not None:
+            self.changes = Changes()
+        return taken
+
+    def restore(self, task_id: str, record: TaskRecord, hosts: Iterable[tuple[Host, float]] = ()) -> Task | None:
+        """Take back a task from ``record`` (another scheduler's, or an earlier run's), with
+        ``hosts`` as (announce, seconds since it was made): its seeds' digests, and its
+        holders as done peers. None if this state refuses the task (full, or its peers
+        say another piece length).
+
+        Nothing here is trusted more than a piece report: a host restored is never a seed
+        (only its own announce, and with TLS its certificate, makes one), and digests only
+        check pieces; every node still checks the whole blob's SHA-256 before it keeps or
+        serves it. A wrong record costs downloads that fail, never a wrong byte: its digests
+        are one source (RESTORED), excluded like a lying seed once two hosts' blobs mismatch.
+        Holders whose host is not alive are waited for until HOST_EXPIRY: they join when they
+        announce.
+        """
+        try:
+            task = self.task(task_id, record.length, record.piece_length)
+        except Refused:
+            return None
+        now = self.clock()
+        for host, age in hosts:
+            if host.id not in self.hosts and len(self.hosts) < self.max_hosts and 0 <= age <= HOST_EXPIRY:
+                restored = replace(host, is_seed=False, last_seen=now - age)
+                self.hosts[host.id] = restored
+                self._by_url.setdefault(host.upload_url, host.id)
+        added = []
+        if not self._within(task.excluded.get(RESTORED), FAILURE_MEMORY):
+            for index, digest in sorted(record.digests.items()):
+                if 0 <= index < task.count and index not in task.digests:
+                    task.digests[index] = digest
+                    task.digest_source[index] = RESTORED
+                    added.append(index)
+        fresh = mask_of(added, task.count)
+        task.known |= fresh
+        if fresh:
+            task.sources[RESTORED] = task.sources.get(RESTORED, 0) | fresh
+        for host_id in record.holders:
+            if self.alive(host_id):
+                self._hold(task, host_id)
+            else:
+                self.awaited.setdefault(host_id, {})[task.key] = now + HOST_EXPIRY
+        task.verified = task.verified or (record.verified and task.known == task.full and not task.seed_conflict)
+        task.bump()
+        task.digests_at.update(dict.fromkeys(added, task.version))
+        return task
+
+    def _hold(self, task: Task, host_id: str) -> None:
+        """Make ``host_id`` a done peer of ``task``, unless it takes part in the digest already
+        (a register of its own says more than a record)."""
+        if task.id not in self.host_tasks.get(host_id, {}):
+            self._join(task, host_id, task.full)
+
+    def _hold_awaited(self, host_id: str) -> None:
+        now = self.clock()
+        for (task_id, length), until in self.awaited.pop(host_id, {}).items():
+            task = self.tasks.get(task_id, {}).get(length)
+            if task is not None and now <= until:
+                self._hold(task, host_id)
+
+    def recorded_holders(self, records: Iterable[TaskRecord], hosts: dict[str, Host]) -> list[Holder]:
+        """The holders of a task this scheduler does not hold, as records say (for the
+        manager's task search): those whose host is alive here or has an announce in ``hosts``."""
+        out = []
+        for record in records:
+            count = piece_count(record.length, record.piece_length)
+            for host_id in sorted(record.holders):
+                host = self.hosts.get(host_id) if self.alive(host_id) else hosts.get(host_id)
+                if host is not None:
+                    out.append(Holder(host_id, host.upload_url, count, count, True))
+        return out
+
     def expire_tasks(self) -> list[TaskKey]:
         """Forget the tasks nobody has held for TASK_EXPIRY."""
         now = self.clock()
@@ -311,7 +437,15 @@ class SchedulerState:
     def join(self, task: Task, host_id: str, pieces: Iterable[int], seeding: bool = False) -> Peer:
         """Make ``host_id`` a peer of ``task``; a host that said another length for the digest
         before (one download per digest) leaves that task."""
+        return self._join(task, host_id, mask_of(pieces, task.count), seeding)
+
+    def _join(self, task: Task, host_id: str, held: int, seeding: bool = False) -> Peer:
         peer = task.peers.get(host_id)
+        if peer is not None and peer.done and held != task.full:
+            # It registers again without the whole blob: it lost it (evicted), whatever a
+            # record restored from Redis says. It downloads like any newcomer.
+            self._drop_peer(task, host_id)
+            peer = None
         if peer is None:
             said = self.host_tasks.get(host_id, {}).get(task.id)
             if said is not None:
@@ -319,10 +453,10 @@ class SchedulerState:
             peer = task.peers[host_id] = Peer(host_id)
             self.host_tasks.setdefault(host_id, {})[task.id] = task.length
             self.empty_since.pop(task.key, None)
-        peer.pieces |= mask_of(pieces, task.count)
+        peer.pieces |= held
         peer.seeding = peer.seeding or seeding
         if peer.pieces == task.full:
-            self._complete(peer)
+            self._complete(task, peer)
         task.bump()
         return peer
 
@@ -330,6 +464,8 @@ class SchedulerState:
         peer = task.peers.pop(host_id, None)
         if peer is None:
             return
+        if peer.done and self.changes is not None:
+            self.changes.holding[(task.key, host_id)] = False
         self._set_parents(peer, frozenset())
         tasks = self.host_tasks.get(host_id)
         if tasks is not None and tasks.get(task.id) == task.length:
@@ -354,9 +490,11 @@ class SchedulerState:
             self.uploads[new] = self.uploads.get(new, 0) + 1
         peer.parents = parents
 
-    def _complete(self, peer: Peer) -> None:
+    def _complete(self, task: Task, peer: Peer) -> None:
         peer.done, peer.seeding = True, False
         self._set_parents(peer, frozenset())
+        if self.changes is not None:
+            self.changes.holding[(task.key, peer.host_id)] = True
 
     def report_pieces(self, task: Task, host_id: str, pieces: Sequence[PieceNews], trusted: bool) -> list[int]:
         """Record pieces a peer holds, and their digests when ``trusted`` (a seed that read the
@@ -390,8 +528,10 @@ class SchedulerState:
             fresh = mask_of(added, task.count)
             task.known |= fresh
             task.sources[host_id] = task.sources.get(host_id, 0) | fresh
+            if self.changes is not None:
+                self.changes.digests.add(task.key)
         if not peer.done and peer.pieces == task.full:
-            self._complete(peer)
+            self._complete(task, peer)
         task.bump()
         task.digests_at.update(dict.fromkeys(added, task.version))
         return rejected
@@ -432,9 +572,11 @@ class SchedulerState:
                 task.bump()
             return excluded
         if success:
-            self._complete(peer)
+            self._complete(task, peer)
             if host is not None and host.is_seed and not task.seed_conflict:
                 task.verified = task.known == task.full
+                if self.changes is not None:
+                    self.changes.digests.add(task.key)
             task.bump()
         else:
             self._drop_peer(task, host_id)
@@ -468,6 +610,8 @@ class SchedulerState:
         for index in bit_indexes(mask):
             del task.digests[index], task.digests_at[index], task.digest_source[index]
         task.verified = False
+        if self.changes is not None:
+            self.changes.withdrawn.add(task.key)
 
     # -- scheduling ----------------------------------------------------------------
 

@@ -12,21 +12,21 @@ with it, seed triggers and piece transfers go over mutual TLS.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from testkit.cluster import SchedulerProcess, start_peer
-from testkit.processes import QuietRequestHandler, ThreadedHTTPServer, metric
-from testkit.wait import free_port, wait_until
+from testkit.processes import metric
+from testkit.wait import wait_until
+from tests.support.fakes import ThrottledRegistryFake
 
 MiB = 1024 * 1024
 ROUNDS = 20
@@ -41,70 +41,6 @@ TRANSFER = BLOB_SIZE / ORIGIN_RATE
 # Before the fix a stalled peer waited 80 s, and its client was cut off at 60.
 BOUND = NO_PARENT_DEADLINE + 10 * TRANSFER + 5
 TEST_BUDGET = 300.0
-
-
-@dataclass
-class ThrottledRegistryFake:
-    """Serves blobs (whole, or in ranges) at ``rate`` bytes per second per connection."""
-
-    rate: int
-    blobs: dict[str, bytes] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> "ThrottledRegistryFake":
-        fake = self
-
-        class Handler(QuietRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def handle(self) -> None:
-                with contextlib.suppress(ConnectionError):  # a seed killed mid-blob
-                    super().handle()
-
-            def _blob(self) -> bytes | None:
-                blob = fake.blobs.get(self.path.split("?")[0].rsplit("/", 1)[-1])
-                if blob is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                return blob
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                if (blob := self._blob()) is not None:
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(blob)))
-                    self.end_headers()
-
-            def do_GET(self) -> None:  # noqa: N802
-                if (blob := self._blob()) is None:
-                    return
-                first, last = 0, len(blob) - 1
-                if self.headers.get("Range"):
-                    first, last = (int(x) for x in self.headers["Range"].removeprefix("bytes=").split("-"))
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {first}-{last}/{len(blob)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(last - first + 1))
-                self.send_header("Content-Type", "application/octet-stream")
-                self.end_headers()
-                step = 64 * 1024
-                started = time.monotonic()
-                for offset in range(first, last + 1, step):
-                    ahead = (offset - first) / fake.rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)  # the throttle itself, not a wait for anything
-                    self.wfile.write(blob[offset:min(offset + step, last + 1)])
-
-        self._server = ThreadedHTTPServer(Handler, self.port)
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
 
 
 @dataclass

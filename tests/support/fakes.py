@@ -1,8 +1,8 @@
 """Upstreams that misbehave on purpose, for what a real docker-registry cannot be made to do.
 
 The names say they are fakes: a registry that pauses mid-blob until the test lets it go
-on, a registry that sends the manifests it is told to, true or not, and a server that
-accepts connections and never answers.
+on, one that sends at a fixed rate and counts what it sent, one that sends the manifests
+it is told to, true or not, and a server that accepts connections and never answers.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 from testkit.processes import QuietRequestHandler, ThreadedHTTPServer
@@ -75,6 +76,76 @@ class GatedRegistryFake:
 
     def stop(self) -> None:
         self.gate.set()
+        self._server.stop()
+
+
+@dataclass
+class ThrottledRegistryFake:
+    """Serves blobs (whole, or in ranges) at ``rate`` bytes per second per connection, and
+    counts the blob bytes it sent (``sent``)."""
+
+    rate: int
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    sent: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "ThrottledRegistryFake":
+        fake = self
+
+        class Handler(QuietRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def handle(self) -> None:
+                with contextlib.suppress(ConnectionError):  # a seed killed mid-blob
+                    super().handle()
+
+            def _blob(self) -> bytes | None:
+                blob = fake.blobs.get(self.path.split("?")[0].rsplit("/", 1)[-1])
+                if blob is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                return blob
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                if (blob := self._blob()) is not None:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(blob)))
+                    self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802
+                if (blob := self._blob()) is None:
+                    return
+                first, last = 0, len(blob) - 1
+                if self.headers.get("Range"):
+                    first, last = (int(x) for x in self.headers["Range"].removeprefix("bytes=").split("-"))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {first}-{last}/{len(blob)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(last - first + 1))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.end_headers()
+                step = 64 * 1024
+                started = time.monotonic()
+                for offset in range(first, last + 1, step):
+                    ahead = (offset - first) / fake.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)  # the throttle itself, not a wait for anything
+                    chunk = blob[offset:min(offset + step, last + 1)]
+                    self.wfile.write(chunk)
+                    with fake._lock:
+                        fake.sent += len(chunk)
+
+        self._server = ThreadedHTTPServer(Handler, self.port)
+        return self
+
+    def stop(self) -> None:
         self._server.stop()
 
 

@@ -428,3 +428,18 @@ def test_peers_of_hosts_that_never_announced_expire():
     task = state.task(TASK, length=8, piece_length=4)
     state.join(task, "ghost", [])
     assert state.expire_hosts() == ["ghost"] and "ghost" not in task.peers and isinstance(task, Task)
+
+
+def test_a_done_peer_that_registers_again_without_the_blob_downloads_it_again():
+    """It lost the blob (evicted): answered "done", it would wait 15 s and read the origin."""
+    state, _ = make_state()
+    task = state.task(TASK, length=8, piece_length=4)
+    state.join(task, "seed", [0, 1])
+    state.report_pieces(task, "seed", news(0, 1, digest="d"), trusted=True)
+    state.join(task, "p1", [0, 1])
+    assert state.schedule(task, "p1").action == "done"
+    state.join(task, "p1", [])
+    answer = state.schedule(task, "p1")
+    assert answer.action == "download" and [p.host_id for p in answer.parents] == ["seed"]
+    state.join(task, "p1", [0, 1])  # a register with every piece changes nothing
+    assert state.schedule(task, "p1").action == "done"
