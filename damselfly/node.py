@@ -120,7 +120,14 @@ class SchedulerNode:
         return advertised_url(self.listen[0], self.listen[1], self.tls is not None)
 
     def site(self) -> Site:
-        return Site(self.scheduler.application(), *self.listen, self.tls.server_context() if self.tls else None)
+        app = self.scheduler.application()
+        if self.kv is not None:
+            kv = self.kv  # closed after the app's own cleanup, whose last write to Redis needs it
+
+            async def close_kv(_: web.Application) -> None:
+                await kv.aclose()
+            app.on_cleanup.append(close_kv)
+        return Site(app, *self.listen, self.tls.server_context() if self.tls else None)
 
     async def started(self) -> None:
         self._preheat_run = asyncio.create_task(self.preheat.run(), name="preheat worker")
@@ -140,8 +147,6 @@ class SchedulerNode:
             await asyncio.gather(self._preheat_run, return_exceptions=True)
         if self.membership is not None:
             await self.membership.close()
-        if self.kv is not None:
-            await self.kv.aclose()
 
 
 def _total(counter: Counter) -> int:

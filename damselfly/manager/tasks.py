@@ -60,6 +60,17 @@ def peers_of_answer(document: Any, scheduler_url: str) -> list[TaskPeer]:
     return peers
 
 
+def furthest(peers: list[TaskPeer]) -> list[TaskPeer]:
+    """One row per host: the one that got furthest. Schedulers sharing Redis may each tell of
+    a holder (the owner from memory, the others from what Redis keeps)."""
+    best: dict[str, TaskPeer] = {}
+    for peer in peers:
+        known = best.get(peer.host_id)
+        if known is None or (peer.done, peer.pieces) > (known.done, known.pieces):
+            best[peer.host_id] = peer
+    return list(best.values())
+
+
 Ask = Callable[[str, str], Awaitable[list[TaskPeer]]]
 
 
@@ -89,7 +100,7 @@ async def locate(digests: list[str], schedulers: list[tuple[str, int | None]], a
                     log.warning("scheduler %s gave no answer about %s: %s", url, digest, outcome.error)
 
     await asyncio.gather(*(one(url, digest) for url in outcomes for digest in digests))
-    return TasksAnswer(image=image, blobs=[BlobLocation(digest=d, peers=found[d]) for d in digests],
+    return TasksAnswer(image=image, blobs=[BlobLocation(digest=d, peers=furthest(found[d])) for d in digests],
                        schedulers=[SchedulerReport(url=o.url, cluster_id=o.cluster_id, error=o.error)
                                    for o in outcomes.values()])
 

@@ -18,9 +18,10 @@ from damselfly.manager.api import ROUTES, describe_validation
 from damselfly.manager.database import database_url
 from damselfly.manager.limits import FailureLimiter
 from damselfly.manager.matching import Candidate, HostFacts, Scopes, choose_cluster, component_state, match_score
-from damselfly.manager.models import (ClusterCreate, ClusterUpdate, ComponentRegistration, SignIn, TokenCreate,
-                                      UserCreate)
+from damselfly.manager.models import (ClusterCreate, ClusterUpdate, ComponentRegistration, SignIn, TaskPeer,
+                                      TokenCreate, UserCreate)
 from damselfly.manager.routes import ACCESS_EXTENSION, Access, openapi_document
+from damselfly.manager.tasks import furthest
 
 # --- cluster matching ----------------------------------------------------------------------------------------
 
@@ -303,3 +304,13 @@ def test_lists_are_arrays_and_deletes_have_no_body() -> None:
     assert "content" not in document["paths"]["/api/v1/clusters/{id}"]["delete"]["responses"]["204"]
     query = document["paths"]["/api/v1/tasks"]["get"]["parameters"]
     assert {p["name"] for p in query} == {"digest", "image", "plain_http", "cluster_id"}
+
+
+def test_a_holder_two_schedulers_tell_of_is_one_row_the_furthest() -> None:
+    def peer(host: str, pieces: int, done: bool, scheduler: str) -> TaskPeer:
+        return TaskPeer(host_id=host, upload_url=None, pieces=pieces, piece_count=4, done=done,
+                        scheduler_url=scheduler)
+
+    rows = furthest([peer("a", 2, False, "s1"), peer("a", 4, True, "s2"), peer("b", 1, False, "s1"),
+                     peer("a", 3, False, "s3")])
+    assert [(p.host_id, p.pieces, p.scheduler_url) for p in rows] == [("a", 4, "s2"), ("b", 1, "s1")]
