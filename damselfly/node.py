@@ -188,7 +188,10 @@ class Node:
                             location=peer.location, seed=peer.seed, upload_slots=peer.upload_slots)
         self.scheduler = SchedulerClient(peer.schedulers, host, tls=peer.tls)
         self.network = Network(self.scheduler, registry_client, peer_metrics, is_seed=peer.seed, tls=peer.tls)
-        cluster = ClusterTags(self.network)
+        # With a cluster identity, tag records are signed by the seed that resolved them and
+        # taken only with a seed's signature.
+        cluster = ClusterTags(self.network, Signer.of_tls_dir(peer.tls.directory) if peer.tls and peer.seed else None,
+                              Verifier.of_tls_dir(peer.tls.directory) if peer.tls else None)
         sourcing: Sourcing
         seed_duty: SeedDuty | None
         if peer.seed:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence, cast, get_args
 
 from damselfly.core.oci import OCIError, is_digest_reference, registry_name, validate_reference, validate_repository
+from damselfly.lib.signed import Signature
 
 # Piece API headers and limits, shared by the upload server and the piece fetcher.
 PIECE_DIGEST_HEADER = "X-Piece-Digest"  # on a seed's relay answer (503): the digests of the pieces it points at
@@ -553,6 +555,7 @@ class SeedAccepted:
 # -- the cluster's tags and manifests ------------------------------------------------
 
 MAX_MEDIA_TYPE = 255
+MAX_CERTIFICATE = 8192
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what registries take (distribution spec); none larger is recorded
 MAX_INDEX_CHILDREN = 64  # an index's child manifests a seed keeps and records with it
 
@@ -594,17 +597,22 @@ class ManifestRecord:
     size: int
     media_type: str
     private: bool
+    signature: Signature | None = None  # the seed's, over ``signed_bytes`` (none without a cluster identity)
 
     def to_json(self) -> dict[str, Any]:
         return {"registry": self.registry, "repository": self.repository, "digest": self.digest, "size": self.size,
-                "media_type": self.media_type, "private": self.private}
+                "media_type": self.media_type, "private": self.private, **_signature_json(self.signature)}
+
+    def signed_bytes(self) -> bytes:
+        return _canonical({key: value for key, value in self.to_json().items() if key != "signature"})
 
     @classmethod
     def from_json(cls, obj: Any, message: str = "ManifestRecord") -> "ManifestRecord":
         f = _Fields(message, obj)
         registry, repository = _registry_and_repository(f)
         return cls(registry, repository, parse_task_id(f.text("digest")), f.integer("size", low=1,
-                   high=MAX_MANIFEST_BYTES), f.text("media_type", limit=MAX_MEDIA_TYPE), f.boolean("private"))
+                   high=MAX_MANIFEST_BYTES), f.text("media_type", limit=MAX_MEDIA_TYPE), f.boolean("private"),
+                   _signature_of(f))
 
 
 @dataclass(frozen=True)
@@ -612,16 +620,40 @@ class TagRecord:
     """A tag's resolution by a seed at its registry: the manifest it named then, and when."""
 
     tag: str
-    manifest: ManifestRecord
+    manifest: ManifestRecord  # its signature, if any, is the tag record's: over ``signed_bytes``
     resolved_at: float  # seconds since the epoch
 
     def to_json(self) -> dict[str, Any]:
         return {**self.manifest.to_json(), "tag": self.tag, "resolved_at": self.resolved_at}
 
+    def signed_bytes(self) -> bytes:
+        return _canonical({key: value for key, value in self.to_json().items() if key != "signature"})
+
     @classmethod
     def from_json(cls, obj: Any) -> "TagRecord":
         f = _Fields("TagRecord", obj)
         return cls(_tag(f), ManifestRecord.from_json(obj, "TagRecord"), f.number("resolved_at"))
+
+
+def _canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _signature_json(signature: Signature | None) -> dict[str, Any]:
+    if signature is None:
+        return {}
+    return {"signature": {"kind": signature.kind, "value": signature.value, "certificate": signature.certificate}}
+
+
+def _signature_of(f: "_Fields") -> Signature | None:
+    found = f.obj.get("signature")
+    if found is None:
+        return None
+    inner = _Fields("signature", found)
+    certificate = inner.obj.get("certificate", "")
+    if not isinstance(certificate, str) or len(certificate) > MAX_CERTIFICATE:
+        raise inner.fail("certificate", f"must be a PEM certificate of at most {MAX_CERTIFICATE} characters")
+    return Signature(inner.text("kind", limit=16), inner.text("value", limit=1024), certificate)
 
 
 @dataclass(frozen=True)

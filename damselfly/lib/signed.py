@@ -1,6 +1,7 @@
-"""Statements signed by the manager, checked by the hosts that act on them: what a preheat
-job may place (its registry, repository, whether it is private, the tags and digests it
-resolved), so that nothing between them (Redis, a scheduler) can change it.
+"""Statements signed by a member, checked by the hosts that act on them: what a preheat
+job may place (its registry, repository, whether it is private, the tags and digests the
+manager resolved), and which manifest a tag named when a seed resolved it, so that nothing
+between them (Redis, a scheduler) can change it.
 
 With a cluster identity the manager signs with its certificate's key (ECDSA P-256,
 SHA-256) and sends the certificate along; a host accepts it only if the cluster CA issued
@@ -70,8 +71,9 @@ class Verifier:
     def of_tls_dir(cls, directory: Path) -> "Verifier":
         return cls(ca_pem=(directory / "ca.pem").read_bytes())
 
-    def verify(self, data: bytes, signature: Signature) -> None:
-        """SealError, saying why, unless the manager signed ``data``."""
+    def verify(self, data: bytes, signature: Signature, role: str = MANAGER_ROLE) -> None:
+        """SealError, saying why, unless a member of ``role`` (the manager, or a seed for
+        its tag records) signed ``data``."""
         try:
             raw = base64.b64decode(signature.value, validate=True)
         except binascii.Error:
@@ -82,14 +84,14 @@ class Verifier:
             return
         if signature.kind == "ecdsa" and self._ca is not None:
             try:
-                self._manager_key(signature.certificate).verify(raw, data, ec.ECDSA(hashes.SHA256()))
+                self._member_key(signature.certificate, role).verify(raw, data, ec.ECDSA(hashes.SHA256()))
             except InvalidSignature:
                 raise SealError("the statement's signature does not match") from None
             return
         raise SealError(f"this host takes no {signature.kind!r} signatures "
                         f"({'a cluster identity' if self._ca is not None else 'no cluster identity'})")
 
-    def _manager_key(self, cert_pem: str) -> ec.EllipticCurvePublicKey:
+    def _member_key(self, cert_pem: str, role: str) -> ec.EllipticCurvePublicKey:
         assert self._ca is not None
         try:
             certificate = x509.load_pem_x509_certificate(cert_pem.encode())
@@ -101,8 +103,8 @@ class Verifier:
             raise SealError("the statement's certificate is not valid now")
         roles = {str(attribute.value) for attribute in
                  certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)}
-        if MANAGER_ROLE not in roles:
-            raise SealError("the statement's certificate is not a manager's")
+        if role not in roles:
+            raise SealError(f"the statement's certificate is not a {role}'s")
         key = certificate.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise SealError("the statement's certificate has no elliptic-curve key")

@@ -104,7 +104,7 @@ class Mirror:
         had fetched them: a private image's stay behind the same access check, and a
         preheat never makes a protected copy public."""
         statement = placement.signed.statement
-        types = {m.digest: m.media_type for m in placement.manifests}
+        types = {m.digest: statement.manifests[m.digest] for m in placement.manifests}  # the types it signed
         for manifest in placement.manifests:
             self.manifests.put(Digest.parse(manifest.digest), manifest.body, manifest.media_type, upstream,
                                statement.repository, protected=statement.private, unprotects=False)
@@ -473,7 +473,7 @@ class Mirror:
             records.append(ManifestRecord(confirm.registry, confirm.repository, str(manifest.digest),
                                           len(manifest.body), manifest.content_type, origin.protected))
         try:
-            await self.cluster.publish(TagRecord(confirm.tag, records[0], time.time()), tuple(records[1:]))
+            await self.cluster.publish(TagRecord(confirm.tag, records[0], time.time()), tuple(records))
         except (SchedulerUnavailable, ValueError) as exc:
             log.warning("could not publish %s: %s", what, exc)
             return

@@ -81,10 +81,12 @@ class TagBook:
         self._publisher(request, publication.host_id)
         record = publication.tag
         manifest = record.manifest
+        if manifest.digest not in {kept.digest for kept in publication.manifests}:
+            raise web.HTTPBadRequest(text=f"the tag's manifest {manifest.digest} is not among the manifests published")
         try:
             await self.kv.put(tag_key(manifest.registry, manifest.repository, record.tag),
                               json.dumps(record.to_json()).encode(), TAG_TTL)
-            for kept in (manifest, *publication.manifests):
+            for kept in publication.manifests:  # each with its own signature (the tag's covers the tag)
                 await self.kv.put(manifest_key(kept.registry, kept.digest), json.dumps(kept.to_json()).encode(),
                                   MANIFEST_TTL)
         except KV_ERRORS as exc:

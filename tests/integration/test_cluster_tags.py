@@ -8,13 +8,16 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
+from damselfly.core.wire import ManifestRecord, TagRecord
+from damselfly.lib.signed import Signer
 from testkit.containerd import write_hosts
 from testkit.images import build_image, push_image
 from testkit.registry import Registry, RegistryClient
+from testkit.tls import tls_dir
 from testkit.wait import free_port, wait_until
 from tests.integration.test_p2p_cluster import cluster_of
 from tests.integration.test_scheduler_attacks import Member
@@ -101,11 +104,17 @@ def test_only_seeds_decide_what_a_tag_names_and_a_forged_record_is_never_served(
         mallory = Member(cluster.scheduler, "mallory", "peer")
         assert mallory.announce().status_code == 200
         nobody_holds = "sha256:" + hashlib.sha256(b"not a manifest anyone holds").hexdigest()
+        FORGER = Signer.of_tls_dir(tls_dir("forger", "seed"))  # noqa: N806 - a constant of this test
 
-        def record(tag: str, digest: str, private: bool = False, size: int = 512) -> dict:
-            manifest = {"registry": registry.host, "repository": "victim/app", "digest": digest, "size": size,
-                        "media_type": OCI_MANIFEST, "private": private}
-            return {"tag": {**manifest, "tag": tag, "resolved_at": time.time()}, "manifests": []}
+        def record(tag: str, digest: str, private: bool = False, size: int = 512,
+                   signer: Signer | None = FORGER) -> dict:
+            """A publication, signed by ``signer`` (the lying seed's certificate by default)."""
+            manifest = ManifestRecord(registry.host, "victim/app", digest, size, OCI_MANIFEST, private)
+            said = TagRecord(tag, manifest, time.time())
+            if signer is not None:
+                said = replace(said, manifest=replace(manifest, signature=signer.sign(said.signed_bytes())))
+                manifest = replace(manifest, signature=signer.sign(manifest.signed_bytes()))
+            return {"tag": said.to_json(), "manifests": [manifest.to_json()]}
 
         # A peer's certificate publishes nothing, not even under a seed's name.
         for host_id in ("mallory", "forger"):
@@ -114,6 +123,11 @@ def test_only_seeds_decide_what_a_tag_names_and_a_forged_record_is_never_served(
         assert forger.http.post("/tags", json={"host_id": "forger", **record("gone", nobody_holds)}).status_code == 200
         assert forger.http.post("/tags", json={"host_id": "forger",
                                                **record("secret", "sha256:" + "5" * 64, private=True)}).status_code == 200
+        # Whoever writes the scheduler's records (Redis) but holds no seed's key: never taken.
+        unsigned = {name: "sha256:" + hashlib.sha256(name.encode()).hexdigest() for name in ("unsigned", "peer-signed")}
+        for name, signer in [("unsigned", None), ("peer-signed", Signer.of_tls_dir(tls_dir("mallory", "peer")))]:
+            assert forger.http.post("/tags", json={"host_id": "forger", **record(name, unsigned[name], signer=signer)}
+                                    ).status_code == 200
 
         url = f"{peer.url}/v2/victim/app/manifests"
         params = {"ns": registry.host}
@@ -126,6 +140,9 @@ def test_only_seeds_decide_what_a_tag_names_and_a_forged_record_is_never_served(
             gone = client.get(f"{url}/gone", params=params)
             assert gone.status_code == 502 and nobody_holds in gone.json()["errors"][0]["message"]
             assert time.monotonic() - started < 30
+            for name, digest in unsigned.items():  # the record is not taken: no fetch of its digest is tried
+                refused = client.get(f"{url}/{name}", params=params)
+                assert refused.status_code == 502 and digest not in refused.text, refused.text
         assert peer.metric("damselfly_manifests_kept_served_total", 'answer="cluster"') == 0
         assert peer.metric("damselfly_manifests_kept_served_total", 'answer="refused"') == 1
     finally:
