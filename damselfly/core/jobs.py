@@ -31,6 +31,7 @@ HostState = Literal["pending", "fetching", "done", "failed"]
 MAX_MANIFEST_BYTES = 4 << 20  # as the mirror keeps them
 MAX_JOB_MANIFESTS = 256
 MAX_ERROR = 1000  # characters of a reported error or host id
+MAX_MEDIA_TYPE = 255
 MAX_JOB_BLOBS = 1000  # an image has far fewer layers; the statement travels with every placement
 
 
@@ -84,7 +85,7 @@ class Statement:
     private: bool
     deadline: float  # seconds since the epoch: a host refuses the statement after it
     tags: dict[str, str]  # tag of ``repository``: the digest it resolved to
-    manifests: tuple[str, ...]  # digests
+    manifests: dict[str, str]  # digest: the media type it is served with
     blobs: dict[str, int]  # digest: size
 
     @property
@@ -94,7 +95,7 @@ class Statement:
     def to_json(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "registry": self.registry, "repository": self.repository,
                 "private": self.private, "deadline": self.deadline, "tags": dict(self.tags),
-                "manifests": list(self.manifests), "blobs": dict(self.blobs)}
+                "manifests": dict(self.manifests), "blobs": dict(self.blobs)}
 
     def credentials_context(self, host_id: str) -> str:
         """What a seed's sealed credentials are bound to: they open for this job, this host,
@@ -119,11 +120,12 @@ class Statement:
                 _int(doc["job_id"], "job_id"), _str(doc["registry"], "registry"),
                 _str(doc["repository"], "repository"), private, float(deadline),
                 {_str(t, "tag"): _digest(d) for t, d in _object(doc["tags"], "tags").items()},
-                tuple(_digest(d) for d in _list(doc["manifests"], "manifests", MAX_JOB_MANIFESTS)),
+                {_digest(d): _str(t, "media_type")[:MAX_MEDIA_TYPE] for d, t in _object(doc["manifests"],
+                                                                                       "manifests").items()},
                 {_digest(d): _int(n, "size") for d, n in _object(doc["blobs"], "blobs").items()})
             if len(statement.blobs) > MAX_JOB_BLOBS:
                 raise JobError(f"blobs: more than {MAX_JOB_BLOBS}")
-            if len(statement.tags) > MAX_JOB_MANIFESTS:
+            if len(statement.tags) > MAX_JOB_MANIFESTS or len(statement.manifests) > MAX_JOB_MANIFESTS:
                 raise JobError(f"tags: more than {MAX_JOB_MANIFESTS}")
             validate_repository(statement.repository)
             registry_name(statement.registry)
@@ -214,6 +216,8 @@ class PreheatJob:
             raise JobError(f"job {job.id} carries the statement of job {job.statement.job_id}")
         if {m.digest for m in job.manifests} != set(job.statement.manifests):
             raise JobError("the job's manifests are not the ones its statement names")
+        if any(job.statement.manifests[m.digest] != m.media_type for m in job.manifests):
+            raise JobError("the job's manifests are not of the media types its statement names")
         return job
 
 
@@ -448,8 +452,8 @@ class ManifestPlacement:
             if isinstance(error, JobError):
                 raise
             raise JobError(f"manifests: {error}") from None
-        named = set(placement.signed.statement.manifests)
+        named = placement.signed.statement.manifests
         for manifest in placement.manifests:
-            if manifest.digest not in named:
-                raise JobError(f"manifest {manifest.digest} is not one the statement names")
+            if named.get(manifest.digest) != manifest.media_type:
+                raise JobError(f"manifest {manifest.digest} ({manifest.media_type}) is not one the statement names")
         return placement

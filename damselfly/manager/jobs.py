@@ -124,7 +124,7 @@ class JobDispatcher:
         resolved = dispatch.resolved
         if dispatch.signed is None:
             statement = Statement(job.id, resolved.registry, resolved.repository, resolved.private,
-                                  self._deadline(job), dict(resolved.tags), tuple(m.digest for m in resolved.manifests),
+                                  self._deadline(job), dict(resolved.tags), {m.digest: m.media_type for m in resolved.manifests},
                                   {blob.digest: blob.size for blob in resolved.blobs})
             dispatch.signed = SignedStatement(statement, self.signer.sign(statement.canonical()))
         posted = {}

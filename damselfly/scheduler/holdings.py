@@ -21,7 +21,8 @@ hosts' announces live as long as the host would here (HOST_EXPIRY since it annou
 TASK_TTL after the last scheduler that held them refreshed them.
 
 Nothing read here is trusted more than a piece report (see SchedulerState.restore): a
-poisoned Redis can make downloads fail, never give a wrong byte.
+poisoned Redis can make downloads fail, never give a wrong blob; like a lying seed, it can
+show a range reader (nydus) wrong pieces until two hosts' blobs mismatch (docs/security.md).
 
 Layout (``{d}`` a blob's digest, ``{L}`` a length it was registered with)::
 

@@ -352,7 +352,7 @@ class SchedulerState:
         Nothing here is trusted more than a piece report: a host restored is never a seed
         (only its own announce, and with TLS its certificate, makes one), and digests only
         check pieces; every node still checks the whole blob's SHA-256 before it keeps or
-        serves it. A wrong record costs downloads that fail, never a wrong byte: its digests
+        serves it. A wrong record costs downloads that fail, never a wrong blob: its digests
         are one source (RESTORED), excluded like a lying seed once two hosts' blobs mismatch.
         Holders whose host is not alive are waited for until HOST_EXPIRY: they join when they
         announce.

@@ -161,7 +161,7 @@ def test_sealed_credentials_cannot_be_sent_to_another_registry(cluster: Cluster)
     forged = copy.deepcopy(payload)
     forged["manifests"] = []
     forged["signed"]["statement"].update(
-        registry=cluster.capture.host, manifests=[], tags={}, deadline=time.time() + 40,
+        registry=cluster.capture.host, manifests={}, tags={}, deadline=time.time() + 40,
         blobs={"sha256:" + hashlib.sha256(os.urandom(16)).hexdigest(): 1234})
     inject(cluster, forged)
     injected_job_ended(cluster, forged)
@@ -185,7 +185,7 @@ def test_a_forged_job_cannot_poison_a_tag_for_registry_outages(cluster: Cluster)
     entry = manifest_entry(forged_manifest)
     job_id = fresh_id()
     statement = {"job_id": job_id, "registry": cluster.registry.host, "repository": image.name, "private": False,
-                 "deadline": time.time() + 40, "tags": {"v1": entry["digest"]}, "manifests": [entry["digest"]],
+                 "deadline": time.time() + 40, "tags": {"v1": entry["digest"]}, "manifests": {entry["digest"]: OCI_MANIFEST},
                  "blobs": {}}
     forged = {"id": job_id, "cluster_id": 1, "manifests": [entry],
               "signed": {"statement": statement, "signature": {"kind": "hmac", "value": "AAAA", "certificate": ""}},

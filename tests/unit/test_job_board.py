@@ -16,7 +16,7 @@ from testkit.redis import RedisServer
 
 BODY = b"{}"
 MANIFEST = Manifest("sha256:" + hashlib.sha256(BODY).hexdigest(), "x", BODY)
-STATEMENT = Statement(3, "127.0.0.1:5000", "app", False, 10_000.0, {}, (MANIFEST.digest,), {"sha256:" + "b" * 64: 10})
+STATEMENT = Statement(3, "127.0.0.1:5000", "app", False, 10_000.0, {}, {MANIFEST.digest: "x"}, {"sha256:" + "b" * 64: 10})
 JOB = PreheatJob(id=3, cluster_id=2, signed=SignedStatement(STATEMENT, Signature("hmac", "c2ln")),
                  manifests=(MANIFEST,), selection=Selection())
 

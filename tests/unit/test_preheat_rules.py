@@ -21,6 +21,7 @@ from testkit.tls import tls_dir
 BODY = b'{"schemaVersion":2}'
 DIGEST = "sha256:" + hashlib.sha256(BODY).hexdigest()
 BLOB = "sha256:" + "a" * 64
+OCI = "application/vnd.oci.image.manifest.v1+json"
 
 MEMBERS = [Member("seed-b", "https://10.0.0.2:8001", True, load=3), Member("seed-a", "https://10.0.0.1:8001", True,
                                                                            load=5),
@@ -53,7 +54,7 @@ def test_all_peers_fills_the_seeds_first_then_the_peers_the_narrowing_names() ->
 
 def statement(**changes: object) -> Statement:
     fields: dict[str, object] = dict(job_id=7, registry="127.0.0.1:5000", repository="team/app", private=True,
-                                     deadline=1e9, tags={"v1": DIGEST}, manifests=(DIGEST,), blobs={BLOB: 123})
+                                     deadline=1e9, tags={"v1": DIGEST}, manifests={DIGEST: OCI}, blobs={BLOB: 123})
     fields.update(changes)
     return Statement(**fields)  # type: ignore[arg-type]
 
@@ -68,7 +69,7 @@ def signed(**changes: object) -> SignedStatement:
 
 def job(**changes: object) -> PreheatJob:
     return PreheatJob(id=7, cluster_id=1, signed=signed(**changes),
-                      manifests=(Manifest(DIGEST, "application/vnd.oci.image.manifest.v1+json", BODY),),
+                      manifests=(Manifest(DIGEST, OCI, BODY),),
                       selection=Selection("all_peers", count=2, ips=("10.0.0.1",)), sealed={"seed-a": "sealed:x"})
 
 
@@ -104,7 +105,8 @@ def test_only_what_the_manager_signed_is_taken() -> None:
     good = signed()
     verifier.verify(good.statement.canonical(), good.signature)
     for changed in [statement(registry="capture.example"), statement(private=False),
-                    statement(tags={"v1": BLOB}, manifests=(DIGEST, BLOB)), statement(deadline=2e9)]:
+                    statement(tags={"v1": BLOB}, manifests={DIGEST: OCI, BLOB: OCI}),
+                    statement(manifests={DIGEST: "application/vnd.oci.image.index.v1+json"}), statement(deadline=2e9)]:
         with pytest.raises(SealError):
             verifier.verify(changed.canonical(), good.signature)
     with pytest.raises(SealError):
@@ -126,10 +128,14 @@ def test_a_manager_certificate_signs_and_any_other_member_certificate_does_not()
 
 
 def test_a_host_refuses_manifests_the_statement_does_not_name() -> None:
-    placement = ManifestPlacement(signed(), (Manifest(DIGEST, "x", BODY),))
+    placement = ManifestPlacement(signed(), (Manifest(DIGEST, OCI, BODY),))
     assert ManifestPlacement.from_json(placement.to_json()) == placement
+    relabelled = placement.to_json()
+    relabelled["manifests"][0]["media_type"] = "application/vnd.oci.image.index.v1+json"
+    with pytest.raises(JobError, match="not one the statement names"):  # the type is signed too
+        ManifestPlacement.from_json(relabelled)
     other = b'{"schemaVersion":2,"other":1}'
-    stranger = ManifestPlacement(signed(), (Manifest("sha256:" + hashlib.sha256(other).hexdigest(), "x", other),))
+    stranger = ManifestPlacement(signed(), (Manifest("sha256:" + hashlib.sha256(other).hexdigest(), OCI, other),))
     with pytest.raises(JobError, match="not one the statement names"):
         ManifestPlacement.from_json(stranger.to_json())
     with pytest.raises(JobError, match="not among the manifests"):
