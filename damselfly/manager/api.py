@@ -99,8 +99,9 @@ ROUTES: list[Route] = [
           scope=JOB_SCOPE, errors=(409,), tag="jobs"),
     Route("GET", "/audit", "list_audit", "Every write, newest first: who, when, from where.", Access.ROOT,
           AuditEntry, many=True, query=AuditQuery, tag="audit"),
-    Route("POST", "/components", "register_component", "A scheduler, seed peer or peer registers (again).",
-          Access.COMPONENT, Registration, body=ComponentRegistration, errors=(409,), tag="components"),
+    Route("POST", "/components", "register_component", "A scheduler, seed peer or peer registers (again); a "
+          "peer naming a cluster that does not exist yet is a 404 (a scheduler's registration creates it).",
+          Access.COMPONENT, Registration, body=ComponentRegistration, errors=(404, 409), tag="components"),
     Route("POST", "/components/{id}/keepalive", "keepalive", "A component is alive; the answer carries its "
           "cluster's configuration and schedulers.", Access.COMPONENT, KeepaliveAnswer, body=Keepalive,
           tag="components"),
