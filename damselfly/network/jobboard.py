@@ -50,12 +50,12 @@ class JobBoard:
         return await self.kv.get(self._key(cluster_id, job_id, "job")) is not None
 
     async def pending(self, cluster_id: int) -> list[int]:
-        """The jobs of ``cluster_id`` still posted, oldest first; ids whose payload expired are dropped."""
+        """The jobs of ``cluster_id`` posted, oldest first: one read of the queue, never of the
+        payloads (workers look every second); a job whose payload expired leaves the queue
+        when a worker tries to claim it."""
         found = []
         for member in await self.kv.members(self._queue(cluster_id)):
-            if not member.isdigit():
-                await self.kv.discard(self._queue(cluster_id), member)
-            elif await self.posted(cluster_id, int(member)):
+            if member.isdigit():
                 found.append(int(member))
             else:
                 await self.kv.discard(self._queue(cluster_id), member)
@@ -69,8 +69,9 @@ class JobBoard:
                 await self.kv.get(owner) != worker.encode():
             return None
         payload = await self.kv.get(self._key(cluster_id, job_id, "job"))
-        if payload is None:
+        if payload is None:  # expired, or ended: it leaves the queue
             await self.kv.delete(owner)
+            await self.kv.discard(self._queue(cluster_id), str(job_id))
             return None
         try:
             job = PreheatJob.from_json(json.loads(payload))

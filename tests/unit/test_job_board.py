@@ -94,8 +94,9 @@ def test_expired_jobs_leave_the_queue() -> None:
         board = JobBoard(kv, clock)
         await board.post(JOB)
         clock.now = JOB.statement.deadline + 10_000
-        assert await board.pending(2) == []
-        assert await kv.members("damselfly:jobs:2") == set()
+        assert await board.pending(2) == [3]  # the queue alone is read: the payload's expiry shows at a claim
+        assert await board.claim(2, 3, "worker-a") is None
+        assert await board.pending(2) == [] and await kv.members("damselfly:jobs:2") == set()
     run(work)
 
 
@@ -109,6 +110,9 @@ def test_an_unreadable_job_is_withdrawn_not_run(redis_server: RedisServer) -> No
             await client.set("damselfly:jobs:2:3:job", b'{"id": 3, "cluster_id": 2, "blobs": "lies"}')
             assert await board.claim(2, 3, "worker-a") is None
             assert await board.pending(2) == []
+            await board.post(JOB)
+            await client.delete("damselfly:jobs:2:3:job")  # Redis lost the payload, not the queue
+            assert await board.claim(2, 3, "worker-a") is None and await board.pending(2) == []
             await client.sadd("damselfly:jobs:2", "not-a-number")
             assert await board.pending(2) == []
         finally:
