@@ -4,6 +4,8 @@ answer /healthy and /metrics the same way on each."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import resource
 import signal
@@ -89,6 +91,16 @@ async def json_object(request: web.Request, timeout: float = BODY_TIMEOUT) -> di
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")
     return body
+
+
+def error_of(body: str) -> str:
+    """What an answer of one of these servers says went wrong: its ``{"error": ...}``, else
+    the start of whatever it sent (an aiohttp text refusal, a proxy's page), as one line."""
+    with contextlib.suppress(ValueError):
+        document = json.loads(body)
+        if isinstance(document, dict) and isinstance(document.get("error"), str):
+            return " ".join(str(document["error"]).split())
+    return " ".join(body[:200].split()) or "no body"
 
 
 def add_health_routes(app: web.Application, registry: CollectorRegistry) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import aiohttp
 
 from damselfly.core.dynconfig import ClusterConfig, describe_changes, schedulers_to_use
+from damselfly.lib.serve import error_of
 from damselfly.lib.tls import ClusterTLS, role_hostname
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class ManagerClient:
             if response.status == 404 and not register:
                 return None
             if response.status != 200:
-                raise ManagerRefused(f"answered {response.status}: {_error_of(text)}")
+                raise ManagerRefused(f"answered {response.status}: {error_of(text)}")
         document = _json_object(text)
         return document
 
@@ -265,12 +266,3 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ValueError("the manager's answer is not a JSON object")
     return document
-
-
-def _error_of(text: str) -> str:
-    """The manager's one-line error, or the start of whatever it sent."""
-    with contextlib.suppress(ValueError):
-        error = _json_object(text).get("error")
-        if isinstance(error, str):
-            return error
-    return text[:200].strip() or "no body"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -24,6 +23,7 @@ import aiohttp
 from damselfly.core.jobs import (BlobProgress, HostProgress, HostState, JobProgress, JobState, ManifestPlacement,
                                  Member, Placement, PreheatJob, choose_hosts, missing_summary)
 from damselfly.lib.kv import KV_ERRORS
+from damselfly.lib.serve import error_of
 from damselfly.lib.tls import ClusterTLS
 from damselfly.network.jobboard import LEASE, JobBoard
 
@@ -240,7 +240,7 @@ class PreheatWorker:
                 if response.status == 200:
                     return None
                 text = (await response.content.read(4096)).decode(errors="replace")
-                return f"{response.status}: {_error_text(text)}"[:MAX_ERROR]
+                return f"{response.status}: {error_of(text)}"[:MAX_ERROR]
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             return f"{type(error).__name__}: {error}"[:MAX_ERROR] if str(error) else type(error).__name__
 
@@ -248,11 +248,3 @@ class PreheatWorker:
 def _state_of(part: BlobProgress, host_id: str) -> HostState | None:
     return next((h.state for h in part.hosts if h.host_id == host_id), None)
 
-
-def _error_text(text: str) -> str:
-    """A host's error body: {"error": ...} or plain text, as one line."""
-    with contextlib.suppress(ValueError):
-        document = json.loads(text)
-        if isinstance(document, dict) and isinstance(document.get("error"), str):
-            return str(document["error"])
-    return " ".join(text.split())

@@ -39,3 +39,12 @@ def test_the_scheduler_serves_its_own_registry() -> None:
     scheduler = Scheduler()
     metrics = _get(scheduler.application(), "/metrics")
     assert metrics.body is not None and b"damselfly_scheduler_hosts" in metrics.body
+
+
+def test_an_answers_error_is_one_line_whatever_the_server_sent() -> None:
+    from damselfly.lib.serve import error_of
+
+    assert error_of('{"error": "no such\\ntask"}') == "no such task"
+    assert error_of("400: Bad Request\n\nmalformed") == "400: Bad Request malformed"
+    assert error_of('{"error": {"nested": 1}}').startswith('{"error"')
+    assert error_of("") == "no body" and len(error_of("x" * 5000)) == 200
