@@ -10,10 +10,11 @@ hold, so that the upload port does not tell who holds which private blob.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Awaitable, BinaryIO, Callable, Protocol
+from typing import Awaitable, BinaryIO, Callable, Iterator, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -270,14 +271,10 @@ class UploadServer:
     async def seed(self, request: web.Request) -> web.Response:
         """A peer asks this seed to fetch a task from the origin, with its caller's credentials."""
         duty = self._seed_duty(request)
-        try:
+        with malformed("seed trigger"):
             digest = Digest.parse(request.match_info["digest"])
             trigger = SeedTrigger.from_json(await json_object(request))
             upstream = duty.resolve_registry(trigger.registry)
-        except OCIError as exc:
-            raise web.HTTPBadRequest(text=f"malformed seed trigger: {exc.message}") from None
-        except ValueError as exc:  # WireError included
-            raise web.HTTPBadRequest(text=f"malformed seed trigger: {exc}") from None
         origin = Origin(upstream, trigger.repository, trigger.authorization)
         task = asyncio.create_task(self._prefetch(duty, digest, origin, trigger.ranged))
         self._seeding.add(task)
@@ -297,11 +294,9 @@ class UploadServer:
         """A node asks this seed to resolve a tag at the registry (with its caller's
         credentials) and publish what the registry answers: 202 at once, the work goes on."""
         duty = self._seed_duty(request)
-        try:
+        with malformed("tag confirmation"):
             confirm = TagConfirm.from_json(await json_object(request))
             duty.resolve_registry(confirm.registry)
-        except ValueError as exc:  # WireError included
-            raise web.HTTPBadRequest(text=f"malformed tag confirmation: {exc}") from None
         duty.confirm_tag(confirm)
         return web.json_response({"accepted": f"{confirm.repository}:{confirm.tag}"}, status=202)
 
@@ -334,21 +329,15 @@ class UploadServer:
     async def place_blob(self, request: web.Request) -> web.Response:
         """Hold a blob of a preheat job: answers once it is stored (200), or why not."""
         duty = self._preheat_duty(request)
-        try:
+        with malformed("placement"):
             digest = Digest.parse(request.match_info["digest"])
             placement = Placement.from_json(await json_object(request))
-        except OCIError as exc:
-            raise web.HTTPBadRequest(text=f"malformed placement: {exc.message}") from None
-        except ValueError as exc:  # JobError included
-            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
         statement = self._statement(duty, placement.signed)
         size = statement.blobs.get(str(digest))
         if size is None:
             raise web.HTTPBadRequest(text=f"{digest} is not a blob of preheat job {statement.job_id}")
-        try:
+        with malformed("placement"):
             upstream = duty.resolve_registry(statement.registry)
-        except ValueError as exc:
-            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
         if statement.total_bytes > duty.cache_quota:
             raise web.HTTPInsufficientStorage(
                 text=f"the preheat needs {format_size(statement.total_bytes)}, more than this host's cache quota of "
@@ -372,17 +361,25 @@ class UploadServer:
 
     async def place_manifests(self, request: web.Request) -> web.Response:
         duty = self._preheat_duty(request)
-        try:
+        with malformed("placement"):
             placement = ManifestPlacement.from_json(await json_object(request))
-        except ValueError as exc:  # JobError included
-            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
         statement = self._statement(duty, placement.signed)
-        try:
+        with malformed("placement"):
             upstream = duty.resolve_registry(statement.registry)
-        except ValueError as exc:
-            raise web.HTTPBadRequest(text=f"malformed placement: {exc}") from None
         duty.keep_manifests(placement, upstream)
         return web.json_response({"manifests": len(placement.manifests), "tags": len(statement.tags)})
+
+
+@contextlib.contextmanager
+def malformed(what: str) -> Iterator[None]:
+    """What a request's path or body says wrong (OCIError, or ValueError: WireError and
+    JobError included) as a 400 "malformed <what>: <why>"."""
+    try:
+        yield
+    except OCIError as exc:
+        raise web.HTTPBadRequest(text=f"malformed {what}: {exc.message}") from None
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"malformed {what}: {exc}") from None
 
 
 def is_member(request: web.Request) -> bool:
